@@ -1,0 +1,414 @@
+//! Micro-benchmarks of the core: a complete 1:1 flow through the
+//! switchboard, encode/decode of every message, and the memory a pending
+//! invitation costs with 1,000,000 pending.
+//!
+//! `cargo bench -p invitation-core`. The 1M-invitation memory run needs
+//! ~2 GiB and a few seconds: `INVITATION_BENCH_MEMORY=skip` skips it,
+//! `=quick` runs it with 100,000.
+
+#![allow(missing_docs)]
+// A benchmark measures real time.
+#![allow(clippy::disallowed_methods)]
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use invitation_core::protocol::*;
+use invitation_core::*;
+
+fn rid(n: u64) -> RequestId {
+    RequestId::new(format!("r{n}")).unwrap()
+}
+
+fn drain(sb: &mut Switchboard) -> usize {
+    let mut n = 0;
+    while let Some(o) = sb.poll_output() {
+        black_box(&o);
+        n += 1;
+    }
+    n
+}
+
+/// One complete flow at `now`: invite, accept, hang up, outputs drained.
+fn one_flow(
+    sb: &mut Switchboard,
+    now: Instant,
+    alice: ConnId,
+    bob: ConnId,
+    bob_id: &UserId,
+    n: u64,
+) {
+    let invite = Command::Invite(InviteRequest {
+        callees: vec![bob_id.clone()],
+        call_type: CallType::Voice,
+        custom_data: None,
+        timeout_s: None,
+    });
+    let Ok(ReplyResult::Invited { call_id, .. }) =
+        sb.handle_command(now, alice, ClientMessage::new(rid(n), invite))
+    else {
+        panic!("invite failed")
+    };
+    drain(sb);
+    sb.handle_command(
+        now,
+        bob,
+        ClientMessage::new(
+            rid(n + 1),
+            Command::Accept {
+                call_id: call_id.clone(),
+            },
+        ),
+    )
+    .unwrap();
+    drain(sb);
+    sb.handle_command(
+        now,
+        bob,
+        ClientMessage::new(rid(n + 2), Command::HangUp { call_id }),
+    )
+    .unwrap();
+    drain(sb);
+}
+
+/// A plain timed loop beside criterion: CPU per flow over many flows, in
+/// the steady state (request-id memory and tombstones at their caps).
+fn flow_loop(flows: u64, label: &str, config: SwitchboardConfig) {
+    let mut sb = Switchboard::new(config, SequentialCallIds::default());
+    let t0 = Instant::now();
+    let phone = DeviceId::new("phone").unwrap();
+    let alice = sb.connect(t0, User::named("alice", "Alice"), phone.clone(), None);
+    let bob = sb.connect(t0, User::named("bob", "Bob"), phone, None);
+    drain(&mut sb);
+    let bob_id = UserId::new("bob").unwrap();
+    let started = Instant::now();
+    for i in 0..flows {
+        one_flow(
+            &mut sb,
+            t0 + Duration::from_millis(i),
+            alice,
+            bob,
+            &bob_id,
+            i * 3,
+        );
+    }
+    let took = started.elapsed();
+    println!(
+        "flow ({label}): {flows} complete 1:1 flows (invite, ring, accept, hang up): {:.2} us each",
+        took.as_secs_f64() * 1e6 / flows as f64
+    );
+}
+
+fn flow(c: &mut Criterion) {
+    flow_with(
+        c,
+        "flow_1to1_invite_ring_accept_hangup",
+        SwitchboardConfig::default(),
+    );
+    let mut short = SwitchboardConfig::default();
+    short.retention = Duration::from_secs(1);
+    flow_with(c, "flow_1to1_short_retention", short);
+}
+
+fn flow_with(c: &mut Criterion, name: &str, config: SwitchboardConfig) {
+    let mut sb = Switchboard::new(config, SequentialCallIds::default());
+    let t0 = Instant::now();
+    let phone = DeviceId::new("phone").unwrap();
+    let alice = sb.connect(t0, User::named("alice", "Alice"), phone.clone(), None);
+    let bob = sb.connect(t0, User::named("bob", "Bob"), phone.clone(), None);
+    drain(&mut sb);
+    let bob_id = UserId::new("bob").unwrap();
+    let mut n = 0u64;
+    let mut g = c.benchmark_group("switchboard");
+    g.throughput(Throughput::Elements(1));
+    let mut now = t0;
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            n += 3;
+            // 10 µs of simulated time per flow: with the default 10-minute
+            // retention the request-id memory and tombstones reach their
+            // steady state (caps) as a busy server's would.
+            now += Duration::from_micros(10);
+            let t0 = now;
+            let invite = Command::Invite(InviteRequest {
+                callees: vec![bob_id.clone()],
+                call_type: CallType::Voice,
+                custom_data: None,
+                timeout_s: None,
+            });
+            let Ok(ReplyResult::Invited { call_id, .. }) =
+                sb.handle_command(t0, alice, ClientMessage::new(rid(n), invite))
+            else {
+                panic!("invite failed")
+            };
+            drain(&mut sb);
+            sb.handle_command(
+                t0,
+                bob,
+                ClientMessage::new(
+                    rid(n + 1),
+                    Command::Accept {
+                        call_id: call_id.clone(),
+                    },
+                ),
+            )
+            .unwrap();
+            drain(&mut sb);
+            sb.handle_command(
+                t0,
+                bob,
+                ClientMessage::new(rid(n + 2), Command::HangUp { call_id }),
+            )
+            .unwrap();
+            drain(&mut sb);
+        })
+    });
+    g.finish();
+}
+
+/// (name, JSON) pairs.
+type Samples = Vec<(&'static str, String)>;
+
+fn sample_messages() -> (Samples, Samples) {
+    let cid = CallId::new("c-8f3a2b").unwrap();
+    let alice = User::named("alice", "Alice");
+    let bob = User::named("bob", "Bob");
+    let client = vec![
+        (
+            "invite",
+            ClientMessage::new(
+                rid(1),
+                Command::Invite(InviteRequest {
+                    callees: vec![bob.id.clone()],
+                    call_type: CallType::Video,
+                    custom_data: Some(CustomData::new("{\"room\":\"abc\"}").unwrap()),
+                    timeout_s: Some(60),
+                }),
+            ),
+        ),
+        (
+            "accept",
+            ClientMessage::new(
+                rid(2),
+                Command::Accept {
+                    call_id: cid.clone(),
+                },
+            ),
+        ),
+        (
+            "decline",
+            ClientMessage::new(
+                rid(3),
+                Command::Decline {
+                    call_id: cid.clone(),
+                    busy: true,
+                },
+            ),
+        ),
+        (
+            "cancel",
+            ClientMessage::new(
+                rid(4),
+                Command::Cancel {
+                    call_id: cid.clone(),
+                },
+            ),
+        ),
+        (
+            "hang_up",
+            ClientMessage::new(
+                rid(5),
+                Command::HangUp {
+                    call_id: cid.clone(),
+                },
+            ),
+        ),
+        (
+            "hello",
+            ClientMessage::new(
+                rid(6),
+                Command::Hello {
+                    device: DeviceId::new("phone").unwrap(),
+                    token: Some("x".repeat(200)),
+                    last_seq: Some(41),
+                },
+            ),
+        ),
+        ("ping", ClientMessage::new(rid(7), Command::Ping)),
+    ];
+    let ev = |event| ServerMessage::new(ServerBody::Event { seq: 42, event });
+    let server = vec![
+        (
+            "incoming_call",
+            ev(Event::IncomingCall {
+                call_id: cid.clone(),
+                caller: alice.clone(),
+                call_type: CallType::Video,
+                callees: vec![bob.clone()].into(),
+                custom_data: Some(CustomData::new("{\"room\":\"abc\"}").unwrap()),
+                ring_remaining_ms: 59_874,
+                ring_timeout_ms: 60_000,
+            }),
+        ),
+        (
+            "incoming_ended",
+            ev(Event::IncomingEnded {
+                call_id: cid.clone(),
+                reason: Reason::AnsweredElsewhere,
+                device: Some(DeviceId::new("laptop").unwrap()),
+            }),
+        ),
+        (
+            "callee_outcome",
+            ev(Event::CalleeOutcome {
+                call_id: cid.clone(),
+                callee: bob.id.clone(),
+                reason: Reason::Accepted,
+            }),
+        ),
+        (
+            "reply_invited",
+            ServerMessage::new(ServerBody::Reply {
+                re: rid(1),
+                result: ReplyResult::Invited {
+                    call_id: cid.clone(),
+                    ring_remaining_ms: 60_000,
+                    callees: vec![CalleeStatus {
+                        user: bob.id.clone(),
+                        status: InitialStatus::Ringing,
+                    }],
+                },
+            }),
+        ),
+        (
+            "error",
+            ServerMessage::new(ServerBody::Error(ErrorBody::from_command(
+                Some(rid(2)),
+                &CommandError::Ended {
+                    reason: Reason::Canceled,
+                },
+            ))),
+        ),
+    ];
+    (
+        client.into_iter().map(|(n, m)| (n, m.encode())).collect(),
+        server.into_iter().map(|(n, m)| (n, m.encode())).collect(),
+    )
+}
+
+fn codec(c: &mut Criterion) {
+    let limits = DecodeLimits::default();
+    let (client, server) = sample_messages();
+    let mut g = c.benchmark_group("protocol");
+    for (name, json) in &client {
+        let msg = ClientMessage::decode(json, &limits).unwrap();
+        g.bench_function(format!("decode_client_{name}"), |b| {
+            b.iter(|| ClientMessage::decode(black_box(json), &limits).unwrap())
+        });
+        g.bench_function(format!("encode_client_{name}"), |b| {
+            b.iter(|| black_box(&msg).encode())
+        });
+    }
+    for (name, json) in &server {
+        let msg = ServerMessage::decode(json, &limits).unwrap();
+        g.bench_function(format!("decode_server_{name}"), |b| {
+            b.iter(|| ServerMessage::decode(black_box(json), &limits).unwrap())
+        });
+        g.bench_function(format!("encode_server_{name}"), |b| {
+            b.iter(|| black_box(&msg).encode())
+        });
+    }
+    g.finish();
+}
+
+/// Resident set size in bytes, from /proc (Linux).
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// 1,000,000 pending 1:1 invitations, each from its own connected caller to
+/// its own offline callee (every pending invitation needs a distinct caller
+/// and callee: both are busy while it rings). The callers' connections are
+/// set up first and excluded; what remains is the invitation, the callee's
+/// user record and log, both log entries, the timer and the request-id memory.
+fn pending_memory(n: usize) {
+    let t0 = Instant::now();
+    let mut sb = Switchboard::new(SwitchboardConfig::default(), SequentialCallIds::default());
+    let device = DeviceId::new("d").unwrap();
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        let user = User::new(UserId::new(format!("caller{i}")).unwrap(), "").unwrap();
+        conns.push(sb.connect(t0, user, device.clone(), Some(0)));
+        while sb.poll_output().is_some() {}
+    }
+    let callees: Vec<UserId> = (0..n)
+        .map(|i| UserId::new(format!("callee{i}")).unwrap())
+        .collect();
+    let requests: Vec<RequestId> = (0..n).map(|i| rid(i as u64)).collect();
+    let before = rss_bytes().unwrap_or(0);
+    let started = Instant::now();
+    for i in 0..n {
+        let invite = Command::Invite(InviteRequest {
+            callees: vec![callees[i].clone()],
+            call_type: CallType::Voice,
+            custom_data: None,
+            timeout_s: None,
+        });
+        sb.handle_command(
+            t0,
+            conns[i],
+            ClientMessage::new(requests[i].clone(), invite),
+        )
+        .unwrap();
+        while sb.poll_output().is_some() {}
+    }
+    let took = started.elapsed();
+    let after = rss_bytes().unwrap_or(0);
+    let per = (after.saturating_sub(before)) as f64 / n as f64;
+    println!(
+        "memory: {n} pending invitations: {:.0} bytes each (RSS delta {:.1} MiB; target < 1024 B); invite CPU {:.2} us each",
+        per,
+        after.saturating_sub(before) as f64 / (1024.0 * 1024.0),
+        took.as_secs_f64() * 1e6 / n as f64,
+    );
+    // Timer lateness is the owner's business; here: firing all of them.
+    let fire = Instant::now();
+    sb.handle_timeout(t0 + Duration::from_secs(61));
+    while sb.poll_output().is_some() {}
+    println!(
+        "timers: {n} ring timeouts fired in {:.0} ms ({:.2} us each)",
+        fire.elapsed().as_secs_f64() * 1e3,
+        fire.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
+    assert_eq!(sb.poll_timeout(), None);
+}
+
+fn main() {
+    let flows = std::env::var("INVITATION_BENCH_FLOWS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300_000);
+    flow_loop(
+        flows,
+        "default config, 10 min history",
+        SwitchboardConfig::default(),
+    );
+    let mut short = SwitchboardConfig::default();
+    short.retention = Duration::from_secs(1);
+    flow_loop(flows, "1 s history", short);
+    match std::env::var("INVITATION_BENCH_MEMORY").as_deref() {
+        Ok("skip") => {}
+        Ok("quick") => pending_memory(100_000),
+        _ => pending_memory(1_000_000),
+    }
+    let mut c = Criterion::default()
+        .configure_from_args()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    flow(&mut c);
+    codec(&mut c);
+    c.final_summary();
+}

@@ -1,0 +1,88 @@
+//! # invitation-core
+//!
+//! The call-invitation logic of `invitation`, once, as deterministic
+//! sans-IO state machines: no tokio, no clock reads, no sockets, no
+//! randomness. Time is always an argument; call ids come from an injected
+//! [`CallIdGenerator`].
+//!
+//! * [`Switchboard`]: the authoritative server side, run by the signaling
+//!   server and by the in-process memory hub.
+//! * [`ClientSession`]: one device's view, run by the client driver: dedups
+//!   server events by sequence number, turns them into [`AppEvent`]s (the ten
+//!   callbacks and the extras) and keeps a fallback ring timer.
+//! * [`protocol`]: wire protocol v1 (JSON), with guarded decoding.
+//!
+//! ## Run-loop contract
+//!
+//! Both machines follow the same contract (the shape of quinn-proto and str0m):
+//!
+//! 1. **mutate**: feed one input with the current time (`connect`,
+//!    `handle_command`, `handle_message`, `handle_timeout(now)` ...);
+//! 2. **drain**: call the `poll_*` output methods until they return `None`
+//!    and act on each output (send, close, run a callback);
+//! 3. **sleep** until `poll_timeout()` or the next input, whichever comes
+//!    first, then call `handle_timeout(now)`. Spurious wake-ups are no-ops.
+//!
+//! `poll_timeout()` is `None` exactly when nothing with a deadline is live.
+//!
+//! ## Example
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use invitation_core::protocol::{ClientMessage, Command, InviteRequest};
+//! use invitation_core::{
+//!     CallType, DeviceId, Output, Reason, RequestId, SequentialCallIds, Switchboard,
+//!     SwitchboardConfig, User, UserId,
+//! };
+//!
+//! let mut sb = Switchboard::new(SwitchboardConfig::default(), SequentialCallIds::default());
+//! let t0 = Instant::now();
+//! let phone = DeviceId::new("phone").unwrap();
+//! let alice = sb.connect(t0, User::named("alice", "Alice"), phone.clone(), None);
+//! let bob = sb.connect(t0, User::named("bob", "Bob"), phone.clone(), None);
+//!
+//! let invite = Command::Invite(InviteRequest {
+//!     callees: vec![UserId::new("bob").unwrap()],
+//!     call_type: CallType::Video,
+//!     custom_data: None,
+//!     timeout_s: Some(30),
+//! });
+//! let reply = sb
+//!     .handle_command(t0, alice, ClientMessage::new(RequestId::new("r1").unwrap(), invite))
+//!     .unwrap();
+//! let call_id = match reply {
+//!     invitation_core::protocol::ReplyResult::Invited { call_id, .. } => call_id,
+//!     other => panic!("{other:?}"),
+//! };
+//! // Drain: bob's device got an `incoming_call` event.
+//! let to_bob = std::iter::from_fn(|| sb.poll_output())
+//!     .filter(|o| matches!(o, Output::Send { conn, .. } if *conn == bob))
+//!     .count();
+//! assert!(to_bob >= 1);
+//!
+//! // Nobody answers: after 30 s the switchboard times the call out.
+//! assert_eq!(sb.poll_timeout(), Some(t0 + Duration::from_secs(30)));
+//! sb.handle_timeout(t0 + Duration::from_secs(30));
+//! let bob_id = UserId::new("bob").unwrap();
+//! assert_eq!(sb.call(&call_id).unwrap().outcome(&bob_id), Some(Reason::Timeout));
+//! assert_eq!(sb.poll_timeout(), None);
+//! ```
+
+pub mod error;
+mod guard;
+pub mod id;
+pub mod model;
+pub mod protocol;
+pub mod session;
+pub mod switchboard;
+
+pub use error::{CommandError, ErrorCode, ProtocolError, ValidationError};
+pub use guard::DecodeLimits;
+pub use id::{CallId, CallIdGenerator, DeviceId, MAX_ID_LEN, RequestId, SequentialCallIds, UserId};
+pub use model::{CallType, CustomData, Reason, User};
+pub use session::{AppEvent, ClientSession, ConnectionState, SessionConfig};
+
+pub use switchboard::{
+    BusyPolicy, CallView, ConnId, OfflinePolicy, Output, Switchboard, SwitchboardConfig,
+    SwitchboardStats,
+};

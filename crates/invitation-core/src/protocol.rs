@@ -1,0 +1,554 @@
+//! Wire protocol v1: every client command and server message as serde types,
+//! JSON on the wire. See docs/protocol.md for the prose and one example of
+//! each message.
+//!
+//! Rules:
+//! * every message carries `"v": 1`; a peer refuses other versions with
+//!   `unsupported_version`;
+//! * client commands carry a request id `id`; retrying with the same id is
+//!   idempotent;
+//! * server events carry a per-user sequence number `seq`;
+//! * ring time travels as time *remaining* in milliseconds, never as a wall
+//!   clock instant, so device clock skew cannot matter;
+//! * unknown fields are ignored (additive changes stay v1); unknown message
+//!   types, duplicate keys, oversize input and over-deep nesting are refused
+//!   with typed errors ([`ProtocolError`]).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CommandError, ErrorCode, ProtocolError};
+use crate::guard::{self, DecodeLimits};
+use crate::id::{CallId, DeviceId, RequestId, UserId};
+use crate::model::{CallType, CustomData, Reason, User};
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+const CLIENT_TYPES: &[&str] = &[
+    "hello", "renew", "ping", "sync", "invite", "cancel", "accept", "decline", "hang_up",
+];
+const SERVER_TYPES: &[&str] = &[
+    "welcome", "reply", "error", "event", "sync", "pong", "closing",
+];
+
+/// A command from a client, with its request id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientMessage {
+    /// Protocol version: always [`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// Request id: echoed in the reply; reused on retry.
+    pub id: RequestId,
+    /// The command itself (its `type` and fields sit at the top level).
+    #[serde(flatten)]
+    pub command: Command,
+}
+
+impl ClientMessage {
+    /// A v1 message.
+    pub fn new(id: RequestId, command: Command) -> Self {
+        Self {
+            v: PROTOCOL_VERSION,
+            id,
+            command,
+        }
+    }
+
+    /// Decodes untrusted input: size and structure caps first, then the
+    /// typed decode.
+    pub fn decode(input: &str, limits: &DecodeLimits) -> Result<Self, ProtocolError> {
+        decode_checked(input, limits, CLIENT_TYPES)
+    }
+
+    /// Encodes as JSON.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("client messages always serialize")
+    }
+}
+
+/// Client commands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Command {
+    /// First message on a connection: who (from the token), which device,
+    /// and where to resume the event stream.
+    Hello {
+        /// This device's id.
+        device: DeviceId,
+        /// The bearer token (required by the server; the memory hub ignores it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        /// The last event sequence number this device processed; absent on a
+        /// fresh start. The server replays what follows, or sends `sync`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_seq: Option<u64>,
+    },
+    /// Replace the connection's token before it expires.
+    Renew {
+        /// The new token.
+        token: String,
+    },
+    /// Liveness probe; answered with `pong`.
+    Ping,
+    /// Ask for a full snapshot (`sync`) of this user's calls.
+    Sync,
+    /// Invite one or more callees.
+    Invite(InviteRequest),
+    /// Caller: stop ringing everyone who has not answered.
+    Cancel {
+        /// The call.
+        call_id: CallId,
+    },
+    /// Callee: accept on this device.
+    Accept {
+        /// The call.
+        call_id: CallId,
+    },
+    /// Callee: decline for the user (all devices stop ringing).
+    Decline {
+        /// The call.
+        call_id: CallId,
+        /// Decline as busy: the caller sees "busy", not "declined".
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        busy: bool,
+    },
+    /// Either side: leave an accepted call (the caller leaving ends it).
+    HangUp {
+        /// The call.
+        call_id: CallId,
+    },
+}
+
+/// The body of an `invite` command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteRequest {
+    /// Who to ring: 1 to the configured maximum (9 by default); duplicates
+    /// are removed, the caller may not be among them.
+    pub callees: Vec<UserId>,
+    /// Voice or video.
+    pub call_type: CallType,
+    /// Opaque data delivered to every callee (8 KiB max by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_data: Option<CustomData>,
+    /// Ring timeout in whole seconds, 1 to 600 (default 60). Out-of-range
+    /// values are refused, not clamped; fractions and negatives do not parse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<u32>,
+}
+
+/// A message from the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerMessage {
+    /// Protocol version: always [`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// The message (its `type` and fields sit at the top level).
+    #[serde(flatten)]
+    pub body: ServerBody,
+}
+
+impl ServerMessage {
+    /// A v1 message.
+    pub fn new(body: ServerBody) -> Self {
+        Self {
+            v: PROTOCOL_VERSION,
+            body,
+        }
+    }
+
+    /// Decodes untrusted input with the same caps as client messages.
+    pub fn decode(input: &str, limits: &DecodeLimits) -> Result<Self, ProtocolError> {
+        decode_checked(input, limits, SERVER_TYPES)
+    }
+
+    /// Encodes as JSON.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("server messages always serialize")
+    }
+}
+
+/// Server messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ServerBody {
+    /// Answer to `hello`: the session is open.
+    Welcome {
+        /// Who the server says you are.
+        user: User,
+        /// Your device.
+        device: DeviceId,
+        /// The sequence number of the newest event for this user right now.
+        seq: u64,
+        /// True when the requested `last_seq` could be honoured: missed
+        /// events follow as `event` messages. False: a `sync` follows.
+        resumed: bool,
+    },
+    /// Success answer to a command.
+    Reply {
+        /// The request id answered.
+        re: RequestId,
+        /// What happened.
+        result: ReplyResult,
+    },
+    /// Failure answer to a command, or a connection-level error (`re` absent).
+    Error(ErrorBody),
+    /// One event of the user's sequenced stream.
+    Event {
+        /// Per-user sequence number, contiguous from 1.
+        seq: u64,
+        /// The event.
+        event: Event,
+    },
+    /// Full snapshot of the user's calls; events continue after `seq`.
+    Sync(SyncBody),
+    /// Answer to `ping`.
+    Pong,
+    /// The server is about to close this connection.
+    Closing {
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+/// Why the server closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The same device connected again; the newest connection wins.
+    Replaced,
+    /// The server is shutting down; reconnect elsewhere or later.
+    ShuttingDown,
+    /// The token expired and was not renewed.
+    TokenExpired,
+    /// The client broke the protocol too often.
+    ProtocolViolation,
+    /// The client does not read its messages fast enough.
+    TooSlow,
+}
+
+/// The body of a successful reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ReplyResult {
+    /// The invitation exists; per-callee initial status.
+    Invited {
+        /// The new call.
+        call_id: CallId,
+        /// Ring time granted, in milliseconds.
+        ring_remaining_ms: u64,
+        /// One entry per callee, in request order, without duplicates.
+        callees: Vec<CalleeStatus>,
+    },
+    /// Glare: the callee was already inviting you, so instead of a second
+    /// call your invite accepted theirs. One call, no rings.
+    Joined {
+        /// The callee's call, now accepted by you.
+        call_id: CallId,
+        /// The user who had invited you.
+        caller: User,
+    },
+    /// The command took effect.
+    Done,
+}
+
+/// A callee's state right after the invite.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CalleeStatus {
+    /// The callee.
+    pub user: UserId,
+    /// What happened to them.
+    pub status: InitialStatus,
+}
+
+/// What happened to a callee at invite time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum InitialStatus {
+    /// At least one device is ringing.
+    Ringing,
+    /// No device online: held until a device connects or the ring times out.
+    Offline,
+    /// Rejected as busy by the server's policy.
+    Busy,
+    /// Offline and the offline policy rejects rather than holds.
+    Unreachable,
+}
+
+/// An error reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The request id, when the failed message had a readable one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub re: Option<RequestId>,
+    /// Stable code.
+    pub code: ErrorCode,
+    /// Human-readable detail (not for matching).
+    pub message: String,
+    /// For `ended`: how the invitation ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    /// For `rate_limited`: wait this long before retrying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl ErrorBody {
+    /// The wire form of a switchboard refusal.
+    pub fn from_command(re: Option<RequestId>, e: &CommandError) -> Self {
+        Self {
+            re,
+            code: e.code(),
+            message: e.to_string(),
+            reason: match e {
+                CommandError::Ended { reason } => Some(*reason),
+                _ => None,
+            },
+            retry_after_ms: match e {
+                CommandError::RateLimited { retry_after_ms } => Some(*retry_after_ms),
+                _ => None,
+            },
+        }
+    }
+
+    /// The wire form of a decode failure.
+    pub fn from_protocol(e: &ProtocolError) -> Self {
+        Self {
+            re: e.request().cloned(),
+            code: e.code(),
+            message: e.to_string(),
+            reason: None,
+            retry_after_ms: None,
+        }
+    }
+
+    /// Back to the typed refusal (client side). Codes with no variant of
+    /// their own map to `None` (the caller wraps them in `Rejected`).
+    pub fn to_command_error(&self) -> Option<CommandError> {
+        Some(match self.code {
+            ErrorCode::NotFound => CommandError::NotFound,
+            ErrorCode::WrongRole => CommandError::WrongRole,
+            ErrorCode::Ended => CommandError::Ended {
+                reason: self.reason.unwrap_or(Reason::Failed),
+            },
+            ErrorCode::CallerBusy => CommandError::CallerBusy,
+            ErrorCode::NotConnected => CommandError::NotConnected,
+            ErrorCode::RateLimited => CommandError::RateLimited {
+                retry_after_ms: self.retry_after_ms.unwrap_or(1000),
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// Events of a user's sequenced stream. Every device of the user gets the
+/// same stream; events naming a `device` let each device tell "me" from
+/// "elsewhere".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// You are invited. Ring for `ring_remaining_ms` (measured when the
+    /// server sent it); 0 means the invitation already ended for you (seen
+    /// when replaying history): do not ring.
+    IncomingCall {
+        /// The call.
+        call_id: CallId,
+        /// Who calls (identity from their token).
+        caller: User,
+        /// Voice or video.
+        call_type: CallType,
+        /// Everyone invited, you included.
+        callees: Arc<[User]>,
+        /// The caller's data.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        custom_data: Option<CustomData>,
+        /// Ring time left, in milliseconds.
+        ring_remaining_ms: u64,
+        /// The whole ring timeout the caller chose, in milliseconds.
+        ring_timeout_ms: u64,
+    },
+    /// Ringing stopped for you (all your devices), with the reason. When a
+    /// device of yours acted (accepted, declined) it is named: that device
+    /// sees its own action, the others see "elsewhere".
+    IncomingEnded {
+        /// The call.
+        call_id: CallId,
+        /// How it ended for you.
+        reason: Reason,
+        /// Your device that accepted or declined, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<DeviceId>,
+    },
+    /// One of your devices started this call (lets your other devices show it).
+    OutgoingCall {
+        /// The call.
+        call_id: CallId,
+        /// The device that invited.
+        device: DeviceId,
+        /// Voice or video.
+        call_type: CallType,
+        /// Everyone invited.
+        callees: Arc<[User]>,
+        /// Your data.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        custom_data: Option<CustomData>,
+        /// Ring time left, in milliseconds.
+        ring_remaining_ms: u64,
+    },
+    /// Receipt: at least one device of this callee received the invitation.
+    CalleeRinging {
+        /// The call.
+        call_id: CallId,
+        /// The callee.
+        callee: UserId,
+    },
+    /// A callee's final outcome: accepted, declined, busy, timeout,
+    /// canceled, caller_gone or unreachable.
+    CalleeOutcome {
+        /// The call.
+        call_id: CallId,
+        /// The callee.
+        callee: UserId,
+        /// The outcome.
+        reason: Reason,
+    },
+    /// The call is over for you: the invitation ended without an answer, or
+    /// the accepted call was hung up.
+    CallEnded {
+        /// The call.
+        call_id: CallId,
+        /// Why (`hung_up` after an accepted call; otherwise the outcome).
+        reason: Reason,
+    },
+}
+
+impl Event {
+    /// The call this event is about.
+    pub fn call_id(&self) -> &CallId {
+        match self {
+            Event::IncomingCall { call_id, .. }
+            | Event::IncomingEnded { call_id, .. }
+            | Event::OutgoingCall { call_id, .. }
+            | Event::CalleeRinging { call_id, .. }
+            | Event::CalleeOutcome { call_id, .. }
+            | Event::CallEnded { call_id, .. } => call_id,
+        }
+    }
+}
+
+/// A full snapshot of one user's calls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncBody {
+    /// Events continue after this sequence number.
+    pub seq: u64,
+    /// Every live call the user is part of.
+    pub calls: Vec<CallSnapshot>,
+    /// Calls that ended recently for this user (bounded), so a device that
+    /// missed the ending learns the reason.
+    pub ended: Vec<EndedCall>,
+}
+
+/// One live call seen from one user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallSnapshot {
+    /// The call.
+    pub call_id: CallId,
+    /// Your role in it.
+    pub role: Role,
+    /// The caller.
+    pub caller: User,
+    /// The device of the caller that invited.
+    pub caller_device: DeviceId,
+    /// Voice or video.
+    pub call_type: CallType,
+    /// Everyone invited.
+    pub callees: Arc<[User]>,
+    /// The caller's data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_data: Option<CustomData>,
+    /// Ringing (for a callee: you have not answered) or accepted.
+    pub state: SnapshotState,
+    /// Ring time left in milliseconds (0 once nobody rings).
+    pub ring_remaining_ms: u64,
+    /// The whole ring timeout the caller chose, in milliseconds.
+    pub ring_timeout_ms: u64,
+    /// For a callee that accepted: the device that did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceId>,
+    /// For the caller: the outcome of every callee that has one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outcomes: Vec<CalleeOutcome>,
+}
+
+/// Your role in a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// You invited.
+    Caller,
+    /// You were invited.
+    Callee,
+}
+
+/// A call's state in a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotState {
+    /// Still ringing (callee: for you; caller: for at least one callee).
+    Ringing,
+    /// Accepted and not hung up (callee: by you; caller: by at least one).
+    Accepted,
+}
+
+/// A callee and its outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CalleeOutcome {
+    /// The callee.
+    pub callee: UserId,
+    /// The outcome.
+    pub reason: Reason,
+}
+
+/// A call that ended for the user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndedCall {
+    /// The call.
+    pub call_id: CallId,
+    /// How it ended for the user.
+    pub reason: Reason,
+}
+
+fn decode_checked<T: serde::de::DeserializeOwned>(
+    input: &str,
+    limits: &DecodeLimits,
+    known_types: &[&str],
+) -> Result<T, ProtocolError> {
+    let head = guard::check(input, limits)?;
+    match head.v {
+        Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
+        other => {
+            return Err(ProtocolError::UnsupportedVersion {
+                got: other.unwrap_or(0),
+                supported: PROTOCOL_VERSION,
+            });
+        }
+    }
+    let request = head.id.as_deref().and_then(|s| RequestId::new(s).ok());
+    if let Some(ty) = &head.ty {
+        if !known_types.contains(&ty.as_str()) {
+            return Err(ProtocolError::UnknownType {
+                ty: ty.chars().take(64).collect(),
+                request,
+            });
+        }
+    }
+    serde_json::from_str(input).map_err(|e| ProtocolError::Invalid {
+        detail: e.to_string(),
+        request,
+    })
+}

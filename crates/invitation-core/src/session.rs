@@ -1,0 +1,1096 @@
+//! One device's side of the protocol, sans-IO: what the client driver runs.
+//!
+//! It keeps the device's local view of every call, sends commands with
+//! request ids (and resends the unanswered ones, with the same ids, after a
+//! reconnect), dedups server events by sequence number, turns them into
+//! [`AppEvent`]s, and runs a fallback timer per ringing call so that a ring
+//! ends even if the connection died and the server cannot say so.
+//!
+//! Run loop: feed [`ClientSession::handle_connected`],
+//! [`ClientSession::handle_message`], [`ClientSession::handle_disconnected`]
+//! and [`ClientSession::handle_timeout`]; issue commands with
+//! [`ClientSession::command`]; after each, drain [`ClientSession::poll_transmit`]
+//! (messages to send), [`ClientSession::poll_event`] (for the app) and
+//! [`ClientSession::poll_completion`] (command results); sleep until
+//! [`ClientSession::poll_timeout`].
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use foldhash::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use crate::error::CommandError;
+use crate::id::{CallId, DeviceId, RequestId, UserId};
+use crate::model::{CallType, CustomData, Reason, User};
+use crate::protocol::{
+    CallSnapshot, ClientMessage, Command, ErrorBody, Event, ReplyResult, Role, ServerBody,
+    ServerMessage, SnapshotState, SyncBody,
+};
+
+/// Client-side settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SessionConfig {
+    /// A late invitation rings only with at least this much ring time left
+    /// (5 s), or half its whole ring timeout when that is shorter.
+    pub min_ring_left: Duration,
+    /// The local fallback ends a ring this long after the server-relative
+    /// deadline (the server normally says so first).
+    pub fallback_margin: Duration,
+    /// Events buffered while waiting for a missing sequence number; past
+    /// this, the session asks for a full `sync`.
+    pub reorder_buffer: usize,
+    /// Ended calls remembered to drop late events about them.
+    pub remembered_calls: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            min_ring_left: Duration::from_secs(5),
+            fallback_margin: Duration::from_secs(5),
+            reorder_buffer: 64,
+            remembered_calls: 1024,
+        }
+    }
+}
+
+/// The connection as the app sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConnectionState {
+    /// Connected and in step with the server.
+    Connected {
+        /// True when the event stream continued where it left off; false
+        /// when a full resync was needed.
+        resumed: bool,
+    },
+    /// The connection was lost; the driver is reconnecting.
+    Reconnecting,
+}
+
+/// Everything that can happen to a device, as one typed stream. The first
+/// ten variants are the ten callbacks of `InvitationEvents`; the rest are the
+/// extras the ten do not cover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AppEvent {
+    /// Callee: an invitation rings on this device.
+    IncomingCallReceived {
+        /// The call.
+        call_id: CallId,
+        /// Who calls.
+        caller: User,
+        /// Voice or video.
+        call_type: CallType,
+        /// Everyone invited.
+        callees: Arc<[User]>,
+        /// The caller's data.
+        custom_data: Option<CustomData>,
+        /// Ring time left when it arrived.
+        ring_remaining: Duration,
+    },
+    /// Callee: ringing stopped before this device answered (caller
+    /// canceled, caller gone, answered or declined elsewhere).
+    IncomingCallCanceled {
+        /// The call.
+        call_id: CallId,
+        /// Who called.
+        caller: User,
+        /// The caller's data.
+        custom_data: Option<CustomData>,
+        /// Why: canceled, caller_gone, answered_elsewhere, declined_elsewhere ...
+        reason: Reason,
+    },
+    /// Callee: nobody answered in time.
+    IncomingCallTimeout {
+        /// The call.
+        call_id: CallId,
+        /// Who called.
+        caller: User,
+    },
+    /// Callee: this device accepted (confirmed by the server).
+    IncomingCallAcceptButtonPressed {
+        /// The call.
+        call_id: CallId,
+    },
+    /// Callee: this device declined (confirmed by the server).
+    IncomingCallDeclineButtonPressed {
+        /// The call.
+        call_id: CallId,
+        /// Declined as busy.
+        busy: bool,
+    },
+    /// Caller: this device canceled (confirmed by the server).
+    OutgoingCallCancelButtonPressed {
+        /// The call.
+        call_id: CallId,
+    },
+    /// Caller: a callee accepted.
+    OutgoingCallAccepted {
+        /// The call.
+        call_id: CallId,
+        /// Who accepted.
+        callee: UserId,
+    },
+    /// Caller: a callee was busy.
+    OutgoingCallRejectedCauseBusy {
+        /// The call.
+        call_id: CallId,
+        /// Who was busy.
+        callee: UserId,
+        /// Your data, as sent.
+        custom_data: Option<CustomData>,
+    },
+    /// Caller: a callee declined.
+    OutgoingCallDeclined {
+        /// The call.
+        call_id: CallId,
+        /// Who declined.
+        callee: UserId,
+    },
+    /// Caller: a callee did not answer in time (once per such callee).
+    OutgoingCallTimeout {
+        /// The call.
+        call_id: CallId,
+        /// Who did not answer.
+        callee: UserId,
+        /// Your data, as sent.
+        custom_data: Option<CustomData>,
+    },
+    /// Callee: another device of yours accepted.
+    AnsweredElsewhere {
+        /// The call.
+        call_id: CallId,
+        /// The device that accepted.
+        device: Option<DeviceId>,
+    },
+    /// Callee: another device of yours declined.
+    DeclinedElsewhere {
+        /// The call.
+        call_id: CallId,
+        /// The device that declined.
+        device: Option<DeviceId>,
+    },
+    /// Caller: at least one device of this callee has the invitation.
+    CalleeRinging {
+        /// The call.
+        call_id: CallId,
+        /// The callee.
+        callee: UserId,
+    },
+    /// Caller: a callee outcome not covered by the ten callbacks (canceled,
+    /// caller gone, unreachable), or any outcome seen on a caller device
+    /// that did not start the call.
+    CalleeOutcome {
+        /// The call.
+        call_id: CallId,
+        /// The callee.
+        callee: UserId,
+        /// The outcome.
+        reason: Reason,
+    },
+    /// Caller: another device of yours started a call.
+    OutgoingCallStarted {
+        /// The call.
+        call_id: CallId,
+        /// The device that invited.
+        device: DeviceId,
+        /// Who was invited.
+        callees: Arc<[User]>,
+    },
+    /// The call is over for you (hung up, or the invitation ended).
+    CallEnded {
+        /// The call.
+        call_id: CallId,
+        /// Why.
+        reason: Reason,
+    },
+    /// The event stream could not be resumed; the local view was rebuilt
+    /// from a full snapshot (events in between may be summarised).
+    Resynced {
+        /// Live calls in the snapshot.
+        live_calls: usize,
+    },
+    /// The connection changed state.
+    Connection(ConnectionState),
+}
+
+impl AppEvent {
+    /// The call the event is about, if any.
+    pub fn call_id(&self) -> Option<&CallId> {
+        use AppEvent::*;
+        match self {
+            IncomingCallReceived { call_id, .. }
+            | IncomingCallCanceled { call_id, .. }
+            | IncomingCallTimeout { call_id, .. }
+            | IncomingCallAcceptButtonPressed { call_id }
+            | IncomingCallDeclineButtonPressed { call_id, .. }
+            | OutgoingCallCancelButtonPressed { call_id }
+            | OutgoingCallAccepted { call_id, .. }
+            | OutgoingCallRejectedCauseBusy { call_id, .. }
+            | OutgoingCallDeclined { call_id, .. }
+            | OutgoingCallTimeout { call_id, .. }
+            | AnsweredElsewhere { call_id, .. }
+            | DeclinedElsewhere { call_id, .. }
+            | CalleeRinging { call_id, .. }
+            | CalleeOutcome { call_id, .. }
+            | OutgoingCallStarted { call_id, .. }
+            | CallEnded { call_id, .. } => Some(call_id),
+            Resynced { .. } | Connection(_) => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Local {
+    /// Callee: ringing on this device.
+    Ringing,
+    /// Callee: known but not ringing here (too little time left).
+    Silent,
+    /// Callee: in the call (accepted here, or through glare).
+    InCall,
+    /// Caller: this device invited.
+    Outgoing,
+    /// Caller: another device of this user invited.
+    OutgoingElsewhere,
+}
+
+#[derive(Debug, Clone)]
+struct LocalCall {
+    state: Local,
+    caller: User,
+    custom_data: Option<CustomData>,
+    /// Caller side: each callee and its outcome once known.
+    outcomes: Vec<(UserId, Option<Reason>)>,
+    /// Local fallback deadline, while ringing.
+    fallback_at: Option<Instant>,
+    accept_fired: bool,
+    decline_fired: bool,
+    cancel_fired: bool,
+}
+
+impl LocalCall {
+    fn new(state: Local, caller: User, custom_data: Option<CustomData>) -> Self {
+        Self {
+            state,
+            caller,
+            custom_data,
+            outcomes: Vec::new(),
+            fallback_at: None,
+            accept_fired: false,
+            decline_fired: false,
+            cancel_fired: false,
+        }
+    }
+}
+
+/// One device's client-side protocol state. See the [module docs](self).
+#[derive(Debug)]
+pub struct ClientSession {
+    config: SessionConfig,
+    user: UserId,
+    device: DeviceId,
+    /// Highest sequence number applied in order.
+    last_seq: Option<u64>,
+    /// After a non-resumed welcome, events wait for the `sync`.
+    awaiting_sync: bool,
+    ahead: BTreeMap<u64, Event>,
+    calls: HashMap<CallId, LocalCall>,
+    ended: HashSet<CallId>,
+    ended_order: VecDeque<CallId>,
+    pending: HashMap<RequestId, Command>,
+    pending_order: Vec<RequestId>,
+    next_request: u64,
+    request_prefix: String,
+    connected: bool,
+    fallbacks: BTreeSet<(Instant, CallId)>,
+    transmit: VecDeque<ClientMessage>,
+    events: VecDeque<AppEvent>,
+    completions: VecDeque<(RequestId, Result<ReplyResult, CommandError>)>,
+    duplicates: u64,
+}
+
+impl ClientSession {
+    /// A session for `device` of `user`. `request_prefix` makes request ids
+    /// unique across restarts of the app (e.g. a random or time-based tag).
+    pub fn new(
+        user: UserId,
+        device: DeviceId,
+        request_prefix: &str,
+        config: SessionConfig,
+    ) -> Self {
+        Self {
+            config,
+            user,
+            device,
+            last_seq: None,
+            awaiting_sync: false,
+            ahead: BTreeMap::new(),
+            calls: HashMap::default(),
+            ended: HashSet::default(),
+            ended_order: VecDeque::new(),
+            pending: HashMap::default(),
+            pending_order: Vec::new(),
+            next_request: 1,
+            request_prefix: request_prefix
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .take(32)
+                .collect(),
+            connected: false,
+            fallbacks: BTreeSet::new(),
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            completions: VecDeque::new(),
+            duplicates: 0,
+        }
+    }
+
+    /// This device.
+    pub fn device(&self) -> &DeviceId {
+        &self.device
+    }
+
+    /// This user.
+    pub fn user(&self) -> &UserId {
+        &self.user
+    }
+
+    /// The last event sequence number applied, for resuming.
+    pub fn last_seq(&self) -> Option<u64> {
+        self.last_seq
+    }
+
+    /// Server events dropped as duplicates so far.
+    pub fn duplicates_dropped(&self) -> u64 {
+        self.duplicates
+    }
+
+    /// Calls this device currently considers live.
+    pub fn live_calls(&self) -> impl Iterator<Item = &CallId> {
+        self.calls.keys()
+    }
+
+    /// True while an incoming call rings on this device.
+    pub fn is_ringing(&self, call_id: &CallId) -> bool {
+        self.calls
+            .get(call_id)
+            .is_some_and(|c| c.state == Local::Ringing)
+    }
+
+    // ----- inputs -------------------------------------------------------
+
+    /// The transport is (re)connected: queues `hello` (resuming from the
+    /// last sequence number) and every unanswered command, with its
+    /// original request id.
+    pub fn handle_connected(&mut self, _now: Instant, token: Option<String>) {
+        self.connected = true;
+        let hello = Command::Hello {
+            device: self.device.clone(),
+            token,
+            last_seq: self.last_seq,
+        };
+        let id = self.fresh_request_id();
+        self.transmit.push_back(ClientMessage::new(id, hello));
+        for id in &self.pending_order {
+            if let Some(cmd) = self.pending.get(id) {
+                self.transmit
+                    .push_back(ClientMessage::new(id.clone(), cmd.clone()));
+            }
+        }
+    }
+
+    /// The transport dropped. Queued messages are discarded (they will be
+    /// resent from the pending table on reconnect).
+    pub fn handle_disconnected(&mut self, _now: Instant) {
+        if self.connected {
+            self.connected = false;
+            self.transmit.clear();
+            self.ahead.clear();
+            self.events
+                .push_back(AppEvent::Connection(ConnectionState::Reconnecting));
+        }
+    }
+
+    /// Issues a command: returns its request id; the message is queued for
+    /// [`ClientSession::poll_transmit`] (or for the next connection) and the
+    /// result arrives through [`ClientSession::poll_completion`].
+    pub fn command(&mut self, _now: Instant, command: Command) -> RequestId {
+        let id = self.fresh_request_id();
+        self.pending.insert(id.clone(), command.clone());
+        self.pending_order.push(id.clone());
+        if self.connected {
+            self.transmit
+                .push_back(ClientMessage::new(id.clone(), command));
+        }
+        id
+    }
+
+    /// A message from the server.
+    pub fn handle_message(&mut self, now: Instant, message: ServerMessage) {
+        match message.body {
+            ServerBody::Welcome { seq, resumed, .. } => {
+                if resumed {
+                    self.awaiting_sync = false;
+                    if self.last_seq.is_none() {
+                        self.last_seq = Some(seq);
+                    }
+                } else {
+                    self.awaiting_sync = true;
+                }
+                self.events
+                    .push_back(AppEvent::Connection(ConnectionState::Connected { resumed }));
+            }
+            ServerBody::Reply { re, result } => self.on_reply(now, re, Ok(result)),
+            ServerBody::Error(body) => self.on_error(now, body),
+            ServerBody::Event { seq, event } => self.on_event(now, seq, event),
+            ServerBody::Sync(sync) => self.on_sync(now, sync),
+            ServerBody::Pong | ServerBody::Closing { .. } => {}
+        }
+    }
+
+    /// Fires the local fallback timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some((at, call_id)) = self.fallbacks.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.fallbacks.pop_first();
+            let Some(call) = self.calls.get(&call_id) else {
+                continue;
+            };
+            if call.fallback_at != Some(at) {
+                continue;
+            }
+            match call.state {
+                Local::Ringing => {
+                    let caller = call.caller.clone();
+                    self.events.push_back(AppEvent::IncomingCallTimeout {
+                        call_id: call_id.clone(),
+                        caller,
+                    });
+                    self.finish(&call_id);
+                }
+                Local::Outgoing => {
+                    let data = call.custom_data.clone();
+                    let silent: Vec<UserId> = call
+                        .outcomes
+                        .iter()
+                        .filter(|(_, r)| r.is_none())
+                        .map(|(u, _)| u.clone())
+                        .collect();
+                    for callee in silent {
+                        self.events.push_back(AppEvent::OutgoingCallTimeout {
+                            call_id: call_id.clone(),
+                            callee,
+                            custom_data: data.clone(),
+                        });
+                    }
+                    self.finish(&call_id);
+                }
+                _ => {
+                    if let Some(c) = self.calls.get_mut(&call_id) {
+                        c.fallback_at = None;
+                    }
+                }
+            }
+        }
+    }
+
+    // ----- outputs ------------------------------------------------------
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<ClientMessage> {
+        self.transmit.pop_front()
+    }
+
+    /// The next event for the app.
+    pub fn poll_event(&mut self) -> Option<AppEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next command result.
+    pub fn poll_completion(&mut self) -> Option<(RequestId, Result<ReplyResult, CommandError>)> {
+        self.completions.pop_front()
+    }
+
+    /// The next local fallback deadline; `None` when nothing rings.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.fallbacks.first().map(|(at, _)| *at)
+    }
+
+    // ----- internals ----------------------------------------------------
+
+    fn fresh_request_id(&mut self) -> RequestId {
+        let id = format!("{}r{}", self.request_prefix, self.next_request);
+        self.next_request += 1;
+        RequestId::new(id).expect("prefix is alphanumeric and short")
+    }
+
+    fn arm(&mut self, call_id: &CallId, at: Instant) {
+        if let Some(call) = self.calls.get_mut(call_id) {
+            if let Some(old) = call.fallback_at.replace(at) {
+                self.fallbacks.remove(&(old, call_id.clone()));
+            }
+            self.fallbacks.insert((at, call_id.clone()));
+        }
+    }
+
+    /// The call is over on this device: forget it, remember its id.
+    fn finish(&mut self, call_id: &CallId) {
+        if let Some(call) = self.calls.remove(call_id) {
+            if let Some(at) = call.fallback_at {
+                self.fallbacks.remove(&(at, call_id.clone()));
+            }
+        }
+        if self.ended.insert(call_id.clone()) {
+            self.ended_order.push_back(call_id.clone());
+            while self.ended_order.len() > self.config.remembered_calls {
+                if let Some(old) = self.ended_order.pop_front() {
+                    self.ended.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn should_ring(&self, remaining: Duration, total: Duration) -> bool {
+        remaining >= self.config.min_ring_left.min(total / 2) && !remaining.is_zero()
+    }
+
+    fn on_reply(&mut self, now: Instant, re: RequestId, result: Result<ReplyResult, CommandError>) {
+        let Some(command) = self.pending.remove(&re) else {
+            return; // a duplicate reply, or the answer to a hello
+        };
+        self.pending_order.retain(|r| r != &re);
+        if let Ok(ok) = &result {
+            self.on_success(now, &command, ok);
+        }
+        self.completions.push_back((re, result));
+    }
+
+    fn on_error(&mut self, now: Instant, body: ErrorBody) {
+        let Some(re) = body.re.clone() else { return };
+        let error = body
+            .to_command_error()
+            .unwrap_or_else(|| CommandError::Rejected {
+                code: body.code,
+                message: body.message.clone(),
+            });
+        self.on_reply(now, re, Err(error));
+    }
+
+    fn on_success(&mut self, now: Instant, command: &Command, result: &ReplyResult) {
+        match (command, result) {
+            (
+                Command::Invite(req),
+                ReplyResult::Invited {
+                    call_id,
+                    ring_remaining_ms,
+                    callees,
+                },
+            ) => {
+                if self.ended.contains(call_id) {
+                    return;
+                }
+                let me = User {
+                    id: self.user.clone(),
+                    name: "".into(),
+                };
+                let call = self.calls.entry(call_id.clone()).or_insert_with(|| {
+                    LocalCall::new(Local::Outgoing, me, req.custom_data.clone())
+                });
+                call.state = Local::Outgoing;
+                for c in callees {
+                    if !call.outcomes.iter().any(|(u, _)| u == &c.user) {
+                        call.outcomes.push((c.user.clone(), None));
+                    }
+                }
+                let at =
+                    now + Duration::from_millis(*ring_remaining_ms) + self.config.fallback_margin;
+                self.arm(call_id, at);
+            }
+            (Command::Invite(_), ReplyResult::Joined { call_id, caller })
+                if !self.ended.contains(call_id) =>
+            {
+                self.calls
+                    .entry(call_id.clone())
+                    .or_insert_with(|| LocalCall::new(Local::Silent, caller.clone(), None));
+                self.mark_joined(call_id, caller);
+            }
+            (Command::Accept { call_id }, _) => self.mark_accepted(call_id),
+            (Command::Decline { call_id, busy }, _) => self.mark_declined(call_id, *busy),
+            (Command::Cancel { call_id }, _) => {
+                let fire = match self.calls.get_mut(call_id) {
+                    Some(call) => !std::mem::replace(&mut call.cancel_fired, true),
+                    None => !self.ended.contains(call_id),
+                };
+                if fire {
+                    self.events
+                        .push_back(AppEvent::OutgoingCallCancelButtonPressed {
+                            call_id: call_id.clone(),
+                        });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// An invite of ours to exactly `caller` is unanswered: an "accepted by
+    /// this device" for `caller`'s call is then our invite merged by glare.
+    fn glare_invite_pending(&self, caller: &UserId) -> bool {
+        self.pending.values().any(|cmd| {
+            matches!(cmd, Command::Invite(req) if req.callees.len() == 1 && &req.callees[0] == caller)
+        })
+    }
+
+    /// Glare: our invite became the acceptance of `caller`'s call. The app
+    /// sees its outgoing call accepted, once, whichever of the reply and the
+    /// event arrives first.
+    fn mark_joined(&mut self, call_id: &CallId, caller: &User) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        call.state = Local::InCall;
+        if let Some(at) = call.fallback_at.take() {
+            self.fallbacks.remove(&(at, call_id.clone()));
+        }
+        if !std::mem::replace(&mut call.accept_fired, true) {
+            self.events.push_back(AppEvent::OutgoingCallAccepted {
+                call_id: call_id.clone(),
+                callee: caller.id.clone(),
+            });
+        }
+    }
+
+    fn mark_accepted(&mut self, call_id: &CallId) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        call.state = Local::InCall;
+        if let Some(at) = call.fallback_at.take() {
+            self.fallbacks.remove(&(at, call_id.clone()));
+        }
+        if !std::mem::replace(&mut call.accept_fired, true) {
+            self.events
+                .push_back(AppEvent::IncomingCallAcceptButtonPressed {
+                    call_id: call_id.clone(),
+                });
+        }
+    }
+
+    fn mark_declined(&mut self, call_id: &CallId, busy: bool) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        if !std::mem::replace(&mut call.decline_fired, true) {
+            self.events
+                .push_back(AppEvent::IncomingCallDeclineButtonPressed {
+                    call_id: call_id.clone(),
+                    busy,
+                });
+        }
+        self.finish(call_id);
+    }
+
+    fn on_event(&mut self, now: Instant, seq: u64, event: Event) {
+        if self.awaiting_sync {
+            return; // the sync will cover it
+        }
+        let last = self.last_seq.unwrap_or(0);
+        if seq <= last {
+            self.duplicates += 1;
+            return;
+        }
+        if seq > last + 1 {
+            if self.ahead.len() >= self.config.reorder_buffer {
+                self.ahead.clear();
+                self.request_sync();
+            } else {
+                self.ahead.insert(seq, event);
+            }
+            return;
+        }
+        self.apply(now, event);
+        self.last_seq = Some(seq);
+        while let Some(entry) = self.ahead.first_entry() {
+            let next = self.last_seq.unwrap_or(0) + 1;
+            if *entry.key() < next {
+                entry.remove();
+                self.duplicates += 1;
+            } else if *entry.key() == next {
+                let event = entry.remove();
+                self.apply(now, event);
+                self.last_seq = Some(next);
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn request_sync(&mut self) {
+        if !self.awaiting_sync {
+            self.awaiting_sync = true;
+            let id = self.fresh_request_id();
+            self.transmit
+                .push_back(ClientMessage::new(id, Command::Sync));
+        }
+    }
+
+    fn apply(&mut self, now: Instant, event: Event) {
+        let call_id = event.call_id().clone();
+        if self.ended.contains(&call_id) {
+            return; // late news about a call this device finished
+        }
+        match event {
+            Event::IncomingCall {
+                call_id,
+                caller,
+                call_type,
+                callees,
+                custom_data,
+                ring_remaining_ms,
+                ring_timeout_ms,
+            } => {
+                if self.calls.contains_key(&call_id) {
+                    return;
+                }
+                let remaining = Duration::from_millis(ring_remaining_ms);
+                let ring = self.should_ring(remaining, Duration::from_millis(ring_timeout_ms));
+                let state = if ring { Local::Ringing } else { Local::Silent };
+                self.calls.insert(
+                    call_id.clone(),
+                    LocalCall::new(state, caller.clone(), custom_data.clone()),
+                );
+                if ring {
+                    self.arm(&call_id, now + remaining + self.config.fallback_margin);
+                    self.events.push_back(AppEvent::IncomingCallReceived {
+                        call_id,
+                        caller,
+                        call_type,
+                        callees,
+                        custom_data,
+                        ring_remaining: remaining,
+                    });
+                }
+            }
+            Event::IncomingEnded {
+                call_id,
+                reason,
+                device,
+            } => self.incoming_ended(&call_id, reason, device),
+            Event::OutgoingCall {
+                call_id,
+                device,
+                callees,
+                custom_data,
+                ring_remaining_ms,
+                ..
+            } => {
+                if self.calls.contains_key(&call_id) {
+                    return;
+                }
+                let me = User {
+                    id: self.user.clone(),
+                    name: "".into(),
+                };
+                let mine = device == self.device;
+                let state = if mine {
+                    Local::Outgoing
+                } else {
+                    Local::OutgoingElsewhere
+                };
+                let mut call = LocalCall::new(state, me, custom_data);
+                call.outcomes = callees.iter().map(|u| (u.id.clone(), None)).collect();
+                self.calls.insert(call_id.clone(), call);
+                if mine {
+                    let at = now
+                        + Duration::from_millis(ring_remaining_ms)
+                        + self.config.fallback_margin;
+                    self.arm(&call_id, at);
+                } else {
+                    self.events.push_back(AppEvent::OutgoingCallStarted {
+                        call_id,
+                        device,
+                        callees,
+                    });
+                }
+            }
+            Event::CalleeRinging { call_id, callee } => {
+                if self.calls.contains_key(&call_id) {
+                    self.events
+                        .push_back(AppEvent::CalleeRinging { call_id, callee });
+                }
+            }
+            Event::CalleeOutcome {
+                call_id,
+                callee,
+                reason,
+            } => self.callee_outcome(&call_id, callee, reason),
+            Event::CallEnded { call_id, reason } => {
+                if self.calls.contains_key(&call_id) {
+                    self.finish(&call_id);
+                    self.events
+                        .push_back(AppEvent::CallEnded { call_id, reason });
+                }
+            }
+        }
+    }
+
+    fn incoming_ended(&mut self, call_id: &CallId, reason: Reason, device: Option<DeviceId>) {
+        let Some(call) = self.calls.get(call_id) else {
+            // Ended before it ever arrived (reordered): never ring for it.
+            self.finish(call_id);
+            return;
+        };
+        let mine = device.as_ref() == Some(&self.device);
+        let rang = call.state == Local::Ringing;
+        let (caller, data) = (call.caller.clone(), call.custom_data.clone());
+        match reason {
+            Reason::Accepted if mine => {
+                if self.glare_invite_pending(&caller.id) {
+                    self.mark_joined(call_id, &caller);
+                } else {
+                    self.mark_accepted(call_id);
+                }
+                return;
+            }
+            Reason::Declined | Reason::Busy if mine => {
+                self.mark_declined(call_id, reason == Reason::Busy);
+                return;
+            }
+            Reason::Accepted => {
+                if call.state == Local::InCall {
+                    return; // glare: our own invite accepted it
+                }
+                self.events.push_back(AppEvent::AnsweredElsewhere {
+                    call_id: call_id.clone(),
+                    device: device.clone(),
+                });
+                if rang {
+                    self.events.push_back(AppEvent::IncomingCallCanceled {
+                        call_id: call_id.clone(),
+                        caller,
+                        custom_data: data,
+                        reason: Reason::AnsweredElsewhere,
+                    });
+                }
+            }
+            Reason::Declined | Reason::Busy => {
+                self.events.push_back(AppEvent::DeclinedElsewhere {
+                    call_id: call_id.clone(),
+                    device: device.clone(),
+                });
+                if rang {
+                    self.events.push_back(AppEvent::IncomingCallCanceled {
+                        call_id: call_id.clone(),
+                        caller,
+                        custom_data: data,
+                        reason: Reason::DeclinedElsewhere,
+                    });
+                }
+            }
+            Reason::Timeout => {
+                if rang {
+                    self.events.push_back(AppEvent::IncomingCallTimeout {
+                        call_id: call_id.clone(),
+                        caller,
+                    });
+                }
+            }
+            other => {
+                if rang {
+                    self.events.push_back(AppEvent::IncomingCallCanceled {
+                        call_id: call_id.clone(),
+                        caller,
+                        custom_data: data,
+                        reason: other,
+                    });
+                }
+            }
+        }
+        self.finish(call_id);
+    }
+
+    fn callee_outcome(&mut self, call_id: &CallId, callee: UserId, reason: Reason) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        match call.outcomes.iter_mut().find(|(u, _)| u == &callee) {
+            Some((_, slot @ None)) => *slot = Some(reason),
+            Some((_, Some(_))) => return, // already known: never twice
+            None => call.outcomes.push((callee.clone(), Some(reason))),
+        }
+        let data = call.custom_data.clone();
+        let call_id = call_id.clone();
+        let event = if call.state != Local::Outgoing {
+            AppEvent::CalleeOutcome {
+                call_id,
+                callee,
+                reason,
+            }
+        } else {
+            match reason {
+                Reason::Accepted => AppEvent::OutgoingCallAccepted { call_id, callee },
+                Reason::Declined => AppEvent::OutgoingCallDeclined { call_id, callee },
+                Reason::Busy => AppEvent::OutgoingCallRejectedCauseBusy {
+                    call_id,
+                    callee,
+                    custom_data: data,
+                },
+                Reason::Timeout => AppEvent::OutgoingCallTimeout {
+                    call_id,
+                    callee,
+                    custom_data: data,
+                },
+                other => AppEvent::CalleeOutcome {
+                    call_id,
+                    callee,
+                    reason: other,
+                },
+            }
+        };
+        if let Some(call) = self.calls.get_mut(event.call_id().expect("has one")) {
+            if call.outcomes.iter().all(|(_, r)| r.is_some()) {
+                if let Some(at) = call.fallback_at.take() {
+                    self.fallbacks
+                        .remove(&(at, event.call_id().expect("has one").clone()));
+                }
+            }
+        }
+        self.events.push_back(event);
+    }
+
+    fn on_sync(&mut self, now: Instant, sync: SyncBody) {
+        self.awaiting_sync = false;
+        self.ahead.clear();
+        self.last_seq = Some(sync.seq);
+        let live: HashSet<CallId> = sync.calls.iter().map(|c| c.call_id.clone()).collect();
+        // Calls this device thinks live but the server does not: they ended.
+        let mut gone: Vec<CallId> = self
+            .calls
+            .keys()
+            .filter(|id| !live.contains(*id))
+            .cloned()
+            .collect();
+        gone.sort(); // deterministic event order
+        for call_id in gone {
+            let reason = sync
+                .ended
+                .iter()
+                .find(|e| e.call_id == call_id)
+                .map_or(Reason::Failed, |e| e.reason);
+            self.end_from_sync(&call_id, reason);
+        }
+        let count = sync.calls.len();
+        for snap in sync.calls {
+            self.merge_snapshot(now, snap);
+        }
+        self.events
+            .push_back(AppEvent::Resynced { live_calls: count });
+    }
+
+    fn end_from_sync(&mut self, call_id: &CallId, reason: Reason) {
+        let Some(call) = self.calls.get(call_id) else {
+            return;
+        };
+        match call.state {
+            Local::Ringing | Local::Silent => {
+                let reason = match reason {
+                    Reason::HungUp | Reason::Accepted => Reason::AnsweredElsewhere,
+                    other => other,
+                };
+                self.incoming_ended(call_id, reason, None);
+            }
+            Local::Outgoing | Local::OutgoingElsewhere => {
+                let pending: Vec<UserId> = call
+                    .outcomes
+                    .iter()
+                    .filter(|(_, r)| r.is_none())
+                    .map(|(u, _)| u.clone())
+                    .collect();
+                if reason != Reason::HungUp {
+                    for callee in pending {
+                        self.callee_outcome(call_id, callee, reason);
+                    }
+                }
+                self.finish(call_id);
+                self.events.push_back(AppEvent::CallEnded {
+                    call_id: call_id.clone(),
+                    reason,
+                });
+            }
+            Local::InCall => {
+                self.finish(call_id);
+                self.events.push_back(AppEvent::CallEnded {
+                    call_id: call_id.clone(),
+                    reason,
+                });
+            }
+        }
+    }
+
+    fn merge_snapshot(&mut self, now: Instant, snap: CallSnapshot) {
+        if self.ended.contains(&snap.call_id) {
+            return;
+        }
+        let remaining = Duration::from_millis(snap.ring_remaining_ms);
+        match snap.role {
+            Role::Callee => match (snap.state, self.calls.get(&snap.call_id).map(|c| c.state)) {
+                (SnapshotState::Ringing, None) => {
+                    self.apply(
+                        now,
+                        Event::IncomingCall {
+                            call_id: snap.call_id,
+                            caller: snap.caller,
+                            call_type: snap.call_type,
+                            callees: snap.callees,
+                            custom_data: snap.custom_data,
+                            ring_remaining_ms: snap.ring_remaining_ms,
+                            ring_timeout_ms: snap.ring_timeout_ms,
+                        },
+                    );
+                }
+                (SnapshotState::Accepted, Some(Local::Ringing | Local::Silent)) => {
+                    self.incoming_ended(&snap.call_id, Reason::Accepted, snap.device);
+                }
+                (SnapshotState::Accepted, None) => {
+                    let mine = snap.device.as_ref() == Some(&self.device);
+                    if mine {
+                        let mut call = LocalCall::new(Local::InCall, snap.caller, snap.custom_data);
+                        call.accept_fired = true;
+                        self.calls.insert(snap.call_id, call);
+                    }
+                }
+                _ => {}
+            },
+            Role::Caller => {
+                if !self.calls.contains_key(&snap.call_id) {
+                    let mine = snap.caller_device == self.device;
+                    let state = if mine {
+                        Local::Outgoing
+                    } else {
+                        Local::OutgoingElsewhere
+                    };
+                    let mut call = LocalCall::new(state, snap.caller, snap.custom_data);
+                    call.outcomes = snap.callees.iter().map(|u| (u.id.clone(), None)).collect();
+                    self.calls.insert(snap.call_id.clone(), call);
+                    if mine && snap.state == SnapshotState::Ringing {
+                        self.arm(&snap.call_id, now + remaining + self.config.fallback_margin);
+                    }
+                    if !mine {
+                        self.events.push_back(AppEvent::OutgoingCallStarted {
+                            call_id: snap.call_id.clone(),
+                            device: snap.caller_device,
+                            callees: snap.callees,
+                        });
+                    }
+                }
+                for o in snap.outcomes {
+                    self.callee_outcome(&snap.call_id, o.callee, o.reason);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Per-user state: online devices, the sequenced event log (the resume
+//! buffer) and the user's live calls.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::ConnId;
+use super::call::CallInfo;
+use crate::id::{CallId, DeviceId, UserId};
+use crate::model::{Reason, User};
+
+/// One entry of a user's event log. Kept compact: the big events point at
+/// the shared [`CallInfo`]; ring time left is computed when sent.
+#[derive(Debug, Clone)]
+pub(crate) enum LogEvent {
+    Incoming(Arc<CallInfo>),
+    Outgoing(Arc<CallInfo>),
+    IncomingEnded {
+        call: CallId,
+        reason: Reason,
+        device: Option<DeviceId>,
+    },
+    CalleeRinging {
+        call: CallId,
+        callee: UserId,
+    },
+    CalleeOutcome {
+        call: CallId,
+        callee: UserId,
+        reason: Reason,
+    },
+    CallEnded {
+        call: CallId,
+        reason: Reason,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) struct UserEntry {
+    pub(crate) user: User,
+    /// Online devices and their current connection.
+    pub(crate) devices: Vec<(DeviceId, ConnId)>,
+    /// The newest events; `log[i]` has sequence number `first_seq + i`.
+    pub(crate) log: VecDeque<LogEvent>,
+    /// Sequence number of `log[0]` (meaningless while the log is empty).
+    pub(crate) first_seq: u64,
+    /// The newest sequence number assigned (0: none yet).
+    pub(crate) seq: u64,
+    /// Live calls the user takes part in (ringing for them, or in call).
+    pub(crate) calls: Vec<CallId>,
+    /// Calls that recently ended for this user, for `sync`.
+    pub(crate) recent_ended: VecDeque<(CallId, Reason)>,
+    /// Since when the user has had no device and no call.
+    pub(crate) idle_since: Option<Instant>,
+}
+
+impl UserEntry {
+    pub(crate) fn new(user: User) -> Self {
+        Self {
+            user,
+            devices: Vec::new(),
+            log: VecDeque::new(),
+            first_seq: 1,
+            seq: 0,
+            calls: Vec::new(),
+            recent_ended: VecDeque::new(),
+            idle_since: None,
+        }
+    }
+
+    /// Appends an event, evicting the oldest past `cap`; returns its seq.
+    pub(crate) fn append(&mut self, event: LogEvent, cap: usize) -> u64 {
+        self.seq += 1;
+        if self.log.is_empty() {
+            self.first_seq = self.seq;
+        }
+        // Grow one slot at a time while small: most users have a handful of
+        // events, and the default growth (to 4, 8, ...) would dominate the
+        // memory of a million pending invitations.
+        if self.log.len() == self.log.capacity() && self.log.len() < 8 {
+            self.log.reserve_exact(1);
+        }
+        self.log.push_back(event);
+        while self.log.len() > cap.max(1) {
+            self.log.pop_front();
+            self.first_seq += 1;
+        }
+        self.seq
+    }
+
+    /// True when every event after `last_seq` is still in the buffer.
+    pub(crate) fn can_resume(&self, last_seq: u64) -> bool {
+        if last_seq > self.seq {
+            return false; // the server forgot this user (restart, purge)
+        }
+        last_seq == self.seq || last_seq + 1 >= self.first_seq
+    }
+
+    /// Events after `last_seq`, with their sequence numbers.
+    pub(crate) fn since(&self, last_seq: u64) -> impl Iterator<Item = (u64, &LogEvent)> {
+        let skip = (last_seq + 1).saturating_sub(self.first_seq) as usize;
+        let first = self.first_seq;
+        self.log
+            .iter()
+            .enumerate()
+            .skip(skip)
+            .map(move |(i, e)| (first + i as u64, e))
+    }
+
+    pub(crate) fn add_call(&mut self, call: &CallId) {
+        if !self.calls.contains(call) {
+            if self.calls.len() == self.calls.capacity() && self.calls.len() < 4 {
+                self.calls.reserve_exact(1);
+            }
+            self.calls.push(call.clone());
+        }
+    }
+
+    /// The call ended for this user: forget it as live, remember the reason.
+    pub(crate) fn end_call(&mut self, call: &CallId, reason: Reason, keep: usize) {
+        if let Some(i) = self.calls.iter().position(|c| c == call) {
+            self.calls.swap_remove(i);
+            if keep > 0 {
+                if self.recent_ended.len() >= keep {
+                    self.recent_ended.pop_front();
+                }
+                if self.recent_ended.len() == self.recent_ended.capacity()
+                    && self.recent_ended.len() < 4
+                {
+                    self.recent_ended.reserve_exact(1);
+                }
+                self.recent_ended.push_back((call.clone(), reason));
+            }
+        }
+    }
+
+    pub(crate) fn is_idle(&self) -> bool {
+        self.devices.is_empty() && self.calls.is_empty()
+    }
+}

@@ -1,0 +1,886 @@
+//! Switchboard + client session, driven through the test network: every
+//! transition, the races of reliability.md section B, and the authorisation
+//! cases D1-D3.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{Net, did, uid};
+use invitation_core::protocol::{ClientMessage, Command, InitialStatus, ReplyResult};
+use invitation_core::{
+    AppEvent, BusyPolicy, CommandError, OfflinePolicy, Output, Reason, RequestId,
+    SwitchboardConfig, ValidationError,
+};
+
+fn online(net: &mut Net, users: &[&str]) {
+    for u in users {
+        net.connect(u, "phone");
+    }
+}
+
+#[test]
+fn accept_then_hang_up() {
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob"]);
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    assert!(net.dev("bob", "phone").session.is_ringing(&call));
+    assert_eq!(net.names("bob", "phone"), ["incoming_received"]);
+    assert_eq!(net.names("alice", "phone"), ["callee_ringing"]);
+
+    assert_eq!(net.accept("bob", "phone", &call), Ok(ReplyResult::Done));
+    assert_eq!(
+        net.names("bob", "phone"),
+        ["incoming_received", "accept_pressed"]
+    );
+    assert_eq!(
+        net.names("alice", "phone"),
+        ["callee_ringing", "outgoing_accepted"]
+    );
+    assert_eq!(net.sb.poll_timeout(), None, "nothing rings any more");
+
+    // In a call: both are busy for others.
+    net.connect("carol", "phone");
+    let busy = net.invite("carol", "phone", &["bob"], None).unwrap();
+    assert_eq!(
+        net.sb.call(&busy).unwrap().outcome(&uid("bob")),
+        Some(Reason::Busy)
+    );
+    assert_eq!(
+        net.names("carol", "phone"),
+        ["outgoing_busy", "call_ended"],
+        "carol sees busy, not a timeout"
+    );
+
+    assert_eq!(net.hang_up("bob", "phone", &call), Ok(ReplyResult::Done));
+    assert_eq!(net.names("bob", "phone").last(), Some(&"call_ended"));
+    assert_eq!(net.names("alice", "phone").last(), Some(&"call_ended"));
+    assert_eq!(net.sb.call(&call).unwrap().ended(), Some(Reason::HungUp));
+    // No longer busy.
+    let again = net.invite("carol", "phone", &["bob"], None).unwrap();
+    assert_eq!(net.sb.call(&again).unwrap().outcome(&uid("bob")), None);
+}
+
+#[test]
+fn caller_hang_up_ends_the_call_for_everyone() {
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob"]);
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    net.accept("bob", "phone", &call).unwrap();
+    assert_eq!(net.hang_up("alice", "phone", &call), Ok(ReplyResult::Done));
+    let ended: Vec<_> = net
+        .dev("bob", "phone")
+        .app_events()
+        .filter(|e| {
+            matches!(
+                e,
+                AppEvent::CallEnded {
+                    reason: Reason::HungUp,
+                    ..
+                }
+            )
+        })
+        .collect();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(
+        net.hang_up("alice", "phone", &call),
+        Ok(ReplyResult::Done),
+        "idempotent"
+    );
+}
+
+#[test]
+fn decline_and_decline_as_busy() {
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob"]);
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    assert_eq!(
+        net.decline("bob", "phone", &call, false),
+        Ok(ReplyResult::Done)
+    );
+    assert_eq!(
+        net.names("bob", "phone"),
+        ["incoming_received", "decline_pressed"]
+    );
+    assert_eq!(
+        net.names("alice", "phone"),
+        ["callee_ringing", "outgoing_declined", "call_ended"]
+    );
+
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    net.decline("bob", "phone", &call, true).unwrap();
+    let alice = net.names("alice", "phone");
+    assert_eq!(&alice[alice.len() - 2..], ["outgoing_busy", "call_ended"]);
+    assert_eq!(
+        net.sb.call(&call).unwrap().outcome(&uid("bob")),
+        Some(Reason::Busy)
+    );
+}
+
+#[test]
+fn timeout_fires_on_both_sides_once() {
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob"]);
+    let call = net.invite("alice", "phone", &["bob"], Some(30)).unwrap();
+    net.advance(Duration::from_millis(29_999));
+    assert!(net.dev("bob", "phone").session.is_ringing(&call));
+    net.advance(Duration::from_millis(1));
+    assert_eq!(
+        net.names("bob", "phone"),
+        ["incoming_received", "incoming_timeout"]
+    );
+    assert_eq!(
+        net.names("alice", "phone"),
+        ["callee_ringing", "outgoing_timeout", "call_ended"]
+    );
+    // The client fallbacks were disarmed by the server's word: nothing more.
+    net.advance(Duration::from_secs(60));
+    assert_eq!(net.names("bob", "phone").len(), 2);
+    assert_eq!(net.sb.poll_timeout(), None);
+    assert!(
+        net.devs
+            .values()
+            .all(|d| d.session.poll_timeout().is_none())
+    );
+}
+
+#[test]
+fn cancel_stops_the_ring() {
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob"]);
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    assert_eq!(net.cancel("alice", "phone", &call), Ok(ReplyResult::Done));
+    assert!(net.names("alice", "phone").contains(&"cancel_pressed"));
+    let canceled: Vec<_> = net
+        .dev("bob", "phone")
+        .app_events()
+        .filter_map(|e| match e {
+            AppEvent::IncomingCallCanceled {
+                reason,
+                custom_data,
+                ..
+            } => Some((*reason, custom_data.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(canceled.len(), 1);
+    assert_eq!(canceled[0].0, Reason::Canceled);
+    assert_eq!(canceled[0].1.as_ref().unwrap().as_str(), "{\"room\":1}");
+    assert_eq!(
+        net.cancel("alice", "phone", &call),
+        Ok(ReplyResult::Done),
+        "idempotent"
+    );
+}
+
+#[test]
+fn b1_cancel_versus_accept_one_winner() {
+    // accept first
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob"]);
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    net.accept("bob", "phone", &call).unwrap();
+    assert_eq!(
+        net.cancel("alice", "phone", &call),
+        Err(CommandError::Ended {
+            reason: Reason::Accepted
+        })
+    );
+    assert!(!net.names("bob", "phone").contains(&"incoming_canceled"));
+
+    // cancel first
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob"]);
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    net.cancel("alice", "phone", &call).unwrap();
+    assert_eq!(
+        net.accept("bob", "phone", &call),
+        Err(CommandError::Ended {
+            reason: Reason::Canceled
+        })
+    );
+    assert!(!net.names("alice", "phone").contains(&"outgoing_accepted"));
+}
+
+#[test]
+fn b2_two_devices_accept_first_wins() {
+    let mut net = Net::new();
+    net.connect("alice", "phone");
+    net.connect("bob", "phone");
+    net.connect("bob", "laptop");
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    assert!(net.dev("bob", "phone").session.is_ringing(&call));
+    assert!(net.dev("bob", "laptop").session.is_ringing(&call));
+
+    net.accept("bob", "phone", &call).unwrap();
+    assert_eq!(
+        net.accept("bob", "laptop", &call),
+        Err(CommandError::Ended {
+            reason: Reason::AnsweredElsewhere
+        })
+    );
+    assert_eq!(
+        net.names("bob", "laptop"),
+        [
+            "incoming_received",
+            "answered_elsewhere",
+            "incoming_canceled"
+        ]
+    );
+    let accepted = net
+        .names("alice", "phone")
+        .into_iter()
+        .filter(|n| *n == "outgoing_accepted")
+        .count();
+    assert_eq!(accepted, 1);
+    assert_eq!(
+        net.sb.call(&call).unwrap().answered_by(&uid("bob")),
+        Some(&did("phone"))
+    );
+    // The winner accepting again is idempotent.
+    assert_eq!(net.accept("bob", "phone", &call), Ok(ReplyResult::Done));
+}
+
+#[test]
+fn b3_decline_never_tears_down_an_accepted_call() {
+    let mut net = Net::new();
+    net.connect("alice", "phone");
+    net.connect("bob", "phone");
+    net.connect("bob", "laptop");
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    net.accept("bob", "phone", &call).unwrap();
+    assert_eq!(
+        net.decline("bob", "laptop", &call, false),
+        Err(CommandError::Ended {
+            reason: Reason::AnsweredElsewhere
+        })
+    );
+    assert_eq!(
+        net.sb.call(&call).unwrap().outcome(&uid("bob")),
+        Some(Reason::Accepted)
+    );
+    assert_eq!(net.sb.call(&call).unwrap().ended(), None);
+
+    // The other way round: a decline on one device stops all of them.
+    let call = {
+        net.hang_up("bob", "phone", &call).unwrap();
+        net.invite("alice", "phone", &["bob"], None).unwrap()
+    };
+    net.decline("bob", "laptop", &call, false).unwrap();
+    assert_eq!(
+        net.accept("bob", "phone", &call),
+        Err(CommandError::Ended {
+            reason: Reason::DeclinedElsewhere
+        })
+    );
+    assert_eq!(net.names("bob", "phone").last(), Some(&"incoming_canceled"));
+}
+
+#[test]
+fn b4_accept_one_millisecond_after_the_deadline() {
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob"]);
+    let call = net.invite("alice", "phone", &["bob"], Some(10)).unwrap();
+    let deadline = net.sb.call(&call).unwrap().deadline();
+    // The owner's timer has not fired yet; the command arrives late.
+    let conn = net.dev("bob", "phone").conn.unwrap();
+    let late = deadline + Duration::from_millis(1);
+    let result = net.sb.handle_command(
+        late,
+        conn,
+        ClientMessage::new(
+            RequestId::new("late").unwrap(),
+            Command::Accept {
+                call_id: call.clone(),
+            },
+        ),
+    );
+    assert_eq!(
+        result,
+        Err(CommandError::Ended {
+            reason: Reason::Timeout
+        })
+    );
+    net.now = late;
+    net.pump();
+    let timeouts = net
+        .names("alice", "phone")
+        .into_iter()
+        .filter(|n| *n == "outgoing_timeout")
+        .count();
+    assert_eq!(timeouts, 1);
+    assert_eq!(
+        net.sb.call(&call).unwrap().outcome(&uid("bob")),
+        Some(Reason::Timeout)
+    );
+}
+
+#[test]
+fn b6_glare_becomes_one_call() {
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob"]);
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    let id = net.command(
+        "bob",
+        "phone",
+        Command::Invite(invitation_core::protocol::InviteRequest {
+            callees: vec![uid("alice")],
+            call_type: invitation_core::CallType::Voice,
+            custom_data: None,
+            timeout_s: None,
+        }),
+    );
+    match net.result("bob", "phone", &id) {
+        Ok(ReplyResult::Joined { call_id, caller }) => {
+            assert_eq!(call_id, call);
+            assert_eq!(caller.id, uid("alice"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(net.sb.calls().count(), 1, "one call, not two");
+    assert!(
+        !net.names("alice", "phone").contains(&"incoming_received"),
+        "alice never rings"
+    );
+    assert!(net.names("alice", "phone").contains(&"outgoing_accepted"));
+    assert!(net.names("bob", "phone").contains(&"outgoing_accepted"));
+    assert_eq!(net.sb.stats().glare_merges, 1);
+}
+
+#[test]
+fn b7_second_invite_to_a_ringing_callee_is_busy() {
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob", "carol"]);
+    net.invite("alice", "phone", &["bob"], None).unwrap();
+    let second = net.invite("carol", "phone", &["bob"], None).unwrap();
+    assert_eq!(
+        net.sb.call(&second).unwrap().outcome(&uid("bob")),
+        Some(Reason::Busy)
+    );
+    let rings = net
+        .names("bob", "phone")
+        .into_iter()
+        .filter(|n| *n == "incoming_received")
+        .count();
+    assert_eq!(rings, 1, "never two rings");
+}
+
+#[test]
+fn b8_and_inviting_users_are_busy_and_callers_cannot_double_invite() {
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob", "carol", "dave"]);
+    net.invite("alice", "phone", &["bob"], None).unwrap();
+    // alice is inviting: busy for carol.
+    let c = net.invite("carol", "phone", &["alice"], None).unwrap();
+    assert_eq!(
+        net.sb.call(&c).unwrap().outcome(&uid("alice")),
+        Some(Reason::Busy)
+    );
+    // alice cannot start a second invitation while one rings.
+    let r = net.invite("alice", "phone", &["dave"], None);
+    assert_eq!(r, Err(CommandError::CallerBusy));
+}
+
+#[test]
+fn busy_policy_ring_anyway() {
+    let mut cfg = SwitchboardConfig::default();
+    cfg.busy_policy = BusyPolicy::RingAnyway;
+    let mut net = Net::with_config(cfg);
+    online(&mut net, &["alice", "bob", "carol"]);
+    net.invite("alice", "phone", &["bob"], None).unwrap();
+    let c = net.invite("carol", "phone", &["bob"], None).unwrap();
+    assert_eq!(net.sb.call(&c).unwrap().outcome(&uid("bob")), None);
+    assert!(net.dev("bob", "phone").session.is_ringing(&c));
+}
+
+#[test]
+fn b9_offline_callee_delivered_on_connect_in_time() {
+    let mut net = Net::new();
+    net.connect("alice", "phone");
+    let id = net.command(
+        "alice",
+        "phone",
+        Command::Invite(invitation_core::protocol::InviteRequest {
+            callees: vec![uid("bob")],
+            call_type: invitation_core::CallType::Video,
+            custom_data: None,
+            timeout_s: Some(60),
+        }),
+    );
+    let Ok(ReplyResult::Invited {
+        call_id: call,
+        callees,
+        ..
+    }) = net.result("alice", "phone", &id)
+    else {
+        panic!()
+    };
+    assert_eq!(callees[0].status, InitialStatus::Offline);
+    assert!(!net.names("alice", "phone").contains(&"callee_ringing"));
+    net.advance(Duration::from_secs(20));
+    net.connect("bob", "phone");
+    assert!(net.dev("bob", "phone").session.is_ringing(&call));
+    let ring = net.dev("bob", "phone").app_events().find_map(|e| match e {
+        AppEvent::IncomingCallReceived { ring_remaining, .. } => Some(*ring_remaining),
+        _ => None,
+    });
+    assert_eq!(
+        ring,
+        Some(Duration::from_secs(40)),
+        "server-relative time left"
+    );
+    assert!(net.names("alice", "phone").contains(&"callee_ringing"));
+    net.accept("bob", "phone", &call).unwrap();
+    assert!(net.names("alice", "phone").contains(&"outgoing_accepted"));
+}
+
+#[test]
+fn b9_offline_callee_never_connecting_times_out() {
+    let mut net = Net::new();
+    net.connect("alice", "phone");
+    let call = net.invite("alice", "phone", &["bob"], Some(10)).unwrap();
+    net.advance(Duration::from_secs(10));
+    assert_eq!(
+        net.sb.call(&call).unwrap().outcome(&uid("bob")),
+        Some(Reason::Timeout)
+    );
+    assert!(net.names("alice", "phone").contains(&"outgoing_timeout"));
+    // Connecting afterwards: no ring for a dead call.
+    net.connect("bob", "phone");
+    assert!(!net.names("bob", "phone").contains(&"incoming_received"));
+}
+
+#[test]
+fn late_device_with_little_time_left_does_not_ring() {
+    let mut net = Net::new();
+    net.connect("alice", "phone");
+    let call = net.invite("alice", "phone", &["bob"], Some(60)).unwrap();
+    net.advance(Duration::from_secs(57));
+    net.connect("bob", "phone");
+    assert!(!net.dev("bob", "phone").session.is_ringing(&call));
+    assert!(!net.names("bob", "phone").contains(&"incoming_received"));
+    net.advance(Duration::from_secs(3));
+    assert!(
+        net.names("bob", "phone").is_empty(),
+        "no timeout for a call that never rang"
+    );
+}
+
+#[test]
+fn offline_policy_reject_is_unreachable() {
+    let mut cfg = SwitchboardConfig::default();
+    cfg.offline_policy = OfflinePolicy::Reject;
+    let mut net = Net::with_config(cfg);
+    net.connect("alice", "phone");
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    assert_eq!(
+        net.sb.call(&call).unwrap().outcome(&uid("bob")),
+        Some(Reason::Unreachable)
+    );
+    assert!(net.dev("alice", "phone").app_events().any(|e| matches!(
+        e,
+        AppEvent::CalleeOutcome {
+            reason: Reason::Unreachable,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn b10_group_call_per_callee_outcomes() {
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob", "carol", "dave"]);
+    let call = net
+        .invite("alice", "phone", &["bob", "carol", "dave"], Some(30))
+        .unwrap();
+    net.decline("bob", "phone", &call, false).unwrap();
+    net.accept("carol", "phone", &call).unwrap();
+    // dave still rings: group invitations keep ringing the others.
+    assert!(net.dev("dave", "phone").session.is_ringing(&call));
+    net.advance(Duration::from_secs(30));
+    let view = net.sb.call(&call).unwrap();
+    assert_eq!(view.outcome(&uid("bob")), Some(Reason::Declined));
+    assert_eq!(view.outcome(&uid("carol")), Some(Reason::Accepted));
+    assert_eq!(view.outcome(&uid("dave")), Some(Reason::Timeout));
+    assert_eq!(view.ended(), None, "alice and carol are still in the call");
+    let alice: Vec<_> = net
+        .names("alice", "phone")
+        .into_iter()
+        .filter(|n| n.starts_with("outgoing"))
+        .collect();
+    assert_eq!(
+        alice,
+        ["outgoing_declined", "outgoing_accepted", "outgoing_timeout"]
+    );
+    net.hang_up("carol", "phone", &call).unwrap();
+    assert_eq!(net.sb.call(&call).unwrap().ended(), Some(Reason::HungUp));
+}
+
+#[test]
+fn b11_unknown_and_foreign_calls_look_the_same() {
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob", "mallory"]);
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    let unknown = invitation_core::CallId::new("call-999").unwrap();
+    let before = net.sb.last_seq(&uid("bob"));
+    assert_eq!(
+        net.cancel("mallory", "phone", &unknown),
+        Err(CommandError::NotFound)
+    );
+    assert_eq!(
+        net.cancel("alice", "phone", &unknown),
+        Err(CommandError::NotFound)
+    );
+    // D2: a non-participant acting on a real call gets the same answer.
+    assert_eq!(
+        net.accept("mallory", "phone", &call),
+        Err(CommandError::NotFound)
+    );
+    assert_eq!(
+        net.decline("mallory", "phone", &call, false),
+        Err(CommandError::NotFound)
+    );
+    assert_eq!(
+        net.cancel("mallory", "phone", &call),
+        Err(CommandError::NotFound)
+    );
+    assert_eq!(
+        net.hang_up("mallory", "phone", &call),
+        Err(CommandError::NotFound)
+    );
+    assert_eq!(net.sb.last_seq(&uid("bob")), before, "no state change");
+    assert!(net.dev("bob", "phone").session.is_ringing(&call));
+}
+
+#[test]
+fn d1_identity_comes_from_the_connection() {
+    let mut net = Net::new();
+    online(&mut net, &["mallory", "bob"]);
+    let conn = net.dev("mallory", "phone").conn.unwrap();
+    let json = r#"{"v":1,"id":"x1","type":"invite","callees":["bob"],"call_type":"voice","caller":"alice","from":{"id":"alice"}}"#;
+    let msg = ClientMessage::decode(json, &Default::default()).unwrap();
+    let now = net.now;
+    let Ok(ReplyResult::Invited { call_id, .. }) = net.sb.handle_command(now, conn, msg) else {
+        panic!()
+    };
+    assert_eq!(net.sb.call(&call_id).unwrap().caller().id, uid("mallory"));
+}
+
+#[test]
+fn d3_wrong_roles_are_refused() {
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob"]);
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    assert_eq!(
+        net.cancel("bob", "phone", &call),
+        Err(CommandError::WrongRole)
+    );
+    assert_eq!(
+        net.accept("alice", "phone", &call),
+        Err(CommandError::WrongRole)
+    );
+    assert_eq!(
+        net.decline("alice", "phone", &call, false),
+        Err(CommandError::WrongRole)
+    );
+    assert_eq!(
+        net.hang_up("bob", "phone", &call),
+        Err(CommandError::WrongRole),
+        "not in the call yet"
+    );
+    assert!(net.dev("bob", "phone").session.is_ringing(&call));
+}
+
+#[test]
+fn caller_gone_after_grace() {
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob"]);
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    net.disconnect("alice", "phone");
+    net.advance(Duration::from_secs(14));
+    assert!(net.dev("bob", "phone").session.is_ringing(&call));
+    net.advance(Duration::from_secs(1));
+    let reasons: Vec<_> = net
+        .dev("bob", "phone")
+        .app_events()
+        .filter_map(|e| match e {
+            AppEvent::IncomingCallCanceled { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, [Reason::CallerGone]);
+    assert_eq!(net.sb.poll_timeout(), None);
+}
+
+#[test]
+fn caller_back_within_grace_keeps_the_call() {
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob"]);
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    net.disconnect("alice", "phone");
+    net.advance(Duration::from_secs(10));
+    net.connect("alice", "phone");
+    assert_eq!(net.sb.call(&call).unwrap().caller_gone_at(), None);
+    net.advance(Duration::from_secs(20));
+    assert!(net.dev("bob", "phone").session.is_ringing(&call));
+    net.accept("bob", "phone", &call).unwrap();
+    assert!(net.names("alice", "phone").contains(&"outgoing_accepted"));
+}
+
+#[test]
+fn resume_replays_missed_events_without_duplicates() {
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob"]);
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    net.disconnect("alice", "phone");
+    net.accept("bob", "phone", &call).unwrap();
+    net.connect("alice", "phone");
+    let welcome_resumed = net.dev("alice", "phone").app_events().any(|e| {
+        matches!(
+            e,
+            AppEvent::Connection(invitation_core::ConnectionState::Connected { resumed: true })
+        )
+    });
+    assert!(welcome_resumed);
+    assert_eq!(
+        net.names("alice", "phone")
+            .iter()
+            .filter(|n| **n == "outgoing_accepted")
+            .count(),
+        1
+    );
+    // Reconnect again: nothing replays twice.
+    net.connect("alice", "phone");
+    assert_eq!(
+        net.names("alice", "phone")
+            .iter()
+            .filter(|n| **n == "outgoing_accepted")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn a10_gap_beyond_the_buffer_gets_an_explicit_resync() {
+    let mut cfg = SwitchboardConfig::default();
+    cfg.resume_buffer = 3;
+    let mut net = Net::with_config(cfg);
+    online(&mut net, &["alice", "bob"]);
+    let first = net.invite("alice", "phone", &["bob"], None).unwrap();
+    net.disconnect("bob", "phone");
+    net.cancel("alice", "phone", &first).unwrap();
+    for _ in 0..3 {
+        let c = net.invite("alice", "phone", &["bob"], None).unwrap();
+        net.cancel("alice", "phone", &c).unwrap();
+    }
+    let live = net.invite("alice", "phone", &["bob"], None).unwrap();
+    net.connect("bob", "phone");
+    let dev = net.dev("bob", "phone");
+    assert!(
+        dev.app_events()
+            .any(|e| matches!(e, AppEvent::Resynced { .. }))
+    );
+    assert!(
+        dev.session.is_ringing(&live),
+        "the live call rings after resync"
+    );
+    // The ring of the first call ended with its real reason.
+    assert!(dev.app_events().any(|e| matches!(
+        e,
+        AppEvent::IncomingCallCanceled { call_id, reason: Reason::Canceled, .. } if *call_id == first
+    )));
+    assert_eq!(dev.session.last_seq(), Some(net.sb.last_seq(&uid("bob"))));
+}
+
+#[test]
+fn a2_a3_retries_with_the_same_request_id_are_idempotent() {
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob"]);
+    net.dup_commands = 3;
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    assert_eq!(net.sb.calls().count(), 1, "one call for four copies");
+    net.accept("bob", "phone", &call).unwrap();
+    assert_eq!(net.sb.stats().duplicate_requests, 6);
+    assert_eq!(
+        net.names("alice", "phone")
+            .iter()
+            .filter(|n| **n == "outgoing_accepted")
+            .count(),
+        1
+    );
+    assert_eq!(net.dev("alice", "phone").results.len(), 1);
+    assert_eq!(net.dev("bob", "phone").results.len(), 1);
+}
+
+#[test]
+fn a1_command_issued_while_disconnected_is_sent_on_reconnect() {
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob"]);
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    net.disconnect("bob", "phone");
+    let id = net.command(
+        "bob",
+        "phone",
+        Command::Accept {
+            call_id: call.clone(),
+        },
+    );
+    assert!(net.dev("bob", "phone").results.is_empty());
+    net.connect("bob", "phone");
+    assert_eq!(net.result("bob", "phone", &id), Ok(ReplyResult::Done));
+    assert_eq!(
+        net.sb.call(&call).unwrap().outcome(&uid("bob")),
+        Some(Reason::Accepted)
+    );
+}
+
+#[test]
+fn c3_same_device_reconnecting_replaces_the_old_connection() {
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob"]);
+    let old = net.dev("bob", "phone").conn.unwrap();
+    let now = net.now;
+    let new = net.sb.connect(
+        now,
+        invitation_core::User::named("bob", "B"),
+        did("phone"),
+        Some(0),
+    );
+    let outs: Vec<_> = std::iter::from_fn(|| net.sb.poll_output()).collect();
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Close { conn, .. } if *conn == old))
+    );
+    assert_eq!(net.sb.online_devices(&uid("bob")), vec![did("phone")]);
+    assert_eq!(net.sb.connection_count(), 2, "alice and the new bob");
+    // The old connection's late disconnect does not take the new one down.
+    net.sb.disconnect(now, old);
+    assert_eq!(net.sb.online_devices(&uid("bob")), vec![did("phone")]);
+    let _ = new;
+}
+
+#[test]
+fn e9_callee_list_rules() {
+    let mut net = Net::new();
+    online(&mut net, &["alice"]);
+    let ten: Vec<String> = (0..10).map(|i| format!("u{i}")).collect();
+    let ten: Vec<&str> = ten.iter().map(String::as_str).collect();
+    assert_eq!(
+        net.direct_invite("alice", "phone", &ten, None),
+        Err(CommandError::Invalid(ValidationError::CalleeCount {
+            max: 9,
+            got: 10
+        }))
+    );
+    assert_eq!(
+        net.direct_invite("alice", "phone", &["bob", "alice"], None),
+        Err(CommandError::Invalid(ValidationError::CallerAmongCallees))
+    );
+    assert_eq!(
+        net.direct_invite("alice", "phone", &[], None),
+        Err(CommandError::Invalid(ValidationError::CalleeCount {
+            max: 9,
+            got: 0
+        }))
+    );
+    // Through the client, the refusal arrives typed by its wire code.
+    assert!(matches!(
+        net.invite("alice", "phone", &ten, None),
+        Err(CommandError::Rejected {
+            code: invitation_core::ErrorCode::Invalid,
+            ..
+        })
+    ));
+    // Duplicates are removed, not refused.
+    let call = net
+        .invite("alice", "phone", &["bob", "bob", "bob"], None)
+        .unwrap();
+    assert_eq!(net.sb.call(&call).unwrap().callees().len(), 1);
+}
+
+#[test]
+fn e10_ring_timeout_bounds() {
+    let mut net = Net::new();
+    online(&mut net, &["alice"]);
+    for bad in [0, 601, u32::MAX] {
+        assert!(matches!(
+            net.direct_invite("alice", "phone", &["bob"], Some(bad)),
+            Err(CommandError::Invalid(ValidationError::RingTimeout { got_s, .. })) if got_s == bad
+        ));
+    }
+    let call = net.invite("alice", "phone", &["bob"], Some(600)).unwrap();
+    net.cancel("alice", "phone", &call).unwrap();
+    let call = net.invite("alice", "phone", &["bob"], Some(1)).unwrap();
+    assert!(net.sb.call(&call).is_some());
+}
+
+#[test]
+fn custom_data_over_the_configured_limit_is_refused() {
+    let mut cfg = SwitchboardConfig::default();
+    cfg.max_custom_data = 16;
+    let mut net = Net::with_config(cfg);
+    online(&mut net, &["alice"]);
+    let r = net.direct(
+        "alice",
+        "phone",
+        Command::Invite(invitation_core::protocol::InviteRequest {
+            callees: vec![uid("bob")],
+            call_type: invitation_core::CallType::Voice,
+            custom_data: Some(invitation_core::CustomData::new("x".repeat(17)).unwrap()),
+            timeout_s: None,
+        }),
+    );
+    assert!(matches!(
+        r,
+        Err(CommandError::Invalid(ValidationError::TooLong {
+            field: "custom_data",
+            ..
+        }))
+    ));
+}
+
+#[test]
+fn other_caller_devices_see_the_call_but_fire_no_outgoing_callbacks() {
+    let mut net = Net::new();
+    net.connect("alice", "phone");
+    net.connect("alice", "tablet");
+    net.connect("bob", "phone");
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    net.accept("bob", "phone", &call).unwrap();
+    assert_eq!(
+        net.names("alice", "tablet"),
+        ["outgoing_started", "callee_ringing", "callee_outcome"]
+    );
+    assert!(net.names("alice", "phone").contains(&"outgoing_accepted"));
+}
+
+#[test]
+fn poll_timeout_is_none_when_idle() {
+    let mut net = Net::new();
+    assert_eq!(net.sb.poll_timeout(), None);
+    online(&mut net, &["alice", "bob"]);
+    assert_eq!(net.sb.poll_timeout(), None);
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    assert!(net.sb.poll_timeout().is_some());
+    net.decline("bob", "phone", &call, false).unwrap();
+    assert_eq!(net.sb.poll_timeout(), None);
+}
+
+#[test]
+fn history_is_forgotten_after_retention() {
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob"]);
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    net.cancel("alice", "phone", &call).unwrap();
+    net.advance(Duration::from_secs(599));
+    assert!(
+        net.sb.call(&call).is_some(),
+        "tombstone kept for late duplicates"
+    );
+    net.advance(Duration::from_secs(2));
+    assert!(net.sb.call(&call).is_none());
+    assert_eq!(
+        net.cancel("alice", "phone", &call),
+        Err(CommandError::NotFound)
+    );
+}

@@ -1,0 +1,406 @@
+//! A test network: one switchboard, many client sessions, messages moved by
+//! hand, time moved by hand. Each device records every app event and command
+//! result it saw, so tests (and the property tests) can check what a handler
+//! would have seen.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use invitation_core::protocol::{
+    ClientMessage, Command, InviteRequest, ReplyResult, ServerMessage,
+};
+use invitation_core::{
+    AppEvent, CallId, CallType, ClientSession, CommandError, ConnId, DeviceId, Output, RequestId,
+    SequentialCallIds, SessionConfig, Switchboard, SwitchboardConfig, User, UserId,
+};
+
+pub type Key = (String, String);
+
+pub fn uid(s: &str) -> UserId {
+    UserId::new(s).unwrap()
+}
+
+pub fn did(s: &str) -> DeviceId {
+    DeviceId::new(s).unwrap()
+}
+
+#[derive(Debug)]
+pub struct Dev {
+    pub session: ClientSession,
+    pub conn: Option<ConnId>,
+    pub events: Vec<(Instant, AppEvent)>,
+    pub results: BTreeMap<RequestId, Result<ReplyResult, CommandError>>,
+    /// Every server message received, in order.
+    pub received: Vec<ServerMessage>,
+    /// Drop server messages to this device while true (a dead link the
+    /// switchboard has not noticed yet).
+    pub deaf: bool,
+}
+
+impl Dev {
+    pub fn app_events(&self) -> impl Iterator<Item = &AppEvent> {
+        self.events.iter().map(|(_, e)| e)
+    }
+}
+
+pub struct Net {
+    pub sb: Switchboard,
+    pub t0: Instant,
+    pub now: Instant,
+    pub devs: BTreeMap<Key, Dev>,
+    pub session_config: SessionConfig,
+    /// Duplicate every client command this many extra times.
+    pub dup_commands: usize,
+    direct_counter: u64,
+}
+
+impl Net {
+    pub fn new() -> Self {
+        Self::with_config(SwitchboardConfig::default())
+    }
+
+    pub fn with_config(config: SwitchboardConfig) -> Self {
+        #[allow(clippy::disallowed_methods)] // the origin of test time
+        let t0 = Instant::now();
+        Self {
+            sb: Switchboard::new(config, SequentialCallIds::default()),
+            t0,
+            now: t0,
+            devs: BTreeMap::new(),
+            session_config: SessionConfig::default(),
+            dup_commands: 0,
+            direct_counter: 0,
+        }
+    }
+
+    fn key(user: &str, device: &str) -> Key {
+        (user.to_owned(), device.to_owned())
+    }
+
+    pub fn dev(&self, user: &str, device: &str) -> &Dev {
+        &self.devs[&Self::key(user, device)]
+    }
+
+    pub fn dev_mut(&mut self, user: &str, device: &str) -> &mut Dev {
+        self.devs.get_mut(&Self::key(user, device)).unwrap()
+    }
+
+    /// Connects (or reconnects, resuming) a device, then delivers everything.
+    pub fn connect(&mut self, user: &str, device: &str) {
+        let key = Self::key(user, device);
+        let now = self.now;
+        let cfg = self.session_config.clone();
+        let dev = self.devs.entry(key.clone()).or_insert_with(|| Dev {
+            session: ClientSession::new(uid(user), did(device), &format!("{user}{device}"), cfg),
+            conn: None,
+            events: Vec::new(),
+            results: BTreeMap::new(),
+            received: Vec::new(),
+            deaf: false,
+        });
+        if let Some(old) = dev.conn.take() {
+            dev.session.handle_disconnected(now);
+            self.sb.disconnect(now, old);
+        }
+        dev.deaf = false;
+        dev.session.handle_connected(now, None);
+        let hello = dev.session.poll_transmit().expect("hello first");
+        let Command::Hello { last_seq, .. } = hello.command else {
+            panic!("expected hello, got {hello:?}");
+        };
+        let conn = self.sb.connect(
+            now,
+            User::named(user, &user.to_uppercase()),
+            did(device),
+            last_seq,
+        );
+        self.devs.get_mut(&key).unwrap().conn = Some(conn);
+        self.pump();
+    }
+
+    /// The link of a device goes down (the switchboard notices at once).
+    pub fn disconnect(&mut self, user: &str, device: &str) {
+        let now = self.now;
+        let dev = self.dev_mut(user, device);
+        if let Some(conn) = dev.conn.take() {
+            dev.session.handle_disconnected(now);
+            self.sb.disconnect(now, conn);
+        }
+        self.pump();
+    }
+
+    /// Issues a command from a device; delivers everything; returns its id.
+    pub fn command(&mut self, user: &str, device: &str, command: Command) -> RequestId {
+        let now = self.now;
+        let id = self.dev_mut(user, device).session.command(now, command);
+        self.pump();
+        id
+    }
+
+    /// Sends a command straight to the switchboard (bypassing the client
+    /// session) and returns the switchboard's typed answer.
+    pub fn direct(
+        &mut self,
+        user: &str,
+        device: &str,
+        command: Command,
+    ) -> Result<ReplyResult, CommandError> {
+        let conn = self.dev(user, device).conn.expect("connected");
+        let now = self.now;
+        self.direct_counter += 1;
+        let id = RequestId::new(format!("direct{}", self.direct_counter)).unwrap();
+        let r = self
+            .sb
+            .handle_command(now, conn, ClientMessage::new(id, command));
+        self.pump();
+        r
+    }
+
+    pub fn direct_invite(
+        &mut self,
+        user: &str,
+        device: &str,
+        callees: &[&str],
+        timeout_s: Option<u32>,
+    ) -> Result<ReplyResult, CommandError> {
+        self.direct(
+            user,
+            device,
+            Command::Invite(InviteRequest {
+                callees: callees.iter().map(|c| uid(c)).collect(),
+                call_type: CallType::Voice,
+                custom_data: None,
+                timeout_s,
+            }),
+        )
+    }
+
+    pub fn result(
+        &self,
+        user: &str,
+        device: &str,
+        id: &RequestId,
+    ) -> Result<ReplyResult, CommandError> {
+        self.dev(user, device)
+            .results
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no result for {id} on {user}/{device}"))
+    }
+
+    pub fn invite(
+        &mut self,
+        user: &str,
+        device: &str,
+        callees: &[&str],
+        timeout_s: Option<u32>,
+    ) -> Result<CallId, CommandError> {
+        let id = self.command(
+            user,
+            device,
+            Command::Invite(InviteRequest {
+                callees: callees.iter().map(|c| uid(c)).collect(),
+                call_type: CallType::Voice,
+                custom_data: Some(invitation_core::CustomData::new("{\"room\":1}").unwrap()),
+                timeout_s,
+            }),
+        );
+        match self.result(user, device, &id)? {
+            ReplyResult::Invited { call_id, .. } | ReplyResult::Joined { call_id, .. } => {
+                Ok(call_id)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    pub fn accept(
+        &mut self,
+        user: &str,
+        device: &str,
+        call: &CallId,
+    ) -> Result<ReplyResult, CommandError> {
+        let id = self.command(
+            user,
+            device,
+            Command::Accept {
+                call_id: call.clone(),
+            },
+        );
+        self.result(user, device, &id)
+    }
+
+    pub fn decline(
+        &mut self,
+        user: &str,
+        device: &str,
+        call: &CallId,
+        busy: bool,
+    ) -> Result<ReplyResult, CommandError> {
+        let id = self.command(
+            user,
+            device,
+            Command::Decline {
+                call_id: call.clone(),
+                busy,
+            },
+        );
+        self.result(user, device, &id)
+    }
+
+    pub fn cancel(
+        &mut self,
+        user: &str,
+        device: &str,
+        call: &CallId,
+    ) -> Result<ReplyResult, CommandError> {
+        let id = self.command(
+            user,
+            device,
+            Command::Cancel {
+                call_id: call.clone(),
+            },
+        );
+        self.result(user, device, &id)
+    }
+
+    pub fn hang_up(
+        &mut self,
+        user: &str,
+        device: &str,
+        call: &CallId,
+    ) -> Result<ReplyResult, CommandError> {
+        let id = self.command(
+            user,
+            device,
+            Command::HangUp {
+                call_id: call.clone(),
+            },
+        );
+        self.result(user, device, &id)
+    }
+
+    /// Moves time forward by `d`, firing every server and client timer in
+    /// deadline order on the way.
+    pub fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            let next = std::iter::once(self.sb.poll_timeout())
+                .chain(self.devs.values().map(|d| d.session.poll_timeout()))
+                .flatten()
+                .filter(|t| *t <= end)
+                .min();
+            let Some(t) = next else { break };
+            self.now = self.now.max(t);
+            let now = self.now;
+            self.sb.handle_timeout(now);
+            for dev in self.devs.values_mut() {
+                dev.session.handle_timeout(now);
+            }
+            self.pump();
+        }
+        self.now = end;
+        self.sb.handle_timeout(end);
+        for dev in self.devs.values_mut() {
+            dev.session.handle_timeout(end);
+        }
+        self.pump();
+    }
+
+    /// Delivers messages both ways until nothing moves.
+    pub fn pump(&mut self) {
+        loop {
+            let mut moved = false;
+            let now = self.now;
+            // client -> server
+            let keys: Vec<Key> = self.devs.keys().cloned().collect();
+            for key in &keys {
+                loop {
+                    let dev = self.devs.get_mut(key).unwrap();
+                    let Some(conn) = dev.conn else { break };
+                    let Some(msg) = dev.session.poll_transmit() else {
+                        break;
+                    };
+                    moved = true;
+                    if matches!(msg.command, Command::Hello { .. }) {
+                        continue;
+                    }
+                    // Round-trip through JSON: the wire is part of the system.
+                    let wire = ClientMessage::decode(&msg.encode(), &Default::default()).unwrap();
+                    for _ in 0..=self.dup_commands {
+                        let _ = self.sb.handle_command(now, conn, wire.clone());
+                    }
+                }
+            }
+            // server -> clients
+            while let Some(out) = self.sb.poll_output() {
+                moved = true;
+                match out {
+                    Output::Send { conn, message } => {
+                        let wire =
+                            ServerMessage::decode(&message.encode(), &Default::default()).unwrap();
+                        if let Some(dev) = self.devs.values_mut().find(|d| d.conn == Some(conn)) {
+                            if dev.deaf {
+                                continue;
+                            }
+                            dev.received.push(wire.clone());
+                            dev.session.handle_message(now, wire);
+                        }
+                    }
+                    Output::Close { conn, .. } => {
+                        if let Some(dev) = self.devs.values_mut().find(|d| d.conn == Some(conn)) {
+                            dev.conn = None;
+                            dev.session.handle_disconnected(now);
+                        }
+                    }
+                }
+            }
+            // session outputs
+            for dev in self.devs.values_mut() {
+                while let Some(e) = dev.session.poll_event() {
+                    dev.events.push((now, e));
+                }
+                while let Some((id, r)) = dev.session.poll_completion() {
+                    dev.results.insert(id, r);
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    /// Names of the app events a device saw (callbacks and extras), in order.
+    pub fn names(&self, user: &str, device: &str) -> Vec<&'static str> {
+        self.dev(user, device)
+            .app_events()
+            .map(event_name)
+            .filter(|n| *n != "connection" && *n != "resynced")
+            .collect()
+    }
+}
+
+pub fn event_name(e: &AppEvent) -> &'static str {
+    match e {
+        AppEvent::IncomingCallReceived { .. } => "incoming_received",
+        AppEvent::IncomingCallCanceled { .. } => "incoming_canceled",
+        AppEvent::IncomingCallTimeout { .. } => "incoming_timeout",
+        AppEvent::IncomingCallAcceptButtonPressed { .. } => "accept_pressed",
+        AppEvent::IncomingCallDeclineButtonPressed { .. } => "decline_pressed",
+        AppEvent::OutgoingCallCancelButtonPressed { .. } => "cancel_pressed",
+        AppEvent::OutgoingCallAccepted { .. } => "outgoing_accepted",
+        AppEvent::OutgoingCallRejectedCauseBusy { .. } => "outgoing_busy",
+        AppEvent::OutgoingCallDeclined { .. } => "outgoing_declined",
+        AppEvent::OutgoingCallTimeout { .. } => "outgoing_timeout",
+        AppEvent::AnsweredElsewhere { .. } => "answered_elsewhere",
+        AppEvent::DeclinedElsewhere { .. } => "declined_elsewhere",
+        AppEvent::CalleeRinging { .. } => "callee_ringing",
+        AppEvent::CalleeOutcome { .. } => "callee_outcome",
+        AppEvent::OutgoingCallStarted { .. } => "outgoing_started",
+        AppEvent::CallEnded { .. } => "call_ended",
+        AppEvent::Resynced { .. } => "resynced",
+        AppEvent::Connection(_) => "connection",
+        _ => "other",
+    }
+}
