@@ -536,6 +536,11 @@ impl Switchboard {
         self.conns.len()
     }
 
+    /// The user and device behind an open connection.
+    pub fn connection(&self, conn: ConnId) -> Option<(&UserId, &DeviceId)> {
+        self.conns.get(&conn).map(|c| (&c.user, &c.device))
+    }
+
     /// Online devices of a user.
     pub fn online_devices(&self, user: &UserId) -> Vec<DeviceId> {
         self.users

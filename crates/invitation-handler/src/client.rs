@@ -1,0 +1,507 @@
+//! The `Client`: one device of one user, and its builder.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use invitation_core::protocol::{CalleeStatus, Command, InviteRequest, ReplyResult};
+use invitation_core::{
+    AppEvent, CallId, CallType, ClientSession, CommandError, CustomData, DeviceId, SessionConfig,
+    User, UserId, ValidationError,
+};
+use invitation_transport::{BoxTransport, Transport, TransportError};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::driver::{Driver, DriverMsg, LinkState};
+use crate::events::{Fanout, InvitationEvents};
+
+/// Events kept for a slow subscriber of [`Client::events`] before it sees
+/// `Lagged`.
+pub const EVENT_STREAM_CAPACITY: usize = 1024;
+
+/// Why a client command failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The switchboard refused it (typed: not found, ended, busy ...).
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// The transport failed for good (rejected, protocol error).
+    #[error("transport: {0}")]
+    Transport(#[from] TransportError),
+    /// No answer within the command timeout (the client keeps retrying in
+    /// the background only until then).
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The client was closed.
+    #[error("the client is closed")]
+    Closed,
+    /// An argument broke its grammar (checked before anything is sent).
+    #[error("invalid argument: {0}")]
+    Invalid(#[from] ValidationError),
+}
+
+/// Why a builder could not build.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// `.user(...)` was not called.
+    #[error("the user identity is missing: call .user(...)")]
+    MissingUser,
+    /// The device id breaks the id grammar.
+    #[error("invalid device id: {0}")]
+    InvalidDevice(ValidationError),
+    /// The default ring timeout is outside 1-600 s.
+    #[error("ring timeout must be 1..=600 s, got {0:?}")]
+    RingTimeout(Duration),
+}
+
+/// A successful invitation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Invitation {
+    /// The call (also the media room id).
+    pub call_id: CallId,
+    /// Each callee's state right after the invite (ringing, offline, busy ...).
+    pub callees: Vec<CalleeStatus>,
+    /// Ring time granted.
+    pub ring_remaining: Duration,
+    /// Glare: the callee was inviting you at the same moment, so your invite
+    /// accepted their call instead; this is the user who had invited you.
+    pub joined: Option<User>,
+}
+
+/// Settings with defaults; set through the builder.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    pub(crate) ring_timeout: Option<Duration>,
+    pub(crate) command_timeout: Duration,
+    pub(crate) ping_every: Duration,
+    pub(crate) dead_after: Duration,
+    pub(crate) backoff_min: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) session: SessionConfig,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            ring_timeout: None,
+            command_timeout: Duration::from_secs(30),
+            ping_every: Duration::from_secs(25),
+            dead_after: Duration::from_secs(60),
+            backoff_min: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+            session: SessionConfig::default(),
+        }
+    }
+}
+
+/// Builder state: no transport yet (`build` is not available).
+#[derive(Debug)]
+pub struct NoTransport;
+
+/// Builder state: a transport is set.
+pub struct WithTransport(BoxTransport);
+
+impl std::fmt::Debug for WithTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WithTransport")
+    }
+}
+
+/// Builds a [`Client`]. Forgetting the transport is a compile error:
+/// `build` exists only once `.transport(...)` was called.
+///
+/// ```compile_fail
+/// # use invitation_handler::Client;
+/// let client = Client::builder().user(invitation_core::User::named("a", "A")).build();
+/// ```
+#[derive(Debug)]
+pub struct ClientBuilder<T> {
+    transport: T,
+    user: Option<User>,
+    device: String,
+    token: Option<String>,
+    handlers: Vec<Arc<dyn InvitationEvents>>,
+    options: Options,
+}
+
+impl std::fmt::Debug for dyn InvitationEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("dyn InvitationEvents")
+    }
+}
+
+impl ClientBuilder<NoTransport> {
+    pub(crate) fn new() -> Self {
+        Self {
+            transport: NoTransport,
+            user: None,
+            device: "default".to_owned(),
+            token: None,
+            handlers: Vec::new(),
+            options: Options::default(),
+        }
+    }
+
+    /// How to reach the switchboard (memory hub, mock, WebSocket ...).
+    pub fn transport(self, transport: impl Transport) -> ClientBuilder<WithTransport> {
+        ClientBuilder {
+            transport: WithTransport(Arc::new(transport)),
+            user: self.user,
+            device: self.device,
+            token: self.token,
+            handlers: self.handlers,
+            options: self.options,
+        }
+    }
+}
+
+impl<T> ClientBuilder<T> {
+    /// Who this client is (the server takes the identity from the token;
+    /// this must match it).
+    pub fn user(mut self, user: User) -> Self {
+        self.user = Some(user);
+        self
+    }
+
+    /// This device's id (default `"default"`); each device of a user rings.
+    pub fn device(mut self, device: impl Into<String>) -> Self {
+        self.device = device.into();
+        self
+    }
+
+    /// The bearer token sent in `hello` (required by `invitation-server`).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Adds an event handler; several run in the order added.
+    pub fn handler(mut self, handler: impl InvitationEvents) -> Self {
+        self.handlers.push(Arc::new(handler));
+        self
+    }
+
+    /// Default ring timeout of [`Client::invite`] (server default otherwise).
+    pub fn ring_timeout(mut self, timeout: Duration) -> Self {
+        self.options.ring_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a command waits for its answer, reconnects included (30 s).
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.options.command_timeout = timeout;
+        self
+    }
+
+    /// Heartbeat: ping after this much silence (25 s), and give the
+    /// connection up after `dead_after` without any message (60 s).
+    pub fn heartbeat(mut self, ping_every: Duration, dead_after: Duration) -> Self {
+        self.options.ping_every = ping_every;
+        self.options.dead_after = dead_after;
+        self
+    }
+
+    /// Reconnect backoff bounds (250 ms to 30 s, exponential with jitter).
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.options.backoff_min = min;
+        self.options.backoff_max = max.max(min);
+        self
+    }
+
+    /// Client-side session settings (late-ring threshold, fallback margin).
+    pub fn session_config(mut self, config: SessionConfig) -> Self {
+        self.options.session = config;
+        self
+    }
+}
+
+impl ClientBuilder<WithTransport> {
+    /// Validates the settings (no I/O). Call [`Client::connect`] next.
+    pub fn build(self) -> Result<Client, BuildError> {
+        let user = self.user.ok_or(BuildError::MissingUser)?;
+        let device = DeviceId::new(&self.device).map_err(BuildError::InvalidDevice)?;
+        if let Some(t) = self.options.ring_timeout {
+            if t < Duration::from_secs(1) || t > Duration::from_secs(600) {
+                return Err(BuildError::RingTimeout(t));
+            }
+        }
+        let session = ClientSession::new(
+            user.id.clone(),
+            device.clone(),
+            &request_prefix(&user.id, &device),
+            self.options.session.clone(),
+        );
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (events_tx, _) = broadcast::channel(EVENT_STREAM_CAPACITY);
+        let (state_tx, state_rx) = watch::channel(LinkState::Idle);
+        let handler: Arc<dyn InvitationEvents> = match self.handlers.len() {
+            1 => self.handlers.into_iter().next().expect("one"),
+            _ => Arc::new(Fanout(self.handlers)),
+        };
+        let parts = Parts {
+            transport: self.transport.0,
+            handler,
+            session,
+            cmd_rx,
+            state_tx,
+            token: self.token,
+        };
+        Ok(Client {
+            inner: Arc::new(Inner {
+                user,
+                device,
+                options: self.options,
+                cmd_tx,
+                events_tx,
+                state_rx,
+                parts: Mutex::new(Some(parts)),
+            }),
+        })
+    }
+}
+
+/// Request ids must be unique across app restarts (the server remembers
+/// them for 10 minutes): the prefix mixes the device with the start time.
+fn request_prefix(user: &UserId, device: &DeviceId) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in user
+        .as_str()
+        .bytes()
+        .chain(device.as_str().bytes())
+        .chain(nanos.to_le_bytes())
+    {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:x}")
+}
+
+pub(crate) struct Parts {
+    pub(crate) transport: BoxTransport,
+    pub(crate) handler: Arc<dyn InvitationEvents>,
+    pub(crate) session: ClientSession,
+    pub(crate) cmd_rx: mpsc::UnboundedReceiver<DriverMsg>,
+    pub(crate) state_tx: watch::Sender<LinkState>,
+    pub(crate) token: Option<String>,
+}
+
+struct Inner {
+    user: User,
+    device: DeviceId,
+    options: Options,
+    cmd_tx: mpsc::UnboundedSender<DriverMsg>,
+    events_tx: broadcast::Sender<AppEvent>,
+    state_rx: watch::Receiver<LinkState>,
+    parts: Mutex<Option<Parts>>,
+}
+
+/// One device of one user: issues commands and runs the handler. Cheap to
+/// clone (a handle); the work happens in a background task started by
+/// [`Client::connect`].
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("user", &self.inner.user.id)
+            .field("device", &self.inner.device)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Starts building a client.
+    pub fn builder() -> ClientBuilder<NoTransport> {
+        ClientBuilder::new()
+    }
+
+    /// This client's user.
+    pub fn user(&self) -> &User {
+        &self.inner.user
+    }
+
+    /// This client's device.
+    pub fn device(&self) -> &DeviceId {
+        &self.inner.device
+    }
+
+    /// Starts the background task and waits until the first connection is
+    /// established (the server said `welcome`). Later losses are repaired in
+    /// the background (reconnect with backoff, resume, resend).
+    ///
+    /// Fails if the first attempt fails; calling it twice is a no-op.
+    pub async fn connect(&self) -> Result<(), ClientError> {
+        let parts = self.inner.parts.lock().expect("client lock").take();
+        if let Some(parts) = parts {
+            let driver = Driver::new(parts, self.clone(), self.inner.options.clone());
+            tokio::spawn(driver.run());
+        }
+        let mut state = self.inner.state_rx.clone();
+        loop {
+            match &*state.borrow_and_update() {
+                LinkState::Up => return Ok(()),
+                LinkState::Failed(e) => {
+                    return Err(ClientError::Transport(TransportError::new(
+                        e.0,
+                        e.1.clone(),
+                    )));
+                }
+                LinkState::Closed => return Err(ClientError::Closed),
+                LinkState::Idle | LinkState::Reconnecting => {}
+            }
+            if state.changed().await.is_err() {
+                return Err(ClientError::Closed);
+            }
+        }
+    }
+
+    /// True while a connection is up.
+    pub fn is_connected(&self) -> bool {
+        matches!(*self.inner.state_rx.borrow(), LinkState::Up)
+    }
+
+    /// Every event this device sees, including those the ten callbacks do
+    /// not cover (answered elsewhere, receipts, call ended, connection
+    /// state, resync). A subscriber more than [`EVENT_STREAM_CAPACITY`]
+    /// events behind gets `Lagged`.
+    pub fn events(&self) -> broadcast::Receiver<AppEvent> {
+        self.inner.events_tx.subscribe()
+    }
+
+    pub(crate) fn events_tx(&self) -> &broadcast::Sender<AppEvent> {
+        &self.inner.events_tx
+    }
+
+    /// Invites `callees` (user ids) with the builder's default ring timeout.
+    pub async fn invite<I, S>(
+        &self,
+        callees: I,
+        call_type: CallType,
+        custom_data: Option<CustomData>,
+    ) -> Result<Invitation, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let callees = callees
+            .into_iter()
+            .map(|c| UserId::new(c.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let timeout_s = self
+            .inner
+            .options
+            .ring_timeout
+            .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
+        self.invite_with(InviteRequest {
+            callees,
+            call_type,
+            custom_data,
+            timeout_s,
+        })
+        .await
+    }
+
+    /// Invites with every field of the request under your control.
+    pub async fn invite_with(&self, request: InviteRequest) -> Result<Invitation, ClientError> {
+        match self.command(Command::Invite(request)).await? {
+            ReplyResult::Invited {
+                call_id,
+                ring_remaining_ms,
+                callees,
+            } => Ok(Invitation {
+                call_id,
+                callees,
+                ring_remaining: Duration::from_millis(ring_remaining_ms),
+                joined: None,
+            }),
+            ReplyResult::Joined { call_id, caller } => Ok(Invitation {
+                call_id,
+                callees: Vec::new(),
+                ring_remaining: Duration::ZERO,
+                joined: Some(caller),
+            }),
+            other => Err(ClientError::Command(CommandError::Rejected {
+                code: invitation_core::ErrorCode::Invalid,
+                message: format!("unexpected reply to invite: {other:?}"),
+            })),
+        }
+    }
+
+    /// Accepts an incoming call on this device.
+    pub async fn accept(&self, call_id: &CallId) -> Result<(), ClientError> {
+        self.done(Command::Accept {
+            call_id: call_id.clone(),
+        })
+        .await
+    }
+
+    /// Declines an incoming call (for all of this user's devices).
+    pub async fn decline(&self, call_id: &CallId) -> Result<(), ClientError> {
+        self.done(Command::Decline {
+            call_id: call_id.clone(),
+            busy: false,
+        })
+        .await
+    }
+
+    /// Declines an incoming call as busy: the caller sees "busy".
+    pub async fn decline_busy(&self, call_id: &CallId) -> Result<(), ClientError> {
+        self.done(Command::Decline {
+            call_id: call_id.clone(),
+            busy: true,
+        })
+        .await
+    }
+
+    /// Cancels an outgoing call (every callee still ringing stops).
+    pub async fn cancel(&self, call_id: &CallId) -> Result<(), ClientError> {
+        self.done(Command::Cancel {
+            call_id: call_id.clone(),
+        })
+        .await
+    }
+
+    /// Leaves an accepted call (the caller leaving ends it for everyone).
+    pub async fn hang_up(&self, call_id: &CallId) -> Result<(), ClientError> {
+        self.done(Command::HangUp {
+            call_id: call_id.clone(),
+        })
+        .await
+    }
+
+    /// Stops the background task and closes the connection. Commands still
+    /// waiting fail with [`ClientError::Closed`].
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.cmd_tx.send(DriverMsg::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        // A client never connected has its parts still here: drop them.
+        self.inner.parts.lock().expect("client lock").take();
+    }
+
+    async fn done(&self, command: Command) -> Result<(), ClientError> {
+        self.command(command).await.map(|_| ())
+    }
+
+    async fn command(&self, command: Command) -> Result<ReplyResult, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .cmd_tx
+            .send(DriverMsg::Command { command, done: tx })
+            .map_err(|_| ClientError::Closed)?;
+        let timeout = self.inner.options.command_timeout;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result.map_err(ClientError::Command),
+            Ok(Err(_)) => Err(ClientError::Closed),
+            Err(_) => Err(ClientError::Timeout(timeout)),
+        }
+    }
+}
