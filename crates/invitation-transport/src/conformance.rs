@@ -20,6 +20,12 @@ pub trait Fixture: Send + Sync {
     /// A transport whose connections act as `user`, on the same switchboard
     /// for every call.
     async fn transport(&self, user: &User) -> BoxTransport;
+
+    /// The token to put in `hello` for `user` (none for the memory hub).
+    fn token(&self, user: &User) -> Option<String> {
+        let _ = user;
+        None
+    }
 }
 
 /// Runs every check; each uses its own users so they do not interfere.
@@ -45,7 +51,7 @@ async fn open(fixture: &impl Fixture, user: &str, device: &str) -> BoxConnection
     let mut conn = transport.connect().await.expect("connect");
     let hello = Command::Hello {
         device: DeviceId::new(device).expect("valid device"),
-        token: None,
+        token: fixture.token(&user),
         last_seq: None,
     };
     conn.send(ClientMessage::new(rid(&format!("hello-{device}")), hello))

@@ -11,6 +11,7 @@
 //! * [`memory`]: an in-process hub running the core `Switchboard`, many
 //!   clients on one hub (tests, examples, single-process apps);
 //! * [`mock`]: a scriptable server for unit-testing a handler with no hub;
+//! * `ws` (feature `ws`, on by default): WebSocket to `invitation-server`;
 //! * [`conformance`]: the suite every backend's tests run.
 //!
 //! ```
@@ -33,6 +34,8 @@ pub mod conformance;
 mod error;
 pub mod memory;
 pub mod mock;
+#[cfg(feature = "ws")]
+pub mod ws;
 
 use async_trait::async_trait;
 use invitation_core::protocol::{ClientMessage, ServerMessage};

@@ -1,0 +1,239 @@
+//! Server settings: defaults that are safe on a laptop, overridable by a
+//! TOML file, environment variables and flags (in that order of strength:
+//! flags win).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use invitation_core::{BusyPolicy, OfflinePolicy, SwitchboardConfig};
+use serde::Deserialize;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every server setting. Field names are the TOML keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where to listen (default 127.0.0.1:7600: loopback only).
+    pub listen: SocketAddr,
+    /// HS256 secret for tokens. Unset: a random one is generated at start
+    /// (tokens then die with the process).
+    pub secret: Option<String>,
+    /// Required `aud` claim.
+    pub audience: String,
+    /// Required `iss` claim, if set.
+    pub issuer: Option<String>,
+    /// Browser Origins allowed to connect (`*` allows any). Requests without
+    /// an Origin header (native apps) are always allowed.
+    pub allowed_origins: Vec<String>,
+    /// Largest WebSocket message and frame, bytes (64 KiB).
+    pub max_message_bytes: usize,
+    /// Read buffer per connection, bytes (8 KiB; tungstenite's default is 128 KiB).
+    pub read_buffer_bytes: usize,
+    /// Time allowed for the HTTP upgrade, seconds (10).
+    pub handshake_timeout_s: u64,
+    /// Time allowed between the upgrade and a valid `hello`, seconds (5).
+    pub auth_timeout_s: u64,
+    /// Ping a silent client after this many seconds (25).
+    pub ping_every_s: u64,
+    /// Drop a client silent for this many seconds (60).
+    pub dead_after_s: u64,
+    /// Messages queued for one connection before it is dropped as too slow (256).
+    pub outbound_queue: usize,
+    /// Most open connections (19,000: below the 20,000 open-file limit).
+    pub max_connections: usize,
+    /// New connections per second allowed from one IP address (20).
+    pub conn_rate_per_ip: f64,
+    /// Burst of new connections from one IP address (50).
+    pub conn_burst_per_ip: f64,
+    /// Invitations per second allowed per user (2).
+    pub invite_rate_per_user: f64,
+    /// Burst of invitations per user (10).
+    pub invite_burst_per_user: f64,
+    /// Protocol errors tolerated on one connection before it is closed (10).
+    pub max_protocol_errors: u32,
+    /// Seconds allowed for graceful shutdown (5).
+    pub shutdown_grace_s: u64,
+    /// Most callees per invitation (9).
+    pub max_callees: usize,
+    /// Default ring timeout, seconds (60).
+    pub ring_timeout_s: u32,
+    /// Largest custom data, bytes (8192).
+    pub max_custom_data: usize,
+    /// `reject_busy` (default) or `ring_anyway`.
+    pub busy_policy: String,
+    /// `hold` (default) or `reject`.
+    pub offline_policy: String,
+    /// Seconds a ringing call survives its caller's device vanishing (15).
+    pub caller_gone_grace_s: u64,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7600)),
+            secret: None,
+            audience: "invitation".to_owned(),
+            issuer: None,
+            allowed_origins: Vec::new(),
+            max_message_bytes: 64 * 1024,
+            read_buffer_bytes: 8 * 1024,
+            handshake_timeout_s: 10,
+            auth_timeout_s: 5,
+            ping_every_s: 25,
+            dead_after_s: 60,
+            outbound_queue: 256,
+            max_connections: 19_000,
+            conn_rate_per_ip: 20.0,
+            conn_burst_per_ip: 50.0,
+            invite_rate_per_user: 2.0,
+            invite_burst_per_user: 10.0,
+            max_protocol_errors: 10,
+            shutdown_grace_s: 5,
+            max_callees: 9,
+            ring_timeout_s: 60,
+            max_custom_data: 8 * 1024,
+            busy_policy: "reject_busy".to_owned(),
+            offline_policy: "hold".to_owned(),
+            caller_gone_grace_s: 15,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// A setting that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The TOML file could not be read or parsed.
+    #[error("config file {path}: {detail}")]
+    File {
+        /// Which file.
+        path: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A value is out of its bounds.
+    #[error("{key}: {detail}")]
+    Invalid {
+        /// Which setting.
+        key: &'static str,
+        /// Why.
+        detail: String,
+    },
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Checks bounds and builds the switchboard settings.
+    pub fn validate(&self) -> Result<SwitchboardConfig, ConfigError> {
+        let invalid = |key, detail: &str| ConfigError::Invalid {
+            key,
+            detail: detail.to_owned(),
+        };
+        if !(1024..=16 * 1024 * 1024).contains(&self.max_message_bytes) {
+            return Err(invalid("max_message_bytes", "must be 1 KiB to 16 MiB"));
+        }
+        if !(1024..=1024 * 1024).contains(&self.read_buffer_bytes) {
+            return Err(invalid("read_buffer_bytes", "must be 1 KiB to 1 MiB"));
+        }
+        if !(1..=600).contains(&self.ring_timeout_s) {
+            return Err(invalid("ring_timeout_s", "must be 1 to 600"));
+        }
+        if self.max_callees == 0 {
+            return Err(invalid("max_callees", "must be at least 1"));
+        }
+        if self.outbound_queue == 0 || self.max_connections == 0 {
+            return Err(invalid(
+                "outbound_queue",
+                "queues and limits must be positive",
+            ));
+        }
+        if self.ping_every_s == 0 || self.dead_after_s <= self.ping_every_s {
+            return Err(invalid("dead_after_s", "must exceed ping_every_s > 0"));
+        }
+        if self.conn_rate_per_ip <= 0.0 || self.invite_rate_per_user <= 0.0 {
+            return Err(invalid("invite_rate_per_user", "rates must be positive"));
+        }
+        if let Some(secret) = &self.secret {
+            if secret.len() < 16 {
+                return Err(invalid("secret", "use at least 16 bytes"));
+            }
+        }
+        let mut sb = SwitchboardConfig::default();
+        sb.max_callees = self.max_callees;
+        sb.default_ring_timeout_s = self.ring_timeout_s;
+        sb.max_custom_data = self.max_custom_data;
+        sb.caller_gone_grace = Duration::from_secs(self.caller_gone_grace_s);
+        sb.busy_policy = match self.busy_policy.as_str() {
+            "reject_busy" => BusyPolicy::RejectBusy,
+            "ring_anyway" => BusyPolicy::RingAnyway,
+            _ => return Err(invalid("busy_policy", "reject_busy or ring_anyway")),
+        };
+        sb.offline_policy = match self.offline_policy.as_str() {
+            "hold" => OfflinePolicy::Hold,
+            "reject" => OfflinePolicy::Reject,
+            _ => return Err(invalid("offline_policy", "hold or reject")),
+        };
+        Ok(sb)
+    }
+
+    /// The handshake timeout.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_s)
+    }
+    /// The first-message (authentication) timeout.
+    pub fn auth_timeout(&self) -> Duration {
+        Duration::from_secs(self.auth_timeout_s)
+    }
+    /// Heartbeat ping interval.
+    pub fn ping_every(&self) -> Duration {
+        Duration::from_secs(self.ping_every_s)
+    }
+    /// Silence after which a connection is dead.
+    pub fn dead_after(&self) -> Duration {
+        Duration::from_secs(self.dead_after_s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_toml_overrides() {
+        assert!(Config::default().validate().is_ok());
+        let c: Config = toml::from_str("listen = \"127.0.0.1:9000\"\nbusy_policy = \"ring_anyway\"\nallowed_origins = [\"https://app.example\"]").unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.validate().unwrap().busy_policy, BusyPolicy::RingAnyway);
+        assert!(toml::from_str::<Config>("no_such_key = 1").is_err());
+        let bad = Config {
+            ring_timeout_s: 0,
+            ..Config::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

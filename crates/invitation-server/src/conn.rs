@@ -1,0 +1,489 @@
+//! One client connection, from the first byte to the close: HTTP routing,
+//! upgrade, authentication by the first message, then the session loop
+//! (frames in, hub messages out, heartbeats, token expiry, shutdown).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use futures_util::{SinkExt, StreamExt};
+use invitation_core::protocol::{
+    ClientMessage, CloseReason, Command, ErrorBody, ReplyResult, ServerBody, ServerMessage,
+};
+use invitation_core::{DecodeLimits, ErrorCode, ProtocolError, User};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::auth::Identity;
+use crate::http::{self, Prefixed, Route};
+use crate::hub::{HubMsg, LinkKey, Outbound};
+use crate::metrics::Refusal;
+use crate::server::Shared;
+
+type Ws = WebSocketStream<Prefixed<TcpStream>>;
+
+/// Serves one accepted TCP connection to the end. Never panics on input.
+pub(crate) async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    key: LinkKey,
+) {
+    let deadline = Instant::now() + shared.config.handshake_timeout();
+    let head = timeout(
+        shared.config.handshake_timeout(),
+        http::read_head(&mut stream),
+    )
+    .await;
+    let (route, bytes) = match head {
+        Ok(Ok(v)) => v,
+        Ok(Err(http::HeadError::TooLarge)) => {
+            shared.metrics.refused(Refusal::Handshake);
+            let _ = http::respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "too large\n",
+            )
+            .await;
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "bad request head");
+            shared.metrics.refused(Refusal::Handshake);
+            let _ = http::respond(
+                &mut stream,
+                "400 Bad Request",
+                "text/plain",
+                "bad request\n",
+            )
+            .await;
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "handshake timeout");
+            shared.metrics.refused(Refusal::Handshake);
+            return;
+        }
+    };
+    let origin = match route {
+        Route::Health => {
+            let _ = http::respond(&mut stream, "200 OK", "text/plain", "ok\n").await;
+            return;
+        }
+        Route::Metrics => {
+            let body = shared.metrics.render();
+            let _ = http::respond(&mut stream, "200 OK", "text/plain; version=0.0.4", &body).await;
+            return;
+        }
+        Route::NotFound => {
+            let _ = http::respond(&mut stream, "404 Not Found", "text/plain", "not found\n").await;
+            return;
+        }
+        Route::Upgrade { origin } => origin,
+    };
+    if !http::origin_allowed(origin.as_deref(), &shared.config.allowed_origins) {
+        tracing::info!(%peer, ?origin, "origin not allowed");
+        shared.metrics.refused(Refusal::Origin);
+        let _ = http::respond(
+            &mut stream,
+            "403 Forbidden",
+            "text/plain",
+            "origin not allowed\n",
+        )
+        .await;
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(shared.config.read_buffer_bytes)
+        .write_buffer_size(0)
+        .max_write_buffer_size(shared.config.max_message_bytes * 4)
+        .max_message_size(Some(shared.config.max_message_bytes))
+        .max_frame_size(Some(shared.config.max_message_bytes));
+    let upgrade =
+        tokio_tungstenite::accept_async_with_config(Prefixed::new(bytes, stream), Some(config));
+    let ws = match tokio::time::timeout_at(deadline, upgrade).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "websocket handshake failed");
+            shared.metrics.refused(Refusal::Handshake);
+            return;
+        }
+        Err(_) => {
+            shared.metrics.refused(Refusal::Handshake);
+            return;
+        }
+    };
+    Session::new(ws, peer, shared, key).run().await;
+}
+
+struct Session {
+    ws: Ws,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    key: LinkKey,
+    limits: DecodeLimits,
+    errors: u32,
+}
+
+/// How the session loop ended.
+enum End {
+    /// Send this close frame (and maybe a `closing` message first).
+    Close(CloseCode, &'static str, Option<CloseReason>),
+    /// The peer is gone; nothing to send.
+    Gone,
+}
+
+impl Session {
+    fn new(ws: Ws, peer: SocketAddr, shared: Arc<Shared>, key: LinkKey) -> Self {
+        let limits = DecodeLimits {
+            max_bytes: shared.config.max_message_bytes,
+            ..DecodeLimits::default()
+        };
+        Self {
+            ws,
+            peer,
+            shared,
+            key,
+            limits,
+            errors: 0,
+        }
+    }
+
+    async fn send(&mut self, body: ServerBody) -> Result<(), WsError> {
+        self.shared
+            .metrics
+            .messages_out
+            .fetch_add(1, Ordering::Relaxed);
+        self.ws
+            .send(Message::text(ServerMessage::new(body).encode()))
+            .await
+    }
+
+    async fn close(&mut self, code: CloseCode, why: &'static str, reason: Option<CloseReason>) {
+        if let Some(reason) = reason {
+            let _ = self.send(ServerBody::Closing { reason }).await;
+        }
+        let _ = self
+            .ws
+            .close(Some(CloseFrame {
+                code,
+                reason: why.into(),
+            }))
+            .await;
+    }
+
+    /// Maps a read error to its close code (E1: 1009, E3: 1007).
+    fn read_error(e: &WsError) -> End {
+        use tokio_tungstenite::tungstenite::error::CapacityError;
+        match e {
+            WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+                End::Close(CloseCode::Size, "message too large", None)
+            }
+            WsError::Capacity(_) => End::Close(CloseCode::Size, "too large", None),
+            WsError::Utf8(_) => End::Close(CloseCode::Invalid, "invalid utf-8", None),
+            WsError::Protocol(_) => End::Close(CloseCode::Protocol, "protocol error", None),
+            _ => End::Gone,
+        }
+    }
+
+    /// Counts a bad message; answers it; past the limit, closes.
+    async fn protocol_error(&mut self, e: &ProtocolError) -> Option<End> {
+        self.errors += 1;
+        self.shared
+            .metrics
+            .protocol_errors
+            .fetch_add(1, Ordering::Relaxed);
+        if self
+            .send(ServerBody::Error(ErrorBody::from_protocol(e)))
+            .await
+            .is_err()
+        {
+            return Some(End::Gone);
+        }
+        (self.errors > self.shared.config.max_protocol_errors).then_some(End::Close(
+            CloseCode::Policy,
+            "too many protocol errors",
+            Some(CloseReason::ProtocolViolation),
+        ))
+    }
+
+    async fn unauthorized(&mut self, re: Option<invitation_core::RequestId>, message: String) {
+        self.shared.metrics.refused(Refusal::Auth);
+        let _ = self
+            .send(ServerBody::Error(ErrorBody {
+                re,
+                code: ErrorCode::Unauthorized,
+                message,
+                reason: None,
+                retry_after_ms: None,
+            }))
+            .await;
+        self.close(CloseCode::Policy, "unauthorized", None).await;
+    }
+
+    /// Waits for `hello` with a valid token (D12: within the auth timeout).
+    async fn authenticate(&mut self) -> Option<(Identity, ClientMessage)> {
+        let deadline = Instant::now() + self.shared.config.auth_timeout();
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => {
+                    self.shared.metrics.refused(Refusal::Auth);
+                    self.close(CloseCode::Policy, "no hello in time", None)
+                        .await;
+                    return None;
+                }
+                Ok(None) => return None,
+                Ok(Some(Err(e))) => {
+                    if let End::Close(code, why, _) = Self::read_error(&e) {
+                        self.close(code, why, None).await;
+                    }
+                    return None;
+                }
+                Ok(Some(Ok(m))) => m,
+            };
+            let text = match frame {
+                Message::Text(t) => t,
+                Message::Binary(_) => {
+                    self.close(CloseCode::Unsupported, "text frames only", None)
+                        .await;
+                    return None;
+                }
+                Message::Close(_) => return None,
+                _ => continue,
+            };
+            self.shared
+                .metrics
+                .messages_in
+                .fetch_add(1, Ordering::Relaxed);
+            let message = match ClientMessage::decode(text.as_str(), &self.limits) {
+                Ok(m) => m,
+                Err(e) => {
+                    if let Some(End::Close(code, why, reason)) = self.protocol_error(&e).await {
+                        self.close(code, why, reason).await;
+                        return None;
+                    }
+                    continue;
+                }
+            };
+            let Command::Hello { token, .. } = &message.command else {
+                self.unauthorized(
+                    Some(message.id.clone()),
+                    "the first message must be hello with a token".into(),
+                )
+                .await;
+                return None;
+            };
+            match self.shared.authority.verify(token.as_deref().unwrap_or("")) {
+                Ok(identity) => return Some((identity, message)),
+                Err(e) => {
+                    tracing::info!(peer = %self.peer, error = %e, "authentication failed");
+                    self.unauthorized(Some(message.id.clone()), e.to_string())
+                        .await;
+                    return None;
+                }
+            }
+        }
+    }
+
+    async fn run(mut self) {
+        let Some((identity, hello)) = self.authenticate().await else {
+            return;
+        };
+        let Command::Hello {
+            device, last_seq, ..
+        } = hello.command
+        else {
+            unreachable!("authenticate returns hello")
+        };
+        let user: User = identity.user.clone();
+        let mut expires = identity.expires;
+        let (tx, mut rx) = mpsc::channel(self.shared.config.outbound_queue);
+        let open = HubMsg::Open {
+            key: self.key,
+            user: user.clone(),
+            device: device.clone(),
+            last_seq,
+            tx,
+        };
+        if self.shared.hub.send(open).await.is_err() {
+            self.close(
+                CloseCode::Away,
+                "shutting down",
+                Some(CloseReason::ShuttingDown),
+            )
+            .await;
+            return;
+        }
+        self.shared.metrics.sessions.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(peer = %self.peer, user = %user.id, %device, "session open");
+        let end = self.session(&mut rx, &user, &mut expires).await;
+        let _ = self.shared.hub.send(HubMsg::Close { key: self.key }).await;
+        self.shared.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
+        if let End::Close(code, why, reason) = end {
+            self.close(code, why, reason).await;
+        }
+        tracing::debug!(peer = %self.peer, user = %user.id, %device, "session closed");
+    }
+
+    async fn session(
+        &mut self,
+        rx: &mut mpsc::Receiver<Outbound>,
+        user: &User,
+        expires: &mut SystemTime,
+    ) -> End {
+        let ping_every = self.shared.config.ping_every();
+        let dead_after = self.shared.config.dead_after();
+        let mut shutdown = self.shared.shutdown.clone();
+        let mut last_rx = Instant::now();
+        let mut pinged = false;
+        // Commands sent to the hub and not yet answered. Past the limit the
+        // socket is not read: a pipelining client is slowed down by TCP
+        // instead of overflowing its own outbound queue.
+        let max_in_flight = (self.shared.config.outbound_queue / 4).max(1);
+        let mut in_flight = 0usize;
+        loop {
+            let expiry = Instant::now()
+                + expires
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+            let beat = if pinged {
+                last_rx + dead_after
+            } else {
+                last_rx + ping_every
+            };
+            tokio::select! {
+                biased;
+                out = rx.recv() => match out {
+                    Some(Outbound::Message { message, since }) => {
+                        if matches!(message.body, ServerBody::Reply { .. } | ServerBody::Error(_)) {
+                            in_flight = in_flight.saturating_sub(1);
+                        }
+                        self.shared.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
+                        if self.ws.send(Message::text(message.encode())).await.is_err() {
+                            return End::Gone;
+                        }
+                        if let Some(since) = since {
+                            self.shared.metrics.observe_ring(since.elapsed());
+                        }
+                    }
+                    Some(Outbound::Close(reason)) => return End::Close(CloseCode::Normal, "closed by the server", Some(reason)),
+                    None => return End::Close(CloseCode::Policy, "too slow", Some(CloseReason::TooSlow)),
+                },
+                frame = self.ws.next(), if in_flight < max_in_flight => {
+                    let frame = match frame {
+                        None => return End::Gone,
+                        Some(Err(e)) => return Self::read_error(&e),
+                        Some(Ok(f)) => f,
+                    };
+                    last_rx = Instant::now();
+                    pinged = false;
+                    match frame {
+                        Message::Text(text) => match self.on_text(text.as_str(), user, expires).await {
+                            Ok(true) => in_flight += 1,
+                            Ok(false) => {}
+                            Err(end) => return end,
+                        },
+                        Message::Binary(_) => return End::Close(CloseCode::Unsupported, "text frames only", None),
+                        Message::Close(_) => return End::Gone,
+                        _ => {} // ping / pong: tungstenite answers pings itself
+                    }
+                }
+                () = sleep_until(beat) => {
+                    if pinged {
+                        tracing::info!(peer = %self.peer, user = %user.id, "no message within the heartbeat window");
+                        return End::Gone;
+                    }
+                    pinged = true;
+                    if self.ws.send(Message::Ping(Vec::new().into())).await.is_err() {
+                        return End::Gone;
+                    }
+                }
+                () = sleep_until(expiry) => {
+                    return End::Close(CloseCode::Policy, "token expired", Some(CloseReason::TokenExpired));
+                }
+                _ = shutdown.changed() => {
+                    return End::Close(CloseCode::Away, "shutting down", Some(CloseReason::ShuttingDown));
+                }
+            }
+        }
+    }
+
+    /// Handles one text frame. `Ok(true)`: a command went to the hub (one
+    /// answer will come back through the queue).
+    async fn on_text(
+        &mut self,
+        text: &str,
+        user: &User,
+        expires: &mut SystemTime,
+    ) -> Result<bool, End> {
+        self.shared
+            .metrics
+            .messages_in
+            .fetch_add(1, Ordering::Relaxed);
+        let message = match ClientMessage::decode(text, &self.limits) {
+            Ok(m) => m,
+            Err(e) => return self.protocol_error(&e).await.map_or(Ok(false), Err),
+        };
+        match &message.command {
+            Command::Ping => {
+                return self
+                    .send(ServerBody::Pong)
+                    .await
+                    .map(|()| false)
+                    .map_err(|_| End::Gone);
+            }
+            Command::Renew { token } => {
+                let reply = match self.shared.authority.verify(token) {
+                    Ok(id) if id.user.id == user.id => {
+                        *expires = id.expires;
+                        ServerBody::Reply {
+                            re: message.id,
+                            result: ReplyResult::Done,
+                        }
+                    }
+                    Ok(_) => ServerBody::Error(ErrorBody {
+                        re: Some(message.id),
+                        code: ErrorCode::Unauthorized,
+                        message: "the new token names another user".into(),
+                        reason: None,
+                        retry_after_ms: None,
+                    }),
+                    Err(e) => ServerBody::Error(ErrorBody {
+                        re: Some(message.id),
+                        code: ErrorCode::Unauthorized,
+                        message: e.to_string(),
+                        reason: None,
+                        retry_after_ms: None,
+                    }),
+                };
+                return self
+                    .send(reply)
+                    .await
+                    .map(|()| false)
+                    .map_err(|_| End::Gone);
+            }
+            _ => {}
+        }
+        let msg = HubMsg::Command {
+            key: self.key,
+            message,
+            at: Instant::now(),
+        };
+        if self.shared.hub.send(msg).await.is_err() {
+            return Err(End::Close(
+                CloseCode::Away,
+                "shutting down",
+                Some(CloseReason::ShuttingDown),
+            ));
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,37 @@
+//! # invitation-server
+//!
+//! The self-hostable signaling server: the core `Switchboard` behind
+//! WebSocket (tokio-tungstenite), speaking protocol v1 (docs/protocol.md).
+//!
+//! * Secure by default: every session starts with `hello` carrying an
+//!   HS256 token (`sub`, `name`, `exp`, `aud`); without a configured secret
+//!   a random one is generated at start. The caller identity always comes
+//!   from the token.
+//! * Bounded: 64 KiB messages and frames, 8 KiB read buffers, handshake and
+//!   first-message timeouts, Origin allow-list, per-IP connection and
+//!   per-user invite rate limits, a bounded outbound queue per connection,
+//!   heartbeats.
+//! * Operable: `/healthz`, `/metrics` (Prometheus), structured logs,
+//!   graceful shutdown.
+//!
+//! ```no_run
+//! # #[tokio::main] async fn main() {
+//! use invitation_server::{Config, Server};
+//! let server = Server::bind(Config::default()).await.unwrap();
+//! println!("listening on {}", server.local_addr());
+//! server.run(async { tokio::signal::ctrl_c().await.unwrap() }).await;
+//! # }
+//! ```
+
+pub mod auth;
+pub mod config;
+mod conn;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod rate;
+mod server;
+
+pub use auth::{Authority, Claims};
+pub use config::{Config, LogFormat};
+pub use server::{RunningServer, Server, ServerError, Shared};

@@ -1,0 +1,165 @@
+//! `invitation-server`: run the signaling server, or mint a token.
+//!
+//! ```text
+//! invitation-server                      # serve on 127.0.0.1:7600, in-memory
+//! invitation-server --config server.toml --listen 0.0.0.0:7600
+//! invitation-server token --user alice --name Alice --ttl 1h
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use invitation_core::UserId;
+use invitation_server::auth::parse_ttl;
+use invitation_server::{Authority, Config, LogFormat, Server};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "invitation-server",
+    version,
+    about = "Self-hostable signaling server for call invitations"
+)]
+struct Cli {
+    /// TOML settings file (flags and environment variables override it).
+    #[arg(long, env = "INVITATION_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Listen address.
+    #[arg(long, env = "INVITATION_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// HS256 token secret (at least 16 bytes). Unset: a random one per start.
+    #[arg(long, env = "INVITATION_SECRET", hide_env_values = true, global = true)]
+    secret: Option<String>,
+    /// Required token audience.
+    #[arg(long, env = "INVITATION_AUDIENCE", global = true)]
+    audience: Option<String>,
+    /// Allowed browser Origins (repeat, or comma-separated; `*` for any).
+    #[arg(long, env = "INVITATION_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origin: Vec<String>,
+    /// Log format.
+    #[arg(long, env = "INVITATION_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+    /// Default ring timeout, seconds (1-600).
+    #[arg(long, env = "INVITATION_RING_TIMEOUT_S")]
+    ring_timeout_s: Option<u32>,
+    /// Most open connections.
+    #[arg(long, env = "INVITATION_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Mint a token for a user (prints it on stdout).
+    Token {
+        /// User id (the token's `sub`).
+        #[arg(long)]
+        user: String,
+        /// Display name.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Lifetime, e.g. 90s, 15m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: Duration,
+    },
+}
+
+fn load(cli: &Cli) -> Result<Config> {
+    let mut config = match &cli.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(v) = cli.listen {
+        config.listen = v;
+    }
+    if let Some(v) = &cli.secret {
+        config.secret = Some(v.clone());
+    }
+    if let Some(v) = &cli.audience {
+        config.audience = v.clone();
+    }
+    if !cli.allowed_origin.is_empty() {
+        config.allowed_origins = cli.allowed_origin.clone();
+    }
+    if let Some(v) = cli.log_format {
+        config.log_format = v;
+    }
+    if let Some(v) = cli.ring_timeout_s {
+        config.ring_timeout_s = v;
+    }
+    if let Some(v) = cli.max_connections {
+        config.max_connections = v;
+    }
+    Ok(config)
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let config = load(&cli)?;
+    if let Some(Sub::Token { user, name, ttl }) = &cli.command {
+        let Some(secret) = &config.secret else {
+            bail!("minting needs the server's secret: pass --secret or set INVITATION_SECRET");
+        };
+        let user = UserId::new(user).context("invalid user id")?;
+        let authority = Authority::new(
+            secret.as_bytes(),
+            &config.audience,
+            config.issuer.as_deref(),
+        );
+        println!("{}", authority.mint(&user, name, *ttl));
+        return Ok(());
+    }
+    init_logs(config.log_format);
+    let server = Server::bind(config).await?;
+    let addr = server.local_addr();
+    tracing::info!(%addr, "listening (ws://{addr}/, /healthz, /metrics)");
+    if let Some(secret) = server.generated_secret() {
+        eprintln!(
+            "\nNo secret configured: generated one for this run (tokens die with the process).\n\
+             Mint a token in another terminal with:\n\n  \
+             INVITATION_SECRET={secret} invitation-server token --user alice --name Alice --ttl 1h\n\n\
+             (or: cargo run -p invitation-server -- token --secret {secret} --user alice)\n\
+             Set INVITATION_SECRET (or --secret, or `secret` in the config file) to keep tokens valid across restarts.\n"
+        );
+    }
+    server.run(shutdown_signal()).await;
+    Ok(())
+}

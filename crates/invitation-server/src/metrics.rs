@@ -1,0 +1,231 @@
+//! Counters and one latency histogram, rendered in the Prometheus text
+//! format at `/metrics`. Plain atomics: cheap on the hot path.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use invitation_core::Reason;
+
+/// Histogram bucket upper bounds, in microseconds.
+const BUCKETS_US: [u64; 14] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000,
+];
+
+const REASONS: [Reason; Reason::COUNT] = [
+    Reason::Accepted,
+    Reason::Declined,
+    Reason::Busy,
+    Reason::Timeout,
+    Reason::Canceled,
+    Reason::CallerGone,
+    Reason::AnsweredElsewhere,
+    Reason::DeclinedElsewhere,
+    Reason::Unreachable,
+    Reason::HungUp,
+    Reason::Failed,
+];
+
+/// Why a connection was refused or closed early.
+#[derive(Debug, Clone, Copy)]
+#[allow(missing_docs)]
+pub enum Refusal {
+    RateLimited,
+    Capacity,
+    Origin,
+    Handshake,
+    Auth,
+}
+
+/// Server-wide metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Open WebSocket sessions (authenticated).
+    pub sessions: AtomicI64,
+    /// TCP connections accepted.
+    pub accepted_total: AtomicU64,
+    refused: [AtomicU64; 5],
+    /// Client messages received.
+    pub messages_in: AtomicU64,
+    /// Server messages sent.
+    pub messages_out: AtomicU64,
+    /// Undecodable client messages.
+    pub protocol_errors: AtomicU64,
+    /// Commands answered `rate_limited`.
+    pub rate_limited: AtomicU64,
+    /// Connections dropped because they did not read.
+    pub too_slow: AtomicU64,
+    /// Invitations created.
+    pub invitations: AtomicU64,
+    outcomes: [AtomicU64; Reason::COUNT],
+    ring_buckets: [AtomicU64; BUCKETS_US.len()],
+    ring_count: AtomicU64,
+    ring_sum_us: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts a refusal.
+    pub fn refused(&self, why: Refusal) {
+        self.refused[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Copies the switchboard's cumulative counters.
+    pub fn set_switchboard(&self, invitations: u64, outcomes: &[u64; Reason::COUNT]) {
+        self.invitations.store(invitations, Ordering::Relaxed);
+        for (slot, v) in self.outcomes.iter().zip(outcomes) {
+            slot.store(*v, Ordering::Relaxed);
+        }
+    }
+
+    /// Records one invite-to-ring latency (invite read -> incoming_call written).
+    pub fn observe_ring(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        if let Some(i) = BUCKETS_US.iter().position(|b| us <= *b) {
+            self.ring_buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.ring_count.fetch_add(1, Ordering::Relaxed);
+        self.ring_sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut s = String::with_capacity(4096);
+        let _ = writeln!(
+            s,
+            "# HELP invitation_sessions Open authenticated WebSocket sessions."
+        );
+        let _ = writeln!(s, "# TYPE invitation_sessions gauge");
+        let _ = writeln!(
+            s,
+            "invitation_sessions {}",
+            self.sessions.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP invitation_connections_accepted_total TCP connections accepted."
+        );
+        let _ = writeln!(s, "# TYPE invitation_connections_accepted_total counter");
+        let _ = writeln!(
+            s,
+            "invitation_connections_accepted_total {}",
+            g(&self.accepted_total)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP invitation_connections_refused_total Connections refused, by reason."
+        );
+        let _ = writeln!(s, "# TYPE invitation_connections_refused_total counter");
+        for (name, i) in [
+            ("rate_limited", Refusal::RateLimited),
+            ("capacity", Refusal::Capacity),
+            ("origin", Refusal::Origin),
+            ("handshake", Refusal::Handshake),
+            ("auth", Refusal::Auth),
+        ] {
+            let _ = writeln!(
+                s,
+                "invitation_connections_refused_total{{reason=\"{name}\"}} {}",
+                g(&self.refused[i as usize])
+            );
+        }
+        for (name, help, v) in [
+            (
+                "invitation_messages_in_total",
+                "Client messages received.",
+                &self.messages_in,
+            ),
+            (
+                "invitation_messages_out_total",
+                "Server messages sent.",
+                &self.messages_out,
+            ),
+            (
+                "invitation_protocol_errors_total",
+                "Undecodable client messages.",
+                &self.protocol_errors,
+            ),
+            (
+                "invitation_rate_limited_total",
+                "Commands answered rate_limited.",
+                &self.rate_limited,
+            ),
+            (
+                "invitation_too_slow_total",
+                "Connections dropped for not reading.",
+                &self.too_slow,
+            ),
+            (
+                "invitation_invitations_total",
+                "Invitations created.",
+                &self.invitations,
+            ),
+        ] {
+            let _ = writeln!(s, "# HELP {name} {help}");
+            let _ = writeln!(s, "# TYPE {name} counter");
+            let _ = writeln!(s, "{name} {}", g(v));
+        }
+        let _ = writeln!(
+            s,
+            "# HELP invitation_callee_outcomes_total Per-callee outcomes, by reason."
+        );
+        let _ = writeln!(s, "# TYPE invitation_callee_outcomes_total counter");
+        for r in REASONS {
+            let _ = writeln!(
+                s,
+                "invitation_callee_outcomes_total{{reason=\"{r}\"}} {}",
+                g(&self.outcomes[r.index()])
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP invitation_invite_to_ring_seconds From reading an invite to writing incoming_call to a callee device."
+        );
+        let _ = writeln!(s, "# TYPE invitation_invite_to_ring_seconds histogram");
+        let mut cumulative = 0;
+        for (b, c) in BUCKETS_US.iter().zip(&self.ring_buckets) {
+            cumulative += g(c);
+            let _ = writeln!(
+                s,
+                "invitation_invite_to_ring_seconds_bucket{{le=\"{}\"}} {cumulative}",
+                *b as f64 / 1e6
+            );
+        }
+        let count = g(&self.ring_count);
+        let _ = writeln!(
+            s,
+            "invitation_invite_to_ring_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            s,
+            "invitation_invite_to_ring_seconds_sum {}",
+            g(&self.ring_sum_us) as f64 / 1e6
+        );
+        let _ = writeln!(s, "invitation_invite_to_ring_seconds_count {count}");
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.observe_ring(Duration::from_micros(80));
+        m.observe_ring(Duration::from_millis(3));
+        m.refused(Refusal::Origin);
+        let mut outcomes = [0; Reason::COUNT];
+        outcomes[Reason::Timeout.index()] = 4;
+        m.set_switchboard(7, &outcomes);
+        let text = m.render();
+        assert!(text.contains("invitation_invite_to_ring_seconds_bucket{le=\"0.0001\"} 1"));
+        assert!(text.contains("invitation_invite_to_ring_seconds_bucket{le=\"0.005\"} 2"));
+        assert!(text.contains("invitation_invite_to_ring_seconds_count 2"));
+        assert!(text.contains("invitation_callee_outcomes_total{reason=\"timeout\"} 4"));
+        assert!(text.contains("invitation_connections_refused_total{reason=\"origin\"} 1"));
+        assert!(text.contains("invitation_invitations_total 7"));
+    }
+}

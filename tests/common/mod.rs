@@ -1,0 +1,205 @@
+//! Helpers for tests against a real `invitation-server` on 127.0.0.1:0:
+//! SDK clients over WebSocket, and a raw protocol client for bad input.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use invitation::prelude::*;
+use invitation::transport::ws::WsTransport;
+use invitation::{ConnectionState, Recorder};
+use invitation_core::DecodeLimits;
+use invitation_core::protocol::{ClientMessage, ServerBody, ServerMessage};
+use invitation_server::{Config, RunningServer, Server};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Generous bound for anything that should happen "now" over loopback.
+pub const SOON: Duration = Duration::from_secs(10);
+
+pub const SECRET: &str = "test-secret-0123456789abcdef";
+
+/// A server on 127.0.0.1:0 with a fixed secret and short timers.
+pub async fn server(tweak: impl FnOnce(&mut Config)) -> RunningServer {
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        secret: Some(SECRET.to_owned()),
+        caller_gone_grace_s: 1,
+        invite_rate_per_user: 1000.0,
+        invite_burst_per_user: 1000.0,
+        conn_rate_per_ip: 10_000.0,
+        conn_burst_per_ip: 10_000.0,
+        ..Config::default()
+    };
+    tweak(&mut config);
+    Server::bind(config).await.unwrap().spawn()
+}
+
+pub struct Dev {
+    pub client: Client,
+    pub rec: Recorder,
+}
+
+pub async fn dev(srv: &RunningServer, user: &str, device: &str) -> Dev {
+    let rec = Recorder::new();
+    let u = User::named(user, &user.to_uppercase());
+    let client = Client::builder()
+        .user(u)
+        .device(device)
+        .token(srv.token(user, &user.to_uppercase()))
+        .transport(WsTransport::new(srv.url()))
+        .handler(rec.clone())
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .build()
+        .unwrap();
+    client.connect().await.unwrap();
+    Dev { client, rec }
+}
+
+pub async fn wait(rec: &Recorder, method: &str, n: usize) -> invitation::Recorded {
+    tokio::time::timeout(SOON, rec.wait_for(method, n))
+        .await
+        .unwrap_or_else(|_| panic!("{method} #{n} did not fire; saw {:?}", rec.methods()))
+}
+
+pub async fn wait_event(
+    client: &Client,
+    rx: &mut tokio::sync::broadcast::Receiver<AppEvent>,
+    f: impl Fn(&AppEvent) -> bool,
+) -> AppEvent {
+    let _ = client;
+    tokio::time::timeout(SOON, async {
+        loop {
+            let e = rx.recv().await.unwrap();
+            if f(&e) {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("event in time")
+}
+
+pub async fn reconnected(rx: &mut tokio::sync::broadcast::Receiver<AppEvent>) -> bool {
+    tokio::time::timeout(SOON, async {
+        loop {
+            if let AppEvent::Connection(ConnectionState::Connected { resumed }) =
+                rx.recv().await.unwrap()
+            {
+                return resumed;
+            }
+        }
+    })
+    .await
+    .expect("reconnected in time")
+}
+
+/// A raw protocol client: exact frames in, exact messages out.
+pub struct Raw {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// How a raw connection ended.
+#[derive(Debug, PartialEq)]
+pub enum Ended {
+    /// A close frame with this code.
+    Code(u16),
+    /// The stream ended without a close frame.
+    Eof,
+}
+
+impl Raw {
+    pub async fn connect(srv: &RunningServer) -> Raw {
+        let (ws, _) = tokio_tungstenite::connect_async(srv.url()).await.unwrap();
+        Raw { ws }
+    }
+
+    /// Connects and says hello with a valid token; reads the welcome.
+    pub async fn hello(
+        srv: &RunningServer,
+        user: &str,
+        device: &str,
+        last_seq: Option<u64>,
+    ) -> (Raw, ServerMessage) {
+        let mut raw = Raw::connect(srv).await;
+        let token = srv.token(user, user);
+        raw.send_hello(&token, device, last_seq).await;
+        let welcome = raw.recv().await;
+        assert!(
+            matches!(welcome.body, ServerBody::Welcome { .. }),
+            "{welcome:?}"
+        );
+        (raw, welcome)
+    }
+
+    pub async fn send_hello(&mut self, token: &str, device: &str, last_seq: Option<u64>) {
+        let mut hello = serde_json::json!({"v": 1, "id": "hello", "type": "hello", "device": device, "token": token});
+        if let Some(s) = last_seq {
+            hello["last_seq"] = s.into();
+        }
+        self.text(&hello.to_string()).await;
+    }
+
+    pub async fn text(&mut self, s: &str) {
+        self.ws.send(Message::text(s.to_owned())).await.unwrap();
+    }
+
+    pub async fn send(&mut self, m: &ClientMessage) {
+        self.text(&m.encode()).await;
+    }
+
+    /// The next protocol message (skips pings).
+    pub async fn recv(&mut self) -> ServerMessage {
+        self.try_recv().await.expect("a message")
+    }
+
+    pub async fn try_recv(&mut self) -> Result<ServerMessage, Ended> {
+        tokio::time::timeout(SOON, async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Text(t))) => {
+                        return Ok(
+                            ServerMessage::decode(t.as_str(), &DecodeLimits::default()).unwrap()
+                        );
+                    }
+                    Some(Ok(Message::Close(f))) => {
+                        return Err(Ended::Code(f.map_or(1005, |f| u16::from(f.code))));
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => return Err(Ended::Eof),
+                }
+            }
+        })
+        .await
+        .expect("the server answers in time")
+    }
+
+    /// Reads until `f` matches.
+    pub async fn until(&mut self, f: impl Fn(&ServerBody) -> bool) -> ServerMessage {
+        loop {
+            let m = self.recv().await;
+            if f(&m.body) {
+                return m;
+            }
+        }
+    }
+
+    /// Reads until the connection ends; returns how, and the messages before.
+    pub async fn until_closed(&mut self) -> (Ended, Vec<ServerMessage>) {
+        let mut seen = Vec::new();
+        loop {
+            match self.try_recv().await {
+                Ok(m) => seen.push(m),
+                Err(e) => return (e, seen),
+            }
+        }
+    }
+
+    /// A round trip proving the connection (and the server) still work.
+    pub async fn ping(&mut self) {
+        self.text(r#"{"v":1,"id":"ping","type":"ping"}"#).await;
+        self.until(|b| matches!(b, ServerBody::Pong)).await;
+    }
+}
