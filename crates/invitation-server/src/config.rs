@@ -38,7 +38,7 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Largest WebSocket message and frame, bytes (64 KiB).
     pub max_message_bytes: usize,
-    /// Read buffer per connection, bytes (8 KiB; tungstenite's default is 128 KiB).
+    /// Read buffer per connection, bytes (4 KiB; tungstenite's default is 128 KiB).
     pub read_buffer_bytes: usize,
     /// Time allowed for the HTTP upgrade, seconds (10).
     pub handshake_timeout_s: u64,
@@ -89,7 +89,7 @@ impl Default for Config {
             issuer: None,
             allowed_origins: Vec::new(),
             max_message_bytes: 64 * 1024,
-            read_buffer_bytes: 8 * 1024,
+            read_buffer_bytes: 4 * 1024,
             handshake_timeout_s: 10,
             auth_timeout_s: 5,
             ping_every_s: 25,

@@ -25,8 +25,9 @@ pub enum Outbound {
     /// Send this message. `since`: when the invite that caused it was read
     /// (set on `incoming_call` events, for the invite-to-ring histogram).
     Message {
-        /// The message.
-        message: ServerMessage,
+        /// The message (boxed: the queue's slots are allocated in blocks, so
+        /// a small slot keeps an idle connection's queue small).
+        message: Box<ServerMessage>,
         /// Invite read time, for ring latency.
         since: Option<Instant>,
     },
@@ -230,7 +231,10 @@ impl Hub {
         };
         if link
             .tx
-            .try_send(Outbound::Message { message, since })
+            .try_send(Outbound::Message {
+                message: Box::new(message),
+                since,
+            })
             .is_err()
         {
             // Full (or gone): the client does not read. Drop it; its task

@@ -7,7 +7,7 @@
 //!   HS256 token (`sub`, `name`, `exp`, `aud`); without a configured secret
 //!   a random one is generated at start. The caller identity always comes
 //!   from the token.
-//! * Bounded: 64 KiB messages and frames, 8 KiB read buffers, handshake and
+//! * Bounded: 64 KiB messages and frames, 4 KiB read buffers, handshake and
 //!   first-message timeouts, Origin allow-list, per-IP connection and
 //!   per-user invite rate limits, a bounded outbound queue per connection,
 //!   heartbeats.
