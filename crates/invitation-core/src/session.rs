@@ -43,6 +43,16 @@ pub struct SessionConfig {
     pub reorder_buffer: usize,
     /// Ended calls remembered to drop late events about them.
     pub remembered_calls: usize,
+    /// An unanswered command is sent again (same request id) after this
+    /// long, doubling up to `command_retry_max` (2 s .. 16 s). Over a reliable
+    /// link the answer comes first; over a lossy one this is what recovers.
+    pub command_retry: Duration,
+    /// Upper bound of the command retry backoff.
+    pub command_retry_max: Duration,
+    /// A sequence gap not filled within this long triggers a `sync` (1 s).
+    pub gap_timeout: Duration,
+    /// A `sync` asked for and not received within this long is asked again (2 s).
+    pub sync_retry: Duration,
 }
 
 impl Default for SessionConfig {
@@ -52,6 +62,10 @@ impl Default for SessionConfig {
             fallback_margin: Duration::from_secs(5),
             reorder_buffer: 64,
             remembered_calls: 1024,
+            command_retry: Duration::from_secs(2),
+            command_retry_max: Duration::from_secs(16),
+            gap_timeout: Duration::from_secs(1),
+            sync_retry: Duration::from_secs(2),
         }
     }
 }
@@ -296,6 +310,12 @@ pub struct ClientSession {
     last_seq: Option<u64>,
     /// After a non-resumed welcome, events wait for the `sync`.
     awaiting_sync: bool,
+    /// When the awaited `sync` was (last) asked for, if this side asked.
+    sync_asked: Option<Instant>,
+    /// Since when a sequence gap is open.
+    gap_since: Option<Instant>,
+    /// Next retry time and current backoff of each sent, unanswered command.
+    retries: HashMap<RequestId, (Instant, Duration)>,
     ahead: BTreeMap<u64, Event>,
     calls: HashMap<CallId, LocalCall>,
     ended: HashSet<CallId>,
@@ -327,6 +347,9 @@ impl ClientSession {
             device,
             last_seq: None,
             awaiting_sync: false,
+            sync_asked: None,
+            gap_since: None,
+            retries: HashMap::default(),
             ahead: BTreeMap::new(),
             calls: HashMap::default(),
             ended: HashSet::default(),
@@ -385,8 +408,10 @@ impl ClientSession {
     /// The transport is (re)connected: queues `hello` (resuming from the
     /// last sequence number) and every unanswered command, with its
     /// original request id.
-    pub fn handle_connected(&mut self, _now: Instant, token: Option<String>) {
+    pub fn handle_connected(&mut self, now: Instant, token: Option<String>) {
         self.connected = true;
+        self.gap_since = None;
+        self.sync_asked = None;
         let hello = Command::Hello {
             device: self.device.clone(),
             token,
@@ -398,6 +423,8 @@ impl ClientSession {
             if let Some(cmd) = self.pending.get(id) {
                 self.transmit
                     .push_back(ClientMessage::new(id.clone(), cmd.clone()));
+                let backoff = self.config.command_retry;
+                self.retries.insert(id.clone(), (now + backoff, backoff));
             }
         }
     }
@@ -409,6 +436,8 @@ impl ClientSession {
             self.connected = false;
             self.transmit.clear();
             self.ahead.clear();
+            self.retries.clear();
+            self.gap_since = None;
             self.events
                 .push_back(AppEvent::Connection(ConnectionState::Reconnecting));
         }
@@ -417,13 +446,15 @@ impl ClientSession {
     /// Issues a command: returns its request id; the message is queued for
     /// [`ClientSession::poll_transmit`] (or for the next connection) and the
     /// result arrives through [`ClientSession::poll_completion`].
-    pub fn command(&mut self, _now: Instant, command: Command) -> RequestId {
+    pub fn command(&mut self, now: Instant, command: Command) -> RequestId {
         let id = self.fresh_request_id();
         self.pending.insert(id.clone(), command.clone());
         self.pending_order.push(id.clone());
         if self.connected {
             self.transmit
                 .push_back(ClientMessage::new(id.clone(), command));
+            let backoff = self.config.command_retry;
+            self.retries.insert(id.clone(), (now + backoff, backoff));
         }
         id
     }
@@ -439,6 +470,7 @@ impl ClientSession {
                     }
                 } else {
                     self.awaiting_sync = true;
+                    self.sync_asked = Some(now);
                 }
                 self.events
                     .push_back(AppEvent::Connection(ConnectionState::Connected { resumed }));
@@ -451,8 +483,47 @@ impl ClientSession {
         }
     }
 
-    /// Fires the local fallback timers due at `now`.
+    /// Fires the timers due at `now`: command retries, gap and sync
+    /// recovery, and the local fallback ring timers.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.connected {
+            let due: Vec<RequestId> = self
+                .pending_order
+                .iter()
+                .filter(|id| self.retries.get(*id).is_some_and(|(at, _)| *at <= now))
+                .cloned()
+                .collect();
+            for id in due {
+                let Some(cmd) = self.pending.get(&id) else {
+                    continue;
+                };
+                self.transmit
+                    .push_back(ClientMessage::new(id.clone(), cmd.clone()));
+                let (_, backoff) = self.retries[&id];
+                let backoff = (backoff * 2).min(self.config.command_retry_max);
+                self.retries.insert(id, (now + backoff, backoff));
+            }
+            if self
+                .gap_since
+                .is_some_and(|t| t + self.config.gap_timeout <= now)
+            {
+                self.gap_since = None;
+                self.ahead.clear();
+                self.request_sync(now);
+            }
+            if self.awaiting_sync
+                && self
+                    .sync_asked
+                    .is_some_and(|t| t + self.config.sync_retry <= now)
+            {
+                self.awaiting_sync = false;
+                self.request_sync(now);
+            }
+        }
+        self.fire_fallbacks(now);
+    }
+
+    fn fire_fallbacks(&mut self, now: Instant) {
         while let Some((at, call_id)) = self.fallbacks.first().cloned() {
             if at > now {
                 break;
@@ -516,9 +587,25 @@ impl ClientSession {
         self.completions.pop_front()
     }
 
-    /// The next local fallback deadline; `None` when nothing rings.
+    /// The next timer: a fallback ring deadline, a command retry, gap or
+    /// sync recovery. `None` when nothing rings and nothing is outstanding.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.fallbacks.first().map(|(at, _)| *at)
+        let mut next = self.fallbacks.first().map(|(at, _)| *at);
+        let mut consider = |t: Instant| {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        };
+        if self.connected {
+            for (at, _) in self.retries.values() {
+                consider(*at);
+            }
+            if let Some(t) = self.gap_since {
+                consider(t + self.config.gap_timeout);
+            }
+            if let (true, Some(t)) = (self.awaiting_sync, self.sync_asked) {
+                consider(t + self.config.sync_retry);
+            }
+        }
+        next
     }
 
     // ----- internals ----------------------------------------------------
@@ -564,6 +651,7 @@ impl ClientSession {
             return; // a duplicate reply, or the answer to a hello
         };
         self.pending_order.retain(|r| r != &re);
+        self.retries.remove(&re);
         if let Ok(ok) = &result {
             self.on_success(now, &command, ok);
         }
@@ -706,9 +794,11 @@ impl ClientSession {
         if seq > last + 1 {
             if self.ahead.len() >= self.config.reorder_buffer {
                 self.ahead.clear();
-                self.request_sync();
+                self.gap_since = None;
+                self.request_sync(now);
             } else {
                 self.ahead.insert(seq, event);
+                self.gap_since.get_or_insert(now);
             }
             return;
         }
@@ -727,11 +817,15 @@ impl ClientSession {
                 break;
             }
         }
+        if self.ahead.is_empty() {
+            self.gap_since = None;
+        }
     }
 
-    fn request_sync(&mut self) {
+    fn request_sync(&mut self, now: Instant) {
         if !self.awaiting_sync {
             self.awaiting_sync = true;
+            self.sync_asked = Some(now);
             let id = self.fresh_request_id();
             self.transmit
                 .push_back(ClientMessage::new(id, Command::Sync));
@@ -964,6 +1058,8 @@ impl ClientSession {
 
     fn on_sync(&mut self, now: Instant, sync: SyncBody) {
         self.awaiting_sync = false;
+        self.sync_asked = None;
+        self.gap_since = None;
         self.ahead.clear();
         self.last_seq = Some(sync.seq);
         let live: HashSet<CallId> = sync.calls.iter().map(|c| c.call_id.clone()).collect();

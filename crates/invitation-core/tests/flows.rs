@@ -884,3 +884,54 @@ fn history_is_forgotten_after_retention() {
         Err(CommandError::NotFound)
     );
 }
+
+#[test]
+fn lost_command_is_retried_with_the_same_request_id() {
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob"]);
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    net.lose_commands = 1;
+    let id = net.command(
+        "bob",
+        "phone",
+        Command::Accept {
+            call_id: call.clone(),
+        },
+    );
+    assert!(
+        net.dev("bob", "phone").results.is_empty(),
+        "the accept was lost"
+    );
+    net.advance(Duration::from_secs(2));
+    assert_eq!(net.result("bob", "phone", &id), Ok(ReplyResult::Done));
+    assert_eq!(
+        net.sb.stats().duplicate_requests,
+        0,
+        "the server saw it once"
+    );
+    assert!(net.names("alice", "phone").contains(&"outgoing_accepted"));
+}
+
+#[test]
+fn lost_event_leaves_a_gap_that_a_sync_repairs() {
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob"]);
+    let first = net.invite("alice", "phone", &["bob"], None).unwrap();
+    // bob's "incoming_ended canceled" is lost
+    net.lose_messages.insert(("bob".into(), "phone".into()), 1);
+    net.cancel("alice", "phone", &first).unwrap();
+    assert!(net.dev("bob", "phone").session.is_ringing(&first));
+    net.connect("carol", "phone");
+    net.invite("carol", "phone", &["bob"], None).unwrap(); // arrives after the gap: buffered
+    net.advance(Duration::from_secs(1));
+    let dev = net.dev("bob", "phone");
+    assert!(
+        !dev.session.is_ringing(&first),
+        "the sync ended the stale ring"
+    );
+    assert!(
+        dev.app_events()
+            .any(|e| matches!(e, AppEvent::Resynced { .. }))
+    );
+    assert_eq!(dev.session.last_seq(), Some(net.sb.last_seq(&uid("bob"))));
+}

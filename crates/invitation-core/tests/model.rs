@@ -27,6 +27,10 @@ enum Op {
     Duplicate(usize, usize),
     /// The next command is sent several times with the same request id.
     DuplicateCommands(usize),
+    /// The next client command is lost on the way.
+    LoseCommand,
+    /// The next server message to the device is lost on the way.
+    LoseMessage(usize, usize),
     Invite(usize, usize, Vec<usize>, u32),
     Accept(usize, usize, usize),
     Decline(usize, usize, usize, bool),
@@ -44,6 +48,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (u.clone(), d.clone()).prop_map(|(u, d)| Op::Drop(u, d)),
         1 => (u.clone(), d.clone()).prop_map(|(u, d)| Op::Duplicate(u, d)),
         1 => (1usize..4).prop_map(Op::DuplicateCommands),
+        1 => Just(Op::LoseCommand),
+        1 => (u.clone(), d.clone()).prop_map(|(u, d)| Op::LoseMessage(u, d)),
         3 => (u.clone(), d.clone(), prop::collection::vec(0..USERS.len(), 1..4), prop_oneof![Just(2u32), Just(10), Just(30)])
             .prop_map(|(u, d, c, t)| Op::Invite(u, d, c, t)),
         3 => (u.clone(), d.clone(), 0usize..8).prop_map(|(u, d, c)| Op::Accept(u, d, c)),
@@ -105,6 +111,12 @@ impl World {
                 self.net.pump();
             }
             Op::DuplicateCommands(n) => self.net.dup_commands = *n,
+            Op::LoseCommand => self.net.lose_commands = 1,
+            Op::LoseMessage(u, d) => {
+                self.net
+                    .lose_messages
+                    .insert((USERS[*u].to_owned(), DEVICES[*d].to_owned()), 1);
+            }
             Op::Invite(u, d, callees, t) if self.known(*u, *d) => {
                 let callees = callees.iter().map(|c| uid(USERS[*c])).collect();
                 let id = self.net.command(

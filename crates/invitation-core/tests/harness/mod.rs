@@ -53,6 +53,10 @@ pub struct Net {
     pub session_config: SessionConfig,
     /// Duplicate every client command this many extra times.
     pub dup_commands: usize,
+    /// Lose this many of the next client commands (a lossy uplink).
+    pub lose_commands: usize,
+    /// Lose this many of the next server messages to a device.
+    pub lose_messages: BTreeMap<Key, usize>,
     direct_counter: u64,
 }
 
@@ -71,6 +75,8 @@ impl Net {
             devs: BTreeMap::new(),
             session_config: SessionConfig::default(),
             dup_commands: 0,
+            lose_commands: 0,
+            lose_messages: BTreeMap::new(),
             direct_counter: 0,
         }
     }
@@ -326,6 +332,10 @@ impl Net {
                     if matches!(msg.command, Command::Hello { .. }) {
                         continue;
                     }
+                    if self.lose_commands > 0 {
+                        self.lose_commands -= 1;
+                        continue;
+                    }
                     // Round-trip through JSON: the wire is part of the system.
                     let wire = ClientMessage::decode(&msg.encode(), &Default::default()).unwrap();
                     for _ in 0..=self.dup_commands {
@@ -340,8 +350,14 @@ impl Net {
                     Output::Send { conn, message } => {
                         let wire =
                             ServerMessage::decode(&message.encode(), &Default::default()).unwrap();
-                        if let Some(dev) = self.devs.values_mut().find(|d| d.conn == Some(conn)) {
+                        if let Some((key, dev)) =
+                            self.devs.iter_mut().find(|(_, d)| d.conn == Some(conn))
+                        {
                             if dev.deaf {
+                                continue;
+                            }
+                            if let Some(n) = self.lose_messages.get_mut(key).filter(|n| **n > 0) {
+                                *n -= 1;
                                 continue;
                             }
                             dev.received.push(wire.clone());
