@@ -1,16 +1,32 @@
 # Thin aliases over cargo. `just --list` shows them.
 
-# What CI runs: fmt, clippy, tests, docs.
+# What CI runs: fmt, clippy, tests, docs, the simulation sweep, fuzz smoke runs.
 ci:
     bash .ci/run
 
 test:
     cargo test --workspace
 
+# Replay one simulation seed with its full trace: just sim 42 lossy
+sim SEED PROFILE="all":
+    cargo run --release -p invitation-sim -- --seed {{SEED}} --profile {{PROFILE}}
+
+# The CI sweep: 1,000 seeds x 3 fault profiles.
+sim-ci:
+    cargo run --release -p invitation-sim -- --seeds 1000
+
+# Deeper: 100,000 seeds x 3 profiles (a few minutes).
+sim-long START="0":
+    cargo run --release -p invitation-sim -- --seeds 100000 --start {{START}}
+
+# Fuzz one target for longer: just fuzz protocol_decode 600
+fuzz TARGET SECONDS="300":
+    bash fuzz/run.sh {{TARGET}} {{SECONDS}}
+
 # Core micro-benchmarks (flow CPU, codec, memory per pending invitation).
 bench-core:
     cargo bench -p invitation-core --bench core
 
-# Model-based property tests with another seed: just model SEED=42
+# Model-based property tests with another seed: just model 42
 model SEED="20261126":
     INVITATION_MODEL_SEED={{SEED}} cargo test -p invitation-core --test model

@@ -675,7 +675,7 @@ async fn f2_invite_flood_is_rate_limited_and_the_callee_not_flooded() {
                 event: Event::IncomingCall { .. },
                 ..
             } => rings += 1,
-            ServerBody::Pong => break,
+            ServerBody::Pong { .. } => break,
             _ => {}
         }
     }

@@ -200,6 +200,6 @@ impl Raw {
     /// A round trip proving the connection (and the server) still work.
     pub async fn ping(&mut self) {
         self.text(r#"{"v":1,"id":"ping","type":"ping"}"#).await;
-        self.until(|b| matches!(b, ServerBody::Pong)).await;
+        self.until(|b| matches!(b, ServerBody::Pong { .. })).await;
     }
 }

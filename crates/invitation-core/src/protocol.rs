@@ -203,8 +203,14 @@ pub enum ServerBody {
     },
     /// Full snapshot of the user's calls; events continue after `seq`.
     Sync(SyncBody),
-    /// Answer to `ping`.
-    Pong,
+    /// Answer to `ping`, with the user's newest sequence number so that a
+    /// client notices events lost at the tail of its stream.
+    Pong {
+        /// The newest sequence number of the user (absent from servers that
+        /// do not know it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
     /// The server is about to close this connection.
     Closing {
         /// Why.
@@ -521,6 +527,10 @@ pub struct EndedCall {
     pub call_id: CallId,
     /// How it ended for the user.
     pub reason: Reason,
+    /// For the caller (while the server still holds the call): every
+    /// callee's outcome.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outcomes: Vec<CalleeOutcome>,
 }
 
 fn decode_checked<T: serde::de::DeserializeOwned>(

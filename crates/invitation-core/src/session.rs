@@ -24,8 +24,8 @@ use crate::error::CommandError;
 use crate::id::{CallId, DeviceId, RequestId, UserId};
 use crate::model::{CallType, CustomData, Reason, User};
 use crate::protocol::{
-    CallSnapshot, ClientMessage, Command, ErrorBody, Event, ReplyResult, Role, ServerBody,
-    ServerMessage, SnapshotState, SyncBody,
+    CallSnapshot, CalleeOutcome, ClientMessage, Command, ErrorBody, Event, ReplyResult, Role,
+    ServerBody, ServerMessage, SnapshotState, SyncBody,
 };
 
 /// Client-side settings.
@@ -314,6 +314,8 @@ pub struct ClientSession {
     sync_asked: Option<Instant>,
     /// Since when a sequence gap is open.
     gap_since: Option<Instant>,
+    /// The server does not know this link: the driver should reconnect.
+    wants_reconnect: bool,
     /// Next retry time and current backoff of each sent, unanswered command.
     retries: HashMap<RequestId, (Instant, Duration)>,
     ahead: BTreeMap<u64, Event>,
@@ -349,6 +351,7 @@ impl ClientSession {
             awaiting_sync: false,
             sync_asked: None,
             gap_since: None,
+            wants_reconnect: false,
             retries: HashMap::default(),
             ahead: BTreeMap::new(),
             calls: HashMap::default(),
@@ -386,6 +389,12 @@ impl ClientSession {
         self.last_seq
     }
 
+    /// True when the server said it has no session for this link (our
+    /// `hello` was lost): the driver should drop the link and reconnect.
+    pub fn wants_reconnect(&self) -> bool {
+        self.wants_reconnect
+    }
+
     /// Server events dropped as duplicates so far.
     pub fn duplicates_dropped(&self) -> u64 {
         self.duplicates
@@ -410,6 +419,7 @@ impl ClientSession {
     /// original request id.
     pub fn handle_connected(&mut self, now: Instant, token: Option<String>) {
         self.connected = true;
+        self.wants_reconnect = false;
         self.gap_since = None;
         self.sync_asked = None;
         let hello = Command::Hello {
@@ -479,7 +489,13 @@ impl ClientSession {
             ServerBody::Error(body) => self.on_error(now, body),
             ServerBody::Event { seq, event } => self.on_event(now, seq, event),
             ServerBody::Sync(sync) => self.on_sync(now, sync),
-            ServerBody::Pong | ServerBody::Closing { .. } => {}
+            ServerBody::Pong { seq: Some(seq) } => {
+                // Events lost at the tail of the stream show up here.
+                if !self.awaiting_sync && seq > self.last_seq.unwrap_or(0) {
+                    self.gap_since.get_or_insert(now);
+                }
+            }
+            ServerBody::Pong { .. } | ServerBody::Closing { .. } => {}
         }
     }
 
@@ -660,6 +676,12 @@ impl ClientSession {
 
     fn on_error(&mut self, now: Instant, body: ErrorBody) {
         let Some(re) = body.re.clone() else { return };
+        if body.code == crate::error::ErrorCode::NotConnected && self.pending.contains_key(&re) {
+            // The server has no session for this link (our hello was lost):
+            // keep the command, it is resent after the reconnect.
+            self.wants_reconnect = true;
+            return;
+        }
         let error = body
             .to_command_error()
             .unwrap_or_else(|| CommandError::Rejected {
@@ -712,7 +734,14 @@ impl ClientSession {
             (Command::Cancel { call_id }, _) => {
                 let fire = match self.calls.get_mut(call_id) {
                     Some(call) => !std::mem::replace(&mut call.cancel_fired, true),
-                    None => !self.ended.contains(call_id),
+                    // Confirmed for a call this device never knew live (it
+                    // had already ended): fire once, then remember it as
+                    // finished so a repeated cancel does not fire again.
+                    None => {
+                        let first = !self.ended.contains(call_id);
+                        self.finish(call_id);
+                        first
+                    }
                 };
                 if fire {
                     self.events
@@ -1072,12 +1101,10 @@ impl ClientSession {
             .collect();
         gone.sort(); // deterministic event order
         for call_id in gone {
-            let reason = sync
-                .ended
-                .iter()
-                .find(|e| e.call_id == call_id)
-                .map_or(Reason::Failed, |e| e.reason);
-            self.end_from_sync(&call_id, reason);
+            let ended = sync.ended.iter().find(|e| e.call_id == call_id);
+            let reason = ended.map_or(Reason::Failed, |e| e.reason);
+            let outcomes = ended.map(|e| e.outcomes.clone()).unwrap_or_default();
+            self.end_from_sync(&call_id, reason, &outcomes);
         }
         let count = sync.calls.len();
         for snap in sync.calls {
@@ -1087,7 +1114,7 @@ impl ClientSession {
             .push_back(AppEvent::Resynced { live_calls: count });
     }
 
-    fn end_from_sync(&mut self, call_id: &CallId, reason: Reason) {
+    fn end_from_sync(&mut self, call_id: &CallId, reason: Reason, outcomes: &[CalleeOutcome]) {
         let Some(call) = self.calls.get(call_id) else {
             return;
         };
@@ -1106,9 +1133,12 @@ impl ClientSession {
                     .filter(|(_, r)| r.is_none())
                     .map(|(u, _)| u.clone())
                     .collect();
-                if reason != Reason::HungUp {
-                    for callee in pending {
-                        self.callee_outcome(call_id, callee, reason);
+                // Only outcomes the server still knows: a guess could
+                // contradict the truth (a group's overall reason is not each
+                // callee's).
+                for callee in pending {
+                    if let Some(o) = outcomes.iter().find(|o| o.callee == callee) {
+                        self.callee_outcome(call_id, callee, o.reason);
                     }
                 }
                 self.finish(call_id);

@@ -175,9 +175,14 @@ fn every_server_message() -> Vec<ServerMessage> {
             ended: vec![EndedCall {
                 call_id: CallId::new("call-0").unwrap(),
                 reason: Reason::Timeout,
+                outcomes: vec![CalleeOutcome {
+                    callee: bob.id.clone(),
+                    reason: Reason::Timeout,
+                }],
             }],
         }),
-        ServerBody::Pong,
+        ServerBody::Pong { seq: Some(40) },
+        ServerBody::Pong { seq: None },
         ServerBody::Closing {
             reason: CloseReason::Replaced,
         },

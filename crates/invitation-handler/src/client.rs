@@ -1,5 +1,6 @@
 //! The `Client`: one device of one user, and its builder.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -80,6 +81,7 @@ pub(crate) struct Options {
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
     pub(crate) session: SessionConfig,
+    pub(crate) jitter_seed: Option<u64>,
 }
 
 impl Default for Options {
@@ -92,6 +94,7 @@ impl Default for Options {
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
             session: SessionConfig::default(),
+            jitter_seed: None,
         }
     }
 }
@@ -210,6 +213,13 @@ impl<T> ClientBuilder<T> {
         self
     }
 
+    /// Seeds the reconnect jitter (default: from the clock, so that devices
+    /// spread out). Set it to replay a simulation exactly.
+    pub fn jitter_seed(mut self, seed: u64) -> Self {
+        self.options.jitter_seed = Some(seed);
+        self
+    }
+
     /// Client-side session settings (late-ring threshold, fallback margin).
     pub fn session_config(mut self, config: SessionConfig) -> Self {
         self.options.session = config;
@@ -240,6 +250,7 @@ impl ClientBuilder<WithTransport> {
             1 => self.handlers.into_iter().next().expect("one"),
             _ => Arc::new(Fanout(self.handlers)),
         };
+        let last_seq = Arc::new(AtomicU64::new(u64::MAX));
         let parts = Parts {
             transport: self.transport.0,
             handler,
@@ -247,6 +258,7 @@ impl ClientBuilder<WithTransport> {
             cmd_rx,
             state_tx,
             token: self.token,
+            last_seq: last_seq.clone(),
         };
         Ok(Client {
             inner: Arc::new(Inner {
@@ -257,6 +269,7 @@ impl ClientBuilder<WithTransport> {
                 events_tx,
                 state_rx,
                 parts: Mutex::new(Some(parts)),
+                last_seq,
             }),
         })
     }
@@ -287,6 +300,7 @@ pub(crate) struct Parts {
     pub(crate) cmd_rx: mpsc::UnboundedReceiver<DriverMsg>,
     pub(crate) state_tx: watch::Sender<LinkState>,
     pub(crate) token: Option<String>,
+    pub(crate) last_seq: Arc<AtomicU64>,
 }
 
 struct Inner {
@@ -297,6 +311,8 @@ struct Inner {
     events_tx: broadcast::Sender<AppEvent>,
     state_rx: watch::Receiver<LinkState>,
     parts: Mutex<Option<Parts>>,
+    /// The session's last applied sequence number (`u64::MAX`: none).
+    last_seq: Arc<AtomicU64>,
 }
 
 /// One device of one user: issues commands and runs the handler. Cheap to
@@ -359,6 +375,15 @@ impl Client {
             if state.changed().await.is_err() {
                 return Err(ClientError::Closed);
             }
+        }
+    }
+
+    /// The last event sequence number this device applied (for
+    /// diagnostics and tests: it matches the server's once in step).
+    pub fn last_seq(&self) -> Option<u64> {
+        match self.inner.last_seq.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            n => Some(n),
         }
     }
 

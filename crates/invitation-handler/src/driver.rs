@@ -49,6 +49,7 @@ pub(crate) struct Driver {
     options: Options,
     keepalive: u64,
     jitter: u64,
+    last_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn now() -> std::time::Instant {
@@ -57,7 +58,12 @@ fn now() -> std::time::Instant {
 
 impl Driver {
     pub(crate) fn new(parts: Parts, client: Client, options: Options) -> Self {
-        let seed = parts.session.device().as_str().len() as u64 ^ 0x9e37_79b9_7f4a_7c15;
+        let seed = options.jitter_seed.unwrap_or_else(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            u64::from(nanos) ^ 0x9e37_79b9_7f4a_7c15
+        }) | 1;
         Self {
             transport: parts.transport,
             session: parts.session,
@@ -69,6 +75,7 @@ impl Driver {
             options,
             keepalive: 0,
             jitter: seed,
+            last_seq: parts.last_seq,
         }
     }
 
@@ -135,6 +142,7 @@ impl Driver {
         let until = Instant::now() + half + extra;
         loop {
             tokio::select! {
+                biased;
                 () = tokio::time::sleep_until(until) => return true,
                 msg = self.cmd_rx.recv() => match msg {
                     Some(DriverMsg::Command { command, done }) => {
@@ -155,22 +163,44 @@ impl Driver {
         self.session.handle_connected(now(), self.token.clone());
         let mut last_rx = Instant::now();
         let mut pinged = false;
+        // No welcome within this long: the hello was lost; start over.
+        let welcome_by = Instant::now()
+            + self
+                .options
+                .ping_every
+                .min(std::time::Duration::from_secs(10));
+        let mut welcomed = false;
         loop {
             if let Err(e) = self.flush(&mut conn).await {
                 return Exit::Lost(e);
             }
-            if self.pump_events() && !*ever_up {
+            if self.pump_events() {
+                welcomed = true;
                 *ever_up = true;
+            }
+            if self.session.wants_reconnect() {
+                conn.close().await;
+                return Exit::Lost(TransportError::new(
+                    TransportErrorKind::Protocol,
+                    "the server has no session for this link",
+                ));
             }
             let ping_at = last_rx + self.options.ping_every;
             let dead_at = last_rx + self.options.dead_after;
             let session_at = self.session.poll_timeout().map(Instant::from_std);
-            let wake = [Some(if pinged { dead_at } else { ping_at }), session_at]
-                .into_iter()
-                .flatten()
-                .min()
-                .expect("at least the heartbeat");
+            let hello_at = (!welcomed).then_some(welcome_by);
+            let wake = [
+                Some(if pinged { dead_at } else { ping_at }),
+                session_at,
+                hello_at,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("at least the heartbeat");
+            // `biased`: a fixed polling order keeps simulations replayable.
             tokio::select! {
+                biased;
                 msg = conn.recv() => match msg {
                     Ok(msg) => {
                         last_rx = Instant::now();
@@ -200,6 +230,13 @@ impl Driver {
                 () = tokio::time::sleep_until(wake) => {
                     let t = Instant::now();
                     self.session.handle_timeout(t.into_std());
+                    if !welcomed && t >= welcome_by {
+                        conn.close().await;
+                        return Exit::Lost(TransportError::new(
+                            TransportErrorKind::Timeout,
+                            "no welcome: the hello was lost",
+                        ));
+                    }
                     if t >= dead_at {
                         conn.close().await;
                         return Exit::Lost(TransportError::new(
@@ -247,6 +284,10 @@ impl Driver {
                 .call_id()
                 .is_some_and(|id| self.session.live_calls().any(|c| c == id));
             self.dispatcher.push(event, live);
+        }
+        if let Some(seq) = self.session.last_seq() {
+            self.last_seq
+                .store(seq, std::sync::atomic::Ordering::Relaxed);
         }
         while let Some((id, result)) = self.session.poll_completion() {
             if let Some(i) = self.waiters.iter().position(|(w, _)| *w == id) {

@@ -363,7 +363,7 @@ impl Session {
                 biased;
                 out = rx.recv() => match out {
                     Some(Outbound::Message { message, since }) => {
-                        if matches!(message.body, ServerBody::Reply { .. } | ServerBody::Error(_)) {
+                        if matches!(message.body, ServerBody::Reply { .. } | ServerBody::Error(_) | ServerBody::Pong { .. }) {
                             in_flight = in_flight.saturating_sub(1);
                         }
                         self.shared.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
@@ -432,45 +432,35 @@ impl Session {
             Ok(m) => m,
             Err(e) => return self.protocol_error(&e).await.map_or(Ok(false), Err),
         };
-        match &message.command {
-            Command::Ping => {
-                return self
-                    .send(ServerBody::Pong)
-                    .await
-                    .map(|()| false)
-                    .map_err(|_| End::Gone);
-            }
-            Command::Renew { token } => {
-                let reply = match self.shared.authority.verify(token) {
-                    Ok(id) if id.user.id == user.id => {
-                        *expires = id.expires;
-                        ServerBody::Reply {
-                            re: message.id,
-                            result: ReplyResult::Done,
-                        }
+        if let Command::Renew { token } = &message.command {
+            let reply = match self.shared.authority.verify(token) {
+                Ok(id) if id.user.id == user.id => {
+                    *expires = id.expires;
+                    ServerBody::Reply {
+                        re: message.id,
+                        result: ReplyResult::Done,
                     }
-                    Ok(_) => ServerBody::Error(ErrorBody {
-                        re: Some(message.id),
-                        code: ErrorCode::Unauthorized,
-                        message: "the new token names another user".into(),
-                        reason: None,
-                        retry_after_ms: None,
-                    }),
-                    Err(e) => ServerBody::Error(ErrorBody {
-                        re: Some(message.id),
-                        code: ErrorCode::Unauthorized,
-                        message: e.to_string(),
-                        reason: None,
-                        retry_after_ms: None,
-                    }),
-                };
-                return self
-                    .send(reply)
-                    .await
-                    .map(|()| false)
-                    .map_err(|_| End::Gone);
-            }
-            _ => {}
+                }
+                Ok(_) => ServerBody::Error(ErrorBody {
+                    re: Some(message.id),
+                    code: ErrorCode::Unauthorized,
+                    message: "the new token names another user".into(),
+                    reason: None,
+                    retry_after_ms: None,
+                }),
+                Err(e) => ServerBody::Error(ErrorBody {
+                    re: Some(message.id),
+                    code: ErrorCode::Unauthorized,
+                    message: e.to_string(),
+                    reason: None,
+                    retry_after_ms: None,
+                }),
+            };
+            return self
+                .send(reply)
+                .await
+                .map(|()| false)
+                .map_err(|_| End::Gone);
         }
         let msg = HubMsg::Command {
             key: self.key,

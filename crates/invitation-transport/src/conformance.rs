@@ -127,7 +127,7 @@ pub async fn replies_carry_the_request_id(fixture: &impl Fixture) {
     conn.send(ClientMessage::new(rid("ping-1"), Command::Ping))
         .await
         .expect("send");
-    until(&mut conn, "pong", |b| matches!(b, ServerBody::Pong)).await;
+    until(&mut conn, "pong", |b| matches!(b, ServerBody::Pong { .. })).await;
 }
 
 /// An invite on one connection reaches the callee's connection as an event.

@@ -12,7 +12,9 @@
 //!   clients on one hub (tests, examples, single-process apps);
 //! * [`mock`]: a scriptable server for unit-testing a handler with no hub;
 //! * `ws` (feature `ws`, on by default): WebSocket to `invitation-server`;
-//! * [`conformance`]: the suite every backend's tests run.
+//! * [`conformance`]: the suite every backend's tests run;
+//! * [`fault`]: fault injection (drop, duplicate, delay, reorder,
+//!   disconnect, partition) around any backend, from a seed.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -32,6 +34,7 @@
 
 pub mod conformance;
 mod error;
+pub mod fault;
 pub mod memory;
 pub mod mock;
 #[cfg(feature = "ws")]

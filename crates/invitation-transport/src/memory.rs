@@ -214,6 +214,7 @@ impl HubTask {
         loop {
             let deadline = self.sb.poll_timeout().map(Instant::from_std);
             tokio::select! {
+                biased;
                 msg = rx.recv() => match msg {
                     Some(msg) => self.handle(msg),
                     None => break,

@@ -110,7 +110,8 @@ impl State {
                 return;
             }
             Command::Ping => {
-                self.push(ServerBody::Pong);
+                let seq = Some(self.seq);
+                self.push(ServerBody::Pong { seq });
                 return;
             }
             Command::Sync => {

@@ -459,7 +459,8 @@ impl Switchboard {
         let request = message.id;
         match message.command {
             Command::Ping => {
-                self.send(conn, ServerBody::Pong);
+                let seq = Some(self.last_seq(&user));
+                self.send(conn, ServerBody::Pong { seq });
                 return Ok(ReplyResult::Done);
             }
             Command::Sync => {
@@ -1280,6 +1281,24 @@ impl Switchboard {
                 .map(|(call_id, reason)| EndedCall {
                     call_id: call_id.clone(),
                     reason: *reason,
+                    outcomes: self
+                        .calls
+                        .get(call_id)
+                        .filter(|c| &c.info.caller.id == user)
+                        .map(|c| {
+                            c.info
+                                .callees
+                                .iter()
+                                .zip(&c.slots)
+                                .filter_map(|(u, s)| {
+                                    s.outcome.map(|reason| CalleeOutcome {
+                                        callee: u.id.clone(),
+                                        reason,
+                                    })
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 })
                 .collect(),
         }

@@ -1,0 +1,544 @@
+//! The simulated world: hub, devices (each a sequence of client
+//! incarnations behind one fault injector), workload.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use invitation::prelude::*;
+use invitation::{Fanout, Recorded, Recorder};
+use invitation_core::protocol::InviteRequest;
+use invitation_core::{DeviceId, Switchboard};
+use invitation_transport::fault::{FaultConfig, FaultyTransport, SimRng};
+use invitation_transport::memory::MemoryTransport;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
+
+/// A fault profile (reliability.md's three, plus none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// No faults.
+    Clean,
+    /// 5 % of messages lost, 5 % duplicated.
+    Lossy,
+    /// 0-2 s jittered delay on every server message (reorders).
+    Slow,
+    /// Links break often and partitions keep devices away for 1-10 s.
+    Flapping,
+}
+
+impl Profile {
+    /// The three profiles CI runs.
+    pub const ALL: [Profile; 3] = [Profile::Lossy, Profile::Slow, Profile::Flapping];
+
+    /// Parses `clean`, `lossy`, `slow`, `flapping`.
+    pub fn parse(s: &str) -> Option<Profile> {
+        Some(match s {
+            "clean" => Profile::Clean,
+            "lossy" => Profile::Lossy,
+            "slow" => Profile::Slow,
+            "flapping" => Profile::Flapping,
+            _ => return None,
+        })
+    }
+
+    fn faults(self) -> FaultConfig {
+        let mut f = FaultConfig::default();
+        match self {
+            Profile::Clean => {}
+            Profile::Lossy => {
+                f.drop = 0.05;
+                f.duplicate = 0.05;
+            }
+            Profile::Slow => f.delay = (Duration::ZERO, Duration::from_secs(2)),
+            Profile::Flapping => {
+                f.disconnect = 0.03;
+                f.partition = 0.3;
+                f.partition_for = (Duration::from_secs(1), Duration::from_secs(10));
+            }
+        }
+        f
+    }
+}
+
+impl std::fmt::Display for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Profile::Clean => "clean",
+            Profile::Lossy => "lossy",
+            Profile::Slow => "slow",
+            Profile::Flapping => "flapping",
+        })
+    }
+}
+
+/// One client incarnation of a device (an app start).
+#[derive(Debug, Clone)]
+pub struct Incarnation {
+    /// `user/device#n`.
+    pub name: String,
+    /// The user.
+    pub user: UserId,
+    /// The device.
+    pub device: DeviceId,
+    /// Every callback its handler ran.
+    pub callbacks: Vec<Recorded>,
+    /// Its complete event stream, with simulated receive times.
+    pub events: Vec<(Instant, AppEvent)>,
+    /// Still running at the end (not restarted).
+    pub alive: bool,
+    /// Its last applied sequence number at the end.
+    pub last_seq: Option<u64>,
+}
+
+/// An acknowledged invitation.
+#[derive(Debug, Clone)]
+pub struct CallFacts {
+    /// The call.
+    pub call_id: CallId,
+    /// The incarnation that invited (index into `Record::incarnations`).
+    pub inviter: usize,
+    /// Per callee: (callee, final outcome, device that answered).
+    pub callees: Vec<(UserId, Option<Reason>, Option<DeviceId>)>,
+    /// The ring deadline.
+    pub deadline: Instant,
+    /// The whole ring timeout.
+    pub ring_timeout: Duration,
+    /// Still ringing at the end (must not be).
+    pub ringing: bool,
+    /// Glare: the invite joined another call.
+    pub joined: bool,
+}
+
+/// Everything the oracle looks at.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Every incarnation of every device.
+    pub incarnations: Vec<Incarnation>,
+    /// Acknowledged invitations.
+    pub calls: Vec<CallFacts>,
+    /// The hub's `poll_timeout()` at the end.
+    pub hub_timer_pending: bool,
+    /// The hub's last sequence number per user at the end.
+    pub hub_last_seq: Vec<(UserId, u64)>,
+    /// The trace of the run.
+    pub trace: Vec<String>,
+    /// Largest injected delay.
+    pub max_delay: Duration,
+}
+
+/// An acknowledged invitation: (call, inviter incarnation, callees, joined).
+type Acked = (CallId, usize, Vec<UserId>, bool);
+
+/// Sleeps on some incoming calls: handler slowness.
+struct Slow(Mutex<SimRng>);
+
+#[async_trait]
+impl InvitationEvents for Slow {
+    async fn on_incoming_call_received(
+        &self,
+        _: &CallContext,
+        _: &CallId,
+        _: &User,
+        _: CallType,
+        _: &[User],
+        _: Option<&CustomData>,
+    ) {
+        let d = {
+            let mut r = self.0.lock().expect("rng");
+            if r.chance(0.3) {
+                r.between(Duration::ZERO, Duration::from_secs(3))
+            } else {
+                Duration::ZERO
+            }
+        };
+        tokio::time::sleep(d).await;
+    }
+}
+
+struct Live {
+    client: Client,
+    rec: Recorder,
+    events: Arc<Mutex<Vec<(Instant, AppEvent)>>>,
+    index: usize,
+}
+
+struct Device {
+    user: UserId,
+    device: DeviceId,
+    transport: FaultyTransport<MemoryTransport>,
+    live: Option<Live>,
+    starts: usize,
+}
+
+struct World {
+    rng: SimRng,
+    t0: Instant,
+    seed: u64,
+    devices: Vec<Device>,
+    incarnations: Vec<Incarnation>,
+    trace: Arc<Mutex<Vec<String>>>,
+    acked: Arc<Mutex<Vec<Acked>>>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+const USERS: [(&str, &[&str]); 4] = [
+    ("u0", &["d0"]),
+    ("u1", &["d0", "d1"]),
+    ("u2", &["d0"]),
+    ("u3", &["d0", "d1"]),
+];
+
+impl World {
+    fn log(&self, s: String) {
+        let t = self.t0.elapsed().as_secs_f64();
+        self.trace
+            .lock()
+            .expect("trace")
+            .push(format!("{t:8.3}s {s}"));
+    }
+
+    async fn start(&mut self, i: usize) {
+        let seed = self.seed;
+        loop {
+            let dev = &mut self.devices[i];
+            dev.starts += 1;
+            let user = User::new(dev.user.clone(), dev.user.as_str()).expect("valid");
+            let rec = Recorder::new();
+            let slow = Slow(Mutex::new(SimRng::new(
+                seed ^ (i as u64 * 7919) ^ dev.starts as u64,
+            )));
+            let client = Client::builder()
+                .user(user)
+                .device(dev.device.as_str())
+                .transport(dev.transport.clone())
+                .handler(Fanout(vec![Arc::new(slow), Arc::new(rec.clone())]))
+                .jitter_seed(
+                    seed.wrapping_mul(31)
+                        .wrapping_add(i as u64 * 1000 + dev.starts as u64),
+                )
+                .backoff(Duration::from_millis(100), Duration::from_secs(5))
+                .command_timeout(Duration::from_secs(90))
+                .build()
+                .expect("valid client");
+            let events = Arc::new(Mutex::new(Vec::new()));
+            let mut rx = client.events();
+            let sink = events.clone();
+            let trace = self.trace.clone();
+            self.tasks.spawn(async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(e) => sink.lock().expect("events").push((Instant::now(), e)),
+                        Err(RecvError::Lagged(n)) => {
+                            trace
+                                .lock()
+                                .expect("trace")
+                                .push(format!("VIOLATION: an event stream lagged by {n}"));
+                        }
+                        Err(RecvError::Closed) => break,
+                    }
+                }
+            });
+            let name = format!("{}/{}#{}", dev.user, dev.device, dev.starts);
+            match client.connect().await {
+                Ok(()) => {
+                    let index = self.incarnations.len();
+                    self.incarnations.push(Incarnation {
+                        name: name.clone(),
+                        user: self.devices[i].user.clone(),
+                        device: self.devices[i].device.clone(),
+                        callbacks: Vec::new(),
+                        events: Vec::new(),
+                        alive: true,
+                        last_seq: None,
+                    });
+                    self.devices[i].live = Some(Live {
+                        client,
+                        rec,
+                        events,
+                        index,
+                    });
+                    self.log(format!("{name} connected"));
+                    return;
+                }
+                Err(e) => {
+                    self.log(format!("{name} could not connect: {e}"));
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    async fn stop(&mut self, i: usize) {
+        if let Some(live) = self.devices[i].live.take() {
+            live.client.close().await;
+            self.harvest(&live, false);
+            self.log(format!("{} stopped", self.incarnations[live.index].name));
+        }
+    }
+
+    fn harvest(&mut self, live: &Live, alive: bool) {
+        let inc = &mut self.incarnations[live.index];
+        inc.callbacks = live.rec.records();
+        inc.events = live.events.lock().expect("events").clone();
+        inc.alive = alive;
+        inc.last_seq = live.client.last_seq();
+    }
+
+    fn pick_device_of(&mut self, user: &UserId) -> Option<usize> {
+        let options: Vec<usize> = (0..self.devices.len())
+            .filter(|i| &self.devices[*i].user == user && self.devices[*i].live.is_some())
+            .collect();
+        (!options.is_empty()).then(|| options[self.rng.below(options.len() as u64) as usize])
+    }
+
+    fn command(&mut self, i: usize, what: &'static str, call: CallId) {
+        let Some(live) = &self.devices[i].live else {
+            return;
+        };
+        let client = live.client.clone();
+        let name = self.incarnations[live.index].name.clone();
+        let trace = self.trace.clone();
+        let t0 = self.t0;
+        self.log(format!("{name} {what} {call}"));
+        self.tasks.spawn(async move {
+            let r = match what {
+                "accept" => client.accept(&call).await,
+                "decline" => client.decline(&call).await,
+                "decline_busy" => client.decline_busy(&call).await,
+                "cancel" => client.cancel(&call).await,
+                _ => client.hang_up(&call).await,
+            };
+            let t = t0.elapsed().as_secs_f64();
+            trace
+                .lock()
+                .expect("trace")
+                .push(format!("{t:8.3}s {name} {what} {call} -> {r:?}"));
+        });
+    }
+
+    async fn step(&mut self) {
+        let roll = self.rng.below(100);
+        let acked: Vec<(CallId, usize, Vec<UserId>, bool)> =
+            self.acked.lock().expect("acked").clone();
+        match roll {
+            0..=29 => {
+                let i = self.rng.below(self.devices.len() as u64) as usize;
+                let Some(live) = &self.devices[i].live else {
+                    return;
+                };
+                let me = self.devices[i].user.clone();
+                let n = 1 + self.rng.below(3) as usize;
+                let mut callees: Vec<UserId> = Vec::new();
+                for _ in 0..n {
+                    let (u, _) = USERS[self.rng.below(USERS.len() as u64) as usize];
+                    let u = UserId::new(u).expect("valid");
+                    if u != me && !callees.contains(&u) {
+                        callees.push(u);
+                    }
+                }
+                if callees.is_empty() {
+                    return;
+                }
+                let timeout_s = [5u32, 10, 30][self.rng.below(3) as usize];
+                let client = live.client.clone();
+                let index = live.index;
+                let name = self.incarnations[index].name.clone();
+                let (trace, acked_list, t0) = (self.trace.clone(), self.acked.clone(), self.t0);
+                self.log(format!("{name} invite {callees:?} ({timeout_s} s)"));
+                self.tasks.spawn(async move {
+                    let req = InviteRequest {
+                        callees: callees.clone(),
+                        call_type: CallType::Voice,
+                        custom_data: None,
+                        timeout_s: Some(timeout_s),
+                    };
+                    let r = client.invite_with(req).await;
+                    let t = t0.elapsed().as_secs_f64();
+                    if let Ok(inv) = &r {
+                        acked_list.lock().expect("acked").push((
+                            inv.call_id.clone(),
+                            index,
+                            callees,
+                            inv.joined.is_some(),
+                        ));
+                    }
+                    trace.lock().expect("trace").push(format!(
+                        "{t:8.3}s {name} invite -> {:?}",
+                        r.map(|i| i.call_id)
+                    ));
+                });
+            }
+            30..=64 if !acked.is_empty() => {
+                let (call, _, callees, _) =
+                    acked[self.rng.below(acked.len() as u64) as usize].clone();
+                let callee = callees[self.rng.below(callees.len() as u64) as usize].clone();
+                let Some(i) = self.pick_device_of(&callee) else {
+                    return;
+                };
+                let what = match self.rng.below(10) {
+                    0..=5 => "accept",
+                    6..=8 => "decline",
+                    _ => "decline_busy",
+                };
+                self.command(i, what, call.clone());
+                // Sometimes a second device of the same callee answers too.
+                if self.rng.chance(0.3) {
+                    if let Some(j) = self.pick_device_of(&callee) {
+                        self.command(j, "accept", call);
+                    }
+                }
+            }
+            65..=79 if !acked.is_empty() => {
+                let (call, inviter, callees, _) =
+                    acked[self.rng.below(acked.len() as u64) as usize].clone();
+                let caller = self.incarnations[inviter].user.clone();
+                let who = if self.rng.chance(0.7) {
+                    caller
+                } else {
+                    callees[0].clone()
+                };
+                let Some(i) = self.pick_device_of(&who) else {
+                    return;
+                };
+                let what = if self.rng.chance(0.5) {
+                    "cancel"
+                } else {
+                    "hang_up"
+                };
+                self.command(i, what, call);
+            }
+            80..=89 => {
+                let i = self.rng.below(self.devices.len() as u64) as usize;
+                self.stop(i).await;
+                if self.rng.chance(0.8) {
+                    let d = self.rng.between(Duration::ZERO, Duration::from_secs(20));
+                    tokio::time::sleep(d).await;
+                    self.start(i).await;
+                }
+            }
+            _ => {}
+        }
+        let d = self.rng.between(Duration::ZERO, Duration::from_secs(3));
+        tokio::time::sleep(d).await;
+    }
+}
+
+/// Runs the world for `steps` workload steps, heals, settles, and returns
+/// the record.
+pub async fn run_world(seed: u64, profile: Profile, steps: usize) -> Record {
+    // History kept for the whole run, so the oracle sees every call.
+    let mut config = invitation_core::SwitchboardConfig::default();
+    config.retention = Duration::from_secs(3600);
+    let hub = MemoryHub::with_config(config, invitation_core::SequentialCallIds::default());
+    let mut devices = Vec::new();
+    for (u, devs) in USERS {
+        for d in devs {
+            let user = User::new(UserId::new(u).expect("valid"), u).expect("valid");
+            let fault_seed = seed ^ ((devices.len() as u64 + 1) * 0x1000_0001);
+            devices.push(Device {
+                user: user.id.clone(),
+                device: DeviceId::new(*d).expect("valid"),
+                transport: FaultyTransport::new(hub.transport(user), profile.faults(), fault_seed),
+                live: None,
+                starts: 0,
+            });
+        }
+    }
+    let mut world = World {
+        rng: SimRng::new(seed),
+        t0: Instant::now(),
+        seed,
+        devices,
+        incarnations: Vec::new(),
+        trace: Arc::new(Mutex::new(Vec::new())),
+        acked: Arc::new(Mutex::new(Vec::new())),
+        tasks: tokio::task::JoinSet::new(),
+    };
+    for i in 0..world.devices.len() {
+        world.start(i).await;
+    }
+    for _ in 0..steps {
+        world.step().await;
+    }
+    // Heal, bring every device back, let every timer fire.
+    world.log("heal".into());
+    for d in &world.devices {
+        d.transport.set_config(FaultConfig::default());
+    }
+    for i in 0..world.devices.len() {
+        if world.devices[i].live.is_none() {
+            world.start(i).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    for i in 0..world.devices.len() {
+        if let Some(live) = world.devices[i].live.take() {
+            world.harvest(&live, true);
+            world.devices[i].live = Some(live);
+        }
+    }
+    let acked = world.acked.lock().expect("acked").clone();
+    let ids: Vec<(CallId, usize, bool)> = acked
+        .iter()
+        .map(|(c, i, _, j)| (c.clone(), *i, *j))
+        .collect();
+    let users: Vec<UserId> = USERS
+        .iter()
+        .map(|(u, _)| UserId::new(*u).expect("valid"))
+        .collect();
+    let (calls, pending, seqs) = hub
+        .inspect(move |sb: &Switchboard| {
+            let calls: Vec<CallFacts> = ids
+                .iter()
+                .filter_map(|(id, inviter, joined)| {
+                    let v = sb.call(id)?;
+                    Some(CallFacts {
+                        call_id: id.clone(),
+                        inviter: *inviter,
+                        callees: v
+                            .callees()
+                            .iter()
+                            .map(|u| {
+                                (
+                                    u.id.clone(),
+                                    v.outcome(&u.id),
+                                    v.answered_by(&u.id).cloned(),
+                                )
+                            })
+                            .collect(),
+                        deadline: Instant::from_std(v.deadline()),
+                        ring_timeout: v.ring_timeout(),
+                        ringing: v.is_ringing(),
+                        joined: *joined,
+                    })
+                })
+                .collect();
+            let seqs = users.iter().map(|u| (u.clone(), sb.last_seq(u))).collect();
+            (calls, sb.poll_timeout().is_some(), seqs)
+        })
+        .await
+        .expect("hub alive");
+    let missing = acked.len() - calls.len();
+    if missing > 0 {
+        world.log(format!(
+            "{missing} acknowledged calls no longer held by the hub"
+        ));
+    }
+    let mut record = Record {
+        incarnations: world.incarnations.clone(),
+        calls,
+        hub_timer_pending: pending,
+        hub_last_seq: seqs,
+        trace: Vec::new(),
+        max_delay: profile.faults().delay.1,
+    };
+    for d in &mut world.devices {
+        if let Some(live) = d.live.take() {
+            live.client.close().await;
+        }
+    }
+    world.tasks.abort_all();
+    record.trace = world.trace.lock().expect("trace").clone();
+    record
+}
