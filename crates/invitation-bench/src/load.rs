@@ -1,0 +1,433 @@
+//! The load patterns: open-loop calls (1:1 and group), a timeout storm,
+//! idle connections, request/response relay. Each measures latencies with
+//! HDR histograms and CPU from /proc (server and generator).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use invitation_core::protocol::{ClientMessage, Command, Event, InviteRequest, ServerBody, ServerMessage};
+use invitation_core::{CallType, DecodeLimits, DeviceId, Reason, RequestId, UserId};
+use invitation_server::Authority;
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::{SECRET, ServerProc, cpu_us, memory_kb, start_echo, start_server};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+fn authority() -> Authority {
+    Authority::new(SECRET.as_bytes(), "invitation", None)
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds")
+}
+
+fn rid(s: String) -> RequestId {
+    RequestId::new(s).expect("valid request id")
+}
+
+/// Connects and authenticates; reads the welcome and the sync.
+async fn connect(addr: SocketAddr, auth: &Authority, user: &str) -> Result<Ws> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/")).await?;
+    let token = auth.mint(&UserId::new(user)?, user, Duration::from_secs(3600));
+    let hello = ClientMessage::new(
+        rid("h".into()),
+        Command::Hello { device: DeviceId::new("d")?, token: Some(token), last_seq: None },
+    );
+    ws.send(Message::text(hello.encode())).await?;
+    for _ in 0..2 {
+        next(&mut ws).await?;
+    }
+    Ok(ws)
+}
+
+async fn next(ws: &mut Ws) -> Result<ServerMessage> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return Ok(ServerMessage::decode(t.as_str(), &DecodeLimits::default())?),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("closed"),
+        }
+    }
+}
+
+async fn until(ws: &mut Ws, f: impl Fn(&ServerBody) -> bool) -> Result<ServerMessage> {
+    loop {
+        let m = next(ws).await?;
+        if f(&m.body) {
+            return Ok(m);
+        }
+    }
+}
+
+fn progress(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(what.to_owned());
+    pb
+}
+
+/// Results of an open-loop call run.
+#[derive(Debug, Clone)]
+pub(crate) struct CallsResult {
+    pub(crate) rate: f64,
+    pub(crate) callees: usize,
+    pub(crate) offered: u64,
+    pub(crate) completed: u64,
+    pub(crate) failed: u64,
+    pub(crate) ring: Histogram<u64>,
+    pub(crate) accepted: Histogram<u64>,
+    pub(crate) server_cpu_us_per_call: f64,
+    pub(crate) generator_cpu_us_per_call: f64,
+}
+
+struct Group {
+    caller: Ws,
+    callees: Vec<(UserId, Ws)>,
+}
+
+/// Open-loop calls at `rate` for `secs`: each call is invite -> ring at
+/// every callee -> the first accepts, the others decline -> the caller
+/// hangs up.
+pub(crate) async fn calls(server: &ServerProc, rate: f64, secs: f64, callees: usize, show: bool) -> Result<CallsResult> {
+    let auth = authority();
+    let offered = (rate * secs).round().max(1.0) as u64;
+    // Enough groups for every call in flight (a call takes ~1 ms unloaded).
+    let groups = ((rate * 0.05) as usize).clamp(20, 400).min(18_000 / (callees + 1));
+    let tag = format!("{}x{}", rate as u64, callees);
+    let mut free = Vec::with_capacity(groups);
+    for g in 0..groups {
+        let caller = connect(server.addr, &auth, &format!("c{tag}-{g}")).await?;
+        let mut cs = Vec::new();
+        for k in 0..callees {
+            let id = format!("e{tag}-{g}-{k}");
+            cs.push((UserId::new(&id)?, connect(server.addr, &auth, &id).await?));
+        }
+        free.push(Group { caller, callees: cs });
+    }
+    let free = Arc::new(Mutex::new(free));
+    let ring = Arc::new(Mutex::new(hist()));
+    let accepted = Arc::new(Mutex::new(hist()));
+    let failed = Arc::new(AtomicU64::new(0));
+    let pb = if show { progress(offered, &format!("{rate}/s x{callees}")) } else { ProgressBar::hidden() };
+    let (cpu0, me0) = (cpu_us(server.pid), cpu_us(std::process::id()));
+    let start = tokio::time::Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..offered {
+        // Open loop: the n-th call starts on schedule, whatever happened to
+        // the earlier ones.
+        tokio::time::sleep_until(start + interval.mul_f64(n as f64)).await;
+        let Some(mut group) = free.lock().await.pop() else {
+            failed.fetch_add(1, Ordering::Relaxed);
+            pb.inc(1);
+            continue;
+        };
+        let (free, ring, accepted, failed, pb) = (free.clone(), ring.clone(), accepted.clone(), failed.clone(), pb.clone());
+        tasks.spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(10), one_call(&mut group, n)).await {
+                Ok(Ok((r, a))) => {
+                    ring.lock().await.record(r.as_micros() as u64).ok();
+                    accepted.lock().await.record(a.as_micros() as u64).ok();
+                    free.lock().await.push(group);
+                }
+                _ => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            pb.inc(1);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    pb.finish_and_clear();
+    let (server_cpu, my_cpu) = (cpu_us(server.pid) - cpu0, cpu_us(std::process::id()) - me0);
+    let ring = ring.lock().await.clone();
+    let accepted = accepted.lock().await.clone();
+    let completed = ring.len();
+    Ok(CallsResult {
+        rate,
+        callees,
+        offered,
+        completed,
+        failed: failed.load(Ordering::Relaxed),
+        server_cpu_us_per_call: server_cpu as f64 / completed.max(1) as f64,
+        generator_cpu_us_per_call: my_cpu as f64 / completed.max(1) as f64,
+        ring,
+        accepted,
+    })
+}
+
+async fn one_call(g: &mut Group, n: u64) -> Result<(Duration, Duration)> {
+    let t0 = Instant::now();
+    let invite = ClientMessage::new(
+        rid(format!("i{n}")),
+        Command::Invite(InviteRequest {
+            callees: g.callees.iter().map(|(u, _)| u.clone()).collect(),
+            call_type: CallType::Voice,
+            custom_data: None,
+            timeout_s: None,
+        }),
+    );
+    g.caller.send(Message::text(invite.encode())).await?;
+    let mut ring = Duration::ZERO;
+    let mut call = None;
+    for (k, (_, ws)) in g.callees.iter_mut().enumerate() {
+        let m = until(ws, |b| matches!(b, ServerBody::Event { event: Event::IncomingCall { .. }, .. })).await?;
+        if let ServerBody::Event { event: Event::IncomingCall { call_id, .. }, .. } = m.body {
+            if k == 0 {
+                ring = t0.elapsed();
+            }
+            let cmd = if k == 0 {
+                Command::Accept { call_id: call_id.clone() }
+            } else {
+                Command::Decline { call_id: call_id.clone(), busy: false }
+            };
+            ws.send(Message::text(ClientMessage::new(rid(format!("a{n}")), cmd).encode())).await?;
+            call = Some(call_id);
+        }
+    }
+    let call_id = call.expect("at least one callee");
+    let mut outcomes = 0;
+    let mut accepted = Duration::ZERO;
+    while outcomes < g.callees.len() {
+        let m = until(&mut g.caller, |b| matches!(b, ServerBody::Event { event: Event::CalleeOutcome { .. }, .. })).await?;
+        if let ServerBody::Event { event: Event::CalleeOutcome { reason: Reason::Accepted, .. }, .. } = m.body {
+            accepted = t0.elapsed();
+        }
+        outcomes += 1;
+    }
+    let hang = ClientMessage::new(rid(format!("h{n}")), Command::HangUp { call_id });
+    g.caller.send(Message::text(hang.encode())).await?;
+    until(&mut g.caller, |b| matches!(b, ServerBody::Event { event: Event::CallEnded { .. }, .. })).await?;
+    for (k, (_, ws)) in g.callees.iter_mut().enumerate() {
+        if k == 0 {
+            until(ws, |b| matches!(b, ServerBody::Event { event: Event::CallEnded { .. }, .. })).await?;
+        } else {
+            until(ws, |b| matches!(b, ServerBody::Event { event: Event::IncomingEnded { .. }, .. })).await?;
+        }
+    }
+    Ok((ring, accepted))
+}
+
+/// Results of a timeout storm.
+#[derive(Debug, Clone)]
+pub(crate) struct TimeoutsResult {
+    pub(crate) pending: usize,
+    pub(crate) lateness: Histogram<u64>,
+    pub(crate) missing: usize,
+    pub(crate) server_rss_per_pending: f64,
+}
+
+/// `pending` invitations (5 s ring) to callees that never answer, sent as
+/// fast as possible; measures how late each timeout reaches its caller.
+pub(crate) async fn timeout_storm(server: &ServerProc, pending: usize) -> Result<TimeoutsResult> {
+    let auth = authority();
+    let pb = progress(pending as u64 * 2, "connecting");
+    let mut callers = Vec::with_capacity(pending);
+    for i in 0..pending {
+        callers.push(connect(server.addr, &auth, &format!("tc{i}")).await?);
+        pb.inc(1);
+    }
+    let mut callees = Vec::with_capacity(pending);
+    for i in 0..pending {
+        callees.push(connect(server.addr, &auth, &format!("te{i}")).await?);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let (rss0, _) = memory_kb(server.pid);
+    let ring = Duration::from_secs(5);
+    let mut sent = Vec::with_capacity(pending);
+    for (i, ws) in callers.iter_mut().enumerate() {
+        let invite = ClientMessage::new(
+            rid(format!("t{i}")),
+            Command::Invite(InviteRequest {
+                callees: vec![UserId::new(format!("te{i}"))?],
+                call_type: CallType::Voice,
+                custom_data: None,
+                timeout_s: Some(5),
+            }),
+        );
+        sent.push(Instant::now());
+        ws.send(Message::text(invite.encode())).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rss1, _) = memory_kb(server.pid);
+    let lateness = Arc::new(Mutex::new(hist()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (ws, at) in callers.into_iter().zip(sent) {
+        let lateness = lateness.clone();
+        tasks.spawn(async move {
+            let mut ws = ws;
+            let got = tokio::time::timeout(Duration::from_secs(30), until(&mut ws, |b| {
+                matches!(b, ServerBody::Event { event: Event::CalleeOutcome { reason: Reason::Timeout, .. }, .. })
+            }))
+            .await;
+            if let Ok(Ok(_)) = got {
+                let late = Instant::now().saturating_duration_since(at + ring);
+                lateness.lock().await.record(late.as_micros() as u64).ok();
+                true
+            } else {
+                false
+            }
+        });
+    }
+    let mut missing = 0;
+    while let Some(r) = tasks.join_next().await {
+        if !matches!(r, Ok(true)) {
+            missing += 1;
+        }
+    }
+    drop(callees);
+    let lateness = lateness.lock().await.clone();
+    Ok(TimeoutsResult {
+        pending,
+        lateness,
+        missing,
+        server_rss_per_pending: (rss1.saturating_sub(rss0) * 1024) as f64 / pending as f64,
+    })
+}
+
+/// Memory per idle connection, ours and the echo's.
+#[derive(Debug, Clone)]
+pub(crate) struct IdleResult {
+    pub(crate) clients: usize,
+    pub(crate) ours_bytes: f64,
+    pub(crate) echo_bytes: f64,
+}
+
+pub(crate) async fn idle_both(server_bin: &Option<PathBuf>, cpu: &str, clients: usize) -> Result<IdleResult> {
+    let auth = authority();
+    let ours = {
+        let server = start_server(server_bin, cpu).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (rss0, _) = memory_kb(server.pid);
+        let pb = progress(clients as u64, "idle (ours)");
+        let mut conns = Vec::with_capacity(clients);
+        for i in 0..clients {
+            conns.push(connect(server.addr, &auth, &format!("idle{i}")).await?);
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (rss1, _) = memory_kb(server.pid);
+        drop(conns);
+        server.stop().await;
+        (rss1.saturating_sub(rss0) * 1024) as f64 / clients as f64
+    };
+    let echo = {
+        let server = start_echo(cpu).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (rss0, _) = memory_kb(server.pid);
+        let pb = progress(clients as u64, "idle (echo)");
+        let mut conns = Vec::with_capacity(clients);
+        for _ in 0..clients {
+            let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/", server.addr)).await?;
+            ws.send(Message::text("hello")).await?;
+            ws.next().await;
+            conns.push(ws);
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (rss1, _) = memory_kb(server.pid);
+        drop(conns);
+        server.stop().await;
+        (rss1.saturating_sub(rss0) * 1024) as f64 / clients as f64
+    };
+    Ok(IdleResult { clients, ours_bytes: ours, echo_bytes: echo })
+}
+
+/// Request/response throughput, ours and the echo's.
+#[derive(Debug, Clone)]
+pub(crate) struct RelayResult {
+    pub(crate) ours_per_s: f64,
+    pub(crate) echo_per_s: f64,
+    pub(crate) ours_cpu_us_per_msg: f64,
+    pub(crate) echo_cpu_us_per_msg: f64,
+}
+
+const RELAY_CONNS: usize = 32;
+const RELAY_WINDOW: usize = 8;
+
+async fn pump(mut ws: Ws, deadline: tokio::time::Instant, make: impl Fn(u64) -> String) -> Result<u64> {
+    let mut sent = 0u64;
+    let mut got = 0u64;
+    for _ in 0..RELAY_WINDOW {
+        ws.send(Message::text(make(sent))).await?;
+        sent += 1;
+    }
+    while tokio::time::Instant::now() < deadline {
+        match ws.next().await {
+            Some(Ok(Message::Text(_))) => {
+                got += 1;
+                ws.send(Message::text(make(sent))).await?;
+                sent += 1;
+            }
+            Some(Ok(_)) => {}
+            _ => break,
+        }
+    }
+    Ok(got)
+}
+
+pub(crate) async fn relay_both(server_bin: &Option<PathBuf>, cpu: &str, secs: f64) -> Result<RelayResult> {
+    let auth = authority();
+    let dur = Duration::from_secs_f64(secs);
+    let (ours, ours_cpu) = {
+        let server = start_server(server_bin, cpu).await?;
+        let mut conns = Vec::new();
+        for i in 0..RELAY_CONNS {
+            conns.push(connect(server.addr, &auth, &format!("relay{i}")).await?);
+        }
+        let c0 = cpu_us(server.pid);
+        let deadline = tokio::time::Instant::now() + dur;
+        let mut tasks = tokio::task::JoinSet::new();
+        for ws in conns {
+            tasks.spawn(pump(ws, deadline, |n| format!(r#"{{"v":1,"id":"p{n}","type":"ping"}}"#)));
+        }
+        let mut total = 0;
+        while let Some(r) = tasks.join_next().await {
+            total += r??;
+        }
+        let c = cpu_us(server.pid) - c0;
+        server.stop().await;
+        (total as f64 / secs, c as f64 / total.max(1) as f64)
+    };
+    let (echo, echo_cpu) = {
+        let server = start_echo(cpu).await?;
+        let mut conns = Vec::new();
+        for _ in 0..RELAY_CONNS {
+            conns.push(tokio_tungstenite::connect_async(format!("ws://{}/", server.addr)).await?.0);
+        }
+        let c0 = cpu_us(server.pid);
+        let deadline = tokio::time::Instant::now() + dur;
+        let mut tasks = tokio::task::JoinSet::new();
+        for ws in conns {
+            tasks.spawn(pump(ws, deadline, |n| format!(r#"{{"v":1,"id":"p{n}","type":"ping"}}"#)));
+        }
+        let mut total = 0;
+        while let Some(r) = tasks.join_next().await {
+            total += r??;
+        }
+        let c = cpu_us(server.pid) - c0;
+        server.stop().await;
+        (total as f64 / secs, c as f64 / total.max(1) as f64)
+    };
+    Ok(RelayResult { ours_per_s: ours, echo_per_s: echo, ours_cpu_us_per_msg: ours_cpu, echo_cpu_us_per_msg: echo_cpu })
+}

@@ -1,0 +1,219 @@
+//! Output: one-line summaries, the suite (table, JSON, SVG plot) and the
+//! Kamailio side of the comparison.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::load::{self, CallsResult, IdleResult, RelayResult, TimeoutsResult};
+use crate::start_server;
+
+pub(crate) fn calls_line(r: &CallsResult) -> String {
+    format!(
+        "calls: {}/s x{} callees: {} offered, {} completed, {} failed; invite->ring p50 {} us p99 {} us p99.9 {} us; invite->accepted p50 {} us p99 {} us; server {:.0} us CPU/call, generator {:.0} us CPU/call",
+        r.rate,
+        r.callees,
+        r.offered,
+        r.completed,
+        r.failed,
+        r.ring.value_at_quantile(0.5),
+        r.ring.value_at_quantile(0.99),
+        r.ring.value_at_quantile(0.999),
+        r.accepted.value_at_quantile(0.5),
+        r.accepted.value_at_quantile(0.99),
+        r.server_cpu_us_per_call,
+        r.generator_cpu_us_per_call
+    )
+}
+
+pub(crate) fn timeouts_line(r: &TimeoutsResult) -> String {
+    format!(
+        "timeouts: {} pending (5 s ring): lateness p50 {} us p99 {} us max {} us; {} missing; server RSS {:.0} B per pending invitation (with its two connections' traffic)",
+        r.pending,
+        r.lateness.value_at_quantile(0.5),
+        r.lateness.value_at_quantile(0.99),
+        r.lateness.max(),
+        r.missing,
+        r.server_rss_per_pending
+    )
+}
+
+pub(crate) fn idle_line(r: &IdleResult) -> String {
+    format!(
+        "idle: {} connections: ours {:.0} B each, bare echo {:.0} B each: {:.2}x",
+        r.clients,
+        r.ours_bytes,
+        r.echo_bytes,
+        r.ours_bytes / r.echo_bytes.max(1.0)
+    )
+}
+
+pub(crate) fn relay_line(r: &RelayResult) -> String {
+    format!(
+        "relay: ours {:.0} msg/s ({:.1} us CPU each), bare echo {:.0} msg/s ({:.1} us CPU each): {:.2}x",
+        r.ours_per_s,
+        r.ours_cpu_us_per_msg,
+        r.echo_per_s,
+        r.echo_cpu_us_per_msg,
+        r.ours_per_s / r.echo_per_s.max(1.0)
+    )
+}
+
+/// One Kamailio run: (calls completed, failed, CPU µs per call).
+fn kamailio(rate: u64, calls: u64) -> Result<(u64, u64, f64)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/kamailio/run.sh");
+    let out = std::process::Command::new("taskset")
+        .args(["-c", "1", "bash"])
+        .arg(&script)
+        .args([rate.to_string(), calls.to_string()])
+        .output()
+        .context("running bench/kamailio/run.sh")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("kamailio "))
+        .with_context(|| format!("no result from kamailio: {text} {}", String::from_utf8_lossy(&out.stderr)))?;
+    let get = |k: &str| -> f64 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    Ok((get("calls") as u64, get("failed") as u64, get("cpu_us_per_call")))
+}
+
+fn svg(points: &[(f64, u64, u64)]) -> String {
+    let (w, h, m) = (640.0, 360.0, 50.0);
+    let max_x = points.iter().map(|p| p.0).fold(1.0, f64::max) * 1.05;
+    let max_y = points.iter().map(|p| p.2 as f64).fold(1000.0, f64::max).min(20_000.0) * 1.1;
+    let x = |v: f64| m + v / max_x * (w - 2.0 * m);
+    let y = |v: f64| h - m - v.min(max_y) / max_y * (h - 2.0 * m);
+    let mut s = String::new();
+    let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#);
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(s, r#"<line x1="{m}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#, h - m, w - m, h - m);
+    let _ = writeln!(s, r#"<line x1="{m}" y1="{m}" x2="{m}" y2="{}" stroke="black"/>"#, h - m);
+    let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">offered load (calls/s), server pinned to one vCPU</text>"#, w / 2.0, h - 12.0);
+    let _ = writeln!(s, r#"<text x="14" y="{}" transform="rotate(-90 14 {})" text-anchor="middle">invite -> ring latency (us)</text>"#, h / 2.0, h / 2.0);
+    for i in 0..=4 {
+        let v = max_y / 4.0 * i as f64;
+        let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="end">{:.0}</text>"#, m - 4.0, y(v) + 4.0, v);
+        let xv = max_x / 4.0 * i as f64;
+        let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">{:.0}</text>"#, x(xv), h - m + 16.0, xv);
+    }
+    for (i, (name, color)) in [("p50", "#1f77b4"), ("p99", "#d62728")].iter().enumerate() {
+        let pts: Vec<String> = points
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", x(p.0), y(if i == 0 { p.1 } else { p.2 } as f64)))
+            .collect();
+        let _ = writeln!(s, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, pts.join(" "));
+        for p in &pts {
+            let (px, py) = p.split_once(',').unwrap_or(("0", "0"));
+            let _ = writeln!(s, r#"<circle cx="{px}" cy="{py}" r="3" fill="{color}"/>"#);
+        }
+        let _ = writeln!(s, r#"<text x="{}" y="{}" fill="{color}">{name}</text>"#, w - m - 40.0, m + 16.0 * (i as f64 + 1.0));
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// Everything, in bounded time.
+pub(crate) async fn suite(server_bin: &Option<PathBuf>, cpu: &str, out: &Path, quick: bool, with_kamailio: bool) -> Result<()> {
+    let secs = if quick { 3.0 } else { 8.0 };
+    let mut json = serde_json::Map::new();
+    let mut table = String::new();
+    let mut points = Vec::new();
+
+    // 1. CPU per 1:1 call, ours and Kamailio's, at the same rates.
+    let _ = writeln!(table, "\n1:1 calls (invite -> ring -> accept -> hang up), server on one vCPU, generator on the other");
+    let _ = writeln!(table, "{:>8} {:>9} {:>7} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10} {:>8}", "rate/s", "done", "failed", "ring p50", "ring p99", "ring p99.9", "ours us/call", "gen us/call", "kam us/call", "ratio");
+    let mut compare = Vec::new();
+    for rate in [500.0, 1000.0, 2000.0] {
+        let server = start_server(server_bin, cpu).await?;
+        let r = load::calls(&server, rate, secs, 1, true).await?;
+        server.stop().await;
+        let kam = if with_kamailio { kamailio(rate as u64, (rate * secs) as u64).ok() } else { None };
+        let ratio = kam.map(|k| r.server_cpu_us_per_call / k.2);
+        let _ = writeln!(
+            table,
+            "{:>8} {:>9} {:>7} {:>10} {:>10} {:>10} {:>12.0} {:>12.0} {:>10} {:>8}",
+            rate,
+            r.completed,
+            r.failed,
+            r.ring.value_at_quantile(0.5),
+            r.ring.value_at_quantile(0.99),
+            r.ring.value_at_quantile(0.999),
+            r.server_cpu_us_per_call,
+            r.generator_cpu_us_per_call,
+            kam.map_or("-".into(), |k| format!("{:.0}{}", k.2, if k.1 > 0 { format!(" ({} failed)", k.1) } else { String::new() })),
+            ratio.map_or("-".into(), |x| format!("{x:.2}x"))
+        );
+        points.push((rate, r.ring.value_at_quantile(0.5), r.ring.value_at_quantile(0.99)));
+        compare.push(serde_json::json!({
+            "rate": rate, "completed": r.completed, "failed": r.failed,
+            "ring_p50_us": r.ring.value_at_quantile(0.5), "ring_p99_us": r.ring.value_at_quantile(0.99), "ring_p999_us": r.ring.value_at_quantile(0.999),
+            "accepted_p50_us": r.accepted.value_at_quantile(0.5), "accepted_p99_us": r.accepted.value_at_quantile(0.99),
+            "server_cpu_us_per_call": r.server_cpu_us_per_call, "generator_cpu_us_per_call": r.generator_cpu_us_per_call,
+            "kamailio": kam.map(|k| serde_json::json!({"completed": k.0, "failed": k.1, "cpu_us_per_call": k.2})),
+        }));
+    }
+    json.insert("calls_1to1".into(), compare.into());
+
+    // 2. The knee: highest offered rate with no failure and p99 <= 10 ms.
+    let _ = writeln!(table, "\nknee search ({secs} s per rate)");
+    let mut knee = 0.0;
+    let mut knee_runs = Vec::new();
+    for rate in [3000.0, 4000.0, 6000.0, 8000.0, 12000.0, 16000.0] {
+        let server = start_server(server_bin, cpu).await?;
+        let r = load::calls(&server, rate, secs.min(5.0), 1, true).await?;
+        server.stop().await;
+        let ok = r.failed == 0 && r.ring.value_at_quantile(0.99) <= 10_000 && r.accepted.value_at_quantile(0.99) <= 10_000;
+        let _ = writeln!(table, "  {}", crate::report::calls_line(&r));
+        points.push((rate, r.ring.value_at_quantile(0.5), r.ring.value_at_quantile(0.99)));
+        knee_runs.push(serde_json::json!({"rate": rate, "failed": r.failed, "ring_p99_us": r.ring.value_at_quantile(0.99), "accepted_p99_us": r.accepted.value_at_quantile(0.99), "server_cpu_us_per_call": r.server_cpu_us_per_call, "generator_cpu_us_per_call": r.generator_cpu_us_per_call}));
+        if !ok {
+            break;
+        }
+        knee = rate;
+    }
+    let _ = writeln!(table, "  knee: {knee} calls/s (the generator's own CPU per call is printed: a saturated generator shows there)");
+    json.insert("knee".into(), serde_json::json!({"calls_per_s": knee, "runs": knee_runs}));
+
+    // 3. Fan-out.
+    let _ = writeln!(table, "\ngroup calls at 200/s (first callee accepts, others decline)");
+    let mut fan = Vec::new();
+    for callees in [1, 5, 9] {
+        let server = start_server(server_bin, cpu).await?;
+        let r = load::calls(&server, 200.0, secs.min(5.0), callees, true).await?;
+        server.stop().await;
+        let _ = writeln!(table, "  {}", calls_line(&r));
+        fan.push(serde_json::json!({"callees": callees, "failed": r.failed, "server_cpu_us_per_call": r.server_cpu_us_per_call, "ring_p99_us": r.ring.value_at_quantile(0.99)}));
+    }
+    json.insert("fan_out".into(), fan.into());
+
+    // 4. Timers.
+    let server = start_server(server_bin, cpu).await?;
+    let t = load::timeout_storm(&server, if quick { 500 } else { 2000 }).await?;
+    server.stop().await;
+    let _ = writeln!(table, "\n{}", timeouts_line(&t));
+    json.insert("timeouts".into(), serde_json::json!({"pending": t.pending, "missing": t.missing, "lateness_p50_us": t.lateness.value_at_quantile(0.5), "lateness_p99_us": t.lateness.value_at_quantile(0.99), "lateness_max_us": t.lateness.max(), "server_rss_per_pending_bytes": t.server_rss_per_pending}));
+
+    // 5. Memory per idle connection and relay throughput vs the bare echo.
+    let idle = load::idle_both(server_bin, cpu, if quick { 1000 } else { 5000 }).await?;
+    let _ = writeln!(table, "{}", idle_line(&idle));
+    json.insert("idle".into(), serde_json::json!({"clients": idle.clients, "ours_bytes": idle.ours_bytes, "echo_bytes": idle.echo_bytes}));
+    let relay = load::relay_both(server_bin, cpu, if quick { 2.0 } else { 5.0 }).await?;
+    let _ = writeln!(table, "{}", relay_line(&relay));
+    json.insert("relay".into(), serde_json::json!({"ours_msg_per_s": relay.ours_per_s, "echo_msg_per_s": relay.echo_per_s, "ours_cpu_us_per_msg": relay.ours_cpu_us_per_msg, "echo_cpu_us_per_msg": relay.echo_cpu_us_per_msg}));
+
+    println!("{table}");
+    std::fs::create_dir_all(out)?;
+    let json_path = out.join("bench.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&serde_json::Value::Object(json))?)?;
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let svg_path = out.join("latency.svg");
+    std::fs::write(&svg_path, svg(&points))?;
+    println!("wrote {} and {}", json_path.display(), svg_path.display());
+    Ok(())
+}
