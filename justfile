@@ -30,3 +30,14 @@ bench-core:
 # Model-based property tests with another seed: just model 42
 model SEED="20261126":
     INVITATION_MODEL_SEED={{SEED}} cargo test -p invitation-core --test model
+
+# The benchmark suite (a few minutes): ours vs Kamailio, the knee, fan-out,
+# timers, memory and relay vs a bare echo. Server on CPU 0, generator on CPU 1.
+bench:
+    cargo build --release -p invitation-server -p invitation-bench
+    taskset -c 1 target/release/invitation-bench suite
+
+# A short smoke run of the suite.
+bench-quick:
+    cargo build --release -p invitation-server -p invitation-bench
+    taskset -c 1 target/release/invitation-bench suite --quick

@@ -103,7 +103,8 @@ pub(crate) async fn serve(
     let _ = stream.set_nodelay(true);
     let config = WebSocketConfig::default()
         .read_buffer_size(shared.config.read_buffer_bytes)
-        .write_buffer_size(0)
+        // Writes are batched by the session loop (feed, then one flush).
+        .write_buffer_size(64 * 1024)
         .max_write_buffer_size(shared.config.max_message_bytes * 4)
         .max_message_size(Some(shared.config.max_message_bytes))
         .max_frame_size(Some(shared.config.max_message_bytes));
@@ -361,22 +362,47 @@ impl Session {
             };
             tokio::select! {
                 biased;
-                out = rx.recv() => match out {
-                    Some(Outbound::Message { message, since }) => {
-                        if matches!(message.body, ServerBody::Reply { .. } | ServerBody::Error(_) | ServerBody::Pong { .. }) {
-                            in_flight = in_flight.saturating_sub(1);
+                out = rx.recv() => {
+                    // Write everything already queued, then flush once: one
+                    // system call for a reply and the events it caused.
+                    let mut next = out;
+                    let mut batch = 0;
+                    loop {
+                        match next {
+                            Some(Outbound::Message { message, since }) => {
+                                if matches!(message.body, ServerBody::Reply { .. } | ServerBody::Error(_) | ServerBody::Pong { .. }) {
+                                    in_flight = in_flight.saturating_sub(1);
+                                }
+                                self.shared.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
+                                if self.ws.feed(Message::text(message.encode())).await.is_err() {
+                                    return End::Gone;
+                                }
+                                if let Some(since) = since {
+                                    self.shared.metrics.observe_ring(since.elapsed());
+                                }
+                            }
+                            Some(Outbound::Close(reason)) => {
+                                let _ = self.ws.flush().await;
+                                return End::Close(CloseCode::Normal, "closed by the server", Some(reason));
+                            }
+                            None => {
+                                let _ = self.ws.flush().await;
+                                return End::Close(CloseCode::Policy, "too slow", Some(CloseReason::TooSlow));
+                            }
                         }
-                        self.shared.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
-                        if self.ws.send(Message::text(message.encode())).await.is_err() {
-                            return End::Gone;
+                        batch += 1;
+                        if batch >= 64 {
+                            break;
                         }
-                        if let Some(since) = since {
-                            self.shared.metrics.observe_ring(since.elapsed());
+                        match rx.try_recv() {
+                            Ok(m) => next = Some(m),
+                            Err(_) => break,
                         }
                     }
-                    Some(Outbound::Close(reason)) => return End::Close(CloseCode::Normal, "closed by the server", Some(reason)),
-                    None => return End::Close(CloseCode::Policy, "too slow", Some(CloseReason::TooSlow)),
-                },
+                    if self.ws.flush().await.is_err() {
+                        return End::Gone;
+                    }
+                }
                 frame = self.ws.next(), if in_flight < max_in_flight => {
                     let frame = match frame {
                         None => return End::Gone,

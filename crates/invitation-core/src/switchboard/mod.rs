@@ -255,11 +255,14 @@ pub struct Switchboard {
     now: Option<Instant>,
     next_conn: u64,
     conns: HashMap<ConnId, ConnEntry>,
-    users: HashMap<UserId, UserEntry>,
-    calls: HashMap<CallId, Call>,
+    // Values are boxed: a hash table's buckets are sized to the next power
+    // of two and sit there whether used or not, so small buckets keep a
+    // million pending invitations compact.
+    users: HashMap<UserId, Box<UserEntry>>,
+    calls: HashMap<CallId, Box<Call>>,
     timers: Timers,
     tombstones: VecDeque<(Instant, CallId)>,
-    requests: HashMap<RequestKey, Result<ReplyResult, CommandError>>,
+    requests: HashMap<RequestKey, Box<Result<ReplyResult, CommandError>>>,
     request_order: VecDeque<(Instant, RequestKey)>,
     idle_users: VecDeque<(Instant, UserId)>,
     out: VecDeque<Output>,
@@ -329,7 +332,7 @@ impl Switchboard {
         let entry = self
             .users
             .entry(user_id.clone())
-            .or_insert_with(|| UserEntry::new(user.clone()));
+            .or_insert_with(|| Box::new(UserEntry::new(user.clone())));
         entry.user = user.clone();
         entry.idle_since = None;
         match entry.devices.iter_mut().find(|(d, _)| *d == device) {
@@ -476,7 +479,7 @@ impl Switchboard {
             request: request.clone(),
         };
         if let Some(stored) = self.requests.get(&key) {
-            let stored = stored.clone();
+            let stored = (**stored).clone();
             self.stats.duplicate_requests += 1;
             self.reply(conn, &request, &stored);
             return stored;
@@ -703,7 +706,7 @@ impl Switchboard {
             let entry = self
                 .users
                 .entry(callee.clone())
-                .or_insert_with(|| UserEntry::new(unnamed(callee)));
+                .or_insert_with(|| Box::new(UserEntry::new(unnamed(callee))));
             entry.idle_since = None;
             let online = !entry.devices.is_empty();
             let (outcome, status) = if busy {
@@ -783,14 +786,14 @@ impl Switchboard {
         }
         self.calls.insert(
             call_id.clone(),
-            Call {
+            Box::new(Call {
                 info,
                 slots,
                 caller_in_call: true,
                 ended: None,
                 ring_armed: ringing,
                 gone_at: None,
-            },
+            }),
         );
         self.settle(now, &call_id);
         Ok(ReplyResult::Invited {
@@ -1143,7 +1146,7 @@ impl Switchboard {
     ) {
         self.request_order
             .push_back((now + self.config.retention, key.clone()));
-        self.requests.insert(key, result);
+        self.requests.insert(key, Box::new(result));
     }
 
     fn reply(
@@ -1325,7 +1328,7 @@ fn duration_ms(d: Duration) -> u64 {
 
 /// Turns a log entry into the wire event for `user`, computing ring time
 /// left at `now` (0 once the invitation no longer rings for that user).
-fn render(calls: &HashMap<CallId, Call>, user: &UserId, event: &LogEvent, now: Instant) -> Event {
+fn render(calls: &HashMap<CallId, Box<Call>>, user: &UserId, event: &LogEvent, now: Instant) -> Event {
     let remaining = |info: &CallInfo, for_callee: bool| {
         let live = calls.get(&info.call_id).is_some_and(|call| {
             if for_callee {
