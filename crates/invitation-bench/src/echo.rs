@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use anyhow::Result;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 pub(crate) async fn serve(addr: SocketAddr) -> Result<()> {
@@ -25,14 +24,11 @@ pub(crate) async fn serve(addr: SocketAddr) -> Result<()> {
                 return;
             };
             while let Some(Ok(m)) = ws.next().await {
-                match m {
-                    Message::Text(_) | Message::Binary(_) => {
-                        if ws.send(m).await.is_err() {
-                            break;
-                        }
-                    }
-                    Message::Close(_) => break,
-                    _ => {}
+                if m.is_close() {
+                    break;
+                }
+                if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                    break;
                 }
             }
         });
