@@ -7,9 +7,11 @@ ci:
 test:
     cargo test --workspace
 
-# Replay one simulation seed with its full trace: just sim 42 lossy
+# Replay one simulation seed with its full trace:
+#   just sim 42 lossy     or     just sim SEED=42 PROFILE=lossy
 sim SEED PROFILE="all":
-    cargo run --release -p invitation-sim -- --seed {{SEED}} --profile {{PROFILE}}
+    seed="{{SEED}}"; profile="{{PROFILE}}"; \
+    cargo run --release -p invitation-sim -- --seed "${seed#SEED=}" --profile "${profile#PROFILE=}"
 
 # The CI sweep: 1,000 seeds x 3 fault profiles.
 sim-ci:
@@ -20,6 +22,7 @@ sim-long START="0":
     cargo run --release -p invitation-sim -- --seeds 100000 --start {{START}}
 
 # Fuzz one target for longer: just fuzz protocol_decode 600
+# (cargo-fuzz: `cargo install cargo-fuzz --locked`; see docs/testing.md)
 fuzz TARGET SECONDS="300":
     bash fuzz/run.sh {{TARGET}} {{SECONDS}}
 
