@@ -182,6 +182,29 @@ async fn ws_group_call_outcomes() {
 }
 
 #[tokio::test]
+async fn ws_client_renews_its_token_in_band() {
+    let srv = server(|_| {}).await;
+    let alice = dev(&srv, "alice", "phone").await;
+    alice
+        .client
+        .renew_token(srv.token("alice", "ALICE"))
+        .await
+        .unwrap();
+    let wrong = alice.client.renew_token(srv.token("mallory", "M")).await;
+    assert!(matches!(
+        wrong,
+        Err(ClientError::Command(CommandError::Rejected {
+            code: invitation_core::ErrorCode::Unauthorized,
+            ..
+        }))
+    ));
+    // Still connected and working.
+    let bob = dev(&srv, "bob", "phone").await;
+    invite(&alice, &["bob"], 60).await;
+    wait(&bob.rec, "on_incoming_call_received", 1).await;
+}
+
+#[tokio::test]
 async fn ws_client_reconnects_after_server_drops_it_without_loss_or_duplicates() {
     // The server drops connections that stay silent; the client reconnects,
     // resumes, and nothing is lost or doubled.

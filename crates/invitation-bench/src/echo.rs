@@ -20,7 +20,9 @@ pub(crate) async fn serve(addr: SocketAddr) -> Result<()> {
                 .write_buffer_size(0)
                 .max_message_size(Some(64 * 1024))
                 .max_frame_size(Some(64 * 1024));
-            let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await else {
+            let Ok(mut ws) =
+                tokio_tungstenite::accept_async_with_config(stream, Some(config)).await
+            else {
                 return;
             };
             while let Some(Ok(m)) = ws.next().await {

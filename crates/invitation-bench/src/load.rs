@@ -12,7 +12,9 @@ use anyhow::{Result, bail};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use invitation_core::protocol::{ClientMessage, Command, Event, InviteRequest, ServerBody, ServerMessage};
+use invitation_core::protocol::{
+    ClientMessage, Command, Event, InviteRequest, ServerBody, ServerMessage,
+};
 use invitation_core::{CallType, DecodeLimits, DeviceId, Reason, RequestId, UserId};
 use invitation_server::Authority;
 use tokio::net::TcpStream;
@@ -42,7 +44,11 @@ async fn connect(addr: SocketAddr, auth: &Authority, user: &str) -> Result<Ws> {
     let token = auth.mint(&UserId::new(user)?, user, Duration::from_secs(3600));
     let hello = ClientMessage::new(
         rid("h".into()),
-        Command::Hello { device: DeviceId::new("d")?, token: Some(token), last_seq: None },
+        Command::Hello {
+            device: DeviceId::new("d")?,
+            token: Some(token),
+            last_seq: None,
+        },
     );
     ws.send(Message::text(hello.encode())).await?;
     for _ in 0..2 {
@@ -54,7 +60,9 @@ async fn connect(addr: SocketAddr, auth: &Authority, user: &str) -> Result<Ws> {
 async fn next(ws: &mut Ws) -> Result<ServerMessage> {
     loop {
         match ws.next().await {
-            Some(Ok(Message::Text(t))) => return Ok(ServerMessage::decode(t.as_str(), &DecodeLimits::default())?),
+            Some(Ok(Message::Text(t))) => {
+                return Ok(ServerMessage::decode(t.as_str(), &DecodeLimits::default())?);
+            }
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err(e.into()),
             None => bail!("closed"),
@@ -104,11 +112,19 @@ struct Group {
 /// Open-loop calls at `rate` for `secs`: each call is invite -> ring at
 /// every callee -> the first accepts, the others decline -> the caller
 /// hangs up.
-pub(crate) async fn calls(server: &ServerProc, rate: f64, secs: f64, callees: usize, show: bool) -> Result<CallsResult> {
+pub(crate) async fn calls(
+    server: &ServerProc,
+    rate: f64,
+    secs: f64,
+    callees: usize,
+    show: bool,
+) -> Result<CallsResult> {
     let auth = authority();
     let offered = (rate * secs).round().max(1.0) as u64;
     // Enough groups for every call in flight (a call takes ~1 ms unloaded).
-    let groups = ((rate * 0.05) as usize).clamp(20, 400).min(18_000 / (callees + 1));
+    let groups = ((rate * 0.05) as usize)
+        .clamp(20, 400)
+        .min(18_000 / (callees + 1));
     let tag = format!("{}x{}", rate as u64, callees);
     let mut free = Vec::with_capacity(groups);
     for g in 0..groups {
@@ -118,13 +134,20 @@ pub(crate) async fn calls(server: &ServerProc, rate: f64, secs: f64, callees: us
             let id = format!("e{tag}-{g}-{k}");
             cs.push((UserId::new(&id)?, connect(server.addr, &auth, &id).await?));
         }
-        free.push(Group { caller, callees: cs });
+        free.push(Group {
+            caller,
+            callees: cs,
+        });
     }
     let free = Arc::new(Mutex::new(free));
     let ring = Arc::new(Mutex::new(hist()));
     let accepted = Arc::new(Mutex::new(hist()));
     let failed = Arc::new(AtomicU64::new(0));
-    let pb = if show { progress(offered, &format!("{rate}/s x{callees}")) } else { ProgressBar::hidden() };
+    let pb = if show {
+        progress(offered, &format!("{rate}/s x{callees}"))
+    } else {
+        ProgressBar::hidden()
+    };
     let (cpu0, me0) = (cpu_us(server.pid), cpu_us(std::process::id()));
     let start = tokio::time::Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate);
@@ -138,7 +161,13 @@ pub(crate) async fn calls(server: &ServerProc, rate: f64, secs: f64, callees: us
             pb.inc(1);
             continue;
         };
-        let (free, ring, accepted, failed, pb) = (free.clone(), ring.clone(), accepted.clone(), failed.clone(), pb.clone());
+        let (free, ring, accepted, failed, pb) = (
+            free.clone(),
+            ring.clone(),
+            accepted.clone(),
+            failed.clone(),
+            pb.clone(),
+        );
         tasks.spawn(async move {
             match tokio::time::timeout(Duration::from_secs(10), one_call(&mut group, n)).await {
                 Ok(Ok((r, a))) => {
@@ -188,17 +217,38 @@ async fn one_call(g: &mut Group, n: u64) -> Result<(Duration, Duration)> {
     let mut ring = Duration::ZERO;
     let mut call = None;
     for (k, (_, ws)) in g.callees.iter_mut().enumerate() {
-        let m = until(ws, |b| matches!(b, ServerBody::Event { event: Event::IncomingCall { .. }, .. })).await?;
-        if let ServerBody::Event { event: Event::IncomingCall { call_id, .. }, .. } = m.body {
+        let m = until(ws, |b| {
+            matches!(
+                b,
+                ServerBody::Event {
+                    event: Event::IncomingCall { .. },
+                    ..
+                }
+            )
+        })
+        .await?;
+        if let ServerBody::Event {
+            event: Event::IncomingCall { call_id, .. },
+            ..
+        } = m.body
+        {
             if k == 0 {
                 ring = t0.elapsed();
             }
             let cmd = if k == 0 {
-                Command::Accept { call_id: call_id.clone() }
+                Command::Accept {
+                    call_id: call_id.clone(),
+                }
             } else {
-                Command::Decline { call_id: call_id.clone(), busy: false }
+                Command::Decline {
+                    call_id: call_id.clone(),
+                    busy: false,
+                }
             };
-            ws.send(Message::text(ClientMessage::new(rid(format!("a{n}")), cmd).encode())).await?;
+            ws.send(Message::text(
+                ClientMessage::new(rid(format!("a{n}")), cmd).encode(),
+            ))
+            .await?;
             call = Some(call_id);
         }
     }
@@ -206,20 +256,64 @@ async fn one_call(g: &mut Group, n: u64) -> Result<(Duration, Duration)> {
     let mut outcomes = 0;
     let mut accepted = Duration::ZERO;
     while outcomes < g.callees.len() {
-        let m = until(&mut g.caller, |b| matches!(b, ServerBody::Event { event: Event::CalleeOutcome { .. }, .. })).await?;
-        if let ServerBody::Event { event: Event::CalleeOutcome { reason: Reason::Accepted, .. }, .. } = m.body {
+        let m = until(&mut g.caller, |b| {
+            matches!(
+                b,
+                ServerBody::Event {
+                    event: Event::CalleeOutcome { .. },
+                    ..
+                }
+            )
+        })
+        .await?;
+        if let ServerBody::Event {
+            event:
+                Event::CalleeOutcome {
+                    reason: Reason::Accepted,
+                    ..
+                },
+            ..
+        } = m.body
+        {
             accepted = t0.elapsed();
         }
         outcomes += 1;
     }
     let hang = ClientMessage::new(rid(format!("h{n}")), Command::HangUp { call_id });
     g.caller.send(Message::text(hang.encode())).await?;
-    until(&mut g.caller, |b| matches!(b, ServerBody::Event { event: Event::CallEnded { .. }, .. })).await?;
+    until(&mut g.caller, |b| {
+        matches!(
+            b,
+            ServerBody::Event {
+                event: Event::CallEnded { .. },
+                ..
+            }
+        )
+    })
+    .await?;
     for (k, (_, ws)) in g.callees.iter_mut().enumerate() {
         if k == 0 {
-            until(ws, |b| matches!(b, ServerBody::Event { event: Event::CallEnded { .. }, .. })).await?;
+            until(ws, |b| {
+                matches!(
+                    b,
+                    ServerBody::Event {
+                        event: Event::CallEnded { .. },
+                        ..
+                    }
+                )
+            })
+            .await?;
         } else {
-            until(ws, |b| matches!(b, ServerBody::Event { event: Event::IncomingEnded { .. }, .. })).await?;
+            until(ws, |b| {
+                matches!(
+                    b,
+                    ServerBody::Event {
+                        event: Event::IncomingEnded { .. },
+                        ..
+                    }
+                )
+            })
+            .await?;
         }
     }
     Ok((ring, accepted))
@@ -274,9 +368,21 @@ pub(crate) async fn timeout_storm(server: &ServerProc, pending: usize) -> Result
         let lateness = lateness.clone();
         tasks.spawn(async move {
             let mut ws = ws;
-            let got = tokio::time::timeout(Duration::from_secs(30), until(&mut ws, |b| {
-                matches!(b, ServerBody::Event { event: Event::CalleeOutcome { reason: Reason::Timeout, .. }, .. })
-            }))
+            let got = tokio::time::timeout(
+                Duration::from_secs(30),
+                until(&mut ws, |b| {
+                    matches!(
+                        b,
+                        ServerBody::Event {
+                            event: Event::CalleeOutcome {
+                                reason: Reason::Timeout,
+                                ..
+                            },
+                            ..
+                        }
+                    )
+                }),
+            )
             .await;
             if let Ok(Ok(_)) = got {
                 let late = Instant::now().saturating_duration_since(at + ring);
@@ -311,7 +417,11 @@ pub(crate) struct IdleResult {
     pub(crate) echo_bytes: f64,
 }
 
-pub(crate) async fn idle_both(server_bin: &Option<PathBuf>, cpu: &str, clients: usize) -> Result<IdleResult> {
+pub(crate) async fn idle_both(
+    server_bin: &Option<PathBuf>,
+    cpu: &str,
+    clients: usize,
+) -> Result<IdleResult> {
     let auth = authority();
     let ours = {
         let server = start_server(server_bin, cpu).await?;
@@ -337,7 +447,8 @@ pub(crate) async fn idle_both(server_bin: &Option<PathBuf>, cpu: &str, clients: 
         let pb = progress(clients as u64, "idle (echo)");
         let mut conns = Vec::with_capacity(clients);
         for _ in 0..clients {
-            let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/", server.addr)).await?;
+            let (mut ws, _) =
+                tokio_tungstenite::connect_async(format!("ws://{}/", server.addr)).await?;
             ws.send(Message::text("hello")).await?;
             ws.next().await;
             conns.push(ws);
@@ -350,7 +461,11 @@ pub(crate) async fn idle_both(server_bin: &Option<PathBuf>, cpu: &str, clients: 
         server.stop().await;
         (rss1.saturating_sub(rss0) * 1024) as f64 / clients as f64
     };
-    Ok(IdleResult { clients, ours_bytes: ours, echo_bytes: echo })
+    Ok(IdleResult {
+        clients,
+        ours_bytes: ours,
+        echo_bytes: echo,
+    })
 }
 
 /// Request/response throughput, ours and the echo's.
@@ -365,7 +480,11 @@ pub(crate) struct RelayResult {
 const RELAY_CONNS: usize = 32;
 const RELAY_WINDOW: usize = 8;
 
-async fn pump(mut ws: Ws, deadline: tokio::time::Instant, make: impl Fn(u64) -> String) -> Result<u64> {
+async fn pump(
+    mut ws: Ws,
+    deadline: tokio::time::Instant,
+    make: impl Fn(u64) -> String,
+) -> Result<u64> {
     let mut sent = 0u64;
     let mut got = 0u64;
     for _ in 0..RELAY_WINDOW {
@@ -386,7 +505,11 @@ async fn pump(mut ws: Ws, deadline: tokio::time::Instant, make: impl Fn(u64) -> 
     Ok(got)
 }
 
-pub(crate) async fn relay_both(server_bin: &Option<PathBuf>, cpu: &str, secs: f64) -> Result<RelayResult> {
+pub(crate) async fn relay_both(
+    server_bin: &Option<PathBuf>,
+    cpu: &str,
+    secs: f64,
+) -> Result<RelayResult> {
     let auth = authority();
     let dur = Duration::from_secs_f64(secs);
     let (ours, ours_cpu) = {
@@ -399,7 +522,9 @@ pub(crate) async fn relay_both(server_bin: &Option<PathBuf>, cpu: &str, secs: f6
         let deadline = tokio::time::Instant::now() + dur;
         let mut tasks = tokio::task::JoinSet::new();
         for ws in conns {
-            tasks.spawn(pump(ws, deadline, |n| format!(r#"{{"v":1,"id":"p{n}","type":"ping"}}"#)));
+            tasks.spawn(pump(ws, deadline, |n| {
+                format!(r#"{{"v":1,"id":"p{n}","type":"ping"}}"#)
+            }));
         }
         let mut total = 0;
         while let Some(r) = tasks.join_next().await {
@@ -413,13 +538,19 @@ pub(crate) async fn relay_both(server_bin: &Option<PathBuf>, cpu: &str, secs: f6
         let server = start_echo(cpu).await?;
         let mut conns = Vec::new();
         for _ in 0..RELAY_CONNS {
-            conns.push(tokio_tungstenite::connect_async(format!("ws://{}/", server.addr)).await?.0);
+            conns.push(
+                tokio_tungstenite::connect_async(format!("ws://{}/", server.addr))
+                    .await?
+                    .0,
+            );
         }
         let c0 = cpu_us(server.pid);
         let deadline = tokio::time::Instant::now() + dur;
         let mut tasks = tokio::task::JoinSet::new();
         for ws in conns {
-            tasks.spawn(pump(ws, deadline, |n| format!(r#"{{"v":1,"id":"p{n}","type":"ping"}}"#)));
+            tasks.spawn(pump(ws, deadline, |n| {
+                format!(r#"{{"v":1,"id":"p{n}","type":"ping"}}"#)
+            }));
         }
         let mut total = 0;
         while let Some(r) = tasks.join_next().await {
@@ -429,5 +560,10 @@ pub(crate) async fn relay_both(server_bin: &Option<PathBuf>, cpu: &str, secs: f6
         server.stop().await;
         (total as f64 / secs, c as f64 / total.max(1) as f64)
     };
-    Ok(RelayResult { ours_per_s: ours, echo_per_s: echo, ours_cpu_us_per_msg: ours_cpu, echo_cpu_us_per_msg: echo_cpu })
+    Ok(RelayResult {
+        ours_per_s: ours,
+        echo_per_s: echo,
+        ours_cpu_us_per_msg: ours_cpu,
+        echo_cpu_us_per_msg: echo_cpu,
+    })
 }

@@ -110,10 +110,17 @@ impl ServerProc {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
-async fn spawn(cpu: &str, bin: &std::path::Path, args: &[String], env: &[(&str, String)]) -> Result<Child> {
+async fn spawn(
+    cpu: &str,
+    bin: &std::path::Path,
+    args: &[String],
+    env: &[(&str, String)],
+) -> Result<Child> {
     let mut cmd = if cpu == "none" {
         Proc::new(bin)
     } else {
@@ -121,11 +128,15 @@ async fn spawn(cpu: &str, bin: &std::path::Path, args: &[String], env: &[(&str, 
         c.arg("-c").arg(cpu).arg(bin);
         c
     };
-    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::inherit()).kill_on_drop(true);
+    cmd.args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.spawn().with_context(|| format!("starting {}", bin.display()))
+    cmd.spawn()
+        .with_context(|| format!("starting {}", bin.display()))
 }
 
 async fn wait_listening(addr: SocketAddr) -> Result<()> {
@@ -146,7 +157,10 @@ pub(crate) async fn start_server(server_bin: &Option<PathBuf>, cpu: &str) -> Res
         None => std::env::current_exe()?.with_file_name("invitation-server"),
     };
     if !bin.exists() {
-        bail!("{} not found: `cargo build --release -p invitation-server`", bin.display());
+        bail!(
+            "{} not found: `cargo build --release -p invitation-server`",
+            bin.display()
+        );
     }
     let port = free_port()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
@@ -178,7 +192,13 @@ pub(crate) async fn start_echo(cpu: &str) -> Result<ServerProc> {
     let port = free_port()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let me = std::env::current_exe()?;
-    let child = spawn(cpu, &me, &["echo-server".into(), "--listen".into(), addr.to_string()], &[]).await?;
+    let child = spawn(
+        cpu,
+        &me,
+        &["echo-server".into(), "--listen".into(), addr.to_string()],
+        &[],
+    )
+    .await?;
     let pid = child.id().context("echo pid")?;
     wait_listening(addr).await?;
     Ok(ServerProc { child, addr, pid })
@@ -217,7 +237,11 @@ fn main() -> Result<()> {
     rt.block_on(async {
         match &cli.cmd {
             Cmd::EchoServer { listen } => echo::serve(*listen).await,
-            Cmd::Calls { rate, secs, callees } => {
+            Cmd::Calls {
+                rate,
+                secs,
+                callees,
+            } => {
                 let server = start_server(&cli.server_bin, &cli.server_cpu).await?;
                 let r = load::calls(&server, *rate, *secs, *callees, true).await?;
                 server.stop().await;
@@ -241,9 +265,11 @@ fn main() -> Result<()> {
                 println!("{}", report::relay_line(&r));
                 Ok(())
             }
-            Cmd::Suite { out, quick, no_kamailio } => {
-                report::suite(&cli.server_bin, &cli.server_cpu, out, *quick, !*no_kamailio).await
-            }
+            Cmd::Suite {
+                out,
+                quick,
+                no_kamailio,
+            } => report::suite(&cli.server_bin, &cli.server_cpu, out, *quick, !*no_kamailio).await,
         }
     })
 }

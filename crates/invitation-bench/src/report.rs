@@ -73,67 +73,157 @@ fn kamailio(rate: u64, calls: u64) -> Result<(u64, u64, f64)> {
     let line = text
         .lines()
         .find(|l| l.starts_with("kamailio "))
-        .with_context(|| format!("no result from kamailio: {text} {}", String::from_utf8_lossy(&out.stderr)))?;
+        .with_context(|| {
+            format!(
+                "no result from kamailio: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
     let get = |k: &str| -> f64 {
         line.split_whitespace()
             .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
             .and_then(|v| v.parse().ok())
             .unwrap_or(f64::NAN)
     };
-    Ok((get("calls") as u64, get("failed") as u64, get("cpu_us_per_call")))
+    Ok((
+        get("calls") as u64,
+        get("failed") as u64,
+        get("cpu_us_per_call"),
+    ))
 }
 
 fn svg(points: &[(f64, u64, u64)]) -> String {
     let (w, h, m) = (640.0, 360.0, 50.0);
     let max_x = points.iter().map(|p| p.0).fold(1.0, f64::max) * 1.05;
-    let max_y = points.iter().map(|p| p.2 as f64).fold(1000.0, f64::max).min(20_000.0) * 1.1;
+    let max_y = points
+        .iter()
+        .map(|p| p.2 as f64)
+        .fold(1000.0, f64::max)
+        .min(20_000.0)
+        * 1.1;
     let x = |v: f64| m + v / max_x * (w - 2.0 * m);
     let y = |v: f64| h - m - v.min(max_y) / max_y * (h - 2.0 * m);
     let mut s = String::new();
-    let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#);
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
     let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(s, r#"<line x1="{m}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#, h - m, w - m, h - m);
-    let _ = writeln!(s, r#"<line x1="{m}" y1="{m}" x2="{m}" y2="{}" stroke="black"/>"#, h - m);
-    let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">offered load (calls/s), server pinned to one vCPU</text>"#, w / 2.0, h - 12.0);
-    let _ = writeln!(s, r#"<text x="14" y="{}" transform="rotate(-90 14 {})" text-anchor="middle">invite -> ring latency (us)</text>"#, h / 2.0, h / 2.0);
+    let _ = writeln!(
+        s,
+        r#"<line x1="{m}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#,
+        h - m,
+        w - m,
+        h - m
+    );
+    let _ = writeln!(
+        s,
+        r#"<line x1="{m}" y1="{m}" x2="{m}" y2="{}" stroke="black"/>"#,
+        h - m
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">offered load (calls/s), server pinned to one vCPU</text>"#,
+        w / 2.0,
+        h - 12.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="14" y="{}" transform="rotate(-90 14 {})" text-anchor="middle">invite -> ring latency (us)</text>"#,
+        h / 2.0,
+        h / 2.0
+    );
     for i in 0..=4 {
         let v = max_y / 4.0 * i as f64;
-        let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="end">{:.0}</text>"#, m - 4.0, y(v) + 4.0, v);
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="end">{:.0}</text>"#,
+            m - 4.0,
+            y(v) + 4.0,
+            v
+        );
         let xv = max_x / 4.0 * i as f64;
-        let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">{:.0}</text>"#, x(xv), h - m + 16.0, xv);
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">{:.0}</text>"#,
+            x(xv),
+            h - m + 16.0,
+            xv
+        );
     }
     for (i, (name, color)) in [("p50", "#1f77b4"), ("p99", "#d62728")].iter().enumerate() {
         let pts: Vec<String> = points
             .iter()
-            .map(|p| format!("{:.1},{:.1}", x(p.0), y(if i == 0 { p.1 } else { p.2 } as f64)))
+            .map(|p| {
+                format!(
+                    "{:.1},{:.1}",
+                    x(p.0),
+                    y(if i == 0 { p.1 } else { p.2 } as f64)
+                )
+            })
             .collect();
-        let _ = writeln!(s, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, pts.join(" "));
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            pts.join(" ")
+        );
         for p in &pts {
             let (px, py) = p.split_once(',').unwrap_or(("0", "0"));
             let _ = writeln!(s, r#"<circle cx="{px}" cy="{py}" r="3" fill="{color}"/>"#);
         }
-        let _ = writeln!(s, r#"<text x="{}" y="{}" fill="{color}">{name}</text>"#, w - m - 40.0, m + 16.0 * (i as f64 + 1.0));
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" fill="{color}">{name}</text>"#,
+            w - m - 40.0,
+            m + 16.0 * (i as f64 + 1.0)
+        );
     }
     s.push_str("</svg>\n");
     s
 }
 
 /// Everything, in bounded time.
-pub(crate) async fn suite(server_bin: &Option<PathBuf>, cpu: &str, out: &Path, quick: bool, with_kamailio: bool) -> Result<()> {
+pub(crate) async fn suite(
+    server_bin: &Option<PathBuf>,
+    cpu: &str,
+    out: &Path,
+    quick: bool,
+    with_kamailio: bool,
+) -> Result<()> {
     let secs = if quick { 3.0 } else { 8.0 };
     let mut json = serde_json::Map::new();
     let mut table = String::new();
     let mut points = Vec::new();
 
     // 1. CPU per 1:1 call, ours and Kamailio's, at the same rates.
-    let _ = writeln!(table, "\n1:1 calls (invite -> ring -> accept -> hang up), server on one vCPU, generator on the other");
-    let _ = writeln!(table, "{:>8} {:>9} {:>7} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10} {:>8}", "rate/s", "done", "failed", "ring p50", "ring p99", "ring p99.9", "ours us/call", "gen us/call", "kam us/call", "ratio");
+    let _ = writeln!(
+        table,
+        "\n1:1 calls (invite -> ring -> accept -> hang up), server on one vCPU, generator on the other"
+    );
+    let _ = writeln!(
+        table,
+        "{:>8} {:>9} {:>7} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10} {:>8}",
+        "rate/s",
+        "done",
+        "failed",
+        "ring p50",
+        "ring p99",
+        "ring p99.9",
+        "ours us/call",
+        "gen us/call",
+        "kam us/call",
+        "ratio"
+    );
     let mut compare = Vec::new();
     for rate in [500.0, 1000.0, 2000.0] {
         let server = start_server(server_bin, cpu).await?;
         let r = load::calls(&server, rate, secs, 1, true).await?;
         server.stop().await;
-        let kam = if with_kamailio { kamailio(rate as u64, (rate * secs) as u64).ok() } else { None };
+        let kam = if with_kamailio {
+            kamailio(rate as u64, (rate * secs) as u64).ok()
+        } else {
+            None
+        };
         let ratio = kam.map(|k| r.server_cpu_us_per_call / k.2);
         let _ = writeln!(
             table,
@@ -146,10 +236,22 @@ pub(crate) async fn suite(server_bin: &Option<PathBuf>, cpu: &str, out: &Path, q
             r.ring.value_at_quantile(0.999),
             r.server_cpu_us_per_call,
             r.generator_cpu_us_per_call,
-            kam.map_or("-".into(), |k| format!("{:.0}{}", k.2, if k.1 > 0 { format!(" ({} failed)", k.1) } else { String::new() })),
+            kam.map_or("-".into(), |k| format!(
+                "{:.0}{}",
+                k.2,
+                if k.1 > 0 {
+                    format!(" ({} failed)", k.1)
+                } else {
+                    String::new()
+                }
+            )),
             ratio.map_or("-".into(), |x| format!("{x:.2}x"))
         );
-        points.push((rate, r.ring.value_at_quantile(0.5), r.ring.value_at_quantile(0.99)));
+        points.push((
+            rate,
+            r.ring.value_at_quantile(0.5),
+            r.ring.value_at_quantile(0.99),
+        ));
         compare.push(serde_json::json!({
             "rate": rate, "completed": r.completed, "failed": r.failed,
             "ring_p50_us": r.ring.value_at_quantile(0.5), "ring_p99_us": r.ring.value_at_quantile(0.99), "ring_p999_us": r.ring.value_at_quantile(0.999),
@@ -168,20 +270,35 @@ pub(crate) async fn suite(server_bin: &Option<PathBuf>, cpu: &str, out: &Path, q
         let server = start_server(server_bin, cpu).await?;
         let r = load::calls(&server, rate, secs.min(5.0), 1, true).await?;
         server.stop().await;
-        let ok = r.failed == 0 && r.ring.value_at_quantile(0.99) <= 10_000 && r.accepted.value_at_quantile(0.99) <= 10_000;
+        let ok = r.failed == 0
+            && r.ring.value_at_quantile(0.99) <= 10_000
+            && r.accepted.value_at_quantile(0.99) <= 10_000;
         let _ = writeln!(table, "  {}", crate::report::calls_line(&r));
-        points.push((rate, r.ring.value_at_quantile(0.5), r.ring.value_at_quantile(0.99)));
+        points.push((
+            rate,
+            r.ring.value_at_quantile(0.5),
+            r.ring.value_at_quantile(0.99),
+        ));
         knee_runs.push(serde_json::json!({"rate": rate, "failed": r.failed, "ring_p99_us": r.ring.value_at_quantile(0.99), "accepted_p99_us": r.accepted.value_at_quantile(0.99), "server_cpu_us_per_call": r.server_cpu_us_per_call, "generator_cpu_us_per_call": r.generator_cpu_us_per_call}));
         if !ok {
             break;
         }
         knee = rate;
     }
-    let _ = writeln!(table, "  knee: {knee} calls/s (the generator's own CPU per call is printed: a saturated generator shows there)");
-    json.insert("knee".into(), serde_json::json!({"calls_per_s": knee, "runs": knee_runs}));
+    let _ = writeln!(
+        table,
+        "  knee: {knee} calls/s (the generator's own CPU per call is printed: a saturated generator shows there)"
+    );
+    json.insert(
+        "knee".into(),
+        serde_json::json!({"calls_per_s": knee, "runs": knee_runs}),
+    );
 
     // 3. Fan-out.
-    let _ = writeln!(table, "\ngroup calls at 200/s (first callee accepts, others decline)");
+    let _ = writeln!(
+        table,
+        "\ngroup calls at 200/s (first callee accepts, others decline)"
+    );
     let mut fan = Vec::new();
     for callees in [1, 5, 9] {
         let server = start_server(server_bin, cpu).await?;
@@ -210,7 +327,10 @@ pub(crate) async fn suite(server_bin: &Option<PathBuf>, cpu: &str, out: &Path, q
     println!("{table}");
     std::fs::create_dir_all(out)?;
     let json_path = out.join("bench.json");
-    std::fs::write(&json_path, serde_json::to_string_pretty(&serde_json::Value::Object(json))?)?;
+    std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(&serde_json::Value::Object(json))?,
+    )?;
     points.sort_by(|a, b| a.0.total_cmp(&b.0));
     let svg_path = out.join("latency.svg");
     std::fs::write(&svg_path, svg(&points))?;

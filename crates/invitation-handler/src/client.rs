@@ -501,6 +501,26 @@ impl Client {
         .await
     }
 
+    /// Replaces the bearer token before it expires: sent in band (`renew`)
+    /// on the live connection, and used for every later reconnect. The
+    /// server closes a connection whose token expired without renewal.
+    pub async fn renew_token(&self, token: impl Into<String>) -> Result<(), ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .cmd_tx
+            .send(DriverMsg::Renew {
+                token: token.into(),
+                done: tx,
+            })
+            .map_err(|_| ClientError::Closed)?;
+        let timeout = self.inner.options.command_timeout;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result.map(|_| ()).map_err(ClientError::Command),
+            Ok(Err(_)) => Err(ClientError::Closed),
+            Err(_) => Err(ClientError::Timeout(timeout)),
+        }
+    }
+
     /// Stops the background task and closes the connection. Commands still
     /// waiting fail with [`ClientError::Closed`].
     pub async fn close(&self) {

@@ -14,7 +14,15 @@ use crate::dispatch::Dispatcher;
 type Done = oneshot::Sender<Result<ReplyResult, CommandError>>;
 
 pub(crate) enum DriverMsg {
-    Command { command: Command, done: Done },
+    Command {
+        command: Command,
+        done: Done,
+    },
+    /// A fresh token: sent in band now, used for every later reconnect.
+    Renew {
+        token: String,
+        done: Done,
+    },
     Close(oneshot::Sender<()>),
 }
 
@@ -149,6 +157,11 @@ impl Driver {
                         let id = self.session.command(now(), command);
                         self.waiters.push((id, done));
                     }
+                    Some(DriverMsg::Renew { token, done }) => {
+                        // Not connected: the next hello carries it.
+                        self.token = Some(token);
+                        let _ = done.send(Ok(invitation_core::protocol::ReplyResult::Done));
+                    }
                     Some(DriverMsg::Close(ack)) => {
                         let _ = ack.send(());
                         return false;
@@ -215,6 +228,11 @@ impl Driver {
                 msg = self.cmd_rx.recv() => match msg {
                     Some(DriverMsg::Command { command, done }) => {
                         let id = self.session.command(now(), command);
+                        self.waiters.push((id, done));
+                    }
+                    Some(DriverMsg::Renew { token, done }) => {
+                        self.token = Some(token.clone());
+                        let id = self.session.command(now(), Command::Renew { token });
                         self.waiters.push((id, done));
                     }
                     Some(DriverMsg::Close(ack)) => {

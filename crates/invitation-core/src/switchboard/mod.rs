@@ -1328,7 +1328,12 @@ fn duration_ms(d: Duration) -> u64 {
 
 /// Turns a log entry into the wire event for `user`, computing ring time
 /// left at `now` (0 once the invitation no longer rings for that user).
-fn render(calls: &HashMap<CallId, Box<Call>>, user: &UserId, event: &LogEvent, now: Instant) -> Event {
+fn render(
+    calls: &HashMap<CallId, Box<Call>>,
+    user: &UserId,
+    event: &LogEvent,
+    now: Instant,
+) -> Event {
     let remaining = |info: &CallInfo, for_callee: bool| {
         let live = calls.get(&info.call_id).is_some_and(|call| {
             if for_callee {
