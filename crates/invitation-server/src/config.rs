@@ -20,6 +20,36 @@ pub enum LogFormat {
     Json,
 }
 
+/// The TOML keys, which are also the `INVITATION_<KEY>` environment variables.
+pub const KEYS: &[&str] = &[
+    "listen",
+    "secret",
+    "audience",
+    "issuer",
+    "allowed_origins",
+    "max_message_bytes",
+    "read_buffer_bytes",
+    "handshake_timeout_s",
+    "auth_timeout_s",
+    "ping_every_s",
+    "dead_after_s",
+    "outbound_queue",
+    "max_connections",
+    "conn_rate_per_ip",
+    "conn_burst_per_ip",
+    "invite_rate_per_user",
+    "invite_burst_per_user",
+    "max_protocol_errors",
+    "shutdown_grace_s",
+    "max_callees",
+    "ring_timeout_s",
+    "max_custom_data",
+    "busy_policy",
+    "offline_policy",
+    "caller_gone_grace_s",
+    "log_format",
+];
+
 /// Every server setting. Field names are the TOML keys.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -138,14 +168,63 @@ pub enum ConfigError {
 impl Config {
     /// Reads a TOML file over the defaults.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::File {
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        })
+        Self::load(Some(path), std::iter::empty())
+    }
+
+    /// Defaults, then the TOML file (if any), then `INVITATION_<KEY>`
+    /// environment variables for any key of the file (`INVITATION_OUTBOUND_QUEUE=512`,
+    /// `INVITATION_ALLOWED_ORIGINS=https://a,https://b`). Values parse as
+    /// TOML scalars (number, boolean) or else as strings.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let origin = path.map_or_else(|| "environment".to_owned(), |p| p.display().to_string());
+        let mut table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::File {
+                    path: origin.clone(),
+                    detail: e.to_string(),
+                })?;
+                text.parse::<toml::Table>().map_err(|e| ConfigError::File {
+                    path: origin.clone(),
+                    detail: e.to_string(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix("INVITATION_") else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase();
+            if key == "config" || !KEYS.contains(&key.as_str()) {
+                continue;
+            }
+            let value = if key == "allowed_origins" {
+                toml::Value::Array(
+                    value
+                        .split(',')
+                        .map(|s| toml::Value::String(s.trim().to_owned()))
+                        .collect(),
+                )
+            } else if let Ok(i) = value.parse::<i64>() {
+                toml::Value::Integer(i)
+            } else if let Ok(f) = value.parse::<f64>() {
+                toml::Value::Float(f)
+            } else if let Ok(b) = value.parse::<bool>() {
+                toml::Value::Boolean(b)
+            } else {
+                toml::Value::String(value)
+            };
+            table.insert(key, value);
+        }
+        table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::File {
+                path: origin,
+                detail: e.to_string(),
+            })
     }
 
     /// Checks bounds and builds the switchboard settings.
@@ -235,5 +314,47 @@ mod tests {
             ..Config::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn every_key_can_come_from_the_environment() {
+        let env = [
+            ("INVITATION_OUTBOUND_QUEUE", "512"),
+            ("INVITATION_CONN_RATE_PER_IP", "7.5"),
+            ("INVITATION_BUSY_POLICY", "ring_anyway"),
+            (
+                "INVITATION_ALLOWED_ORIGINS",
+                "https://a.example, https://b.example",
+            ),
+            ("INVITATION_CONFIG", "/ignored"),
+            ("UNRELATED", "x"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let c = Config::load(None, env.into_iter()).unwrap();
+        assert_eq!(c.outbound_queue, 512);
+        assert_eq!(c.conn_rate_per_ip, 7.5);
+        assert_eq!(c.busy_policy, "ring_anyway");
+        assert_eq!(
+            c.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        // Every key listed is a real field (a typo would be refused).
+        for key in KEYS {
+            let value = match *key {
+                "listen" => "\"127.0.0.1:1\"",
+                "allowed_origins" => "[]",
+                "busy_policy" => "\"reject_busy\"",
+                "offline_policy" => "\"hold\"",
+                "log_format" => "\"json\"",
+                "secret" | "audience" | "issuer" => "\"0123456789abcdef\"",
+                "conn_rate_per_ip"
+                | "conn_burst_per_ip"
+                | "invite_rate_per_user"
+                | "invite_burst_per_user" => "1.0",
+                _ => "1",
+            };
+            toml::from_str::<Config>(&format!("{key} = {value}"))
+                .unwrap_or_else(|e| panic!("{key}: {e}"));
+        }
     }
 }

@@ -68,10 +68,8 @@ enum Sub {
 }
 
 fn load(cli: &Cli) -> Result<Config> {
-    let mut config = match &cli.config {
-        Some(path) => Config::from_file(path)?,
-        None => Config::default(),
-    };
+    // File, then INVITATION_<KEY> variables for every key, then flags.
+    let mut config = Config::load(cli.config.as_deref(), std::env::vars())?;
     if let Some(v) = cli.listen {
         config.listen = v;
     }
