@@ -38,9 +38,27 @@ fn rid(s: String) -> RequestId {
     RequestId::new(s).expect("valid request id")
 }
 
+/// Opens a TCP connection from 127.0.0.`source` (several source
+/// addresses: one address runs out of ephemeral ports near 28k
+/// connections) and upgrades it.
+async fn dial(addr: SocketAddr, source: u8) -> Result<Ws> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from(([127, 0, 0, source.max(1)], 0)))?;
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (ws, _) =
+        tokio_tungstenite::client_async(format!("ws://{addr}/"), MaybeTlsStream::Plain(stream))
+            .await?;
+    Ok(ws)
+}
+
 /// Connects and authenticates; reads the welcome and the sync.
 async fn connect(addr: SocketAddr, auth: &Authority, user: &str) -> Result<Ws> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/")).await?;
+    connect_from(addr, auth, user, 1).await
+}
+
+async fn connect_from(addr: SocketAddr, auth: &Authority, user: &str, source: u8) -> Result<Ws> {
+    let mut ws = dial(addr, source).await?;
     let token = auth.mint(&UserId::new(user)?, user, Duration::from_secs(3600));
     let hello = ClientMessage::new(
         rid("h".into()),
@@ -430,7 +448,9 @@ pub(crate) async fn idle_both(
         let pb = progress(clients as u64, "idle (ours)");
         let mut conns = Vec::with_capacity(clients);
         for i in 0..clients {
-            conns.push(connect(server.addr, &auth, &format!("idle{i}")).await?);
+            // A new 127.0.0.x source address every 10,000 connections.
+            let source = 1 + (i / 10_000) as u8;
+            conns.push(connect_from(server.addr, &auth, &format!("idle{i}"), source).await?);
             pb.inc(1);
         }
         pb.finish_and_clear();
@@ -446,9 +466,8 @@ pub(crate) async fn idle_both(
         let (rss0, _) = memory_kb(server.pid);
         let pb = progress(clients as u64, "idle (echo)");
         let mut conns = Vec::with_capacity(clients);
-        for _ in 0..clients {
-            let (mut ws, _) =
-                tokio_tungstenite::connect_async(format!("ws://{}/", server.addr)).await?;
+        for i in 0..clients {
+            let mut ws = dial(server.addr, 1 + (i / 10_000) as u8).await?;
             ws.send(Message::text("hello")).await?;
             ws.next().await;
             conns.push(ws);

@@ -289,9 +289,26 @@ pub(crate) async fn suite(
         table,
         "  knee: {knee} calls/s (the generator's own CPU per call is printed: a saturated generator shows there)"
     );
+    // Overload: twice the knee; goodput should stay near the knee.
+    let mut overload = serde_json::Value::Null;
+    if knee > 0.0 {
+        let server = start_server(server_bin, cpu).await?;
+        let r = load::calls(&server, 2.0 * knee, secs.min(5.0), 1, true).await?;
+        server.stop().await;
+        let goodput = r.completed as f64 / secs.min(5.0);
+        let _ = writeln!(
+            table,
+            "  overload at 2x the knee ({} calls/s): goodput {goodput:.0} calls/s = {:.2}x the knee, {} failed (generator {:.0} us CPU/call)",
+            2.0 * knee,
+            goodput / knee,
+            r.failed,
+            r.generator_cpu_us_per_call
+        );
+        overload = serde_json::json!({"offered": 2.0 * knee, "goodput": goodput, "ratio_to_knee": goodput / knee, "failed": r.failed});
+    }
     json.insert(
         "knee".into(),
-        serde_json::json!({"calls_per_s": knee, "runs": knee_runs}),
+        serde_json::json!({"calls_per_s": knee, "runs": knee_runs, "overload": overload}),
     );
 
     // 3. Fan-out.
