@@ -524,61 +524,44 @@ async fn pump(
     Ok(got)
 }
 
+/// Pumps pings through `conns` for `secs`; (messages/s, server CPU µs per message).
+async fn measure_relay(server: ServerProc, conns: Vec<Ws>, secs: f64) -> Result<(f64, f64)> {
+    let c0 = cpu_us(server.pid);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(secs);
+    let mut tasks = tokio::task::JoinSet::new();
+    for ws in conns {
+        tasks.spawn(pump(ws, deadline, |n| {
+            format!(r#"{{"v":1,"id":"p{n}","type":"ping"}}"#)
+        }));
+    }
+    let mut total = 0;
+    while let Some(r) = tasks.join_next().await {
+        total += r??;
+    }
+    let c = cpu_us(server.pid) - c0;
+    server.stop().await;
+    Ok((total as f64 / secs, c as f64 / total.max(1) as f64))
+}
+
 pub(crate) async fn relay_both(
     server_bin: &Option<PathBuf>,
     cpu: &str,
     secs: f64,
 ) -> Result<RelayResult> {
     let auth = authority();
-    let dur = Duration::from_secs_f64(secs);
-    let (ours, ours_cpu) = {
-        let server = start_server(server_bin, cpu).await?;
-        let mut conns = Vec::new();
-        for i in 0..RELAY_CONNS {
-            conns.push(connect(server.addr, &auth, &format!("relay{i}")).await?);
-        }
-        let c0 = cpu_us(server.pid);
-        let deadline = tokio::time::Instant::now() + dur;
-        let mut tasks = tokio::task::JoinSet::new();
-        for ws in conns {
-            tasks.spawn(pump(ws, deadline, |n| {
-                format!(r#"{{"v":1,"id":"p{n}","type":"ping"}}"#)
-            }));
-        }
-        let mut total = 0;
-        while let Some(r) = tasks.join_next().await {
-            total += r??;
-        }
-        let c = cpu_us(server.pid) - c0;
-        server.stop().await;
-        (total as f64 / secs, c as f64 / total.max(1) as f64)
-    };
-    let (echo, echo_cpu) = {
-        let server = start_echo(cpu).await?;
-        let mut conns = Vec::new();
-        for _ in 0..RELAY_CONNS {
-            conns.push(
-                tokio_tungstenite::connect_async(format!("ws://{}/", server.addr))
-                    .await?
-                    .0,
-            );
-        }
-        let c0 = cpu_us(server.pid);
-        let deadline = tokio::time::Instant::now() + dur;
-        let mut tasks = tokio::task::JoinSet::new();
-        for ws in conns {
-            tasks.spawn(pump(ws, deadline, |n| {
-                format!(r#"{{"v":1,"id":"p{n}","type":"ping"}}"#)
-            }));
-        }
-        let mut total = 0;
-        while let Some(r) = tasks.join_next().await {
-            total += r??;
-        }
-        let c = cpu_us(server.pid) - c0;
-        server.stop().await;
-        (total as f64 / secs, c as f64 / total.max(1) as f64)
-    };
+    let server = start_server(server_bin, cpu).await?;
+    let mut conns = Vec::new();
+    for i in 0..RELAY_CONNS {
+        conns.push(connect(server.addr, &auth, &format!("relay{i}")).await?);
+    }
+    let (ours, ours_cpu) = measure_relay(server, conns, secs).await?;
+    // The echo answers the same text frames: the floor for the transport.
+    let server = start_echo(cpu).await?;
+    let mut conns = Vec::new();
+    for _ in 0..RELAY_CONNS {
+        conns.push(dial(server.addr, 1).await?);
+    }
+    let (echo, echo_cpu) = measure_relay(server, conns, secs).await?;
     Ok(RelayResult {
         ours_per_s: ours,
         echo_per_s: echo,

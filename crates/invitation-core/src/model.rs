@@ -194,6 +194,21 @@ impl Reason {
     /// Number of variants (for counters indexed by [`Reason::index`]).
     pub const COUNT: usize = 11;
 
+    /// Every reason, in [`Reason::index`] order.
+    pub const ALL: [Reason; Reason::COUNT] = [
+        Reason::Accepted,
+        Reason::Declined,
+        Reason::Busy,
+        Reason::Timeout,
+        Reason::Canceled,
+        Reason::CallerGone,
+        Reason::AnsweredElsewhere,
+        Reason::DeclinedElsewhere,
+        Reason::Unreachable,
+        Reason::HungUp,
+        Reason::Failed,
+    ];
+
     /// A dense index, 0..[`Reason::COUNT`].
     pub fn index(self) -> usize {
         self as usize
@@ -246,19 +261,8 @@ mod tests {
 
     #[test]
     fn reason_wire_names_match_serde() {
-        for r in [
-            Reason::Accepted,
-            Reason::Declined,
-            Reason::Busy,
-            Reason::Timeout,
-            Reason::Canceled,
-            Reason::CallerGone,
-            Reason::AnsweredElsewhere,
-            Reason::DeclinedElsewhere,
-            Reason::Unreachable,
-            Reason::HungUp,
-            Reason::Failed,
-        ] {
+        for (i, r) in Reason::ALL.into_iter().enumerate() {
+            assert_eq!(r.index(), i);
             assert_eq!(serde_json::to_string(&r).unwrap(), format!("\"{r}\""));
         }
     }

@@ -13,20 +13,6 @@ const BUCKETS_US: [u64; 14] = [
     1_000_000,
 ];
 
-const REASONS: [Reason; Reason::COUNT] = [
-    Reason::Accepted,
-    Reason::Declined,
-    Reason::Busy,
-    Reason::Timeout,
-    Reason::Canceled,
-    Reason::CallerGone,
-    Reason::AnsweredElsewhere,
-    Reason::DeclinedElsewhere,
-    Reason::Unreachable,
-    Reason::HungUp,
-    Reason::Failed,
-];
-
 /// Why a connection was refused or closed early.
 #[derive(Debug, Clone, Copy)]
 #[allow(missing_docs)]
@@ -171,7 +157,7 @@ impl Metrics {
             "# HELP invitation_callee_outcomes_total Per-callee outcomes, by reason."
         );
         let _ = writeln!(s, "# TYPE invitation_callee_outcomes_total counter");
-        for r in REASONS {
+        for r in Reason::ALL {
             let _ = writeln!(
                 s,
                 "invitation_callee_outcomes_total{{reason=\"{r}\"}} {}",

@@ -620,25 +620,15 @@ impl Switchboard {
 
     /// Busy as a callee: in an accepted call, inviting, or already ringing.
     fn is_busy(&self, user: &UserId) -> bool {
-        let Some(entry) = self.users.get(user) else {
-            return false;
-        };
-        entry.calls.iter().any(|id| {
-            self.calls.get(id).is_some_and(|call| {
-                if call.ended.is_some() {
-                    return false;
-                }
-                if &call.info.caller.id == user {
-                    return call.is_ringing() || call.anyone_in_call();
-                }
-                call.slot_of(user)
-                    .is_some_and(|i| call.slots[i].in_call || call.slots[i].is_ringing())
-            })
-        })
+        self.busy(user, true)
     }
 
-    /// Busy as a caller: in an accepted call or inviting.
+    /// Busy as a caller: in an accepted call or inviting (being rung is fine).
     fn is_busy_caller(&self, user: &UserId) -> bool {
+        self.busy(user, false)
+    }
+
+    fn busy(&self, user: &UserId, ringing_counts: bool) -> bool {
         let Some(entry) = self.users.get(user) else {
             return false;
         };
@@ -650,7 +640,9 @@ impl Switchboard {
                 if &call.info.caller.id == user {
                     return call.is_ringing() || call.anyone_in_call();
                 }
-                call.slot_of(user).is_some_and(|i| call.slots[i].in_call)
+                call.slot_of(user).is_some_and(|i| {
+                    call.slots[i].in_call || (ringing_counts && call.slots[i].is_ringing())
+                })
             })
         })
     }
