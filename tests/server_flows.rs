@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use invitation::prelude::*;
 use invitation_core::protocol::InviteRequest;
@@ -229,5 +227,4 @@ async fn ws_client_reconnects_after_server_drops_it_without_loss_or_duplicates()
     bob.client.accept(&call).await.unwrap();
     wait(&alice.rec, "on_outgoing_call_accepted", 1).await;
     assert_eq!(bob.rec.count("on_incoming_call_received"), 1);
-    let _ = Duration::ZERO;
 }

@@ -199,7 +199,19 @@ impl Raw {
 
     /// A round trip proving the connection (and the server) still work.
     pub async fn ping(&mut self) {
+        self.ping_collect().await;
+    }
+
+    /// Pings and returns every message that arrived before the pong.
+    pub async fn ping_collect(&mut self) -> Vec<ServerMessage> {
         self.text(r#"{"v":1,"id":"ping","type":"ping"}"#).await;
-        self.until(|b| matches!(b, ServerBody::Pong { .. })).await;
+        let mut before = Vec::new();
+        loop {
+            let m = self.recv().await;
+            if matches!(m.body, ServerBody::Pong { .. }) {
+                return before;
+            }
+            before.push(m);
+        }
     }
 }

@@ -435,51 +435,58 @@ pub(crate) struct IdleResult {
     pub(crate) echo_bytes: f64,
 }
 
+/// Server RSS growth per connection while `open` opens `clients` of them.
+async fn idle_bytes<F, Fut>(server: ServerProc, clients: usize, what: &str, open: F) -> Result<f64>
+where
+    F: Fn(SocketAddr, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<Ws>>,
+{
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (rss0, _) = memory_kb(server.pid);
+    let pb = progress(clients as u64, what);
+    let mut conns = Vec::with_capacity(clients);
+    for i in 0..clients {
+        conns.push(open(server.addr, i).await?);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss1, _) = memory_kb(server.pid);
+    drop(conns);
+    server.stop().await;
+    Ok((rss1.saturating_sub(rss0) * 1024) as f64 / clients as f64)
+}
+
+/// A new 127.0.0.x source address every 10,000 connections.
+fn source_of(i: usize) -> u8 {
+    1 + (i / 10_000) as u8
+}
+
 pub(crate) async fn idle_both(
     server_bin: &Option<PathBuf>,
     cpu: &str,
     clients: usize,
 ) -> Result<IdleResult> {
     let auth = authority();
-    let ours = {
-        let server = start_server(server_bin, cpu).await?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let (rss0, _) = memory_kb(server.pid);
-        let pb = progress(clients as u64, "idle (ours)");
-        let mut conns = Vec::with_capacity(clients);
-        for i in 0..clients {
-            // A new 127.0.0.x source address every 10,000 connections.
-            let source = 1 + (i / 10_000) as u8;
-            conns.push(connect_from(server.addr, &auth, &format!("idle{i}"), source).await?);
-            pb.inc(1);
-        }
-        pb.finish_and_clear();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let (rss1, _) = memory_kb(server.pid);
-        drop(conns);
-        server.stop().await;
-        (rss1.saturating_sub(rss0) * 1024) as f64 / clients as f64
-    };
-    let echo = {
-        let server = start_echo(cpu).await?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let (rss0, _) = memory_kb(server.pid);
-        let pb = progress(clients as u64, "idle (echo)");
-        let mut conns = Vec::with_capacity(clients);
-        for i in 0..clients {
-            let mut ws = dial(server.addr, 1 + (i / 10_000) as u8).await?;
+    let server = start_server(server_bin, cpu).await?;
+    let ours = idle_bytes(server, clients, "idle (ours)", |addr, i| {
+        let auth = auth.clone();
+        async move { connect_from(addr, &auth, &format!("idle{i}"), source_of(i)).await }
+    })
+    .await?;
+    // The echo's connections exchange one message, as ours exchange hello.
+    let echo = idle_bytes(
+        start_echo(cpu).await?,
+        clients,
+        "idle (echo)",
+        |addr, i| async move {
+            let mut ws = dial(addr, source_of(i)).await?;
             ws.send(Message::text("hello")).await?;
             ws.next().await;
-            conns.push(ws);
-            pb.inc(1);
-        }
-        pb.finish_and_clear();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let (rss1, _) = memory_kb(server.pid);
-        drop(conns);
-        server.stop().await;
-        (rss1.saturating_sub(rss0) * 1024) as f64 / clients as f64
-    };
+            Ok(ws)
+        },
+    )
+    .await?;
     Ok(IdleResult {
         clients,
         ours_bytes: ours,

@@ -350,16 +350,22 @@ impl Session {
         // instead of overflowing its own outbound queue.
         let max_in_flight = (self.shared.config.outbound_queue / 4).max(1);
         let mut in_flight = 0usize;
+        // Two timers registered once and moved only when their deadline
+        // really changes, not re-created for every message.
+        let until_expiry = |at: SystemTime| {
+            Instant::now()
+                + at.duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO)
+        };
+        let mut expiry_for = *expires;
+        let expiry = sleep_until(until_expiry(expiry_for));
+        let beat = sleep_until(last_rx + ping_every);
+        tokio::pin!(expiry, beat);
         loop {
-            let expiry = Instant::now()
-                + expires
-                    .duration_since(SystemTime::now())
-                    .unwrap_or(Duration::ZERO);
-            let beat = if pinged {
-                last_rx + dead_after
-            } else {
-                last_rx + ping_every
-            };
+            if *expires != expiry_for {
+                expiry_for = *expires; // renewed in band
+                expiry.as_mut().reset(until_expiry(expiry_for));
+            }
             tokio::select! {
                 biased;
                 out = rx.recv() => {
@@ -410,7 +416,9 @@ impl Session {
                         Some(Ok(f)) => f,
                     };
                     last_rx = Instant::now();
-                    pinged = false;
+                    if std::mem::take(&mut pinged) {
+                        beat.as_mut().reset(last_rx + ping_every);
+                    }
                     match frame {
                         Message::Text(text) => match self.on_text(text.as_str(), user, expires).await {
                             Ok(true) => in_flight += 1,
@@ -422,17 +430,25 @@ impl Session {
                         _ => {} // ping / pong: tungstenite answers pings itself
                     }
                 }
-                () = sleep_until(beat) => {
+                () = &mut beat => {
+                    // The timer is not moved on every message: when it fires,
+                    // see whether the client spoke since.
+                    let due = last_rx + if pinged { dead_after } else { ping_every };
+                    if Instant::now() < due {
+                        beat.as_mut().reset(due);
+                        continue;
+                    }
                     if pinged {
                         tracing::info!(peer = %self.peer, user = %user.id, "no message within the heartbeat window");
                         return End::Gone;
                     }
                     pinged = true;
+                    beat.as_mut().reset(last_rx + dead_after);
                     if self.ws.send(Message::Ping(Vec::new().into())).await.is_err() {
                         return End::Gone;
                     }
                 }
-                () = sleep_until(expiry) => {
+                () = &mut expiry => {
                     return End::Close(CloseCode::Policy, "token expired", Some(CloseReason::TokenExpired));
                 }
                 _ = shutdown.changed() => {
