@@ -22,6 +22,7 @@
 //! devices of the calls it touched); it must be drained after every input.
 
 mod call;
+mod requests;
 mod timers;
 mod user;
 
@@ -42,6 +43,7 @@ use crate::protocol::{
 };
 
 use call::{Call, CallInfo, Slot};
+use requests::Requests;
 use timers::{TimerKind, Timers};
 use user::{LogEvent, UserEntry};
 
@@ -234,13 +236,6 @@ impl CallView<'_> {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct RequestKey {
-    user: UserId,
-    device: DeviceId,
-    request: RequestId,
-}
-
 #[derive(Debug)]
 struct ConnEntry {
     user: UserId,
@@ -262,8 +257,7 @@ pub struct Switchboard {
     calls: HashMap<CallId, Box<Call>>,
     timers: Timers,
     tombstones: VecDeque<(Instant, CallId)>,
-    requests: HashMap<RequestKey, Box<Result<ReplyResult, CommandError>>>,
-    request_order: VecDeque<(Instant, RequestKey)>,
+    requests: Requests,
     idle_users: VecDeque<(Instant, UserId)>,
     out: VecDeque<Output>,
     /// Events produced while a call is borrowed, emitted afterwards.
@@ -295,8 +289,7 @@ impl Switchboard {
             calls: HashMap::default(),
             timers: Timers::default(),
             tombstones: VecDeque::new(),
-            requests: HashMap::default(),
-            request_order: VecDeque::new(),
+            requests: Requests::default(),
             idle_users: VecDeque::new(),
             out: VecDeque::new(),
             pending: Vec::new(),
@@ -473,13 +466,8 @@ impl Switchboard {
             }
             _ => {}
         }
-        let key = RequestKey {
-            user: user.clone(),
-            device: device.clone(),
-            request: request.clone(),
-        };
+        let key = self.requests.key(&user, &device, &request);
         if let Some(stored) = self.requests.get(&key) {
-            let stored = (**stored).clone();
             self.stats.duplicate_requests += 1;
             self.reply(conn, &request, &stored);
             return stored;
@@ -496,9 +484,11 @@ impl Switchboard {
         };
         if !matches!(
             result,
-            Err(CommandError::RateLimited { .. } | CommandError::NotConnected)
+            Err(CommandError::RateLimited { .. }
+                | CommandError::Unavailable { .. }
+                | CommandError::NotConnected)
         ) {
-            self.remember(now, key, result.clone());
+            self.remember(now, key, &result);
         }
         self.reply(conn, &request, &result);
         self.flush(now);
@@ -1108,13 +1098,8 @@ impl Switchboard {
                 self.calls.remove(&call_id);
             }
         }
-        while let Some((at, _)) = self.request_order.front() {
-            if *at > now && self.request_order.len() <= self.config.max_remembered_requests {
-                break;
-            }
-            let (_, key) = self.request_order.pop_front().expect("front exists");
-            self.requests.remove(&key);
-        }
+        self.requests
+            .forget(now, self.config.max_remembered_requests);
         while let Some((since, _)) = self.idle_users.front() {
             if *since + self.config.retention > now {
                 break;
@@ -1133,12 +1118,15 @@ impl Switchboard {
     fn remember(
         &mut self,
         now: Instant,
-        key: RequestKey,
-        result: Result<ReplyResult, CommandError>,
+        key: requests::RequestKey,
+        result: &Result<ReplyResult, CommandError>,
     ) {
-        self.request_order
-            .push_back((now + self.config.retention, key.clone()));
-        self.requests.insert(key, Box::new(result));
+        let call = match result {
+            Ok(ReplyResult::Invited { call_id, .. }) => self.calls.get(call_id).map(|c| &c.info),
+            _ => None,
+        };
+        self.requests
+            .insert(key, now + self.config.retention, result, call);
     }
 
     fn reply(
@@ -1271,8 +1259,7 @@ impl Switchboard {
             seq: entry.seq,
             calls,
             ended: entry
-                .recent_ended
-                .iter()
+                .recent_ended()
                 .map(|(call_id, reason)| EndedCall {
                     call_id: call_id.clone(),
                     reason: *reason,
@@ -1310,7 +1297,7 @@ struct ValidInvite {
 fn unnamed(id: &UserId) -> User {
     User {
         id: id.clone(),
-        name: Arc::from(""),
+        name: crate::model::name_of(""),
     }
 }
 

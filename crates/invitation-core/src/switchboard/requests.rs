@@ -1,0 +1,213 @@
+//! Request-id memory: the answer to every command, kept for the retention
+//! period so a retried command (same device, same request id) gets the same
+//! answer and changes nothing.
+//!
+//! Every invitation leaves one entry here for ten minutes, so its size is
+//! a large part of what a pending invitation costs. Three choices keep an
+//! entry near 120 bytes (it was ~280):
+//!
+//! - one allocation per entry, shared (`Arc`) by the hash set and the
+//!   expiry queue, instead of a key stored twice and a boxed answer;
+//! - the request id is kept as a 64-bit keyed hash (foldhash, random seed
+//!   per process), not as a string. Two different ids of the *same device*
+//!   colliding within the retention period is a ~2^-64 event per pair, and a
+//!   client cannot aim a collision at anyone but itself: user and device
+//!   are compared exactly;
+//! - the answer to an invite, by far the most common, is kept as the call's
+//!   shared [`CallInfo`] plus packed statuses and rebuilt on a replay.
+
+use std::borrow::Borrow;
+use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::call::CallInfo;
+use crate::error::CommandError;
+use crate::id::{DeviceId, RequestId, UserId};
+use crate::protocol::{CalleeStatus, InitialStatus, ReplyResult};
+
+/// Who asked, and a keyed hash of the request id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct RequestKey {
+    user: UserId,
+    device: DeviceId,
+    request: u64,
+}
+
+/// A stored answer.
+#[derive(Debug)]
+enum Answer {
+    /// `invited`: callee ids and the call id come from the call's info.
+    Invited {
+        call: Arc<CallInfo>,
+        ring_remaining_ms: u32,
+        /// 3 bits per callee, in callee order.
+        statuses: u64,
+    },
+    /// Anything else, as it was (boxed: keeps the common entry small).
+    Other(Box<Result<ReplyResult, CommandError>>),
+}
+
+#[derive(Debug)]
+struct Remembered {
+    key: RequestKey,
+    expires: Instant,
+    answer: Answer,
+}
+
+/// A set element hashed and compared by its key only.
+#[derive(Debug)]
+struct Entry(Arc<Remembered>);
+
+impl Hash for Entry {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.key.hash(state);
+    }
+}
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+impl Eq for Entry {}
+impl Borrow<RequestKey> for Entry {
+    fn borrow(&self) -> &RequestKey {
+        &self.0.key
+    }
+}
+
+const STATUS_BITS: u32 = 3;
+const MAX_PACKED: usize = (u64::BITS / STATUS_BITS) as usize;
+
+fn status_code(s: InitialStatus) -> u64 {
+    match s {
+        InitialStatus::Ringing => 0,
+        InitialStatus::Offline => 1,
+        InitialStatus::Busy => 2,
+        InitialStatus::Unreachable => 3,
+    }
+}
+
+fn status_of(code: u64) -> InitialStatus {
+    match code {
+        0 => InitialStatus::Ringing,
+        1 => InitialStatus::Offline,
+        2 => InitialStatus::Busy,
+        _ => InitialStatus::Unreachable,
+    }
+}
+
+impl Answer {
+    /// The compact form when `result` is the `invited` answer for `call`.
+    fn new(result: &Result<ReplyResult, CommandError>, call: Option<&Arc<CallInfo>>) -> Self {
+        if let (
+            Ok(ReplyResult::Invited {
+                call_id,
+                ring_remaining_ms,
+                callees,
+            }),
+            Some(call),
+        ) = (result, call)
+        {
+            let same_callees = callees.len() == call.callees.len()
+                && callees
+                    .iter()
+                    .zip(call.callees.iter())
+                    .all(|(s, u)| s.user == u.id);
+            if let (true, true, true, Ok(ring)) = (
+                &call.call_id == call_id,
+                same_callees,
+                callees.len() <= MAX_PACKED,
+                u32::try_from(*ring_remaining_ms),
+            ) {
+                let statuses = callees.iter().enumerate().fold(0, |acc, (i, s)| {
+                    acc | status_code(s.status) << (i as u32 * STATUS_BITS)
+                });
+                return Answer::Invited {
+                    call: call.clone(),
+                    ring_remaining_ms: ring,
+                    statuses,
+                };
+            }
+        }
+        Answer::Other(Box::new(result.clone()))
+    }
+
+    fn rebuild(&self) -> Result<ReplyResult, CommandError> {
+        match self {
+            Answer::Invited {
+                call,
+                ring_remaining_ms,
+                statuses,
+            } => Ok(ReplyResult::Invited {
+                call_id: call.call_id.clone(),
+                ring_remaining_ms: u64::from(*ring_remaining_ms),
+                callees: call
+                    .callees
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| CalleeStatus {
+                        user: u.id.clone(),
+                        status: status_of(statuses >> (i as u32 * STATUS_BITS) & 0b111),
+                    })
+                    .collect(),
+            }),
+            Answer::Other(result) => (**result).clone(),
+        }
+    }
+}
+
+/// The remembered answers, oldest first in `order`.
+#[derive(Debug, Default)]
+pub(crate) struct Requests {
+    set: HashSet<Entry, foldhash::fast::RandomState>,
+    order: VecDeque<Arc<Remembered>>,
+}
+
+impl Requests {
+    /// The key for a request id sent by this device.
+    pub(crate) fn key(&self, user: &UserId, device: &DeviceId, request: &RequestId) -> RequestKey {
+        RequestKey {
+            user: user.clone(),
+            device: device.clone(),
+            request: self.set.hasher().hash_one(request.as_str()),
+        }
+    }
+
+    /// The stored answer, if this request was seen.
+    pub(crate) fn get(&self, key: &RequestKey) -> Option<Result<ReplyResult, CommandError>> {
+        self.set.get(key).map(|e| e.0.answer.rebuild())
+    }
+
+    /// Remembers `result` until `expires`; `call` is the new call's info
+    /// when `result` answers an invite.
+    pub(crate) fn insert(
+        &mut self,
+        key: RequestKey,
+        expires: Instant,
+        result: &Result<ReplyResult, CommandError>,
+        call: Option<&Arc<CallInfo>>,
+    ) {
+        let answer = Answer::new(result, call);
+        debug_assert_eq!(&answer.rebuild(), result, "the compact answer rebuilds");
+        let entry = Arc::new(Remembered {
+            key,
+            expires,
+            answer,
+        });
+        self.order.push_back(entry.clone());
+        self.set.insert(Entry(entry));
+    }
+
+    /// Forgets answers expired at `now`, and the oldest beyond `cap`.
+    pub(crate) fn forget(&mut self, now: Instant, cap: usize) {
+        while let Some(oldest) = self.order.front() {
+            if oldest.expires > now && self.order.len() <= cap {
+                break;
+            }
+            let oldest = self.order.pop_front().expect("front exists");
+            self.set.remove(&oldest.key);
+        }
+    }
+}
