@@ -845,3 +845,45 @@ async fn a11_silent_peer_is_pinged_then_dropped_within_the_heartbeat_window() {
         "dropped after {took:?}"
     );
 }
+
+/// Every event a ring timeout causes is timed in the lateness histogram
+/// (the benchmark reads it), also when other traffic reaches the server
+/// while the timers are due.
+#[tokio::test]
+async fn timeout_events_are_timed() {
+    use invitation_core::protocol::{ClientMessage, Command, Event, InviteRequest};
+    use invitation_core::{CallType, RequestId, UserId};
+    let srv = server(|_| {}).await;
+    let mut callers = Vec::new();
+    for i in 0..20 {
+        let (mut raw, _) = Raw::hello(&srv, &format!("caller{i}"), "d", None).await;
+        raw.send(&ClientMessage::new(
+            RequestId::new(format!("i{i}")).unwrap(),
+            Command::Invite(InviteRequest {
+                callees: vec![UserId::new(format!("offline{i}")).unwrap()],
+                call_type: CallType::Voice,
+                custom_data: None,
+                timeout_s: Some(1),
+            }),
+        ))
+        .await;
+        callers.push(raw);
+    }
+    // Each caller hangs up its socket as soon as it has heard the end: the
+    // closes reach the server while later timers are due.
+    for mut raw in callers {
+        raw.until(|b| {
+            matches!(
+                b,
+                ServerBody::Event {
+                    event: Event::CallEnded { .. },
+                    ..
+                }
+            )
+        })
+        .await;
+    }
+    // callee_outcome + call_ended for each caller, all written before the
+    // last call_ended was read.
+    assert_eq!(srv.metrics.timer_lateness.count(), 40);
+}

@@ -15,13 +15,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use invitation_core::protocol::{
     ClientMessage, Command, Event, InviteRequest, ServerBody, ServerMessage,
 };
-use invitation_core::{CallType, DecodeLimits, DeviceId, Reason, RequestId, UserId};
+use invitation_core::{CallType, DecodeLimits, DeviceId, ErrorCode, Reason, RequestId, UserId};
 use invitation_server::Authority;
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::scrape::{self, Buckets};
 use crate::{SECRET, ServerProc, cpu_us, memory_kb, start_echo, start_server};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -116,7 +117,12 @@ pub(crate) struct CallsResult {
     pub(crate) offered: u64,
     pub(crate) completed: u64,
     pub(crate) failed: u64,
+    /// Invitations the server refused with `unavailable` (load shedding).
+    pub(crate) shed: u64,
     pub(crate) ring: Histogram<u64>,
+    /// The server's share of invite -> ring: invite read -> incoming_call
+    /// written (its own histogram; bucket bounds).
+    pub(crate) server_ring: Buckets,
     pub(crate) accepted: Histogram<u64>,
     pub(crate) server_cpu_us_per_call: f64,
     pub(crate) generator_cpu_us_per_call: f64,
@@ -161,11 +167,13 @@ pub(crate) async fn calls(
     let ring = Arc::new(Mutex::new(hist()));
     let accepted = Arc::new(Mutex::new(hist()));
     let failed = Arc::new(AtomicU64::new(0));
+    let shed = Arc::new(AtomicU64::new(0));
     let pb = if show {
         progress(offered, &format!("{rate}/s x{callees}"))
     } else {
         ProgressBar::hidden()
     };
+    let ring0 = Buckets::parse(&scrape::metrics(server.addr).await?, RING);
     let (cpu0, me0) = (cpu_us(server.pid), cpu_us(std::process::id()));
     let start = tokio::time::Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate);
@@ -179,18 +187,23 @@ pub(crate) async fn calls(
             pb.inc(1);
             continue;
         };
-        let (free, ring, accepted, failed, pb) = (
+        let (free, ring, accepted, failed, shed, pb) = (
             free.clone(),
             ring.clone(),
             accepted.clone(),
             failed.clone(),
+            shed.clone(),
             pb.clone(),
         );
         tasks.spawn(async move {
             match tokio::time::timeout(Duration::from_secs(10), one_call(&mut group, n)).await {
-                Ok(Ok((r, a))) => {
+                Ok(Ok(Some((r, a)))) => {
                     ring.lock().await.record(r.as_micros() as u64).ok();
                     accepted.lock().await.record(a.as_micros() as u64).ok();
+                    free.lock().await.push(group);
+                }
+                Ok(Ok(None)) => {
+                    shed.fetch_add(1, Ordering::Relaxed);
                     free.lock().await.push(group);
                 }
                 _ => {
@@ -204,6 +217,7 @@ pub(crate) async fn calls(
     while tasks.join_next().await.is_some() {}
     pb.finish_and_clear();
     let (server_cpu, my_cpu) = (cpu_us(server.pid) - cpu0, cpu_us(std::process::id()) - me0);
+    let server_ring = Buckets::parse(&scrape::metrics(server.addr).await?, RING).since(&ring0);
     let ring = ring.lock().await.clone();
     let accepted = accepted.lock().await.clone();
     let completed = ring.len();
@@ -213,14 +227,29 @@ pub(crate) async fn calls(
         offered,
         completed,
         failed: failed.load(Ordering::Relaxed),
+        shed: shed.load(Ordering::Relaxed),
         server_cpu_us_per_call: server_cpu as f64 / completed.max(1) as f64,
         generator_cpu_us_per_call: my_cpu as f64 / completed.max(1) as f64,
         ring,
+        server_ring,
         accepted,
     })
 }
 
-async fn one_call(g: &mut Group, n: u64) -> Result<(Duration, Duration)> {
+const RING: &str = "invitation_invite_to_ring_seconds";
+
+fn is_ring(b: &ServerBody) -> bool {
+    matches!(
+        b,
+        ServerBody::Event {
+            event: Event::IncomingCall { .. },
+            ..
+        }
+    )
+}
+
+/// One call; `None` when the server shed the invitation (`unavailable`).
+async fn one_call(g: &mut Group, n: u64) -> Result<Option<(Duration, Duration)>> {
     let t0 = Instant::now();
     let invite = ClientMessage::new(
         rid(format!("i{n}")),
@@ -232,19 +261,33 @@ async fn one_call(g: &mut Group, n: u64) -> Result<(Duration, Duration)> {
         }),
     );
     g.caller.send(Message::text(invite.encode())).await?;
+    // The caller's answer races the first ring: an overloaded server
+    // answers `unavailable` and nobody rings.
+    let mut first_ring = None;
+    {
+        let (caller, first) = (&mut g.caller, &mut g.callees[0].1);
+        let answered =
+            |b: &ServerBody| matches!(b, ServerBody::Reply { .. } | ServerBody::Error(_));
+        tokio::select! {
+            biased;
+            m = until(first, is_ring) => first_ring = Some(m?),
+            m = until(caller, answered) => {
+                if let ServerBody::Error(e) = m?.body {
+                    if e.code == ErrorCode::Unavailable {
+                        return Ok(None);
+                    }
+                    bail!("invite refused: {:?} {}", e.code, e.message);
+                }
+            }
+        }
+    }
     let mut ring = Duration::ZERO;
     let mut call = None;
     for (k, (_, ws)) in g.callees.iter_mut().enumerate() {
-        let m = until(ws, |b| {
-            matches!(
-                b,
-                ServerBody::Event {
-                    event: Event::IncomingCall { .. },
-                    ..
-                }
-            )
-        })
-        .await?;
+        let m = match first_ring.take() {
+            Some(m) => m,
+            None => until(ws, is_ring).await?,
+        };
         if let ServerBody::Event {
             event: Event::IncomingCall { call_id, .. },
             ..
@@ -334,80 +377,107 @@ async fn one_call(g: &mut Group, n: u64) -> Result<(Duration, Duration)> {
             .await?;
         }
     }
-    Ok((ring, accepted))
+    Ok(Some((ring, accepted)))
 }
 
 /// Results of a timeout storm.
 #[derive(Debug, Clone)]
 pub(crate) struct TimeoutsResult {
     pub(crate) pending: usize,
+    pub(crate) spread: Duration,
+    /// At the generator: outcome received - (invite sent + ring). An upper
+    /// bound: it includes the invite's own queueing and the generator.
     pub(crate) lateness: Histogram<u64>,
+    /// At the server: deadline -> events written (bucket bounds).
+    pub(crate) server_lateness: Buckets,
     pub(crate) missing: usize,
+    /// Invitations refused with `unavailable` first (then resent).
+    pub(crate) shed: u64,
     pub(crate) server_rss_per_pending: f64,
 }
 
-/// `pending` invitations (5 s ring) to callees that never answer, sent as
-/// fast as possible; measures how late each timeout reaches its caller.
-pub(crate) async fn timeout_storm(server: &ServerProc, pending: usize) -> Result<TimeoutsResult> {
+/// `pending` invitations from as many callers to offline callees (held
+/// until the ring timeout), sent evenly over `spread` (zero: all at once),
+/// then measures how late each timeout is: at the server (its histogram) and
+/// at the caller. With `spread` = 5 s and a 10 s ring, all are pending
+/// together for a moment (the memory figure) and expire at the rate they
+/// were created, as in a steady state.
+pub(crate) async fn timeout_storm(
+    server: &ServerProc,
+    pending: usize,
+    spread: Duration,
+) -> Result<TimeoutsResult> {
     let auth = authority();
-    let pb = progress(pending as u64 * 2, "connecting");
+    let pb = progress(pending as u64, "connecting");
     let mut callers = Vec::with_capacity(pending);
     for i in 0..pending {
-        callers.push(connect(server.addr, &auth, &format!("tc{i}")).await?);
-        pb.inc(1);
-    }
-    let mut callees = Vec::with_capacity(pending);
-    for i in 0..pending {
-        callees.push(connect(server.addr, &auth, &format!("te{i}")).await?);
+        callers.push(connect_from(server.addr, &auth, &format!("tc{i}"), source_of(i)).await?);
         pb.inc(1);
     }
     pb.finish_and_clear();
+    let before = Buckets::parse(&scrape::metrics(server.addr).await?, LATENESS);
     let (rss0, _) = memory_kb(server.pid);
-    let ring = Duration::from_secs(5);
+    let ring = Duration::from_secs(10);
+    let start = tokio::time::Instant::now();
+    let gap = spread.div_f64(pending as f64);
     let mut sent = Vec::with_capacity(pending);
     for (i, ws) in callers.iter_mut().enumerate() {
         let invite = ClientMessage::new(
             rid(format!("t{i}")),
             Command::Invite(InviteRequest {
-                callees: vec![UserId::new(format!("te{i}"))?],
+                callees: vec![UserId::new(format!("offline{i}"))?],
                 call_type: CallType::Voice,
                 custom_data: None,
-                timeout_s: Some(5),
+                timeout_s: Some(ring.as_secs() as u32),
             }),
-        );
-        sent.push(Instant::now());
-        ws.send(Message::text(invite.encode())).await?;
+        )
+        .encode();
+        tokio::time::sleep_until(start + gap * i as u32).await;
+        sent.push((invite.clone(), Instant::now()));
+        ws.send(Message::text(invite)).await?;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // All are pending now (the first expires `ring - spread` later).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let (rss1, _) = memory_kb(server.pid);
     let lateness = Arc::new(Mutex::new(hist()));
+    let shed = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
-    for (ws, at) in callers.into_iter().zip(sent) {
-        let lateness = lateness.clone();
+    for (ws, (invite, at)) in callers.into_iter().zip(sent) {
+        let (lateness, shed) = (lateness.clone(), shed.clone());
         tasks.spawn(async move {
             let mut ws = ws;
-            let got = tokio::time::timeout(
-                Duration::from_secs(30),
-                until(&mut ws, |b| {
-                    matches!(
-                        b,
-                        ServerBody::Event {
-                            event: Event::CalleeOutcome {
-                                reason: Reason::Timeout,
-                                ..
-                            },
-                            ..
+            let mut at = at;
+            let outcome = async {
+                loop {
+                    let m = next(&mut ws).await?;
+                    match m.body {
+                        // Shed by an overloaded server: wait as told, resend.
+                        ServerBody::Error(e) if e.code == ErrorCode::Unavailable => {
+                            shed.fetch_add(1, Ordering::Relaxed);
+                            let wait = e.retry_after_ms.unwrap_or(1000);
+                            tokio::time::sleep(Duration::from_millis(wait)).await;
+                            at = Instant::now();
+                            ws.send(Message::text(invite.clone())).await?;
                         }
-                    )
-                }),
-            )
-            .await;
-            if let Ok(Ok(_)) = got {
-                let late = Instant::now().saturating_duration_since(at + ring);
-                lateness.lock().await.record(late.as_micros() as u64).ok();
-                true
-            } else {
-                false
+                        ServerBody::Event {
+                            event:
+                                Event::CalleeOutcome {
+                                    reason: Reason::Timeout,
+                                    ..
+                                },
+                            ..
+                        } => return anyhow::Ok(Instant::now()),
+                        _ => {}
+                    }
+                }
+            };
+            match tokio::time::timeout(ring * 2 + Duration::from_secs(30), outcome).await {
+                Ok(Ok(got)) => {
+                    let late = got.saturating_duration_since(at + ring);
+                    lateness.lock().await.record(late.as_micros() as u64).ok();
+                    true
+                }
+                _ => false,
             }
         });
     }
@@ -417,15 +487,20 @@ pub(crate) async fn timeout_storm(server: &ServerProc, pending: usize) -> Result
             missing += 1;
         }
     }
-    drop(callees);
+    let after = Buckets::parse(&scrape::metrics(server.addr).await?, LATENESS);
     let lateness = lateness.lock().await.clone();
     Ok(TimeoutsResult {
         pending,
+        spread,
         lateness,
+        server_lateness: after.since(&before),
         missing,
+        shed: shed.load(Ordering::Relaxed),
         server_rss_per_pending: (rss1.saturating_sub(rss0) * 1024) as f64 / pending as f64,
     })
 }
+
+const LATENESS: &str = "invitation_timer_lateness_seconds";
 
 /// Memory per idle connection, ours and the echo's.
 #[derive(Debug, Clone)]

@@ -17,6 +17,7 @@
 mod echo;
 mod load;
 mod report;
+mod scrape;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -71,9 +72,12 @@ enum Cmd {
     },
     /// Many invitations expiring: how late do the timeouts arrive?
     Timeouts {
-        /// Invitations pending at once.
+        /// Invitations pending at once (one caller connection each).
         #[arg(long, default_value_t = 5000)]
         pending: usize,
+        /// Send the invitations evenly over this many ms (0: all at once).
+        #[arg(long, default_value_t = 0)]
+        spread_ms: u64,
     },
     /// Memory per idle connection, ours and the bare echo's.
     Idle {
@@ -248,9 +252,10 @@ fn main() -> Result<()> {
                 println!("{}", report::calls_line(&r));
                 Ok(())
             }
-            Cmd::Timeouts { pending } => {
+            Cmd::Timeouts { pending, spread_ms } => {
                 let server = start_server(&cli.server_bin, &cli.server_cpu).await?;
-                let r = load::timeout_storm(&server, *pending).await?;
+                let spread = std::time::Duration::from_millis(*spread_ms);
+                let r = load::timeout_storm(&server, *pending, spread).await?;
                 server.stop().await;
                 println!("{}", report::timeouts_line(&r));
                 Ok(())

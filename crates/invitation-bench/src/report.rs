@@ -3,23 +3,28 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
 use crate::load::{self, CallsResult, IdleResult, RelayResult, TimeoutsResult};
+use crate::scrape::bound;
 use crate::start_server;
 
 pub(crate) fn calls_line(r: &CallsResult) -> String {
     format!(
-        "calls: {}/s x{} callees: {} offered, {} completed, {} failed; invite->ring p50 {} us p99 {} us p99.9 {} us; invite->accepted p50 {} us p99 {} us; server {:.0} us CPU/call, generator {:.0} us CPU/call",
+        "calls: {}/s x{} callees: {} offered, {} completed, {} failed, {} shed; invite->ring p50 {} us p99 {} us p99.9 {} us (server's share p50 {} p99 {}); invite->accepted p50 {} us p99 {} us; server {:.0} us CPU/call, generator {:.0} us CPU/call",
         r.rate,
         r.callees,
         r.offered,
         r.completed,
         r.failed,
+        r.shed,
         r.ring.value_at_quantile(0.5),
         r.ring.value_at_quantile(0.99),
         r.ring.value_at_quantile(0.999),
+        bound(r.server_ring.quantile_us(0.5)),
+        bound(r.server_ring.quantile_us(0.99)),
         r.accepted.value_at_quantile(0.5),
         r.accepted.value_at_quantile(0.99),
         r.server_cpu_us_per_call,
@@ -28,12 +33,19 @@ pub(crate) fn calls_line(r: &CallsResult) -> String {
 }
 
 pub(crate) fn timeouts_line(r: &TimeoutsResult) -> String {
+    let s = &r.server_lateness;
     format!(
-        "timeouts: {} pending (5 s ring): lateness p50 {} us p99 {} us max {} us; {} missing; server RSS {:.0} B per pending invitation (with its two connections' traffic)",
+        "timeouts: {} pending (10 s ring, sent over {} ms): at the server p50 {} p99 {} max {} ({} events); at the caller p50 {} us p99 {} us max {} us; {} shed then resent, {} missing; server RSS {:.0} B per pending invitation",
         r.pending,
+        r.spread.as_millis(),
+        bound(s.quantile_us(0.5)),
+        bound(s.quantile_us(0.99)),
+        bound(s.quantile_us(1.0)),
+        s.count(),
         r.lateness.value_at_quantile(0.5),
         r.lateness.value_at_quantile(0.99),
         r.lateness.max(),
+        r.shed,
         r.missing,
         r.server_rss_per_pending
     )
@@ -271,6 +283,7 @@ pub(crate) async fn suite(
         let r = load::calls(&server, rate, secs.min(5.0), 1, true).await?;
         server.stop().await;
         let ok = r.failed == 0
+            && r.shed == 0
             && r.ring.value_at_quantile(0.99) <= 10_000
             && r.accepted.value_at_quantile(0.99) <= 10_000;
         let _ = writeln!(table, "  {}", crate::report::calls_line(&r));
@@ -298,13 +311,16 @@ pub(crate) async fn suite(
         let goodput = r.completed as f64 / secs.min(5.0);
         let _ = writeln!(
             table,
-            "  overload at 2x the knee ({} calls/s): goodput {goodput:.0} calls/s = {:.2}x the knee, {} failed (generator {:.0} us CPU/call)",
+            "  overload at 2x the knee ({} calls/s): goodput {goodput:.0} calls/s = {:.2}x the knee, {} shed with `unavailable`, {} failed; ring p99 {} us (server {:.0} us CPU/call, generator {:.0} us CPU/call)",
             2.0 * knee,
             goodput / knee,
+            r.shed,
             r.failed,
+            r.ring.value_at_quantile(0.99),
+            r.server_cpu_us_per_call,
             r.generator_cpu_us_per_call
         );
-        overload = serde_json::json!({"offered": 2.0 * knee, "goodput": goodput, "ratio_to_knee": goodput / knee, "failed": r.failed});
+        overload = serde_json::json!({"offered": 2.0 * knee, "goodput": goodput, "ratio_to_knee": goodput / knee, "failed": r.failed, "shed": r.shed, "ring_p99_us": r.ring.value_at_quantile(0.99)});
     }
     json.insert(
         "knee".into(),
@@ -326,12 +342,22 @@ pub(crate) async fn suite(
     }
     json.insert("fan_out".into(), fan.into());
 
-    // 4. Timers.
-    let server = start_server(server_bin, cpu).await?;
-    let t = load::timeout_storm(&server, if quick { 500 } else { 2000 }).await?;
-    server.stop().await;
-    let _ = writeln!(table, "\n{}", timeouts_line(&t));
-    json.insert("timeouts".into(), serde_json::json!({"pending": t.pending, "missing": t.missing, "lateness_p50_us": t.lateness.value_at_quantile(0.5), "lateness_p99_us": t.lateness.value_at_quantile(0.99), "lateness_max_us": t.lateness.max(), "server_rss_per_pending_bytes": t.server_rss_per_pending}));
+    // 4. Timers: a burst (all created, so all expiring, at once) and a
+    //    steady state (created over 5 s, expiring at the same pace).
+    let _ = writeln!(table);
+    let mut timers = Vec::new();
+    for (pending, spread_ms) in [(2000, 0), (if quick { 4000 } else { 15_000 }, 5000)] {
+        let server = start_server(server_bin, cpu).await?;
+        let t = load::timeout_storm(&server, pending, Duration::from_millis(spread_ms)).await?;
+        server.stop().await;
+        let _ = writeln!(table, "{}", timeouts_line(&t));
+        let s = &t.server_lateness;
+        timers.push(serde_json::json!({"pending": t.pending, "spread_ms": spread_ms, "missing": t.missing, "shed": t.shed,
+            "server_lateness_p50_us_at_most": s.quantile_us(0.5), "server_lateness_p99_us_at_most": s.quantile_us(0.99), "server_lateness_max_us_at_most": s.quantile_us(1.0),
+            "caller_lateness_p50_us": t.lateness.value_at_quantile(0.5), "caller_lateness_p99_us": t.lateness.value_at_quantile(0.99), "caller_lateness_max_us": t.lateness.max(),
+            "server_rss_per_pending_bytes": t.server_rss_per_pending}));
+    }
+    json.insert("timeouts".into(), timers.into());
 
     // 5. Memory per idle connection and relay throughput vs the bare echo.
     let idle = load::idle_both(server_bin, cpu, if quick { 1000 } else { 5000 }).await?;

@@ -106,6 +106,13 @@ pub enum CommandError {
         /// How long to wait before retrying.
         retry_after_ms: u64,
     },
+    /// The server is overloaded and sheds new invitations (calls already
+    /// set up go on): try again after this long. Nothing was created.
+    #[error("server overloaded, retry after {retry_after_ms} ms")]
+    Unavailable {
+        /// How long to wait before retrying.
+        retry_after_ms: u64,
+    },
 }
 
 impl CommandError {
@@ -119,6 +126,7 @@ impl CommandError {
             CommandError::Invalid(_) | CommandError::Misplaced => ErrorCode::Invalid,
             CommandError::NotConnected => ErrorCode::NotConnected,
             CommandError::RateLimited { .. } => ErrorCode::RateLimited,
+            CommandError::Unavailable { .. } => ErrorCode::Unavailable,
             CommandError::Rejected { code, .. } => *code,
         }
     }

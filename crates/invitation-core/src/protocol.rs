@@ -315,7 +315,8 @@ impl ErrorBody {
                 _ => None,
             },
             retry_after_ms: match e {
-                CommandError::RateLimited { retry_after_ms } => Some(*retry_after_ms),
+                CommandError::RateLimited { retry_after_ms }
+                | CommandError::Unavailable { retry_after_ms } => Some(*retry_after_ms),
                 _ => None,
             },
         }
@@ -345,6 +346,10 @@ impl ErrorBody {
             ErrorCode::NotConnected => CommandError::NotConnected,
             ErrorCode::RateLimited => CommandError::RateLimited {
                 retry_after_ms: self.retry_after_ms.unwrap_or(1000),
+            },
+            // Without a delay it is a shutdown, which has no typed variant.
+            ErrorCode::Unavailable => CommandError::Unavailable {
+                retry_after_ms: self.retry_after_ms?,
             },
             _ => return None,
         })

@@ -459,6 +459,9 @@ fn error_bodies_map_back_to_typed_errors() {
         CommandError::RateLimited {
             retry_after_ms: 250,
         },
+        CommandError::Unavailable {
+            retry_after_ms: 1000,
+        },
     ] {
         assert_eq!(
             ErrorBody::from_command(None, &e).to_command_error(),

@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::auth::Identity;
 use crate::http::{self, Prefixed, Route};
-use crate::hub::{HubMsg, LinkKey, Outbound};
+use crate::hub::{Hub, HubMsg, LinkKey, Outbound, Stamp};
 use crate::metrics::Refusal;
 use crate::server::Shared;
 
@@ -375,7 +375,7 @@ impl Session {
                     let mut batch = 0;
                     loop {
                         match next {
-                            Some(Outbound::Message { message, since }) => {
+                            Some(Outbound::Message { message, stamp }) => {
                                 if matches!(message.body, ServerBody::Reply { .. } | ServerBody::Error(_) | ServerBody::Pong { .. }) {
                                     in_flight = in_flight.saturating_sub(1);
                                 }
@@ -383,8 +383,10 @@ impl Session {
                                 if self.ws.feed(Message::text(message.encode())).await.is_err() {
                                     return End::Gone;
                                 }
-                                if let Some(since) = since {
-                                    self.shared.metrics.observe_ring(since.elapsed());
+                                match stamp {
+                                    Stamp::Ring(at) => self.shared.metrics.ring.observe(at.elapsed()),
+                                    Stamp::Timer(at) => self.shared.metrics.timer_lateness.observe(at.elapsed()),
+                                    Stamp::None => {}
                                 }
                             }
                             Some(Outbound::Close(reason)) => {
@@ -504,12 +506,31 @@ impl Session {
                 .map(|()| false)
                 .map_err(|_| End::Gone);
         }
+        let is_invite = matches!(message.command, Command::Invite(_));
         let msg = HubMsg::Command {
             key: self.key,
             message,
             at: Instant::now(),
         };
-        if self.shared.hub.send(msg).await.is_err() {
+        // A full inbox means the hub is far behind: a new invitation is
+        // refused at once (load shedding); other commands wait their turn.
+        let sent = if is_invite && self.shared.config.shed_after().is_some() {
+            match self.shared.hub.try_send(msg) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Full(HubMsg::Command { message, .. })) => {
+                    let reply = Hub::shed_reply(&self.shared.metrics, message.id);
+                    return self
+                        .send(reply.body)
+                        .await
+                        .map(|()| false)
+                        .map_err(|_| End::Gone);
+                }
+                Err(_) => Err(()),
+            }
+        } else {
+            self.shared.hub.send(msg).await.map_err(|_| ())
+        };
+        if sent.is_err() {
             return Err(End::Close(
                 CloseCode::Away,
                 "shutting down",

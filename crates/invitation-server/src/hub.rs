@@ -5,12 +5,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use invitation_core::protocol::{
     ClientMessage, CloseReason, Command, ErrorBody, Event, ServerBody, ServerMessage,
 };
 use invitation_core::{
-    CallId, CallIdGenerator, CommandError, ConnId, DeviceId, Output, Switchboard,
+    CallId, CallIdGenerator, CommandError, ConnId, DeviceId, Output, RequestId, Switchboard,
     SwitchboardConfig, User, UserId,
 };
 use tokio::sync::mpsc;
@@ -19,17 +21,27 @@ use tokio::time::Instant;
 use crate::metrics::Metrics;
 use crate::rate::KeyedLimiter;
 
+/// What the write of a message is timed against, for the metrics.
+#[derive(Debug, Clone, Copy)]
+pub enum Stamp {
+    /// Not timed.
+    None,
+    /// An `incoming_call`: when the invite that caused it was read.
+    Ring(Instant),
+    /// Caused by timers: the earliest deadline of the batch that fired.
+    Timer(Instant),
+}
+
 /// What a connection task receives from the hub.
 #[derive(Debug)]
 pub enum Outbound {
-    /// Send this message. `since`: when the invite that caused it was read
-    /// (set on `incoming_call` events, for the invite-to-ring histogram).
+    /// Send this message.
     Message {
         /// The message (boxed: the queue's slots are allocated in blocks, so
         /// a small slot keeps an idle connection's queue small).
         message: Box<ServerMessage>,
-        /// Invite read time, for ring latency.
-        since: Option<Instant>,
+        /// For the ring-latency and timer-lateness histograms.
+        stamp: Stamp,
     },
     /// Say why and close.
     Close(CloseReason),
@@ -123,19 +135,25 @@ pub struct Hub {
     links: HashMap<LinkKey, Link>,
     by_conn: HashMap<ConnId, LinkKey>,
     invites: KeyedLimiter<UserId>,
+    shed_after: Option<Duration>,
     metrics: Arc<Metrics>,
 }
+
+/// How long a client is told to wait after a shed invitation.
+const SHED_RETRY_AFTER_MS: u64 = 1000;
 
 fn now() -> std::time::Instant {
     Instant::now().into_std()
 }
 
 impl Hub {
-    /// A hub with these switchboard settings and invite rate limit.
+    /// A hub with these switchboard settings, invite rate limit and load
+    /// shedding threshold (see [`Hub::shed`]).
     pub fn new(
         config: SwitchboardConfig,
         invite_rate: f64,
         invite_burst: f64,
+        shed_after: Option<Duration>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -143,8 +161,32 @@ impl Hub {
             links: HashMap::new(),
             by_conn: HashMap::new(),
             invites: KeyedLimiter::new(invite_rate, invite_burst),
+            shed_after,
             metrics,
         }
+    }
+
+    /// The `unavailable` answer to a new invitation the server will not
+    /// take, counted. Also used by connection tasks when the hub's inbox is
+    /// full.
+    pub fn shed_reply(metrics: &Metrics, re: RequestId) -> ServerMessage {
+        metrics.invites_shed.fetch_add(1, Ordering::Relaxed);
+        let error = CommandError::Unavailable {
+            retry_after_ms: SHED_RETRY_AFTER_MS,
+        };
+        ServerMessage::new(ServerBody::Error(ErrorBody::from_command(Some(re), &error)))
+    }
+
+    /// Load shedding, the SIP way (a 503 for new INVITEs, in-dialog requests
+    /// go through): when a new invitation has waited in the inbox longer than
+    /// the threshold, the server is behind, and taking more calls would make
+    /// every call late. Accept, decline, cancel and hang-up are never shed:
+    /// they finish calls and free capacity.
+    fn shed(&self, message: &ClientMessage, read_at: Instant) -> bool {
+        matches!(message.command, Command::Invite(_))
+            && self
+                .shed_after
+                .is_some_and(|limit| read_at.elapsed() > limit)
     }
 
     /// Runs until every sender is gone.
@@ -153,13 +195,18 @@ impl Hub {
             let deadline = self.sb.poll_timeout().map(Instant::from_std);
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(msg) => self.handle(msg),
+                    Some(msg) => {
+                        // Timers due first, at the same instant as the
+                        // message, so their events are timed (the switchboard
+                        // would otherwise fire them inside this message's
+                        // call, unstamped).
+                        let now = now();
+                        self.fire_due_timers(now);
+                        self.handle(msg, now);
+                    }
                     None => break,
                 },
-                () = sleep_until(deadline), if deadline.is_some() => {
-                    self.sb.handle_timeout(now());
-                    self.drain(None);
-                }
+                () = sleep_until(deadline), if deadline.is_some() => self.fire_due_timers(now()),
             }
             let stats = self.sb.stats();
             self.metrics
@@ -168,7 +215,16 @@ impl Hub {
         tracing::info!("hub stopped");
     }
 
-    fn handle(&mut self, msg: HubMsg) {
+    fn fire_due_timers(&mut self, now: std::time::Instant) {
+        if let Some(deadline) = self.sb.poll_timeout() {
+            if deadline <= now {
+                self.sb.handle_timeout(now);
+                self.drain(Cause::Timer(Instant::from_std(deadline)));
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: HubMsg, now: std::time::Instant) {
         match msg {
             HubMsg::Open {
                 key,
@@ -178,7 +234,7 @@ impl Hub {
                 tx,
             } => {
                 let user_id = user.id.clone();
-                let conn = self.sb.connect(now(), user, device, last_seq);
+                let conn = self.sb.connect(now, user, device, last_seq);
                 self.links.insert(
                     key,
                     Link {
@@ -188,17 +244,20 @@ impl Hub {
                     },
                 );
                 self.by_conn.insert(conn, key);
-                self.drain(None);
+                self.drain(Cause::Other);
             }
             HubMsg::Command { key, message, at } => {
                 let Some(link) = self.links.get(&key) else {
                     return;
                 };
+                if self.shed(&message, at) {
+                    let reply = Self::shed_reply(&self.metrics, message.id);
+                    self.push(key, reply, Stamp::None);
+                    return;
+                }
                 if matches!(message.command, Command::Invite(_)) {
                     if let Err(wait) = self.invites.check(&link.user, at.into_std()) {
-                        self.metrics
-                            .rate_limited
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
                         let error = CommandError::RateLimited {
                             retry_after_ms: u64::try_from(wait.as_millis())
                                 .unwrap_or(u64::MAX)
@@ -206,26 +265,29 @@ impl Hub {
                         };
                         let body =
                             ServerBody::Error(ErrorBody::from_command(Some(message.id), &error));
-                        self.push(key, ServerMessage::new(body), None);
+                        self.push(key, ServerMessage::new(body), Stamp::None);
                         return;
                     }
                 }
                 let conn = link.conn;
-                let is_invite = matches!(message.command, Command::Invite(_));
-                let _ = self.sb.handle_command(now(), conn, message);
-                self.drain(is_invite.then_some(at));
+                let cause = match message.command {
+                    Command::Invite(_) => Cause::Invite(at),
+                    _ => Cause::Other,
+                };
+                let _ = self.sb.handle_command(now, conn, message);
+                self.drain(cause);
             }
             HubMsg::Close { key } => {
                 if let Some(link) = self.links.remove(&key) {
                     self.by_conn.remove(&link.conn);
-                    self.sb.disconnect(now(), link.conn);
-                    self.drain(None);
+                    self.sb.disconnect(now, link.conn);
+                    self.drain(Cause::Other);
                 }
             }
         }
     }
 
-    fn push(&mut self, key: LinkKey, message: ServerMessage, since: Option<Instant>) {
+    fn push(&mut self, key: LinkKey, message: ServerMessage, stamp: Stamp) {
         let Some(link) = self.links.get(&key) else {
             return;
         };
@@ -233,16 +295,14 @@ impl Hub {
             .tx
             .try_send(Outbound::Message {
                 message: Box::new(message),
-                since,
+                stamp,
             })
             .is_err()
         {
             // Full (or gone): the client does not read. Drop it; its task
             // sees the queue close and shuts the socket.
             tracing::warn!(key, user = %link.user, "outbound queue full: dropping the connection");
-            self.metrics
-                .too_slow
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.too_slow.fetch_add(1, Ordering::Relaxed);
             if let Some(link) = self.links.remove(&key) {
                 self.by_conn.remove(&link.conn);
                 self.sb.disconnect(now(), link.conn);
@@ -250,21 +310,30 @@ impl Hub {
         }
     }
 
-    fn drain(&mut self, invite_at: Option<Instant>) {
+    fn drain(&mut self, cause: Cause) {
         while let Some(out) = self.sb.poll_output() {
             match out {
                 Output::Send { conn, message } => {
                     let Some(key) = self.by_conn.get(&conn).copied() else {
                         continue;
                     };
-                    let rings = matches!(
-                        message.body,
-                        ServerBody::Event {
-                            event: Event::IncomingCall { .. },
-                            ..
+                    let stamp = match cause {
+                        Cause::Timer(deadline) => Stamp::Timer(deadline),
+                        Cause::Invite(at)
+                            if matches!(
+                                message.body,
+                                ServerBody::Event {
+                                    event: Event::IncomingCall { .. },
+                                    ..
+                                }
+                            ) =>
+                        {
+                            Stamp::Ring(at)
                         }
-                    );
-                    self.push(key, message, if rings { invite_at } else { None });
+                        _ => Stamp::None,
+                    };
+
+                    self.push(key, message, stamp);
                 }
                 Output::Close { conn, reason } => {
                     if let Some(key) = self.by_conn.remove(&conn) {
@@ -278,9 +347,193 @@ impl Hub {
     }
 }
 
+/// What made the switchboard produce the outputs being drained.
+#[derive(Clone, Copy)]
+enum Cause {
+    /// An invite read at this instant.
+    Invite(Instant),
+    /// Timers due at (or after) this deadline.
+    Timer(Instant),
+    /// Anything else.
+    Other,
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use invitation_core::protocol::{InviteRequest, ReplyResult};
+    use invitation_core::{CallType, ErrorCode};
+
+    fn invite(id: &str, callee: &str) -> ClientMessage {
+        ClientMessage::new(
+            RequestId::new(id).unwrap(),
+            Command::Invite(InviteRequest {
+                callees: vec![UserId::new(callee).unwrap()],
+                call_type: CallType::Voice,
+                custom_data: None,
+                timeout_s: None,
+            }),
+        )
+    }
+
+    fn next_body(rx: &mut mpsc::Receiver<Outbound>) -> ServerBody {
+        loop {
+            match rx.try_recv().expect("a message is queued") {
+                Outbound::Message { message, .. } => {
+                    if !matches!(
+                        message.body,
+                        ServerBody::Welcome { .. } | ServerBody::Sync { .. }
+                    ) {
+                        return message.body;
+                    }
+                }
+                Outbound::Close(r) => panic!("closed: {r:?}"),
+            }
+        }
+    }
+
+    /// Load shedding: an invite that waited past the threshold is refused
+    /// with `unavailable` + retry_after_ms and creates nothing; a fresh one
+    /// goes through; other commands are never shed, however late.
+    #[tokio::test(start_paused = true)]
+    async fn late_invites_are_shed_other_commands_are_not() {
+        let metrics = Arc::new(Metrics::default());
+        let mut hub = Hub::new(
+            SwitchboardConfig::default(),
+            1000.0,
+            1000.0,
+            Some(Duration::from_millis(50)),
+            metrics.clone(),
+        );
+        let (tx, mut rx) = mpsc::channel(64);
+        hub.handle(
+            HubMsg::Open {
+                key: 1,
+                user: User::new(UserId::new("alice").unwrap(), "Alice").unwrap(),
+                device: DeviceId::new("d").unwrap(),
+                last_seq: None,
+                tx,
+            },
+            now(),
+        );
+
+        let read_at = Instant::now();
+        tokio::time::advance(Duration::from_millis(51)).await;
+        hub.handle(
+            HubMsg::Command {
+                key: 1,
+                message: invite("i1", "bob"),
+                at: read_at,
+            },
+            now(),
+        );
+        match next_body(&mut rx) {
+            ServerBody::Error(e) => {
+                assert_eq!(e.code, ErrorCode::Unavailable);
+                assert_eq!(e.retry_after_ms, Some(SHED_RETRY_AFTER_MS));
+                assert_eq!(e.re, Some(RequestId::new("i1").unwrap()));
+                assert_eq!(
+                    e.to_command_error(),
+                    Some(CommandError::Unavailable {
+                        retry_after_ms: SHED_RETRY_AFTER_MS
+                    })
+                );
+            }
+            other => panic!("expected unavailable, got {other:?}"),
+        }
+        assert_eq!(metrics.invites_shed.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            hub.sb.stats().invitations,
+            0,
+            "a shed invite creates nothing"
+        );
+
+        // The same request id, sent again in time, is a new invitation.
+        hub.handle(
+            HubMsg::Command {
+                key: 1,
+                message: invite("i1", "bob"),
+                at: Instant::now(),
+            },
+            now(),
+        );
+        let call_id = match next_body(&mut rx) {
+            ServerBody::Reply {
+                result: ReplyResult::Invited { call_id, .. },
+                ..
+            } => call_id,
+            other => panic!("expected invited, got {other:?}"),
+        };
+
+        // A cancel that waited a long time still goes through.
+        while rx.try_recv().is_ok() {}
+        let read_at = Instant::now();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        hub.handle(
+            HubMsg::Command {
+                key: 1,
+                message: ClientMessage::new(
+                    RequestId::new("c1").unwrap(),
+                    Command::Cancel { call_id },
+                ),
+                at: read_at,
+            },
+            now(),
+        );
+        match next_body(&mut rx) {
+            ServerBody::Reply { re, .. } => assert_eq!(re.as_str(), "c1"),
+            other => panic!("expected the cancel's reply, got {other:?}"),
+        }
+        assert_eq!(metrics.invites_shed.load(Ordering::Relaxed), 1);
+    }
+
+    /// Timer-caused messages carry the deadline, so the connection task can
+    /// measure how late the timeout reached the wire.
+    #[tokio::test(start_paused = true)]
+    async fn timeout_events_are_stamped_with_their_deadline() {
+        let metrics = Arc::new(Metrics::default());
+        let mut hub = Hub::new(SwitchboardConfig::default(), 1000.0, 1000.0, None, metrics);
+        let (tx, mut rx) = mpsc::channel(64);
+        hub.handle(
+            HubMsg::Open {
+                key: 1,
+                user: User::new(UserId::new("alice").unwrap(), "Alice").unwrap(),
+                device: DeviceId::new("d").unwrap(),
+                last_seq: None,
+                tx,
+            },
+            now(),
+        );
+        hub.handle(
+            HubMsg::Command {
+                key: 1,
+                message: invite("i1", "bob"),
+                at: Instant::now(),
+            },
+            now(),
+        );
+        while rx.try_recv().is_ok() {}
+        let deadline = Instant::from_std(hub.sb.poll_timeout().expect("ring timer"));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        // Any message finds the due timers fired first, stamped.
+        hub.fire_due_timers(now());
+        let mut stamped = 0;
+        while let Ok(Outbound::Message { stamp, .. }) = rx.try_recv() {
+            match stamp {
+                Stamp::Timer(at) => {
+                    assert_eq!(at, deadline);
+                    stamped += 1;
+                }
+                other => panic!("unstamped timeout event: {other:?}"),
+            }
+        }
+        assert!(stamped >= 1, "the caller hears of the timeout");
     }
 }

@@ -128,10 +128,24 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let cli = Cli::parse();
     let config = load(&cli)?;
+    // One thread: a current-thread runtime (no cross-thread wake-ups); more:
+    // the work-stealing runtime with that many workers.
+    let runtime = match config.threads() {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+    };
+    runtime.block_on(serve(cli, config))
+}
+
+async fn serve(cli: Cli, config: Config) -> Result<()> {
     if let Some(Sub::Token { user, name, ttl }) = &cli.command {
         let Some(secret) = &config.secret else {
             bail!("minting needs the server's secret: pass --secret or set INVITATION_SECRET");

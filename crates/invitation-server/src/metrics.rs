@@ -1,4 +1,4 @@
-//! Counters and one latency histogram, rendered in the Prometheus text
+//! Counters and two latency histograms, rendered in the Prometheus text
 //! format at `/metrics`. Plain atomics: cheap on the hot path.
 
 use std::fmt::Write as _;
@@ -12,6 +12,53 @@ const BUCKETS_US: [u64; 14] = [
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
     1_000_000,
 ];
+
+/// A fixed-bucket latency histogram (Prometheus `histogram` type).
+#[derive(Debug, Default)]
+pub struct Buckets {
+    counts: [AtomicU64; BUCKETS_US.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Buckets {
+    /// Records one duration.
+    pub fn observe(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        if let Some(i) = BUCKETS_US.iter().position(|b| us <= *b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, s: &mut String, name: &str, help: &str) {
+        let _ = writeln!(s, "# HELP {name} {help}");
+        let _ = writeln!(s, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (b, c) in BUCKETS_US.iter().zip(&self.counts) {
+            cumulative += c.load(Ordering::Relaxed);
+            let _ = writeln!(
+                s,
+                "{name}_bucket{{le=\"{}\"}} {cumulative}",
+                *b as f64 / 1e6
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(s, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            s,
+            "{name}_sum {}",
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(s, "{name}_count {count}");
+    }
+}
 
 /// Why a connection was refused or closed early.
 #[derive(Debug, Clone, Copy)]
@@ -42,12 +89,17 @@ pub struct Metrics {
     pub rate_limited: AtomicU64,
     /// Connections dropped because they did not read.
     pub too_slow: AtomicU64,
+    /// New invitations refused with `unavailable` (load shedding).
+    pub invites_shed: AtomicU64,
     /// Invitations created.
     pub invitations: AtomicU64,
     outcomes: [AtomicU64; Reason::COUNT],
-    ring_buckets: [AtomicU64; BUCKETS_US.len()],
-    ring_count: AtomicU64,
-    ring_sum_us: AtomicU64,
+    /// From reading an invite to writing `incoming_call` to a callee device.
+    pub ring: Buckets,
+    /// From a timer's deadline (ring timeout, caller-gone grace) to writing
+    /// the events it caused. Timers fired together are stamped with the
+    /// earliest deadline of the batch, so this errs on the late side.
+    pub timer_lateness: Buckets,
 }
 
 impl Metrics {
@@ -62,16 +114,6 @@ impl Metrics {
         for (slot, v) in self.outcomes.iter().zip(outcomes) {
             slot.store(*v, Ordering::Relaxed);
         }
-    }
-
-    /// Records one invite-to-ring latency (invite read -> incoming_call written).
-    pub fn observe_ring(&self, d: Duration) {
-        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        if let Some(i) = BUCKETS_US.iter().position(|b| us <= *b) {
-            self.ring_buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.ring_count.fetch_add(1, Ordering::Relaxed);
-        self.ring_sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition.
@@ -138,6 +180,11 @@ impl Metrics {
                 &self.rate_limited,
             ),
             (
+                "invitation_invites_shed_total",
+                "New invitations refused with unavailable because the server is overloaded.",
+                &self.invites_shed,
+            ),
+            (
                 "invitation_too_slow_total",
                 "Connections dropped for not reading.",
                 &self.too_slow,
@@ -164,31 +211,16 @@ impl Metrics {
                 g(&self.outcomes[r.index()])
             );
         }
-        let _ = writeln!(
-            s,
-            "# HELP invitation_invite_to_ring_seconds From reading an invite to writing incoming_call to a callee device."
+        self.ring.render(
+            &mut s,
+            "invitation_invite_to_ring_seconds",
+            "From reading an invite to writing incoming_call to a callee device.",
         );
-        let _ = writeln!(s, "# TYPE invitation_invite_to_ring_seconds histogram");
-        let mut cumulative = 0;
-        for (b, c) in BUCKETS_US.iter().zip(&self.ring_buckets) {
-            cumulative += g(c);
-            let _ = writeln!(
-                s,
-                "invitation_invite_to_ring_seconds_bucket{{le=\"{}\"}} {cumulative}",
-                *b as f64 / 1e6
-            );
-        }
-        let count = g(&self.ring_count);
-        let _ = writeln!(
-            s,
-            "invitation_invite_to_ring_seconds_bucket{{le=\"+Inf\"}} {count}"
+        self.timer_lateness.render(
+            &mut s,
+            "invitation_timer_lateness_seconds",
+            "From a timer's deadline to writing the events it caused (ring timeouts, caller-gone grace).",
         );
-        let _ = writeln!(
-            s,
-            "invitation_invite_to_ring_seconds_sum {}",
-            g(&self.ring_sum_us) as f64 / 1e6
-        );
-        let _ = writeln!(s, "invitation_invite_to_ring_seconds_count {count}");
         s
     }
 }
@@ -200,8 +232,9 @@ mod tests {
     #[test]
     fn renders_prometheus_text() {
         let m = Metrics::default();
-        m.observe_ring(Duration::from_micros(80));
-        m.observe_ring(Duration::from_millis(3));
+        m.ring.observe(Duration::from_micros(80));
+        m.ring.observe(Duration::from_millis(3));
+        m.timer_lateness.observe(Duration::from_millis(40));
         m.refused(Refusal::Origin);
         let mut outcomes = [0; Reason::COUNT];
         outcomes[Reason::Timeout.index()] = 4;
@@ -210,6 +243,9 @@ mod tests {
         assert!(text.contains("invitation_invite_to_ring_seconds_bucket{le=\"0.0001\"} 1"));
         assert!(text.contains("invitation_invite_to_ring_seconds_bucket{le=\"0.005\"} 2"));
         assert!(text.contains("invitation_invite_to_ring_seconds_count 2"));
+        assert!(text.contains("invitation_timer_lateness_seconds_bucket{le=\"0.025\"} 0"));
+        assert!(text.contains("invitation_timer_lateness_seconds_bucket{le=\"0.05\"} 1"));
+        assert!(text.contains("invitation_invites_shed_total 0"));
         assert!(text.contains("invitation_callee_outcomes_total{reason=\"timeout\"} 4"));
         assert!(text.contains("invitation_connections_refused_total{reason=\"origin\"} 1"));
         assert!(text.contains("invitation_invitations_total 7"));

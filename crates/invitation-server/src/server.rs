@@ -87,6 +87,7 @@ impl Server {
             sb,
             config.invite_rate_per_user,
             config.invite_burst_per_user,
+            config.shed_after(),
             metrics.clone(),
         );
         let hub = tokio::spawn(hub.run(hub_rx));
