@@ -8,8 +8,9 @@
 //!
 //! - one allocation per entry, shared (`Arc`) by the hash set and the
 //!   expiry queue, instead of a key stored twice and a boxed answer;
-//! - the request id is kept as a 64-bit keyed hash (foldhash, random seed
-//!   per process), not as a string. Two different ids of the *same device*
+//! - the request id is kept only inside a 64-bit keyed digest of (user,
+//!   device, request id) (foldhash, random seed per process), not as a
+//!   string. Two different ids of the *same device*
 //!   colliding within the retention period is a ~2^-64 event per pair, and a
 //!   client cannot aim a collision at anyone but itself: user and device
 //!   are compared exactly;
@@ -27,12 +28,23 @@ use crate::error::CommandError;
 use crate::id::{DeviceId, RequestId, UserId};
 use crate::protocol::{CalleeStatus, InitialStatus, ReplyResult};
 
-/// Who asked, and a keyed hash of the request id.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Who asked, and a keyed hash of (user, device, request id).
+///
+/// Only the digest is hashed by the set: growing the set then rehashes
+/// plain integers instead of chasing every entry's user and device strings
+/// through cold memory (that chase made flows ~20 % slower with 50,000
+/// invitations pending). Equality still compares user and device exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RequestKey {
     user: UserId,
     device: DeviceId,
-    request: u64,
+    digest: u64,
+}
+
+impl Hash for RequestKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.digest);
+    }
 }
 
 /// A stored answer.
@@ -171,7 +183,10 @@ impl Requests {
         RequestKey {
             user: user.clone(),
             device: device.clone(),
-            request: self.set.hasher().hash_one(request.as_str()),
+            digest: self
+                .set
+                .hasher()
+                .hash_one((user.as_str(), device.as_str(), request.as_str())),
         }
     }
 
