@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
+use crate::outbox::{Outbox, PushError};
 use crate::rate::KeyedLimiter;
 
 /// What the write of a message is timed against, for the metrics.
@@ -32,17 +33,22 @@ pub enum Stamp {
     Timer(Instant),
 }
 
-/// What a connection task receives from the hub.
+/// A message for a connection, with what its write is timed against.
+#[derive(Debug)]
+pub struct Queued {
+    /// The message.
+    pub message: ServerMessage,
+    /// For the ring-latency and timer-lateness histograms.
+    pub stamp: Stamp,
+}
+
+/// What a connection task receives from the hub. 16 bytes: a queue's slots
+/// are allocated 32 at a time when the queue is made, so every idle
+/// connection pays for 32 of them.
 #[derive(Debug)]
 pub enum Outbound {
     /// Send this message.
-    Message {
-        /// The message (boxed: the queue's slots are allocated in blocks, so
-        /// a small slot keeps an idle connection's queue small).
-        message: Box<ServerMessage>,
-        /// For the ring-latency and timer-lateness histograms.
-        stamp: Stamp,
-    },
+    Message(Box<Queued>),
     /// Say why and close.
     Close(CloseReason),
 }
@@ -64,7 +70,7 @@ pub enum HubMsg {
         /// From `hello`.
         last_seq: Option<u64>,
         /// Where to send its messages.
-        tx: mpsc::Sender<Outbound>,
+        tx: Arc<Outbox>,
     },
     /// A decoded command, with the time it was read.
     Command {
@@ -124,7 +130,7 @@ impl CallIdGenerator for RandomCallIds {
 }
 
 struct Link {
-    tx: mpsc::Sender<Outbound>,
+    tx: Arc<Outbox>,
     conn: ConnId,
     user: UserId,
 }
@@ -291,19 +297,18 @@ impl Hub {
         let Some(link) = self.links.get(&key) else {
             return;
         };
-        if link
+        let pushed = link
             .tx
-            .try_send(Outbound::Message {
-                message: Box::new(message),
-                stamp,
-            })
-            .is_err()
-        {
-            // Full (or gone): the client does not read. Drop it; its task
-            // sees the queue close and shuts the socket.
-            tracing::warn!(key, user = %link.user, "outbound queue full: dropping the connection");
-            self.metrics.too_slow.fetch_add(1, Ordering::Relaxed);
+            .push(Outbound::Message(Box::new(Queued { message, stamp })));
+        if let Err(e) = pushed {
+            if e == PushError::Full {
+                // The client does not read. Drop it; its task sees the queue
+                // close and shuts the socket.
+                tracing::warn!(key, user = %link.user, "outbound queue full: dropping the connection");
+                self.metrics.too_slow.fetch_add(1, Ordering::Relaxed);
+            }
             if let Some(link) = self.links.remove(&key) {
+                link.tx.close(None);
                 self.by_conn.remove(&link.conn);
                 self.sb.disconnect(now(), link.conn);
             }
@@ -338,7 +343,7 @@ impl Hub {
                 Output::Close { conn, reason } => {
                     if let Some(key) = self.by_conn.remove(&conn) {
                         if let Some(link) = self.links.remove(&key) {
-                            let _ = link.tx.try_send(Outbound::Close(reason));
+                            link.tx.close(Some(Outbound::Close(reason)));
                         }
                     }
                 }
@@ -383,10 +388,11 @@ mod tests {
         )
     }
 
-    fn next_body(rx: &mut mpsc::Receiver<Outbound>) -> ServerBody {
+    fn next_body(rx: &Outbox) -> ServerBody {
         loop {
-            match rx.try_recv().expect("a message is queued") {
-                Outbound::Message { message, .. } => {
+            match rx.try_pop().expect("a message is queued") {
+                Outbound::Message(queued) => {
+                    let message = queued.message;
                     if !matches!(
                         message.body,
                         ServerBody::Welcome { .. } | ServerBody::Sync { .. }
@@ -412,7 +418,8 @@ mod tests {
             Some(Duration::from_millis(50)),
             metrics.clone(),
         );
-        let (tx, mut rx) = mpsc::channel(64);
+        let tx = Outbox::new(64);
+        let rx = tx.clone();
         hub.handle(
             HubMsg::Open {
                 key: 1,
@@ -434,7 +441,7 @@ mod tests {
             },
             now(),
         );
-        match next_body(&mut rx) {
+        match next_body(&rx) {
             ServerBody::Error(e) => {
                 assert_eq!(e.code, ErrorCode::Unavailable);
                 assert_eq!(e.retry_after_ms, Some(SHED_RETRY_AFTER_MS));
@@ -464,7 +471,7 @@ mod tests {
             },
             now(),
         );
-        let call_id = match next_body(&mut rx) {
+        let call_id = match next_body(&rx) {
             ServerBody::Reply {
                 result: ReplyResult::Invited { call_id, .. },
                 ..
@@ -473,7 +480,7 @@ mod tests {
         };
 
         // A cancel that waited a long time still goes through.
-        while rx.try_recv().is_ok() {}
+        while rx.try_pop().is_some() {}
         let read_at = Instant::now();
         tokio::time::advance(Duration::from_secs(1)).await;
         hub.handle(
@@ -487,7 +494,7 @@ mod tests {
             },
             now(),
         );
-        match next_body(&mut rx) {
+        match next_body(&rx) {
             ServerBody::Reply { re, .. } => assert_eq!(re.as_str(), "c1"),
             other => panic!("expected the cancel's reply, got {other:?}"),
         }
@@ -500,7 +507,8 @@ mod tests {
     async fn timeout_events_are_stamped_with_their_deadline() {
         let metrics = Arc::new(Metrics::default());
         let mut hub = Hub::new(SwitchboardConfig::default(), 1000.0, 1000.0, None, metrics);
-        let (tx, mut rx) = mpsc::channel(64);
+        let tx = Outbox::new(64);
+        let rx = tx.clone();
         hub.handle(
             HubMsg::Open {
                 key: 1,
@@ -519,14 +527,14 @@ mod tests {
             },
             now(),
         );
-        while rx.try_recv().is_ok() {}
+        while rx.try_pop().is_some() {}
         let deadline = Instant::from_std(hub.sb.poll_timeout().expect("ring timer"));
         tokio::time::advance(Duration::from_secs(61)).await;
         // Any message finds the due timers fired first, stamped.
         hub.fire_due_timers(now());
         let mut stamped = 0;
-        while let Ok(Outbound::Message { stamp, .. }) = rx.try_recv() {
-            match stamp {
+        while let Some(Outbound::Message(queued)) = rx.try_pop() {
+            match queued.stamp {
                 Stamp::Timer(at) => {
                     assert_eq!(at, deadline);
                     stamped += 1;

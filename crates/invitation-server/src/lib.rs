@@ -29,6 +29,7 @@ mod conn;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod outbox;
 pub mod rate;
 mod server;
 
