@@ -234,8 +234,9 @@ pub(crate) fn cpu_us(pid: u32) -> u64 {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    // Single-threaded, like the server on one vCPU: the generator (and the
+    // bare echo, which runs through here too) pays no cross-thread wake-ups.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {

@@ -185,14 +185,15 @@ impl Hub {
 
     /// Load shedding, the SIP way (a 503 for new INVITEs, in-dialog requests
     /// go through): when a new invitation has waited in the inbox longer than
-    /// the threshold, the server is behind, and taking more calls would make
-    /// every call late. Accept, decline, cancel and hang-up are never shed:
-    /// they finish calls and free capacity.
+    /// the threshold, or ready tasks wait that long for their turn
+    /// (scheduler lag), the server is behind, and taking more calls would
+    /// make every call late. Accept, decline, cancel and hang-up are never
+    /// shed: they finish calls and free capacity.
     fn shed(&self, message: &ClientMessage, read_at: Instant) -> bool {
         matches!(message.command, Command::Invite(_))
-            && self
-                .shed_after
-                .is_some_and(|limit| read_at.elapsed() > limit)
+            && self.shed_after.is_some_and(|limit| {
+                read_at.elapsed() > limit || self.metrics.scheduler_lag() > limit
+            })
     }
 
     /// Runs until every sender is gone.
@@ -499,6 +500,61 @@ mod tests {
             other => panic!("expected the cancel's reply, got {other:?}"),
         }
         assert_eq!(metrics.invites_shed.load(Ordering::Relaxed), 1);
+    }
+
+    /// A lagging scheduler sheds fresh invites too (the backlog is in the
+    /// sockets and the run queue, not in the hub's inbox).
+    #[tokio::test(start_paused = true)]
+    async fn scheduler_lag_sheds_fresh_invites() {
+        let metrics = Arc::new(Metrics::default());
+        let mut hub = Hub::new(
+            SwitchboardConfig::default(),
+            1000.0,
+            1000.0,
+            Some(Duration::from_millis(50)),
+            metrics.clone(),
+        );
+        let tx = Outbox::new(64);
+        let rx = tx.clone();
+        hub.handle(
+            HubMsg::Open {
+                key: 1,
+                user: User::new(UserId::new("alice").unwrap(), "Alice").unwrap(),
+                device: DeviceId::new("d").unwrap(),
+                last_seq: None,
+                tx,
+            },
+            now(),
+        );
+        metrics.scheduler_lag_us.store(60_000, Ordering::Relaxed);
+        hub.handle(
+            HubMsg::Command {
+                key: 1,
+                message: invite("i1", "bob"),
+                at: Instant::now(),
+            },
+            now(),
+        );
+        match next_body(&rx) {
+            ServerBody::Error(e) => assert_eq!(e.code, ErrorCode::Unavailable),
+            other => panic!("expected unavailable, got {other:?}"),
+        }
+        metrics.scheduler_lag_us.store(1_000, Ordering::Relaxed);
+        hub.handle(
+            HubMsg::Command {
+                key: 1,
+                message: invite("i2", "bob"),
+                at: Instant::now(),
+            },
+            now(),
+        );
+        assert!(matches!(
+            next_body(&rx),
+            ServerBody::Reply {
+                result: ReplyResult::Invited { .. },
+                ..
+            }
+        ));
     }
 
     /// Timer-caused messages carry the deadline, so the connection task can

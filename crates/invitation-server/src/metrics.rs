@@ -96,6 +96,9 @@ pub struct Metrics {
     outcomes: [AtomicU64; Reason::COUNT],
     /// From reading an invite to writing `incoming_call` to a callee device.
     pub ring: Buckets,
+    /// How late the scheduler-lag ticker last woke, µs (see
+    /// [`Metrics::run_lag_meter`]).
+    pub scheduler_lag_us: AtomicU64,
     /// From a timer's deadline (ring timeout, caller-gone grace) to writing
     /// the events it caused. Timers fired together are stamped with the
     /// earliest deadline of the batch, so this errs on the late side.
@@ -106,6 +109,27 @@ impl Metrics {
     /// Counts a refusal.
     pub fn refused(&self, why: Refusal) {
         self.refused[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The last scheduler lag sample.
+    pub fn scheduler_lag(&self) -> Duration {
+        Duration::from_micros(self.scheduler_lag_us.load(Ordering::Relaxed))
+    }
+
+    /// Wakes every `period` and records how late it woke: the time every
+    /// ready task waits for its turn (event-loop lag). Under overload the
+    /// backlog sits in socket buffers and the run queue, before any message
+    /// is read, so this sees it when the hub's inbox does not. Never ends.
+    pub async fn run_lag_meter(&self, period: Duration) {
+        let mut next = tokio::time::Instant::now() + period;
+        loop {
+            tokio::time::sleep_until(next).await;
+            let now = tokio::time::Instant::now();
+            let lag =
+                u64::try_from(now.saturating_duration_since(next).as_micros()).unwrap_or(u64::MAX);
+            self.scheduler_lag_us.store(lag, Ordering::Relaxed);
+            next = now + period;
+        }
     }
 
     /// Copies the switchboard's cumulative counters.
@@ -199,6 +223,16 @@ impl Metrics {
             let _ = writeln!(s, "# TYPE {name} counter");
             let _ = writeln!(s, "{name} {}", g(v));
         }
+        let _ = writeln!(
+            s,
+            "# HELP invitation_scheduler_lag_seconds How late the last 10 ms scheduler tick woke (event-loop lag)."
+        );
+        let _ = writeln!(s, "# TYPE invitation_scheduler_lag_seconds gauge");
+        let _ = writeln!(
+            s,
+            "invitation_scheduler_lag_seconds {}",
+            self.scheduler_lag_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(
             s,
             "# HELP invitation_callee_outcomes_total Per-callee outcomes, by reason."

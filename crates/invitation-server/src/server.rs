@@ -145,6 +145,10 @@ impl Server {
             shared.config.conn_burst_per_ip,
         ));
         let mut tasks = tokio::task::JoinSet::new();
+        let lag_meter = tokio::spawn({
+            let metrics = shared.metrics.clone();
+            async move { metrics.run_lag_meter(Duration::from_millis(10)).await }
+        });
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -183,6 +187,7 @@ impl Server {
             }
         }
         drop(listener);
+        lag_meter.abort();
         tracing::info!(
             connections = active.load(Ordering::Relaxed),
             "shutting down"
