@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -510,24 +510,117 @@ pub(crate) struct IdleResult {
     pub(crate) echo_bytes: f64,
 }
 
-/// Server RSS growth per connection while `open` opens `clients` of them.
-async fn idle_bytes<F, Fut>(server: ServerProc, clients: usize, what: &str, open: F) -> Result<f64>
-where
-    F: Fn(SocketAddr, usize) -> Fut,
-    Fut: std::future::Future<Output = Result<Ws>>,
-{
+/// Whose idle connections: ours (authenticated with `hello`) or the bare
+/// echo's (one message exchanged, as ours exchange `hello`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum IdleKind {
+    Ours,
+    Echo,
+}
+
+/// Opens idle connection number `i` (its source address follows from `i`).
+async fn open_idle(kind: IdleKind, addr: SocketAddr, auth: &Authority, i: usize) -> Result<Ws> {
+    match kind {
+        IdleKind::Ours => connect_from(addr, auth, &format!("idle{i}"), source_of(i)).await,
+        IdleKind::Echo => {
+            let mut ws = dial(addr, source_of(i)).await?;
+            ws.send(Message::text("hello")).await?;
+            ws.next().await;
+            Ok(ws)
+        }
+    }
+}
+
+/// `invitation-bench idle-hold`: opens connections `from..from + count`,
+/// prints `ready`, and holds them until its stdin closes (the parent's
+/// end of the pipe). One process holds at most ~19.9k sockets, so larger
+/// idle runs are split over several.
+pub(crate) async fn idle_hold(
+    kind: IdleKind,
+    addr: SocketAddr,
+    from: usize,
+    count: usize,
+) -> Result<()> {
+    let auth = authority();
+    let mut conns = Vec::with_capacity(count);
+    for i in from..from + count {
+        conns.push(open_idle(kind, addr, &auth, i).await?);
+    }
+    println!("ready");
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    while tokio::io::AsyncReadExt::read(&mut stdin, &mut buf).await? > 0 {}
+    drop(conns);
+    Ok(())
+}
+
+/// Server RSS growth per connection while `clients` idle connections of
+/// `kind` are open, held by this process or split over `procs` child
+/// processes (needed past ~19k: one process has 20,000 files at most).
+async fn idle_bytes(
+    server: ServerProc,
+    clients: usize,
+    procs: usize,
+    kind: IdleKind,
+) -> Result<f64> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (rss0, _) = memory_kb(server.pid);
-    let pb = progress(clients as u64, what);
-    let mut conns = Vec::with_capacity(clients);
-    for i in 0..clients {
-        conns.push(open(server.addr, i).await?);
-        pb.inc(1);
+    let mut held = Vec::new();
+    let mut children = Vec::new();
+    if procs <= 1 {
+        let auth = authority();
+        let pb = progress(clients as u64, &format!("idle ({kind:?})"));
+        for i in 0..clients {
+            held.push(open_idle(kind, server.addr, &auth, i).await?);
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+    } else {
+        let me = std::env::current_exe()?;
+        let share = clients.div_ceil(procs);
+        for p in 0..procs {
+            let from = p * share;
+            let count = share.min(clients.saturating_sub(from));
+            if count == 0 {
+                break;
+            }
+            let mut child = tokio::process::Command::new(&me)
+                .args(["idle-hold", "--addr", &server.addr.to_string()])
+                .args([
+                    "--kind",
+                    if kind == IdleKind::Ours {
+                        "ours"
+                    } else {
+                        "echo"
+                    },
+                ])
+                .args(["--from", &from.to_string(), "--count", &count.to_string()])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()?;
+            let stdout = child.stdout.take().context("child stdout")?;
+            children.push((child, stdout));
+        }
+        for (_, stdout) in &mut children {
+            let mut line = String::new();
+            tokio::io::AsyncBufReadExt::read_line(
+                &mut tokio::io::BufReader::new(stdout),
+                &mut line,
+            )
+            .await?;
+            if line.trim() != "ready" {
+                bail!("an idle-hold process failed");
+            }
+        }
     }
-    pb.finish_and_clear();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (rss1, _) = memory_kb(server.pid);
-    drop(conns);
+    drop(held);
+    for (mut child, _) in children {
+        drop(child.stdin.take()); // EOF: the child lets go and exits
+        let _ = child.wait().await;
+    }
     server.stop().await;
     Ok((rss1.saturating_sub(rss0) * 1024) as f64 / clients as f64)
 }
@@ -541,27 +634,11 @@ pub(crate) async fn idle_both(
     server_bin: &Option<PathBuf>,
     cpu: &str,
     clients: usize,
+    procs: usize,
 ) -> Result<IdleResult> {
-    let auth = authority();
     let server = start_server(server_bin, cpu).await?;
-    let ours = idle_bytes(server, clients, "idle (ours)", |addr, i| {
-        let auth = auth.clone();
-        async move { connect_from(addr, &auth, &format!("idle{i}"), source_of(i)).await }
-    })
-    .await?;
-    // The echo's connections exchange one message, as ours exchange hello.
-    let echo = idle_bytes(
-        start_echo(cpu).await?,
-        clients,
-        "idle (echo)",
-        |addr, i| async move {
-            let mut ws = dial(addr, source_of(i)).await?;
-            ws.send(Message::text("hello")).await?;
-            ws.next().await;
-            Ok(ws)
-        },
-    )
-    .await?;
+    let ours = idle_bytes(server, clients, procs, IdleKind::Ours).await?;
+    let echo = idle_bytes(start_echo(cpu).await?, clients, procs, IdleKind::Echo).await?;
     Ok(IdleResult {
         clients,
         ours_bytes: ours,

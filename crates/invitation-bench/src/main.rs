@@ -84,6 +84,22 @@ enum Cmd {
         /// Connections to open.
         #[arg(long, default_value_t = 5000)]
         clients: usize,
+        /// Hold them in this many child processes (one holds at most
+        /// ~19.9k sockets).
+        #[arg(long, default_value_t = 1)]
+        procs: usize,
+    },
+    /// (Internal) hold idle connections for `idle --procs`.
+    #[command(hide = true)]
+    IdleHold {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, value_enum)]
+        kind: load::IdleKind,
+        #[arg(long)]
+        from: usize,
+        #[arg(long)]
+        count: usize,
     },
     /// Request/response messages per second, ours (ping/pong through the
     /// hub) and the bare echo's.
@@ -261,8 +277,14 @@ fn main() -> Result<()> {
                 println!("{}", report::timeouts_line(&r));
                 Ok(())
             }
-            Cmd::Idle { clients } => {
-                let r = load::idle_both(&cli.server_bin, &cli.server_cpu, *clients).await?;
+            Cmd::IdleHold {
+                addr,
+                kind,
+                from,
+                count,
+            } => load::idle_hold(*kind, *addr, *from, *count).await,
+            Cmd::Idle { clients, procs } => {
+                let r = load::idle_both(&cli.server_bin, &cli.server_cpu, *clients, *procs).await?;
                 println!("{}", report::idle_line(&r));
                 Ok(())
             }

@@ -278,7 +278,7 @@ pub(crate) async fn suite(
     let _ = writeln!(table, "\nknee search ({secs} s per rate)");
     let mut knee = 0.0;
     let mut knee_runs = Vec::new();
-    for rate in [3000.0, 4000.0, 6000.0, 8000.0, 12000.0, 16000.0] {
+    for rate in [3000.0, 4000.0, 5000.0, 6000.0, 8000.0, 12000.0, 16000.0] {
         let server = start_server(server_bin, cpu).await?;
         let r = load::calls(&server, rate, secs.min(5.0), 1, true).await?;
         server.stop().await;
@@ -360,7 +360,7 @@ pub(crate) async fn suite(
     json.insert("timeouts".into(), timers.into());
 
     // 5. Memory per idle connection and relay throughput vs the bare echo.
-    let idle = load::idle_both(server_bin, cpu, if quick { 1000 } else { 5000 }).await?;
+    let idle = load::idle_both(server_bin, cpu, if quick { 1000 } else { 5000 }, 1).await?;
     let _ = writeln!(table, "{}", idle_line(&idle));
     json.insert("idle".into(), serde_json::json!({"clients": idle.clients, "ours_bytes": idle.ours_bytes, "echo_bytes": idle.echo_bytes}));
     let relay = load::relay_both(server_bin, cpu, if quick { 2.0 } else { 5.0 }).await?;
