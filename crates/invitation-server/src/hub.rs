@@ -154,7 +154,8 @@ fn now() -> std::time::Instant {
 
 impl Hub {
     /// A hub with these switchboard settings, invite rate limit and load
-    /// shedding threshold (see [`Hub::shed`]).
+    /// shedding threshold (new invites are refused while the scheduler lags,
+    /// or an invite waited, longer than it).
     pub fn new(
         config: SwitchboardConfig,
         invite_rate: f64,
