@@ -72,22 +72,27 @@ fn one_flow(
     drain(sb);
 }
 
+/// Invitation number `i` at `at`: caller `{prefix}caller{i}` connects and
+/// invites the offline `{prefix}callee{i}`, ringing `ring_s` seconds.
+fn invite_offline(sb: &mut Switchboard, at: Instant, prefix: &str, i: usize, ring_s: u32) {
+    let user = User::new(UserId::new(format!("{prefix}caller{i}")).unwrap(), "").unwrap();
+    let conn = sb.connect(at, user, DeviceId::new("d").unwrap(), Some(0));
+    let invite = Command::Invite(InviteRequest {
+        callees: vec![UserId::new(format!("{prefix}callee{i}")).unwrap()],
+        call_type: CallType::Voice,
+        custom_data: None,
+        timeout_s: Some(ring_s),
+    });
+    sb.handle_command(at, conn, ClientMessage::new(rid(i as u64), invite))
+        .unwrap();
+    drain(sb);
+}
+
 /// `n` invitations left ringing (600 s), each from its own connected
 /// caller to its own offline callee.
 fn fill_pending(sb: &mut Switchboard, t0: Instant, n: usize) {
-    let device = DeviceId::new("d").unwrap();
     for i in 0..n {
-        let user = User::new(UserId::new(format!("pcaller{i}")).unwrap(), "").unwrap();
-        let conn = sb.connect(t0, user, device.clone(), Some(0));
-        let invite = Command::Invite(InviteRequest {
-            callees: vec![UserId::new(format!("pcallee{i}")).unwrap()],
-            call_type: CallType::Voice,
-            custom_data: None,
-            timeout_s: Some(600),
-        });
-        sb.handle_command(t0, conn, ClientMessage::new(rid(i as u64), invite))
-            .unwrap();
-        drain(sb);
+        invite_offline(sb, t0, "p", i, 600);
     }
 }
 
@@ -145,22 +150,11 @@ fn timer_lateness(n: usize, window: Duration) {
     let ring = Duration::from_secs(30);
     let mut sb = Switchboard::new(SwitchboardConfig::default(), SequentialCallIds::default());
     let anchor = Instant::now();
-    let device = DeviceId::new("d").unwrap();
     let step = window / n as u32;
     let mut deadlines = Vec::with_capacity(n);
     for i in 0..n {
         let at = anchor + step * i as u32;
-        let user = User::new(UserId::new(format!("caller{i}")).unwrap(), "").unwrap();
-        let conn = sb.connect(at, user, device.clone(), Some(0));
-        let invite = Command::Invite(InviteRequest {
-            callees: vec![UserId::new(format!("callee{i}")).unwrap()],
-            call_type: CallType::Voice,
-            custom_data: None,
-            timeout_s: Some(ring.as_secs() as u32),
-        });
-        sb.handle_command(at, conn, ClientMessage::new(rid(i as u64), invite))
-            .unwrap();
-        while sb.poll_output().is_some() {}
+        invite_offline(&mut sb, at, "", i, ring.as_secs() as u32);
         deadlines.push(at + ring);
     }
     let ready = Instant::now();

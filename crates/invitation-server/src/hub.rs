@@ -407,31 +407,37 @@ mod tests {
         }
     }
 
-    /// Load shedding: an invite that waited past the threshold is refused
-    /// with `unavailable` + retry_after_ms and creates nothing; a fresh one
-    /// goes through; other commands are never shed, however late.
-    #[tokio::test(start_paused = true)]
-    async fn late_invites_are_shed_other_commands_are_not() {
+    /// A hub (shedding after `shed_after`) with alice connected as link 1;
+    /// her queue and the metrics.
+    fn hub_with_alice(shed_after: Option<Duration>) -> (Hub, Arc<Outbox>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
         let mut hub = Hub::new(
             SwitchboardConfig::default(),
             1000.0,
             1000.0,
-            Some(Duration::from_millis(50)),
+            shed_after,
             metrics.clone(),
         );
-        let tx = Outbox::new(64);
-        let rx = tx.clone();
+        let queue = Outbox::new(64);
         hub.handle(
             HubMsg::Open {
                 key: 1,
                 user: User::new(UserId::new("alice").unwrap(), "Alice").unwrap(),
                 device: DeviceId::new("d").unwrap(),
                 last_seq: None,
-                tx,
+                tx: queue.clone(),
             },
             now(),
         );
+        (hub, queue, metrics)
+    }
+
+    /// Load shedding: an invite that waited past the threshold is refused
+    /// with `unavailable` + retry_after_ms and creates nothing; a fresh one
+    /// goes through; other commands are never shed, however late.
+    #[tokio::test(start_paused = true)]
+    async fn late_invites_are_shed_other_commands_are_not() {
+        let (mut hub, rx, metrics) = hub_with_alice(Some(Duration::from_millis(50)));
 
         let read_at = Instant::now();
         tokio::time::advance(Duration::from_millis(51)).await;
@@ -507,26 +513,7 @@ mod tests {
     /// sockets and the run queue, not in the hub's inbox).
     #[tokio::test(start_paused = true)]
     async fn scheduler_lag_sheds_fresh_invites() {
-        let metrics = Arc::new(Metrics::default());
-        let mut hub = Hub::new(
-            SwitchboardConfig::default(),
-            1000.0,
-            1000.0,
-            Some(Duration::from_millis(50)),
-            metrics.clone(),
-        );
-        let tx = Outbox::new(64);
-        let rx = tx.clone();
-        hub.handle(
-            HubMsg::Open {
-                key: 1,
-                user: User::new(UserId::new("alice").unwrap(), "Alice").unwrap(),
-                device: DeviceId::new("d").unwrap(),
-                last_seq: None,
-                tx,
-            },
-            now(),
-        );
+        let (mut hub, rx, metrics) = hub_with_alice(Some(Duration::from_millis(50)));
         metrics.scheduler_lag_us.store(60_000, Ordering::Relaxed);
         hub.handle(
             HubMsg::Command {
@@ -562,20 +549,7 @@ mod tests {
     /// measure how late the timeout reached the wire.
     #[tokio::test(start_paused = true)]
     async fn timeout_events_are_stamped_with_their_deadline() {
-        let metrics = Arc::new(Metrics::default());
-        let mut hub = Hub::new(SwitchboardConfig::default(), 1000.0, 1000.0, None, metrics);
-        let tx = Outbox::new(64);
-        let rx = tx.clone();
-        hub.handle(
-            HubMsg::Open {
-                key: 1,
-                user: User::new(UserId::new("alice").unwrap(), "Alice").unwrap(),
-                device: DeviceId::new("d").unwrap(),
-                last_seq: None,
-                tx,
-            },
-            now(),
-        );
+        let (mut hub, rx, _) = hub_with_alice(None);
         hub.handle(
             HubMsg::Command {
                 key: 1,
