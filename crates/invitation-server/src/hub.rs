@@ -432,6 +432,18 @@ mod tests {
         (hub, queue, metrics)
     }
 
+    /// Alice's command `message`, read off her socket at `at`.
+    fn alice_sends(hub: &mut Hub, message: ClientMessage, at: Instant) {
+        hub.handle(
+            HubMsg::Command {
+                key: 1,
+                message,
+                at,
+            },
+            now(),
+        );
+    }
+
     /// Load shedding: an invite that waited past the threshold is refused
     /// with `unavailable` + retry_after_ms and creates nothing; a fresh one
     /// goes through; other commands are never shed, however late.
@@ -441,14 +453,7 @@ mod tests {
 
         let read_at = Instant::now();
         tokio::time::advance(Duration::from_millis(51)).await;
-        hub.handle(
-            HubMsg::Command {
-                key: 1,
-                message: invite("i1", "bob"),
-                at: read_at,
-            },
-            now(),
-        );
+        alice_sends(&mut hub, invite("i1", "bob"), read_at);
         match next_body(&rx) {
             ServerBody::Error(e) => {
                 assert_eq!(e.code, ErrorCode::Unavailable);
@@ -471,14 +476,7 @@ mod tests {
         );
 
         // The same request id, sent again in time, is a new invitation.
-        hub.handle(
-            HubMsg::Command {
-                key: 1,
-                message: invite("i1", "bob"),
-                at: Instant::now(),
-            },
-            now(),
-        );
+        alice_sends(&mut hub, invite("i1", "bob"), Instant::now());
         let call_id = match next_body(&rx) {
             ServerBody::Reply {
                 result: ReplyResult::Invited { call_id, .. },
@@ -491,16 +489,10 @@ mod tests {
         while rx.try_pop().is_some() {}
         let read_at = Instant::now();
         tokio::time::advance(Duration::from_secs(1)).await;
-        hub.handle(
-            HubMsg::Command {
-                key: 1,
-                message: ClientMessage::new(
-                    RequestId::new("c1").unwrap(),
-                    Command::Cancel { call_id },
-                ),
-                at: read_at,
-            },
-            now(),
+        alice_sends(
+            &mut hub,
+            ClientMessage::new(RequestId::new("c1").unwrap(), Command::Cancel { call_id }),
+            read_at,
         );
         match next_body(&rx) {
             ServerBody::Reply { re, .. } => assert_eq!(re.as_str(), "c1"),
@@ -515,27 +507,13 @@ mod tests {
     async fn scheduler_lag_sheds_fresh_invites() {
         let (mut hub, rx, metrics) = hub_with_alice(Some(Duration::from_millis(50)));
         metrics.scheduler_lag_us.store(60_000, Ordering::Relaxed);
-        hub.handle(
-            HubMsg::Command {
-                key: 1,
-                message: invite("i1", "bob"),
-                at: Instant::now(),
-            },
-            now(),
-        );
+        alice_sends(&mut hub, invite("i1", "bob"), Instant::now());
         match next_body(&rx) {
             ServerBody::Error(e) => assert_eq!(e.code, ErrorCode::Unavailable),
             other => panic!("expected unavailable, got {other:?}"),
         }
         metrics.scheduler_lag_us.store(1_000, Ordering::Relaxed);
-        hub.handle(
-            HubMsg::Command {
-                key: 1,
-                message: invite("i2", "bob"),
-                at: Instant::now(),
-            },
-            now(),
-        );
+        alice_sends(&mut hub, invite("i2", "bob"), Instant::now());
         assert!(matches!(
             next_body(&rx),
             ServerBody::Reply {
@@ -550,14 +528,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn timeout_events_are_stamped_with_their_deadline() {
         let (mut hub, rx, _) = hub_with_alice(None);
-        hub.handle(
-            HubMsg::Command {
-                key: 1,
-                message: invite("i1", "bob"),
-                at: Instant::now(),
-            },
-            now(),
-        );
+        alice_sends(&mut hub, invite("i1", "bob"), Instant::now());
         while rx.try_pop().is_some() {}
         let deadline = Instant::from_std(hub.sb.poll_timeout().expect("ring timer"));
         tokio::time::advance(Duration::from_secs(61)).await;
