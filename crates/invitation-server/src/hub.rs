@@ -143,6 +143,8 @@ pub struct Hub {
     invites: KeyedLimiter<UserId>,
     shed_after: Option<Duration>,
     metrics: Arc<Metrics>,
+    /// Scratch for [`Hub::drain`] (kept to reuse its allocation).
+    deferred: Vec<ServerMessage>,
 }
 
 /// How long a client is told to wait after a shed invitation.
@@ -170,6 +172,7 @@ impl Hub {
             invites: KeyedLimiter::new(invite_rate, invite_burst),
             shed_after,
             metrics,
+            deferred: Vec::new(),
         }
     }
 
@@ -227,7 +230,7 @@ impl Hub {
         if let Some(deadline) = self.sb.poll_timeout() {
             if deadline <= now {
                 self.sb.handle_timeout(now);
-                self.drain(Cause::Timer(Instant::from_std(deadline)));
+                self.drain(Cause::Timer(Instant::from_std(deadline)), None);
             }
         }
     }
@@ -252,7 +255,7 @@ impl Hub {
                     },
                 );
                 self.by_conn.insert(conn, key);
-                self.drain(Cause::Other);
+                self.drain(Cause::Other, None);
             }
             HubMsg::Command { key, message, at } => {
                 let Some(link) = self.links.get(&key) else {
@@ -283,13 +286,13 @@ impl Hub {
                     _ => Cause::Other,
                 };
                 let _ = self.sb.handle_command(now, conn, message);
-                self.drain(cause);
+                self.drain(cause, Some(conn));
             }
             HubMsg::Close { key } => {
                 if let Some(link) = self.links.remove(&key) {
                     self.by_conn.remove(&link.conn);
                     self.sb.disconnect(now, link.conn);
-                    self.drain(Cause::Other);
+                    self.drain(Cause::Other, None);
                 }
             }
         }
@@ -317,32 +320,24 @@ impl Hub {
         }
     }
 
-    fn drain(&mut self, cause: Cause) {
+    /// Hands the switchboard's outputs to the connections. The requester's
+    /// own messages (its reply, then its events, in that order) go last:
+    /// each push wakes a connection task, tasks run in wake order, so the
+    /// callee's `incoming_call` is written one socket write sooner.
+    fn drain(&mut self, cause: Cause, requester: Option<ConnId>) {
+        let mut deferred = std::mem::take(&mut self.deferred);
         while let Some(out) = self.sb.poll_output() {
             match out {
-                Output::Send { conn, message } => {
-                    let Some(key) = self.by_conn.get(&conn).copied() else {
-                        continue;
-                    };
-                    let stamp = match cause {
-                        Cause::Timer(deadline) => Stamp::Timer(deadline),
-                        Cause::Invite(at)
-                            if matches!(
-                                message.body,
-                                ServerBody::Event {
-                                    event: Event::IncomingCall { .. },
-                                    ..
-                                }
-                            ) =>
-                        {
-                            Stamp::Ring(at)
-                        }
-                        _ => Stamp::None,
-                    };
-
-                    self.push(key, message, stamp);
+                Output::Send { conn, message } if Some(conn) == requester => {
+                    deferred.push(message);
                 }
+                Output::Send { conn, message } => self.deliver(conn, message, cause),
                 Output::Close { conn, reason } => {
+                    if Some(conn) == requester {
+                        for message in deferred.drain(..) {
+                            self.deliver(conn, message, cause);
+                        }
+                    }
                     if let Some(key) = self.by_conn.remove(&conn) {
                         if let Some(link) = self.links.remove(&key) {
                             link.tx.close(Some(Outbound::Close(reason)));
@@ -351,6 +346,34 @@ impl Hub {
                 }
             }
         }
+        if let Some(conn) = requester {
+            for message in deferred.drain(..) {
+                self.deliver(conn, message, cause);
+            }
+        }
+        self.deferred = deferred;
+    }
+
+    fn deliver(&mut self, conn: ConnId, message: ServerMessage, cause: Cause) {
+        let Some(key) = self.by_conn.get(&conn).copied() else {
+            return;
+        };
+        let stamp = match cause {
+            Cause::Timer(deadline) => Stamp::Timer(deadline),
+            Cause::Invite(at)
+                if matches!(
+                    message.body,
+                    ServerBody::Event {
+                        event: Event::IncomingCall { .. },
+                        ..
+                    }
+                ) =>
+            {
+                Stamp::Ring(at)
+            }
+            _ => Stamp::None,
+        };
+        self.push(key, message, stamp);
     }
 }
 

@@ -8,9 +8,9 @@ use std::time::Duration;
 use invitation_core::Reason;
 
 /// Histogram bucket upper bounds, in microseconds.
-const BUCKETS_US: [u64; 14] = [
-    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
-    1_000_000,
+const BUCKETS_US: [u64; 18] = [
+    10, 25, 50, 75, 100, 150, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000,
+    250_000, 500_000, 1_000_000,
 ];
 
 /// A fixed-bucket latency histogram (Prometheus `histogram` type).
