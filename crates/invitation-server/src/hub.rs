@@ -524,6 +524,50 @@ mod tests {
         assert_eq!(metrics.invites_shed.load(Ordering::Relaxed), 1);
     }
 
+    /// The callee's `incoming_call` is queued (and its task woken) before
+    /// the caller's reply, so it is written first.
+    #[tokio::test]
+    async fn the_callee_is_woken_before_the_requester() {
+        let (mut hub, alice, _) = hub_with_alice(None);
+        let bob = Outbox::new(64);
+        hub.handle(
+            HubMsg::Open {
+                key: 2,
+                user: User::new(UserId::new("bob").unwrap(), "Bob").unwrap(),
+                device: DeviceId::new("d").unwrap(),
+                last_seq: None,
+                tx: bob.clone(),
+            },
+            now(),
+        );
+        while alice.try_pop().is_some() {}
+        while bob.try_pop().is_some() {}
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for (name, queue) in [("alice", alice.clone()), ("bob", bob.clone())] {
+            let order = order.clone();
+            waiters.push(tokio::spawn(async move {
+                let first = queue.recv().await;
+                order.lock().unwrap().push(name);
+                first
+            }));
+        }
+        tokio::task::yield_now().await; // both wait now
+        alice_sends(&mut hub, invite("i1", "bob"), Instant::now());
+        let mut firsts = Vec::new();
+        for w in waiters {
+            firsts.push(w.await.unwrap());
+        }
+        assert_eq!(*order.lock().unwrap(), ["bob", "alice"]);
+        // Alice's own order is kept: her reply first, then her events.
+        match &firsts[0] {
+            Some(Outbound::Message(q)) => {
+                assert!(matches!(q.message.body, ServerBody::Reply { .. }))
+            }
+            other => panic!("expected alice's reply first, got {other:?}"),
+        }
+    }
+
     /// A lagging scheduler sheds fresh invites too (the backlog is in the
     /// sockets and the run queue, not in the hub's inbox).
     #[tokio::test(start_paused = true)]
