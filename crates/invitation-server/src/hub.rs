@@ -147,6 +147,9 @@ pub struct Hub {
     deferred: Vec<ServerMessage>,
 }
 
+/// Inbox messages handled per hub turn (one `select!` for all of them).
+const HUB_BATCH: usize = 64;
+
 /// How long a client is told to wait after a shed invitation.
 const SHED_RETRY_AFTER_MS: u64 = 1000;
 
@@ -202,22 +205,39 @@ impl Hub {
 
     /// Runs until every sender is gone.
     pub async fn run(mut self, mut rx: mpsc::Receiver<HubMsg>) {
+        // One timer, registered once and moved only when the switchboard's
+        // next deadline changes (not re-created for every message).
+        let timer = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
+        let mut batch = Vec::with_capacity(HUB_BATCH);
         loop {
             let deadline = self.sb.poll_timeout().map(Instant::from_std);
+            if deadline != armed {
+                if let Some(d) = deadline {
+                    timer.as_mut().reset(d);
+                }
+                armed = deadline;
+            }
             tokio::select! {
-                msg = rx.recv() => match msg {
-                    Some(msg) => {
+                n = rx.recv_many(&mut batch, HUB_BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    for msg in batch.drain(..) {
                         // Timers due first, at the same instant as the
-                        // message, so their events are timed (the switchboard
-                        // would otherwise fire them inside this message's
-                        // call, unstamped).
+                        // message, so their events are timed (the
+                        // switchboard would otherwise fire them inside this
+                        // message's call, unstamped).
                         let now = now();
                         self.fire_due_timers(now);
                         self.handle(msg, now);
                     }
-                    None => break,
-                },
-                () = sleep_until(deadline), if deadline.is_some() => self.fire_due_timers(now()),
+                }
+                () = &mut timer, if armed.is_some() => {
+                    self.fire_due_timers(now());
+                    armed = None; // re-armed from the next deadline
+                }
             }
             let stats = self.sb.stats();
             self.metrics
@@ -386,13 +406,6 @@ enum Cause {
     Timer(Instant),
     /// Anything else.
     Other,
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]
