@@ -302,6 +302,32 @@ pub(crate) async fn suite(
         table,
         "  knee: {knee} calls/s (the generator's own CPU per call is printed: a saturated generator shows there)"
     );
+    // Latency at 10 %, 50 % and 80 % of the knee (performance.md's points).
+    let mut at_knee = Vec::new();
+    if knee > 0.0 {
+        for share in [0.1, 0.5, 0.8] {
+            let rate = (knee * share).round();
+            let server = start_server(server_bin, cpu).await?;
+            let r = load::calls(&server, rate, secs.min(5.0), 1, true).await?;
+            server.stop().await;
+            let _ = writeln!(
+                table,
+                "  at {:.0} % of the knee ({rate} calls/s): invite->ring p50 {} us p99 {} us p99.9 {} us; invite->accepted p50 {} us p99 {} us p99.9 {} us; {} failed or shed",
+                share * 100.0,
+                r.ring.value_at_quantile(0.5),
+                r.ring.value_at_quantile(0.99),
+                r.ring.value_at_quantile(0.999),
+                r.accepted.value_at_quantile(0.5),
+                r.accepted.value_at_quantile(0.99),
+                r.accepted.value_at_quantile(0.999),
+                r.failed + r.shed
+            );
+            at_knee.push(serde_json::json!({"share_of_knee": share, "rate": rate,
+                "ring_p50_us": r.ring.value_at_quantile(0.5), "ring_p99_us": r.ring.value_at_quantile(0.99), "ring_p999_us": r.ring.value_at_quantile(0.999),
+                "accepted_p50_us": r.accepted.value_at_quantile(0.5), "accepted_p99_us": r.accepted.value_at_quantile(0.99), "accepted_p999_us": r.accepted.value_at_quantile(0.999),
+                "failed": r.failed, "shed": r.shed}));
+        }
+    }
     // Overload: twice the knee; goodput should stay near the knee.
     let mut overload = serde_json::Value::Null;
     if knee > 0.0 {
@@ -324,7 +350,7 @@ pub(crate) async fn suite(
     }
     json.insert(
         "knee".into(),
-        serde_json::json!({"calls_per_s": knee, "runs": knee_runs, "overload": overload}),
+        serde_json::json!({"calls_per_s": knee, "runs": knee_runs, "latency_at_share_of_knee": at_knee, "overload": overload}),
     );
 
     // 3. Fan-out.
