@@ -214,10 +214,11 @@ pub(crate) async fn suite(
     );
     let _ = writeln!(
         table,
-        "{:>8} {:>9} {:>7} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10} {:>8}",
+        "{:>8} {:>9} {:>7} {:>6} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10} {:>8}",
         "rate/s",
         "done",
         "failed",
+        "shed",
         "ring p50",
         "ring p99",
         "ring p99.9",
@@ -239,10 +240,11 @@ pub(crate) async fn suite(
         let ratio = kam.map(|k| r.server_cpu_us_per_call / k.2);
         let _ = writeln!(
             table,
-            "{:>8} {:>9} {:>7} {:>10} {:>10} {:>10} {:>12.0} {:>12.0} {:>10} {:>8}",
+            "{:>8} {:>9} {:>7} {:>6} {:>10} {:>10} {:>10} {:>12.0} {:>12.0} {:>10} {:>8}",
             rate,
             r.completed,
             r.failed,
+            r.shed,
             r.ring.value_at_quantile(0.5),
             r.ring.value_at_quantile(0.99),
             r.ring.value_at_quantile(0.999),
@@ -265,7 +267,7 @@ pub(crate) async fn suite(
             r.ring.value_at_quantile(0.99),
         ));
         compare.push(serde_json::json!({
-            "rate": rate, "completed": r.completed, "failed": r.failed,
+            "rate": rate, "completed": r.completed, "failed": r.failed, "shed": r.shed,
             "ring_p50_us": r.ring.value_at_quantile(0.5), "ring_p99_us": r.ring.value_at_quantile(0.99), "ring_p999_us": r.ring.value_at_quantile(0.999),
             "accepted_p50_us": r.accepted.value_at_quantile(0.5), "accepted_p99_us": r.accepted.value_at_quantile(0.99),
             "server_cpu_us_per_call": r.server_cpu_us_per_call, "generator_cpu_us_per_call": r.generator_cpu_us_per_call,
