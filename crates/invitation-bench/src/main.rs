@@ -263,9 +263,8 @@ fn main() -> Result<()> {
                 secs,
                 callees,
             } => {
-                let server = start_server(&cli.server_bin, &cli.server_cpu).await?;
-                let r = load::calls(&server, *rate, *secs, *callees, true).await?;
-                server.stop().await;
+                let r = report::run_calls(&cli.server_bin, &cli.server_cpu, *rate, *secs, *callees)
+                    .await?;
                 println!("{}", report::calls_line(&r));
                 Ok(())
             }

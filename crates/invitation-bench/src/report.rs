@@ -11,9 +11,36 @@ use crate::load::{self, CallsResult, IdleResult, RelayResult, TimeoutsResult};
 use crate::scrape::bound;
 use crate::start_server;
 
+/// One call run against a fresh server.
+pub(crate) async fn run_calls(
+    server_bin: &Option<PathBuf>,
+    cpu: &str,
+    rate: f64,
+    secs: f64,
+    callees: usize,
+) -> Result<CallsResult> {
+    let server = start_server(server_bin, cpu).await?;
+    let r = load::calls(&server, rate, secs, callees, true).await;
+    server.stop().await;
+    r
+}
+
+/// A call run's figures, for bench.json.
+fn calls_json(r: &CallsResult) -> serde_json::Value {
+    let q = |h: &hdrhistogram::Histogram<u64>, p| h.value_at_quantile(p);
+    serde_json::json!({
+        "rate": r.rate, "callees": r.callees, "offered": r.offered, "completed": r.completed,
+        "failed": r.failed, "shed": r.shed,
+        "ring_p50_us": q(&r.ring, 0.5), "ring_p99_us": q(&r.ring, 0.99), "ring_p999_us": q(&r.ring, 0.999),
+        "server_ring_p50_us_at_most": r.server_ring.quantile_us(0.5), "server_ring_p99_us_at_most": r.server_ring.quantile_us(0.99),
+        "accepted_p50_us": q(&r.accepted, 0.5), "accepted_p99_us": q(&r.accepted, 0.99), "accepted_p999_us": q(&r.accepted, 0.999),
+        "server_cpu_us_per_call": r.server_cpu_us_per_call, "generator_cpu_us_per_call": r.generator_cpu_us_per_call,
+    })
+}
+
 pub(crate) fn calls_line(r: &CallsResult) -> String {
     format!(
-        "calls: {}/s x{} callees: {} offered, {} completed, {} failed, {} shed; invite->ring p50 {} us p99 {} us p99.9 {} us (server's share p50 {} p99 {}); invite->accepted p50 {} us p99 {} us; server {:.0} us CPU/call, generator {:.0} us CPU/call",
+        "calls: {}/s x{} callees: {} offered, {} completed, {} failed, {} shed; invite->ring p50 {} us p99 {} us p99.9 {} us (server's share p50 {} p99 {}); invite->accepted p50 {} us p99 {} us p99.9 {} us; server {:.0} us CPU/call, generator {:.0} us CPU/call",
         r.rate,
         r.callees,
         r.offered,
@@ -27,6 +54,7 @@ pub(crate) fn calls_line(r: &CallsResult) -> String {
         bound(r.server_ring.quantile_us(0.99)),
         r.accepted.value_at_quantile(0.5),
         r.accepted.value_at_quantile(0.99),
+        r.accepted.value_at_quantile(0.999),
         r.server_cpu_us_per_call,
         r.generator_cpu_us_per_call
     )
@@ -229,9 +257,7 @@ pub(crate) async fn suite(
     );
     let mut compare = Vec::new();
     for rate in [500.0, 1000.0, 2000.0] {
-        let server = start_server(server_bin, cpu).await?;
-        let r = load::calls(&server, rate, secs, 1, true).await?;
-        server.stop().await;
+        let r = run_calls(server_bin, cpu, rate, secs, 1).await?;
         let kam = if with_kamailio {
             kamailio(rate as u64, (rate * secs) as u64).ok()
         } else {
@@ -266,13 +292,12 @@ pub(crate) async fn suite(
             r.ring.value_at_quantile(0.5),
             r.ring.value_at_quantile(0.99),
         ));
-        compare.push(serde_json::json!({
-            "rate": rate, "completed": r.completed, "failed": r.failed, "shed": r.shed,
-            "ring_p50_us": r.ring.value_at_quantile(0.5), "ring_p99_us": r.ring.value_at_quantile(0.99), "ring_p999_us": r.ring.value_at_quantile(0.999),
-            "accepted_p50_us": r.accepted.value_at_quantile(0.5), "accepted_p99_us": r.accepted.value_at_quantile(0.99),
-            "server_cpu_us_per_call": r.server_cpu_us_per_call, "generator_cpu_us_per_call": r.generator_cpu_us_per_call,
-            "kamailio": kam.map(|k| serde_json::json!({"completed": k.0, "failed": k.1, "cpu_us_per_call": k.2})),
-        }));
+        let mut entry = calls_json(&r);
+        entry["kamailio"] =
+            serde_json::json!(kam.map(
+                |k| serde_json::json!({"completed": k.0, "failed": k.1, "cpu_us_per_call": k.2})
+            ));
+        compare.push(entry);
     }
     json.insert("calls_1to1".into(), compare.into());
 
@@ -281,20 +306,18 @@ pub(crate) async fn suite(
     let mut knee = 0.0;
     let mut knee_runs = Vec::new();
     for rate in [3000.0, 4000.0, 5000.0, 6000.0, 8000.0, 12000.0, 16000.0] {
-        let server = start_server(server_bin, cpu).await?;
-        let r = load::calls(&server, rate, secs.min(5.0), 1, true).await?;
-        server.stop().await;
+        let r = run_calls(server_bin, cpu, rate, secs.min(5.0), 1).await?;
         let ok = r.failed == 0
             && r.shed == 0
             && r.ring.value_at_quantile(0.99) <= 10_000
             && r.accepted.value_at_quantile(0.99) <= 10_000;
-        let _ = writeln!(table, "  {}", crate::report::calls_line(&r));
+        let _ = writeln!(table, "  {}", calls_line(&r));
         points.push((
             rate,
             r.ring.value_at_quantile(0.5),
             r.ring.value_at_quantile(0.99),
         ));
-        knee_runs.push(serde_json::json!({"rate": rate, "failed": r.failed, "ring_p99_us": r.ring.value_at_quantile(0.99), "accepted_p99_us": r.accepted.value_at_quantile(0.99), "server_cpu_us_per_call": r.server_cpu_us_per_call, "generator_cpu_us_per_call": r.generator_cpu_us_per_call}));
+        knee_runs.push(calls_json(&r));
         if !ok {
             break;
         }
@@ -309,33 +332,22 @@ pub(crate) async fn suite(
     if knee > 0.0 {
         for share in [0.1, 0.5, 0.8] {
             let rate = (knee * share).round();
-            let server = start_server(server_bin, cpu).await?;
-            let r = load::calls(&server, rate, secs.min(5.0), 1, true).await?;
-            server.stop().await;
+            let r = run_calls(server_bin, cpu, rate, secs.min(5.0), 1).await?;
             let _ = writeln!(
                 table,
-                "  at {:.0} % of the knee ({rate} calls/s): invite->ring p50 {} us p99 {} us p99.9 {} us; invite->accepted p50 {} us p99 {} us p99.9 {} us; {} failed or shed",
+                "  at {:.0} % of the knee: {}",
                 share * 100.0,
-                r.ring.value_at_quantile(0.5),
-                r.ring.value_at_quantile(0.99),
-                r.ring.value_at_quantile(0.999),
-                r.accepted.value_at_quantile(0.5),
-                r.accepted.value_at_quantile(0.99),
-                r.accepted.value_at_quantile(0.999),
-                r.failed + r.shed
+                calls_line(&r)
             );
-            at_knee.push(serde_json::json!({"share_of_knee": share, "rate": rate,
-                "ring_p50_us": r.ring.value_at_quantile(0.5), "ring_p99_us": r.ring.value_at_quantile(0.99), "ring_p999_us": r.ring.value_at_quantile(0.999),
-                "accepted_p50_us": r.accepted.value_at_quantile(0.5), "accepted_p99_us": r.accepted.value_at_quantile(0.99), "accepted_p999_us": r.accepted.value_at_quantile(0.999),
-                "failed": r.failed, "shed": r.shed}));
+            let mut entry = calls_json(&r);
+            entry["share_of_knee"] = share.into();
+            at_knee.push(entry);
         }
     }
     // Overload: twice the knee; goodput should stay near the knee.
     let mut overload = serde_json::Value::Null;
     if knee > 0.0 {
-        let server = start_server(server_bin, cpu).await?;
-        let r = load::calls(&server, 2.0 * knee, secs.min(5.0), 1, true).await?;
-        server.stop().await;
+        let r = run_calls(server_bin, cpu, 2.0 * knee, secs.min(5.0), 1).await?;
         let goodput = r.completed as f64 / secs.min(5.0);
         let _ = writeln!(
             table,
@@ -348,7 +360,9 @@ pub(crate) async fn suite(
             r.server_cpu_us_per_call,
             r.generator_cpu_us_per_call
         );
-        overload = serde_json::json!({"offered": 2.0 * knee, "goodput": goodput, "ratio_to_knee": goodput / knee, "failed": r.failed, "shed": r.shed, "ring_p99_us": r.ring.value_at_quantile(0.99)});
+        overload = calls_json(&r);
+        overload["goodput"] = goodput.into();
+        overload["ratio_to_knee"] = (goodput / knee).into();
     }
     json.insert(
         "knee".into(),
@@ -362,11 +376,9 @@ pub(crate) async fn suite(
     );
     let mut fan = Vec::new();
     for callees in [1, 5, 9] {
-        let server = start_server(server_bin, cpu).await?;
-        let r = load::calls(&server, 200.0, secs.min(5.0), callees, true).await?;
-        server.stop().await;
+        let r = run_calls(server_bin, cpu, 200.0, secs.min(5.0), callees).await?;
         let _ = writeln!(table, "  {}", calls_line(&r));
-        fan.push(serde_json::json!({"callees": callees, "failed": r.failed, "server_cpu_us_per_call": r.server_cpu_us_per_call, "ring_p99_us": r.ring.value_at_quantile(0.99)}));
+        fan.push(calls_json(&r));
     }
     json.insert("fan_out".into(), fan.into());
 

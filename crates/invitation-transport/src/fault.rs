@@ -82,6 +82,35 @@ struct Shared {
     stats: FaultStats,
 }
 
+/// What happens to one message.
+struct Fate {
+    disconnect: bool,
+    drop: bool,
+    duplicate: bool,
+}
+
+impl Shared {
+    /// Rolls one message's fate and counts it. The draws (disconnect, drop,
+    /// then duplicate when `may_duplicate`) keep their order: seeds replay.
+    fn fate(&mut self, may_duplicate: bool) -> Fate {
+        let disconnect = self.rng.chance(self.config.disconnect);
+        let drop = self.rng.chance(self.config.drop);
+        let duplicate = may_duplicate && self.rng.chance(self.config.duplicate);
+        if disconnect {
+            self.stats.disconnects += 1;
+        } else if drop {
+            self.stats.dropped += 1;
+        } else if duplicate {
+            self.stats.duplicated += 1;
+        }
+        Fate {
+            disconnect,
+            drop,
+            duplicate,
+        }
+    }
+}
+
 /// What the injector did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FaultStats {
@@ -240,30 +269,16 @@ impl Connection for FaultyConnection {
         if self.broken {
             return Err(TransportError::closed("link broken (injected)"));
         }
-        let (disconnect, drop, dup) = {
-            let mut s = self.shared.lock().expect("fault lock");
-            let (pd, pl, pu) = (s.config.disconnect, s.config.drop, s.config.duplicate);
-            let d = s.rng.chance(pd);
-            let l = s.rng.chance(pl);
-            let u = s.rng.chance(pu);
-            if d {
-                s.stats.disconnects += 1;
-            } else if l {
-                s.stats.dropped += 1;
-            } else if u {
-                s.stats.duplicated += 1;
-            }
-            (d, l, u)
-        };
-        if disconnect {
+        let fate = self.roll(|s| s.fate(true));
+        if fate.disconnect {
             self.broken = true;
             self.inner.close().await;
             return Err(TransportError::closed("link broken (injected)"));
         }
-        if drop {
+        if fate.drop {
             return Ok(());
         }
-        if dup {
+        if fate.duplicate {
             self.inner.send(message.clone()).await?;
         }
         self.inner.send(message).await
@@ -291,23 +306,13 @@ impl Connection for FaultyConnection {
                 biased;
                 m = self.inner.recv(), if self.inner_closed.is_none() => match m {
                     Ok(m) => {
-                        let (disconnect, lost) = self.roll(|s| {
-                            let (pd, pl) = (s.config.disconnect, s.config.drop);
-                            let d = s.rng.chance(pd);
-                            let l = s.rng.chance(pl);
-                            if d {
-                                s.stats.disconnects += 1;
-                            } else if l {
-                                s.stats.dropped += 1;
-                            }
-                            (d, l)
-                        });
-                        if disconnect {
+                        let fate = self.roll(|s| s.fate(false));
+                        if fate.disconnect {
                             self.broken = true;
                             self.inner.close().await;
                             return Err(TransportError::closed("link broken (injected)"));
                         }
-                        if !lost {
+                        if !fate.drop {
                             self.hold(m);
                         }
                     }
