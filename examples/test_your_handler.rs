@@ -89,11 +89,11 @@ async fn main() -> anyhow::Result<()> {
     let sent = server.next_call_command().await;
     println!("the handler answered with: {}", sent.encode());
     assert_eq!(
-        sent.command,
-        Command::Decline {
+        sent.command(),
+        Some(&Command::Decline {
             call_id: call,
             busy: true
-        }
+        })
     );
     Ok(())
 }
@@ -142,11 +142,11 @@ mod tests {
         );
         let sent = server.next_call_command().await;
         assert_eq!(
-            sent.command,
-            Command::Decline {
+            sent.command(),
+            Some(&Command::Decline {
                 call_id: call.clone(),
                 busy: true
-            }
+            })
         );
         recorder
             .wait_for("on_incoming_call_decline_button_pressed", 1)
@@ -181,7 +181,7 @@ mod tests {
             server
                 .commands()
                 .iter()
-                .all(|m| !matches!(m.command, Command::Decline { .. }))
+                .all(|m| !matches!(m.command(), Some(Command::Decline { .. })))
         );
     }
 

@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use invitation_core::protocol::{
-    ClientMessage, Command, Event, InviteRequest, ServerBody, ServerMessage,
+    ClientMessage, Command, Control, Event, InviteRequest, ServerBody, ServerMessage,
 };
 use invitation_core::{CallType, DecodeLimits, DeviceId, ErrorCode, Reason, RequestId, UserId};
 use invitation_server::Authority;
@@ -71,7 +71,7 @@ async fn connect_from(addr: SocketAddr, auth: &Authority, user: &str, source: u8
     let token = auth.mint(&UserId::new(user)?, user, Duration::from_secs(3600));
     let hello = ClientMessage::new(
         rid("h".into()),
-        Command::Hello {
+        Control::Hello {
             device: DeviceId::new("d")?,
             token: Some(token),
             last_seq: None,

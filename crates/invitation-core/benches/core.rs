@@ -17,6 +17,47 @@ use criterion::{Criterion, Throughput};
 use invitation_core::protocol::*;
 use invitation_core::*;
 
+/// The pre-connection-machine shape of the switchboard's inputs, kept for
+/// the benchmarks' brevity: ids chosen here, commands as whole messages.
+trait Feed {
+    fn join(&mut self, now: Instant, user: User, device: DeviceId, last_seq: Option<u64>)
+    -> ConnId;
+    fn handle_message(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        message: ClientMessage,
+    ) -> Result<ReplyResult, CommandError>;
+}
+
+static NEXT_CONN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl Feed for Switchboard {
+    fn join(
+        &mut self,
+        now: Instant,
+        user: User,
+        device: DeviceId,
+        last_seq: Option<u64>,
+    ) -> ConnId {
+        let conn = ConnId::new(NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        self.connect(now, conn, user, device, last_seq, None);
+        conn
+    }
+
+    fn handle_message(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        message: ClientMessage,
+    ) -> Result<ReplyResult, CommandError> {
+        let ClientBody::Command(command) = message.body else {
+            panic!("a call command")
+        };
+        self.handle_command(now, conn, message.id, command)
+    }
+}
+
 fn rid(n: u64) -> RequestId {
     RequestId::new(format!("r{n}")).unwrap()
 }
@@ -46,12 +87,12 @@ fn one_flow(
         timeout_s: None,
     });
     let Ok(ReplyResult::Invited { call_id, .. }) =
-        sb.handle_command(now, alice, ClientMessage::new(rid(n), invite))
+        sb.handle_message(now, alice, ClientMessage::new(rid(n), invite))
     else {
         panic!("invite failed")
     };
     drain(sb);
-    sb.handle_command(
+    sb.handle_message(
         now,
         bob,
         ClientMessage::new(
@@ -63,7 +104,7 @@ fn one_flow(
     )
     .unwrap();
     drain(sb);
-    sb.handle_command(
+    sb.handle_message(
         now,
         bob,
         ClientMessage::new(rid(n + 2), Command::HangUp { call_id }),
@@ -76,14 +117,14 @@ fn one_flow(
 /// invites the offline `{prefix}callee{i}`, ringing `ring_s` seconds.
 fn invite_offline(sb: &mut Switchboard, at: Instant, prefix: &str, i: usize, ring_s: u32) {
     let user = User::new(UserId::new(format!("{prefix}caller{i}")).unwrap(), "").unwrap();
-    let conn = sb.connect(at, user, DeviceId::new("d").unwrap(), Some(0));
+    let conn = sb.join(at, user, DeviceId::new("d").unwrap(), Some(0));
     let invite = Command::Invite(InviteRequest {
         callees: vec![UserId::new(format!("{prefix}callee{i}")).unwrap()],
         call_type: CallType::Voice,
         custom_data: None,
         timeout_s: Some(ring_s),
     });
-    sb.handle_command(at, conn, ClientMessage::new(rid(i as u64), invite))
+    sb.handle_message(at, conn, ClientMessage::new(rid(i as u64), invite))
         .unwrap();
     drain(sb);
 }
@@ -117,8 +158,8 @@ fn flow_loop(
     let t0 = Instant::now();
     fill_pending(&mut sb, t0, pending);
     let phone = DeviceId::new("phone").unwrap();
-    let alice = sb.connect(t0, User::named("alice", "Alice"), phone.clone(), None);
-    let bob = sb.connect(t0, User::named("bob", "Bob"), phone, None);
+    let alice = sb.join(t0, User::named("alice", "Alice"), phone.clone(), None);
+    let bob = sb.join(t0, User::named("bob", "Bob"), phone, None);
     drain(&mut sb);
     let bob_id = UserId::new("bob").unwrap();
     let mut started = Instant::now();
@@ -215,8 +256,8 @@ fn flow_with(c: &mut Criterion, name: &str, config: SwitchboardConfig) {
     let mut sb = Switchboard::new(config, SequentialCallIds::default());
     let t0 = Instant::now();
     let phone = DeviceId::new("phone").unwrap();
-    let alice = sb.connect(t0, User::named("alice", "Alice"), phone.clone(), None);
-    let bob = sb.connect(t0, User::named("bob", "Bob"), phone.clone(), None);
+    let alice = sb.join(t0, User::named("alice", "Alice"), phone.clone(), None);
+    let bob = sb.join(t0, User::named("bob", "Bob"), phone.clone(), None);
     drain(&mut sb);
     let bob_id = UserId::new("bob").unwrap();
     let mut n = 0u64;
@@ -238,12 +279,12 @@ fn flow_with(c: &mut Criterion, name: &str, config: SwitchboardConfig) {
                 timeout_s: None,
             });
             let Ok(ReplyResult::Invited { call_id, .. }) =
-                sb.handle_command(t0, alice, ClientMessage::new(rid(n), invite))
+                sb.handle_message(t0, alice, ClientMessage::new(rid(n), invite))
             else {
                 panic!("invite failed")
             };
             drain(&mut sb);
-            sb.handle_command(
+            sb.handle_message(
                 t0,
                 bob,
                 ClientMessage::new(
@@ -255,7 +296,7 @@ fn flow_with(c: &mut Criterion, name: &str, config: SwitchboardConfig) {
             )
             .unwrap();
             drain(&mut sb);
-            sb.handle_command(
+            sb.handle_message(
                 t0,
                 bob,
                 ClientMessage::new(rid(n + 2), Command::HangUp { call_id }),
@@ -328,14 +369,14 @@ fn sample_messages() -> (Samples, Samples) {
             "hello",
             ClientMessage::new(
                 rid(6),
-                Command::Hello {
+                Control::Hello {
                     device: DeviceId::new("phone").unwrap(),
                     token: Some("x".repeat(200)),
                     last_seq: Some(41),
                 },
             ),
         ),
-        ("ping", ClientMessage::new(rid(7), Command::Ping)),
+        ("ping", ClientMessage::new(rid(7), Control::Ping)),
     ];
     let ev = |event| ServerMessage::new(ServerBody::Event { seq: 42, event });
     let server = vec![
@@ -441,7 +482,7 @@ fn pending_memory(n: usize) {
     let mut conns = Vec::with_capacity(n);
     for i in 0..n {
         let user = User::new(UserId::new(format!("caller{i}")).unwrap(), "").unwrap();
-        conns.push(sb.connect(t0, user, device.clone(), Some(0)));
+        conns.push(sb.join(t0, user, device.clone(), Some(0)));
         while sb.poll_output().is_some() {}
     }
     let callees: Vec<UserId> = (0..n)
@@ -457,7 +498,7 @@ fn pending_memory(n: usize) {
             custom_data: None,
             timeout_s: None,
         });
-        sb.handle_command(
+        sb.handle_message(
             t0,
             conns[i],
             ClientMessage::new(requests[i].clone(), invite),

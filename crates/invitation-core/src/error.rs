@@ -87,9 +87,8 @@ pub enum CommandError {
     /// already gone).
     #[error("not connected")]
     NotConnected,
-    /// A connection-level command (`hello`, `renew`) sent where only call
-    /// commands are handled.
-    #[error("this command is only valid as the connection handshake")]
+    /// A `hello` on a connection that already said hello.
+    #[error("hello is only valid as a connection's first message")]
     Misplaced,
     /// Client side: the server refused the command with a code that has no
     /// variant of its own here (invalid input seen by the server, auth ...).

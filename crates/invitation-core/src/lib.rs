@@ -7,6 +7,9 @@
 //!
 //! * [`Switchboard`]: the authoritative server side, run by the signaling
 //!   server and by the in-process memory hub.
+//! * [`DeviceConnection`]: the server side of one device connection
+//!   (`hello` and authentication, renewal, heartbeats, `sync`, limits, close
+//!   reasons), driven by every front door in front of the switchboard.
 //! * [`ClientSession`]: one device's view, run by the client driver: dedups
 //!   server events by sequence number, turns them into [`AppEvent`]s (the ten
 //!   callbacks and the extras) and keeps a fallback ring timer.
@@ -29,17 +32,18 @@
 //!
 //! ```
 //! use std::time::{Duration, Instant};
-//! use invitation_core::protocol::{ClientMessage, Command, InviteRequest};
+//! use invitation_core::protocol::{Command, InviteRequest};
 //! use invitation_core::{
-//!     CallType, DeviceId, Output, Reason, RequestId, SequentialCallIds, Switchboard,
+//!     CallType, ConnId, DeviceId, Output, Reason, RequestId, SequentialCallIds, Switchboard,
 //!     SwitchboardConfig, User, UserId,
 //! };
 //!
 //! let mut sb = Switchboard::new(SwitchboardConfig::default(), SequentialCallIds::default());
 //! let t0 = Instant::now();
 //! let phone = DeviceId::new("phone").unwrap();
-//! let alice = sb.connect(t0, User::named("alice", "Alice"), phone.clone(), None);
-//! let bob = sb.connect(t0, User::named("bob", "Bob"), phone.clone(), None);
+//! let (alice, bob) = (ConnId::new(1), ConnId::new(2));
+//! sb.connect(t0, alice, User::named("alice", "Alice"), phone.clone(), None, None);
+//! sb.connect(t0, bob, User::named("bob", "Bob"), phone.clone(), None, None);
 //!
 //! let invite = Command::Invite(InviteRequest {
 //!     callees: vec![UserId::new("bob").unwrap()],
@@ -48,7 +52,7 @@
 //!     timeout_s: Some(30),
 //! });
 //! let reply = sb
-//!     .handle_command(t0, alice, ClientMessage::new(RequestId::new("r1").unwrap(), invite))
+//!     .handle_command(t0, alice, RequestId::new("r1").unwrap(), invite)
 //!     .unwrap();
 //! let call_id = match reply {
 //!     invitation_core::protocol::ReplyResult::Invited { call_id, .. } => call_id,
@@ -68,6 +72,7 @@
 //! assert_eq!(sb.poll_timeout(), None);
 //! ```
 
+pub mod connection;
 pub mod error;
 mod guard;
 pub mod id;
@@ -76,6 +81,10 @@ pub mod protocol;
 pub mod session;
 pub mod switchboard;
 
+pub use connection::{
+    AuthRefusal, Authenticator, CloseCause, ConnectionConfig, ConnectionOutput, DeviceConnection,
+    Identity, SwitchboardInput,
+};
 pub use error::{CommandError, ErrorCode, ProtocolError, ValidationError};
 pub use guard::DecodeLimits;
 pub use id::{CallId, CallIdGenerator, DeviceId, MAX_ID_LEN, RequestId, SequentialCallIds, UserId};

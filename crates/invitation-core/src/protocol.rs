@@ -26,6 +26,7 @@ use crate::model::{CallType, CustomData, Reason, User};
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+const CONTROL_TYPES: &[&str] = &["hello", "renew", "ping", "sync"];
 const CLIENT_TYPES: &[&str] = &[
     "hello", "renew", "ping", "sync", "invite", "cancel", "accept", "decline", "hang_up",
 ];
@@ -33,47 +34,110 @@ const SERVER_TYPES: &[&str] = &[
     "welcome", "reply", "error", "event", "sync", "pong", "closing",
 ];
 
-/// A command from a client, with its request id.
+/// A message from a client: its request id and its body, a connection-level
+/// [`Control`] message or a call [`Command`].
+///
+/// Every client message gets exactly one answer carrying its id as `re`:
+/// `welcome` (or an `error`) for `hello`, `pong` for `ping`, `sync` for
+/// `sync`, and `reply` or `error` for everything else.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientMessage {
     /// Protocol version: always [`PROTOCOL_VERSION`].
     pub v: u32,
-    /// Request id: echoed in the reply; reused on retry.
+    /// Request id: echoed as `re` in the answer; reused on retry.
     pub id: RequestId,
-    /// The command itself (its `type` and fields sit at the top level).
+    /// The message itself (its `type` and fields sit at the top level).
     #[serde(flatten)]
-    pub command: Command,
+    pub body: ClientBody,
 }
 
 impl ClientMessage {
     /// A v1 message.
-    pub fn new(id: RequestId, command: Command) -> Self {
+    pub fn new(id: RequestId, body: impl Into<ClientBody>) -> Self {
         Self {
             v: PROTOCOL_VERSION,
             id,
-            command,
+            body: body.into(),
         }
     }
 
     /// Decodes untrusted input: size and structure caps first, then the
-    /// typed decode.
+    /// typed decode of the control message or call command its `type` names.
     pub fn decode(input: &str, limits: &DecodeLimits) -> Result<Self, ProtocolError> {
-        decode_checked(input, limits, CLIENT_TYPES)
+        let head = check_head(input, limits, CLIENT_TYPES)?;
+        let request = head.id.as_deref().and_then(|s| RequestId::new(s).ok());
+        let invalid = |e: serde_json::Error| ProtocolError::Invalid {
+            detail: e.to_string(),
+            request: request.clone(),
+        };
+        let is_control = head
+            .ty
+            .as_deref()
+            .is_some_and(|t| CONTROL_TYPES.contains(&t));
+        if is_control {
+            let w: Wire<Control> = serde_json::from_str(input).map_err(invalid)?;
+            Ok(Self::new(w.id, w.body))
+        } else {
+            let w: Wire<Command> = serde_json::from_str(input).map_err(invalid)?;
+            Ok(Self::new(w.id, w.body))
+        }
     }
 
     /// Encodes as JSON.
     pub fn encode(&self) -> String {
         serde_json::to_string(self).expect("client messages always serialize")
     }
+
+    /// The call command, when this is one.
+    pub fn command(&self) -> Option<&Command> {
+        match &self.body {
+            ClientBody::Command(c) => Some(c),
+            ClientBody::Control(_) => None,
+        }
+    }
 }
 
-/// Client commands.
+/// One typed body of a client message, for the decoder.
+#[derive(Deserialize)]
+struct Wire<T> {
+    #[allow(dead_code)] // checked by the guard pass
+    v: u32,
+    id: RequestId,
+    #[serde(flatten)]
+    body: T,
+}
+
+/// What a client message carries: a connection-level message, handled by
+/// the connection machine ([`crate::connection`]), or a call command,
+/// handled by the switchboard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ClientBody {
+    /// `hello`, `renew`, `ping`, `sync`.
+    Control(Control),
+    /// `invite`, `cancel`, `accept`, `decline`, `hang_up`.
+    Command(Command),
+}
+
+impl From<Control> for ClientBody {
+    fn from(c: Control) -> Self {
+        ClientBody::Control(c)
+    }
+}
+
+impl From<Command> for ClientBody {
+    fn from(c: Command) -> Self {
+        ClientBody::Command(c)
+    }
+}
+
+/// Connection-level messages: the connection's life, not any call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
-pub enum Command {
+pub enum Control {
     /// First message on a connection: who (from the token), which device,
-    /// and where to resume the event stream.
+    /// and where to resume the event stream. Answered by `welcome`.
     Hello {
         /// This device's id.
         device: DeviceId,
@@ -85,15 +149,22 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         last_seq: Option<u64>,
     },
-    /// Replace the connection's token before it expires.
+    /// Replace the connection's token before it expires. Answered by `reply`.
     Renew {
         /// The new token.
         token: String,
     },
     /// Liveness probe; answered with `pong`.
     Ping,
-    /// Ask for a full snapshot (`sync`) of this user's calls.
+    /// Ask for a full snapshot of this user's calls; answered with `sync`.
     Sync,
+}
+
+/// Call commands: what the switchboard handles.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Command {
     /// Invite one or more callees.
     Invite(InviteRequest),
     /// Caller: stop ringing everyone who has not answered.
@@ -175,6 +246,9 @@ impl ServerMessage {
 pub enum ServerBody {
     /// Answer to `hello`: the session is open.
     Welcome {
+        /// The `hello` answered.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        re: Option<RequestId>,
         /// Who the server says you are.
         user: User,
         /// Your device.
@@ -206,6 +280,9 @@ pub enum ServerBody {
     /// Answer to `ping`, with the user's newest sequence number so that a
     /// client notices events lost at the tail of its stream.
     Pong {
+        /// The `ping` answered.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        re: Option<RequestId>,
         /// The newest sequence number of the user (absent from servers that
         /// do not know it).
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -455,6 +532,10 @@ impl Event {
 /// A full snapshot of one user's calls.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncBody {
+    /// The `sync` request answered; absent when the server sends the
+    /// snapshot unasked (after a `welcome` that could not resume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub re: Option<RequestId>,
     /// Events continue after this sequence number.
     pub seq: u64,
     /// Every live call the user is part of.
@@ -543,6 +624,20 @@ fn decode_checked<T: serde::de::DeserializeOwned>(
     limits: &DecodeLimits,
     known_types: &[&str],
 ) -> Result<T, ProtocolError> {
+    let head = check_head(input, limits, known_types)?;
+    let request = head.id.as_deref().and_then(|s| RequestId::new(s).ok());
+    serde_json::from_str(input).map_err(|e| ProtocolError::Invalid {
+        detail: e.to_string(),
+        request,
+    })
+}
+
+/// The guard pass plus the version and type checks every message gets.
+fn check_head(
+    input: &str,
+    limits: &DecodeLimits,
+    known_types: &[&str],
+) -> Result<guard::Head, ProtocolError> {
     let head = guard::check(input, limits)?;
     match head.v {
         Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
@@ -562,8 +657,5 @@ fn decode_checked<T: serde::de::DeserializeOwned>(
             });
         }
     }
-    serde_json::from_str(input).map_err(|e| ProtocolError::Invalid {
-        detail: e.to_string(),
-        request,
-    })
+    Ok(head)
 }

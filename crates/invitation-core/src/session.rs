@@ -24,8 +24,8 @@ use crate::error::CommandError;
 use crate::id::{CallId, DeviceId, RequestId, UserId};
 use crate::model::{CallType, CustomData, Reason, User};
 use crate::protocol::{
-    CallSnapshot, CalleeOutcome, ClientMessage, Command, ErrorBody, Event, ReplyResult, Role,
-    ServerBody, ServerMessage, SnapshotState, SyncBody,
+    CallSnapshot, CalleeOutcome, ClientBody, ClientMessage, Command, Control, ErrorBody, Event,
+    ReplyResult, Role, ServerBody, ServerMessage, SnapshotState, SyncBody,
 };
 
 /// Client-side settings.
@@ -322,7 +322,7 @@ pub struct ClientSession {
     calls: HashMap<CallId, LocalCall>,
     ended: HashSet<CallId>,
     ended_order: VecDeque<CallId>,
-    pending: HashMap<RequestId, Command>,
+    pending: HashMap<RequestId, ClientBody>,
     pending_order: Vec<RequestId>,
     next_request: u64,
     request_prefix: String,
@@ -422,7 +422,7 @@ impl ClientSession {
         self.wants_reconnect = false;
         self.gap_since = None;
         self.sync_asked = None;
-        let hello = Command::Hello {
+        let hello = Control::Hello {
             device: self.device.clone(),
             token,
             last_seq: self.last_seq,
@@ -456,7 +456,11 @@ impl ClientSession {
     /// Issues a command: returns its request id; the message is queued for
     /// [`ClientSession::poll_transmit`] (or for the next connection) and the
     /// result arrives through [`ClientSession::poll_completion`].
-    pub fn command(&mut self, now: Instant, command: Command) -> RequestId {
+    ///
+    /// Call commands and `renew` go through here (both are retried until
+    /// answered); `hello`, `ping` and `sync` are the session's own business.
+    pub fn command(&mut self, now: Instant, command: impl Into<ClientBody>) -> RequestId {
+        let command = command.into();
         let id = self.fresh_request_id();
         self.pending.insert(id.clone(), command.clone());
         self.pending_order.push(id.clone());
@@ -489,7 +493,7 @@ impl ClientSession {
             ServerBody::Error(body) => self.on_error(now, body),
             ServerBody::Event { seq, event } => self.on_event(now, seq, event),
             ServerBody::Sync(sync) => self.on_sync(now, sync),
-            ServerBody::Pong { seq: Some(seq) } => {
+            ServerBody::Pong { seq: Some(seq), .. } => {
                 // Events lost at the tail of the stream show up here.
                 if !self.awaiting_sync && seq > self.last_seq.unwrap_or(0) {
                     self.gap_since.get_or_insert(now);
@@ -691,7 +695,10 @@ impl ClientSession {
         self.on_reply(now, re, Err(error));
     }
 
-    fn on_success(&mut self, now: Instant, command: &Command, result: &ReplyResult) {
+    fn on_success(&mut self, now: Instant, command: &ClientBody, result: &ReplyResult) {
+        let ClientBody::Command(command) = command else {
+            return; // renew: nothing to apply
+        };
         match (command, result) {
             (
                 Command::Invite(req),
@@ -758,7 +765,7 @@ impl ClientSession {
     /// this device" for `caller`'s call is then our invite merged by glare.
     fn glare_invite_pending(&self, caller: &UserId) -> bool {
         self.pending.values().any(|cmd| {
-            matches!(cmd, Command::Invite(req) if req.callees.len() == 1 && &req.callees[0] == caller)
+            matches!(cmd, ClientBody::Command(Command::Invite(req)) if req.callees.len() == 1 && &req.callees[0] == caller)
         })
     }
 
@@ -857,7 +864,7 @@ impl ClientSession {
             self.sync_asked = Some(now);
             let id = self.fresh_request_id();
             self.transmit
-                .push_back(ClientMessage::new(id, Command::Sync));
+                .push_back(ClientMessage::new(id, Control::Sync));
         }
     }
 

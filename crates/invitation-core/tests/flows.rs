@@ -288,12 +288,10 @@ fn b4_accept_one_millisecond_after_the_deadline() {
     let result = net.sb.handle_command(
         late,
         conn,
-        ClientMessage::new(
-            RequestId::new("late").unwrap(),
-            Command::Accept {
-                call_id: call.clone(),
-            },
-        ),
+        RequestId::new("late").unwrap(),
+        Command::Accept {
+            call_id: call.clone(),
+        },
     );
     assert_eq!(
         result,
@@ -560,7 +558,10 @@ fn d1_identity_comes_from_the_connection() {
     let json = r#"{"v":1,"id":"x1","type":"invite","callees":["bob"],"call_type":"voice","caller":"alice","from":{"id":"alice"}}"#;
     let msg = ClientMessage::decode(json, &Default::default()).unwrap();
     let now = net.now;
-    let Ok(ReplyResult::Invited { call_id, .. }) = net.sb.handle_command(now, conn, msg) else {
+    let command = msg.command().cloned().expect("a call command");
+    let Ok(ReplyResult::Invited { call_id, .. }) =
+        net.sb.handle_command(now, conn, msg.id, command)
+    else {
         panic!()
     };
     assert_eq!(net.sb.call(&call_id).unwrap().caller().id, uid("mallory"));
@@ -740,11 +741,14 @@ fn c3_same_device_reconnecting_replaces_the_old_connection() {
     online(&mut net, &["alice", "bob"]);
     let old = net.dev("bob", "phone").conn.unwrap();
     let now = net.now;
-    let new = net.sb.connect(
+    let new = invitation_core::ConnId::new(999);
+    net.sb.connect(
         now,
+        new,
         invitation_core::User::named("bob", "B"),
         did("phone"),
         Some(0),
+        None,
     );
     let outs: Vec<_> = std::iter::from_fn(|| net.sb.poll_output()).collect();
     assert!(

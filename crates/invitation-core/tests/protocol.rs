@@ -18,43 +18,49 @@ fn limits() -> DecodeLimits {
 }
 
 fn every_client_message() -> Vec<ClientMessage> {
-    let commands = vec![
-        Command::Hello {
+    let commands: Vec<ClientBody> = vec![
+        Control::Hello {
             device: DeviceId::new("phone").unwrap(),
             token: Some("tok".into()),
             last_seq: Some(7),
-        },
-        Command::Hello {
+        }
+        .into(),
+        Control::Hello {
             device: DeviceId::new("phone").unwrap(),
             token: None,
             last_seq: None,
-        },
-        Command::Renew { token: "t2".into() },
-        Command::Ping,
-        Command::Sync,
+        }
+        .into(),
+        Control::Renew { token: "t2".into() }.into(),
+        Control::Ping.into(),
+        Control::Sync.into(),
         Command::Invite(InviteRequest {
             callees: vec![UserId::new("bob").unwrap(), UserId::new("carol").unwrap()],
             call_type: CallType::Video,
             custom_data: Some(CustomData::new("{\"room\":\"r\"}").unwrap()),
             timeout_s: Some(30),
-        }),
+        })
+        .into(),
         Command::Invite(InviteRequest {
             callees: vec![UserId::new("bob").unwrap()],
             call_type: CallType::Voice,
             custom_data: None,
             timeout_s: None,
-        }),
-        Command::Cancel { call_id: cid() },
-        Command::Accept { call_id: cid() },
+        })
+        .into(),
+        Command::Cancel { call_id: cid() }.into(),
+        Command::Accept { call_id: cid() }.into(),
         Command::Decline {
             call_id: cid(),
             busy: false,
-        },
+        }
+        .into(),
         Command::Decline {
             call_id: cid(),
             busy: true,
-        },
-        Command::HangUp { call_id: cid() },
+        }
+        .into(),
+        Command::HangUp { call_id: cid() }.into(),
     ];
     commands
         .into_iter()
@@ -112,6 +118,7 @@ fn every_server_message() -> Vec<ServerMessage> {
         .collect();
     bodies.extend([
         ServerBody::Welcome {
+            re: Some(rid()),
             user: alice.clone(),
             device: DeviceId::new("phone").unwrap(),
             seq: 12,
@@ -154,6 +161,7 @@ fn every_server_message() -> Vec<ServerMessage> {
             retry_after_ms: Some(1500),
         }),
         ServerBody::Sync(SyncBody {
+            re: None,
             seq: 40,
             calls: vec![CallSnapshot {
                 call_id: cid(),
@@ -181,8 +189,14 @@ fn every_server_message() -> Vec<ServerMessage> {
                 }],
             }],
         }),
-        ServerBody::Pong { seq: Some(40) },
-        ServerBody::Pong { seq: None },
+        ServerBody::Pong {
+            re: Some(rid()),
+            seq: Some(40),
+        },
+        ServerBody::Pong {
+            re: None,
+            seq: None,
+        },
         ServerBody::Closing {
             reason: CloseReason::Replaced,
         },
@@ -234,8 +248,8 @@ fn unknown_fields_are_ignored() {
     let json =
         r#"{"v":1,"id":"r1","type":"accept","call_id":"call-1","future":{"x":[1,2]},"z":null}"#;
     assert_eq!(
-        ClientMessage::decode(json, &limits()).unwrap().command,
-        Command::Accept { call_id: cid() }
+        ClientMessage::decode(json, &limits()).unwrap().body,
+        ClientBody::Command(Command::Accept { call_id: cid() })
     );
 }
 

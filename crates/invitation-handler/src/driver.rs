@@ -2,7 +2,7 @@
 //! over a transport, reconnects with backoff, keeps the link alive, and
 //! hands events to the dispatcher. It never awaits a handler.
 
-use invitation_core::protocol::{ClientMessage, Command, ReplyResult, ServerBody};
+use invitation_core::protocol::{ClientMessage, Command, Control, ReplyResult, ServerBody};
 use invitation_core::{AppEvent, ClientSession, CommandError, ConnectionState, RequestId};
 use invitation_transport::{BoxConnection, BoxTransport, TransportError, TransportErrorKind};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -232,7 +232,7 @@ impl Driver {
                     }
                     Some(DriverMsg::Renew { token, done }) => {
                         self.token = Some(token.clone());
-                        let id = self.session.command(now(), Command::Renew { token });
+                        let id = self.session.command(now(), Control::Renew { token });
                         self.waiters.push((id, done));
                     }
                     Some(DriverMsg::Close(ack)) => {
@@ -266,7 +266,7 @@ impl Driver {
                         pinged = true;
                         self.keepalive += 1;
                         let id = RequestId::new(format!("ka{}", self.keepalive)).expect("valid id");
-                        if let Err(e) = conn.send(ClientMessage::new(id, Command::Ping)).await {
+                        if let Err(e) = conn.send(ClientMessage::new(id, Control::Ping)).await {
                             return Exit::Lost(e);
                         }
                     }

@@ -50,6 +50,9 @@ pub const KEYS: &[&str] = &[
     "log_format",
     "worker_threads",
     "shed_invites_after_ms",
+    "write_timeout_s",
+    "message_timeout_s",
+    "send_buffer_bytes",
 ];
 
 /// Every server setting. Field names are the TOML keys.
@@ -68,7 +71,9 @@ pub struct Config {
     /// Browser Origins allowed to connect (`*` allows any). Requests without
     /// an Origin header (native apps) are always allowed.
     pub allowed_origins: Vec<String>,
-    /// Largest WebSocket message and frame, bytes (64 KiB).
+    /// Largest WebSocket message and frame, bytes (16 KiB: the largest v1
+    /// message is an invite with 8 KiB of custom data; JSON escaping of
+    /// control characters in custom data can need more, raise it then).
     pub max_message_bytes: usize,
     /// Read buffer per connection, bytes (4 KiB; tungstenite's default is 128 KiB).
     pub read_buffer_bytes: usize,
@@ -118,6 +123,14 @@ pub struct Config {
     /// server's queue is refused with `unavailable` and `retry_after_ms`
     /// (50 ms; 0 turns shedding off). Calls already set up are never shed.
     pub shed_invites_after_ms: u64,
+    /// Seconds a write, flush or close to one client may take before the
+    /// client is dropped as not reading (10).
+    pub write_timeout_s: u64,
+    /// Seconds a client may take to finish a message it started (10).
+    pub message_timeout_s: u64,
+    /// Kernel send buffer per connection, bytes (64 KiB; Linux doubles it):
+    /// what a client that stops reading can make the kernel hold.
+    pub send_buffer_bytes: usize,
 }
 
 impl Default for Config {
@@ -128,7 +141,7 @@ impl Default for Config {
             audience: "invitation".to_owned(),
             issuer: None,
             allowed_origins: Vec::new(),
-            max_message_bytes: 64 * 1024,
+            max_message_bytes: 16 * 1024,
             read_buffer_bytes: 4 * 1024,
             handshake_timeout_s: 10,
             auth_timeout_s: 5,
@@ -151,6 +164,9 @@ impl Default for Config {
             log_format: LogFormat::Text,
             worker_threads: 0,
             shed_invites_after_ms: 50,
+            write_timeout_s: 10,
+            message_timeout_s: 10,
+            send_buffer_bytes: 64 * 1024,
         }
     }
 }
@@ -269,6 +285,15 @@ impl Config {
         if self.conn_rate_per_ip <= 0.0 || self.invite_rate_per_user <= 0.0 {
             return Err(invalid("invite_rate_per_user", "rates must be positive"));
         }
+        if !(1..=600).contains(&self.write_timeout_s) {
+            return Err(invalid("write_timeout_s", "must be 1 to 600"));
+        }
+        if !(1..=600).contains(&self.message_timeout_s) {
+            return Err(invalid("message_timeout_s", "must be 1 to 600"));
+        }
+        if !(4096..=64 * 1024 * 1024).contains(&self.send_buffer_bytes) {
+            return Err(invalid("send_buffer_bytes", "must be 4 KiB to 64 MiB"));
+        }
         if self.worker_threads > 1024 {
             return Err(invalid("worker_threads", "must be 0 (auto) to 1024"));
         }
@@ -317,6 +342,25 @@ impl Config {
     /// Queue wait after which new invitations are shed (`None`: never).
     pub fn shed_after(&self) -> Option<Duration> {
         (self.shed_invites_after_ms > 0).then(|| Duration::from_millis(self.shed_invites_after_ms))
+    }
+    /// The per-write deadline.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout_s)
+    }
+    /// Time allowed to finish a started message.
+    pub fn message_timeout(&self) -> Duration {
+        Duration::from_secs(self.message_timeout_s)
+    }
+    /// The connection machine's settings.
+    pub fn connection_config(&self) -> invitation_core::ConnectionConfig {
+        let mut c = invitation_core::ConnectionConfig::default();
+        c.hello_timeout = self.auth_timeout();
+        c.ping_every = Some(self.ping_every());
+        c.dead_after = self.dead_after();
+        c.max_in_flight = (self.outbound_queue / 4).max(1);
+        c.max_protocol_errors = self.max_protocol_errors;
+        c.limits.max_bytes = self.max_message_bytes;
+        c
     }
     /// Silence after which a connection is dead.
     pub fn dead_after(&self) -> Duration {

@@ -1,6 +1,12 @@
 //! One client connection, from the first byte to the close: HTTP routing,
-//! upgrade, authentication by the first message, then the session loop
-//! (frames in, hub messages out, heartbeats, token expiry, shutdown).
+//! the upgrade, then a thin shell around the core's connection machine
+//! (`DeviceConnection`): frames in, the machine's outputs out, the hub's
+//! messages through the machine's accounting to the socket.
+//!
+//! The shell owns only what is about sockets: every write, flush and close
+//! has a deadline (a client that stops reading cannot hold the task), the
+//! kernel's send buffer is bounded, a started message must finish in time
+//! ([`crate::metered`]), and WebSocket read errors map to close codes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,29 +14,34 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
-use invitation_core::protocol::{
-    ClientMessage, CloseReason, Command, ErrorBody, ReplyResult, ServerBody, ServerMessage,
+use invitation_core::protocol::{Command, ServerMessage};
+use invitation_core::{
+    AuthRefusal, Authenticator, CloseCause, ConnId, ConnectionOutput, DeviceConnection, Identity,
+    SwitchboardInput,
 };
-use invitation_core::{DecodeLimits, ErrorCode, ProtocolError, User};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep_until, timeout_at};
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::auth::Identity;
+use crate::auth::Authority;
 use crate::http::{self, Prefixed, Route};
-use crate::hub::{Hub, HubMsg, LinkKey, Outbound, Queued, Stamp};
+use crate::hub::{Hub, HubMsg, Outbound, Queued, Stamp};
+use crate::metered::{Metered, client_frame_len};
 use crate::metrics::Refusal;
 use crate::outbox::Outbox;
 use crate::server::Shared;
 
-type Ws = WebSocketStream<Prefixed<TcpStream>>;
+/// Bytes of queued frames written to the socket in one go.
+const WRITE_BATCH: usize = 64 * 1024;
+
+type Ws = WebSocketStream<Metered<Prefixed<TcpStream>>>;
 
 /// Serves one accepted TCP connection to the end. Never panics on input.
-pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, key: LinkKey) {
+pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, key: ConnId) {
     // The task's state is as large as its largest await. The handshake is
     // boxed (it is over by the time the connection idles) and `run` borrows
     // the session: an async fn taking a large `self` by value keeps it twice
@@ -99,17 +110,29 @@ async fn upgrade(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> Op
         return None;
     }
     let _ = stream.set_nodelay(true);
+    // What the kernel may hold for a client that stops reading. Linux
+    // doubles the value for its bookkeeping.
+    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(shared.config.send_buffer_bytes);
     let config = WebSocketConfig::default()
         .read_buffer_size(shared.config.read_buffer_bytes)
         // Writes are batched by the session loop (feed, then one flush).
-        .write_buffer_size(64 * 1024)
-        .max_write_buffer_size(shared.config.max_message_bytes * 4)
+        .write_buffer_size(WRITE_BATCH)
+        // Above the batch: room for two of the largest server messages (an
+        // event carries custom data and up to nine callees). Must exceed the
+        // batch size, or tungstenite panics.
+        .max_write_buffer_size(WRITE_BATCH + 2 * 64 * 1024)
         .max_message_size(Some(shared.config.max_message_bytes))
         .max_frame_size(Some(shared.config.max_message_bytes));
-    let upgrade =
-        tokio_tungstenite::accept_async_with_config(Prefixed::new(bytes, stream), Some(config));
+    let metered = Metered::new(
+        Prefixed::new(bytes, stream),
+        shared.config.message_timeout(),
+    );
+    let upgrade = tokio_tungstenite::accept_async_with_config(metered, Some(config));
     match timeout_at(deadline, upgrade).await {
-        Ok(Ok(ws)) => Some(ws),
+        Ok(Ok(mut ws)) => {
+            ws.get_mut().reset();
+            Some(ws)
+        }
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "websocket handshake failed");
             shared.metrics.refused(Refusal::Handshake);
@@ -122,421 +145,319 @@ async fn upgrade(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> Op
     }
 }
 
-/// Closes the outbox when the session ends, however it ends.
-struct CloseOnDrop(Arc<Outbox>);
+/// Closes the outbox when the session ends, however it ends (a panic
+/// included), so the hub stops queueing for it; and tells the hub the device
+/// left if the machine could not.
+struct Leave {
+    outbox: Arc<Outbox>,
+    hub: mpsc::Sender<HubMsg>,
+    conn: ConnId,
+    joined: bool,
+}
 
-impl Drop for CloseOnDrop {
+impl Drop for Leave {
     fn drop(&mut self) {
-        self.0.close(None);
+        self.outbox.close(None);
+        if self.joined {
+            let msg = HubMsg::Input {
+                conn: self.conn,
+                input: SwitchboardInput::Disconnect,
+                at: Instant::now(),
+            };
+            if let Err(mpsc::error::TrySendError::Full(msg)) = self.hub.try_send(msg) {
+                let hub = self.hub.clone();
+                tokio::spawn(async move {
+                    let _ = hub.send(msg).await;
+                });
+            }
+        }
     }
 }
+
+/// Verifies tokens for the connection machine; the refusal's detail goes to
+/// the log here, the client only ever reads `unauthorized`.
+struct Tokens<'a> {
+    authority: &'a Authority,
+    peer: SocketAddr,
+}
+
+impl Authenticator for Tokens<'_> {
+    fn authenticate(&self, token: Option<&str>) -> Result<Identity, AuthRefusal> {
+        match self.authority.verify(token.unwrap_or("")) {
+            Ok(id) => {
+                let valid_for = id
+                    .expires
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+                Ok(Identity::new(id.user, Some(valid_for)))
+            }
+            Err(e) => {
+                tracing::info!(peer = %self.peer, error = %e, "authentication failed");
+                Err(AuthRefusal::new(e.to_string()))
+            }
+        }
+    }
+}
+
+/// The WebSocket close code for each way a connection ends.
+fn close_code(cause: CloseCause) -> Option<CloseCode> {
+    Some(match cause {
+        CloseCause::PeerGone | CloseCause::DeadPeer | CloseCause::Stalled => return None,
+        CloseCause::TooLarge => CloseCode::Size,
+        CloseCause::InvalidUtf8 => CloseCode::Invalid,
+        CloseCause::Unsupported => CloseCode::Unsupported,
+        CloseCause::TransportProtocol => CloseCode::Protocol,
+        CloseCause::ShuttingDown => CloseCode::Away,
+        CloseCause::Replaced => CloseCode::Normal,
+        _ => CloseCode::Policy,
+    })
+}
+
+/// Maps a read error to how the connection ends.
+fn read_error(e: &WsError) -> CloseCause {
+    match e {
+        WsError::Capacity(_) => CloseCause::TooLarge,
+        WsError::Utf8(_) => CloseCause::InvalidUtf8,
+        WsError::Protocol(_) => CloseCause::TransportProtocol,
+        WsError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => CloseCause::Stalled,
+        _ => CloseCause::PeerGone,
+    }
+}
+
+/// A write or flush that did not finish in time: the peer does not read.
+struct WriteFailed;
 
 struct Session {
     ws: Ws,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    key: LinkKey,
-    limits: DecodeLimits,
-    errors: u32,
-}
-
-/// How the session loop ended.
-enum End {
-    /// Send this close frame (and maybe a `closing` message first).
-    Close(CloseCode, &'static str, Option<CloseReason>),
-    /// The peer is gone; nothing to send.
-    Gone,
+    conn: ConnId,
+    machine: DeviceConnection,
+    /// Messages written since the last flush.
+    unflushed: bool,
+    /// The device joined the switchboard (for the sessions gauge).
+    opened: bool,
+    /// A write missed its deadline.
+    write_failed: bool,
 }
 
 impl Session {
-    fn new(ws: Ws, peer: SocketAddr, shared: Arc<Shared>, key: LinkKey) -> Self {
-        let limits = DecodeLimits {
-            max_bytes: shared.config.max_message_bytes,
-            ..DecodeLimits::default()
-        };
+    fn new(ws: Ws, peer: SocketAddr, shared: Arc<Shared>, conn: ConnId) -> Self {
+        let machine = DeviceConnection::new(Instant::now().into_std(), shared.conn_config.clone());
         Self {
             ws,
             peer,
             shared,
-            key,
-            limits,
-            errors: 0,
+            conn,
+            machine,
+            unflushed: false,
+            opened: false,
+            write_failed: false,
         }
     }
 
-    async fn send(&mut self, body: ServerBody) -> Result<(), WsError> {
+    async fn feed(&mut self, message: Message) -> Result<(), WriteFailed> {
+        self.unflushed = true;
+        match timeout(self.shared.config.write_timeout(), self.ws.feed(message)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(WriteFailed),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), WriteFailed> {
+        if !std::mem::take(&mut self.unflushed) {
+            return Ok(());
+        }
+        match timeout(self.shared.config.write_timeout(), self.ws.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(WriteFailed),
+        }
+    }
+
+    /// Writes one server message, through the machine's accounting.
+    async fn write(&mut self, message: &ServerMessage, stamp: Stamp) -> Result<(), WriteFailed> {
+        self.machine.handle_sent(message);
         self.shared
             .metrics
             .messages_out
             .fetch_add(1, Ordering::Relaxed);
-        self.ws
-            .send(Message::text(ServerMessage::new(body).encode()))
-            .await
-    }
-
-    async fn close(&mut self, code: CloseCode, why: &'static str, reason: Option<CloseReason>) {
-        if let Some(reason) = reason {
-            let _ = self.send(ServerBody::Closing { reason }).await;
+        self.feed(Message::text(message.encode())).await?;
+        match stamp {
+            Stamp::Ring(at) => self.shared.metrics.ring.observe(at.elapsed()),
+            Stamp::Timer(at) => self.shared.metrics.timer_lateness.observe(at.elapsed()),
+            Stamp::None => {}
         }
-        let _ = self
-            .ws
-            .close(Some(CloseFrame {
-                code,
-                reason: why.into(),
-            }))
-            .await;
-    }
-
-    /// Maps a read error to its close code (E1: 1009, E3: 1007).
-    fn read_error(e: &WsError) -> End {
-        use tokio_tungstenite::tungstenite::error::CapacityError;
-        match e {
-            WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
-                End::Close(CloseCode::Size, "message too large", None)
-            }
-            WsError::Capacity(_) => End::Close(CloseCode::Size, "too large", None),
-            WsError::Utf8(_) => End::Close(CloseCode::Invalid, "invalid utf-8", None),
-            WsError::Protocol(_) => End::Close(CloseCode::Protocol, "protocol error", None),
-            _ => End::Gone,
-        }
-    }
-
-    /// Counts a bad message; answers it; past the limit, closes.
-    async fn protocol_error(&mut self, e: &ProtocolError) -> Option<End> {
-        self.errors += 1;
-        self.shared
-            .metrics
-            .protocol_errors
-            .fetch_add(1, Ordering::Relaxed);
-        if self
-            .send(ServerBody::Error(ErrorBody::from_protocol(e)))
-            .await
-            .is_err()
-        {
-            return Some(End::Gone);
-        }
-        (self.errors > self.shared.config.max_protocol_errors).then_some(End::Close(
-            CloseCode::Policy,
-            "too many protocol errors",
-            Some(CloseReason::ProtocolViolation),
-        ))
-    }
-
-    async fn unauthorized(&mut self, re: Option<invitation_core::RequestId>, message: String) {
-        self.shared.metrics.refused(Refusal::Auth);
-        let _ = self
-            .send(ServerBody::Error(ErrorBody {
-                re,
-                code: ErrorCode::Unauthorized,
-                message,
-                reason: None,
-                retry_after_ms: None,
-            }))
-            .await;
-        self.close(CloseCode::Policy, "unauthorized", None).await;
-    }
-
-    /// Waits for `hello` with a valid token (D12: within the auth timeout).
-    async fn authenticate(&mut self) -> Option<(Identity, ClientMessage)> {
-        let deadline = Instant::now() + self.shared.config.auth_timeout();
-        loop {
-            let frame = match timeout_at(deadline, self.ws.next()).await {
-                Err(_) => {
-                    self.shared.metrics.refused(Refusal::Auth);
-                    self.close(CloseCode::Policy, "no hello in time", None)
-                        .await;
-                    return None;
-                }
-                Ok(None) => return None,
-                Ok(Some(Err(e))) => {
-                    if let End::Close(code, why, _) = Self::read_error(&e) {
-                        self.close(code, why, None).await;
-                    }
-                    return None;
-                }
-                Ok(Some(Ok(m))) => m,
-            };
-            let text = match frame {
-                Message::Text(t) => t,
-                Message::Binary(_) => {
-                    self.close(CloseCode::Unsupported, "text frames only", None)
-                        .await;
-                    return None;
-                }
-                Message::Close(_) => return None,
-                _ => continue,
-            };
-            self.shared
-                .metrics
-                .messages_in
-                .fetch_add(1, Ordering::Relaxed);
-            let message = match ClientMessage::decode(text.as_str(), &self.limits) {
-                Ok(m) => m,
-                Err(e) => {
-                    if let Some(End::Close(code, why, reason)) = self.protocol_error(&e).await {
-                        self.close(code, why, reason).await;
-                        return None;
-                    }
-                    continue;
-                }
-            };
-            let Command::Hello { token, .. } = &message.command else {
-                self.unauthorized(
-                    Some(message.id.clone()),
-                    "the first message must be hello with a token".into(),
-                )
-                .await;
-                return None;
-            };
-            match self.shared.authority.verify(token.as_deref().unwrap_or("")) {
-                Ok(identity) => return Some((identity, message)),
-                Err(e) => {
-                    tracing::info!(peer = %self.peer, error = %e, "authentication failed");
-                    self.unauthorized(Some(message.id.clone()), e.to_string())
-                        .await;
-                    return None;
-                }
-            }
-        }
+        Ok(())
     }
 
     async fn run(&mut self) {
-        // Locals of this frame live as long as the connection does: only what
-        // the session needs survives the block.
-        let (user, device, last_seq, mut expires) = {
-            let Some((identity, hello)) = Box::pin(self.authenticate()).await else {
-                return;
-            };
-            let Command::Hello {
-                device, last_seq, ..
-            } = hello.command
-            else {
-                unreachable!("authenticate returns hello")
-            };
-            (identity.user, device, last_seq, identity.expires)
-        };
         let outbox = Outbox::new(self.shared.config.outbound_queue);
-        // Closed whichever way this ends, so the hub stops queueing for it.
-        let _closer = CloseOnDrop(outbox.clone());
-        let opened = self
-            .shared
-            .hub
-            .send(HubMsg::Open {
-                key: self.key,
-                user: user.clone(),
-                device: device.clone(),
-                last_seq,
-                tx: outbox.clone(),
-            })
-            .await;
-        if opened.is_err() {
-            self.close(
-                CloseCode::Away,
-                "shutting down",
-                Some(CloseReason::ShuttingDown),
-            )
-            .await;
-            return;
-        }
-        self.shared.metrics.sessions.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(peer = %self.peer, user = %user.id, %device, "session open");
-        let end = self.session(&outbox, &user, &mut expires).await;
-        let _ = self.shared.hub.send(HubMsg::Close { key: self.key }).await;
-        self.shared.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
-        if let End::Close(code, why, reason) = end {
-            self.close(code, why, reason).await;
-        }
-        tracing::debug!(peer = %self.peer, user = %user.id, %device, "session closed");
-    }
-
-    async fn session(&mut self, rx: &Outbox, user: &User, expires: &mut SystemTime) -> End {
-        let ping_every = self.shared.config.ping_every();
-        let dead_after = self.shared.config.dead_after();
-        let mut shutdown = self.shared.shutdown.clone();
-        let mut last_rx = Instant::now();
-        let mut pinged = false;
-        // Commands sent to the hub and not yet answered. Past the limit the
-        // socket is not read: a pipelining client is slowed down by TCP
-        // instead of overflowing its own outbound queue.
-        let max_in_flight = (self.shared.config.outbound_queue / 4).max(1);
-        let mut in_flight = 0usize;
-        // Two timers registered once and moved only when their deadline
-        // really changes, not re-created for every message.
-        let until_expiry = |at: SystemTime| {
-            Instant::now()
-                + at.duration_since(SystemTime::now())
-                    .unwrap_or(Duration::ZERO)
+        let mut leave = Leave {
+            outbox: outbox.clone(),
+            hub: self.shared.hub.clone(),
+            conn: self.conn,
+            joined: false,
         };
-        let mut expiry_for = *expires;
-        let expiry = sleep_until(until_expiry(expiry_for));
-        let beat = sleep_until(last_rx + ping_every);
-        tokio::pin!(expiry, beat);
-        loop {
-            if *expires != expiry_for {
-                expiry_for = *expires; // renewed in band
-                expiry.as_mut().reset(until_expiry(expiry_for));
+        let mut shutdown = self.shared.shutdown.clone();
+        // One timer, moved only when the machine's next deadline changes.
+        let timer = sleep_until(Instant::now());
+        tokio::pin!(timer);
+        let mut armed = None;
+        let cause = loop {
+            // Boxed, like the other rare awaits below: the task's state is
+            // as large as its largest await, and every idle connection
+            // pays for that; an allocation per message costs less.
+            match Box::pin(self.carry_out(&outbox, &mut leave)).await {
+                Ok(Some(cause)) => break cause,
+                Ok(None) => {}
+                Err(WriteFailed) => break CloseCause::TooSlow,
+            }
+            if Box::pin(self.flush()).await.is_err() {
+                break CloseCause::TooSlow;
+            }
+            let deadline = self.machine.poll_timeout().map(Instant::from_std);
+            if deadline != armed {
+                if let Some(d) = deadline {
+                    timer.as_mut().reset(d);
+                }
+                armed = deadline;
             }
             tokio::select! {
                 biased;
-                out = rx.recv() => {
+                out = outbox.recv() => {
                     // Write everything already queued, then flush once: one
                     // system call for a reply and the events it caused.
-                    let mut next = out;
-                    let mut batch = 0;
-                    loop {
-                        match next {
-                            Some(Outbound::Message(queued)) => {
-                                let Queued { message, stamp } = *queued;
-                                if matches!(message.body, ServerBody::Reply { .. } | ServerBody::Error(_) | ServerBody::Pong { .. }) {
-                                    in_flight = in_flight.saturating_sub(1);
-                                }
-                                self.shared.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
-                                if self.ws.feed(Message::text(message.encode())).await.is_err() {
-                                    return End::Gone;
-                                }
-                                match stamp {
-                                    Stamp::Ring(at) => self.shared.metrics.ring.observe(at.elapsed()),
-                                    Stamp::Timer(at) => self.shared.metrics.timer_lateness.observe(at.elapsed()),
-                                    Stamp::None => {}
-                                }
-                            }
-                            Some(Outbound::Close(reason)) => {
-                                let _ = self.ws.flush().await;
-                                return End::Close(CloseCode::Normal, "closed by the server", Some(reason));
-                            }
-                            None => {
-                                let _ = self.ws.flush().await;
-                                return End::Close(CloseCode::Policy, "too slow", Some(CloseReason::TooSlow));
-                            }
-                        }
-                        batch += 1;
-                        if batch >= 64 {
-                            break;
-                        }
-                        match rx.try_pop() {
-                            Some(m) => next = Some(m),
-                            None => break,
-                        }
-                    }
-                    if self.ws.flush().await.is_err() {
-                        return End::Gone;
+                    if Box::pin(self.outbound(out, &outbox)).await.is_err() {
+                        break self.write_failed();
                     }
                 }
-                frame = self.ws.next(), if in_flight < max_in_flight => {
-                    let frame = match frame {
-                        None => return End::Gone,
-                        Some(Err(e)) => return Self::read_error(&e),
-                        Some(Ok(f)) => f,
-                    };
-                    last_rx = Instant::now();
-                    if std::mem::take(&mut pinged) {
-                        beat.as_mut().reset(last_rx + ping_every);
-                    }
-                    match frame {
-                        // Boxed: one small allocation per message instead of
-                        // ~600 bytes in every idle connection's task.
-                        Message::Text(text) => match Box::pin(self.on_text(text.as_str(), user, expires)).await {
-                            Ok(true) => in_flight += 1,
-                            Ok(false) => {}
-                            Err(end) => return end,
-                        },
-                        Message::Binary(_) => return End::Close(CloseCode::Unsupported, "text frames only", None),
-                        Message::Close(_) => return End::Gone,
-                        _ => {} // ping / pong: tungstenite answers pings itself
-                    }
+                frame = self.ws.next(), if self.machine.wants_read() => {
+                    self.inbound(frame);
                 }
-                () = &mut beat => {
-                    // The timer is not moved on every message: when it fires,
-                    // see whether the client spoke since.
-                    let due = last_rx + if pinged { dead_after } else { ping_every };
-                    if Instant::now() < due {
-                        beat.as_mut().reset(due);
-                        continue;
-                    }
-                    if pinged {
-                        tracing::info!(peer = %self.peer, user = %user.id, "no message within the heartbeat window");
-                        return End::Gone;
-                    }
-                    pinged = true;
-                    beat.as_mut().reset(last_rx + dead_after);
-                    if self.ws.send(Message::Ping(Vec::new().into())).await.is_err() {
-                        return End::Gone;
-                    }
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    self.machine.handle_timeout(Instant::now().into_std());
                 }
-                () = &mut expiry => {
-                    return End::Close(CloseCode::Policy, "token expired", Some(CloseReason::TokenExpired));
-                }
-                _ = shutdown.changed() => {
-                    return End::Close(CloseCode::Away, "shutting down", Some(CloseReason::ShuttingDown));
-                }
+                _ = shutdown.changed() => self.machine.close(CloseCause::ShuttingDown),
             }
+        };
+        drop(leave); // the hub learns the device left, if the machine could not tell it
+        if self.opened {
+            self.shared.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
+        }
+        if matches!(cause, CloseCause::Unauthorized | CloseCause::NoHello) {
+            self.shared.metrics.refused(Refusal::Auth);
+        }
+        let user = self.machine.user().map(|u| u.id.clone());
+        tracing::debug!(peer = %self.peer, conn = %self.conn, user = ?user, %cause, "connection closed");
+        if self.write_failed {
+            return; // dropping the stream shuts the socket
+        }
+        if let Some(code) = close_code(cause) {
+            let frame = CloseFrame {
+                code,
+                reason: cause.as_str().into(),
+            };
+            let close = timeout(
+                self.shared.config.write_timeout(),
+                self.ws.close(Some(frame)),
+            );
+            let _ = Box::pin(close).await;
         }
     }
 
-    /// Handles one text frame. `Ok(true)`: a command went to the hub (one
-    /// answer will come back through the queue).
-    async fn on_text(
+    /// A write missed its deadline: the connection ends without another write.
+    fn write_failed(&mut self) -> CloseCause {
+        tracing::info!(peer = %self.peer, conn = %self.conn, "client does not read: dropping it");
+        self.shared.metrics.too_slow.fetch_add(1, Ordering::Relaxed);
+        self.write_failed = true;
+        self.machine.close(CloseCause::TooSlow);
+        // The machine's own outputs (a `closing` message) are not written;
+        // its `Disconnect` reaches the hub through `Leave`.
+        while self.machine.poll_output().is_some() {}
+        CloseCause::TooSlow
+    }
+
+    /// Carries out the machine's outputs. `Some(cause)` when it closed.
+    async fn carry_out(
         &mut self,
-        text: &str,
-        user: &User,
-        expires: &mut SystemTime,
-    ) -> Result<bool, End> {
-        self.shared
-            .metrics
-            .messages_in
-            .fetch_add(1, Ordering::Relaxed);
-        let message = match ClientMessage::decode(text, &self.limits) {
-            Ok(m) => m,
-            Err(e) => return self.protocol_error(&e).await.map_or(Ok(false), Err),
-        };
-        if let Command::Renew { token } = &message.command {
-            let reply = match self.shared.authority.verify(token) {
-                Ok(id) if id.user.id == user.id => {
-                    *expires = id.expires;
-                    ServerBody::Reply {
-                        re: message.id,
-                        result: ReplyResult::Done,
-                    }
+        outbox: &Arc<Outbox>,
+        leave: &mut Leave,
+    ) -> Result<Option<CloseCause>, WriteFailed> {
+        while let Some(out) = self.machine.poll_output() {
+            match out {
+                ConnectionOutput::Send(message) => self.write(&message, Stamp::None).await?,
+                ConnectionOutput::Probe => self.feed(Message::Ping(Vec::new().into())).await?,
+                ConnectionOutput::Switchboard(input) => {
+                    self.hand_over(input, outbox, leave).await?;
                 }
-                Ok(_) => ServerBody::Error(ErrorBody {
-                    re: Some(message.id),
-                    code: ErrorCode::Unauthorized,
-                    message: "the new token names another user".into(),
-                    reason: None,
-                    retry_after_ms: None,
-                }),
-                Err(e) => ServerBody::Error(ErrorBody {
-                    re: Some(message.id),
-                    code: ErrorCode::Unauthorized,
-                    message: e.to_string(),
-                    reason: None,
-                    retry_after_ms: None,
-                }),
-            };
-            return self
-                .send(reply)
-                .await
-                .map(|()| false)
-                .map_err(|_| End::Gone);
+                ConnectionOutput::Close(cause) => {
+                    self.flush().await?;
+                    return Ok(Some(cause));
+                }
+                _ => {}
+            }
         }
-        let is_invite = matches!(message.command, Command::Invite(_));
-        let msg = HubMsg::Command {
-            key: self.key,
-            message,
-            at: Instant::now(),
+        Ok(None)
+    }
+
+    /// Hands a switchboard input to the hub.
+    async fn hand_over(
+        &mut self,
+        input: SwitchboardInput,
+        outbox: &Arc<Outbox>,
+        leave: &mut Leave,
+    ) -> Result<(), WriteFailed> {
+        let at = Instant::now();
+        let msg = match input {
+            SwitchboardInput::Connect { .. } => {
+                if let Some(user) = self.machine.user() {
+                    tracing::debug!(peer = %self.peer, conn = %self.conn, user = %user.id, "session open");
+                }
+                leave.joined = true;
+                self.opened = true;
+                self.shared.metrics.sessions.fetch_add(1, Ordering::Relaxed);
+                HubMsg::Open {
+                    conn: self.conn,
+                    tx: outbox.clone(),
+                    input,
+                }
+            }
+            SwitchboardInput::Disconnect => {
+                leave.joined = false;
+                HubMsg::Input {
+                    conn: self.conn,
+                    input,
+                    at,
+                }
+            }
+            input => HubMsg::Input {
+                conn: self.conn,
+                input,
+                at,
+            },
         };
+        let is_invite = matches!(
+            &msg,
+            HubMsg::Input {
+                input: SwitchboardInput::Command {
+                    command: Command::Invite(_),
+                    ..
+                },
+                ..
+            }
+        );
         // A full inbox means the hub is far behind: a new invitation is
-        // refused at once (load shedding); other commands wait their turn.
+        // refused at once (load shedding); other inputs wait their turn.
         let sent = if is_invite && self.shared.config.shed_after().is_some() {
             match self.shared.hub.try_send(msg) {
                 Ok(()) => Ok(()),
-                Err(mpsc::error::TrySendError::Full(HubMsg::Command { message, .. })) => {
-                    let reply = Hub::shed_reply(&self.shared.metrics, message.id);
-                    return self
-                        .send(reply.body)
-                        .await
-                        .map(|()| false)
-                        .map_err(|_| End::Gone);
+                Err(mpsc::error::TrySendError::Full(HubMsg::Input {
+                    input: SwitchboardInput::Command { id, .. },
+                    ..
+                })) => {
+                    let reply = Hub::shed_reply(&self.shared.metrics, id);
+                    return self.write(&reply, Stamp::None).await;
                 }
                 Err(_) => Err(()),
             }
@@ -544,15 +465,88 @@ impl Session {
             self.shared.hub.send(msg).await.map_err(|_| ())
         };
         if sent.is_err() {
-            return Err(End::Close(
-                CloseCode::Away,
-                "shutting down",
-                Some(CloseReason::ShuttingDown),
-            ));
+            leave.joined = false;
+            self.machine.close(CloseCause::ShuttingDown);
         }
-        Ok(true)
+        Ok(())
+    }
+
+    /// Messages from the hub, as many as are queued (up to a batch).
+    async fn outbound(
+        &mut self,
+        first: Option<Outbound>,
+        outbox: &Outbox,
+    ) -> Result<(), WriteFailed> {
+        let mut next = first;
+        for _ in 0..64 {
+            match next {
+                Some(Outbound::Message(queued)) => {
+                    let Queued { message, stamp } = *queued;
+                    self.write(&message, stamp).await?;
+                }
+                Some(Outbound::Close(reason)) => {
+                    self.machine.close(CloseCause::from_reason(reason));
+                    return Ok(());
+                }
+                None => {
+                    // The hub dropped us: our queue overflowed.
+                    self.machine.close(CloseCause::TooSlow);
+                    return Ok(());
+                }
+            }
+            match outbox.try_pop() {
+                Some(m) => next = Some(m),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// One frame (or read error) from the peer.
+    fn inbound(&mut self, frame: Option<Result<Message, WsError>>) {
+        let now = Instant::now().into_std();
+        let frame = match frame {
+            None => return self.machine.handle_transport_closed(),
+            Some(Err(e)) => {
+                return match read_error(&e) {
+                    CloseCause::PeerGone => self.machine.handle_transport_closed(),
+                    cause => self.machine.close(cause),
+                };
+            }
+            Some(Ok(f)) => f,
+        };
+        match frame {
+            Message::Text(text) => {
+                self.ws.get_mut().consumed(client_frame_len(text.len()));
+                self.shared
+                    .metrics
+                    .messages_in
+                    .fetch_add(1, Ordering::Relaxed);
+                let errors = self.machine.protocol_errors();
+                let tokens = Tokens {
+                    authority: &self.shared.authority,
+                    peer: self.peer,
+                };
+                self.machine.handle_text(now, text.as_str(), &tokens);
+                if self.machine.protocol_errors() > errors {
+                    self.shared
+                        .metrics
+                        .protocol_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Message::Binary(_) => self.machine.close(CloseCause::Unsupported),
+            Message::Close(_) => self.machine.handle_transport_closed(),
+            // Ping or pong (tungstenite answers pings itself): alive.
+            Message::Ping(p) | Message::Pong(p) => {
+                self.ws.get_mut().consumed(client_frame_len(p.len()));
+                self.machine.handle_activity(now);
+            }
+            Message::Frame(_) => self.machine.handle_activity(now),
+        }
     }
 }
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -572,14 +566,16 @@ mod tests {
         let (hub, _rx) = tokio::sync::mpsc::channel(1);
         let (_tx, shutdown) = tokio::sync::watch::channel(false);
         let shared = Arc::new(crate::server::Shared {
+            conn_config: Arc::new(crate::Config::default().connection_config()),
             config: crate::Config::default(),
             authority: crate::Authority::new(b"0123456789abcdef0123", "a", None),
             metrics: Default::default(),
             hub,
             shutdown,
         });
-        let task = super::serve(stream, peer, shared, 1);
+        let task = super::serve(stream, peer, shared, invitation_core::ConnId::new(1));
         let size = std::mem::size_of_val(&task);
+        eprintln!("connection future: {size} bytes");
         assert!(size <= 2048, "the connection future grew to {size} bytes");
         assert_eq!(
             std::mem::size_of::<crate::hub::Outbound>(),

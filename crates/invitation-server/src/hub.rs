@@ -9,11 +9,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use invitation_core::protocol::{
-    ClientMessage, CloseReason, Command, ErrorBody, Event, ServerBody, ServerMessage,
+    CloseReason, Command, ErrorBody, Event, ServerBody, ServerMessage,
 };
 use invitation_core::{
-    CallId, CallIdGenerator, CommandError, ConnId, DeviceId, Output, RequestId, Switchboard,
-    SwitchboardConfig, User, UserId,
+    CallId, CallIdGenerator, CommandError, ConnId, Output, RequestId, Switchboard,
+    SwitchboardConfig, SwitchboardInput, UserId,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -53,38 +53,28 @@ pub enum Outbound {
     Close(CloseReason),
 }
 
-/// Connection key, chosen by the server (not the switchboard's `ConnId`).
-pub type LinkKey = u64;
-
-/// What connection tasks send to the hub.
+/// What connection tasks send to the hub: their connection machine's
+/// switchboard inputs.
 #[derive(Debug)]
 pub enum HubMsg {
-    /// An authenticated device joins (after `hello`).
+    /// An authenticated device joins (`input` is the machine's `Connect`).
     Open {
         /// The connection.
-        key: LinkKey,
-        /// From the token.
-        user: User,
-        /// From `hello`.
-        device: DeviceId,
-        /// From `hello`.
-        last_seq: Option<u64>,
+        conn: ConnId,
         /// Where to send its messages.
         tx: Arc<Outbox>,
+        /// The `Connect`.
+        input: SwitchboardInput,
     },
-    /// A decoded command, with the time it was read.
-    Command {
+    /// Any other input (a command, a `sync`, the device leaving), with the
+    /// time it was read.
+    Input {
         /// The connection.
-        key: LinkKey,
-        /// The command.
-        message: ClientMessage,
+        conn: ConnId,
+        /// What the machine hands over.
+        input: SwitchboardInput,
         /// When it was read off the socket.
         at: Instant,
-    },
-    /// The connection ended.
-    Close {
-        /// The connection.
-        key: LinkKey,
     },
 }
 
@@ -131,15 +121,13 @@ impl CallIdGenerator for RandomCallIds {
 
 struct Link {
     tx: Arc<Outbox>,
-    conn: ConnId,
     user: UserId,
 }
 
 /// The hub task's state.
 pub struct Hub {
     sb: Switchboard,
-    links: HashMap<LinkKey, Link>,
-    by_conn: HashMap<ConnId, LinkKey>,
+    links: HashMap<ConnId, Link>,
     invites: KeyedLimiter<UserId>,
     shed_after: Option<Duration>,
     metrics: Arc<Metrics>,
@@ -171,7 +159,6 @@ impl Hub {
         Self {
             sb: Switchboard::new(config, RandomCallIds::new()),
             links: HashMap::new(),
-            by_conn: HashMap::new(),
             invites: KeyedLimiter::new(invite_rate, invite_burst),
             shed_after,
             metrics,
@@ -196,8 +183,8 @@ impl Hub {
     /// (scheduler lag), the server is behind, and taking more calls would
     /// make every call late. Accept, decline, cancel and hang-up are never
     /// shed: they finish calls and free capacity.
-    fn shed(&self, message: &ClientMessage, read_at: Instant) -> bool {
-        matches!(message.command, Command::Invite(_))
+    fn shed(&self, command: &Command, read_at: Instant) -> bool {
+        matches!(command, Command::Invite(_))
             && self.shed_after.is_some_and(|limit| {
                 read_at.elapsed() > limit || self.metrics.scheduler_lag() > limit
             })
@@ -257,36 +244,29 @@ impl Hub {
 
     fn handle(&mut self, msg: HubMsg, now: std::time::Instant) {
         match msg {
-            HubMsg::Open {
-                key,
-                user,
-                device,
-                last_seq,
-                tx,
-            } => {
-                let user_id = user.id.clone();
-                let conn = self.sb.connect(now, user, device, last_seq);
-                self.links.insert(
-                    key,
-                    Link {
-                        tx,
-                        conn,
-                        user: user_id,
-                    },
-                );
-                self.by_conn.insert(conn, key);
-                self.drain(Cause::Other, None);
-            }
-            HubMsg::Command { key, message, at } => {
-                let Some(link) = self.links.get(&key) else {
+            HubMsg::Open { conn, tx, input } => {
+                let SwitchboardInput::Connect { user, .. } = &input else {
                     return;
                 };
-                if self.shed(&message, at) {
-                    let reply = Self::shed_reply(&self.metrics, message.id);
-                    self.push(key, reply, Stamp::None);
+                let user = user.id.clone();
+                self.links.insert(conn, Link { tx, user });
+                self.sb.handle_input(now, conn, input);
+                self.drain(Cause::Other, None);
+            }
+            HubMsg::Input {
+                conn,
+                input: SwitchboardInput::Command { id, command },
+                at,
+            } => {
+                let Some(link) = self.links.get(&conn) else {
+                    return;
+                };
+                if self.shed(&command, at) {
+                    let reply = Self::shed_reply(&self.metrics, id);
+                    self.push(conn, reply, Stamp::None);
                     return;
                 }
-                if matches!(message.command, Command::Invite(_)) {
+                if matches!(command, Command::Invite(_)) {
                     if let Err(wait) = self.invites.check(&link.user, at.into_std()) {
                         self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
                         let error = CommandError::RateLimited {
@@ -294,32 +274,39 @@ impl Hub {
                                 .unwrap_or(u64::MAX)
                                 .max(1),
                         };
-                        let body =
-                            ServerBody::Error(ErrorBody::from_command(Some(message.id), &error));
-                        self.push(key, ServerMessage::new(body), Stamp::None);
+                        let body = ServerBody::Error(ErrorBody::from_command(Some(id), &error));
+                        self.push(conn, ServerMessage::new(body), Stamp::None);
                         return;
                     }
                 }
-                let conn = link.conn;
-                let cause = match message.command {
+                let cause = match command {
                     Command::Invite(_) => Cause::Invite(at),
                     _ => Cause::Other,
                 };
-                let _ = self.sb.handle_command(now, conn, message);
+                let _ = self.sb.handle_command(now, conn, id, command);
                 self.drain(cause, Some(conn));
             }
-            HubMsg::Close { key } => {
-                if let Some(link) = self.links.remove(&key) {
-                    self.by_conn.remove(&link.conn);
-                    self.sb.disconnect(now, link.conn);
+            HubMsg::Input {
+                conn,
+                input: SwitchboardInput::Disconnect,
+                ..
+            } => {
+                if self.links.remove(&conn).is_some() {
+                    self.sb.disconnect(now, conn);
                     self.drain(Cause::Other, None);
+                }
+            }
+            HubMsg::Input { conn, input, .. } => {
+                if self.links.contains_key(&conn) {
+                    self.sb.handle_input(now, conn, input);
+                    self.drain(Cause::Other, Some(conn));
                 }
             }
         }
     }
 
-    fn push(&mut self, key: LinkKey, message: ServerMessage, stamp: Stamp) {
-        let Some(link) = self.links.get(&key) else {
+    fn push(&mut self, conn: ConnId, message: ServerMessage, stamp: Stamp) {
+        let Some(link) = self.links.get(&conn) else {
             return;
         };
         let pushed = link
@@ -329,13 +316,12 @@ impl Hub {
             if e == PushError::Full {
                 // The client does not read. Drop it; its task sees the queue
                 // close and shuts the socket.
-                tracing::warn!(key, user = %link.user, "outbound queue full: dropping the connection");
+                tracing::warn!(%conn, user = %link.user, "outbound queue full: dropping the connection");
                 self.metrics.too_slow.fetch_add(1, Ordering::Relaxed);
             }
-            if let Some(link) = self.links.remove(&key) {
+            if let Some(link) = self.links.remove(&conn) {
                 link.tx.close(None);
-                self.by_conn.remove(&link.conn);
-                self.sb.disconnect(now(), link.conn);
+                self.sb.disconnect(now(), conn);
             }
         }
     }
@@ -358,10 +344,8 @@ impl Hub {
                             self.deliver(conn, message, cause);
                         }
                     }
-                    if let Some(key) = self.by_conn.remove(&conn) {
-                        if let Some(link) = self.links.remove(&key) {
-                            link.tx.close(Some(Outbound::Close(reason)));
-                        }
+                    if let Some(link) = self.links.remove(&conn) {
+                        link.tx.close(Some(Outbound::Close(reason)));
                     }
                 }
             }
@@ -375,9 +359,6 @@ impl Hub {
     }
 
     fn deliver(&mut self, conn: ConnId, message: ServerMessage, cause: Cause) {
-        let Some(key) = self.by_conn.get(&conn).copied() else {
-            return;
-        };
         let stamp = match cause {
             Cause::Timer(deadline) => Stamp::Timer(deadline),
             Cause::Invite(at)
@@ -393,7 +374,7 @@ impl Hub {
             }
             _ => Stamp::None,
         };
-        self.push(key, message, stamp);
+        self.push(conn, message, stamp);
     }
 }
 
@@ -412,18 +393,31 @@ enum Cause {
 mod tests {
     use super::*;
     use invitation_core::protocol::{InviteRequest, ReplyResult};
-    use invitation_core::{CallType, ErrorCode};
+    use invitation_core::{CallType, DeviceId, ErrorCode, User};
 
-    fn invite(id: &str, callee: &str) -> ClientMessage {
-        ClientMessage::new(
-            RequestId::new(id).unwrap(),
-            Command::Invite(InviteRequest {
+    fn invite(id: &str, callee: &str) -> SwitchboardInput {
+        SwitchboardInput::Command {
+            id: RequestId::new(id).unwrap(),
+            command: Command::Invite(InviteRequest {
                 callees: vec![UserId::new(callee).unwrap()],
                 call_type: CallType::Voice,
                 custom_data: None,
                 timeout_s: None,
             }),
-        )
+        }
+    }
+
+    fn open(conn: u64, user: &str, tx: Arc<Outbox>) -> HubMsg {
+        HubMsg::Open {
+            conn: ConnId::new(conn),
+            tx,
+            input: SwitchboardInput::Connect {
+                user: User::named(user, user),
+                device: DeviceId::new("d").unwrap(),
+                last_seq: None,
+                hello: RequestId::new("h").unwrap(),
+            },
+        }
     }
 
     fn next_body(rx: &Outbox) -> ServerBody {
@@ -455,25 +449,16 @@ mod tests {
             metrics.clone(),
         );
         let queue = Outbox::new(64);
-        hub.handle(
-            HubMsg::Open {
-                key: 1,
-                user: User::new(UserId::new("alice").unwrap(), "Alice").unwrap(),
-                device: DeviceId::new("d").unwrap(),
-                last_seq: None,
-                tx: queue.clone(),
-            },
-            now(),
-        );
+        hub.handle(open(1, "alice", queue.clone()), now());
         (hub, queue, metrics)
     }
 
     /// Alice's command `message`, read off her socket at `at`.
-    fn alice_sends(hub: &mut Hub, message: ClientMessage, at: Instant) {
+    fn alice_sends(hub: &mut Hub, input: SwitchboardInput, at: Instant) {
         hub.handle(
-            HubMsg::Command {
-                key: 1,
-                message,
+            HubMsg::Input {
+                conn: ConnId::new(1),
+                input,
                 at,
             },
             now(),
@@ -527,7 +512,10 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         alice_sends(
             &mut hub,
-            ClientMessage::new(RequestId::new("c1").unwrap(), Command::Cancel { call_id }),
+            SwitchboardInput::Command {
+                id: RequestId::new("c1").unwrap(),
+                command: Command::Cancel { call_id },
+            },
             read_at,
         );
         match next_body(&rx) {
@@ -543,16 +531,7 @@ mod tests {
     async fn the_callee_is_woken_before_the_requester() {
         let (mut hub, alice, _) = hub_with_alice(None);
         let bob = Outbox::new(64);
-        hub.handle(
-            HubMsg::Open {
-                key: 2,
-                user: User::new(UserId::new("bob").unwrap(), "Bob").unwrap(),
-                device: DeviceId::new("d").unwrap(),
-                last_seq: None,
-                tx: bob.clone(),
-            },
-            now(),
-        );
+        hub.handle(open(2, "bob", bob.clone()), now());
         while alice.try_pop().is_some() {}
         while bob.try_pop().is_some() {}
         let order = Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -7,7 +7,8 @@
 //!   HS256 token (`sub`, `name`, `exp`, `aud`); without a configured secret
 //!   a random one is generated at start. The caller identity always comes
 //!   from the token.
-//! * Bounded: 64 KiB messages and frames, 4 KiB read buffers, handshake and
+//! * Bounded: 16 KiB messages and frames, deadlines on every write and on
+//!   finishing a started message, a bounded kernel send buffer, 4 KiB read buffers, handshake and
 //!   first-message timeouts, Origin allow-list, per-IP connection and
 //!   per-user invite rate limits, a bounded outbound queue per connection,
 //!   heartbeats.
@@ -28,6 +29,7 @@ pub mod config;
 mod conn;
 pub mod http;
 pub mod hub;
+mod metered;
 pub mod metrics;
 pub mod outbox;
 pub mod rate;

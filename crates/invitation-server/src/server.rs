@@ -23,6 +23,8 @@ pub struct Shared {
     pub config: Config,
     /// Token verification.
     pub authority: Authority,
+    /// Every connection machine's settings.
+    pub conn_config: Arc<invitation_core::ConnectionConfig>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// The hub's inbox.
@@ -95,6 +97,7 @@ impl Server {
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
+                conn_config: Arc::new(config.connection_config()),
                 config,
                 authority,
                 metrics,
@@ -139,6 +142,8 @@ impl Server {
             ..
         } = self;
         let active = Arc::new(AtomicUsize::new(0));
+        // Connection ids are never reused: a late message about a closed
+        // connection cannot reach a new one.
         let next_key = AtomicU64::new(1);
         let per_ip = Mutex::new(KeyedLimiter::<IpAddr>::new(
             shared.config.conn_rate_per_ip,
@@ -176,7 +181,7 @@ impl Server {
                         continue;
                     }
                     active.fetch_add(1, Ordering::Relaxed);
-                    let key = next_key.fetch_add(1, Ordering::Relaxed);
+                    let key = invitation_core::ConnId::new(next_key.fetch_add(1, Ordering::Relaxed));
                     let (shared, active) = (shared.clone(), active.clone());
                     tasks.spawn(async move {
                         crate::conn::serve(stream, peer, shared, key).await;

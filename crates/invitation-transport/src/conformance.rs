@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use invitation_core::protocol::{
-    ClientMessage, CloseReason, Command, Event, InviteRequest, ReplyResult, ServerBody,
+    ClientMessage, CloseReason, Command, Control, Event, InviteRequest, ReplyResult, ServerBody,
     ServerMessage,
 };
 use invitation_core::{CallType, DeviceId, RequestId, User, UserId};
@@ -49,7 +49,7 @@ async fn open(fixture: &impl Fixture, user: &str, device: &str) -> BoxConnection
     let user = User::named(user, user);
     let transport = fixture.transport(&user).await;
     let mut conn = transport.connect().await.expect("connect");
-    let hello = Command::Hello {
+    let hello = Control::Hello {
         device: DeviceId::new(device).expect("valid device"),
         token: fixture.token(&user),
         last_seq: None,
@@ -124,7 +124,7 @@ pub async fn replies_carry_the_request_id(fixture: &impl Fixture) {
         }
         _ => unreachable!(),
     }
-    conn.send(ClientMessage::new(rid("ping-1"), Command::Ping))
+    conn.send(ClientMessage::new(rid("ping-1"), Control::Ping))
         .await
         .expect("send");
     until(&mut conn, "pong", |b| matches!(b, ServerBody::Pong { .. })).await;
@@ -228,7 +228,7 @@ pub async fn send_after_close_fails(fixture: &impl Fixture) {
     let mut conn = open(fixture, "conf-f", "d1").await;
     conn.close().await;
     let err = conn
-        .send(ClientMessage::new(rid("late"), Command::Ping))
+        .send(ClientMessage::new(rid("late"), Control::Ping))
         .await
         .expect_err("closed");
     assert_eq!(err.kind(), TransportErrorKind::Closed);

@@ -18,14 +18,14 @@
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! use invitation_core::protocol::{ClientMessage, Command, ServerBody};
+//! use invitation_core::protocol::{ClientMessage, Control, ServerBody};
 //! use invitation_core::{DeviceId, RequestId, User};
 //! use invitation_transport::{Transport, memory::MemoryHub};
 //!
 //! let hub = MemoryHub::new();
 //! let transport = hub.transport(User::named("alice", "Alice"));
 //! let mut conn = transport.connect().await.unwrap();
-//! let hello = Command::Hello { device: DeviceId::new("phone").unwrap(), token: None, last_seq: None };
+//! let hello = Control::Hello { device: DeviceId::new("phone").unwrap(), token: None, last_seq: None };
 //! conn.send(ClientMessage::new(RequestId::new("h1").unwrap(), hello)).await.unwrap();
 //! let welcome = conn.recv().await.unwrap();
 //! assert!(matches!(welcome.body, ServerBody::Welcome { .. }));

@@ -1,19 +1,24 @@
 //! The in-process hub: the core `Switchboard` in a tokio task, with any
 //! number of clients connected through channels. What tests, examples and
-//! single-process apps use; it behaves exactly like the server minus
-//! sockets and tokens (the identity is the `User` the transport was made
-//! for).
+//! single-process apps use. Each link runs the core's connection machine
+//! (`DeviceConnection`) exactly as the server does, so `hello`, `renew`,
+//! `ping`, `sync`, answers and close reasons behave the same; the identity
+//! is the `User` the transport was made for (no tokens).
+//!
+//! What it does not do, unlike the server: no rate limits, no load
+//! shedding, no heartbeats (an in-process link cannot die silently), no
+//! token expiry, no per-IP or per-user connection caps. A link whose client
+//! does not read [`OUTBOUND_QUEUE`] messages is dropped as too slow.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use invitation_core::protocol::{
-    ClientMessage, CloseReason, Command, ErrorBody, ReplyResult, ServerBody, ServerMessage,
-};
+use invitation_core::protocol::{ClientMessage, ServerMessage};
 use invitation_core::{
-    CallIdGenerator, CommandError, ConnId, DeviceId, Output, SequentialCallIds, Switchboard,
+    AuthRefusal, Authenticator, CallIdGenerator, CloseCause, ConnId, ConnectionConfig,
+    ConnectionOutput, DeviceConnection, DeviceId, Identity, Output, SequentialCallIds, Switchboard,
     SwitchboardConfig, User, UserId,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -24,21 +29,20 @@ use crate::{BoxConnection, Connection, Transport, TransportError};
 /// Messages queued per connection before the hub drops it as too slow.
 pub const OUTBOUND_QUEUE: usize = 1024;
 
-type LinkId = u64;
 type Inspect = Box<dyn FnOnce(&Switchboard) + Send>;
 
 enum HubMsg {
     Open {
-        link: LinkId,
+        link: ConnId,
         user: User,
         tx: mpsc::Sender<ServerMessage>,
     },
     Message {
-        link: LinkId,
+        link: ConnId,
         message: ClientMessage,
     },
     Close {
-        link: LinkId,
+        link: ConnId,
     },
     Kick {
         user: UserId,
@@ -65,10 +69,14 @@ impl MemoryHub {
     /// A hub with these settings and call-id generator.
     pub fn with_config(config: SwitchboardConfig, ids: impl CallIdGenerator + 'static) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let mut link_config = ConnectionConfig::default();
+        link_config.ping_every = None;
+        // The outbound queue bounds what a client can make the hub hold.
+        link_config.max_in_flight = OUTBOUND_QUEUE;
         let hub = HubTask {
             sb: Switchboard::new(config, ids),
             links: HashMap::new(),
-            by_conn: HashMap::new(),
+            link_config: Arc::new(link_config),
         };
         tokio::spawn(hub.run(rx));
         Self {
@@ -126,7 +134,7 @@ pub struct MemoryTransport {
 #[async_trait]
 impl Transport for MemoryTransport {
     async fn connect(&self) -> Result<BoxConnection, TransportError> {
-        let link = self.hub.next_link.fetch_add(1, Ordering::Relaxed);
+        let link = ConnId::new(self.hub.next_link.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         self.hub
             .tx
@@ -149,7 +157,7 @@ impl Transport for MemoryTransport {
 #[derive(Debug)]
 pub struct MemoryConnection {
     hub: mpsc::UnboundedSender<HubMsg>,
-    link: LinkId,
+    link: ConnId,
     rx: mpsc::Receiver<ServerMessage>,
     closed: bool,
 }
@@ -193,16 +201,25 @@ impl Drop for MemoryConnection {
     }
 }
 
+/// The memory transport vouches for its user, as a token would.
+struct Vouch<'a>(&'a User);
+
+impl Authenticator for Vouch<'_> {
+    fn authenticate(&self, _token: Option<&str>) -> Result<Identity, AuthRefusal> {
+        Ok(Identity::new(self.0.clone(), None))
+    }
+}
+
 struct Link {
     user: User,
     tx: mpsc::Sender<ServerMessage>,
-    conn: Option<ConnId>,
+    machine: DeviceConnection,
 }
 
 struct HubTask {
     sb: Switchboard,
-    links: HashMap<LinkId, Link>,
-    by_conn: HashMap<ConnId, LinkId>,
+    links: HashMap<ConnId, Link>,
+    link_config: Arc<ConnectionConfig>,
 }
 
 fn now() -> std::time::Instant {
@@ -231,75 +248,80 @@ impl HubTask {
     fn handle(&mut self, msg: HubMsg) {
         match msg {
             HubMsg::Open { link, user, tx } => {
-                self.links.insert(
-                    link,
-                    Link {
-                        user,
-                        tx,
-                        conn: None,
-                    },
-                );
+                let machine = DeviceConnection::new(now(), self.link_config.clone());
+                self.links.insert(link, Link { user, tx, machine });
             }
-            HubMsg::Message { link, message } => self.message(link, message),
-            HubMsg::Close { link } => self.close_link(link),
+            HubMsg::Message { link, message } => {
+                if let Some(l) = self.links.get_mut(&link) {
+                    l.machine.handle_message(now(), message, &Vouch(&l.user));
+                    self.run_link(link);
+                }
+            }
+            HubMsg::Close { link } => {
+                if let Some(l) = self.links.get_mut(&link) {
+                    l.machine.handle_transport_closed();
+                    self.run_link(link);
+                }
+            }
             HubMsg::Kick { user, device } => {
-                let found = self.links.iter().find_map(|(id, l)| {
-                    let (u, d) = self.sb.connection(l.conn?)?;
-                    (*u == user && *d == device).then_some(*id)
+                let found = self.links.keys().copied().find(|conn| {
+                    self.sb
+                        .connection(*conn)
+                        .is_some_and(|(u, d)| *u == user && *d == device)
                 });
                 if let Some(link) = found {
-                    self.close_link(link);
+                    if let Some(l) = self.links.get_mut(&link) {
+                        l.machine.handle_transport_closed();
+                    }
+                    self.run_link(link);
                 }
             }
             HubMsg::Inspect(f) => f(&self.sb),
         }
     }
 
-    fn message(&mut self, link_id: LinkId, message: ClientMessage) {
-        let Some(link) = self.links.get_mut(&link_id) else {
-            return;
-        };
-        let reply_now = |link: &Link, body: ServerBody| {
-            let _ = link.tx.try_send(ServerMessage::new(body));
-        };
-        match (&message.command, link.conn) {
-            (
-                Command::Hello {
-                    device, last_seq, ..
-                },
-                None,
-            ) => {
-                let conn = self
-                    .sb
-                    .connect(now(), link.user.clone(), device.clone(), *last_seq);
-                link.conn = Some(conn);
-                self.by_conn.insert(conn, link_id);
+    /// Carries out what a link's connection machine asks for.
+    fn run_link(&mut self, link: ConnId) {
+        loop {
+            let Some(l) = self.links.get_mut(&link) else {
+                return;
+            };
+            let Some(out) = l.machine.poll_output() else {
+                return;
+            };
+            match out {
+                ConnectionOutput::Send(message) => self.send(link, message),
+                ConnectionOutput::Switchboard(input) => self.sb.handle_input(now(), link, input),
+                ConnectionOutput::Close(_) => {
+                    // The client sees its receiver end once the queue drains.
+                    self.links.remove(&link);
+                }
+                _ => {}
             }
-            (Command::Renew { .. }, Some(_)) => reply_now(
-                link,
-                ServerBody::Reply {
-                    re: message.id,
-                    result: ReplyResult::Done,
-                },
-            ),
-            (_, Some(conn)) => {
-                let _ = self.sb.handle_command(now(), conn, message);
-            }
-            (_, None) => reply_now(
-                link,
-                ServerBody::Error(ErrorBody::from_command(
-                    Some(message.id),
-                    &CommandError::NotConnected,
-                )),
-            ),
         }
     }
 
-    fn close_link(&mut self, link_id: LinkId) {
-        if let Some(link) = self.links.remove(&link_id) {
-            if let Some(conn) = link.conn {
-                self.by_conn.remove(&conn);
-                self.sb.disconnect(now(), conn);
+    /// Queues a message for a link; a link that does not read is dropped.
+    fn send(&mut self, link: ConnId, message: ServerMessage) {
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        l.machine.handle_sent(&message);
+        if l.tx.try_send(message).is_err() {
+            tracing::warn!(%link, "client does not read: dropping its connection");
+            l.machine.close(CloseCause::TooSlow);
+            // The `closing` message cannot be queued either: drop it.
+            while let Some(out) = l.machine.poll_output() {
+                match out {
+                    ConnectionOutput::Switchboard(input) => {
+                        self.sb.handle_input(now(), link, input)
+                    }
+                    ConnectionOutput::Close(_) => {
+                        self.links.remove(&link);
+                        return;
+                    }
+                    _ => {}
+                }
             }
         }
     }
@@ -307,26 +329,11 @@ impl HubTask {
     fn drain(&mut self) {
         while let Some(out) = self.sb.poll_output() {
             match out {
-                Output::Send { conn, message } => {
-                    let Some(link_id) = self.by_conn.get(&conn).copied() else {
-                        continue;
-                    };
-                    let link = &self.links[&link_id];
-                    if link.tx.try_send(message).is_err() {
-                        tracing::warn!(%conn, "client does not read: dropping its connection");
-                        let _ = link.tx.try_send(ServerMessage::new(ServerBody::Closing {
-                            reason: CloseReason::TooSlow,
-                        }));
-                        self.close_link(link_id);
-                    }
-                }
+                Output::Send { conn, message } => self.send(conn, message),
                 Output::Close { conn, reason } => {
-                    if let Some(link_id) = self.by_conn.remove(&conn) {
-                        if let Some(link) = self.links.remove(&link_id) {
-                            let _ = link
-                                .tx
-                                .try_send(ServerMessage::new(ServerBody::Closing { reason }));
-                        }
+                    if let Some(l) = self.links.get_mut(&conn) {
+                        l.machine.close(CloseCause::from_reason(reason));
+                        self.run_link(conn);
                     }
                 }
             }

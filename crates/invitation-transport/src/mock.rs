@@ -8,16 +8,16 @@
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! use invitation_core::protocol::{ClientMessage, Command, ServerBody};
+//! use invitation_core::protocol::{ClientBody, ClientMessage, Control, ServerBody};
 //! use invitation_core::{DeviceId, RequestId};
 //! use invitation_transport::{Transport, mock};
 //!
 //! let (transport, mut server) = mock::pair();
 //! let mut conn = transport.connect().await.unwrap();
-//! let hello = Command::Hello { device: DeviceId::new("phone").unwrap(), token: None, last_seq: None };
+//! let hello = Control::Hello { device: DeviceId::new("phone").unwrap(), token: None, last_seq: None };
 //! conn.send(ClientMessage::new(RequestId::new("h1").unwrap(), hello)).await.unwrap();
 //! assert!(matches!(conn.recv().await.unwrap().body, ServerBody::Welcome { .. }));
-//! assert!(matches!(server.next_command().await.command, Command::Hello { .. }));
+//! assert!(matches!(server.next_command().await.body, ClientBody::Control(Control::Hello { .. })));
 //! # }
 //! ```
 
@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use invitation_core::protocol::{
-    CalleeStatus, ClientMessage, CloseReason, Command, ErrorBody, Event, InitialStatus,
-    ReplyResult, ServerBody, ServerMessage, SyncBody,
+    CalleeStatus, ClientBody, ClientMessage, CloseReason, Command, Control, ErrorBody, Event,
+    InitialStatus, ReplyResult, ServerBody, ServerMessage, SyncBody,
 };
 use invitation_core::{
     CallId, CallType, CommandError, CustomData, DeviceId, Reason, RequestId, User, UserId,
@@ -90,39 +90,52 @@ impl State {
         seq
     }
 
-    /// What a lenient server answers.
-    fn auto(&mut self, message: &ClientMessage) {
-        let re = message.id.clone();
-        let result = match &message.command {
-            Command::Hello { device, .. } => {
-                let (user, seq) = (self.user.clone(), self.seq);
+    /// What a lenient server answers to connection-level messages.
+    fn auto_control(&mut self, re: RequestId, control: &Control) {
+        let seq = self.seq;
+        match control {
+            Control::Hello { device, .. } => {
+                let user = self.user.clone();
                 self.push(ServerBody::Welcome {
+                    re: Some(re),
                     user,
                     device: device.clone(),
                     seq,
                     resumed: false,
                 });
                 self.push(ServerBody::Sync(SyncBody {
+                    re: None,
                     seq,
                     calls: Vec::new(),
                     ended: Vec::new(),
                 }));
-                return;
             }
-            Command::Ping => {
-                let seq = Some(self.seq);
-                self.push(ServerBody::Pong { seq });
-                return;
-            }
-            Command::Sync => {
-                let seq = self.seq;
-                self.push(ServerBody::Sync(SyncBody {
-                    seq,
-                    calls: Vec::new(),
-                    ended: Vec::new(),
-                }));
-                return;
-            }
+            Control::Ping => self.push(ServerBody::Pong {
+                re: Some(re),
+                seq: Some(seq),
+            }),
+            Control::Sync => self.push(ServerBody::Sync(SyncBody {
+                re: Some(re),
+                seq,
+                calls: Vec::new(),
+                ended: Vec::new(),
+            })),
+            Control::Renew { .. } => self.push(ServerBody::Reply {
+                re,
+                result: ReplyResult::Done,
+            }),
+            _ => {}
+        }
+    }
+
+    /// What a lenient server answers.
+    fn auto(&mut self, message: &ClientMessage) {
+        let re = message.id.clone();
+        let command = match &message.body {
+            ClientBody::Command(c) => c,
+            ClientBody::Control(control) => return self.auto_control(re, control),
+        };
+        let result = match command {
             Command::Invite(req) => {
                 let call_id =
                     CallId::new(format!("mock-call-{}", self.next_call)).expect("valid call id");
@@ -245,10 +258,7 @@ impl MockServer {
     pub async fn next_call_command(&mut self) -> ClientMessage {
         loop {
             let m = self.next_command().await;
-            if !matches!(
-                m.command,
-                Command::Hello { .. } | Command::Ping | Command::Sync | Command::Renew { .. }
-            ) {
+            if matches!(m.body, ClientBody::Command(_)) {
                 return m;
             }
         }

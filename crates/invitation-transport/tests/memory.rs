@@ -23,7 +23,7 @@ async fn memory_hub_passes_conformance() {
 
 #[tokio::test(start_paused = true)]
 async fn kicked_connection_observes_close() {
-    use invitation_core::protocol::{ClientMessage, Command};
+    use invitation_core::protocol::{ClientMessage, Control};
     use invitation_core::{DeviceId, RequestId, UserId};
     use invitation_transport::Transport;
     let hub = MemoryHub::new();
@@ -32,7 +32,7 @@ async fn kicked_connection_observes_close() {
         .connect()
         .await
         .unwrap();
-    let hello = Command::Hello {
+    let hello = Control::Hello {
         device: DeviceId::new("d").unwrap(),
         token: None,
         last_seq: None,
@@ -54,13 +54,13 @@ async fn kicked_connection_observes_close() {
 #[tokio::test(start_paused = true)]
 async fn f5_client_that_never_reads_is_dropped_and_the_hub_stays_bounded() {
     use invitation_core::protocol::{
-        ClientMessage, Command, InviteRequest, ReplyResult, ServerBody,
+        ClientMessage, Command, Control, InviteRequest, ReplyResult, ServerBody,
     };
     use invitation_core::{CallType, DeviceId, RequestId, UserId};
     use invitation_transport::Transport;
     use invitation_transport::memory::OUTBOUND_QUEUE;
     let hub = MemoryHub::new();
-    let hello = |d: &str| Command::Hello {
+    let hello = |d: &str| Control::Hello {
         device: DeviceId::new(d).unwrap(),
         token: None,
         last_seq: None,

@@ -33,13 +33,14 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::connection::SwitchboardInput;
 use crate::error::{CommandError, ValidationError};
 use crate::id::{CallId, CallIdGenerator, DeviceId, RequestId, UserId};
 use crate::model::{CustomData, DEFAULT_MAX_CUSTOM_DATA, Reason, User};
 use crate::protocol::{
-    CallSnapshot, CalleeOutcome, CalleeStatus, ClientMessage, CloseReason, Command, EndedCall,
-    ErrorBody, Event, InitialStatus, InviteRequest, ReplyResult, Role, ServerBody, ServerMessage,
-    SnapshotState, SyncBody,
+    CallSnapshot, CalleeOutcome, CalleeStatus, CloseReason, Command, EndedCall, ErrorBody, Event,
+    InitialStatus, InviteRequest, ReplyResult, Role, ServerBody, ServerMessage, SnapshotState,
+    SyncBody,
 };
 
 use call::{Call, CallInfo, Slot};
@@ -52,7 +53,13 @@ use user::{LogEvent, UserEntry};
 pub struct ConnId(u64);
 
 impl ConnId {
-    /// The raw number (unique for the switchboard's lifetime).
+    /// A connection id chosen by the owner (the server, the memory hub):
+    /// unique among the connections open at once.
+    pub const fn new(raw: u64) -> Self {
+        Self(raw)
+    }
+
+    /// The raw number.
     pub fn get(self) -> u64 {
         self.0
     }
@@ -248,7 +255,6 @@ pub struct Switchboard {
     config: SwitchboardConfig,
     ids: Box<dyn CallIdGenerator>,
     now: Option<Instant>,
-    next_conn: u64,
     conns: HashMap<ConnId, ConnEntry>,
     // Values are boxed: a hash table's buckets are sized to the next power
     // of two and sit there whether used or not, so small buckets keep a
@@ -283,7 +289,6 @@ impl Switchboard {
             config,
             ids: Box::new(ids),
             now: None,
-            next_conn: 1,
             conns: HashMap::default(),
             users: HashMap::default(),
             calls: HashMap::default(),
@@ -311,16 +316,23 @@ impl Switchboard {
     /// a fresh start, a full `sync` follows the `welcome`. If the same device
     /// was still connected, its old connection is closed (`replaced`): the
     /// newest wins. Invitations held for an offline user ring now.
+    ///
+    /// `conn` is chosen by the owner and must not be open already (if it
+    /// is, the old connection is disconnected first). `hello` is the request
+    /// id the `welcome` answers.
     pub fn connect(
         &mut self,
         now: Instant,
+        conn: ConnId,
         user: User,
         device: DeviceId,
         last_seq: Option<u64>,
-    ) -> ConnId {
+        hello: Option<RequestId>,
+    ) {
+        if self.conns.contains_key(&conn) {
+            self.disconnect(now, conn);
+        }
         let now = self.advance(now);
-        let conn = ConnId(self.next_conn);
-        self.next_conn += 1;
         let user_id = user.id.clone();
         let entry = self
             .users
@@ -358,11 +370,12 @@ impl Switchboard {
                     event: render(&self.calls, &user_id, ev, now),
                 })
                 .collect(),
-            _ => vec![ServerBody::Sync(self.snapshot(&user_id, now))],
+            _ => vec![ServerBody::Sync(self.snapshot(&user_id, now, None))],
         };
         self.send(
             conn,
             ServerBody::Welcome {
+                re: hello,
                 user,
                 device: device.clone(),
                 seq,
@@ -401,7 +414,6 @@ impl Switchboard {
             }
         }
         self.flush(now);
-        conn
     }
 
     /// A connection ended (closed, lost, or timed out by heartbeats).
@@ -436,8 +448,37 @@ impl Switchboard {
         }
     }
 
-    /// A command from a connection. The reply (or error) is queued as an
-    /// output *before* the events the command caused, and also returned.
+    /// What a connection machine ([`crate::connection`]) hands over, for
+    /// connection `conn`: one entry point for every shell.
+    pub fn handle_input(&mut self, now: Instant, conn: ConnId, input: SwitchboardInput) {
+        match input {
+            SwitchboardInput::Connect {
+                user,
+                device,
+                last_seq,
+                hello,
+            } => self.connect(now, conn, user, device, last_seq, Some(hello)),
+            SwitchboardInput::Command { id, command } => {
+                let _ = self.handle_command(now, conn, id, command);
+            }
+            SwitchboardInput::Sync { id } => self.handle_sync(now, conn, id),
+            SwitchboardInput::Disconnect => self.disconnect(now, conn),
+        }
+    }
+
+    /// A `sync` request: the connection gets a full snapshot answering `id`.
+    pub fn handle_sync(&mut self, now: Instant, conn: ConnId, id: RequestId) {
+        let now = self.advance(now);
+        let Some(entry) = self.conns.get(&conn) else {
+            return self.reply(conn, &id, &Err(CommandError::NotConnected));
+        };
+        let user = entry.user.clone();
+        let sync = self.snapshot(&user, now, Some(id));
+        self.send(conn, ServerBody::Sync(sync));
+    }
+
+    /// A call command from a connection. The reply (or error) is queued as
+    /// an output *before* the events the command caused, and also returned.
     ///
     /// A request id seen before from the same device within the retention
     /// period gets the stored answer and changes nothing.
@@ -445,42 +486,28 @@ impl Switchboard {
         &mut self,
         now: Instant,
         conn: ConnId,
-        message: ClientMessage,
+        request: RequestId,
+        command: Command,
     ) -> Result<ReplyResult, CommandError> {
         let now = self.advance(now);
         let Some(entry) = self.conns.get(&conn) else {
-            return Err(CommandError::NotConnected);
+            let e = Err(CommandError::NotConnected);
+            self.reply(conn, &request, &e);
+            return e;
         };
         let (user, device) = (entry.user.clone(), entry.device.clone());
-        let request = message.id;
-        match message.command {
-            Command::Ping => {
-                let seq = Some(self.last_seq(&user));
-                self.send(conn, ServerBody::Pong { seq });
-                return Ok(ReplyResult::Done);
-            }
-            Command::Sync => {
-                let sync = self.snapshot(&user, now);
-                self.send(conn, ServerBody::Sync(sync));
-                return Ok(ReplyResult::Done);
-            }
-            _ => {}
-        }
         let key = self.requests.key(&user, &device, &request);
         if let Some(stored) = self.requests.get(&key) {
             self.stats.duplicate_requests += 1;
             self.reply(conn, &request, &stored);
             return stored;
         }
-        let result = match message.command {
+        let result = match command {
             Command::Invite(req) => self.invite(now, &user, &device, req),
             Command::Cancel { call_id } => self.cancel(&user, &call_id),
             Command::Accept { call_id } => self.accept(&user, &device, &call_id),
             Command::Decline { call_id, busy } => self.decline(&user, &device, &call_id, busy),
             Command::HangUp { call_id } => self.hang_up(&user, &call_id),
-            Command::Hello { .. } | Command::Renew { .. } | Command::Ping | Command::Sync => {
-                Err(CommandError::Misplaced)
-            }
         };
         if !matches!(
             result,
@@ -1180,9 +1207,10 @@ impl Switchboard {
         self.pending = pending;
     }
 
-    fn snapshot(&self, user: &UserId, now: Instant) -> SyncBody {
+    fn snapshot(&self, user: &UserId, now: Instant, re: Option<RequestId>) -> SyncBody {
         let Some(entry) = self.users.get(user) else {
             return SyncBody {
+                re,
                 seq: 0,
                 calls: Vec::new(),
                 ended: Vec::new(),
@@ -1256,6 +1284,7 @@ impl Switchboard {
             }
         }
         SyncBody {
+            re,
             seq: entry.seq,
             calls,
             ended: entry

@@ -8,13 +8,31 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use invitation_core::protocol::{
-    ClientMessage, Command, InviteRequest, ReplyResult, ServerMessage,
-};
+use std::sync::Arc;
+
+use invitation_core::protocol::{Command, InviteRequest, ReplyResult, ServerMessage};
 use invitation_core::{
-    AppEvent, CallId, CallType, ClientSession, CommandError, ConnId, DeviceId, Output, RequestId,
-    SequentialCallIds, SessionConfig, Switchboard, SwitchboardConfig, User, UserId,
+    AppEvent, AuthRefusal, Authenticator, CallId, CallType, ClientSession, CloseCause,
+    CommandError, ConnId, ConnectionConfig, ConnectionOutput, DeviceConnection, DeviceId, Identity,
+    Output, RequestId, SequentialCallIds, SessionConfig, Switchboard, SwitchboardConfig, User,
+    UserId,
 };
+
+fn memory_link_config() -> ConnectionConfig {
+    let mut config = ConnectionConfig::default();
+    config.ping_every = None;
+    config.max_in_flight = usize::MAX;
+    config
+}
+
+/// The harness vouches for each device's user, as the memory hub does.
+struct Vouch(User);
+
+impl Authenticator for Vouch {
+    fn authenticate(&self, _token: Option<&str>) -> Result<Identity, AuthRefusal> {
+        Ok(Identity::new(self.0.clone(), None))
+    }
+}
 
 pub type Key = (String, String);
 
@@ -30,6 +48,8 @@ pub fn did(s: &str) -> DeviceId {
 pub struct Dev {
     pub session: ClientSession,
     pub conn: Option<ConnId>,
+    /// The server side of the device's connection, while it has one.
+    pub machine: Option<DeviceConnection>,
     pub events: Vec<(Instant, AppEvent)>,
     pub results: BTreeMap<RequestId, Result<ReplyResult, CommandError>>,
     /// Every server message received, in order.
@@ -58,6 +78,8 @@ pub struct Net {
     /// Lose this many of the next server messages to a device.
     pub lose_messages: BTreeMap<Key, usize>,
     direct_counter: u64,
+    next_conn: u64,
+    conn_config: Arc<ConnectionConfig>,
 }
 
 impl Net {
@@ -78,6 +100,9 @@ impl Net {
             lose_commands: 0,
             lose_messages: BTreeMap::new(),
             direct_counter: 0,
+            next_conn: 1,
+            // In-process links cannot die silently: no heartbeats.
+            conn_config: Arc::new(memory_link_config()),
         }
     }
 
@@ -101,28 +126,30 @@ impl Net {
         let dev = self.devs.entry(key.clone()).or_insert_with(|| Dev {
             session: ClientSession::new(uid(user), did(device), &format!("{user}{device}"), cfg),
             conn: None,
+            machine: None,
             events: Vec::new(),
             results: BTreeMap::new(),
             received: Vec::new(),
             deaf: false,
         });
-        if let Some(old) = dev.conn.take() {
+        if let Some(mut old) = dev.machine.take() {
             dev.session.handle_disconnected(now);
-            self.sb.disconnect(now, old);
+            old.handle_transport_closed();
+            let conn = dev.conn.take().expect("a machine has a conn");
+            self.run_machine(conn, &mut old);
         }
+        let dev = self.devs.get_mut(&key).unwrap();
         dev.deaf = false;
         dev.session.handle_connected(now, None);
         let hello = dev.session.poll_transmit().expect("hello first");
-        let Command::Hello { last_seq, .. } = hello.command else {
-            panic!("expected hello, got {hello:?}");
-        };
-        let conn = self.sb.connect(
-            now,
-            User::named(user, &user.to_uppercase()),
-            did(device),
-            last_seq,
-        );
-        self.devs.get_mut(&key).unwrap().conn = Some(conn);
+        let conn = ConnId::new(self.next_conn);
+        self.next_conn += 1;
+        let mut machine = DeviceConnection::new(now, self.conn_config.clone());
+        let vouch = Vouch(User::named(user, &user.to_uppercase()));
+        machine.handle_text(now, &hello.encode(), &vouch);
+        let dev = self.devs.get_mut(&key).unwrap();
+        dev.conn = Some(conn);
+        dev.machine = Some(machine);
         self.pump();
     }
 
@@ -130,11 +157,22 @@ impl Net {
     pub fn disconnect(&mut self, user: &str, device: &str) {
         let now = self.now;
         let dev = self.dev_mut(user, device);
-        if let Some(conn) = dev.conn.take() {
+        if let Some(mut machine) = dev.machine.take() {
             dev.session.handle_disconnected(now);
-            self.sb.disconnect(now, conn);
+            let conn = dev.conn.take().expect("a machine has a conn");
+            machine.handle_transport_closed();
+            self.run_machine(conn, &mut machine);
         }
         self.pump();
+    }
+
+    /// Drains a machine that is no longer attached to its device (closing).
+    fn run_machine(&mut self, conn: ConnId, machine: &mut DeviceConnection) {
+        while let Some(out) = machine.poll_output() {
+            if let ConnectionOutput::Switchboard(input) = out {
+                self.sb.handle_input(self.now, conn, input);
+            }
+        }
     }
 
     /// Issues a command from a device; delivers everything; returns its id.
@@ -157,9 +195,7 @@ impl Net {
         let now = self.now;
         self.direct_counter += 1;
         let id = RequestId::new(format!("direct{}", self.direct_counter)).unwrap();
-        let r = self
-            .sb
-            .handle_command(now, conn, ClientMessage::new(id, command));
+        let r = self.sb.handle_command(now, conn, id, command);
         self.pump();
         r
     }
@@ -319,56 +355,74 @@ impl Net {
         loop {
             let mut moved = false;
             let now = self.now;
-            // client -> server
+            // client -> connection machine -> switchboard
             let keys: Vec<Key> = self.devs.keys().cloned().collect();
             for key in &keys {
-                loop {
-                    let dev = self.devs.get_mut(key).unwrap();
-                    let Some(conn) = dev.conn else { break };
-                    let Some(msg) = dev.session.poll_transmit() else {
-                        break;
-                    };
+                let dev = self.devs.get_mut(key).unwrap();
+                let (Some(conn), Some(mut machine)) = (dev.conn, dev.machine.take()) else {
+                    continue;
+                };
+                let vouch = Vouch(User::named(&key.0, &key.0.to_uppercase()));
+                while let Some(msg) = dev.session.poll_transmit() {
                     moved = true;
-                    if matches!(msg.command, Command::Hello { .. }) {
-                        continue;
-                    }
                     if self.lose_commands > 0 {
                         self.lose_commands -= 1;
                         continue;
                     }
-                    // Round-trip through JSON: the wire is part of the system.
-                    let wire = ClientMessage::decode(&msg.encode(), &Default::default()).unwrap();
+                    // Through JSON text: the wire is part of the system.
+                    let wire = msg.encode();
                     for _ in 0..=self.dup_commands {
-                        let _ = self.sb.handle_command(now, conn, wire.clone());
+                        machine.handle_text(now, &wire, &vouch);
                     }
                 }
+                let mut closed = false;
+                while let Some(out) = machine.poll_output() {
+                    moved = true;
+                    match out {
+                        ConnectionOutput::Send(message) => {
+                            machine.handle_sent(&message);
+                            self.deliver(key, message);
+                        }
+                        ConnectionOutput::Switchboard(input) => {
+                            self.sb.handle_input(now, conn, input);
+                        }
+                        ConnectionOutput::Close(_) => closed = true,
+                        _ => {}
+                    }
+                }
+                let dev = self.devs.get_mut(key).unwrap();
+                if closed {
+                    dev.conn = None;
+                    dev.session.handle_disconnected(now);
+                } else {
+                    dev.machine = Some(machine);
+                }
             }
-            // server -> clients
+            // switchboard -> connection machines -> clients
             while let Some(out) = self.sb.poll_output() {
                 moved = true;
-                match out {
-                    Output::Send { conn, message } => {
-                        let wire =
-                            ServerMessage::decode(&message.encode(), &Default::default()).unwrap();
-                        if let Some((key, dev)) =
-                            self.devs.iter_mut().find(|(_, d)| d.conn == Some(conn))
-                        {
-                            if dev.deaf {
-                                continue;
-                            }
-                            if let Some(n) = self.lose_messages.get_mut(key).filter(|n| **n > 0) {
-                                *n -= 1;
-                                continue;
-                            }
-                            dev.received.push(wire.clone());
-                            dev.session.handle_message(now, wire);
-                        }
+                let (conn, message, close) = match out {
+                    Output::Send { conn, message } => (conn, Some(message), None),
+                    Output::Close { conn, reason } => (conn, None, Some(reason)),
+                };
+                let Some(key) = self
+                    .devs
+                    .iter()
+                    .find(|(_, d)| d.conn == Some(conn))
+                    .map(|(k, _)| k.clone())
+                else {
+                    continue;
+                };
+                if let Some(message) = message {
+                    if let Some(m) = self.devs.get_mut(&key).unwrap().machine.as_mut() {
+                        m.handle_sent(&message);
                     }
-                    Output::Close { conn, .. } => {
-                        if let Some(dev) = self.devs.values_mut().find(|d| d.conn == Some(conn)) {
-                            dev.conn = None;
-                            dev.session.handle_disconnected(now);
-                        }
+                    self.deliver(&key, message);
+                }
+                if let Some(reason) = close {
+                    let dev = self.devs.get_mut(&key).unwrap();
+                    if let Some(m) = dev.machine.as_mut() {
+                        m.close(CloseCause::from_reason(reason));
                     }
                 }
             }
@@ -385,6 +439,25 @@ impl Net {
                 break;
             }
         }
+    }
+
+    /// A server message reaches a device (unless its link is deaf or lossy),
+    /// through JSON text.
+    fn deliver(&mut self, key: &Key, message: ServerMessage) {
+        let now = self.now;
+        let wire = ServerMessage::decode(&message.encode(), &Default::default()).unwrap();
+        let Some(dev) = self.devs.get_mut(key) else {
+            return;
+        };
+        if dev.deaf {
+            return;
+        }
+        if let Some(n) = self.lose_messages.get_mut(key).filter(|n| **n > 0) {
+            *n -= 1;
+            return;
+        }
+        dev.received.push(wire.clone());
+        dev.session.handle_message(now, wire);
     }
 
     /// Names of the app events a device saw (callbacks and extras), in order.
