@@ -200,11 +200,14 @@ pub enum Reason {
     /// The outcome was lost (for example a resync could no longer tell it):
     /// the call is over, cause unknown.
     Failed,
+    /// The server stopped and did not keep the call (a graceful stop of a
+    /// server without durable state): the call is over for everyone.
+    ServerShutdown,
 }
 
 impl Reason {
     /// Number of variants (for counters indexed by [`Reason::index`]).
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
 
     /// Every reason, in [`Reason::index`] order.
     pub const ALL: [Reason; Reason::COUNT] = [
@@ -219,6 +222,7 @@ impl Reason {
         Reason::Unreachable,
         Reason::HungUp,
         Reason::Failed,
+        Reason::ServerShutdown,
     ];
 
     /// A dense index, 0..[`Reason::COUNT`].
@@ -240,6 +244,7 @@ impl Reason {
             Reason::Unreachable => "unreachable",
             Reason::HungUp => "hung_up",
             Reason::Failed => "failed",
+            Reason::ServerShutdown => "server_shutdown",
         }
     }
 }

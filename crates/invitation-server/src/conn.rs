@@ -310,10 +310,10 @@ impl Session {
             match Box::pin(self.carry_out(&outbox, &mut leave)).await {
                 Ok(Some(cause)) => break cause,
                 Ok(None) => {}
-                Err(WriteFailed) => break CloseCause::TooSlow,
+                Err(WriteFailed) => break self.write_failed(),
             }
             if Box::pin(self.flush()).await.is_err() {
-                break CloseCause::TooSlow;
+                break self.write_failed();
             }
             let deadline = self.machine.poll_timeout().map(Instant::from_std);
             if deadline != armed {

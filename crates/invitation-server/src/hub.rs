@@ -66,6 +66,12 @@ pub enum HubMsg {
         /// The `Connect`.
         input: SwitchboardInput,
     },
+    /// The server is stopping: end every live call (its state is not kept)
+    /// and queue the news to every connection, then answer.
+    Shutdown {
+        /// Answered once the news is queued.
+        done: tokio::sync::oneshot::Sender<()>,
+    },
     /// Any other input (a command, a `sync`, the device leaving), with the
     /// time it was read.
     Input {
@@ -295,6 +301,13 @@ impl Hub {
                     self.sb.disconnect(now, conn);
                     self.drain(Cause::Other, None);
                 }
+            }
+            HubMsg::Shutdown { done } => {
+                let live = self.sb.calls().filter(|c| c.ended().is_none()).count();
+                tracing::info!(calls = live, "ending live calls: the server is stopping");
+                self.sb.shutdown(now);
+                self.drain(Cause::Other, None);
+                let _ = done.send(());
             }
             HubMsg::Input { conn, input, .. } => {
                 if self.links.contains_key(&conn) {

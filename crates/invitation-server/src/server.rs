@@ -197,6 +197,12 @@ impl Server {
             connections = active.load(Ordering::Relaxed),
             "shutting down"
         );
+        // Calls first: the hub ends every live call and queues the news to
+        // each connection, which writes it before its `closing` message.
+        let (done, ended) = tokio::sync::oneshot::channel();
+        if shared.hub.send(HubMsg::Shutdown { done }).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), ended).await;
+        }
         let _ = shutdown_tx.send(true);
         let grace = Duration::from_secs(shared.config.shutdown_grace_s);
         if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })

@@ -522,6 +522,26 @@ impl Switchboard {
         result
     }
 
+    /// The server is stopping without keeping its state: every live call
+    /// ends now with [`Reason::ServerShutdown`] for every party (ringing
+    /// callees, accepted callees, the caller), so that both sides learn it
+    /// before their connections close.
+    pub fn shutdown(&mut self, now: Instant) {
+        let now = self.advance(now);
+        let mut live: Vec<CallId> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.ended.is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        live.sort_unstable(); // a deterministic order of events
+        for call_id in live {
+            self.end_ringing(&call_id, Reason::ServerShutdown);
+            self.settle_as(now, &call_id, Some(Reason::ServerShutdown));
+        }
+        self.flush(now);
+    }
+
     /// Fires every timer due at `now`. Spurious or early calls are no-ops.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.advance(now);
@@ -1022,6 +1042,12 @@ impl Switchboard {
     /// Disarms timers nobody needs any more and ends the call when nobody
     /// rings and nobody is in it.
     fn settle(&mut self, now: Instant, call_id: &CallId) {
+        self.settle_as(now, call_id, None);
+    }
+
+    /// Ends the call once nobody rings and nobody is in it; `forced` gives
+    /// every party that reason instead of the natural one.
+    fn settle_as(&mut self, now: Instant, call_id: &CallId, forced: Option<Reason>) {
         let call = self.calls.get_mut(call_id).expect("live call");
         if call.ended.is_some() {
             return;
@@ -1037,10 +1063,12 @@ impl Switchboard {
         if let Some(at) = call.gone_at.take() {
             self.timers.remove(at, TimerKind::CallerGone, call_id);
         }
-        if call.anyone_in_call() {
+        if forced.is_some() {
+            call.caller_in_call = false;
+        } else if call.anyone_in_call() {
             return;
         }
-        let reason = call.final_reason();
+        let reason = forced.unwrap_or_else(|| call.final_reason());
         call.ended = Some(reason);
         let keep = self.config.recent_ended_per_user;
         let mut in_call = Vec::new();
@@ -1055,11 +1083,11 @@ impl Switchboard {
                 callee.clone(),
                 LogEvent::CallEnded {
                     call: call_id.clone(),
-                    reason: Reason::HungUp,
+                    reason: forced.unwrap_or(Reason::HungUp),
                 },
             ));
             if let Some(entry) = self.users.get_mut(&callee) {
-                entry.end_call(call_id, Reason::HungUp, keep);
+                entry.end_call(call_id, forced.unwrap_or(Reason::HungUp), keep);
             }
         }
         self.pending.push((
