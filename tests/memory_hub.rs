@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use invitation::prelude::*;
-use invitation::{BuildError, ConnectionState, Fanout, Recorder};
+use invitation::testing::Recorder;
+use invitation::{BuildError, ConnectionState, Fanout};
 use invitation_core::{DeviceId, SwitchboardConfig};
 
 struct Dev {
@@ -60,7 +61,7 @@ async fn received_accept_pressed_and_outgoing_accepted() {
     let alice = dev(&hub, "alice", "phone").await;
     let bob = dev(&hub, "bob", "phone").await;
     let call = invite(&alice, &["bob"], 60).await;
-    let r = bob.rec.wait_for("on_incoming_call_received", 1).await;
+    let r = bob.rec.wait_for(Callback::IncomingCallReceived, 1).await;
     match r.event {
         AppEvent::IncomingCallReceived {
             caller,
@@ -76,9 +77,9 @@ async fn received_accept_pressed_and_outgoing_accepted() {
     }
     bob.client.accept(&call).await.unwrap();
     bob.rec
-        .wait_for("on_incoming_call_accept_button_pressed", 1)
+        .wait_for(Callback::IncomingCallAcceptButtonPressed, 1)
         .await;
-    let r = alice.rec.wait_for("on_outgoing_call_accepted", 1).await;
+    let r = alice.rec.wait_for(Callback::OutgoingCallAccepted, 1).await;
     assert!(
         matches!(r.event, AppEvent::OutgoingCallAccepted { ref callee, .. } if callee.as_str() == "bob")
     );
@@ -91,13 +92,13 @@ async fn cancel_pressed_and_incoming_canceled_with_reason() {
     let alice = dev(&hub, "alice", "phone").await;
     let bob = dev(&hub, "bob", "phone").await;
     let call = invite(&alice, &["bob"], 60).await;
-    bob.rec.wait_for("on_incoming_call_received", 1).await;
+    bob.rec.wait_for(Callback::IncomingCallReceived, 1).await;
     alice.client.cancel(&call).await.unwrap();
     alice
         .rec
-        .wait_for("on_outgoing_call_cancel_button_pressed", 1)
+        .wait_for(Callback::OutgoingCallCancelButtonPressed, 1)
         .await;
-    let r = bob.rec.wait_for("on_incoming_call_canceled", 1).await;
+    let r = bob.rec.wait_for(Callback::IncomingCallCanceled, 1).await;
     assert!(matches!(
         r.event,
         AppEvent::IncomingCallCanceled {
@@ -114,14 +115,14 @@ async fn timeouts_on_both_sides() {
     let bob = dev(&hub, "bob", "phone").await;
     let started = tokio::time::Instant::now();
     invite(&alice, &["bob"], 30).await;
-    bob.rec.wait_for("on_incoming_call_timeout", 1).await;
-    alice.rec.wait_for("on_outgoing_call_timeout", 1).await;
+    bob.rec.wait_for(Callback::IncomingCallTimeout, 1).await;
+    alice.rec.wait_for(Callback::OutgoingCallTimeout, 1).await;
     let took = started.elapsed();
     assert!(
         took >= Duration::from_secs(30) && took < Duration::from_secs(31),
         "{took:?}"
     );
-    assert_eq!(bob.rec.count("on_incoming_call_timeout"), 1);
+    assert_eq!(bob.rec.count(Callback::IncomingCallTimeout), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -130,12 +131,12 @@ async fn decline_pressed_and_outgoing_declined() {
     let alice = dev(&hub, "alice", "phone").await;
     let bob = dev(&hub, "bob", "phone").await;
     let call = invite(&alice, &["bob"], 60).await;
-    bob.rec.wait_for("on_incoming_call_received", 1).await;
+    bob.rec.wait_for(Callback::IncomingCallReceived, 1).await;
     bob.client.decline(&call).await.unwrap();
     bob.rec
-        .wait_for("on_incoming_call_decline_button_pressed", 1)
+        .wait_for(Callback::IncomingCallDeclineButtonPressed, 1)
         .await;
-    alice.rec.wait_for("on_outgoing_call_declined", 1).await;
+    alice.rec.wait_for(Callback::OutgoingCallDeclined, 1).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -146,11 +147,11 @@ async fn rejected_cause_busy_server_side_and_declared() {
     let carol = dev(&hub, "carol", "phone").await;
     // bob declares busy
     let call = invite(&alice, &["bob"], 60).await;
-    bob.rec.wait_for("on_incoming_call_received", 1).await;
+    bob.rec.wait_for(Callback::IncomingCallReceived, 1).await;
     bob.client.decline_busy(&call).await.unwrap();
     let r = alice
         .rec
-        .wait_for("on_outgoing_call_rejected_cause_busy", 1)
+        .wait_for(Callback::OutgoingCallRejectedCauseBusy, 1)
         .await;
     assert!(matches!(
         r.event,
@@ -161,7 +162,7 @@ async fn rejected_cause_busy_server_side_and_declared() {
     ));
     // the server decides: bob is in a call with carol
     let with_carol = invite(&carol, &["bob"], 60).await;
-    bob.rec.wait_for("on_incoming_call_received", 2).await;
+    bob.rec.wait_for(Callback::IncomingCallReceived, 2).await;
     bob.client.accept(&with_carol).await.unwrap();
     let busy = alice
         .client
@@ -174,10 +175,10 @@ async fn rejected_cause_busy_server_side_and_declared() {
     );
     alice
         .rec
-        .wait_for("on_outgoing_call_rejected_cause_busy", 2)
+        .wait_for(Callback::OutgoingCallRejectedCauseBusy, 2)
         .await;
     assert_eq!(
-        bob.rec.count("on_incoming_call_received"),
+        bob.rec.count(Callback::IncomingCallReceived),
         2,
         "bob never rang for the busy call"
     );
@@ -191,10 +192,10 @@ async fn answered_elsewhere_stops_the_other_device() {
     let laptop = dev(&hub, "bob", "laptop").await;
     let mut laptop_events = laptop.client.events();
     let call = invite(&alice, &["bob"], 60).await;
-    phone.rec.wait_for("on_incoming_call_received", 1).await;
-    laptop.rec.wait_for("on_incoming_call_received", 1).await;
+    phone.rec.wait_for(Callback::IncomingCallReceived, 1).await;
+    laptop.rec.wait_for(Callback::IncomingCallReceived, 1).await;
     phone.client.accept(&call).await.unwrap();
-    let r = laptop.rec.wait_for("on_incoming_call_canceled", 1).await;
+    let r = laptop.rec.wait_for(Callback::IncomingCallCanceled, 1).await;
     assert!(matches!(
         r.event,
         AppEvent::IncomingCallCanceled {
@@ -215,7 +216,7 @@ async fn answered_elsewhere_stops_the_other_device() {
             reason: Reason::AnsweredElsewhere
         }))
     ));
-    assert_eq!(alice.rec.count("on_outgoing_call_accepted"), 1);
+    assert_eq!(alice.rec.count(Callback::OutgoingCallAccepted), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -225,7 +226,7 @@ async fn offline_callee_gets_the_call_on_connect() {
     let call = invite(&alice, &["bob"], 60).await;
     tokio::time::sleep(Duration::from_secs(10)).await; // bob is offline for 10 s
     let bob = dev(&hub, "bob", "phone").await;
-    let r = bob.rec.wait_for("on_incoming_call_received", 1).await;
+    let r = bob.rec.wait_for(Callback::IncomingCallReceived, 1).await;
     match r.event {
         AppEvent::IncomingCallReceived { ring_remaining, .. } => {
             assert_eq!(
@@ -237,7 +238,7 @@ async fn offline_callee_gets_the_call_on_connect() {
         other => panic!("{other:?}"),
     }
     bob.client.accept(&call).await.unwrap();
-    alice.rec.wait_for("on_outgoing_call_accepted", 1).await;
+    alice.rec.wait_for(Callback::OutgoingCallAccepted, 1).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -249,13 +250,13 @@ async fn group_call_has_per_callee_outcomes() {
     let dave = dev(&hub, "dave", "phone").await;
     let call = invite(&alice, &["bob", "carol", "dave"], 20).await;
     for d in [&bob, &carol, &dave] {
-        d.rec.wait_for("on_incoming_call_received", 1).await;
+        d.rec.wait_for(Callback::IncomingCallReceived, 1).await;
     }
     bob.client.accept(&call).await.unwrap();
     carol.client.decline(&call).await.unwrap();
-    dave.rec.wait_for("on_incoming_call_timeout", 1).await;
+    dave.rec.wait_for(Callback::IncomingCallTimeout, 1).await;
     let outcomes: Vec<(String, &str)> = {
-        alice.rec.wait_for("on_outgoing_call_timeout", 1).await;
+        alice.rec.wait_for(Callback::OutgoingCallTimeout, 1).await;
         alice
             .rec
             .records()
@@ -290,10 +291,10 @@ async fn caller_gone_cancels_after_the_grace_period() {
     let alice = dev(&hub, "alice", "phone").await;
     let bob = dev(&hub, "bob", "phone").await;
     invite(&alice, &["bob"], 60).await;
-    bob.rec.wait_for("on_incoming_call_received", 1).await;
+    bob.rec.wait_for(Callback::IncomingCallReceived, 1).await;
     alice.client.close().await; // alice's app dies
     let started = tokio::time::Instant::now();
-    let r = bob.rec.wait_for("on_incoming_call_canceled", 1).await;
+    let r = bob.rec.wait_for(Callback::IncomingCallCanceled, 1).await;
     assert!(matches!(
         r.event,
         AppEvent::IncomingCallCanceled {
@@ -310,7 +311,7 @@ async fn reconnect_while_ringing_loses_and_duplicates_nothing() {
     let alice = dev(&hub, "alice", "phone").await;
     let bob = dev(&hub, "bob", "phone").await;
     let call = invite(&alice, &["bob"], 60).await;
-    bob.rec.wait_for("on_incoming_call_received", 1).await;
+    bob.rec.wait_for(Callback::IncomingCallReceived, 1).await;
     let mut bob_events = bob.client.events();
     hub.kick(
         &UserId::new("bob").unwrap(),
@@ -318,7 +319,7 @@ async fn reconnect_while_ringing_loses_and_duplicates_nothing() {
     );
     // The client notices, reconnects on its own, and resumes.
     loop {
-        if let AppEvent::Connection(ConnectionState::Connected { resumed }) =
+        if let AppEvent::Connection(ConnectionState::Connected { resumed, .. }) =
             bob_events.recv().await.unwrap()
         {
             assert!(resumed);
@@ -326,9 +327,9 @@ async fn reconnect_while_ringing_loses_and_duplicates_nothing() {
         }
     }
     bob.client.accept(&call).await.unwrap();
-    alice.rec.wait_for("on_outgoing_call_accepted", 1).await;
+    alice.rec.wait_for(Callback::OutgoingCallAccepted, 1).await;
     assert_eq!(
-        bob.rec.count("on_incoming_call_received"),
+        bob.rec.count(Callback::IncomingCallReceived),
         1,
         "no duplicate ring"
     );
@@ -358,9 +359,9 @@ async fn acting_from_inside_a_callback_does_not_deadlock() {
     let alice = dev(&hub, "alice", "phone").await;
     let bob = dev_with(&hub, "bob", "phone", Some(Arc::new(AutoAccept))).await;
     invite(&alice, &["bob"], 60).await;
-    alice.rec.wait_for("on_outgoing_call_accepted", 1).await;
+    alice.rec.wait_for(Callback::OutgoingCallAccepted, 1).await;
     bob.rec
-        .wait_for("on_incoming_call_accept_button_pressed", 1)
+        .wait_for(Callback::IncomingCallAcceptButtonPressed, 1)
         .await;
 }
 
@@ -417,19 +418,19 @@ async fn c5_panicking_and_slow_handlers_are_isolated() {
     let second = invite(&carol, &["bob"], 60).await; // handler sleeps 10 s
     let started = tokio::time::Instant::now();
     let _third = invite(&dave, &["bob"], 60).await; // runs at once
-    rec.wait_for("on_incoming_call_received", 1).await;
+    rec.wait_for(Callback::IncomingCallReceived, 1).await;
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "the slow call held back another call"
     );
     // The connection kept working: commands succeed on the panicked call.
     bob.accept(&first).await.unwrap();
-    alice.rec.wait_for("on_outgoing_call_accepted", 1).await;
+    alice.rec.wait_for(Callback::OutgoingCallAccepted, 1).await;
     // The slow call's own callbacks resume after its handler finishes.
-    rec.wait_for("on_incoming_call_received", 2).await;
+    rec.wait_for(Callback::IncomingCallReceived, 2).await;
     assert!(started.elapsed() >= Duration::from_secs(10));
     bob.decline(&second).await.unwrap();
-    carol.rec.wait_for("on_outgoing_call_declined", 1).await;
+    carol.rec.wait_for(Callback::OutgoingCallDeclined, 1).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -449,9 +450,9 @@ async fn fanout_forwards_every_callback_to_each_handler() {
         .unwrap();
     bob.connect().await.unwrap();
     let call = invite(&alice, &["bob"], 60).await;
-    r2.wait_for("on_incoming_call_received", 1).await;
+    r2.wait_for(Callback::IncomingCallReceived, 1).await;
     bob.decline(&call).await.unwrap();
-    r2.wait_for("on_incoming_call_decline_button_pressed", 1)
+    r2.wait_for(Callback::IncomingCallDeclineButtonPressed, 1)
         .await;
     assert_eq!(r1.records(), r2.records());
 }
@@ -482,7 +483,7 @@ async fn commands_return_typed_results() {
 
 #[test]
 fn builder_validates_synchronously() {
-    let hub_less = invitation::transport::mock::pair().0;
+    let hub_less = invitation::testing::mock::pair().0;
     let err = Client::builder()
         .transport(hub_less.clone())
         .build()

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use invitation::prelude::*;
+use invitation::testing::Recorder;
 use invitation::transport::ws::WsTransport;
-use invitation::{ConnectionState, Recorder};
+use invitation::{Callback, ConnectionState};
 use invitation_core::DecodeLimits;
 use invitation_core::protocol::{ClientMessage, ServerBody, ServerMessage};
 use invitation_server::{Config, RunningServer, Server};
@@ -43,7 +44,7 @@ pub struct Dev {
 }
 
 pub async fn dev(srv: &RunningServer, user: &str, device: &str) -> Dev {
-    let rec = Recorder::new();
+    let rec = Recorder::with_deadline(SOON);
     let u = User::named(user, &user.to_uppercase());
     let client = Client::builder()
         .user(u)
@@ -58,10 +59,8 @@ pub async fn dev(srv: &RunningServer, user: &str, device: &str) -> Dev {
     Dev { client, rec }
 }
 
-pub async fn wait(rec: &Recorder, method: &str, n: usize) -> invitation::Recorded {
-    tokio::time::timeout(SOON, rec.wait_for(method, n))
-        .await
-        .unwrap_or_else(|_| panic!("{method} #{n} did not fire; saw {:?}", rec.methods()))
+pub async fn wait(rec: &Recorder, callback: Callback, n: usize) -> invitation::testing::Recorded {
+    rec.wait_for(callback, n).await
 }
 
 pub async fn wait_event(
@@ -85,7 +84,7 @@ pub async fn wait_event(
 pub async fn reconnected(rx: &mut tokio::sync::broadcast::Receiver<AppEvent>) -> bool {
     tokio::time::timeout(SOON, async {
         loop {
-            if let AppEvent::Connection(ConnectionState::Connected { resumed }) =
+            if let AppEvent::Connection(ConnectionState::Connected { resumed, .. }) =
                 rx.recv().await.unwrap()
             {
                 return resumed;

@@ -27,13 +27,13 @@ async fn ws_accept_flow_received_accept_pressed_outgoing_accepted() {
     let alice = dev(&srv, "alice", "phone").await;
     let bob = dev(&srv, "bob", "phone").await;
     let call = invite(&alice, &["bob"], 60).await;
-    let r = wait(&bob.rec, "on_incoming_call_received", 1).await;
+    let r = wait(&bob.rec, Callback::IncomingCallReceived, 1).await;
     assert!(
         matches!(r.event, AppEvent::IncomingCallReceived { ref caller, .. } if caller.id.as_str() == "alice" && &*caller.name == "ALICE")
     );
     bob.client.accept(&call).await.unwrap();
-    wait(&bob.rec, "on_incoming_call_accept_button_pressed", 1).await;
-    wait(&alice.rec, "on_outgoing_call_accepted", 1).await;
+    wait(&bob.rec, Callback::IncomingCallAcceptButtonPressed, 1).await;
+    wait(&alice.rec, Callback::OutgoingCallAccepted, 1).await;
     alice.client.hang_up(&call).await.unwrap();
     srv.stop().await;
 }
@@ -44,10 +44,10 @@ async fn ws_decline_flow() {
     let alice = dev(&srv, "alice", "phone").await;
     let bob = dev(&srv, "bob", "phone").await;
     let call = invite(&alice, &["bob"], 60).await;
-    wait(&bob.rec, "on_incoming_call_received", 1).await;
+    wait(&bob.rec, Callback::IncomingCallReceived, 1).await;
     bob.client.decline(&call).await.unwrap();
-    wait(&bob.rec, "on_incoming_call_decline_button_pressed", 1).await;
-    wait(&alice.rec, "on_outgoing_call_declined", 1).await;
+    wait(&bob.rec, Callback::IncomingCallDeclineButtonPressed, 1).await;
+    wait(&alice.rec, Callback::OutgoingCallDeclined, 1).await;
 }
 
 #[tokio::test]
@@ -57,11 +57,11 @@ async fn ws_busy_flow_server_decides() {
     let bob = dev(&srv, "bob", "phone").await;
     let carol = dev(&srv, "carol", "phone").await;
     let call = invite(&carol, &["bob"], 60).await;
-    wait(&bob.rec, "on_incoming_call_received", 1).await;
+    wait(&bob.rec, Callback::IncomingCallReceived, 1).await;
     bob.client.accept(&call).await.unwrap();
     invite(&alice, &["bob"], 60).await;
-    wait(&alice.rec, "on_outgoing_call_rejected_cause_busy", 1).await;
-    assert_eq!(bob.rec.count("on_incoming_call_received"), 1);
+    wait(&alice.rec, Callback::OutgoingCallRejectedCauseBusy, 1).await;
+    assert_eq!(bob.rec.count(Callback::IncomingCallReceived), 1);
 }
 
 #[tokio::test]
@@ -70,9 +70,9 @@ async fn ws_timeout_flow_both_sides() {
     let alice = dev(&srv, "alice", "phone").await;
     let bob = dev(&srv, "bob", "phone").await;
     invite(&alice, &["bob"], 1).await; // the shortest ring there is
-    wait(&bob.rec, "on_incoming_call_received", 1).await;
-    wait(&bob.rec, "on_incoming_call_timeout", 1).await;
-    wait(&alice.rec, "on_outgoing_call_timeout", 1).await;
+    wait(&bob.rec, Callback::IncomingCallReceived, 1).await;
+    wait(&bob.rec, Callback::IncomingCallTimeout, 1).await;
+    wait(&alice.rec, Callback::OutgoingCallTimeout, 1).await;
 }
 
 #[tokio::test]
@@ -81,10 +81,10 @@ async fn ws_cancel_flow() {
     let alice = dev(&srv, "alice", "phone").await;
     let bob = dev(&srv, "bob", "phone").await;
     let call = invite(&alice, &["bob"], 60).await;
-    wait(&bob.rec, "on_incoming_call_received", 1).await;
+    wait(&bob.rec, Callback::IncomingCallReceived, 1).await;
     alice.client.cancel(&call).await.unwrap();
-    wait(&alice.rec, "on_outgoing_call_cancel_button_pressed", 1).await;
-    let r = wait(&bob.rec, "on_incoming_call_canceled", 1).await;
+    wait(&alice.rec, Callback::OutgoingCallCancelButtonPressed, 1).await;
+    let r = wait(&bob.rec, Callback::IncomingCallCanceled, 1).await;
     assert!(matches!(
         r.event,
         AppEvent::IncomingCallCanceled {
@@ -101,10 +101,10 @@ async fn ws_multi_device_answered_elsewhere() {
     let phone = dev(&srv, "bob", "phone").await;
     let laptop = dev(&srv, "bob", "laptop").await;
     let call = invite(&alice, &["bob"], 60).await;
-    wait(&phone.rec, "on_incoming_call_received", 1).await;
-    wait(&laptop.rec, "on_incoming_call_received", 1).await;
+    wait(&phone.rec, Callback::IncomingCallReceived, 1).await;
+    wait(&laptop.rec, Callback::IncomingCallReceived, 1).await;
     phone.client.accept(&call).await.unwrap();
-    let r = wait(&laptop.rec, "on_incoming_call_canceled", 1).await;
+    let r = wait(&laptop.rec, Callback::IncomingCallCanceled, 1).await;
     assert!(matches!(
         r.event,
         AppEvent::IncomingCallCanceled {
@@ -119,8 +119,8 @@ async fn ws_multi_device_answered_elsewhere() {
             reason: Reason::AnsweredElsewhere
         }))
     ));
-    wait(&alice.rec, "on_outgoing_call_accepted", 1).await;
-    assert_eq!(alice.rec.count("on_outgoing_call_accepted"), 1);
+    wait(&alice.rec, Callback::OutgoingCallAccepted, 1).await;
+    assert_eq!(alice.rec.count(Callback::OutgoingCallAccepted), 1);
 }
 
 #[tokio::test]
@@ -137,9 +137,9 @@ async fn ws_offline_callee_connecting_in_time() {
         invitation_core::protocol::InitialStatus::Offline
     );
     let bob = dev(&srv, "bob", "phone").await;
-    wait(&bob.rec, "on_incoming_call_received", 1).await;
+    wait(&bob.rec, Callback::IncomingCallReceived, 1).await;
     bob.client.accept(&inv.call_id).await.unwrap();
-    wait(&alice.rec, "on_outgoing_call_accepted", 1).await;
+    wait(&alice.rec, Callback::OutgoingCallAccepted, 1).await;
 }
 
 #[tokio::test]
@@ -148,9 +148,9 @@ async fn ws_caller_gone_cancels_after_grace() {
     let alice = dev(&srv, "alice", "phone").await;
     let bob = dev(&srv, "bob", "phone").await;
     invite(&alice, &["bob"], 60).await;
-    wait(&bob.rec, "on_incoming_call_received", 1).await;
+    wait(&bob.rec, Callback::IncomingCallReceived, 1).await;
     alice.client.close().await;
-    let r = wait(&bob.rec, "on_incoming_call_canceled", 1).await;
+    let r = wait(&bob.rec, Callback::IncomingCallCanceled, 1).await;
     assert!(matches!(
         r.event,
         AppEvent::IncomingCallCanceled {
@@ -169,14 +169,14 @@ async fn ws_group_call_outcomes() {
     let dave = dev(&srv, "dave", "phone").await;
     let call = invite(&alice, &["bob", "carol", "dave"], 2).await;
     for d in [&bob, &carol, &dave] {
-        wait(&d.rec, "on_incoming_call_received", 1).await;
+        wait(&d.rec, Callback::IncomingCallReceived, 1).await;
     }
     bob.client.accept(&call).await.unwrap();
     carol.client.decline(&call).await.unwrap();
-    wait(&alice.rec, "on_outgoing_call_accepted", 1).await;
-    wait(&alice.rec, "on_outgoing_call_declined", 1).await;
-    wait(&alice.rec, "on_outgoing_call_timeout", 1).await;
-    wait(&dave.rec, "on_incoming_call_timeout", 1).await;
+    wait(&alice.rec, Callback::OutgoingCallAccepted, 1).await;
+    wait(&alice.rec, Callback::OutgoingCallDeclined, 1).await;
+    wait(&alice.rec, Callback::OutgoingCallTimeout, 1).await;
+    wait(&dave.rec, Callback::IncomingCallTimeout, 1).await;
 }
 
 #[tokio::test]
@@ -199,7 +199,7 @@ async fn ws_client_renews_its_token_in_band() {
     // Still connected and working.
     let bob = dev(&srv, "bob", "phone").await;
     invite(&alice, &["bob"], 60).await;
-    wait(&bob.rec, "on_incoming_call_received", 1).await;
+    wait(&bob.rec, Callback::IncomingCallReceived, 1).await;
 }
 
 #[tokio::test]
@@ -223,8 +223,8 @@ async fn ws_client_reconnects_after_server_drops_it_without_loss_or_duplicates()
         invitation_core::protocol::ServerBody::Closing { .. }
     )));
     let call = invite(&alice, &["bob"], 60).await;
-    wait(&bob.rec, "on_incoming_call_received", 1).await;
+    wait(&bob.rec, Callback::IncomingCallReceived, 1).await;
     bob.client.accept(&call).await.unwrap();
-    wait(&alice.rec, "on_outgoing_call_accepted", 1).await;
-    assert_eq!(bob.rec.count("on_incoming_call_received"), 1);
+    wait(&alice.rec, Callback::OutgoingCallAccepted, 1).await;
+    assert_eq!(bob.rec.count(Callback::IncomingCallReceived), 1);
 }
