@@ -4,12 +4,11 @@
 //!
 //! Run: `cargo run --example group_call`
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use invitation::Fanout;
 use invitation::prelude::*;
-use invitation::{Fanout, Recorder};
 
 /// bob accepts, carol declines, dave lets it ring.
 struct Callee;
@@ -57,11 +56,12 @@ async fn client(hub: &MemoryHub, id: &str, handler: impl InvitationEvents) -> Re
 #[tokio::main]
 async fn main() -> Result<()> {
     let hub = MemoryHub::new();
-    let recorder = Recorder::new();
-    let alice = client(&hub, "alice", recorder.clone()).await?;
+    // alice needs no callbacks here: she reads her event stream.
+    let alice = client(&hub, "alice", Fanout::default()).await?;
+    let mut events = alice.events();
     let mut callees = Vec::new();
     for id in ["bob", "carol", "dave"] {
-        callees.push(client(&hub, id, Fanout(vec![Arc::new(Callee)])).await?);
+        callees.push(client(&hub, id, Callee).await?);
     }
 
     let call = alice
@@ -72,19 +72,22 @@ async fn main() -> Result<()> {
         call.callees.len(),
         call.call_id
     );
-    recorder.wait_for("on_outgoing_call_accepted", 1).await;
-    recorder.wait_for("on_outgoing_call_declined", 1).await;
-    recorder.wait_for("on_outgoing_call_timeout", 1).await;
 
     println!("\noutcomes seen by alice:");
-    for r in recorder.records() {
-        let who = match &r.event {
+    let mut outcomes = 0;
+    while outcomes < call.callees.len() {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .context("an outcome for every callee within 10 s")??;
+        let who = match &event {
             AppEvent::OutgoingCallAccepted { callee, .. }
             | AppEvent::OutgoingCallDeclined { callee, .. }
             | AppEvent::OutgoingCallTimeout { callee, .. } => callee.to_string(),
             _ => continue,
         };
-        println!("  {who:<6} {}", r.method);
+        let callback = Callback::of(&event).expect("one of the ten");
+        println!("  {who:<6} {callback}");
+        outcomes += 1;
     }
     alice.hang_up(&call.call_id).await?;
     println!("alice hung up; the call with bob is over");

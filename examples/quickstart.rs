@@ -13,13 +13,23 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use invitation::prelude::*;
-use invitation::{Fanout, Recorder};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 /// Prints every callback, and answers incoming calls the way the caller's
-/// custom data asks (a demo shortcut: a real app asks its user).
+/// custom data asks (a demo shortcut: a real app asks its user). Each
+/// callback, once printed, is also sent to `fired`, so that the story below
+/// moves on only after the previous step's lines are out.
 struct Printer {
     who: &'static str,
+    fired: mpsc::UnboundedSender<Callback>,
+}
+
+impl Printer {
+    fn done(&self, ctx: &CallContext) {
+        if let Some(callback) = Callback::of(ctx.event()) {
+            let _ = self.fired.send(callback);
+        }
+    }
 }
 
 fn data(d: Option<&CustomData>) -> &str {
@@ -51,6 +61,7 @@ impl InvitationEvents for Printer {
         if let Err(e) = result {
             println!("  [{}] could not answer: {e}", self.who);
         }
+        self.done(ctx);
     }
     async fn on_incoming_call_canceled(
         &self,
@@ -65,40 +76,51 @@ impl InvitationEvents for Printer {
             caller.name,
             ctx.reason().map_or("?", |r| r.as_str())
         );
+        self.done(ctx);
     }
-    async fn on_incoming_call_timeout(&self, _: &CallContext, call_id: &CallId, caller: &User) {
+    async fn on_incoming_call_timeout(&self, ctx: &CallContext, call_id: &CallId, caller: &User) {
         println!(
             "  [{}] on_incoming_call_timeout        {call_id} from {}",
             self.who, caller.name
         );
+        self.done(ctx);
     }
-    async fn on_incoming_call_accept_button_pressed(&self, _: &CallContext, call_id: &CallId) {
+    async fn on_incoming_call_accept_button_pressed(&self, ctx: &CallContext, call_id: &CallId) {
         println!(
             "  [{}] on_incoming_call_accept_button_pressed  {call_id}",
             self.who
         );
+        self.done(ctx);
     }
-    async fn on_incoming_call_decline_button_pressed(&self, _: &CallContext, call_id: &CallId) {
+    async fn on_incoming_call_decline_button_pressed(&self, ctx: &CallContext, call_id: &CallId) {
         println!(
             "  [{}] on_incoming_call_decline_button_pressed {call_id}",
             self.who
         );
+        self.done(ctx);
     }
-    async fn on_outgoing_call_cancel_button_pressed(&self, _: &CallContext, call_id: &CallId) {
+    async fn on_outgoing_call_cancel_button_pressed(&self, ctx: &CallContext, call_id: &CallId) {
         println!(
             "  [{}] on_outgoing_call_cancel_button_pressed  {call_id}",
             self.who
         );
+        self.done(ctx);
     }
-    async fn on_outgoing_call_accepted(&self, _: &CallContext, call_id: &CallId, callee: &UserId) {
+    async fn on_outgoing_call_accepted(
+        &self,
+        ctx: &CallContext,
+        call_id: &CallId,
+        callee: &UserId,
+    ) {
         println!(
             "  [{}] on_outgoing_call_accepted       {call_id} by {callee}",
             self.who
         );
+        self.done(ctx);
     }
     async fn on_outgoing_call_rejected_cause_busy(
         &self,
-        _: &CallContext,
+        ctx: &CallContext,
         call_id: &CallId,
         callee: &UserId,
         _: Option<&CustomData>,
@@ -107,16 +129,23 @@ impl InvitationEvents for Printer {
             "  [{}] on_outgoing_call_rejected_cause_busy {call_id}: {callee} is busy",
             self.who
         );
+        self.done(ctx);
     }
-    async fn on_outgoing_call_declined(&self, _: &CallContext, call_id: &CallId, callee: &UserId) {
+    async fn on_outgoing_call_declined(
+        &self,
+        ctx: &CallContext,
+        call_id: &CallId,
+        callee: &UserId,
+    ) {
         println!(
             "  [{}] on_outgoing_call_declined       {call_id} by {callee}",
             self.who
         );
+        self.done(ctx);
     }
     async fn on_outgoing_call_timeout(
         &self,
-        _: &CallContext,
+        ctx: &CallContext,
         call_id: &CallId,
         callee: &UserId,
         _: Option<&CustomData>,
@@ -125,6 +154,7 @@ impl InvitationEvents for Printer {
             "  [{}] on_outgoing_call_timeout        {call_id}: {callee} did not answer",
             self.who
         );
+        self.done(ctx);
     }
 }
 
@@ -132,21 +162,45 @@ async fn client(
     hub: &MemoryHub,
     id: &'static str,
     name: &str,
-    recorder: &Recorder,
+    fired: &mpsc::UnboundedSender<Callback>,
 ) -> Result<Client> {
     let user = User::named(id, name);
     let client = Client::builder()
         .user(user.clone())
         .device("phone")
         .transport(hub.transport(user))
-        .handler(Fanout(vec![
-            std::sync::Arc::new(Printer { who: id }),
-            std::sync::Arc::new(recorder.clone()),
-        ]))
+        .handler(Printer {
+            who: id,
+            fired: fired.clone(),
+        })
         .ring_timeout(Duration::from_secs(3))
         .build()?;
     client.connect().await?;
     Ok(client)
+}
+
+/// Every callback that fired so far, on any device, in order.
+struct Tally {
+    rx: mpsc::UnboundedReceiver<Callback>,
+    fired: Vec<Callback>,
+}
+
+impl Tally {
+    fn count(&self, callback: Callback) -> usize {
+        self.fired.iter().filter(|c| **c == callback).count()
+    }
+
+    /// Waits until `callback` has fired `n` times in all (10 s at most).
+    async fn wait(&mut self, callback: Callback, n: usize) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.count(callback) < n {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(c)) => self.fired.push(c),
+                _ => bail!("{callback} #{n} did not fire; fired: {:?}", self.fired),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Waits for the first event matching `f` (10 s at most).
@@ -174,22 +228,24 @@ fn data_of(s: &str) -> Option<CustomData> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let hub = MemoryHub::new();
-    let recorder = Recorder::new();
-    let alice = client(&hub, "alice", "Alice", &recorder).await?;
-    let bob = client(&hub, "bob", "Bob", &recorder).await?;
-    let carol = client(&hub, "carol", "Carol", &recorder).await?;
+    let (fired, rx) = mpsc::unbounded_channel();
+    let alice = client(&hub, "alice", "Alice", &fired).await?;
+    let bob = client(&hub, "bob", "Bob", &fired).await?;
+    let carol = client(&hub, "carol", "Carol", &fired).await?;
     let mut b = bob.events();
 
-    // Waiting on the recorder (not the raw event stream) keeps the printed
-    // callbacks in the order of the story.
-    let r = &recorder;
+    // Waiting on the printed callbacks (not the raw event stream) keeps the
+    // output in the order of the story.
+    let mut t = Tally {
+        rx,
+        fired: Vec::new(),
+    };
     println!("1. alice calls bob; bob accepts; alice hangs up");
     let call = alice
         .invite(["bob"], CallType::Video, data_of("please accept"))
         .await?;
-    r.wait_for("on_outgoing_call_accepted", 1).await;
-    r.wait_for("on_incoming_call_accept_button_pressed", 1)
-        .await;
+    t.wait(Callback::OutgoingCallAccepted, 1).await?;
+    t.wait(Callback::IncomingCallAcceptButtonPressed, 1).await?;
     alice.hang_up(&call.call_id).await?;
     wait_for(&mut b, "call ended", |e| {
         matches!(e, AppEvent::CallEnded { .. })
@@ -200,28 +256,27 @@ async fn main() -> Result<()> {
     alice
         .invite(["bob"], CallType::Voice, data_of("let it ring"))
         .await?;
-    r.wait_for("on_outgoing_call_timeout", 1).await;
-    r.wait_for("on_incoming_call_timeout", 1).await;
+    t.wait(Callback::OutgoingCallTimeout, 1).await?;
+    t.wait(Callback::IncomingCallTimeout, 1).await?;
 
     println!("3. alice calls bob; bob declines");
     alice
         .invite(["bob"], CallType::Voice, data_of("please decline"))
         .await?;
-    r.wait_for("on_outgoing_call_declined", 1).await;
-    r.wait_for("on_incoming_call_decline_button_pressed", 1)
-        .await;
+    t.wait(Callback::OutgoingCallDeclined, 1).await?;
+    t.wait(Callback::IncomingCallDeclineButtonPressed, 1)
+        .await?;
 
     println!("4. carol calls bob and bob accepts; then alice calls bob: busy");
     let with_carol = carol
         .invite(["bob"], CallType::Voice, data_of("please accept"))
         .await?;
-    r.wait_for("on_incoming_call_accept_button_pressed", 2)
-        .await;
-    r.wait_for("on_outgoing_call_accepted", 2).await;
+    t.wait(Callback::IncomingCallAcceptButtonPressed, 2).await?;
+    t.wait(Callback::OutgoingCallAccepted, 2).await?;
     alice
         .invite(["bob"], CallType::Voice, data_of("please accept"))
         .await?;
-    r.wait_for("on_outgoing_call_rejected_cause_busy", 1).await;
+    t.wait(Callback::OutgoingCallRejectedCauseBusy, 1).await?;
     carol.hang_up(&with_carol.call_id).await?;
     wait_for(&mut b, "call ended", |e| {
         matches!(e, AppEvent::CallEnded { .. })
@@ -232,31 +287,21 @@ async fn main() -> Result<()> {
     let call = alice
         .invite(["bob"], CallType::Video, data_of("let it ring"))
         .await?;
-    r.wait_for("on_incoming_call_received", 5).await;
+    t.wait(Callback::IncomingCallReceived, 5).await?;
     alice.cancel(&call.call_id).await?;
-    r.wait_for("on_incoming_call_canceled", 1).await;
-    r.wait_for("on_outgoing_call_cancel_button_pressed", 1)
-        .await;
+    t.wait(Callback::IncomingCallCanceled, 1).await?;
+    t.wait(Callback::OutgoingCallCancelButtonPressed, 1).await?;
 
-    let ten = [
-        "on_incoming_call_received",
-        "on_incoming_call_canceled",
-        "on_incoming_call_timeout",
-        "on_incoming_call_accept_button_pressed",
-        "on_incoming_call_decline_button_pressed",
-        "on_outgoing_call_cancel_button_pressed",
-        "on_outgoing_call_accepted",
-        "on_outgoing_call_rejected_cause_busy",
-        "on_outgoing_call_declined",
-        "on_outgoing_call_timeout",
-    ];
+    while let Ok(c) = t.rx.try_recv() {
+        t.fired.push(c);
+    }
     println!("\nall ten callbacks:");
     let mut missing = Vec::new();
-    for name in ten {
-        let n = recorder.count(name);
-        println!("  {:<42} fired {n}x", name);
+    for &callback in Callback::ALL {
+        let n = t.count(callback);
+        println!("  {:<42} fired {n}x", callback.name());
         if n == 0 {
-            missing.push(name);
+            missing.push(callback);
         }
     }
     for c in [&alice, &bob, &carol] {

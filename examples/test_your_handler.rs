@@ -103,7 +103,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use invitation::Recorder;
+    use invitation::testing::Recorder;
     use invitation::transport::mock::{self, MockServer};
     use invitation_core::protocol::Command;
 
@@ -149,7 +149,7 @@ mod tests {
             })
         );
         recorder
-            .wait_for("on_incoming_call_decline_button_pressed", 1)
+            .wait_for(Callback::IncomingCallDeclineButtonPressed, 1)
             .await;
         assert!(handler.ringing.lock().unwrap().is_empty());
     }
@@ -165,10 +165,10 @@ mod tests {
             Some("{\"room\":7}"),
             Duration::from_secs(60),
         );
-        recorder.wait_for("on_incoming_call_received", 1).await;
+        recorder.wait_for(Callback::IncomingCallReceived, 1).await;
         assert_eq!(*handler.ringing.lock().unwrap(), vec![call.clone()]);
         server.incoming_ended(&call, Reason::Canceled, None);
-        let r = recorder.wait_for("on_incoming_call_canceled", 1).await;
+        let r = recorder.wait_for(Callback::IncomingCallCanceled, 1).await;
         assert!(matches!(
             r.event,
             AppEvent::IncomingCallCanceled {
@@ -196,11 +196,11 @@ mod tests {
             None,
             Duration::from_secs(30),
         );
-        recorder.wait_for("on_incoming_call_received", 1).await;
+        recorder.wait_for(Callback::IncomingCallReceived, 1).await;
         let started = tokio::time::Instant::now();
         // The server never says how the call ended: the fallback timer does,
         // never before the server-relative deadline.
-        recorder.wait_for("on_incoming_call_timeout", 1).await;
+        recorder.wait_for(Callback::IncomingCallTimeout, 1).await;
         assert!(started.elapsed() >= Duration::from_secs(30));
         assert!(handler.ringing.lock().unwrap().is_empty());
     }

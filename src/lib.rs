@@ -6,18 +6,31 @@
 //! `cancel` / `hang_up`.
 //!
 //! * [`core`]: the sans-IO state machines and wire protocol v1;
-//! * [`transport`]: the `Transport` trait, the in-process [`MemoryHub`], the
-//!   scriptable [`mock`](transport::mock) for handler unit tests;
-//! * the client: [`Client`], [`InvitationEvents`], [`CallContext`],
-//!   [`Recorder`].
+//! * [`transport`]: the `Transport` trait and the in-process [`MemoryHub`];
+//!   with the `websocket` feature, `transport::ws` to reach an
+//!   `invitation-server`;
+//! * the client: [`Client`], [`InvitationEvents`], [`CallContext`], and
+//!   [`Callback`] (the ten callbacks by name);
+//! * `testing` (feature `testing`, for `[dev-dependencies]`): the
+//!   `Recorder` handler, the scriptable `mock` server, `fault` injection and
+//!   the transport `conformance` suite.
+//!
+//! Features (all off by default: the default build pulls no network stack
+//! and no test code):
+//!
+//! | feature | adds |
+//! |---|---|
+//! | `websocket` | `transport::ws::WsTransport` (tokio-tungstenite) |
+//! | `testing` | `invitation::testing` |
 //!
 //! Runnable examples: `cargo run --example quickstart`, `group_call`,
-//! `test_your_handler`.
+//! `test_your_handler`; `cargo run --features websocket --example ws_client`
+//! reaches a running server.
 
 pub use invitation_core as core;
 pub use invitation_handler::{
-    BuildError, CallContext, Client, ClientBuilder, ClientError, Fanout, Invitation,
-    InvitationEvents, Recorded, Recorder,
+    BuildError, CallContext, Callback, Client, ClientBuilder, ClientError, Fanout, Invitation,
+    InvitationEvents,
 };
 pub use invitation_transport as transport;
 pub use invitation_transport::memory::MemoryHub;
@@ -27,11 +40,25 @@ pub use invitation_core::{
     UserId,
 };
 
+/// Test helpers (feature `testing`; turn it on in `[dev-dependencies]`):
+/// record callbacks and wait for them with a deadline, script a server,
+/// inject faults, check a transport.
+///
+/// ```toml
+/// [dev-dependencies]
+/// invitation = { version = "0.1", features = ["testing"] }
+/// ```
+#[cfg(feature = "testing")]
+pub mod testing {
+    pub use invitation_handler::testing::{Recorded, Recorder, WaitTimeout};
+    pub use invitation_transport::{conformance, fault, mock};
+}
+
 /// Everything a typical app needs: `use invitation::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        AppEvent, CallContext, CallId, CallType, Client, ClientError, CommandError, CustomData,
-        InvitationEvents, MemoryHub, Reason, User, UserId,
+        AppEvent, CallContext, CallId, CallType, Callback, Client, ClientError, CommandError,
+        CustomData, InvitationEvents, MemoryHub, Reason, User, UserId,
     };
     pub use async_trait::async_trait;
 }

@@ -1,44 +1,38 @@
-//! End to end on the in-process hub, with paused time: each of the ten
-//! callbacks, answered elsewhere, offline delivery, group outcomes, caller
-//! gone, reconnects, and the handler guarantees (acting from a callback,
-//! panics and slow handlers isolated, fan-out).
+//! Handler guarantees on the in-process hub, with paused time: panics and
+//! slow handlers isolated, fan-out, the builder's checks, and the test
+//! `Recorder` failing (not hanging) when a callback never comes.
+//!
+//! The call flows themselves (each of the ten callbacks, answered elsewhere,
+//! offline delivery, group outcomes, caller gone, reconnects, acting from a
+//! callback) are one suite run on the memory hub and on the server:
+//! crates/invitation-server/tests/flows.rs.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use invitation::prelude::*;
-use invitation::{BuildError, ConnectionState, Fanout, Recorder};
-use invitation_core::{DeviceId, SwitchboardConfig};
+use invitation::testing::Recorder;
+use invitation::{BuildError, Fanout};
+use invitation_core::SwitchboardConfig;
 
 struct Dev {
     client: Client,
     rec: Recorder,
 }
 
-async fn dev_with(
-    hub: &MemoryHub,
-    user: &str,
-    device: &str,
-    extra: Option<Arc<dyn InvitationEvents>>,
-) -> Dev {
+async fn dev(hub: &MemoryHub, user: &str, device: &str) -> Dev {
     let rec = Recorder::new();
     let u = User::named(user, &user.to_uppercase());
-    let mut builder = Client::builder()
+    let client = Client::builder()
         .user(u.clone())
         .device(device)
         .transport(hub.transport(u))
-        .handler(rec.clone());
-    if let Some(h) = extra {
-        builder = builder.handler(h);
-    }
-    let client = builder.build().unwrap();
+        .handler(rec.clone())
+        .build()
+        .unwrap();
     client.connect().await.unwrap();
     Dev { client, rec }
-}
-
-async fn dev(hub: &MemoryHub, user: &str, device: &str) -> Dev {
-    dev_with(hub, user, device, None).await
 }
 
 async fn invite(d: &Dev, callees: &[&str], timeout_s: u32) -> CallId {
@@ -52,316 +46,6 @@ async fn invite(d: &Dev, callees: &[&str], timeout_s: u32) -> CallId {
         .await
         .unwrap()
         .call_id
-}
-
-#[tokio::test(start_paused = true)]
-async fn received_accept_pressed_and_outgoing_accepted() {
-    let hub = MemoryHub::new();
-    let alice = dev(&hub, "alice", "phone").await;
-    let bob = dev(&hub, "bob", "phone").await;
-    let call = invite(&alice, &["bob"], 60).await;
-    let r = bob.rec.wait_for("on_incoming_call_received", 1).await;
-    match r.event {
-        AppEvent::IncomingCallReceived {
-            caller,
-            custom_data,
-            callees,
-            ..
-        } => {
-            assert_eq!(caller.id.as_str(), "alice");
-            assert_eq!(custom_data.unwrap().as_str(), "{\"room\":\"r1\"}");
-            assert_eq!(callees[0].id.as_str(), "bob");
-        }
-        other => panic!("{other:?}"),
-    }
-    bob.client.accept(&call).await.unwrap();
-    bob.rec
-        .wait_for("on_incoming_call_accept_button_pressed", 1)
-        .await;
-    let r = alice.rec.wait_for("on_outgoing_call_accepted", 1).await;
-    assert!(
-        matches!(r.event, AppEvent::OutgoingCallAccepted { ref callee, .. } if callee.as_str() == "bob")
-    );
-    assert_eq!(r.call_id, call);
-}
-
-#[tokio::test(start_paused = true)]
-async fn cancel_pressed_and_incoming_canceled_with_reason() {
-    let hub = MemoryHub::new();
-    let alice = dev(&hub, "alice", "phone").await;
-    let bob = dev(&hub, "bob", "phone").await;
-    let call = invite(&alice, &["bob"], 60).await;
-    bob.rec.wait_for("on_incoming_call_received", 1).await;
-    alice.client.cancel(&call).await.unwrap();
-    alice
-        .rec
-        .wait_for("on_outgoing_call_cancel_button_pressed", 1)
-        .await;
-    let r = bob.rec.wait_for("on_incoming_call_canceled", 1).await;
-    assert!(matches!(
-        r.event,
-        AppEvent::IncomingCallCanceled {
-            reason: Reason::Canceled,
-            ..
-        }
-    ));
-}
-
-#[tokio::test(start_paused = true)]
-async fn timeouts_on_both_sides() {
-    let hub = MemoryHub::new();
-    let alice = dev(&hub, "alice", "phone").await;
-    let bob = dev(&hub, "bob", "phone").await;
-    let started = tokio::time::Instant::now();
-    invite(&alice, &["bob"], 30).await;
-    bob.rec.wait_for("on_incoming_call_timeout", 1).await;
-    alice.rec.wait_for("on_outgoing_call_timeout", 1).await;
-    let took = started.elapsed();
-    assert!(
-        took >= Duration::from_secs(30) && took < Duration::from_secs(31),
-        "{took:?}"
-    );
-    assert_eq!(bob.rec.count("on_incoming_call_timeout"), 1);
-}
-
-#[tokio::test(start_paused = true)]
-async fn decline_pressed_and_outgoing_declined() {
-    let hub = MemoryHub::new();
-    let alice = dev(&hub, "alice", "phone").await;
-    let bob = dev(&hub, "bob", "phone").await;
-    let call = invite(&alice, &["bob"], 60).await;
-    bob.rec.wait_for("on_incoming_call_received", 1).await;
-    bob.client.decline(&call).await.unwrap();
-    bob.rec
-        .wait_for("on_incoming_call_decline_button_pressed", 1)
-        .await;
-    alice.rec.wait_for("on_outgoing_call_declined", 1).await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn rejected_cause_busy_server_side_and_declared() {
-    let hub = MemoryHub::new();
-    let alice = dev(&hub, "alice", "phone").await;
-    let bob = dev(&hub, "bob", "phone").await;
-    let carol = dev(&hub, "carol", "phone").await;
-    // bob declares busy
-    let call = invite(&alice, &["bob"], 60).await;
-    bob.rec.wait_for("on_incoming_call_received", 1).await;
-    bob.client.decline_busy(&call).await.unwrap();
-    let r = alice
-        .rec
-        .wait_for("on_outgoing_call_rejected_cause_busy", 1)
-        .await;
-    assert!(matches!(
-        r.event,
-        AppEvent::OutgoingCallRejectedCauseBusy {
-            custom_data: Some(_),
-            ..
-        }
-    ));
-    // the server decides: bob is in a call with carol
-    let with_carol = invite(&carol, &["bob"], 60).await;
-    bob.rec.wait_for("on_incoming_call_received", 2).await;
-    bob.client.accept(&with_carol).await.unwrap();
-    let busy = alice
-        .client
-        .invite(["bob"], CallType::Voice, None)
-        .await
-        .unwrap();
-    assert_eq!(
-        busy.callees[0].status,
-        invitation_core::protocol::InitialStatus::Busy
-    );
-    alice
-        .rec
-        .wait_for("on_outgoing_call_rejected_cause_busy", 2)
-        .await;
-    assert_eq!(
-        bob.rec.count("on_incoming_call_received"),
-        2,
-        "bob never rang for the busy call"
-    );
-}
-
-#[tokio::test(start_paused = true)]
-async fn answered_elsewhere_stops_the_other_device() {
-    let hub = MemoryHub::new();
-    let alice = dev(&hub, "alice", "phone").await;
-    let phone = dev(&hub, "bob", "phone").await;
-    let laptop = dev(&hub, "bob", "laptop").await;
-    let mut laptop_events = laptop.client.events();
-    let call = invite(&alice, &["bob"], 60).await;
-    phone.rec.wait_for("on_incoming_call_received", 1).await;
-    laptop.rec.wait_for("on_incoming_call_received", 1).await;
-    phone.client.accept(&call).await.unwrap();
-    let r = laptop.rec.wait_for("on_incoming_call_canceled", 1).await;
-    assert!(matches!(
-        r.event,
-        AppEvent::IncomingCallCanceled {
-            reason: Reason::AnsweredElsewhere,
-            ..
-        }
-    ));
-    loop {
-        if let AppEvent::AnsweredElsewhere { device, .. } = laptop_events.recv().await.unwrap() {
-            assert_eq!(device, Some(DeviceId::new("phone").unwrap()));
-            break;
-        }
-    }
-    let late = laptop.client.accept(&call).await;
-    assert!(matches!(
-        late,
-        Err(ClientError::Command(CommandError::Ended {
-            reason: Reason::AnsweredElsewhere
-        }))
-    ));
-    assert_eq!(alice.rec.count("on_outgoing_call_accepted"), 1);
-}
-
-#[tokio::test(start_paused = true)]
-async fn offline_callee_gets_the_call_on_connect() {
-    let hub = MemoryHub::new();
-    let alice = dev(&hub, "alice", "phone").await;
-    let call = invite(&alice, &["bob"], 60).await;
-    tokio::time::sleep(Duration::from_secs(10)).await; // bob is offline for 10 s
-    let bob = dev(&hub, "bob", "phone").await;
-    let r = bob.rec.wait_for("on_incoming_call_received", 1).await;
-    match r.event {
-        AppEvent::IncomingCallReceived { ring_remaining, .. } => {
-            assert_eq!(
-                ring_remaining,
-                Duration::from_secs(50),
-                "server-relative time left"
-            )
-        }
-        other => panic!("{other:?}"),
-    }
-    bob.client.accept(&call).await.unwrap();
-    alice.rec.wait_for("on_outgoing_call_accepted", 1).await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn group_call_has_per_callee_outcomes() {
-    let hub = MemoryHub::new();
-    let alice = dev(&hub, "alice", "phone").await;
-    let bob = dev(&hub, "bob", "phone").await;
-    let carol = dev(&hub, "carol", "phone").await;
-    let dave = dev(&hub, "dave", "phone").await;
-    let call = invite(&alice, &["bob", "carol", "dave"], 20).await;
-    for d in [&bob, &carol, &dave] {
-        d.rec.wait_for("on_incoming_call_received", 1).await;
-    }
-    bob.client.accept(&call).await.unwrap();
-    carol.client.decline(&call).await.unwrap();
-    dave.rec.wait_for("on_incoming_call_timeout", 1).await;
-    let outcomes: Vec<(String, &str)> = {
-        alice.rec.wait_for("on_outgoing_call_timeout", 1).await;
-        alice
-            .rec
-            .records()
-            .into_iter()
-            .filter_map(|r| match r.event {
-                AppEvent::OutgoingCallAccepted { callee, .. } => {
-                    Some((callee.to_string(), "accepted"))
-                }
-                AppEvent::OutgoingCallDeclined { callee, .. } => {
-                    Some((callee.to_string(), "declined"))
-                }
-                AppEvent::OutgoingCallTimeout { callee, .. } => {
-                    Some((callee.to_string(), "timeout"))
-                }
-                _ => None,
-            })
-            .collect()
-    };
-    assert_eq!(
-        outcomes,
-        [
-            ("bob".into(), "accepted"),
-            ("carol".into(), "declined"),
-            ("dave".into(), "timeout")
-        ]
-    );
-}
-
-#[tokio::test(start_paused = true)]
-async fn caller_gone_cancels_after_the_grace_period() {
-    let hub = MemoryHub::new();
-    let alice = dev(&hub, "alice", "phone").await;
-    let bob = dev(&hub, "bob", "phone").await;
-    invite(&alice, &["bob"], 60).await;
-    bob.rec.wait_for("on_incoming_call_received", 1).await;
-    alice.client.close().await; // alice's app dies
-    let started = tokio::time::Instant::now();
-    let r = bob.rec.wait_for("on_incoming_call_canceled", 1).await;
-    assert!(matches!(
-        r.event,
-        AppEvent::IncomingCallCanceled {
-            reason: Reason::CallerGone,
-            ..
-        }
-    ));
-    assert!(started.elapsed() >= Duration::from_secs(15));
-}
-
-#[tokio::test(start_paused = true)]
-async fn reconnect_while_ringing_loses_and_duplicates_nothing() {
-    let hub = MemoryHub::new();
-    let alice = dev(&hub, "alice", "phone").await;
-    let bob = dev(&hub, "bob", "phone").await;
-    let call = invite(&alice, &["bob"], 60).await;
-    bob.rec.wait_for("on_incoming_call_received", 1).await;
-    let mut bob_events = bob.client.events();
-    hub.kick(
-        &UserId::new("bob").unwrap(),
-        &DeviceId::new("phone").unwrap(),
-    );
-    // The client notices, reconnects on its own, and resumes.
-    loop {
-        if let AppEvent::Connection(ConnectionState::Connected { resumed }) =
-            bob_events.recv().await.unwrap()
-        {
-            assert!(resumed);
-            break;
-        }
-    }
-    bob.client.accept(&call).await.unwrap();
-    alice.rec.wait_for("on_outgoing_call_accepted", 1).await;
-    assert_eq!(
-        bob.rec.count("on_incoming_call_received"),
-        1,
-        "no duplicate ring"
-    );
-}
-
-/// Accepts from inside the callback.
-struct AutoAccept;
-
-#[async_trait]
-impl InvitationEvents for AutoAccept {
-    async fn on_incoming_call_received(
-        &self,
-        ctx: &CallContext,
-        _: &CallId,
-        _: &User,
-        _: CallType,
-        _: &[User],
-        _: Option<&CustomData>,
-    ) {
-        ctx.accept().await.expect("acting from a callback works");
-    }
-}
-
-#[tokio::test(start_paused = true)]
-async fn acting_from_inside_a_callback_does_not_deadlock() {
-    let hub = MemoryHub::new();
-    let alice = dev(&hub, "alice", "phone").await;
-    let bob = dev_with(&hub, "bob", "phone", Some(Arc::new(AutoAccept))).await;
-    invite(&alice, &["bob"], 60).await;
-    alice.rec.wait_for("on_outgoing_call_accepted", 1).await;
-    bob.rec
-        .wait_for("on_incoming_call_accept_button_pressed", 1)
-        .await;
 }
 
 /// Panics on the first incoming call, sleeps 10 s on the second.
@@ -417,19 +101,19 @@ async fn c5_panicking_and_slow_handlers_are_isolated() {
     let second = invite(&carol, &["bob"], 60).await; // handler sleeps 10 s
     let started = tokio::time::Instant::now();
     let _third = invite(&dave, &["bob"], 60).await; // runs at once
-    rec.wait_for("on_incoming_call_received", 1).await;
+    rec.wait_for(Callback::IncomingCallReceived, 1).await;
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "the slow call held back another call"
     );
     // The connection kept working: commands succeed on the panicked call.
     bob.accept(&first).await.unwrap();
-    alice.rec.wait_for("on_outgoing_call_accepted", 1).await;
+    alice.rec.wait_for(Callback::OutgoingCallAccepted, 1).await;
     // The slow call's own callbacks resume after its handler finishes.
-    rec.wait_for("on_incoming_call_received", 2).await;
+    rec.wait_for(Callback::IncomingCallReceived, 2).await;
     assert!(started.elapsed() >= Duration::from_secs(10));
     bob.decline(&second).await.unwrap();
-    carol.rec.wait_for("on_outgoing_call_declined", 1).await;
+    carol.rec.wait_for(Callback::OutgoingCallDeclined, 1).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -449,40 +133,58 @@ async fn fanout_forwards_every_callback_to_each_handler() {
         .unwrap();
     bob.connect().await.unwrap();
     let call = invite(&alice, &["bob"], 60).await;
-    r2.wait_for("on_incoming_call_received", 1).await;
+    r2.wait_for(Callback::IncomingCallReceived, 1).await;
     bob.decline(&call).await.unwrap();
-    r2.wait_for("on_incoming_call_decline_button_pressed", 1)
+    r2.wait_for(Callback::IncomingCallDeclineButtonPressed, 1)
         .await;
     assert_eq!(r1.records(), r2.records());
 }
 
 #[tokio::test(start_paused = true)]
-async fn commands_return_typed_results() {
+async fn a_recorder_wait_that_never_completes_fails_listing_what_arrived() {
     let hub = MemoryHub::new();
     let alice = dev(&hub, "alice", "phone").await;
-    let unknown = CallId::new("nope").unwrap();
-    assert!(matches!(
-        alice.client.accept(&unknown).await,
-        Err(ClientError::Command(CommandError::NotFound))
-    ));
-    assert!(matches!(
-        alice.client.invite(["bad id"], CallType::Voice, None).await,
-        Err(ClientError::Invalid(_))
-    ));
-    assert!(matches!(
-        alice.client.invite(["alice"], CallType::Voice, None).await,
-        Err(ClientError::Command(CommandError::Rejected { .. }))
-    ));
-    alice.client.close().await;
-    assert!(matches!(
-        alice.client.cancel(&unknown).await,
-        Err(ClientError::Closed)
-    ));
+    let bob = dev(&hub, "bob", "phone").await;
+    let call = invite(&alice, &["bob"], 60).await;
+    bob.rec.wait_for(Callback::IncomingCallReceived, 1).await;
+    // Nobody answers within the deadline: the wait fails, it does not hang,
+    // and it says what came instead.
+    let short = Recorder::with_deadline(Duration::from_secs(5));
+    let started = tokio::time::Instant::now();
+    let err = tokio::join!(
+        short.try_wait_for(Callback::IncomingCallTimeout, 1),
+        bob.rec.try_wait_for(Callback::IncomingCallTimeout, 1),
+    );
+    assert!(err.0.unwrap_err().seen.is_empty());
+    // bob's recorder (two-minute deadline) does see the timeout at 60 s.
+    let r = err.1.unwrap();
+    assert_eq!(r.call_id, call);
+    assert_eq!(started.elapsed(), Duration::from_secs(60));
+    let err = bob
+        .rec
+        .try_wait_for(Callback::IncomingCallAcceptButtonPressed, 1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.wanted, Callback::IncomingCallAcceptButtonPressed);
+    assert_eq!(
+        err.seen.iter().map(|r| r.callback).collect::<Vec<_>>(),
+        [
+            Callback::IncomingCallReceived,
+            Callback::IncomingCallTimeout
+        ]
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "on_incoming_call_accept_button_pressed #1 did not fire within 120s; \
+             arrived: on_incoming_call_received ({call}), on_incoming_call_timeout ({call})"
+        )
+    );
 }
 
 #[test]
 fn builder_validates_synchronously() {
-    let hub_less = invitation::transport::mock::pair().0;
+    let hub_less = invitation::testing::mock::pair().0;
     let err = Client::builder()
         .transport(hub_less.clone())
         .build()

@@ -79,6 +79,7 @@ pub mod id;
 pub mod model;
 pub mod protocol;
 pub mod session;
+pub mod stability;
 pub mod switchboard;
 
 pub use connection::{

@@ -23,6 +23,7 @@ pub const HARD_MAX_CUSTOM_DATA: usize = 60 * 1024;
 /// A user as shown to others: id plus display name. The name is whatever the
 /// authentication layer vouches for (a token's `name` claim).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct User {
     /// Stable identity.
     pub id: UserId,

@@ -75,6 +75,7 @@ impl Default for SessionConfig {
 #[non_exhaustive]
 pub enum ConnectionState {
     /// Connected and in step with the server.
+    #[non_exhaustive]
     Connected {
         /// True when the event stream continued where it left off; false
         /// when a full resync was needed.
@@ -91,6 +92,7 @@ pub enum ConnectionState {
 #[non_exhaustive]
 pub enum AppEvent {
     /// Callee: an invitation rings on this device.
+    #[non_exhaustive]
     IncomingCallReceived {
         /// The call.
         call_id: CallId,
@@ -107,6 +109,7 @@ pub enum AppEvent {
     },
     /// Callee: ringing stopped before this device answered (caller
     /// canceled, caller gone, answered or declined elsewhere).
+    #[non_exhaustive]
     IncomingCallCanceled {
         /// The call.
         call_id: CallId,
@@ -118,6 +121,7 @@ pub enum AppEvent {
         reason: Reason,
     },
     /// Callee: nobody answered in time.
+    #[non_exhaustive]
     IncomingCallTimeout {
         /// The call.
         call_id: CallId,
@@ -125,11 +129,13 @@ pub enum AppEvent {
         caller: User,
     },
     /// Callee: this device accepted (confirmed by the server).
+    #[non_exhaustive]
     IncomingCallAcceptButtonPressed {
         /// The call.
         call_id: CallId,
     },
     /// Callee: this device declined (confirmed by the server).
+    #[non_exhaustive]
     IncomingCallDeclineButtonPressed {
         /// The call.
         call_id: CallId,
@@ -137,11 +143,13 @@ pub enum AppEvent {
         busy: bool,
     },
     /// Caller: this device canceled (confirmed by the server).
+    #[non_exhaustive]
     OutgoingCallCancelButtonPressed {
         /// The call.
         call_id: CallId,
     },
     /// Caller: a callee accepted.
+    #[non_exhaustive]
     OutgoingCallAccepted {
         /// The call.
         call_id: CallId,
@@ -149,6 +157,7 @@ pub enum AppEvent {
         callee: UserId,
     },
     /// Caller: a callee was busy.
+    #[non_exhaustive]
     OutgoingCallRejectedCauseBusy {
         /// The call.
         call_id: CallId,
@@ -158,6 +167,7 @@ pub enum AppEvent {
         custom_data: Option<CustomData>,
     },
     /// Caller: a callee declined.
+    #[non_exhaustive]
     OutgoingCallDeclined {
         /// The call.
         call_id: CallId,
@@ -165,6 +175,7 @@ pub enum AppEvent {
         callee: UserId,
     },
     /// Caller: a callee did not answer in time (once per such callee).
+    #[non_exhaustive]
     OutgoingCallTimeout {
         /// The call.
         call_id: CallId,
@@ -174,6 +185,7 @@ pub enum AppEvent {
         custom_data: Option<CustomData>,
     },
     /// Callee: another device of yours accepted.
+    #[non_exhaustive]
     AnsweredElsewhere {
         /// The call.
         call_id: CallId,
@@ -181,6 +193,7 @@ pub enum AppEvent {
         device: Option<DeviceId>,
     },
     /// Callee: another device of yours declined.
+    #[non_exhaustive]
     DeclinedElsewhere {
         /// The call.
         call_id: CallId,
@@ -188,6 +201,7 @@ pub enum AppEvent {
         device: Option<DeviceId>,
     },
     /// Caller: at least one device of this callee has the invitation.
+    #[non_exhaustive]
     CalleeRinging {
         /// The call.
         call_id: CallId,
@@ -197,6 +211,7 @@ pub enum AppEvent {
     /// Caller: a callee outcome not covered by the ten callbacks (canceled,
     /// caller gone, unreachable), or any outcome seen on a caller device
     /// that did not start the call.
+    #[non_exhaustive]
     CalleeOutcome {
         /// The call.
         call_id: CallId,
@@ -206,6 +221,7 @@ pub enum AppEvent {
         reason: Reason,
     },
     /// Caller: another device of yours started a call.
+    #[non_exhaustive]
     OutgoingCallStarted {
         /// The call.
         call_id: CallId,
@@ -215,6 +231,7 @@ pub enum AppEvent {
         callees: Arc<[User]>,
     },
     /// The call is over for you (hung up, or the invitation ended).
+    #[non_exhaustive]
     CallEnded {
         /// The call.
         call_id: CallId,
@@ -223,11 +240,14 @@ pub enum AppEvent {
     },
     /// The event stream could not be resumed; the local view was rebuilt
     /// from a full snapshot (events in between may be summarised).
+    #[non_exhaustive]
     Resynced {
         /// Live calls in the snapshot.
         live_calls: usize,
     },
-    /// The connection changed state.
+    /// The connection changed state. (Not `#[non_exhaustive]` itself, so
+    /// that other crates can match `Connection(state)`; what can grow is
+    /// [`ConnectionState`], which is.)
     Connection(ConnectionState),
 }
 

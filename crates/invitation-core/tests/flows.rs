@@ -639,7 +639,7 @@ fn resume_replays_missed_events_without_duplicates() {
     let welcome_resumed = net.dev("alice", "phone").app_events().any(|e| {
         matches!(
             e,
-            AppEvent::Connection(invitation_core::ConnectionState::Connected { resumed: true })
+            AppEvent::Connection(invitation_core::ConnectionState::Connected { resumed: true, .. })
         )
     });
     assert!(welcome_resumed);

@@ -284,14 +284,18 @@ impl World {
                     | AppEvent::IncomingCallDeclineButtonPressed { call_id, .. } => {
                         *ring_ended.entry(call_id.clone()).or_default() += 1;
                     }
-                    AppEvent::IncomingCallAcceptButtonPressed { call_id } => {
+                    AppEvent::IncomingCallAcceptButtonPressed { call_id, .. } => {
                         *ring_ended.entry(call_id.clone()).or_default() += 1;
                         *accepted_by
                             .entry((call_id.clone(), user.clone()))
                             .or_default() += 1;
                     }
-                    AppEvent::OutgoingCallAccepted { call_id, callee }
-                    | AppEvent::OutgoingCallDeclined { call_id, callee }
+                    AppEvent::OutgoingCallAccepted {
+                        call_id, callee, ..
+                    }
+                    | AppEvent::OutgoingCallDeclined {
+                        call_id, callee, ..
+                    }
                     | AppEvent::OutgoingCallRejectedCauseBusy {
                         call_id, callee, ..
                     }
@@ -381,7 +385,7 @@ impl World {
                     u == user
                         && dev.app_events().any(|e| {
                             matches!(e,
-                    AppEvent::IncomingCallAcceptButtonPressed { call_id: c } if c == call_id)
+                    AppEvent::IncomingCallAcceptButtonPressed { call_id: c , .. } if c == call_id)
                         })
                 })
                 .map(|((_, d), _)| d.clone())

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::client::Client;
 use crate::context::CallContext;
-use crate::events::{InvitationEvents, dispatch, is_callback};
+use crate::events::{Callback, InvitationEvents, dispatch};
 
 struct Lane {
     tx: mpsc::UnboundedSender<AppEvent>,
@@ -45,7 +45,7 @@ impl Dispatcher {
         let Some(call_id) = event.call_id().cloned() else {
             return;
         };
-        if is_callback(&event) {
+        if Callback::of(&event).is_some() {
             let lane = match self.lanes.get(&call_id) {
                 Some(lane) => lane,
                 None => {

@@ -55,6 +55,7 @@ mod context;
 mod dispatch;
 mod driver;
 mod events;
+#[cfg(feature = "testing")]
 mod recorder;
 
 pub use client::{
@@ -62,5 +63,11 @@ pub use client::{
     WithTransport,
 };
 pub use context::CallContext;
-pub use events::{Fanout, InvitationEvents};
-pub use recorder::{Recorded, Recorder};
+pub use events::{Callback, Fanout, InvitationEvents};
+
+/// Test helpers (feature `testing`): [`Recorder`](testing::Recorder), a
+/// handler that records every callback and waits for them with a deadline.
+#[cfg(feature = "testing")]
+pub mod testing {
+    pub use crate::recorder::{Recorded, Recorder, WaitTimeout};
+}

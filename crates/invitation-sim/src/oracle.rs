@@ -12,7 +12,7 @@ fn is_ring_end(e: &AppEvent, call: &CallId) -> bool {
     match e {
         AppEvent::IncomingCallCanceled { call_id, .. }
         | AppEvent::IncomingCallTimeout { call_id, .. }
-        | AppEvent::IncomingCallAcceptButtonPressed { call_id }
+        | AppEvent::IncomingCallAcceptButtonPressed { call_id, .. }
         | AppEvent::IncomingCallDeclineButtonPressed { call_id, .. }
         | AppEvent::OutgoingCallAccepted { call_id, .. } => call_id == call,
         _ => false,
@@ -22,8 +22,12 @@ fn is_ring_end(e: &AppEvent, call: &CallId) -> bool {
 /// The callee outcome an outgoing event reports, if any.
 fn outcome_of(e: &AppEvent) -> Option<(&CallId, &UserId, Reason)> {
     Some(match e {
-        AppEvent::OutgoingCallAccepted { call_id, callee } => (call_id, callee, Reason::Accepted),
-        AppEvent::OutgoingCallDeclined { call_id, callee } => (call_id, callee, Reason::Declined),
+        AppEvent::OutgoingCallAccepted {
+            call_id, callee, ..
+        } => (call_id, callee, Reason::Accepted),
+        AppEvent::OutgoingCallDeclined {
+            call_id, callee, ..
+        } => (call_id, callee, Reason::Declined),
         AppEvent::OutgoingCallRejectedCauseBusy {
             call_id, callee, ..
         } => (call_id, callee, Reason::Busy),
@@ -34,29 +38,8 @@ fn outcome_of(e: &AppEvent) -> Option<(&CallId, &UserId, Reason)> {
             call_id,
             callee,
             reason,
+            ..
         } => (call_id, callee, *reason),
-        _ => return None,
-    })
-}
-
-fn callback_name(e: &AppEvent) -> Option<&'static str> {
-    Some(match e {
-        AppEvent::IncomingCallReceived { .. } => "on_incoming_call_received",
-        AppEvent::IncomingCallCanceled { .. } => "on_incoming_call_canceled",
-        AppEvent::IncomingCallTimeout { .. } => "on_incoming_call_timeout",
-        AppEvent::IncomingCallAcceptButtonPressed { .. } => {
-            "on_incoming_call_accept_button_pressed"
-        }
-        AppEvent::IncomingCallDeclineButtonPressed { .. } => {
-            "on_incoming_call_decline_button_pressed"
-        }
-        AppEvent::OutgoingCallCancelButtonPressed { .. } => {
-            "on_outgoing_call_cancel_button_pressed"
-        }
-        AppEvent::OutgoingCallAccepted { .. } => "on_outgoing_call_accepted",
-        AppEvent::OutgoingCallRejectedCauseBusy { .. } => "on_outgoing_call_rejected_cause_busy",
-        AppEvent::OutgoingCallDeclined { .. } => "on_outgoing_call_declined",
-        AppEvent::OutgoingCallTimeout { .. } => "on_outgoing_call_timeout",
         _ => return None,
     })
 }
@@ -144,15 +127,15 @@ fn check_incarnation(
         }
     }
     // The handler got exactly the callbacks of the stream, each once.
-    let stream_callbacks: Vec<(&'static str, String)> = inc
+    let stream_callbacks: Vec<(Callback, String)> = inc
         .events
         .iter()
-        .filter_map(|(_, e)| callback_name(e).map(|m| (m, format!("{e:?}"))))
+        .filter_map(|(_, e)| Callback::of(e).map(|c| (c, format!("{e:?}"))))
         .collect();
-    let handler_callbacks: Vec<(&'static str, String)> = inc
+    let handler_callbacks: Vec<(Callback, String)> = inc
         .callbacks
         .iter()
-        .map(|c| (c.method, format!("{:?}", c.event)))
+        .map(|c| (c.callback, format!("{:?}", c.event)))
         .collect();
     if inc.alive && stream_callbacks.len() != handler_callbacks.len() {
         v.push(format!(
@@ -195,7 +178,7 @@ fn check_incarnation(
                 ended.insert(c.clone());
             }
         }
-        if let AppEvent::IncomingCallAcceptButtonPressed { call_id } = e {
+        if let AppEvent::IncomingCallAcceptButtonPressed { call_id, .. } = e {
             accepted_by
                 .entry((call_id.clone(), inc.user.clone()))
                 .or_default()

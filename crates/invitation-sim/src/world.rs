@@ -5,11 +5,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use invitation::Fanout;
 use invitation::prelude::*;
-use invitation::{Fanout, Recorded, Recorder};
+use invitation::testing::fault::{FaultConfig, FaultyTransport, SimRng};
+use invitation::testing::{Recorded, Recorder};
 use invitation_core::protocol::InviteRequest;
 use invitation_core::{DeviceId, Switchboard};
-use invitation_transport::fault::{FaultConfig, FaultyTransport, SimRng};
 use invitation_transport::memory::MemoryTransport;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;

@@ -10,10 +10,13 @@
 //! Backends:
 //! * [`memory`]: an in-process hub running the core `Switchboard`, many
 //!   clients on one hub (tests, examples, single-process apps);
-//! * [`mock`]: a scriptable server for unit-testing a handler with no hub;
-//! * `ws` (feature `ws`, on by default): WebSocket to `invitation-server`;
-//! * [`conformance`]: the suite every backend's tests run;
-//! * [`fault`]: fault injection (drop, duplicate, delay, reorder,
+//! * `ws` (feature `ws`, off by default): WebSocket to `invitation-server`.
+//!
+//! Test helpers (feature `testing`, off by default; turn it on in
+//! `[dev-dependencies]`):
+//! * `mock`: a scriptable server for unit-testing a handler with no hub;
+//! * `conformance`: the suite every backend's tests run;
+//! * `fault`: fault injection (drop, duplicate, delay, reorder,
 //!   disconnect, partition) around any backend, from a seed.
 //!
 //! ```
@@ -32,10 +35,13 @@
 //! # }
 //! ```
 
+#[cfg(feature = "testing")]
 pub mod conformance;
 mod error;
+#[cfg(feature = "testing")]
 pub mod fault;
 pub mod memory;
+#[cfg(feature = "testing")]
 pub mod mock;
 #[cfg(feature = "ws")]
 pub mod ws;

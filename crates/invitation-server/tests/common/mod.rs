@@ -1,14 +1,12 @@
-//! Helpers for tests against a real `invitation-server` on 127.0.0.1:0:
-//! SDK clients over WebSocket, and a raw protocol client for bad input.
+//! Helpers for tests against a real `invitation-server` on 127.0.0.1:0: the
+//! server, and a raw protocol client for bad input. (SDK clients over
+//! WebSocket: tests/suite.)
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use invitation::prelude::*;
-use invitation::transport::ws::WsTransport;
-use invitation::{ConnectionState, Recorder};
 use invitation_core::DecodeLimits;
 use invitation_core::protocol::{ClientMessage, ServerBody, ServerMessage};
 use invitation_server::{Config, RunningServer, Server};
@@ -35,65 +33,6 @@ pub async fn server(tweak: impl FnOnce(&mut Config)) -> RunningServer {
     };
     tweak(&mut config);
     Server::bind(config).await.unwrap().spawn()
-}
-
-pub struct Dev {
-    pub client: Client,
-    pub rec: Recorder,
-}
-
-pub async fn dev(srv: &RunningServer, user: &str, device: &str) -> Dev {
-    let rec = Recorder::new();
-    let u = User::named(user, &user.to_uppercase());
-    let client = Client::builder()
-        .user(u)
-        .device(device)
-        .token(srv.token(user, &user.to_uppercase()))
-        .transport(WsTransport::new(srv.url()))
-        .handler(rec.clone())
-        .backoff(Duration::from_millis(20), Duration::from_millis(200))
-        .build()
-        .unwrap();
-    client.connect().await.unwrap();
-    Dev { client, rec }
-}
-
-pub async fn wait(rec: &Recorder, method: &str, n: usize) -> invitation::Recorded {
-    tokio::time::timeout(SOON, rec.wait_for(method, n))
-        .await
-        .unwrap_or_else(|_| panic!("{method} #{n} did not fire; saw {:?}", rec.methods()))
-}
-
-pub async fn wait_event(
-    client: &Client,
-    rx: &mut tokio::sync::broadcast::Receiver<AppEvent>,
-    f: impl Fn(&AppEvent) -> bool,
-) -> AppEvent {
-    let _ = client;
-    tokio::time::timeout(SOON, async {
-        loop {
-            let e = rx.recv().await.unwrap();
-            if f(&e) {
-                return e;
-            }
-        }
-    })
-    .await
-    .expect("event in time")
-}
-
-pub async fn reconnected(rx: &mut tokio::sync::broadcast::Receiver<AppEvent>) -> bool {
-    tokio::time::timeout(SOON, async {
-        loop {
-            if let AppEvent::Connection(ConnectionState::Connected { resumed }) =
-                rx.recv().await.unwrap()
-            {
-                return resumed;
-            }
-        }
-    })
-    .await
-    .expect("reconnected in time")
 }
 
 /// A raw protocol client: exact frames in, exact messages out.

@@ -4,15 +4,16 @@
 //! accepts (her laptop is told "answered elsewhere"); carol calls alice
 //! while she is in that call (busy).
 //!
-//! Run: `cargo run --example websocket_call`
+//! Run: `cargo run -p invitation-server --example websocket_call`
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
+use invitation::Fanout;
 use invitation::prelude::*;
+use invitation::testing::Recorder;
 use invitation::transport::ws::WsTransport;
-use invitation::{Fanout, Recorder};
 use invitation_server::{Config, RunningServer, Server};
 
 /// Prints every callback; alice's phone accepts what rings.
@@ -112,7 +113,8 @@ async fn main() -> Result<()> {
     };
     let srv = Server::bind(config).await?.spawn();
     println!("server on {}", srv.url());
-    let rec = Recorder::new();
+    // Every wait gives up (with what did arrive) after 10 s.
+    let rec = Recorder::with_deadline(Duration::from_secs(10));
     let _phone = client(&srv, "alice", "Alice", "phone", "alice/phone", true, &rec).await?;
     let _laptop = client(
         &srv,
@@ -126,21 +128,21 @@ async fn main() -> Result<()> {
     .await?;
     let bob = client(&srv, "bob", "Bob", "phone", "bob", false, &rec).await?;
     let carol = client(&srv, "carol", "Carol", "phone", "carol", false, &rec).await?;
-    let wait = |m: &'static str, n| {
+    let wait = |callback, n| {
         let rec = rec.clone();
-        async move { tokio::time::timeout(Duration::from_secs(10), rec.wait_for(m, n)).await }
+        async move { rec.try_wait_for(callback, n).await }
     };
 
     println!(
         "1. bob calls alice: both her devices ring, the phone accepts, the laptop stops (answered elsewhere)"
     );
     let call = bob.invite(["alice"], CallType::Video, None).await?;
-    wait("on_outgoing_call_accepted", 1).await?;
-    wait("on_incoming_call_canceled", 1).await?;
+    wait(Callback::OutgoingCallAccepted, 1).await?;
+    wait(Callback::IncomingCallCanceled, 1).await?;
 
     println!("2. carol calls alice while she is in the call with bob: busy");
     carol.invite(["alice"], CallType::Voice, None).await?;
-    wait("on_outgoing_call_rejected_cause_busy", 1).await?;
+    wait(Callback::OutgoingCallRejectedCauseBusy, 1).await?;
 
     bob.hang_up(&call.call_id).await?;
     println!("metrics excerpt:");
