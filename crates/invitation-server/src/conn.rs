@@ -348,8 +348,12 @@ impl Session {
         if matches!(cause, CloseCause::Unauthorized | CloseCause::NoHello) {
             self.shared.metrics.refused(Refusal::Auth);
         }
-        let user = self.machine.user().map(|u| u.id.clone());
-        tracing::debug!(peer = %self.peer, conn = %self.conn, user = ?user, %cause, "connection closed");
+        match self.machine.user() {
+            Some(user) if self.opened => {
+                tracing::info!(peer = %self.peer, conn = %self.conn, user = %user.id, %cause, "session closed");
+            }
+            _ => tracing::debug!(peer = %self.peer, conn = %self.conn, %cause, "connection closed"),
+        }
         if self.write_failed {
             return; // dropping the stream shuts the socket
         }
@@ -410,10 +414,12 @@ impl Session {
     ) -> Result<(), WriteFailed> {
         let at = Instant::now();
         let msg = match input {
-            SwitchboardInput::Connect { .. } => {
-                if let Some(user) = self.machine.user() {
-                    tracing::debug!(peer = %self.peer, conn = %self.conn, user = %user.id, "session open");
-                }
+            SwitchboardInput::Connect {
+                ref user,
+                ref device,
+                ..
+            } => {
+                tracing::info!(peer = %self.peer, conn = %self.conn, user = %user.id, %device, "session open");
                 leave.joined = true;
                 self.opened = true;
                 self.shared.metrics.sessions.fetch_add(1, Ordering::Relaxed);

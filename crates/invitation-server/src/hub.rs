@@ -12,7 +12,7 @@ use invitation_core::protocol::{
     CloseReason, Command, ErrorBody, Event, ServerBody, ServerMessage,
 };
 use invitation_core::{
-    CallId, CallIdGenerator, CommandError, ConnId, Output, RequestId, Switchboard,
+    CallId, CallIdGenerator, CallNotice, CommandError, ConnId, Output, RequestId, Switchboard,
     SwitchboardConfig, SwitchboardInput, UserId,
 };
 use tokio::sync::mpsc;
@@ -344,6 +344,7 @@ impl Hub {
     /// each push wakes a connection task, tasks run in wake order, so the
     /// callee's `incoming_call` is written one socket write sooner.
     fn drain(&mut self, cause: Cause, requester: Option<ConnId>) {
+        self.log_notices();
         let mut deferred = std::mem::take(&mut self.deferred);
         while let Some(out) = self.sb.poll_output() {
             match out {
@@ -369,6 +370,32 @@ impl Hub {
             }
         }
         self.deferred = deferred;
+    }
+
+    /// One line per call milestone at `info`, with the call id: what an
+    /// operator watching the server expects to see.
+    fn log_notices(&mut self) {
+        while let Some(notice) = self.sb.poll_notice() {
+            match notice {
+                CallNotice::Started {
+                    call_id,
+                    caller,
+                    callees,
+                } => {
+                    let callees: Vec<&str> = callees.iter().map(|u| u.id.as_str()).collect();
+                    tracing::info!(%call_id, %caller, callees = %callees.join(","), "call started");
+                }
+                CallNotice::Outcome {
+                    call_id,
+                    callee,
+                    reason,
+                } => tracing::info!(%call_id, %callee, %reason, "callee outcome"),
+                CallNotice::Ended { call_id, reason } => {
+                    tracing::info!(%call_id, %reason, "call ended");
+                }
+                _ => {}
+            }
+        }
     }
 
     fn deliver(&mut self, conn: ConnId, message: ServerMessage, cause: Cause) {

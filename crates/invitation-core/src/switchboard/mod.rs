@@ -91,6 +91,39 @@ pub enum Output {
     },
 }
 
+/// A call's milestones, for the owner's logs and metrics (not for clients:
+/// they get events). Drained with [`Switchboard::poll_notice`]; only what
+/// the last input produced is held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CallNotice {
+    /// An invitation was created.
+    Started {
+        /// The call.
+        call_id: CallId,
+        /// Who invited.
+        caller: UserId,
+        /// Everyone invited.
+        callees: Arc<[User]>,
+    },
+    /// A callee's outcome was decided.
+    Outcome {
+        /// The call.
+        call_id: CallId,
+        /// The callee.
+        callee: UserId,
+        /// The outcome.
+        reason: Reason,
+    },
+    /// The call is over for everyone.
+    Ended {
+        /// The call.
+        call_id: CallId,
+        /// The call's overall reason (as the caller sees it).
+        reason: Reason,
+    },
+}
+
 /// What happens to an invitation for a callee who is busy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -266,6 +299,7 @@ pub struct Switchboard {
     requests: Requests,
     idle_users: VecDeque<(Instant, UserId)>,
     out: VecDeque<Output>,
+    notices: VecDeque<CallNotice>,
     /// Events produced while a call is borrowed, emitted afterwards.
     pending: Vec<(UserId, LogEvent)>,
     stats: SwitchboardStats,
@@ -297,6 +331,7 @@ impl Switchboard {
             requests: Requests::default(),
             idle_users: VecDeque::new(),
             out: VecDeque::new(),
+            notices: VecDeque::new(),
             pending: Vec::new(),
             stats: SwitchboardStats::default(),
         }
@@ -554,6 +589,12 @@ impl Switchboard {
         self.out.pop_front()
     }
 
+    /// The next call milestone, until `None`. Optional to drain: the queue
+    /// is cleared at the start of every input.
+    pub fn poll_notice(&mut self) -> Option<CallNotice> {
+        self.notices.pop_front()
+    }
+
     /// When [`Switchboard::handle_timeout`] must be called next. `None`
     /// exactly when no invitation is ringing and no caller-gone grace runs.
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -771,6 +812,11 @@ impl Switchboard {
             ring_for,
         });
         self.stats.invitations += 1;
+        self.notices.push_back(CallNotice::Started {
+            call_id: call_id.clone(),
+            caller: caller.clone(),
+            callees: info.callees.clone(),
+        });
         self.users
             .get_mut(caller)
             .expect("caller is connected")
@@ -781,6 +827,11 @@ impl Switchboard {
             match slot.outcome {
                 Some(reason) => {
                     self.stats.outcomes[reason.index()] += 1;
+                    self.notices.push_back(CallNotice::Outcome {
+                        call_id: call_id.clone(),
+                        callee: callee.clone(),
+                        reason,
+                    });
                     self.pending.push((
                         caller.clone(),
                         LogEvent::CalleeOutcome {
@@ -1012,6 +1063,11 @@ impl Switchboard {
         let callee = call.info.callees[i].id.clone();
         let caller = call.info.caller.id.clone();
         self.stats.outcomes[reason.index()] += 1;
+        self.notices.push_back(CallNotice::Outcome {
+            call_id: call_id.clone(),
+            callee: callee.clone(),
+            reason,
+        });
         self.pending.push((
             callee.clone(),
             LogEvent::IncomingEnded {
@@ -1070,6 +1126,10 @@ impl Switchboard {
         }
         let reason = forced.unwrap_or_else(|| call.final_reason());
         call.ended = Some(reason);
+        self.notices.push_back(CallNotice::Ended {
+            call_id: call_id.clone(),
+            reason,
+        });
         let keep = self.config.recent_ended_per_user;
         let mut in_call = Vec::new();
         for (i, slot) in call.slots.iter_mut().enumerate() {
@@ -1135,6 +1195,7 @@ impl Switchboard {
             _ => now,
         };
         self.now = Some(now);
+        self.notices.clear();
         while let Some((_, kind, call_id)) = self.timers.pop_due(now) {
             self.on_timer(kind, call_id);
         }
