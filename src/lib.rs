@@ -17,14 +17,15 @@
 pub use invitation_core as core;
 pub use invitation_handler::{
     BuildError, CallContext, Client, ClientBuilder, ClientError, Fanout, Invitation,
-    InvitationEvents, Recorded, Recorder,
+    InvitationEvents, NoTransport, Recorded, Recorder, TokenPeekError, UnverifiedClaims,
+    WithTransport,
 };
 pub use invitation_transport as transport;
 pub use invitation_transport::memory::MemoryHub;
 
 pub use invitation_core::{
-    AppEvent, CallId, CallType, CommandError, ConnectionState, CustomData, DeviceId, Reason, User,
-    UserId,
+    AppEvent, CallId, CallType, CommandError, ConnectionState, CustomData, DeviceId, Reason,
+    StopReason, User, UserId,
 };
 
 /// Everything a typical app needs: `use invitation::prelude::*;`.

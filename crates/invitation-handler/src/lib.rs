@@ -56,6 +56,7 @@ mod dispatch;
 mod driver;
 mod events;
 mod recorder;
+mod token;
 
 pub use client::{
     BuildError, Client, ClientBuilder, ClientError, EVENT_STREAM_CAPACITY, Invitation, NoTransport,
@@ -64,3 +65,4 @@ pub use client::{
 pub use context::CallContext;
 pub use events::{Fanout, InvitationEvents};
 pub use recorder::{Recorded, Recorder};
+pub use token::{TokenPeekError, UnverifiedClaims};
