@@ -90,7 +90,7 @@ pub use error::{CommandError, ErrorCode, ProtocolError, ValidationError};
 pub use guard::DecodeLimits;
 pub use id::{CallId, CallIdGenerator, DeviceId, MAX_ID_LEN, RequestId, SequentialCallIds, UserId};
 pub use model::{CallType, CustomData, Reason, User};
-pub use session::{AppEvent, ClientSession, ConnectionState, SessionConfig};
+pub use session::{AppEvent, ClientSession, ConnectionState, SessionConfig, StopReason};
 
 pub use switchboard::{
     BusyPolicy, CallNotice, CallView, ConnId, OfflinePolicy, Output, Switchboard,
