@@ -292,7 +292,7 @@ impl Session {
                 Ok(identity) => return Some((identity, message)),
                 Err(e) => {
                     tracing::info!(peer = %self.peer, error = %e, "authentication failed");
-                    self.unauthorized(Some(message.id.clone()), e.to_string())
+                    self.unauthorized(Some(message.id.clone()), e.public_message().into())
                         .await;
                     return None;
                 }
@@ -508,7 +508,7 @@ impl Session {
                 Err(e) => ServerBody::Error(ErrorBody {
                     re: Some(message.id),
                     code: ErrorCode::Unauthorized,
-                    message: e.to_string(),
+                    message: e.public_message().into(),
                     reason: None,
                     retry_after_ms: None,
                 }),
