@@ -45,7 +45,7 @@ use crate::protocol::{
 use call::{Call, CallInfo, Slot};
 use requests::Requests;
 use timers::{TimerKind, Timers};
-use user::{LogEvent, UserEntry};
+use user::{IdleUsers, LogEvent, UserEntry};
 
 /// A connection (one device's session) as the switchboard knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -131,7 +131,9 @@ pub struct SwitchboardConfig {
     /// Events kept per user for resume (300); older gaps get a full `sync`.
     pub resume_buffer: usize,
     /// How long ended calls and request ids are remembered (10 min), so late
-    /// duplicates get the same answer.
+    /// duplicates get the same answer; also how long a user record with no
+    /// device and no live call is kept (for resume) before it is forgotten,
+    /// whether the user ever connected or was only named as a callee.
     pub retention: Duration,
     /// Most ended calls remembered at once; the oldest are forgotten first.
     pub max_tombstones: usize,
@@ -258,7 +260,7 @@ pub struct Switchboard {
     timers: Timers,
     tombstones: VecDeque<(Instant, CallId)>,
     requests: Requests,
-    idle_users: VecDeque<(Instant, UserId)>,
+    idle_users: IdleUsers,
     out: VecDeque<Output>,
     /// Events produced while a call is borrowed, emitted afterwards.
     pending: Vec<(UserId, LogEvent)>,
@@ -290,7 +292,7 @@ impl Switchboard {
             timers: Timers::default(),
             tombstones: VecDeque::new(),
             requests: Requests::default(),
-            idle_users: VecDeque::new(),
+            idle_users: IdleUsers::default(),
             out: VecDeque::new(),
             pending: Vec::new(),
             stats: SwitchboardStats::default(),
@@ -430,10 +432,7 @@ impl Switchboard {
                     .insert(at, TimerKind::CallerGone, call_id.clone());
             }
         }
-        if entry.is_idle() {
-            entry.idle_since = Some(now);
-            self.idle_users.push_back((now, user));
-        }
+        self.idle_users.note(&user, entry, now);
     }
 
     /// A command from a connection. The reply (or error) is queued as an
@@ -760,6 +759,10 @@ impl Switchboard {
                     }
                 }
             }
+        }
+        for callee in &callees {
+            let entry = self.users.get_mut(callee).expect("created above");
+            self.idle_users.note(callee, entry, now);
         }
         let ringing = slots.iter().any(Slot::is_ringing);
         if ringing {
@@ -1100,19 +1103,8 @@ impl Switchboard {
         }
         self.requests
             .forget(now, self.config.max_remembered_requests);
-        while let Some((since, _)) = self.idle_users.front() {
-            if *since + self.config.retention > now {
-                break;
-            }
-            let (since, user) = self.idle_users.pop_front().expect("front exists");
-            if self
-                .users
-                .get(&user)
-                .is_some_and(|e| e.is_idle() && e.idle_since == Some(since))
-            {
-                self.users.remove(&user);
-            }
-        }
+        self.idle_users
+            .forget(&mut self.users, now, self.config.retention);
     }
 
     fn remember(
@@ -1162,6 +1154,9 @@ impl Switchboard {
                 continue;
             };
             let seq = entry.append(event, cap);
+            // An event is how a call ends for a user: one that left them
+            // with no device and no call starts their idle window.
+            self.idle_users.note(&user, entry, now);
             let entry = &self.users[&user];
             if entry.devices.is_empty() {
                 continue;

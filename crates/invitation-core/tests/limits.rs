@@ -1,0 +1,212 @@
+//! What a client can make the switchboard hold, and that it gives it back:
+//! user records of ids nobody uses, and the request-id memory. Time moves
+//! by hand.
+
+use std::time::{Duration, Instant};
+
+use invitation_core::protocol::{ClientMessage, Command, InviteRequest, ReplyResult};
+use invitation_core::{
+    CallId, CallType, CommandError, ConnId, DeviceId, OfflinePolicy, Output, RequestId,
+    SequentialCallIds, Switchboard, SwitchboardConfig, User, UserId,
+};
+
+struct Board {
+    sb: Switchboard,
+    now: Instant,
+    next_id: u64,
+}
+
+impl Board {
+    fn new(config: SwitchboardConfig) -> Self {
+        #[allow(clippy::disallowed_methods)] // the origin of test time
+        let now = Instant::now();
+        Self {
+            sb: Switchboard::new(config, SequentialCallIds::default()),
+            now,
+            next_id: 0,
+        }
+    }
+
+    fn users(&self) -> usize {
+        self.sb.sizes().0
+    }
+
+    fn calls(&self) -> usize {
+        self.sb.sizes().1
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.sb.handle_timeout(self.now);
+        while self.sb.poll_output().is_some() {}
+    }
+
+    fn connect(&mut self, user: &str, device: &str) -> ConnId {
+        let conn = self.sb.connect(
+            self.now,
+            User::named(user, user),
+            DeviceId::new(device).unwrap(),
+            None,
+        );
+        while self.sb.poll_output().is_some() {}
+        conn
+    }
+
+    fn disconnect(&mut self, conn: ConnId) {
+        self.sb.disconnect(self.now, conn);
+        while self.sb.poll_output().is_some() {}
+    }
+
+    /// Sends `command` with a fresh request id.
+    fn cmd(&mut self, conn: ConnId, command: Command) -> Result<ReplyResult, CommandError> {
+        self.next_id += 1;
+        let id = RequestId::new(format!("r{}", self.next_id)).unwrap();
+        self.cmd_as(conn, id, command)
+    }
+
+    fn cmd_as(
+        &mut self,
+        conn: ConnId,
+        id: RequestId,
+        command: Command,
+    ) -> Result<ReplyResult, CommandError> {
+        let result = self
+            .sb
+            .handle_command(self.now, conn, ClientMessage::new(id, command));
+        let mut replies = 0;
+        while let Some(out) = self.sb.poll_output() {
+            if let Output::Send { message, .. } = out {
+                if matches!(
+                    message.body,
+                    invitation_core::protocol::ServerBody::Reply { .. }
+                        | invitation_core::protocol::ServerBody::Error(_)
+                ) {
+                    replies += 1;
+                }
+            }
+        }
+        assert_eq!(replies, 1, "one answer per command");
+        result
+    }
+
+    fn invite(
+        &mut self,
+        conn: ConnId,
+        callees: &[String],
+        timeout_s: u32,
+    ) -> Result<ReplyResult, CommandError> {
+        self.cmd(conn, invite(callees, timeout_s))
+    }
+}
+
+fn invite(callees: &[String], timeout_s: u32) -> Command {
+    Command::Invite(InviteRequest {
+        callees: callees.iter().map(|c| UserId::new(c).unwrap()).collect(),
+        call_type: CallType::Voice,
+        custom_data: None,
+        timeout_s: Some(timeout_s),
+    })
+}
+
+fn call_of(r: &Result<ReplyResult, CommandError>) -> CallId {
+    match r {
+        Ok(ReplyResult::Invited { call_id, .. }) => call_id.clone(),
+        other => panic!("expected invited, got {other:?}"),
+    }
+}
+
+fn ghosts(round: usize, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("ghost-{round}-{i}")).collect()
+}
+
+/// Invites to made-up user ids create records that are forgotten once the
+/// invitation ended and the retention window passed: the user count returns
+/// to its baseline. While an invitation still rings for such an id, its
+/// record stays (a device connecting in time gets the call).
+#[test]
+fn users_that_never_connect_are_forgotten() {
+    let mut config = SwitchboardConfig::default();
+    config.retention = Duration::from_secs(120);
+    let mut b = Board::new(config);
+    let alice = b.connect("alice", "phone");
+    let baseline = b.users();
+    assert_eq!(baseline, 1);
+
+    for round in 0..50 {
+        let r = b.invite(alice, &ghosts(round, 9), 1);
+        call_of(&r);
+        b.advance(Duration::from_secs(1)); // rang out: timeout
+    }
+    assert_eq!(b.users(), baseline + 50 * 9, "held during the window");
+
+    // One more, ringing for 300 s: longer than the 120 s window.
+    let held = b.invite(alice, &["ghost-held".to_owned()], 300);
+    let held = call_of(&held);
+    b.advance(Duration::from_secs(121));
+    assert_eq!(
+        b.users(),
+        baseline + 1,
+        "the ringing callee is kept, every other made-up id is forgotten"
+    );
+    // The held invitation still reaches a device that turns up in time.
+    let ghost = b.connect("ghost-held", "phone");
+    assert_eq!(b.sb.call(&held).map(|c| c.is_ringing()), Some(true));
+    b.disconnect(ghost);
+
+    // It rings out; after the window everyone but alice is gone, and the
+    // ended calls too.
+    b.advance(Duration::from_secs(180));
+    assert_eq!(b.sb.call(&held).map(|c| c.is_ringing()), Some(false));
+    b.advance(Duration::from_secs(121));
+    assert_eq!(b.users(), baseline);
+    assert_eq!(b.calls(), 0);
+}
+
+/// Refused at once (offline policy `reject`): no call, no record kept.
+#[test]
+fn callees_refused_at_once_are_forgotten() {
+    let mut config = SwitchboardConfig::default();
+    config.retention = Duration::from_secs(30);
+    config.offline_policy = OfflinePolicy::Reject;
+    let mut b = Board::new(config);
+    let alice = b.connect("alice", "phone");
+    for round in 0..20 {
+        match b.invite(alice, &ghosts(round, 9), 60) {
+            Ok(ReplyResult::Invited { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(b.users(), 1 + 20 * 9);
+    b.advance(Duration::from_secs(31));
+    assert_eq!(b.users(), 1);
+}
+
+/// A caller who went offline while in a call is forgotten once that call
+/// ends (the end, not the disconnect, made them idle).
+#[test]
+fn a_user_whose_last_call_ends_while_offline_is_forgotten() {
+    let mut config = SwitchboardConfig::default();
+    config.retention = Duration::from_secs(30);
+    let mut b = Board::new(config);
+    let alice = b.connect("alice", "phone");
+    let bob = b.connect("bob", "phone");
+    let call = call_of(&b.invite(alice, &["bob".to_owned()], 60));
+    assert_eq!(
+        b.cmd(
+            bob,
+            Command::Accept {
+                call_id: call.clone()
+            }
+        ),
+        Ok(ReplyResult::Done)
+    );
+    b.disconnect(alice); // still in the call
+    b.advance(Duration::from_secs(31));
+    assert_eq!(b.users(), 2, "in a call: kept");
+    assert_eq!(
+        b.cmd(bob, Command::HangUp { call_id: call }),
+        Ok(ReplyResult::Done)
+    );
+    b.advance(Duration::from_secs(31));
+    assert_eq!(b.users(), 1, "alice is forgotten, bob is online");
+}
