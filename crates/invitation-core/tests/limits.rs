@@ -210,3 +210,118 @@ fn a_user_whose_last_call_ends_while_offline_is_forgotten() {
     b.advance(Duration::from_secs(31));
     assert_eq!(b.users(), 1, "alice is forgotten, bob is online");
 }
+
+fn rid(s: &str) -> RequestId {
+    RequestId::new(s).unwrap()
+}
+
+/// Commands that changed nothing and never could (unknown calls, invalid
+/// input) are not remembered: a flood of them leaves the request-id memory
+/// empty. Their retries simply run again, with the same answer.
+#[test]
+fn refused_commands_cost_no_retry_memory() {
+    let mut b = Board::new(SwitchboardConfig::default());
+    let alice = b.connect("alice", "phone");
+    for i in 0..5_000 {
+        let call_id = CallId::new(format!("c-made-up-{i}")).unwrap();
+        assert_eq!(
+            b.cmd(alice, Command::Accept { call_id }),
+            Err(CommandError::NotFound)
+        );
+    }
+    assert!(matches!(
+        b.cmd(alice, invite(&[], 60)),
+        Err(CommandError::Invalid(_))
+    ));
+    assert_eq!(b.sb.remembered_requests(), 0);
+    let again = CallId::new("c-made-up-1").unwrap();
+    assert_eq!(
+        b.cmd_as(alice, rid("r2"), Command::Accept { call_id: again }),
+        Err(CommandError::NotFound),
+        "a retry runs again and hears the same"
+    );
+    assert_eq!(b.sb.stats().duplicate_requests, 0);
+}
+
+/// What must be kept is kept: a retried accept that succeeded hears `done`
+/// even after the call ended (run again it would hear `ended`), and a late
+/// duplicate of an invite refused as `caller_busy` stays refused once the
+/// caller is free (run again it would make a call).
+#[test]
+fn answers_a_rerun_could_contradict_are_kept() {
+    let mut b = Board::new(SwitchboardConfig::default());
+    let alice = b.connect("alice", "phone");
+    let bob = b.connect("bob", "phone");
+    let _carol = b.connect("carol", "phone");
+    let call = call_of(&b.invite(alice, &["bob".to_owned()], 60));
+    let accept = || Command::Accept {
+        call_id: call.clone(),
+    };
+    assert_eq!(b.cmd_as(bob, rid("acc"), accept()), Ok(ReplyResult::Done));
+    let busy = invite(&["carol".to_owned()], 60);
+    assert_eq!(
+        b.cmd_as(alice, rid("inv"), busy.clone()),
+        Err(CommandError::CallerBusy)
+    );
+    assert_eq!(
+        b.cmd(
+            bob,
+            Command::HangUp {
+                call_id: call.clone()
+            }
+        ),
+        Ok(ReplyResult::Done)
+    );
+    assert_eq!(b.cmd_as(bob, rid("acc"), accept()), Ok(ReplyResult::Done));
+    assert_eq!(
+        b.cmd_as(alice, rid("inv"), busy),
+        Err(CommandError::CallerBusy)
+    );
+    assert_eq!(b.sb.stats().invitations, 1, "the duplicate made no call");
+    assert_eq!(b.sb.stats().duplicate_requests, 2);
+}
+
+/// Each user has a bounded share of the request-id memory: one user's
+/// stream of real commands forgets their own oldest answers, not others'.
+#[test]
+fn one_user_cannot_push_others_answers_out() {
+    let mut config = SwitchboardConfig::default();
+    config.max_remembered_requests = 100;
+    config.max_remembered_requests_per_user = 10;
+    let mut b = Board::new(config);
+    let alice = b.connect("alice", "phone");
+    let bob = b.connect("bob", "phone");
+    let mallory = b.connect("mallory", "phone");
+    let call = call_of(&b.invite(alice, &["bob".to_owned()], 60));
+    let accept = || Command::Accept {
+        call_id: call.clone(),
+    };
+    assert_eq!(b.cmd_as(bob, rid("acc"), accept()), Ok(ReplyResult::Done));
+
+    // Mallory: 300 invitations to made-up ids, each cancelled: 600 answers
+    // that changed something.
+    for round in 0..300 {
+        let c = call_of(&b.invite(mallory, &ghosts(round, 1), 60));
+        assert_eq!(
+            b.cmd(mallory, Command::Cancel { call_id: c }),
+            Ok(ReplyResult::Done)
+        );
+    }
+    assert!(
+        b.sb.remembered_requests() <= 10 + 10 + 10,
+        "each user holds at most their share: {}",
+        b.sb.remembered_requests()
+    );
+
+    // Bob's call ends; his retried accept still gets the stored answer.
+    assert_eq!(
+        b.cmd(
+            bob,
+            Command::HangUp {
+                call_id: call.clone()
+            }
+        ),
+        Ok(ReplyResult::Done)
+    );
+    assert_eq!(b.cmd_as(bob, rid("acc"), accept()), Ok(ReplyResult::Done));
+}

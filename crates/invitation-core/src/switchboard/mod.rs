@@ -139,6 +139,10 @@ pub struct SwitchboardConfig {
     pub max_tombstones: usize,
     /// Most request ids remembered at once; the oldest are forgotten first.
     pub max_remembered_requests: usize,
+    /// Most request ids remembered per user (1,000): past it, that user's
+    /// oldest answer is forgotten, so no user can push others' out. Only
+    /// answers to commands that changed something are remembered.
+    pub max_remembered_requests_per_user: usize,
     /// Ended calls listed per user in `sync` (32).
     pub recent_ended_per_user: usize,
 }
@@ -158,6 +162,7 @@ impl Default for SwitchboardConfig {
             retention: Duration::from_secs(600),
             max_tombstones: 1_000_000,
             max_remembered_requests: 1_000_000,
+            max_remembered_requests_per_user: 1_000,
             recent_ended_per_user: 32,
         }
     }
@@ -481,12 +486,9 @@ impl Switchboard {
                 Err(CommandError::Misplaced)
             }
         };
-        if !matches!(
-            result,
-            Err(CommandError::RateLimited { .. }
-                | CommandError::Unavailable { .. }
-                | CommandError::NotConnected)
-        ) {
+        // Every state change queues events for someone.
+        let changed = !self.pending.is_empty();
+        if requests::worth_remembering(&result, changed) {
             self.remember(now, key, &result);
         }
         self.reply(conn, &request, &result);
@@ -555,6 +557,11 @@ impl Switchboard {
     /// Users, calls and timers held: for memory accounting.
     pub fn sizes(&self) -> (usize, usize, usize) {
         (self.users.len(), self.calls.len(), self.timers.len())
+    }
+
+    /// Answers held in the request-id memory: for memory accounting.
+    pub fn remembered_requests(&self) -> usize {
+        self.requests.len()
     }
 
     // ----- commands -----------------------------------------------------
@@ -1117,8 +1124,13 @@ impl Switchboard {
             Ok(ReplyResult::Invited { call_id, .. }) => self.calls.get(call_id).map(|c| &c.info),
             _ => None,
         };
-        self.requests
-            .insert(key, now + self.config.retention, result, call);
+        self.requests.insert(
+            key,
+            now + self.config.retention,
+            result,
+            call,
+            self.config.max_remembered_requests_per_user,
+        );
     }
 
     fn reply(
