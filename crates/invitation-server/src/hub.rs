@@ -18,9 +18,9 @@ use invitation_core::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::metrics::Metrics;
+use crate::limits::HubLimits;
+use crate::metrics::{Metrics, Refusal};
 use crate::outbox::{Outbox, PushError};
-use crate::rate::KeyedLimiter;
 
 /// What the write of a message is timed against, for the metrics.
 #[derive(Debug, Clone, Copy)]
@@ -140,7 +140,7 @@ pub struct Hub {
     sb: Switchboard,
     links: HashMap<LinkKey, Link>,
     by_conn: HashMap<ConnId, LinkKey>,
-    invites: KeyedLimiter<UserId>,
+    limits: HubLimits,
     shed_after: Option<Duration>,
     metrics: Arc<Metrics>,
     /// Scratch for [`Hub::drain`] (kept to reuse its allocation).
@@ -158,13 +158,12 @@ fn now() -> std::time::Instant {
 }
 
 impl Hub {
-    /// A hub with these switchboard settings, invite rate limit and load
-    /// shedding threshold (new invites are refused while the scheduler lags,
-    /// or an invite waited, longer than it).
+    /// A hub with these switchboard settings, per-user and per-connection
+    /// limits and load shedding threshold (new invites are refused while the
+    /// scheduler lags, or an invite waited, longer than it).
     pub fn new(
         config: SwitchboardConfig,
-        invite_rate: f64,
-        invite_burst: f64,
+        limits: HubLimits,
         shed_after: Option<Duration>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -172,7 +171,7 @@ impl Hub {
             sb: Switchboard::new(config, RandomCallIds::new()),
             links: HashMap::new(),
             by_conn: HashMap::new(),
-            invites: KeyedLimiter::new(invite_rate, invite_burst),
+            limits,
             shed_after,
             metrics,
             deferred: Vec::new(),
@@ -265,6 +264,19 @@ impl Hub {
                 tx,
             } => {
                 let user_id = user.id.clone();
+                let online = self.sb.online_devices(&user_id);
+                if !self
+                    .limits
+                    .device_allowed(online.len(), online.contains(&device))
+                {
+                    // Refused before the switchboard sees it: the user's
+                    // other devices are untouched.
+                    let max = self.limits.max_devices();
+                    tracing::info!(user = %user_id, %device, max, "too many devices online: refused");
+                    self.metrics.refused(Refusal::Devices);
+                    tx.close(Some(Outbound::Close(CloseReason::TooManyDevices)));
+                    return;
+                }
                 let conn = self.sb.connect(now, user, device, last_seq);
                 self.links.insert(
                     key,
@@ -286,8 +298,13 @@ impl Hub {
                     self.push(key, reply, Stamp::None);
                     return;
                 }
-                if matches!(message.command, Command::Invite(_)) {
-                    if let Err(wait) = self.invites.check(&link.user, at.into_std()) {
+                // Every command is paid for, per connection and per user
+                // (invites once more); a refused one reaches nothing.
+                {
+                    let charged =
+                        self.limits
+                            .charge(key, &link.user, &message.command, at.into_std());
+                    if let Err(wait) = charged {
                         self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
                         let error = CommandError::RateLimited {
                             retry_after_ms: u64::try_from(wait.as_millis())
@@ -409,6 +426,10 @@ enum Cause {
 }
 
 #[cfg(test)]
+#[path = "hub_limit_tests.rs"]
+mod limit_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use invitation_core::protocol::{InviteRequest, ReplyResult};
@@ -449,8 +470,7 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let mut hub = Hub::new(
             SwitchboardConfig::default(),
-            1000.0,
-            1000.0,
+            HubLimits::unlimited(),
             shed_after,
             metrics.clone(),
         );

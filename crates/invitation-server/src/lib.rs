@@ -8,9 +8,10 @@
 //!   a random one is generated at start. The caller identity always comes
 //!   from the token.
 //! * Bounded: 64 KiB messages and frames, 4 KiB read buffers, handshake and
-//!   first-message timeouts, Origin allow-list, per-IP connection and
-//!   per-user invite rate limits, a bounded outbound queue per connection,
-//!   heartbeats.
+//!   first-message timeouts, Origin allow-list, per-IP connection rate and
+//!   count caps, a per-user device cap, per-connection and per-user command
+//!   rate limits (invites once more), a bounded outbound queue per
+//!   connection, heartbeats. docs/operations.md lists every limit.
 //! * Operable: `/healthz`, `/metrics` (Prometheus), structured logs,
 //!   graceful shutdown.
 //!
@@ -19,7 +20,7 @@
 //! use invitation_server::{Config, Server};
 //! let server = Server::bind(Config::default()).await.unwrap();
 //! println!("listening on {}", server.local_addr());
-//! server.run(async { tokio::signal::ctrl_c().await.unwrap() }).await;
+//! server.run(async { tokio::signal::ctrl_c().await.unwrap() }).await.unwrap();
 //! # }
 //! ```
 
@@ -28,10 +29,12 @@ pub mod config;
 mod conn;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod outbox;
 pub mod rate;
 mod server;
+pub mod slots;
 
 pub use auth::{Authority, Claims};
 pub use config::{Config, LogFormat};

@@ -172,6 +172,7 @@ async fn serve(cli: Cli, config: Config) -> Result<()> {
              Set INVITATION_SECRET (or --secret, or `secret` in the config file) to keep tokens valid across restarts.\n"
         );
     }
-    server.run(shutdown_signal()).await;
+    // Err (exit 1) when the hub task died: better than a live-looking zombie.
+    server.run(shutdown_signal()).await?;
     Ok(())
 }
