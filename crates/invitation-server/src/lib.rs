@@ -5,8 +5,9 @@
 //!
 //! * Secure by default: every session starts with `hello` carrying an
 //!   HS256 token (`sub`, `name`, `exp`, `aud`); without a configured secret
-//!   a random one is generated at start. The caller identity always comes
-//!   from the token.
+//!   a random one is generated at start (the binary writes it to an
+//!   owner-only file, [`secret_file`], never to the terminal or the log).
+//!   The caller identity always comes from the token.
 //! * Bounded: 64 KiB messages and frames, 4 KiB read buffers, handshake and
 //!   first-message timeouts, Origin allow-list, per-IP connection rate and
 //!   count caps, a per-user device cap, per-connection and per-user command
@@ -33,6 +34,7 @@ pub mod limits;
 pub mod metrics;
 pub mod outbox;
 pub mod rate;
+pub mod secret_file;
 mod server;
 pub mod slots;
 
