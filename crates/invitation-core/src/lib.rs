@@ -83,6 +83,6 @@ pub use model::{CallType, CustomData, Reason, User};
 pub use session::{AppEvent, ClientSession, ConnectionState, SessionConfig};
 
 pub use switchboard::{
-    BusyPolicy, CallView, ConnId, OfflinePolicy, Output, Switchboard, SwitchboardConfig,
-    SwitchboardStats,
+    BusyPolicy, CallView, ConnId, ContactPolicy, OfflinePolicy, Output, Switchboard,
+    SwitchboardConfig, SwitchboardStats,
 };

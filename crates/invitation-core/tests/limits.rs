@@ -4,16 +4,21 @@
 
 use std::time::{Duration, Instant};
 
-use invitation_core::protocol::{ClientMessage, Command, InviteRequest, ReplyResult};
+use invitation_core::protocol::{
+    CalleeStatus, ClientMessage, Command, Event, InitialStatus, InviteRequest, ReplyResult,
+    ServerBody, ServerMessage,
+};
 use invitation_core::{
-    CallId, CallType, CommandError, ConnId, DeviceId, OfflinePolicy, Output, RequestId,
-    SequentialCallIds, Switchboard, SwitchboardConfig, User, UserId,
+    CallId, CallType, CommandError, ConnId, ContactPolicy, DeviceId, OfflinePolicy, Output, Reason,
+    RequestId, SequentialCallIds, Switchboard, SwitchboardConfig, User, UserId,
 };
 
 struct Board {
     sb: Switchboard,
     now: Instant,
     next_id: u64,
+    /// Every message sent, in order.
+    sent: Vec<(ConnId, ServerMessage)>,
 }
 
 impl Board {
@@ -24,7 +29,28 @@ impl Board {
             sb: Switchboard::new(config, SequentialCallIds::default()),
             now,
             next_id: 0,
+            sent: Vec::new(),
         }
+    }
+
+    fn drain(&mut self) {
+        while let Some(out) = self.sb.poll_output() {
+            if let Output::Send { conn, message } = out {
+                self.sent.push((conn, message));
+            }
+        }
+    }
+
+    /// Events sent to `conn` so far.
+    fn events_to(&self, conn: ConnId) -> Vec<Event> {
+        self.sent
+            .iter()
+            .filter(|(c, _)| *c == conn)
+            .filter_map(|(_, m)| match &m.body {
+                ServerBody::Event { event, .. } => Some(event.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     fn users(&self) -> usize {
@@ -38,7 +64,7 @@ impl Board {
     fn advance(&mut self, by: Duration) {
         self.now += by;
         self.sb.handle_timeout(self.now);
-        while self.sb.poll_output().is_some() {}
+        self.drain();
     }
 
     fn connect(&mut self, user: &str, device: &str) -> ConnId {
@@ -48,13 +74,13 @@ impl Board {
             DeviceId::new(device).unwrap(),
             None,
         );
-        while self.sb.poll_output().is_some() {}
+        self.drain();
         conn
     }
 
     fn disconnect(&mut self, conn: ConnId) {
         self.sb.disconnect(self.now, conn);
-        while self.sb.poll_output().is_some() {}
+        self.drain();
     }
 
     /// Sends `command` with a fresh request id.
@@ -73,18 +99,14 @@ impl Board {
         let result = self
             .sb
             .handle_command(self.now, conn, ClientMessage::new(id, command));
-        let mut replies = 0;
-        while let Some(out) = self.sb.poll_output() {
-            if let Output::Send { message, .. } = out {
-                if matches!(
-                    message.body,
-                    invitation_core::protocol::ServerBody::Reply { .. }
-                        | invitation_core::protocol::ServerBody::Error(_)
-                ) {
-                    replies += 1;
-                }
-            }
-        }
+        let before = self.sent.len();
+        self.drain();
+        let replies = self.sent[before..]
+            .iter()
+            .filter(|(c, m)| {
+                *c == conn && matches!(m.body, ServerBody::Reply { .. } | ServerBody::Error(_))
+            })
+            .count();
         assert_eq!(replies, 1, "one answer per command");
         result
     }
@@ -324,4 +346,109 @@ fn one_user_cannot_push_others_answers_out() {
         Ok(ReplyResult::Done)
     );
     assert_eq!(b.cmd_as(bob, rid("acc"), accept()), Ok(ReplyResult::Done));
+}
+
+fn uid(s: &str) -> UserId {
+    UserId::new(s).unwrap()
+}
+
+/// The contact policy is asked for every callee; a refused one refuses the
+/// whole invite with `forbidden`, the same for a user who exists, is online
+/// or was never heard of, and nothing is created (not even a user record).
+#[test]
+fn the_contact_policy_refuses_with_a_typed_error() {
+    assert!(
+        ContactPolicy::default().allows(&uid("a"), &uid("b")),
+        "anyone by default"
+    );
+    let mut config = SwitchboardConfig::default();
+    config.contact_policy =
+        ContactPolicy::new(|caller, callee| caller.as_str() == "alice" && callee.as_str() == "bob");
+    let mut b = Board::new(config);
+    let alice = b.connect("alice", "phone");
+    let _bob = b.connect("bob", "phone");
+    let carol = b.connect("carol", "phone");
+    let users = b.users();
+    for callees in [vec!["carol"], vec!["nobody"], vec!["bob", "carol"]] {
+        let callees: Vec<String> = callees.into_iter().map(str::to_owned).collect();
+        let refused = b.invite(alice, &callees, 60);
+        let first_refused = callees.iter().find(|c| *c != "bob").unwrap();
+        assert_eq!(
+            refused,
+            Err(CommandError::Forbidden {
+                callee: uid(first_refused)
+            })
+        );
+    }
+    assert_eq!(
+        b.invite(carol, &["bob".to_owned()], 60),
+        Err(CommandError::Forbidden { callee: uid("bob") })
+    );
+    assert_eq!(b.sb.stats().invitations, 0);
+    assert_eq!(b.users(), users, "no record for a refused callee");
+    assert_eq!(
+        CommandError::Forbidden { callee: uid("x") }.code(),
+        invitation_core::ErrorCode::Forbidden
+    );
+    call_of(&b.invite(alice, &["bob".to_owned()], 60));
+}
+
+/// With callee status hidden, the invite's reply says `ringing` for an
+/// online and an offline callee alike and no `callee_ringing` receipt
+/// reaches the caller (not even when a held callee connects); outcomes
+/// still do.
+#[test]
+fn hidden_callee_status_reveals_only_outcomes() {
+    for hide in [false, true] {
+        let mut config = SwitchboardConfig::default();
+        config.hide_callee_status = hide;
+        let mut b = Board::new(config);
+        let alice = b.connect("alice", "phone");
+        let bob = b.connect("bob", "phone");
+        let reply = b.invite(alice, &["bob".to_owned(), "carol".to_owned()], 60);
+        let statuses = match &reply {
+            Ok(ReplyResult::Invited { callees, .. }) => callees.clone(),
+            other => panic!("{other:?}"),
+        };
+        let shown = |user: &str, status| CalleeStatus {
+            user: uid(user),
+            status,
+        };
+        if hide {
+            assert_eq!(
+                statuses,
+                [
+                    shown("bob", InitialStatus::Ringing),
+                    shown("carol", InitialStatus::Ringing)
+                ]
+            );
+        } else {
+            assert_eq!(
+                statuses,
+                [
+                    shown("bob", InitialStatus::Ringing),
+                    shown("carol", InitialStatus::Offline)
+                ]
+            );
+        }
+        let call = call_of(&reply);
+        let _carol = b.connect("carol", "laptop");
+        let receipts = b
+            .events_to(alice)
+            .into_iter()
+            .filter(|e| matches!(e, Event::CalleeRinging { .. }))
+            .count();
+        assert_eq!(receipts, if hide { 0 } else { 2 }, "hide = {hide}");
+        assert_eq!(
+            b.cmd(bob, Command::Accept { call_id: call }),
+            Ok(ReplyResult::Done)
+        );
+        assert!(b.events_to(alice).iter().any(|e| matches!(
+            e,
+            Event::CalleeOutcome {
+                reason: Reason::Accepted,
+                ..
+            }
+        )));
+    }
 }

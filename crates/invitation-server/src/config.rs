@@ -46,6 +46,7 @@ pub const KEYS: &[&str] = &[
     "max_devices_per_user",
     "max_connections_per_ip",
     "secret_file",
+    "hide_callee_status",
     "max_protocol_errors",
     "shutdown_grace_s",
     "max_callees",
@@ -120,6 +121,12 @@ pub struct Config {
     /// or without `XDG_RUNTIME_DIR` a new private (0700) directory under the
     /// system temporary directory.
     pub secret_file: Option<std::path::PathBuf>,
+    /// Hide callees' presence from callers (false): every callee is
+    /// `ringing` in the invite's reply and no `callee_ringing` receipt is
+    /// sent, so an invite cannot probe who is online. Pair with
+    /// `busy_policy = "ring_anyway"` and `offline_policy = "hold"` to hide
+    /// busy and offline outcomes too.
+    pub hide_callee_status: bool,
     /// Protocol errors tolerated on one connection before it is closed (10).
     pub max_protocol_errors: u32,
     /// Seconds allowed for graceful shutdown (5).
@@ -175,6 +182,7 @@ impl Default for Config {
             max_devices_per_user: 10,
             max_connections_per_ip: 200,
             secret_file: None,
+            hide_callee_status: false,
             max_protocol_errors: 10,
             shutdown_grace_s: 5,
             max_callees: 9,
@@ -389,6 +397,7 @@ impl Config {
         sb.default_ring_timeout_s = self.ring_timeout_s;
         sb.max_custom_data = self.max_custom_data;
         sb.caller_gone_grace = Duration::from_secs(self.caller_gone_grace_s);
+        sb.hide_callee_status = self.hide_callee_status;
         sb.busy_policy = match self.busy_policy.as_str() {
             "reject_busy" => BusyPolicy::RejectBusy,
             "ring_anyway" => BusyPolicy::RingAnyway,
@@ -628,6 +637,7 @@ mod tests {
                 | "command_rate_per_conn"
                 | "command_burst_per_conn" => "1.0",
                 "secret_file" => "\"/run/x\"",
+                "hide_callee_status" => "true",
                 _ => "1",
             };
             toml::from_str::<Config>(&format!("{key} = {value}"))

@@ -22,6 +22,7 @@
 //! devices of the calls it touched); it must be drained after every input.
 
 mod call;
+mod policy;
 mod requests;
 mod timers;
 mod user;
@@ -43,6 +44,7 @@ use crate::protocol::{
 };
 
 use call::{Call, CallInfo, Slot};
+pub use policy::ContactPolicy;
 use requests::Requests;
 use timers::{TimerKind, Timers};
 use user::{IdleUsers, LogEvent, UserEntry};
@@ -145,6 +147,17 @@ pub struct SwitchboardConfig {
     pub max_remembered_requests_per_user: usize,
     /// Ended calls listed per user in `sync` (32).
     pub recent_ended_per_user: usize,
+    /// Who may call whom, asked for every callee of every invite (default:
+    /// anyone may call anyone).
+    pub contact_policy: ContactPolicy,
+    /// Hide callees' presence from callers (off by default): the invite's
+    /// reply says `ringing` for every callee whether online, offline, held
+    /// or not, and no `callee_ringing` receipt is sent; the caller learns
+    /// only outcomes (accepted, declined, timeout ...). Outcomes decided at
+    /// invite time (`busy` under [`BusyPolicy::RejectBusy`], `unreachable`
+    /// under [`OfflinePolicy::Reject`]) still arrive at once: pair it with
+    /// `RingAnyway` and `Hold` to hide those too.
+    pub hide_callee_status: bool,
 }
 
 impl Default for SwitchboardConfig {
@@ -164,6 +177,8 @@ impl Default for SwitchboardConfig {
             max_remembered_requests: 1_000_000,
             max_remembered_requests_per_user: 1_000,
             recent_ended_per_user: 32,
+            contact_policy: ContactPolicy::anyone(),
+            hide_callee_status: false,
         }
     }
 }
@@ -389,16 +404,20 @@ impl Switchboard {
             };
             if let Some(i) = call.slot_of(&user_id) {
                 let slot = &mut call.slots[i];
+                // The receipt tells the caller a device is online: not
+                // sent when callee status is hidden.
                 if slot.is_ringing() && !slot.rung {
                     slot.rung = true;
-                    let caller = call.info.caller.id.clone();
-                    self.pending.push((
-                        caller,
-                        LogEvent::CalleeRinging {
-                            call: call_id.clone(),
-                            callee: user_id.clone(),
-                        },
-                    ));
+                    if !self.config.hide_callee_status {
+                        let caller = call.info.caller.id.clone();
+                        self.pending.push((
+                            caller,
+                            LogEvent::CalleeRinging {
+                                call: call_id.clone(),
+                                callee: user_id.clone(),
+                            },
+                        ));
+                    }
                 }
             }
             if call.info.caller.id == user_id && call.info.caller_device == device {
@@ -670,6 +689,14 @@ impl Switchboard {
             custom_data,
             call_type,
         } = self.validate_invite(caller, req)?;
+        if let Some(callee) = callees
+            .iter()
+            .find(|c| !self.config.contact_policy.allows(caller, c))
+        {
+            return Err(CommandError::Forbidden {
+                callee: callee.clone(),
+            });
+        }
         if let [callee] = callees.as_slice() {
             if let Some(call_id) = self.glare_call(caller, callee) {
                 self.accept(caller, device, &call_id)?;
@@ -715,7 +742,11 @@ impl Switchboard {
             });
             statuses.push(CalleeStatus {
                 user: callee.clone(),
-                status,
+                status: if self.config.hide_callee_status {
+                    InitialStatus::Ringing
+                } else {
+                    status
+                },
             });
         }
         let caller_entry = &self.users[caller];
@@ -756,6 +787,8 @@ impl Switchboard {
                         .push((callee.clone(), LogEvent::Incoming(info.clone())));
                     if !entry.devices.is_empty() {
                         slot.rung = true;
+                    }
+                    if slot.rung && !self.config.hide_callee_status {
                         self.pending.push((
                             caller.clone(),
                             LogEvent::CalleeRinging {

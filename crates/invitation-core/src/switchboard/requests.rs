@@ -193,8 +193,9 @@ impl Answer {
 ///   a retried accept after the call ended would hear `ended`, a retried
 ///   invite would make a second call;
 /// - a refusal that a later run might turn into an action is kept:
-///   `caller_busy` (the caller's other call may end) and `wrong_role` (a
-///   callee's hang-up while still ringing would hang up once accepted).
+///   `caller_busy` (the caller's other call may end), `wrong_role` (a
+///   callee's hang-up while still ringing would hang up once accepted) and
+///   `forbidden` (an app's contact policy may change its mind).
 ///   Remembered, a late duplicate of the refused command stays refused;
 /// - every other refusal changed nothing and can never succeed later
 ///   (`not_found`: a call's parties never change; `invalid`; `ended`: ends
@@ -206,7 +207,9 @@ impl Answer {
 pub(crate) fn worth_remembering(result: &Result<ReplyResult, CommandError>, changed: bool) -> bool {
     match result {
         Ok(_) => changed,
-        Err(CommandError::CallerBusy | CommandError::WrongRole) => true,
+        Err(
+            CommandError::CallerBusy | CommandError::WrongRole | CommandError::Forbidden { .. },
+        ) => true,
         Err(_) => false,
     }
 }
