@@ -93,6 +93,6 @@ pub use model::{CallType, CustomData, Reason, User};
 pub use session::{AppEvent, ClientSession, ConnectionState, SessionConfig, StopReason};
 
 pub use switchboard::{
-    BusyPolicy, CallNotice, CallView, ConnId, OfflinePolicy, Output, Switchboard,
+    BusyPolicy, CallNotice, CallView, ConnId, ContactPolicy, OfflinePolicy, Output, Switchboard,
     SwitchboardConfig, SwitchboardStats,
 };
