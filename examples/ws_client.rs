@@ -2,8 +2,8 @@
 //! (and answer them), or call someone. `--help` lists the options.
 //!
 //! ```text
-//! cargo run --example ws_client -- --token "$BOB" --answer accept
-//! cargo run --example ws_client -- --token "$ALICE" --call bob --cancel-after 10
+//! cargo run --features websocket --example ws_client -- --token "$BOB" --answer accept
+//! cargo run --features websocket --example ws_client -- --token "$ALICE" --call bob --cancel-after 10
 //! ```
 //!
 //! The user comes from the token (its claims are read, not verified: only
