@@ -398,7 +398,13 @@ impl Config {
         rate("command_burst_per_conn", self.command_burst_per_conn, 1.0)?;
         within("shutdown_grace_s", self.shutdown_grace_s, 0, 3600)?;
         within("max_callees", self.max_callees, 1, 100)?;
-        within("ring_timeout_s", self.ring_timeout_s, 1, 600)?;
+        let ring = invitation_core::RING_TIMEOUT_BOUNDS_S;
+        within(
+            "ring_timeout_s",
+            self.ring_timeout_s,
+            *ring.start(),
+            *ring.end(),
+        )?;
         within("max_custom_data", self.max_custom_data, 0, 1 << 20)?;
         within("caller_gone_grace_s", self.caller_gone_grace_s, 0, DAY_S)?;
         within(

@@ -86,14 +86,14 @@ pub enum HubMsg {
 
 /// Unguessable call ids (`c-` + 32 hex digits from the OS CSPRNG), drawn
 /// from a refilled pool so most ids cost no system call.
-pub struct RandomCallIds {
+pub(crate) struct RandomCallIds {
     pool: Vec<u8>,
     pos: usize,
 }
 
 impl RandomCallIds {
     /// An empty pool (filled on first use).
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             pool: vec![0; 4096],
             pos: 4096,
@@ -131,7 +131,7 @@ struct Link {
 }
 
 /// The hub task's state.
-pub struct Hub {
+pub(crate) struct Hub {
     sb: Switchboard,
     links: HashMap<ConnId, Link>,
     limits: HubLimits,
@@ -155,7 +155,7 @@ impl Hub {
     /// A hub with these switchboard settings, per-user and per-connection
     /// limits and load shedding threshold (new invites are refused while the
     /// scheduler lags, or an invite waited, longer than it).
-    pub fn new(
+    pub(crate) fn new(
         config: SwitchboardConfig,
         limits: HubLimits,
         shed_after: Option<Duration>,
@@ -174,7 +174,7 @@ impl Hub {
     /// The `unavailable` answer to a new invitation the server will not
     /// take, counted. Also used by connection tasks when the hub's inbox is
     /// full.
-    pub fn shed_reply(metrics: &Metrics, re: RequestId) -> ServerMessage {
+    pub(crate) fn shed_reply(metrics: &Metrics, re: RequestId) -> ServerMessage {
         metrics.invites_shed.fetch_add(1, Ordering::Relaxed);
         let error = CommandError::Unavailable {
             retry_after_ms: SHED_RETRY_AFTER_MS,
@@ -196,7 +196,7 @@ impl Hub {
     }
 
     /// Runs until every sender is gone.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<HubMsg>) {
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<HubMsg>) {
         // One timer, registered once and moved only when the switchboard's
         // next deadline changes (not re-created for every message).
         let timer = tokio::time::sleep_until(Instant::now());

@@ -30,17 +30,18 @@
 pub mod auth;
 pub mod config;
 mod conn;
-pub mod http;
-pub mod hub;
-pub mod limits;
+mod http;
+mod hub;
+mod limits;
 mod metered;
-pub mod metrics;
-pub mod outbox;
-pub mod rate;
+mod metrics;
+mod outbox;
+mod rate;
 pub mod secret_file;
 mod server;
-pub mod slots;
+mod slots;
 
 pub use auth::{Authority, Claims};
 pub use config::{Config, LogFormat};
+pub use metrics::{Buckets, Metrics};
 pub use server::{RunningServer, Server, ServerError, Shared};

@@ -15,7 +15,7 @@ use crate::rate::KeyedLimiter;
 
 /// The hub's per-user limits.
 #[derive(Debug)]
-pub struct HubLimits {
+pub(crate) struct HubLimits {
     per_user: KeyedLimiter<UserId>,
     invites: KeyedLimiter<UserId>,
     max_devices: usize,
@@ -23,7 +23,7 @@ pub struct HubLimits {
 
 impl HubLimits {
     /// The limits of `config`.
-    pub fn from_config(config: &Config) -> Self {
+    pub(crate) fn from_config(config: &Config) -> Self {
         Self::new(
             (config.command_rate_per_user, config.command_burst_per_user),
             (config.invite_rate_per_user, config.invite_burst_per_user),
@@ -33,7 +33,7 @@ impl HubLimits {
 
     /// `(rate per second, burst)` for commands per user and invites per
     /// user; most devices online per user.
-    pub fn new(per_user: (f64, f64), invites: (f64, f64), max_devices: usize) -> Self {
+    pub(crate) fn new(per_user: (f64, f64), invites: (f64, f64), max_devices: usize) -> Self {
         Self {
             per_user: KeyedLimiter::new(per_user.0, per_user.1),
             invites: KeyedLimiter::new(invites.0, invites.1),
@@ -42,14 +42,15 @@ impl HubLimits {
     }
 
     /// Limits that never bite (for tests of other things).
-    pub fn unlimited() -> Self {
+    #[cfg(test)]
+    pub(crate) fn unlimited() -> Self {
         let big = (1e9, 1e9);
         Self::new(big, big, usize::MAX)
     }
 
     /// Charges a command (or a `sync`: `command` is `None`) of `user`, read
     /// at `at`; the wait before a retry when a bucket is empty.
-    pub fn charge(
+    pub(crate) fn charge(
         &mut self,
         user: &UserId,
         command: Option<&Command>,
@@ -64,12 +65,12 @@ impl HubLimits {
 
     /// May a device join a user who has `online` devices connected
     /// (`replacing`: the same device reconnects, taking its own place)?
-    pub fn device_allowed(&self, online: usize, replacing: bool) -> bool {
+    pub(crate) fn device_allowed(&self, online: usize, replacing: bool) -> bool {
         replacing || online < self.max_devices
     }
 
     /// The per-user device cap.
-    pub fn max_devices(&self) -> usize {
+    pub(crate) fn max_devices(&self) -> usize {
         self.max_devices
     }
 }

@@ -15,7 +15,7 @@ struct Bucket {
 /// Many buckets, one per key. Idle full buckets are swept so memory stays
 /// bounded by the number of recently active keys.
 #[derive(Debug)]
-pub struct KeyedLimiter<K> {
+pub(crate) struct KeyedLimiter<K> {
     rate: f64,
     burst: f64,
     buckets: HashMap<K, Bucket>,
@@ -27,7 +27,7 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     /// panic: a rate that is not a positive number counts as the smallest
     /// positive one, a burst below 1 (or NaN) as 1; the server refuses such
     /// settings at start anyway.
-    pub fn new(rate: f64, burst: f64) -> Self {
+    pub(crate) fn new(rate: f64, burst: f64) -> Self {
         Self {
             rate: if rate > 0.0 { rate } else { f64::MIN_POSITIVE },
             burst: burst.max(1.0),
@@ -37,7 +37,7 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     }
 
     /// Takes one token for `key`, or says how long until one is available.
-    pub fn check(&mut self, key: &K, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn check(&mut self, key: &K, now: Instant) -> Result<(), Duration> {
         self.sweep(now);
         let bucket = self.buckets.entry(key.clone()).or_insert(Bucket {
             tokens: self.burst,
@@ -58,13 +58,9 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     }
 
     /// Keys currently tracked.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.buckets.len()
-    }
-
-    /// True when no key is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
     }
 
     fn sweep(&mut self, now: Instant) {

@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Probes (`/healthz`, `/metrics`) that may be answered at once while every
 /// regular slot is taken.
-pub const PROBE_RESERVE: usize = 8;
+pub(crate) const PROBE_RESERVE: usize = 8;
 
 /// What the accept loop may do with a new connection.
 #[derive(Debug)]
-pub enum Admission {
+pub(crate) enum Admission {
     /// A regular slot: serve it.
     Serve(SlotGuard),
     /// The server is full; one of the reserved slots: answer health and
@@ -37,7 +37,7 @@ struct Counts {
 
 /// The slot counts, shared by the accept loop and every guard.
 #[derive(Debug)]
-pub struct Slots {
+pub(crate) struct Slots {
     max_total: usize,
     max_per_ip: usize,
     counts: Mutex<Counts>,
@@ -45,7 +45,7 @@ pub struct Slots {
 
 impl Slots {
     /// At most `max_total` connections, `max_per_ip` from one address.
-    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+    pub(crate) fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
         Arc::new(Self {
             max_total,
             max_per_ip,
@@ -60,7 +60,7 @@ impl Slots {
     }
 
     /// Takes a slot for a connection from `ip`, if one is free.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Admission {
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Admission {
         let mut c = self.counts();
         let from_ip = c.per_ip.get(&ip).copied().unwrap_or(0);
         if from_ip >= self.max_per_ip {
@@ -89,24 +89,26 @@ impl Slots {
     }
 
     /// Regular connections open.
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.counts().total
     }
 
     /// Probe connections open (over the regular cap).
-    pub fn probes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn probes(&self) -> usize {
         self.counts().probes
     }
 
     /// Connections open from `ip` (regular and probes).
-    pub fn open_from(&self, ip: IpAddr) -> usize {
+    #[cfg(test)]
+    pub(crate) fn open_from(&self, ip: IpAddr) -> usize {
         self.counts().per_ip.get(&ip).copied().unwrap_or(0)
     }
 }
 
 /// One taken slot; dropping it gives the slot back.
 #[derive(Debug)]
-pub struct SlotGuard {
+pub(crate) struct SlotGuard {
     slots: Arc<Slots>,
     ip: IpAddr,
     probe: bool,

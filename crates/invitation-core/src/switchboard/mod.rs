@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use crate::connection::SwitchboardInput;
 use crate::error::{CommandError, ValidationError};
 use crate::id::{CallId, CallIdGenerator, DeviceId, RequestId, UserId};
-use crate::model::{CustomData, DEFAULT_MAX_CUSTOM_DATA, Reason, User};
+use crate::model::{CustomData, DEFAULT_MAX_CUSTOM_DATA, RING_TIMEOUT_BOUNDS_S, Reason, User};
 use crate::protocol::{
     CallSnapshot, CalleeOutcome, CalleeStatus, CloseReason, Command, EndedCall, ErrorBody, Event,
     InitialStatus, InviteRequest, ReplyResult, Role, ServerBody, ServerMessage, SnapshotState,
@@ -158,9 +158,11 @@ pub struct SwitchboardConfig {
     pub max_callees: usize,
     /// Ring timeout when the invite names none (60 s).
     pub default_ring_timeout_s: u32,
-    /// Smallest ring timeout accepted (1 s).
+    /// Smallest ring timeout accepted (1 s; at least
+    /// [`RING_TIMEOUT_BOUNDS_S`]'s start).
     pub min_ring_timeout_s: u32,
-    /// Largest ring timeout accepted (600 s).
+    /// Largest ring timeout accepted (600 s; at most
+    /// [`RING_TIMEOUT_BOUNDS_S`]'s end).
     pub max_ring_timeout_s: u32,
     /// Largest custom data, bytes (8 KiB).
     pub max_custom_data: usize,
@@ -205,8 +207,8 @@ impl Default for SwitchboardConfig {
         Self {
             max_callees: 9,
             default_ring_timeout_s: 60,
-            min_ring_timeout_s: 1,
-            max_ring_timeout_s: 600,
+            min_ring_timeout_s: *RING_TIMEOUT_BOUNDS_S.start(),
+            max_ring_timeout_s: *RING_TIMEOUT_BOUNDS_S.end(),
             max_custom_data: DEFAULT_MAX_CUSTOM_DATA,
             busy_policy: BusyPolicy::RejectBusy,
             offline_policy: OfflinePolicy::Hold,
