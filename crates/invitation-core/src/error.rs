@@ -99,6 +99,10 @@ pub enum CommandError {
         /// The server's detail.
         message: String,
     },
+    /// Client side: no answer within the command deadline. The command will
+    /// not be sent again; an invite the server had taken is canceled.
+    #[error("no answer in time; the command was given up")]
+    TimedOut,
     /// Too many requests: try again after this long.
     #[error("rate limited, retry after {retry_after_ms} ms")]
     RateLimited {
@@ -132,7 +136,8 @@ impl CommandError {
             CommandError::Invalid(_) | CommandError::Misplaced => ErrorCode::Invalid,
             CommandError::NotConnected => ErrorCode::NotConnected,
             CommandError::RateLimited { .. } => ErrorCode::RateLimited,
-            CommandError::Unavailable { .. } => ErrorCode::Unavailable,
+            // Never on the wire: the client gave up waiting for the server.
+            CommandError::Unavailable { .. } | CommandError::TimedOut => ErrorCode::Unavailable,
             CommandError::Forbidden { .. } => ErrorCode::Forbidden,
             CommandError::Rejected { code, .. } => *code,
         }

@@ -25,7 +25,7 @@ use crate::id::{CallId, DeviceId, RequestId, UserId};
 use crate::model::{CallType, CustomData, Reason, User};
 use crate::protocol::{
     CallSnapshot, CalleeOutcome, ClientBody, ClientMessage, Command, Control, ErrorBody, Event,
-    ReplyResult, Role, ServerBody, ServerMessage, SnapshotState, SyncBody,
+    InviteRequest, ReplyResult, Role, ServerBody, ServerMessage, SnapshotState, SyncBody,
 };
 
 /// Client-side settings.
@@ -53,6 +53,11 @@ pub struct SessionConfig {
     pub gap_timeout: Duration,
     /// A `sync` asked for and not received within this long is asked again (2 s).
     pub sync_retry: Duration,
+    /// A command unanswered this long after it was issued is given up (30 s):
+    /// its caller is told [`CommandError::TimedOut`] and it is never sent
+    /// again. An invite given up on that the server had already taken is
+    /// canceled by the session itself.
+    pub command_deadline: Duration,
 }
 
 impl Default for SessionConfig {
@@ -66,6 +71,7 @@ impl Default for SessionConfig {
             command_retry_max: Duration::from_secs(16),
             gap_timeout: Duration::from_secs(1),
             sync_retry: Duration::from_secs(2),
+            command_deadline: Duration::from_secs(30),
         }
     }
 }
@@ -344,6 +350,19 @@ impl LocalCall {
     }
 }
 
+/// Invites given up on, and calls disowned, remembered at most.
+const ABANDONED_KEPT: usize = 64;
+
+/// A command the session owns.
+#[derive(Debug)]
+struct Pending {
+    body: ClientBody,
+    /// Past this, the command is given up.
+    deadline: Option<Instant>,
+    /// Sent by the session on its own (no caller waits for it).
+    internal: bool,
+}
+
 /// One device's client-side protocol state. See the [module docs](self).
 #[derive(Debug)]
 pub struct ClientSession {
@@ -370,8 +389,15 @@ pub struct ClientSession {
     calls: HashMap<CallId, LocalCall>,
     ended: HashSet<CallId>,
     ended_order: VecDeque<CallId>,
-    pending: HashMap<RequestId, ClientBody>,
+    /// Every command this session owns, from issue to answer or abandonment.
+    pending: HashMap<RequestId, Pending>,
     pending_order: Vec<RequestId>,
+    /// Invites given up on (newest last, bounded): a late answer or event
+    /// showing the server took one gets its call canceled.
+    abandoned: VecDeque<(RequestId, InviteRequest)>,
+    /// Calls the session cancels on its own (from abandoned invites): the app
+    /// hears nothing of them.
+    disowned: VecDeque<CallId>,
     next_request: u64,
     request_prefix: String,
     connected: bool,
@@ -409,6 +435,8 @@ impl ClientSession {
             ended_order: VecDeque::new(),
             pending: HashMap::default(),
             pending_order: Vec::new(),
+            abandoned: VecDeque::new(),
+            disowned: VecDeque::new(),
             next_request: 1,
             request_prefix: request_prefix
                 .chars()
@@ -491,9 +519,9 @@ impl ClientSession {
         self.refusal = None;
         self.transmit.push_back(ClientMessage::new(id, hello));
         for id in &self.pending_order {
-            if let Some(cmd) = self.pending.get(id) {
+            if let Some(p) = self.pending.get(id) {
                 self.transmit
-                    .push_back(ClientMessage::new(id.clone(), cmd.clone()));
+                    .push_back(ClientMessage::new(id.clone(), p.body.clone()));
                 let backoff = self.config.command_retry;
                 self.retries.insert(id.clone(), (now + backoff, backoff));
             }
@@ -520,10 +548,29 @@ impl ClientSession {
     ///
     /// Call commands and `renew` go through here (both are retried until
     /// answered); `hello`, `ping` and `sync` are the session's own business.
+    ///
+    /// The session owns the command until it is answered, abandoned
+    /// ([`ClientSession::abandon`]) or past its deadline
+    /// ([`SessionConfig::command_deadline`]), whichever comes first.
     pub fn command(&mut self, now: Instant, command: impl Into<ClientBody>) -> RequestId {
-        let command = command.into();
+        self.issue(now, command.into(), false)
+    }
+
+    /// The caller of command `id` gave up on it (its future was dropped): it
+    /// is never sent again, its answer is dropped, and if it was an invite
+    /// the server took, the session cancels that call. No completion follows.
+    pub fn abandon(&mut self, id: &RequestId) {
+        self.give_up(id);
+    }
+
+    fn issue(&mut self, now: Instant, command: ClientBody, internal: bool) -> RequestId {
         let id = self.fresh_request_id();
-        self.pending.insert(id.clone(), command.clone());
+        let pending = Pending {
+            body: command.clone(),
+            deadline: now.checked_add(self.config.command_deadline),
+            internal,
+        };
+        self.pending.insert(id.clone(), pending);
         self.pending_order.push(id.clone());
         if self.connected {
             self.transmit
@@ -567,6 +614,25 @@ impl ClientSession {
     /// Fires the timers due at `now`: command retries, gap and sync
     /// recovery, and the local fallback ring timers.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<RequestId> = self
+            .pending_order
+            .iter()
+            .filter(|id| {
+                self.pending
+                    .get(*id)
+                    .and_then(|p| p.deadline)
+                    .is_some_and(|at| at <= now)
+            })
+            .cloned()
+            .collect();
+        for id in expired {
+            if let Some(p) = self.give_up(&id) {
+                if !p.internal {
+                    self.completions
+                        .push_back((id, Err(CommandError::TimedOut)));
+                }
+            }
+        }
         if self.connected {
             let due: Vec<RequestId> = self
                 .pending_order
@@ -575,11 +641,11 @@ impl ClientSession {
                 .cloned()
                 .collect();
             for id in due {
-                let Some(cmd) = self.pending.get(&id) else {
+                let Some(p) = self.pending.get(&id) else {
                     continue;
                 };
                 self.transmit
-                    .push_back(ClientMessage::new(id.clone(), cmd.clone()));
+                    .push_back(ClientMessage::new(id.clone(), p.body.clone()));
                 let (_, backoff) = self.retries[&id];
                 let backoff = (backoff * 2).min(self.config.command_retry_max);
                 self.retries.insert(id, (now + backoff, backoff));
@@ -660,7 +726,13 @@ impl ClientSession {
 
     /// The next event for the app.
     pub fn poll_event(&mut self) -> Option<AppEvent> {
-        self.events.pop_front()
+        while let Some(event) = self.events.pop_front() {
+            let disowned = event.call_id().is_some_and(|id| self.disowned.contains(id));
+            if !disowned {
+                return Some(event);
+            }
+        }
+        None
     }
 
     /// The next command result.
@@ -675,6 +747,11 @@ impl ClientSession {
         let mut consider = |t: Instant| {
             next = Some(next.map_or(t, |n| n.min(t)));
         };
+        for p in self.pending.values() {
+            if let Some(at) = p.deadline {
+                consider(at);
+            }
+        }
         if self.connected {
             for (at, _) in self.retries.values() {
                 consider(*at);
@@ -728,15 +805,91 @@ impl ClientSession {
     }
 
     fn on_reply(&mut self, now: Instant, re: RequestId, result: Result<ReplyResult, CommandError>) {
-        let Some(command) = self.pending.remove(&re) else {
-            return; // a duplicate reply, or the answer to a hello
+        let Some(pending) = self.pending.remove(&re) else {
+            // A duplicate, the answer to a hello, or to a command given up
+            // on: an invite the server took after all is canceled.
+            if let Some(i) = self.abandoned.iter().position(|(id, _)| *id == re) {
+                self.abandoned.remove(i);
+                match result {
+                    Ok(ReplyResult::Invited { call_id, .. }) => {
+                        self.disown(now, call_id, false);
+                    }
+                    Ok(ReplyResult::Joined { call_id, .. }) => self.disown(now, call_id, true),
+                    _ => {}
+                }
+            }
+            return;
         };
         self.pending_order.retain(|r| r != &re);
         self.retries.remove(&re);
+        if pending.internal {
+            // Our own clean-up: a cancel that lost the race to an accept
+            // hangs up instead.
+            if let (
+                ClientBody::Command(Command::Cancel { call_id }),
+                Err(CommandError::Ended {
+                    reason: Reason::Accepted,
+                }),
+            ) = (&pending.body, &result)
+            {
+                let call_id = call_id.clone();
+                self.issue(now, Command::HangUp { call_id }.into(), true);
+            }
+            return;
+        }
         if let Ok(ok) = &result {
-            self.on_success(now, &command, ok);
+            self.on_success(now, &pending.body, ok);
         }
         self.completions.push_back((re, result));
+    }
+
+    /// Stops owning command `id`: never sent again. An invite is remembered
+    /// (bounded) so that a late sign that the server took it cancels the call.
+    fn give_up(&mut self, id: &RequestId) -> Option<Pending> {
+        let pending = self.pending.remove(id)?;
+        self.pending_order.retain(|r| r != id);
+        self.retries.remove(id);
+        self.transmit.retain(|m| m.id != *id);
+        if let ClientBody::Command(Command::Invite(req)) = &pending.body {
+            if self.abandoned.len() >= ABANDONED_KEPT {
+                self.abandoned.pop_front();
+            }
+            self.abandoned.push_back((id.clone(), req.clone()));
+        }
+        Some(pending)
+    }
+
+    /// The server took an invite this session gave up on: end the call (the
+    /// app was told the invite failed) and keep its events from the app.
+    fn disown(&mut self, now: Instant, call_id: CallId, joined: bool) {
+        if self.disowned.contains(&call_id) {
+            return;
+        }
+        if self.disowned.len() >= ABANDONED_KEPT {
+            self.disowned.pop_front();
+        }
+        self.disowned.push_back(call_id.clone());
+        self.finish(&call_id);
+        let command = if joined {
+            Command::HangUp { call_id }
+        } else {
+            Command::Cancel { call_id }
+        };
+        self.issue(now, command.into(), true);
+    }
+
+    /// Our device started `call_id` for these callees, and this session
+    /// knows nothing of it: it is an invite given up on whose answer was
+    /// lost. Takes the matching abandoned invite out.
+    fn is_abandoned_invite(&mut self, callees: &[User]) -> bool {
+        let found = self.abandoned.iter().position(|(_, req)| {
+            req.callees.len() == callees.len()
+                && req
+                    .callees
+                    .iter()
+                    .all(|c| callees.iter().any(|u| u.id == *c))
+        });
+        found.map(|i| self.abandoned.remove(i)).is_some()
     }
 
     fn on_error(&mut self, now: Instant, body: ErrorBody) {
@@ -830,8 +983,8 @@ impl ClientSession {
     /// An invite of ours to exactly `caller` is unanswered: an "accepted by
     /// this device" for `caller`'s call is then our invite merged by glare.
     fn glare_invite_pending(&self, caller: &UserId) -> bool {
-        self.pending.values().any(|cmd| {
-            matches!(cmd, ClientBody::Command(Command::Invite(req)) if req.callees.len() == 1 && &req.callees[0] == caller)
+        self.pending.values().any(|p| {
+            matches!(&p.body, ClientBody::Command(Command::Invite(req)) if req.callees.len() == 1 && &req.callees[0] == caller)
         })
     }
 
@@ -984,14 +1137,17 @@ impl ClientSession {
                 ring_remaining_ms,
                 ..
             } => {
-                if self.calls.contains_key(&call_id) {
+                if self.calls.contains_key(&call_id) || self.disowned.contains(&call_id) {
                     return;
+                }
+                let mine = device == self.device;
+                if mine && !self.ended.contains(&call_id) && self.is_abandoned_invite(&callees) {
+                    return self.disown(now, call_id, false);
                 }
                 let me = User {
                     id: self.user.clone(),
                     name: "".into(),
                 };
-                let mine = device == self.device;
                 let state = if mine {
                     Local::Outgoing
                 } else {

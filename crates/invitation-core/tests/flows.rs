@@ -939,3 +939,66 @@ fn lost_event_leaves_a_gap_that_a_sync_repairs() {
     );
     assert_eq!(dev.session.last_seq(), Some(net.sb.last_seq(&uid("bob"))));
 }
+
+fn invite_bob() -> Command {
+    Command::Invite(invitation_core::protocol::InviteRequest {
+        callees: vec![uid("bob")],
+        call_type: invitation_core::CallType::Voice,
+        custom_data: None,
+        timeout_s: Some(60),
+    })
+}
+
+/// The session owns a command from issue to answer or deadline: an invite
+/// lost on the way, whose caller was told it timed out, is never sent again,
+/// so it can never create a call afterwards.
+#[test]
+fn an_invite_given_up_on_is_never_sent_again() {
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob"]);
+    net.lose_commands = 1;
+    let id = net.command("alice", "phone", invite_bob());
+    // The link drops and stays down past the command deadline (30 s).
+    net.disconnect("alice", "phone");
+    net.advance(Duration::from_secs(31));
+    assert_eq!(
+        net.result("alice", "phone", &id),
+        Err(CommandError::TimedOut)
+    );
+    net.connect("alice", "phone");
+    net.advance(Duration::from_secs(120));
+    assert_eq!(net.sb.calls().count(), 0, "no call was ever created");
+    assert!(!net.names("bob", "phone").contains(&"incoming_received"));
+}
+
+/// The server took the invite but every answer was lost until the caller
+/// gave up: when the device learns of the call (resume), the session cancels
+/// it on its own, and the app hears nothing of a call it was told failed.
+#[test]
+fn an_invite_given_up_on_that_the_server_took_is_canceled() {
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob"]);
+    net.dev_mut("alice", "phone").deaf = true; // nothing reaches alice
+    let id = net.command("alice", "phone", invite_bob());
+    assert_eq!(net.sb.calls().count(), 1, "the server took it");
+    assert!(net.names("bob", "phone").contains(&"incoming_received"));
+    net.advance(Duration::from_secs(31));
+    assert_eq!(
+        net.result("alice", "phone", &id),
+        Err(CommandError::TimedOut)
+    );
+    // Alice's link comes back and resumes: the call's events reach her.
+    net.connect("alice", "phone");
+    let call = net.sb.calls().next().unwrap().call_id().clone();
+    assert_eq!(
+        net.sb.call(&call).unwrap().outcome(&uid("bob")),
+        Some(Reason::Canceled),
+        "the session canceled the call it was told had failed"
+    );
+    assert!(net.names("bob", "phone").contains(&"incoming_canceled"));
+    let alice_saw = net.names("alice", "phone");
+    assert!(
+        alice_saw.is_empty(),
+        "alice's app hears nothing of the disowned call: {alice_saw:?}"
+    );
+}

@@ -48,8 +48,9 @@ pub enum ClientError {
     /// The token provider failed. The client stopped.
     #[error("the token provider failed: {0}")]
     TokenProvider(String),
-    /// No answer within the command timeout (the client keeps retrying in
-    /// the background only until then).
+    /// No answer within the command timeout. The command was given up: it
+    /// is never sent again, and an invite the server had taken is canceled
+    /// by the client (its call never reaches the app).
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     /// The client was closed.
@@ -268,6 +269,7 @@ impl<T> ClientBuilder<T> {
     }
 
     /// How long a command waits for its answer, reconnects included (30 s).
+    /// Past it the command is given up for good (see [`ClientError::Timeout`]).
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.options.command_timeout = timeout;
         self
@@ -312,11 +314,14 @@ impl ClientBuilder<WithTransport> {
                 return Err(BuildError::RingTimeout(t));
             }
         }
+        // The session owns every command's life, its deadline included.
+        let mut session_config = self.options.session.clone();
+        session_config.command_deadline = self.options.command_timeout;
         let session = ClientSession::new(
             user.id.clone(),
             device.clone(),
             &request_prefix(&user.id, &device),
-            self.options.session.clone(),
+            session_config,
         );
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (events_tx, _) = broadcast::channel(EVENT_STREAM_CAPACITY);
@@ -609,11 +614,9 @@ impl Client {
                 done: tx,
             })
             .map_err(|_| self.gone())?;
-        let timeout = self.inner.options.command_timeout;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => result.map(|_| ()).map_err(ClientError::Command),
-            Ok(Err(_)) => Err(self.gone()),
-            Err(_) => Err(ClientError::Timeout(timeout)),
+        match rx.await {
+            Ok(result) => result.map(|_| ()).map_err(|e| self.command_error(e)),
+            Err(_) => Err(self.gone()),
         }
     }
 
@@ -638,11 +641,18 @@ impl Client {
             .cmd_tx
             .send(DriverMsg::Command { command, done: tx })
             .map_err(|_| self.gone())?;
-        let timeout = self.inner.options.command_timeout;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => result.map_err(ClientError::Command),
-            Ok(Err(_)) => Err(self.gone()),
-            Err(_) => Err(ClientError::Timeout(timeout)),
+        // No timer here: the session gives the command up at its deadline
+        // and answers `TimedOut`; a dropped future is abandoned by the driver.
+        match rx.await {
+            Ok(result) => result.map_err(|e| self.command_error(e)),
+            Err(_) => Err(self.gone()),
+        }
+    }
+
+    fn command_error(&self, e: CommandError) -> ClientError {
+        match e {
+            CommandError::TimedOut => ClientError::Timeout(self.inner.options.command_timeout),
+            e => ClientError::Command(e),
         }
     }
 }

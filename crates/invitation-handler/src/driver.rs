@@ -129,6 +129,13 @@ pub(crate) struct Driver {
     last_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn now() -> std::time::Instant {
     Instant::now().into_std()
 }
@@ -361,12 +368,19 @@ impl Driver {
         let extra = half.mul_f64((self.jitter % 1000) as f64 / 1000.0);
         let until = Instant::now() + half + extra;
         loop {
+            // The session's timers run offline too: a command past its
+            // deadline is answered `TimedOut` now, not after the reconnect.
+            let timer = self.session.poll_timeout().map(Instant::from_std);
             tokio::select! {
                 biased;
                 () = tokio::time::sleep_until(until) => return true,
                 msg = self.cmd_rx.recv() => if !self.offline(msg) {
                     return false;
                 },
+                () = sleep_until_some(timer) => {
+                    self.session.handle_timeout(now());
+                    self.pump_events();
+                }
             }
         }
     }
@@ -382,6 +396,7 @@ impl Driver {
                 .ping_every
                 .min(std::time::Duration::from_secs(10));
         loop {
+            self.drop_abandoned();
             if let Err(e) = self.flush(&mut conn).await {
                 return Exit::Lost(e);
             }
@@ -522,9 +537,24 @@ impl Driver {
         Ok(())
     }
 
+    /// Commands whose caller stopped waiting (the future was dropped) are
+    /// abandoned: the session never sends them again.
+    fn drop_abandoned(&mut self) {
+        let session = &mut self.session;
+        self.waiters.retain(|(id, done)| {
+            if done.is_closed() {
+                session.abandon(id);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
     /// Hands events to the dispatcher and results to their waiters. Returns
     /// true when the connection came up.
     fn pump_events(&mut self) -> bool {
+        self.drop_abandoned();
         let mut up = false;
         while let Some(event) = self.session.poll_event() {
             match &event {
