@@ -87,7 +87,7 @@ impl Switchboard {
                     return call.is_ringing() || call.anyone_in_call();
                 }
                 call.slot_of(user).is_some_and(|i| {
-                    call.slots[i].in_call || (ringing_counts && call.slots[i].is_ringing())
+                    call.slots[i].in_call() || (ringing_counts && call.slots[i].is_ringing())
                 })
             })
         })
@@ -155,22 +155,18 @@ impl Switchboard {
                 .or_insert_with(|| Box::new(UserEntry::new(unnamed(callee))));
             entry.idle_since = None;
             let online = !entry.devices.is_empty();
-            let (outcome, status) = if busy {
-                (Some(Reason::Busy), InitialStatus::Busy)
+            let (slot, status) = if busy {
+                (Slot::decided(Reason::Busy), InitialStatus::Busy)
             } else if online {
-                (None, InitialStatus::Ringing)
+                (Slot::Ringing { rung: true }, InitialStatus::Ringing)
             } else if self.config.offline_policy == OfflinePolicy::Reject {
-                (Some(Reason::Unreachable), InitialStatus::Unreachable)
+                let slot = Slot::decided(Reason::Unreachable);
+                (slot, InitialStatus::Unreachable)
             } else {
-                (None, InitialStatus::Offline)
+                (Slot::Ringing { rung: false }, InitialStatus::Offline)
             };
             users.push(entry.user.clone());
-            slots.push(Slot {
-                outcome,
-                device: None,
-                in_call: false,
-                rung: false,
-            });
+            slots.push(slot);
             statuses.push(CalleeStatus {
                 user: callee.clone(),
                 status: if self.config.hide_callee_status {
@@ -203,8 +199,8 @@ impl Switchboard {
             .add_call(&call_id);
         self.pending
             .push((caller.clone(), LogEvent::Outgoing(info.clone())));
-        for (callee, slot) in callees.iter().zip(slots.iter_mut()) {
-            match slot.outcome {
+        for (callee, slot) in callees.iter().zip(&slots) {
+            match slot.outcome() {
                 Some(reason) => {
                     self.stats.outcomes[reason.index()] += 1;
                     self.notices.push_back(CallNotice::Outcome {
@@ -226,10 +222,9 @@ impl Switchboard {
                     entry.add_call(&call_id);
                     self.pending
                         .push((callee.clone(), LogEvent::Incoming(info.clone())));
-                    if !entry.devices.is_empty() {
-                        slot.rung = true;
-                    }
-                    if slot.rung && !self.config.hide_callee_status {
+                    if matches!(slot, Slot::Ringing { rung: true })
+                        && !self.config.hide_callee_status
+                    {
                         self.pending.push((
                             caller.clone(),
                             LogEvent::CalleeRinging {
@@ -302,18 +297,21 @@ impl Switchboard {
         let call = self.calls.get_mut(call_id).expect("role found it");
         let slot = &mut call.slots[i];
         if !slot.is_ringing() || call.ended.is_some() {
-            if slot.outcome == Some(Reason::Accepted)
-                && slot.device.as_ref() == Some(device)
-                && slot.in_call
+            if let Slot::Accepted {
+                device: d,
+                in_call: true,
+            } = slot
+                && d == device
             {
                 return Ok(ReplyResult::Done); // accepting twice is accepting
             }
             let reason = slot.reason_seen_by(device).unwrap_or(Reason::Failed);
             return Err(CommandError::Ended { reason });
         }
-        slot.outcome = Some(Reason::Accepted);
-        slot.device = Some(device.clone());
-        slot.in_call = true;
+        *slot = Slot::Accepted {
+            device: device.clone(),
+            in_call: true,
+        };
         self.stats.outcomes[Reason::Accepted.index()] += 1;
         let caller = call.info.caller.id.clone();
         self.pending.push((
@@ -350,14 +348,16 @@ impl Switchboard {
         let call = self.calls.get_mut(call_id).expect("role found it");
         let slot = &mut call.slots[i];
         if !slot.is_ringing() || call.ended.is_some() {
-            if slot.outcome == Some(reason) && slot.device.as_ref() == Some(device) {
+            if slot.outcome() == Some(reason) && slot.device() == Some(device) {
                 return Ok(ReplyResult::Done); // declining twice is declining
             }
             let seen = slot.reason_seen_by(device).unwrap_or(Reason::Failed);
             return Err(CommandError::Ended { reason: seen });
         }
-        slot.outcome = Some(reason);
-        slot.device = Some(device.clone());
+        *slot = Slot::Ended {
+            reason,
+            device: Some(device.clone()),
+        };
         self.close_slot(call_id, i, reason, Some(device.clone()));
         self.settle_now(call_id);
         Ok(ReplyResult::Done)
@@ -406,16 +406,17 @@ impl Switchboard {
                 self.end_ringing(call_id, Reason::Canceled);
             }
             Role::Callee => {
-                let slot = &mut call.slots[i];
-                if !slot.in_call || call.ended.is_some() {
-                    return match slot.outcome {
-                        Some(Reason::Accepted) => Ok(ReplyResult::Done),
-                        Some(reason) => Err(CommandError::Ended { reason }),
-                        // Still ringing: hanging up is not declining.
-                        None => Err(CommandError::WrongRole),
-                    };
+                match &mut call.slots[i] {
+                    Slot::Accepted { in_call, .. } if *in_call && call.ended.is_none() => {
+                        *in_call = false;
+                    }
+                    Slot::Accepted { .. } => return Ok(ReplyResult::Done),
+                    Slot::Ended { reason, .. } => {
+                        return Err(CommandError::Ended { reason: *reason });
+                    }
+                    // Still ringing: hanging up is not declining.
+                    Slot::Ringing { .. } => return Err(CommandError::WrongRole),
                 }
-                slot.in_call = false;
                 self.pending.push((
                     user.clone(),
                     LogEvent::CallEnded {

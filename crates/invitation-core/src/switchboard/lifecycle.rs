@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use super::call::Slot;
 use super::timers::TimerKind;
 use super::user::LogEvent;
 use super::{CallNotice, Switchboard};
@@ -18,7 +19,7 @@ impl Switchboard {
             .filter(|&i| call.slots[i].is_ringing())
             .collect();
         for &i in &ringing {
-            call.slots[i].outcome = Some(reason);
+            call.slots[i] = Slot::decided(reason);
         }
         for i in ringing {
             self.close_slot(call_id, i, reason, None);
@@ -109,7 +110,9 @@ impl Switchboard {
         let keep = self.config.recent_ended_per_user;
         let mut in_call = Vec::new();
         for (i, slot) in call.slots.iter_mut().enumerate() {
-            if std::mem::take(&mut slot.in_call) {
+            if let Slot::Accepted { in_call: still, .. } = slot
+                && std::mem::take(still)
+            {
                 in_call.push(call.info.callees[i].id.clone());
             }
         }

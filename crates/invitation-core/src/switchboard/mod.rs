@@ -44,7 +44,7 @@ use crate::id::{CallId, CallIdGenerator, DeviceId, RequestId, UserId};
 use crate::model::{Reason, User};
 use crate::protocol::{CloseReason, Command, ReplyResult, ServerBody, ServerMessage};
 
-use call::Call;
+use call::{Call, Slot};
 pub use config::{BusyPolicy, OfflinePolicy, SwitchboardConfig};
 pub use policy::ContactPolicy;
 use render::render;
@@ -252,8 +252,10 @@ impl Switchboard {
                 let slot = &mut call.slots[i];
                 // The receipt tells the caller a device is online: not
                 // sent when callee status is hidden.
-                if slot.is_ringing() && !slot.rung {
-                    slot.rung = true;
+                if let Slot::Ringing { rung } = slot
+                    && !*rung
+                {
+                    *rung = true;
                     if !self.config.hide_callee_status {
                         let caller = call.info.caller.id.clone();
                         self.pending.push((

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use foldhash::HashMap;
 
-use super::call::{Call, CallInfo};
+use super::call::{Call, CallInfo, Slot};
 use super::user::LogEvent;
 use super::{ConnId, Output, Switchboard};
 use crate::error::CommandError;
@@ -113,7 +113,7 @@ impl Switchboard {
                     .iter()
                     .zip(&call.slots)
                     .filter_map(|(u, s)| {
-                        s.outcome.map(|reason| CalleeOutcome {
+                        s.outcome().map(|reason| CalleeOutcome {
                             callee: u.id.clone(),
                             reason,
                         })
@@ -135,12 +135,16 @@ impl Switchboard {
                         None,
                         Vec::new(),
                     ));
-                } else if slot.in_call {
+                } else if let Slot::Accepted {
+                    device,
+                    in_call: true,
+                } = slot
+                {
                     calls.push(base(
                         Role::Callee,
                         SnapshotState::Accepted,
                         0,
-                        slot.device.clone(),
+                        Some(device.clone()),
                         Vec::new(),
                     ));
                 }
@@ -165,7 +169,7 @@ impl Switchboard {
                                 .iter()
                                 .zip(&c.slots)
                                 .filter_map(|(u, s)| {
-                                    s.outcome.map(|reason| CalleeOutcome {
+                                    s.outcome().map(|reason| CalleeOutcome {
                                         callee: u.id.clone(),
                                         reason,
                                     })

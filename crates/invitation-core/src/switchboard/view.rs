@@ -87,13 +87,13 @@ impl CallView<'_> {
     pub fn outcome(&self, callee: &UserId) -> Option<Reason> {
         self.call
             .slot_of(callee)
-            .and_then(|i| self.call.slots[i].outcome)
+            .and_then(|i| self.call.slots[i].outcome())
     }
     /// The device that accepted or declined for a callee.
     pub fn answered_by(&self, callee: &UserId) -> Option<&DeviceId> {
         self.call
             .slot_of(callee)
-            .and_then(|i| self.call.slots[i].device.as_ref())
+            .and_then(|i| self.call.slots[i].device())
     }
     /// At least one callee is still ringing.
     pub fn is_ringing(&self) -> bool {
