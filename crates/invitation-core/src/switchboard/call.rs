@@ -108,28 +108,70 @@ impl Slot {
     }
 }
 
+/// The whole call's state. The timers a call has in the index follow from
+/// it, so a call that ended with a deadline still armed cannot be written.
+///
+/// ```text
+///            nobody rings, a callee in the call
+/// Ringing ──────────────────────────────────────▶ InProgress
+///    │ nobody rings, nobody in the call               │ the caller or the last callee
+///    │ (all declined, timeout, canceled ...)          │ hangs up; server shutdown
+///    ▼                                                ▼
+/// Ended(reason) ◀─────────────────────────────────────┘
+/// ```
+///
+/// Every input that changes a slot settles the call before it returns, so
+/// between inputs `Ringing` holds exactly while a callee rings, and
+/// `InProgress` while the caller and a callee are in the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallState {
+    /// A callee rings (or did until the current input). The ring timer is
+    /// in the index, and the caller-gone one at `gone_at` once the caller's
+    /// device vanished.
+    Ringing { gone_at: Option<Instant> },
+    /// Nobody rings; no timer is armed.
+    InProgress,
+    /// Over for everyone: the reason the caller saw.
+    Ended(Reason),
+}
+
 #[derive(Debug)]
 pub(crate) struct Call {
     pub(crate) info: Arc<CallInfo>,
     /// Aligned with `info.callees`.
     pub(crate) slots: Vec<Slot>,
-    /// The caller has not hung up.
-    pub(crate) caller_in_call: bool,
-    /// Set once the whole call is over: the reason the caller saw.
-    pub(crate) ended: Option<Reason>,
-    /// The ring timer is in the index.
-    pub(crate) ring_armed: bool,
-    /// The caller-gone grace deadline, when armed.
-    pub(crate) gone_at: Option<Instant>,
+    pub(crate) state: CallState,
 }
 
 impl Call {
     pub(crate) fn is_ringing(&self) -> bool {
-        self.ended.is_none() && self.slots.iter().any(Slot::is_ringing)
+        !self.is_ended() && self.slots.iter().any(Slot::is_ringing)
     }
 
+    /// The reason the whole call ended, once it has.
+    pub(crate) fn ended(&self) -> Option<Reason> {
+        match self.state {
+            CallState::Ended(reason) => Some(reason),
+            CallState::Ringing { .. } | CallState::InProgress => None,
+        }
+    }
+
+    pub(crate) fn is_ended(&self) -> bool {
+        matches!(self.state, CallState::Ended(_))
+    }
+
+    /// The caller-gone grace deadline, when armed.
+    pub(crate) fn caller_gone_at(&self) -> Option<Instant> {
+        match self.state {
+            CallState::Ringing { gone_at } => gone_at,
+            CallState::InProgress | CallState::Ended(_) => None,
+        }
+    }
+
+    /// A callee is in the call. The caller is too unless the call ended,
+    /// and an ended call has nobody in it.
     pub(crate) fn anyone_in_call(&self) -> bool {
-        self.caller_in_call && self.slots.iter().any(Slot::in_call)
+        self.slots.iter().any(Slot::in_call)
     }
 
     pub(crate) fn slot_of(&self, user: &UserId) -> Option<usize> {
@@ -167,9 +209,11 @@ mod tests {
 
     /// A pending invitation holds one `Call` and a `Slot` per callee (the
     /// memory benchmark counts them by the million): the state enums must
-    /// cost no more than the flags and options they replaced (24 bytes).
+    /// cost no more than the flags and options they replaced (24 bytes per
+    /// slot; 56 per call, 48 since the call's state is one enum).
     #[test]
     fn states_stay_compact() {
         assert!(size_of::<Slot>() <= 24, "Slot: {} bytes", size_of::<Slot>());
+        assert!(size_of::<Call>() <= 48, "Call: {} bytes", size_of::<Call>());
     }
 }

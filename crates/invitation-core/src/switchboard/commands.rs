@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::call::{Call, CallInfo, Slot};
+use super::call::{Call, CallInfo, CallState, Slot};
 use super::render::duration_ms;
 use super::requests;
 use super::timers::TimerKind;
@@ -80,7 +80,7 @@ impl Switchboard {
         };
         entry.calls.iter().any(|id| {
             self.calls.get(id).is_some_and(|call| {
-                if call.ended.is_some() {
+                if call.is_ended() {
                     return false;
                 }
                 if &call.info.caller.id == user {
@@ -98,7 +98,7 @@ impl Switchboard {
         let entry = self.users.get(caller)?;
         entry.calls.iter().find_map(|id| {
             let call = self.calls.get(id)?;
-            let ringing_me = call.ended.is_none()
+            let ringing_me = !call.is_ended()
                 && &call.info.caller.id == callee
                 && call
                     .slot_of(caller)
@@ -240,22 +240,15 @@ impl Switchboard {
             let entry = self.users.get_mut(callee).expect("created above");
             self.idle_users.note(callee, entry, now);
         }
-        let ringing = slots.iter().any(Slot::is_ringing);
-        if ringing {
+        let state = if slots.iter().any(Slot::is_ringing) {
             self.timers
                 .insert(deadline, TimerKind::Ring, call_id.clone());
-        }
-        self.calls.insert(
-            call_id.clone(),
-            Box::new(Call {
-                info,
-                slots,
-                caller_in_call: true,
-                ended: None,
-                ring_armed: ringing,
-                gone_at: None,
-            }),
-        );
+            CallState::Ringing { gone_at: None }
+        } else {
+            CallState::InProgress // nobody rings: settled below, it ends
+        };
+        self.calls
+            .insert(call_id.clone(), Box::new(Call { info, slots, state }));
         self.settle(now, &call_id);
         Ok(ReplyResult::Invited {
             call_id,
@@ -295,8 +288,9 @@ impl Switchboard {
             return Err(CommandError::WrongRole);
         };
         let call = self.calls.get_mut(call_id).expect("role found it");
+        let ended = call.is_ended();
         let slot = &mut call.slots[i];
-        if !slot.is_ringing() || call.ended.is_some() {
+        if !slot.is_ringing() || ended {
             if let Slot::Accepted {
                 device: d,
                 in_call: true,
@@ -346,8 +340,9 @@ impl Switchboard {
         };
         let reason = if busy { Reason::Busy } else { Reason::Declined };
         let call = self.calls.get_mut(call_id).expect("role found it");
+        let ended = call.is_ended();
         let slot = &mut call.slots[i];
-        if !slot.is_ringing() || call.ended.is_some() {
+        if !slot.is_ringing() || ended {
             if slot.outcome() == Some(reason) && slot.device() == Some(device) {
                 return Ok(ReplyResult::Done); // declining twice is declining
             }
@@ -373,7 +368,7 @@ impl Switchboard {
         };
         let call = &self.calls[call_id];
         if !call.is_ringing() {
-            return match call.ended {
+            return match call.ended() {
                 Some(Reason::Canceled) => Ok(ReplyResult::Done),
                 Some(reason) => Err(CommandError::Ended { reason }),
                 None => Err(CommandError::Ended {
@@ -395,19 +390,21 @@ impl Switchboard {
         let call = self.calls.get_mut(call_id).expect("role found it");
         match role {
             Role::Caller => {
-                if let Some(reason) = call.ended {
+                if let Some(reason) = call.ended() {
                     return if reason == Reason::HungUp || reason == Reason::Canceled {
                         Ok(ReplyResult::Done)
                     } else {
                         Err(CommandError::Ended { reason })
                     };
                 }
-                call.caller_in_call = false;
                 self.end_ringing(call_id, Reason::Canceled);
+                // The call ends with its caller, whoever is still in it.
+                self.end_now(call_id, None);
             }
             Role::Callee => {
+                let ended = call.is_ended();
                 match &mut call.slots[i] {
-                    Slot::Accepted { in_call, .. } if *in_call && call.ended.is_none() => {
+                    Slot::Accepted { in_call, .. } if *in_call && !ended => {
                         *in_call = false;
                     }
                     Slot::Accepted { .. } => return Ok(ReplyResult::Done),
@@ -428,9 +425,9 @@ impl Switchboard {
                 if let Some(entry) = self.users.get_mut(user) {
                     entry.end_call(call_id, Reason::HungUp, keep);
                 }
+                self.settle_now(call_id);
             }
         }
-        self.settle_now(call_id);
         Ok(ReplyResult::Done)
     }
 

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::call::Slot;
+use super::call::{CallState, Slot};
 use super::timers::TimerKind;
 use super::user::LogEvent;
 use super::{CallNotice, Switchboard};
@@ -75,34 +75,54 @@ impl Switchboard {
     /// Disarms timers nobody needs any more and ends the call when nobody
     /// rings and nobody is in it.
     pub(super) fn settle(&mut self, now: Instant, call_id: &CallId) {
-        self.settle_as(now, call_id, None);
+        if self.stop_ringing(call_id, true) && !self.calls[call_id].anyone_in_call() {
+            self.end_call(now, call_id, None);
+        }
     }
 
-    /// Ends the call once nobody rings and nobody is in it; `forced` gives
-    /// every party that reason instead of the natural one.
-    pub(super) fn settle_as(&mut self, now: Instant, call_id: &CallId, forced: Option<Reason>) {
+    /// The caller left or the server stops: once nobody rings (the caller
+    /// ended the ringing callees first), the call ends now, whoever is still
+    /// in it. `forced` gives every party that reason instead of the natural
+    /// one.
+    pub(super) fn end_now(&mut self, call_id: &CallId, forced: Option<Reason>) {
+        let now = self.now.expect("an input set the time");
+        if self.stop_ringing(call_id, true) {
+            self.end_call(now, call_id, forced);
+        }
+    }
+
+    /// Leaves [`CallState::Ringing`] once no callee rings, taking the call's
+    /// timers out of the index (the ring timer only when `ring_timer_armed`:
+    /// not when it is the one firing). True when the call is live and nobody
+    /// rings.
+    fn stop_ringing(&mut self, call_id: &CallId, ring_timer_armed: bool) -> bool {
         let call = self.calls.get_mut(call_id).expect("live call");
-        if call.ended.is_some() {
-            return;
-        }
         if call.is_ringing() {
-            return;
+            return false;
         }
-        if call.ring_armed {
-            call.ring_armed = false;
-            self.timers
-                .remove(call.info.deadline, TimerKind::Ring, call_id);
+        match call.state {
+            CallState::Ended(_) => false,
+            CallState::InProgress => true,
+            CallState::Ringing { gone_at } => {
+                call.state = CallState::InProgress;
+                if ring_timer_armed {
+                    self.timers
+                        .remove(call.info.deadline, TimerKind::Ring, call_id);
+                }
+                if let Some(at) = gone_at {
+                    self.timers.remove(at, TimerKind::CallerGone, call_id);
+                }
+                true
+            }
         }
-        if let Some(at) = call.gone_at.take() {
-            self.timers.remove(at, TimerKind::CallerGone, call_id);
-        }
-        if forced.is_some() {
-            call.caller_in_call = false;
-        } else if call.anyone_in_call() {
-            return;
-        }
+    }
+
+    /// Ends a live call nobody rings any more: `forced`, or else the natural
+    /// reason, for the caller and every callee still in it.
+    fn end_call(&mut self, now: Instant, call_id: &CallId, forced: Option<Reason>) {
+        let call = self.calls.get_mut(call_id).expect("live call");
         let reason = forced.unwrap_or_else(|| call.final_reason());
-        call.ended = Some(reason);
+        call.state = CallState::Ended(reason);
         self.notices.push_back(CallNotice::Ended {
             call_id: call_id.clone(),
             reason,
@@ -149,13 +169,16 @@ impl Switchboard {
         };
         match kind {
             TimerKind::Ring => {
-                call.ring_armed = false;
                 if call.is_ringing() {
                     self.end_ringing(&call_id, Reason::Timeout);
                 }
+                // The ring timer left the index as it fired.
+                self.stop_ringing(&call_id, false);
             }
             TimerKind::CallerGone => {
-                call.gone_at = None;
+                if let CallState::Ringing { gone_at } = &mut call.state {
+                    *gone_at = None; // it left the index as it fired
+                }
                 if call.is_ringing() {
                     self.end_ringing(&call_id, Reason::CallerGone);
                 }
@@ -187,7 +210,7 @@ impl Switchboard {
                 break;
             }
             let (_, call_id) = self.tombstones.pop_front().expect("front exists");
-            if self.calls.get(&call_id).is_some_and(|c| c.ended.is_some()) {
+            if self.calls.get(&call_id).is_some_and(|c| c.is_ended()) {
                 self.calls.remove(&call_id);
             }
         }

@@ -44,7 +44,7 @@ use crate::id::{CallId, CallIdGenerator, DeviceId, RequestId, UserId};
 use crate::model::{Reason, User};
 use crate::protocol::{CloseReason, Command, ReplyResult, ServerBody, ServerMessage};
 
-use call::{Call, Slot};
+use call::{Call, CallState, Slot};
 pub use config::{BusyPolicy, OfflinePolicy, SwitchboardConfig};
 pub use policy::ContactPolicy;
 use render::render;
@@ -269,7 +269,9 @@ impl Switchboard {
                 }
             }
             if call.info.caller.id == user_id && call.info.caller_device == device {
-                if let Some(at) = call.gone_at.take() {
+                if let CallState::Ringing { gone_at } = &mut call.state
+                    && let Some(at) = gone_at.take()
+                {
                     self.timers.remove(at, TimerKind::CallerGone, &call_id);
                 }
             }
@@ -295,10 +297,11 @@ impl Switchboard {
             if call.info.caller.id == user
                 && call.info.caller_device == device
                 && call.is_ringing()
-                && call.gone_at.is_none()
+                && let CallState::Ringing { gone_at } = &mut call.state
+                && gone_at.is_none()
             {
                 let at = now + self.config.caller_gone_grace;
-                call.gone_at = Some(at);
+                *gone_at = Some(at);
                 self.timers
                     .insert(at, TimerKind::CallerGone, call_id.clone());
             }
@@ -386,13 +389,13 @@ impl Switchboard {
         let mut live: Vec<CallId> = self
             .calls
             .iter()
-            .filter(|(_, c)| c.ended.is_none())
+            .filter(|(_, c)| !c.is_ended())
             .map(|(id, _)| id.clone())
             .collect();
         live.sort_unstable(); // a deterministic order of events
         for call_id in live {
             self.end_ringing(&call_id, Reason::ServerShutdown);
-            self.settle_as(now, &call_id, Some(Reason::ServerShutdown));
+            self.end_now(&call_id, Some(Reason::ServerShutdown));
         }
         self.flush(now);
     }

@@ -84,7 +84,7 @@ impl Switchboard {
             let Some(call) = self.calls.get(call_id) else {
                 continue;
             };
-            if call.ended.is_some() {
+            if call.is_ended() {
                 continue;
             }
             let info = &call.info;
@@ -198,7 +198,7 @@ pub(super) fn render(
     let remaining = |info: &CallInfo, for_callee: bool| {
         let live = calls.get(&info.call_id).is_some_and(|call| {
             if for_callee {
-                call.ended.is_none()
+                !call.is_ended()
                     && call
                         .slot_of(user)
                         .is_some_and(|i| call.slots[i].is_ringing())

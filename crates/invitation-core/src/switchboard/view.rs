@@ -101,7 +101,7 @@ impl CallView<'_> {
     }
     /// The caller-gone grace deadline, when armed.
     pub fn caller_gone_at(&self) -> Option<Instant> {
-        self.call.gone_at
+        self.call.caller_gone_at()
     }
     /// The ring deadline.
     pub fn deadline(&self) -> Instant {
@@ -113,7 +113,7 @@ impl CallView<'_> {
     }
     /// The reason the whole call ended, once it has.
     pub fn ended(&self) -> Option<Reason> {
-        self.call.ended
+        self.call.ended()
     }
 }
 
