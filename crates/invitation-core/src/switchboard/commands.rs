@@ -247,8 +247,14 @@ impl Switchboard {
         } else {
             CallState::InProgress // nobody rings: settled below, it ends
         };
-        self.calls
-            .insert(call_id.clone(), Box::new(Call { info, slots, state }));
+        self.calls.insert(
+            call_id.clone(),
+            Box::new(Call {
+                info,
+                slots: slots.into(),
+                state,
+            }),
+        );
         self.settle(now, &call_id);
         Ok(ReplyResult::Invited {
             call_id,
