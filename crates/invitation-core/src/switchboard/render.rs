@@ -1,0 +1,260 @@
+//! From state to wire: the log events each user is sent (rendered with the
+//! ring time left), replies and errors, and `sync` snapshots.
+
+use std::time::{Duration, Instant};
+
+use foldhash::HashMap;
+
+use super::call::{Call, CallInfo, Slot};
+use super::user::LogEvent;
+use super::{ConnId, Output, Switchboard};
+use crate::error::CommandError;
+use crate::id::{CallId, RequestId, UserId};
+use crate::protocol::{
+    CallSnapshot, CalleeOutcome, EndedCall, ErrorBody, Event, ReplyResult, Role, ServerBody,
+    ServerMessage, SnapshotState, SyncBody,
+};
+
+impl Switchboard {
+    pub(super) fn reply(
+        &mut self,
+        conn: ConnId,
+        request: &RequestId,
+        result: &Result<ReplyResult, CommandError>,
+    ) {
+        let body = match result {
+            Ok(r) => ServerBody::Reply {
+                re: request.clone(),
+                result: r.clone(),
+            },
+            Err(e) => ServerBody::Error(ErrorBody::from_command(Some(request.clone()), e)),
+        };
+        self.send(conn, body);
+    }
+
+    pub(super) fn send(&mut self, conn: ConnId, body: ServerBody) {
+        self.out.push_back(Output::Send {
+            conn,
+            message: ServerMessage::new(body),
+        });
+    }
+
+    /// Appends the pending events to their users' logs and sends them to
+    /// every online device.
+    pub(super) fn flush(&mut self, now: Instant) {
+        let mut pending = std::mem::take(&mut self.pending);
+        let cap = self.config.resume_buffer;
+        for (user, event) in pending.drain(..) {
+            let Some(entry) = self.users.get_mut(&user) else {
+                continue;
+            };
+            let seq = entry.append(event, cap);
+            // An event is how a call ends for a user: one that left them
+            // with no device and no call starts their idle window.
+            self.idle_users.note(&user, entry, now);
+            let entry = &self.users[&user];
+            if entry.devices.is_empty() {
+                continue;
+            }
+            let rendered = render(&self.calls, &user, entry.log.back().expect("appended"), now);
+            for (_, conn) in &entry.devices {
+                self.out.push_back(Output::Send {
+                    conn: *conn,
+                    message: ServerMessage::new(ServerBody::Event {
+                        seq,
+                        event: rendered.clone(),
+                    }),
+                });
+            }
+        }
+        self.pending = pending;
+    }
+
+    pub(super) fn snapshot(&self, user: &UserId, now: Instant, re: Option<RequestId>) -> SyncBody {
+        let Some(entry) = self.users.get(user) else {
+            return SyncBody {
+                re,
+                seq: 0,
+                calls: Vec::new(),
+                ended: Vec::new(),
+            };
+        };
+        let mut calls = Vec::new();
+        for call_id in &entry.calls {
+            let Some(call) = self.calls.get(call_id) else {
+                continue;
+            };
+            if call.is_ended() {
+                continue;
+            }
+            let info = &call.info;
+            let remaining = if call.is_ringing() {
+                duration_ms(info.deadline.saturating_duration_since(now))
+            } else {
+                0
+            };
+            let base = |role, state, ring_remaining_ms, device, outcomes| CallSnapshot {
+                call_id: call_id.clone(),
+                role,
+                caller: info.caller.clone(),
+                caller_device: info.caller_device.clone(),
+                call_type: info.call_type,
+                callees: info.callees.clone(),
+                custom_data: info.custom_data.clone(),
+                state,
+                ring_remaining_ms,
+                ring_timeout_ms: duration_ms(info.ring_for),
+                device,
+                outcomes,
+            };
+            if &info.caller.id == user {
+                let outcomes = info
+                    .callees
+                    .iter()
+                    .zip(&call.slots)
+                    .filter_map(|(u, s)| {
+                        s.outcome().map(|reason| CalleeOutcome {
+                            callee: u.id.clone(),
+                            reason,
+                        })
+                    })
+                    .collect();
+                let state = if call.is_ringing() {
+                    SnapshotState::Ringing
+                } else {
+                    SnapshotState::Accepted
+                };
+                calls.push(base(Role::Caller, state, remaining, None, outcomes));
+            } else if let Some(i) = call.slot_of(user) {
+                let slot = &call.slots[i];
+                if slot.is_ringing() {
+                    calls.push(base(
+                        Role::Callee,
+                        SnapshotState::Ringing,
+                        remaining,
+                        None,
+                        Vec::new(),
+                    ));
+                } else if let Slot::Accepted {
+                    device,
+                    in_call: true,
+                } = slot
+                {
+                    calls.push(base(
+                        Role::Callee,
+                        SnapshotState::Accepted,
+                        0,
+                        Some(device.clone()),
+                        Vec::new(),
+                    ));
+                }
+            }
+        }
+        SyncBody {
+            re,
+            seq: entry.seq,
+            calls,
+            ended: entry
+                .recent_ended()
+                .map(|(call_id, reason)| EndedCall {
+                    call_id: call_id.clone(),
+                    reason: *reason,
+                    outcomes: self
+                        .calls
+                        .get(call_id)
+                        .filter(|c| &c.info.caller.id == user)
+                        .map(|c| {
+                            c.info
+                                .callees
+                                .iter()
+                                .zip(&c.slots)
+                                .filter_map(|(u, s)| {
+                                    s.outcome().map(|reason| CalleeOutcome {
+                                        callee: u.id.clone(),
+                                        reason,
+                                    })
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                })
+                .collect(),
+        }
+    }
+}
+
+pub(super) fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Turns a log entry into the wire event for `user`, computing ring time
+/// left at `now` (0 once the invitation no longer rings for that user).
+pub(super) fn render(
+    calls: &HashMap<CallId, Box<Call>>,
+    user: &UserId,
+    event: &LogEvent,
+    now: Instant,
+) -> Event {
+    let remaining = |info: &CallInfo, for_callee: bool| {
+        let live = calls.get(&info.call_id).is_some_and(|call| {
+            if for_callee {
+                !call.is_ended()
+                    && call
+                        .slot_of(user)
+                        .is_some_and(|i| call.slots[i].is_ringing())
+            } else {
+                call.is_ringing()
+            }
+        });
+        if live {
+            duration_ms(info.deadline.saturating_duration_since(now))
+        } else {
+            0
+        }
+    };
+    match event {
+        LogEvent::Incoming(info) => Event::IncomingCall {
+            call_id: info.call_id.clone(),
+            caller: info.caller.clone(),
+            call_type: info.call_type,
+            callees: info.callees.clone(),
+            custom_data: info.custom_data.clone(),
+            ring_remaining_ms: remaining(info, true),
+            ring_timeout_ms: duration_ms(info.ring_for),
+        },
+        LogEvent::Outgoing(info) => Event::OutgoingCall {
+            call_id: info.call_id.clone(),
+            device: info.caller_device.clone(),
+            call_type: info.call_type,
+            callees: info.callees.clone(),
+            custom_data: info.custom_data.clone(),
+            ring_remaining_ms: remaining(info, false),
+        },
+        LogEvent::IncomingEnded {
+            call,
+            reason,
+            device,
+        } => Event::IncomingEnded {
+            call_id: call.clone(),
+            reason: *reason,
+            device: device.clone(),
+        },
+        LogEvent::CalleeRinging { call, callee } => Event::CalleeRinging {
+            call_id: call.clone(),
+            callee: callee.clone(),
+        },
+        LogEvent::CalleeOutcome {
+            call,
+            callee,
+            reason,
+        } => Event::CalleeOutcome {
+            call_id: call.clone(),
+            callee: callee.clone(),
+            reason: *reason,
+        },
+        LogEvent::CallEnded { call, reason } => Event::CallEnded {
+            call_id: call.clone(),
+            reason: *reason,
+        },
+    }
+}
