@@ -7,8 +7,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use invitation::Fanout;
 use invitation::prelude::*;
+use invitation::testing::Recorder;
 use invitation::testing::fault::{FaultConfig, FaultyTransport, SimRng};
-use invitation::testing::{Recorded, Recorder};
+use invitation::testing::oracle::{
+    Acknowledged, DeviceRecord, HandlerRecord, Oracle, Record as OracleRecord,
+};
 use invitation_core::protocol::InviteRequest;
 use invitation_core::{DeviceId, Switchboard};
 use invitation_transport::memory::MemoryTransport;
@@ -73,59 +76,15 @@ impl std::fmt::Display for Profile {
     }
 }
 
-/// One client incarnation of a device (an app start).
+/// What a run produced.
 #[derive(Debug, Clone)]
-pub struct Incarnation {
-    /// `user/device#n`.
-    pub name: String,
-    /// The user.
-    pub user: UserId,
-    /// The device.
-    pub device: DeviceId,
-    /// Every callback its handler ran.
-    pub callbacks: Vec<Recorded>,
-    /// Its complete event stream, with simulated receive times.
-    pub events: Vec<(Instant, AppEvent)>,
-    /// Still running at the end (not restarted).
-    pub alive: bool,
-    /// Its last applied sequence number at the end.
-    pub last_seq: Option<u64>,
-}
-
-/// An acknowledged invitation.
-#[derive(Debug, Clone)]
-pub struct CallFacts {
-    /// The call.
-    pub call_id: CallId,
-    /// The incarnation that invited (index into `Record::incarnations`).
-    pub inviter: usize,
-    /// Per callee: (callee, final outcome, device that answered).
-    pub callees: Vec<(UserId, Option<Reason>, Option<DeviceId>)>,
-    /// The ring deadline.
-    pub deadline: Instant,
-    /// The whole ring timeout.
-    pub ring_timeout: Duration,
-    /// Still ringing at the end (must not be).
-    pub ringing: bool,
-    /// Glare: the invite joined another call.
-    pub joined: bool,
-}
-
-/// Everything the oracle looks at.
-#[derive(Debug, Clone)]
-pub struct Record {
-    /// Every incarnation of every device.
-    pub incarnations: Vec<Incarnation>,
-    /// Acknowledged invitations.
-    pub calls: Vec<CallFacts>,
-    /// The hub's `poll_timeout()` at the end.
-    pub hub_timer_pending: bool,
-    /// The hub's last sequence number per user at the end.
-    pub hub_last_seq: Vec<(UserId, u64)>,
+pub struct Outcome {
+    /// Broken invariants (the oracle's, then the simulation's own checks).
+    pub violations: Vec<String>,
     /// The trace of the run.
     pub trace: Vec<String>,
-    /// Largest injected delay.
-    pub max_delay: Duration,
+    /// Invitations acknowledged to callers.
+    pub calls: usize,
 }
 
 /// An acknowledged invitation: (call, inviter incarnation, callees, joined).
@@ -177,7 +136,9 @@ struct World {
     t0: Instant,
     seed: u64,
     devices: Vec<Device>,
-    incarnations: Vec<Incarnation>,
+    /// Every client incarnation (an app start) of every device, as the
+    /// oracle sees it.
+    incarnations: Vec<DeviceRecord>,
     trace: Arc<Mutex<Vec<String>>>,
     acked: Arc<Mutex<Vec<Acked>>>,
     tasks: tokio::task::JoinSet<()>,
@@ -244,15 +205,11 @@ impl World {
             match client.connect().await {
                 Ok(()) => {
                     let index = self.incarnations.len();
-                    self.incarnations.push(Incarnation {
-                        name: name.clone(),
-                        user: self.devices[i].user.clone(),
-                        device: self.devices[i].device.clone(),
-                        callbacks: Vec::new(),
-                        events: Vec::new(),
-                        alive: true,
-                        last_seq: None,
-                    });
+                    self.incarnations.push(DeviceRecord::new(
+                        name.clone(),
+                        self.devices[i].user.clone(),
+                        self.devices[i].device.clone(),
+                    ));
                     self.devices[i].live = Some(Live {
                         client,
                         rec,
@@ -280,8 +237,21 @@ impl World {
 
     fn harvest(&mut self, live: &Live, alive: bool) {
         let inc = &mut self.incarnations[live.index];
-        inc.callbacks = live.rec.records();
-        inc.events = live.events.lock().expect("events").clone();
+        inc.events = live
+            .events
+            .lock()
+            .expect("events")
+            .iter()
+            .map(|(at, e)| (at.into_std(), e.clone()))
+            .collect();
+        let due = inc
+            .events
+            .iter()
+            .filter(|(_, e)| Callback::of(e).is_some())
+            .map(|(_, e)| e.clone())
+            .collect();
+        let ran = live.rec.records().into_iter().map(|r| r.event).collect();
+        inc.handler = Some(HandlerRecord::new(due, ran));
         inc.alive = alive;
         inc.last_seq = live.client.last_seq();
     }
@@ -425,9 +395,21 @@ impl World {
     }
 }
 
-/// Runs the world for `steps` workload steps, heals, settles, and returns
-/// the record.
-pub async fn run_world(seed: u64, profile: Profile, steps: usize) -> Record {
+/// Looks at the hub's switchboard between steps (outcomes never change; a
+/// timer exactly when something has a deadline).
+async fn observe(hub: &MemoryHub, oracle: Oracle) -> Oracle {
+    hub.inspect(move |sb: &Switchboard| {
+        let mut oracle = oracle;
+        oracle.observe(sb);
+        oracle
+    })
+    .await
+    .expect("hub alive")
+}
+
+/// Runs the world for `steps` workload steps, heals, settles, and hands
+/// the record to the oracle.
+pub async fn run_world(seed: u64, profile: Profile, steps: usize) -> Outcome {
     // History kept for the whole run, so the oracle sees every call.
     let mut config = invitation_core::SwitchboardConfig::default();
     config.retention = Duration::from_secs(3600);
@@ -456,11 +438,13 @@ pub async fn run_world(seed: u64, profile: Profile, steps: usize) -> Record {
         acked: Arc::new(Mutex::new(Vec::new())),
         tasks: tokio::task::JoinSet::new(),
     };
+    let mut oracle = Oracle::new();
     for i in 0..world.devices.len() {
         world.start(i).await;
     }
     for _ in 0..steps {
         world.step().await;
+        oracle = observe(&hub, oracle).await;
     }
     // Heal, bring every device back, let every timer fire.
     world.log("heal".into());
@@ -480,66 +464,28 @@ pub async fn run_world(seed: u64, profile: Profile, steps: usize) -> Record {
         }
     }
     let acked = world.acked.lock().expect("acked").clone();
-    let ids: Vec<(CallId, usize, bool)> = acked
+    let mut record = OracleRecord::new(profile.faults().delay.1 + Duration::from_millis(1));
+    record.devices = world.incarnations.clone();
+    record.invitations = acked
         .iter()
-        .map(|(c, i, _, j)| (c.clone(), *i, *j))
+        .map(|(call_id, inviter, _, joined)| Acknowledged::new(call_id.clone(), *inviter, *joined))
         .collect();
-    let users: Vec<UserId> = USERS
-        .iter()
-        .map(|(u, _)| UserId::new(*u).expect("valid"))
-        .collect();
-    let (calls, pending, seqs) = hub
-        .inspect(move |sb: &Switchboard| {
-            let calls: Vec<CallFacts> = ids
-                .iter()
-                .filter_map(|(id, inviter, joined)| {
-                    let v = sb.call(id)?;
-                    Some(CallFacts {
-                        call_id: id.clone(),
-                        inviter: *inviter,
-                        callees: v
-                            .callees()
-                            .iter()
-                            .map(|u| {
-                                (
-                                    u.id.clone(),
-                                    v.outcome(&u.id),
-                                    v.answered_by(&u.id).cloned(),
-                                )
-                            })
-                            .collect(),
-                        deadline: Instant::from_std(v.deadline()),
-                        ring_timeout: v.ring_timeout(),
-                        ringing: v.is_ringing(),
-                        joined: *joined,
-                    })
-                })
-                .collect();
-            let seqs = users.iter().map(|u| (u.clone(), sb.last_seq(u))).collect();
-            (calls, sb.poll_timeout().is_some(), seqs)
-        })
+    let mut violations = hub
+        .inspect(move |sb: &Switchboard| oracle.finish(sb, &record))
         .await
         .expect("hub alive");
-    let missing = acked.len() - calls.len();
-    if missing > 0 {
-        world.log(format!(
-            "{missing} acknowledged calls no longer held by the hub"
-        ));
-    }
-    let mut record = Record {
-        incarnations: world.incarnations.clone(),
-        calls,
-        hub_timer_pending: pending,
-        hub_last_seq: seqs,
-        trace: Vec::new(),
-        max_delay: profile.faults().delay.1,
-    };
     for d in &mut world.devices {
         if let Some(live) = d.live.take() {
             live.client.close().await;
         }
     }
     world.tasks.abort_all();
-    record.trace = world.trace.lock().expect("trace").clone();
-    record
+    let trace = world.trace.lock().expect("trace").clone();
+    // The simulation's own checks: no event stream fell behind.
+    violations.extend(trace.iter().filter(|l| l.starts_with("VIOLATION")).cloned());
+    Outcome {
+        violations,
+        trace,
+        calls: acked.len(),
+    }
 }
