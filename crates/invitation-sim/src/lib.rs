@@ -18,6 +18,9 @@ pub use world::{Outcome, Profile, run_world};
 
 use std::time::Duration;
 
+use invitation::testing::fault::FaultStats;
+use invitation_core::CloseCause;
+
 /// The result of one run.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -33,6 +36,11 @@ pub struct Report {
     pub trace: Vec<String>,
     /// Invitations acknowledged to callers.
     pub calls: usize,
+    /// What the fault injectors did, summed over every device.
+    pub faults: FaultStats,
+    /// Links the hub closed, per cause (token expiry, too slow, refused
+    /// token, no `hello`).
+    pub closes: Vec<(CloseCause, u64)>,
 }
 
 /// Runs one seed with one profile for `steps` workload steps.
@@ -50,6 +58,8 @@ pub fn run(seed: u64, profile: Profile, steps: usize) -> Report {
         violations: outcome.violations,
         calls: outcome.calls,
         trace: outcome.trace,
+        faults: outcome.faults,
+        closes: outcome.closes,
     }
 }
 

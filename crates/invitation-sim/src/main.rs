@@ -2,13 +2,15 @@
 //!
 //! ```text
 //! invitation-sim --seed 42 --profile lossy      # one run, full trace
-//! invitation-sim --seeds 1000                   # seeds 0..1000 x lossy, slow, flapping
+//! invitation-sim --seeds 1000                   # seeds 0..1000 x lossy, slow, flapping, connection
 //! invitation-sim --seeds 100000 --start 5000    # deeper
 //! ```
 //! Exits non-zero on the first failing seed, after printing it and the
 //! shortest failing trace.
 
 use anyhow::{Result, bail};
+use invitation::testing::fault::FaultStats;
+use invitation_core::CloseCause;
 use invitation_sim::{DEFAULT_STEPS, Profile, run, shrink};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
@@ -50,9 +52,18 @@ fn main() -> Result<()> {
     let began = std::time::Instant::now();
     let mut calls = 0;
     for p in &profiles {
+        let mut faults = FaultStats::default();
+        let mut closes: Vec<(CloseCause, u64)> = Vec::new();
         for seed in start..start + seeds {
             let r = run(seed, *p, steps);
             calls += r.calls;
+            faults.add(&r.faults);
+            for (cause, n) in &r.closes {
+                match closes.iter_mut().find(|(c, _)| c == cause) {
+                    Some((_, total)) => *total += n,
+                    None => closes.push((*cause, *n)),
+                }
+            }
             if !r.violations.is_empty() {
                 println!("FAILED: seed {seed} profile {p}");
                 for v in &r.violations {
@@ -71,6 +82,13 @@ fn main() -> Result<()> {
             }
         }
         println!("{p}: seeds {start}..{} passed", start + seeds);
+        println!("  injected: {faults:?}");
+        let closes: Vec<String> = closes
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(c, n)| format!("{c}: {n}"))
+            .collect();
+        println!("  hub closed links for: {}", closes.join(", "));
     }
     println!(
         "{} runs ({} seeds x {} profiles), {calls} invitations, all invariants held, {:.1} s",

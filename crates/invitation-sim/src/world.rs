@@ -1,6 +1,7 @@
 //! The simulated world: hub, devices (each a sequence of client
 //! incarnations behind one fault injector), workload.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -8,17 +9,18 @@ use async_trait::async_trait;
 use invitation::Fanout;
 use invitation::prelude::*;
 use invitation::testing::Recorder;
-use invitation::testing::fault::{FaultConfig, FaultyTransport, SimRng};
+use invitation::testing::fault::{FaultConfig, FaultStats, FaultyTransport, SimRng};
 use invitation::testing::oracle::{
     Acknowledged, DeviceRecord, HandlerRecord, Oracle, Record as OracleRecord,
 };
 use invitation_core::protocol::InviteRequest;
-use invitation_core::{DeviceId, Switchboard};
+use invitation_core::{AuthRefusal, Authenticator, CloseCause, DeviceId, Identity, Switchboard};
 use invitation_transport::memory::MemoryTransport;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
-/// A fault profile (reliability.md's three, plus none).
+/// A fault profile: message faults (lossy, slow, flapping), connection
+/// faults (connection), or none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
     /// No faults.
@@ -29,21 +31,47 @@ pub enum Profile {
     Slow,
     /// Links break often and partitions keep devices away for 1-10 s.
     Flapping,
+    /// Connection-level faults on an ordered link: lost `welcome`s, tokens
+    /// that expire and renewals racing the expiry, bursts of `sync`,
+    /// clients that stop reading (long enough, with enough written
+    /// meanwhile, to be dropped as too slow).
+    Connection,
 }
 
-impl Profile {
-    /// The three profiles CI runs.
-    pub const ALL: [Profile; 3] = [Profile::Lossy, Profile::Slow, Profile::Flapping];
+/// How long a token lives in the `connection` profile.
+const TOKEN_LIFE: Duration = Duration::from_secs(30);
 
-    /// Parses `clean`, `lossy`, `slow`, `flapping`.
+impl Profile {
+    /// The profiles CI runs.
+    pub const ALL: [Profile; 4] = [
+        Profile::Lossy,
+        Profile::Slow,
+        Profile::Flapping,
+        Profile::Connection,
+    ];
+
+    /// Parses `clean`, `lossy`, `slow`, `flapping`, `connection`.
     pub fn parse(s: &str) -> Option<Profile> {
         Some(match s {
             "clean" => Profile::Clean,
             "lossy" => Profile::Lossy,
             "slow" => Profile::Slow,
             "flapping" => Profile::Flapping,
+            "connection" => Profile::Connection,
             _ => return None,
         })
+    }
+
+    /// Whether the hub checks tokens that expire (and clients renew them).
+    fn tokens(self) -> bool {
+        self == Profile::Connection
+    }
+
+    /// The longest a server message can be held on its way: injected delay
+    /// plus a read stall (plus a millisecond of rounding).
+    fn slack(self) -> Duration {
+        let f = self.faults();
+        f.delay.1 + f.stall_for.1 + Duration::from_millis(1)
     }
 
     fn faults(self) -> FaultConfig {
@@ -60,6 +88,17 @@ impl Profile {
                 f.partition = 0.3;
                 f.partition_for = (Duration::from_secs(1), Duration::from_secs(10));
             }
+            Profile::Connection => {
+                // An ordered link that loses nothing without breaking (what
+                // a WebSocket gives): what is lost is lost with the link.
+                // Loss, duplication and reordering are the other profiles'.
+                f.drop_welcome = 0.2;
+                f.stall = 0.004;
+                f.stall_for = (Duration::from_secs(1), Duration::from_secs(8));
+                f.stall_writes = (0, 1500);
+                f.sync_burst = 0.02;
+                f.sync_burst_size = (1, 64);
+            }
         }
         f
     }
@@ -72,6 +111,7 @@ impl std::fmt::Display for Profile {
             Profile::Lossy => "lossy",
             Profile::Slow => "slow",
             Profile::Flapping => "flapping",
+            Profile::Connection => "connection",
         })
     }
 }
@@ -85,6 +125,47 @@ pub struct Outcome {
     pub trace: Vec<String>,
     /// Invitations acknowledged to callers.
     pub calls: usize,
+    /// What the fault injectors did, summed over every device.
+    pub faults: FaultStats,
+    /// Links the hub closed, per cause (connection faults that happened).
+    pub closes: Vec<(CloseCause, u64)>,
+}
+
+/// The close causes a run reports.
+const CLOSES: [CloseCause; 4] = [
+    CloseCause::TokenExpired,
+    CloseCause::TooSlow,
+    CloseCause::Unauthorized,
+    CloseCause::NoHello,
+];
+
+/// Tokens of the `connection` profile: `user@ms`, valid until `ms`
+/// milliseconds after the start of the run; refused after.
+struct Tokens {
+    t0: Instant,
+}
+
+impl Tokens {
+    fn mint(t0: Instant, user: &UserId, until: Instant) -> String {
+        format!("{user}@{}", until.duration_since(t0).as_millis())
+    }
+}
+
+impl Authenticator for Tokens {
+    fn authenticate(&self, token: Option<&str>) -> Result<Identity, AuthRefusal> {
+        let (user, ms) = token
+            .and_then(|t| t.split_once('@'))
+            .ok_or_else(|| AuthRefusal::new("no token"))?;
+        let ms: u64 = ms.parse().map_err(|_| AuthRefusal::new("bad token"))?;
+        let until = self.t0 + Duration::from_millis(ms);
+        let now = Instant::now();
+        if now >= until {
+            return Err(AuthRefusal::new("expired"));
+        }
+        let user = UserId::new(user).map_err(|_| AuthRefusal::new("bad user"))?;
+        let user = User::new(user.clone(), user.as_str()).map_err(|_| AuthRefusal::new("bad"))?;
+        Ok(Identity::new(user, Some(until - now)))
+    }
 }
 
 /// An acknowledged invitation: (call, inviter incarnation, callees, joined).
@@ -121,6 +202,8 @@ struct Live {
     rec: Recorder,
     events: Arc<Mutex<Vec<(Instant, AppEvent)>>>,
     index: usize,
+    /// Renews the token (connection profile).
+    renewer: Option<tokio::task::AbortHandle>,
 }
 
 struct Device {
@@ -142,6 +225,12 @@ struct World {
     trace: Arc<Mutex<Vec<String>>>,
     acked: Arc<Mutex<Vec<Acked>>>,
     tasks: tokio::task::JoinSet<()>,
+    /// Clients carry expiring tokens and renew them.
+    tokens: bool,
+    /// The network was healed: renewals come well before the expiry.
+    healed: Arc<AtomicBool>,
+    /// Every app event goes to the trace too (`SIM_EVENTS=1`).
+    show_events: bool,
 }
 
 const USERS: [(&str, &[&str]); 4] = [
@@ -170,8 +259,12 @@ impl World {
             let slow = Slow(Mutex::new(SimRng::new(
                 seed ^ (i as u64 * 7919) ^ dev.starts as u64,
             )));
-            let client = Client::builder()
-                .user(user)
+            let mut builder = Client::builder().user(user);
+            if self.tokens {
+                let until = Instant::now() + TOKEN_LIFE;
+                builder = builder.token(Tokens::mint(self.t0, &dev.user, until));
+            }
+            let client = builder
                 .device(dev.device.as_str())
                 .transport(dev.transport.clone())
                 .handler(Fanout(vec![Arc::new(slow), Arc::new(rec.clone())]))
@@ -187,10 +280,20 @@ impl World {
             let mut rx = client.events();
             let sink = events.clone();
             let trace = self.trace.clone();
+            let (t0, show_events) = (self.t0, self.show_events);
+            let label = format!("{}/{}#{}", dev.user, dev.device, dev.starts);
             self.tasks.spawn(async move {
                 loop {
                     match rx.recv().await {
-                        Ok(e) => sink.lock().expect("events").push((Instant::now(), e)),
+                        Ok(e) => {
+                            if show_events {
+                                trace.lock().expect("trace").push(format!(
+                                    "{:8.3}s {label} event {e:?}",
+                                    t0.elapsed().as_secs_f64()
+                                ));
+                            }
+                            sink.lock().expect("events").push((Instant::now(), e))
+                        }
                         Err(RecvError::Lagged(n)) => {
                             trace
                                 .lock()
@@ -202,6 +305,11 @@ impl World {
                 }
             });
             let name = format!("{}/{}#{}", dev.user, dev.device, dev.starts);
+            // Renewing starts with the client: its first connect may take
+            // longer than its first token lives.
+            let renewer = self
+                .tokens
+                .then(|| self.spawn_renewer(client.clone(), i, name.clone()));
             match client.connect().await {
                 Ok(()) => {
                     let index = self.incarnations.len();
@@ -215,11 +323,15 @@ impl World {
                         rec,
                         events,
                         index,
+                        renewer,
                     });
                     self.log(format!("{name} connected"));
                     return;
                 }
                 Err(e) => {
+                    if let Some(r) = renewer {
+                        r.abort();
+                    }
                     self.log(format!("{name} could not connect: {e}"));
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
@@ -227,8 +339,50 @@ impl World {
         }
     }
 
+    /// Renews the client's token every 0.75-1.1 token lives, or exactly
+    /// one (so about a third of the renewals race the expiry, and some
+    /// lose), every half life once healed. Renewals run as their own tasks: one that waits
+    /// for a reconnect does not hold up the next.
+    fn spawn_renewer(
+        &mut self,
+        client: Client,
+        i: usize,
+        name: String,
+    ) -> tokio::task::AbortHandle {
+        let user = self.devices[i].user.clone();
+        let mut rng = SimRng::new(
+            self.seed ^ 0x5eed_7041 ^ ((i as u64) << 20) ^ self.devices[i].starts as u64,
+        );
+        let (t0, trace, healed) = (self.t0, self.trace.clone(), self.healed.clone());
+        self.tasks.spawn(async move {
+            loop {
+                let f = if healed.load(Ordering::Relaxed) {
+                    0.5
+                } else if rng.chance(0.1) {
+                    1.0 // at the very instant the token expires
+                } else {
+                    0.8 + 0.25 * rng.unit()
+                };
+                tokio::time::sleep(TOKEN_LIFE.mul_f64(f)).await;
+                let token = Tokens::mint(t0, &user, Instant::now() + TOKEN_LIFE);
+                let (client, trace, name) = (client.clone(), trace.clone(), name.clone());
+                tokio::spawn(async move {
+                    let r = client.renew_token(token).await;
+                    let t = t0.elapsed().as_secs_f64();
+                    trace
+                        .lock()
+                        .expect("trace")
+                        .push(format!("{t:8.3}s {name} renew -> {r:?}"));
+                });
+            }
+        })
+    }
+
     async fn stop(&mut self, i: usize) {
         if let Some(live) = self.devices[i].live.take() {
+            if let Some(r) = &live.renewer {
+                r.abort();
+            }
             live.client.close().await;
             self.harvest(&live, false);
             self.log(format!("{} stopped", self.incarnations[live.index].name));
@@ -413,7 +567,13 @@ pub async fn run_world(seed: u64, profile: Profile, steps: usize) -> Outcome {
     // History kept for the whole run, so the oracle sees every call.
     let mut config = invitation_core::SwitchboardConfig::default();
     config.retention = Duration::from_secs(3600);
-    let hub = MemoryHub::with_config(config, invitation_core::SequentialCallIds::default());
+    let t0 = Instant::now();
+    let ids = invitation_core::SequentialCallIds::default();
+    let hub = if profile.tokens() {
+        MemoryHub::with_authenticator(config, ids, Arc::new(Tokens { t0 }))
+    } else {
+        MemoryHub::with_config(config, ids)
+    };
     let mut devices = Vec::new();
     for (u, devs) in USERS {
         for d in devs {
@@ -430,13 +590,16 @@ pub async fn run_world(seed: u64, profile: Profile, steps: usize) -> Outcome {
     }
     let mut world = World {
         rng: SimRng::new(seed),
-        t0: Instant::now(),
+        t0,
         seed,
         devices,
         incarnations: Vec::new(),
         trace: Arc::new(Mutex::new(Vec::new())),
         acked: Arc::new(Mutex::new(Vec::new())),
         tasks: tokio::task::JoinSet::new(),
+        tokens: profile.tokens(),
+        healed: Arc::new(AtomicBool::new(false)),
+        show_events: std::env::var_os("SIM_EVENTS").is_some(),
     };
     let mut oracle = Oracle::new();
     for i in 0..world.devices.len() {
@@ -448,6 +611,7 @@ pub async fn run_world(seed: u64, profile: Profile, steps: usize) -> Outcome {
     }
     // Heal, bring every device back, let every timer fire.
     world.log("heal".into());
+    world.healed.store(true, Ordering::Relaxed);
     for d in &world.devices {
         d.transport.set_config(FaultConfig::default());
     }
@@ -464,7 +628,7 @@ pub async fn run_world(seed: u64, profile: Profile, steps: usize) -> Outcome {
         }
     }
     let acked = world.acked.lock().expect("acked").clone();
-    let mut record = OracleRecord::new(profile.faults().delay.1 + Duration::from_millis(1));
+    let mut record = OracleRecord::new(profile.slack());
     record.devices = world.incarnations.clone();
     record.invitations = acked
         .iter()
@@ -474,18 +638,33 @@ pub async fn run_world(seed: u64, profile: Profile, steps: usize) -> Outcome {
         .inspect(move |sb: &Switchboard| oracle.finish(sb, &record))
         .await
         .expect("hub alive");
+    world.tasks.abort_all();
     for d in &mut world.devices {
         if let Some(live) = d.live.take() {
             live.client.close().await;
         }
     }
-    world.tasks.abort_all();
+    let mut faults = FaultStats::default();
+    for d in &world.devices {
+        faults.add(&d.transport.stats());
+    }
+    let closes: Vec<(CloseCause, u64)> = CLOSES.iter().map(|c| (*c, hub.closes(*c))).collect();
+    world.log(format!("faults: {faults:?}; hub closes: {closes:?}"));
     let trace = world.trace.lock().expect("trace").clone();
-    // The simulation's own checks: no event stream fell behind.
+    // The simulation's own checks: no event stream fell behind; no `sync`
+    // was answered twice.
     violations.extend(trace.iter().filter(|l| l.starts_with("VIOLATION")).cloned());
+    if faults.syncs_answered_twice > 0 {
+        violations.push(format!(
+            "{} sync requests were answered twice",
+            faults.syncs_answered_twice
+        ));
+    }
     Outcome {
         violations,
         trace,
         calls: acked.len(),
+        faults,
+        closes,
     }
 }
