@@ -88,7 +88,9 @@ fn main() -> Result<()> {
             .filter(|(_, n)| *n > 0)
             .map(|(c, n)| format!("{c}: {n}"))
             .collect();
-        println!("  hub closed links for: {}", closes.join(", "));
+        if !closes.is_empty() {
+            println!("  hub closed links for: {}", closes.join(", "));
+        }
     }
     println!(
         "{} runs ({} seeds x {} profiles), {calls} invitations, all invariants held, {:.1} s",
