@@ -30,9 +30,10 @@ fuzz TARGET SECONDS="300":
 bench-core:
     cargo bench -p invitation-core --bench core
 
-# Model-based property tests with another seed: just model 42
+# Model-based property tests with another seed: just model 42  or  just model SEED=42
 model SEED="20261126":
-    INVITATION_MODEL_SEED={{SEED}} cargo test -p invitation-core --test model
+    seed="{{SEED}}"; \
+    INVITATION_MODEL_SEED="${seed#SEED=}" cargo test -p invitation-core --test model
 
 # The benchmark suite (a few minutes): ours vs Kamailio, the knee, fan-out,
 # timers, memory and relay vs a bare echo. Server on CPU 0, generator on CPU 1.

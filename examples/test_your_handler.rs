@@ -64,8 +64,8 @@ impl InvitationEvents for BusyAware {
 
 #[tokio::main(flavor = "current_thread", start_paused = true)]
 async fn main() -> anyhow::Result<()> {
+    use invitation::core::protocol::Command;
     use invitation::transport::mock;
-    use invitation_core::protocol::Command;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -103,9 +103,9 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use invitation::core::protocol::Command;
     use invitation::testing::Recorder;
     use invitation::transport::mock::{self, MockServer};
-    use invitation_core::protocol::Command;
 
     use super::*;
 

@@ -30,14 +30,14 @@
 pub use invitation_core as core;
 pub use invitation_handler::{
     BuildError, CallContext, Callback, Client, ClientBuilder, ClientError, Fanout, Invitation,
-    InvitationEvents,
+    InvitationEvents, NoTransport, TokenPeekError, UnverifiedClaims, WithTransport,
 };
 pub use invitation_transport as transport;
 pub use invitation_transport::memory::MemoryHub;
 
 pub use invitation_core::{
-    AppEvent, CallId, CallType, CommandError, ConnectionState, CustomData, DeviceId, Reason, User,
-    UserId,
+    AppEvent, CallId, CallType, CommandError, ConnectionState, CustomData, DeviceId, Reason,
+    StopReason, User, UserId,
 };
 
 /// Test helpers (feature `testing`; turn it on in `[dev-dependencies]`):

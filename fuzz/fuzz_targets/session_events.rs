@@ -44,7 +44,7 @@ fuzz_target!(|input: Vec<In>| {
     for step in input.into_iter().take(300) {
         let ev = |seq: u8, event: Event| ServerMessage::new(ServerBody::Event { seq: u64::from(seq), event });
         match step {
-            In::Welcome { seq, resumed } => s.handle_message(now, ServerMessage::new(ServerBody::Welcome { user: User::named("me", "Me"), device: me.clone(), seq: u64::from(seq), resumed })),
+            In::Welcome { seq, resumed } => s.handle_message(now, ServerMessage::new(ServerBody::Welcome { re: None, user: User::named("me", "Me"), device: me.clone(), seq: u64::from(seq), resumed })),
             In::Incoming { seq, call, remaining_s } => s.handle_message(now, ev(seq, Event::IncomingCall {
                 call_id: cid(call), caller: caller.clone(), call_type: CallType::Voice, callees: vec![User::named("me", "Me")].into(),
                 custom_data: None, ring_remaining_ms: u64::from(remaining_s) * 1000, ring_timeout_ms: 60_000,
@@ -57,8 +57,8 @@ fuzz_target!(|input: Vec<In>| {
                 call_id: cid(call), callee: UserId::new("them").unwrap(), reason: REASONS[reason as usize % REASONS.len()],
             })),
             In::CallEnded { seq, call } => s.handle_message(now, ev(seq, Event::CallEnded { call_id: cid(call), reason: Reason::HungUp })),
-            In::Sync { seq } => s.handle_message(now, ServerMessage::new(ServerBody::Sync(SyncBody { seq: u64::from(seq), calls: Vec::new(), ended: Vec::new() }))),
-            In::Pong { seq } => s.handle_message(now, ServerMessage::new(ServerBody::Pong { seq: Some(u64::from(seq)) })),
+            In::Sync { seq } => s.handle_message(now, ServerMessage::new(ServerBody::Sync(SyncBody { re: None, seq: u64::from(seq), calls: Vec::new(), ended: Vec::new() }))),
+            In::Pong { seq } => s.handle_message(now, ServerMessage::new(ServerBody::Pong { re: None, seq: Some(u64::from(seq)) })),
             In::ReplyDone { req } => {
                 if !requests.is_empty() {
                     let re = requests[req as usize % requests.len()].clone();

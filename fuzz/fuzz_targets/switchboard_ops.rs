@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
-use invitation_core::protocol::{ClientMessage, Command, InviteRequest};
+use invitation_core::protocol::{Command, InviteRequest};
 use invitation_core::{
     CallId, CallType, ConnId, DeviceId, Reason, RequestId, SequentialCallIds, Switchboard,
     SwitchboardConfig, User, UserId,
@@ -37,7 +37,8 @@ fuzz_target!(|ops: Vec<Op>| {
     let mut conns: Vec<ConnId> = Vec::new();
     let mut calls: Vec<CallId> = Vec::new();
     let mut outcomes: HashMap<(CallId, UserId), Reason> = HashMap::new();
-    let mut last: Option<(ConnId, ClientMessage)> = None;
+    let mut last: Option<(ConnId, RequestId, Command)> = None;
+    let mut next_conn = 0u64;
     let mut n = 0u64;
     let user = |u: u8| UserId::new(format!("u{}", u % 5)).unwrap();
     for op in ops.into_iter().take(200) {
@@ -45,15 +46,16 @@ fuzz_target!(|ops: Vec<Op>| {
         let call = |i: u8, v: &Vec<CallId>| (!v.is_empty()).then(|| v[i as usize % v.len()].clone());
         n += 1;
         let id = RequestId::new(format!("r{n}")).unwrap();
-        let send = |sb: &mut Switchboard, c: ConnId, cmd: Command, last: &mut Option<(ConnId, ClientMessage)>| {
-            let msg = ClientMessage::new(id.clone(), cmd);
-            *last = Some((c, msg.clone()));
-            sb.handle_command(now, c, msg)
+        let send = |sb: &mut Switchboard, c: ConnId, cmd: Command, last: &mut Option<(ConnId, RequestId, Command)>| {
+            *last = Some((c, id.clone(), cmd.clone()));
+            sb.handle_command(now, c, id.clone(), cmd)
         };
         match op {
             Op::Connect { user: u, device, last_seq } => {
                 let id = user(u);
-                let c = sb.connect(now, User::new(id, "x").unwrap(), DeviceId::new(format!("d{}", device % 3)).unwrap(), last_seq.map(u64::from));
+                next_conn += 1;
+                let c = ConnId::new(next_conn);
+                sb.connect(now, c, User::new(id, "x").unwrap(), DeviceId::new(format!("d{}", device % 3)).unwrap(), last_seq.map(u64::from), None);
                 conns.push(c);
             }
             Op::Disconnect { conn } => {
@@ -87,18 +89,20 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
             }
             Op::Ping { conn } => {
+                // Pings are the connection machine's; the switchboard's part
+                // of connection housekeeping is a resume from a sequence.
                 if let Some(c) = pick(conn, &conns) {
-                    let _ = send(&mut sb, c, Command::Ping, &mut last);
+                    let _ = sb.connection(c).map(|(u, _)| sb.last_seq(u));
                 }
             }
             Op::Sync { conn } => {
                 if let Some(c) = pick(conn, &conns) {
-                    let _ = send(&mut sb, c, Command::Sync, &mut last);
+                    sb.handle_sync(now, c, id.clone());
                 }
             }
             Op::Retry => {
-                if let Some((c, msg)) = last.clone() {
-                    let _ = sb.handle_command(now, c, msg);
+                if let Some((c, id, cmd)) = last.clone() {
+                    let _ = sb.handle_command(now, c, id, cmd);
                 }
             }
             Op::Tick { ms } => {

@@ -189,6 +189,9 @@ pub(crate) async fn start_server(server_bin: &Option<PathBuf>, cpu: &str) -> Res
         &config,
         "conn_rate_per_ip = 1000000.0\nconn_burst_per_ip = 1000000.0\n\
          invite_rate_per_user = 1000000.0\ninvite_burst_per_user = 1000000.0\n\
+         command_rate_per_user = 1000000.0\ncommand_burst_per_user = 1000000.0\n\
+         command_rate_per_conn = 1000000.0\ncommand_burst_per_conn = 1000000.0\n\
+         max_connections_per_ip = 1000000\n\
          outbound_queue = 4096\n",
     )?;
     let child = spawn(

@@ -122,6 +122,10 @@ pub struct ConnectionConfig {
     pub max_protocol_errors: u32,
     /// Caps for decoding untrusted input.
     pub limits: DecodeLimits,
+    /// Messages per second and burst one connection may send after `hello`
+    /// (every kind: pings and syncs too); past it, each message is answered
+    /// `rate_limited` with the wait and goes no further. `None`: no limit.
+    pub message_rate: Option<(f64, f64)>,
 }
 
 impl Default for ConnectionConfig {
@@ -133,6 +137,7 @@ impl Default for ConnectionConfig {
             max_in_flight: 16,
             max_protocol_errors: 10,
             limits: DecodeLimits::default(),
+            message_rate: None,
         }
     }
 }
@@ -191,6 +196,8 @@ pub enum CloseCause {
     ShuttingDown,
     /// The peer does not read what it is sent.
     TooSlow,
+    /// The user has as many devices connected as the server allows.
+    TooManyDevices,
     /// A message over the size limit.
     TooLarge,
     /// A text frame that is not UTF-8.
@@ -212,6 +219,7 @@ impl CloseCause {
             CloseCause::Replaced => CloseReason::Replaced,
             CloseCause::ShuttingDown => CloseReason::ShuttingDown,
             CloseCause::TooSlow => CloseReason::TooSlow,
+            CloseCause::TooManyDevices => CloseReason::TooManyDevices,
             _ => return None,
         })
     }
@@ -224,6 +232,7 @@ impl CloseCause {
             CloseReason::TokenExpired => CloseCause::TokenExpired,
             CloseReason::ProtocolViolation => CloseCause::ProtocolViolation,
             CloseReason::TooSlow => CloseCause::TooSlow,
+            CloseReason::TooManyDevices => CloseCause::TooManyDevices,
         }
     }
 
@@ -239,6 +248,7 @@ impl CloseCause {
             CloseCause::Replaced => "replaced by a newer connection",
             CloseCause::ShuttingDown => "shutting down",
             CloseCause::TooSlow => "too slow",
+            CloseCause::TooManyDevices => "too many devices",
             CloseCause::TooLarge => "message too large",
             CloseCause::InvalidUtf8 => "invalid utf-8",
             CloseCause::Unsupported => "text frames only",
@@ -297,6 +307,9 @@ pub struct DeviceConnection {
     errors: u32,
     /// Newest event sequence number written on this connection (for `pong`).
     seq: u64,
+    /// The message-rate bucket: tokens left, as of `refilled`.
+    tokens: f64,
+    refilled: Instant,
     out: VecDeque<ConnectionOutput>,
 }
 
@@ -304,6 +317,7 @@ impl DeviceConnection {
     /// A connection that started at `now` (the hello timeout counts from here).
     pub fn new(now: Instant, config: Arc<ConnectionConfig>) -> Self {
         let deadline = now + config.hello_timeout;
+        let tokens = config.message_rate.map_or(0.0, |(_, burst)| burst);
         Self {
             config,
             phase: Phase::AwaitingHello { deadline },
@@ -312,6 +326,8 @@ impl DeviceConnection {
             in_flight: 0,
             errors: 0,
             seq: 0,
+            tokens,
+            refilled: now,
             out: VecDeque::new(),
         }
     }
@@ -345,6 +361,12 @@ impl DeviceConnection {
         self.handle_activity(now);
         self.in_flight += 1;
         let ClientMessage { id, body, .. } = message;
+        if matches!(self.phase, Phase::Open { .. }) {
+            if let Err(wait) = self.charge(now) {
+                let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+                return self.answer_error(id, &CommandError::RateLimited { retry_after_ms });
+            }
+        }
         match (&mut self.phase, body) {
             (
                 Phase::AwaitingHello { .. },
@@ -553,6 +575,24 @@ impl DeviceConnection {
     }
 
     // ----- internals ----------------------------------------------------
+
+    /// Takes one token from the message-rate bucket, or says how long until
+    /// one is there.
+    fn charge(&mut self, now: Instant) -> Result<(), Duration> {
+        let Some((rate, burst)) = self.config.message_rate else {
+            return Ok(());
+        };
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.refilled = now.max(self.refilled);
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = (1.0 - self.tokens) / rate;
+            Err(Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX))
+        }
+    }
 
     fn send(&mut self, body: ServerBody) {
         self.out
@@ -880,6 +920,48 @@ mod tests {
             Some(&ConnectionOutput::Close(CloseCause::ProtocolViolation))
         );
         assert!(out.contains(&ConnectionOutput::Switchboard(SwitchboardInput::Disconnect)));
+    }
+
+    #[test]
+    fn every_message_is_paid_for_per_connection() {
+        let now = t0();
+        let config = ConnectionConfig {
+            message_rate: Some((2.0, 3.0)),
+            ..ConnectionConfig::default()
+        };
+        let mut c = DeviceConnection::new(now, Arc::new(config));
+        c.handle_text(now, &hello("forever"), &Fixed); // hello is free
+        drain(&mut c);
+        for i in 0..3 {
+            c.handle_text(
+                now,
+                &format!(r#"{{"v":1,"id":"p{i}","type":"ping"}}"#),
+                &Fixed,
+            );
+            assert!(
+                matches!(&drain(&mut c)[..], [ConnectionOutput::Send(m)] if matches!(m.body, ServerBody::Pong { .. }))
+            );
+        }
+        c.handle_text(now, r#"{"v":1,"id":"s","type":"sync"}"#, &Fixed);
+        let out = drain(&mut c);
+        match &out[..] {
+            [ConnectionOutput::Send(m)] => match &m.body {
+                ServerBody::Error(e) => {
+                    assert_eq!(e.code, ErrorCode::RateLimited);
+                    assert_eq!(e.re, Some(rid("s")));
+                    assert_eq!(e.retry_after_ms, Some(500));
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("the 4th message reached {other:?}"),
+        }
+        // Half a second later one token is back.
+        let later = now + Duration::from_millis(500);
+        c.handle_text(later, r#"{"v":1,"id":"s2","type":"sync"}"#, &Fixed);
+        assert!(matches!(
+            &drain(&mut c)[..],
+            [ConnectionOutput::Switchboard(SwitchboardInput::Sync { .. })]
+        ));
     }
 
     #[test]

@@ -112,6 +112,13 @@ pub enum CommandError {
         /// How long to wait before retrying.
         retry_after_ms: u64,
     },
+    /// The contact policy does not let you call this user; nothing was
+    /// created. Said the same whether or not the user exists or is online.
+    #[error("you may not call {callee}")]
+    Forbidden {
+        /// The first callee the policy refused.
+        callee: crate::id::UserId,
+    },
 }
 
 impl CommandError {
@@ -126,6 +133,7 @@ impl CommandError {
             CommandError::NotConnected => ErrorCode::NotConnected,
             CommandError::RateLimited { .. } => ErrorCode::RateLimited,
             CommandError::Unavailable { .. } => ErrorCode::Unavailable,
+            CommandError::Forbidden { .. } => ErrorCode::Forbidden,
             CommandError::Rejected { code, .. } => *code,
         }
     }
@@ -249,4 +257,6 @@ pub enum ErrorCode {
     Unauthorized,
     /// The server is overloaded or shutting down.
     Unavailable,
+    /// The contact policy does not let you call that user.
+    Forbidden,
 }

@@ -91,10 +91,10 @@ pub use connection::{
 pub use error::{CommandError, ErrorCode, ProtocolError, ValidationError};
 pub use guard::DecodeLimits;
 pub use id::{CallId, CallIdGenerator, DeviceId, MAX_ID_LEN, RequestId, SequentialCallIds, UserId};
-pub use model::{CallType, CustomData, Reason, User};
-pub use session::{AppEvent, ClientSession, ConnectionState, SessionConfig};
+pub use model::{CallType, CustomData, RING_TIMEOUT_BOUNDS_S, Reason, User};
+pub use session::{AppEvent, ClientSession, ConnectionState, SessionConfig, StopReason};
 
 pub use switchboard::{
-    BusyPolicy, CallNotice, CallView, ConnId, OfflinePolicy, Output, Switchboard,
+    BusyPolicy, CallNotice, CallView, ConnId, ContactPolicy, OfflinePolicy, Output, Switchboard,
     SwitchboardConfig, SwitchboardStats,
 };

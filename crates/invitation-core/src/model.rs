@@ -16,6 +16,11 @@ pub const MAX_NAME_CHARS: usize = 128;
 /// 8 KB; the switchboard's limit is configurable).
 pub const DEFAULT_MAX_CUSTOM_DATA: usize = 8 * 1024;
 
+/// The ring timeouts any configuration may allow, in seconds (1 s to
+/// 10 min: the origin's range). Every layer that checks a ring timeout
+/// takes its bounds from here.
+pub const RING_TIMEOUT_BOUNDS_S: std::ops::RangeInclusive<u32> = 1..=600;
+
 /// Hard cap on [`CustomData`] whatever the configuration: the whole message
 /// must fit the 64 KiB frame.
 pub const HARD_MAX_CUSTOM_DATA: usize = 60 * 1024;

@@ -310,6 +310,9 @@ pub enum CloseReason {
     ProtocolViolation,
     /// The client does not read its messages fast enough.
     TooSlow,
+    /// The user already has the most devices online the server allows;
+    /// this new one was refused (existing devices are untouched).
+    TooManyDevices,
 }
 
 /// The body of a successful reply.

@@ -83,6 +83,30 @@ pub enum ConnectionState {
     },
     /// The connection was lost; the driver is reconnecting.
     Reconnecting,
+    /// The client stopped for good: it does not reconnect.
+    Stopped {
+        /// Why.
+        reason: StopReason,
+    },
+}
+
+/// Why a client stopped for good (see [`ConnectionState::Stopped`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StopReason {
+    /// The server refused the token (garbage, wrong secret, expired, another
+    /// user), and a fresh one from the token provider too, if there is one.
+    Unauthorized,
+    /// Another connection with the same user and device took over: the
+    /// newest connection wins, this one stays down.
+    Replaced,
+    /// The token expired and nothing renewed it (no token provider).
+    TokenExpired,
+    /// The token provider failed to give a token.
+    TokenProviderFailed,
+    /// A failure that retrying cannot repair (invalid URL, refused upgrade,
+    /// protocol error).
+    Failed,
 }
 
 /// Everything that can happen to a device, as one typed stream. The first
@@ -336,6 +360,10 @@ pub struct ClientSession {
     gap_since: Option<Instant>,
     /// The server does not know this link: the driver should reconnect.
     wants_reconnect: bool,
+    /// The request id of this connection's `hello`.
+    hello_id: Option<RequestId>,
+    /// The server's error answer to that `hello`, if it refused it.
+    refusal: Option<ErrorBody>,
     /// Next retry time and current backoff of each sent, unanswered command.
     retries: HashMap<RequestId, (Instant, Duration)>,
     ahead: BTreeMap<u64, Event>,
@@ -372,6 +400,8 @@ impl ClientSession {
             sync_asked: None,
             gap_since: None,
             wants_reconnect: false,
+            hello_id: None,
+            refusal: None,
             retries: HashMap::default(),
             ahead: BTreeMap::new(),
             calls: HashMap::default(),
@@ -415,6 +445,15 @@ impl ClientSession {
         self.wants_reconnect
     }
 
+    /// The server's error answer to this connection's `hello` (for example
+    /// `unauthorized`: a garbage, expired or wrong-secret token). The
+    /// connection will not open; the driver decides whether to try again
+    /// (with a fresh token) or give up. Cleared by the next
+    /// [`ClientSession::handle_connected`].
+    pub fn refusal(&self) -> Option<&ErrorBody> {
+        self.refusal.as_ref()
+    }
+
     /// Server events dropped as duplicates so far.
     pub fn duplicates_dropped(&self) -> u64 {
         self.duplicates
@@ -452,6 +491,8 @@ impl ClientSession {
             last_seq: self.last_seq,
         };
         let id = self.fresh_request_id();
+        self.hello_id = Some(id.clone());
+        self.refusal = None;
         self.transmit.push_back(ClientMessage::new(id, hello));
         for id in &self.pending_order {
             if let Some(cmd) = self.pending.get(id) {
@@ -704,6 +745,11 @@ impl ClientSession {
 
     fn on_error(&mut self, now: Instant, body: ErrorBody) {
         let Some(re) = body.re.clone() else { return };
+        if self.hello_id.as_ref() == Some(&re) {
+            // The hello itself was refused: no session on this link.
+            self.refusal = Some(body);
+            return;
+        }
         if body.code == crate::error::ErrorCode::NotConnected && self.pending.contains_key(&re) {
             // The server has no session for this link (our hello was lost):
             // keep the command, it is resent after the reconnect.

@@ -211,7 +211,9 @@ proptest! {
         // Deterministic: the same 1,000 cases on every run. Explore others
         // with INVITATION_MODEL_SEED=<u64>.
         rng_seed: proptest::test_runner::RngSeed::Fixed(
-            std::env::var("INVITATION_MODEL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261126),
+            std::env::var("INVITATION_MODEL_SEED").ok().map_or(20261126, |s| {
+                s.parse().unwrap_or_else(|_| panic!("INVITATION_MODEL_SEED={s:?} is not a u64 seed"))
+            }),
         ),
         ..ProptestConfig::default()
     })]

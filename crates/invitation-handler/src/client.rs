@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::driver::{Driver, DriverMsg, LinkState};
 use crate::events::{Fanout, InvitationEvents};
+use crate::token::{self, TokenProvider};
 
 /// Events kept for a slow subscriber of [`Client::events`] before it sees
 /// `Lagged`.
@@ -26,9 +27,27 @@ pub enum ClientError {
     /// The switchboard refused it (typed: not found, ended, busy ...).
     #[error(transparent)]
     Command(#[from] CommandError),
-    /// The transport failed for good (rejected, protocol error).
-    #[error("transport: {0}")]
+    /// The transport failed for good (rejected, protocol error), or the
+    /// first connection could not be made.
+    #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The server refused the token (garbage, wrong secret, expired, another
+    /// user), and a fresh one from the token provider too, if there is one.
+    /// The client stopped: it does not reconnect.
+    #[error("the server refused the token: {0}")]
+    Unauthorized(String),
+    /// Another connection with the same user and device took over this one
+    /// (the newest connection wins). The client stopped: it does not
+    /// reconnect, so that two processes do not take turns forever.
+    #[error("another connection with the same user and device took over")]
+    Replaced,
+    /// The server closed the connection because the token expired, and no
+    /// token provider was set to renew it. The client stopped.
+    #[error("the token expired and no token provider was set to renew it")]
+    TokenExpired,
+    /// The token provider failed. The client stopped.
+    #[error("the token provider failed: {0}")]
+    TokenProvider(String),
     /// No answer within the command timeout (the client keeps retrying in
     /// the background only until then).
     #[error("no answer within {0:?}")]
@@ -125,8 +144,19 @@ pub struct ClientBuilder<T> {
     user: Option<User>,
     device: String,
     token: Option<String>,
+    token_provider: Option<ProviderSlot>,
     handlers: Vec<Arc<dyn InvitationEvents>>,
     options: Options,
+}
+
+/// The token provider, in the builder (printed without its contents).
+#[derive(Clone)]
+struct ProviderSlot(TokenProvider);
+
+impl std::fmt::Debug for ProviderSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenProvider")
+    }
 }
 
 impl std::fmt::Debug for dyn InvitationEvents {
@@ -142,6 +172,7 @@ impl ClientBuilder<NoTransport> {
             user: None,
             device: "default".to_owned(),
             token: None,
+            token_provider: None,
             handlers: Vec::new(),
             options: Options::default(),
         }
@@ -154,6 +185,7 @@ impl ClientBuilder<NoTransport> {
             user: self.user,
             device: self.device,
             token: self.token,
+            token_provider: self.token_provider,
             handlers: self.handlers,
             options: self.options,
         }
@@ -175,12 +207,55 @@ impl<T> ClientBuilder<T> {
     }
 
     /// The bearer token sent in `hello` (required by `invitation-server`).
+    /// A token that expires needs renewing: set a
+    /// [`token_provider`](Self::token_provider) too, or call
+    /// [`Client::renew_token`] in time.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self
     }
 
-    /// Adds an event handler; several run in the order added.
+    /// Where fresh tokens come from: an async callback (typically asking
+    /// your backend) that returns a new bearer token. The client calls it
+    ///
+    /// * for the first connection, if no [`token`](Self::token) was given;
+    /// * before the current token expires, 80 % through its lifetime (read
+    ///   from the JWT's `exp` and `iat`, without verifying it), and sends
+    ///   the new token in band (`renew`) without reconnecting;
+    /// * when the server closes the connection because the token expired;
+    /// * once when the server refuses a token, before giving up with
+    ///   [`ClientError::Unauthorized`].
+    ///
+    /// An error from the callback stops the client with
+    /// [`ClientError::TokenProvider`] when no usable token is left.
+    ///
+    /// ```
+    /// # use invitation_handler::Client;
+    /// # let (transport, _server) = invitation_transport::mock::pair();
+    /// let client = Client::builder()
+    ///     .user(invitation_core::User::named("bob", "Bob"))
+    ///     .token_provider(|| async {
+    ///         // e.g. an HTTPS request to your backend
+    ///         Ok::<_, std::io::Error>("eyJ...".to_owned())
+    ///     })
+    ///     .transport(transport)
+    ///     .build()
+    ///     .unwrap();
+    /// ```
+    pub fn token_provider<F, Fut, E>(mut self, provider: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<String, E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        self.token_provider = Some(ProviderSlot(token::provider(provider)));
+        self
+    }
+
+    /// Adds an event handler. Calling it again **adds** another one: every
+    /// handler sees every event, in the order they were added (one call per
+    /// event, the next handler after the previous one returned). To keep
+    /// one handler, call it once.
     pub fn handler(mut self, handler: impl InvitationEvents) -> Self {
         self.handlers.push(Arc::new(handler));
         self
@@ -258,6 +333,7 @@ impl ClientBuilder<WithTransport> {
             cmd_rx,
             state_tx,
             token: self.token,
+            token_provider: self.token_provider.map(|p| p.0),
             last_seq: last_seq.clone(),
         };
         Ok(Client {
@@ -300,6 +376,7 @@ pub(crate) struct Parts {
     pub(crate) cmd_rx: mpsc::UnboundedReceiver<DriverMsg>,
     pub(crate) state_tx: watch::Sender<LinkState>,
     pub(crate) token: Option<String>,
+    pub(crate) token_provider: Option<TokenProvider>,
     pub(crate) last_seq: Arc<AtomicU64>,
 }
 
@@ -352,7 +429,17 @@ impl Client {
     /// established (the server said `welcome`). Later losses are repaired in
     /// the background (reconnect with backoff, resume, resend).
     ///
-    /// Fails if the first attempt fails; calling it twice is a no-op.
+    /// Fails if the first attempt fails: [`ClientError::Unauthorized`] when
+    /// the server refuses the token (after one fresh token from the token
+    /// provider, if set), [`ClientError::Transport`] when the server cannot
+    /// be reached. Calling it twice is a no-op.
+    ///
+    /// Some failures stop a client for good, also later: a refused token,
+    /// an expired token nothing renews, a connection replaced by another
+    /// one of the same user and device. The client then does not reconnect;
+    /// the event stream says so with
+    /// `AppEvent::Connection(ConnectionState::Stopped { reason })`, and
+    /// commands fail with the same error as here.
     pub async fn connect(&self) -> Result<(), ClientError> {
         let parts = self.inner.parts.lock().expect("client lock").take();
         if let Some(parts) = parts {
@@ -363,12 +450,7 @@ impl Client {
         loop {
             match &*state.borrow_and_update() {
                 LinkState::Up => return Ok(()),
-                LinkState::Failed(e) => {
-                    return Err(ClientError::Transport(TransportError::new(
-                        e.0,
-                        e.1.clone(),
-                    )));
-                }
+                LinkState::Failed(stop) => return Err(stop.to_error()),
                 LinkState::Closed => return Err(ClientError::Closed),
                 LinkState::Idle | LinkState::Reconnecting => {}
             }
@@ -385,6 +467,20 @@ impl Client {
             u64::MAX => None,
             n => Some(n),
         }
+    }
+
+    /// Why the client stopped for good, if it did (see [`Client::connect`]).
+    pub fn stopped(&self) -> Option<ClientError> {
+        match &*self.inner.state_rx.borrow() {
+            LinkState::Failed(stop) => Some(stop.to_error()),
+            _ => None,
+        }
+    }
+
+    /// The error for a command the driver could not take: why it stopped,
+    /// or `Closed`.
+    fn gone(&self) -> ClientError {
+        self.stopped().unwrap_or(ClientError::Closed)
     }
 
     /// True while a connection is up.
@@ -512,11 +608,11 @@ impl Client {
                 token: token.into(),
                 done: tx,
             })
-            .map_err(|_| ClientError::Closed)?;
+            .map_err(|_| self.gone())?;
         let timeout = self.inner.options.command_timeout;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(result)) => result.map(|_| ()).map_err(ClientError::Command),
-            Ok(Err(_)) => Err(ClientError::Closed),
+            Ok(Err(_)) => Err(self.gone()),
             Err(_) => Err(ClientError::Timeout(timeout)),
         }
     }
@@ -541,11 +637,11 @@ impl Client {
         self.inner
             .cmd_tx
             .send(DriverMsg::Command { command, done: tx })
-            .map_err(|_| ClientError::Closed)?;
+            .map_err(|_| self.gone())?;
         let timeout = self.inner.options.command_timeout;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(result)) => result.map_err(ClientError::Command),
-            Ok(Err(_)) => Err(ClientError::Closed),
+            Ok(Err(_)) => Err(self.gone()),
             Err(_) => Err(ClientError::Timeout(timeout)),
         }
     }

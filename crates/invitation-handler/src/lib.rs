@@ -57,6 +57,7 @@ mod driver;
 mod events;
 #[cfg(feature = "testing")]
 mod recorder;
+mod token;
 
 pub use client::{
     BuildError, Client, ClientBuilder, ClientError, EVENT_STREAM_CAPACITY, Invitation, NoTransport,
@@ -64,6 +65,7 @@ pub use client::{
 };
 pub use context::CallContext;
 pub use events::{Callback, Fanout, InvitationEvents};
+pub use token::{TokenPeekError, UnverifiedClaims};
 
 /// Test helpers (feature `testing`): [`Recorder`](testing::Recorder), a
 /// handler that records every callback and waits for them with a deadline.

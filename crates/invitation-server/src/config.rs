@@ -39,6 +39,14 @@ pub const KEYS: &[&str] = &[
     "conn_burst_per_ip",
     "invite_rate_per_user",
     "invite_burst_per_user",
+    "command_rate_per_user",
+    "command_burst_per_user",
+    "command_rate_per_conn",
+    "command_burst_per_conn",
+    "max_devices_per_user",
+    "max_connections_per_ip",
+    "secret_file",
+    "hide_callee_status",
     "max_protocol_errors",
     "shutdown_grace_s",
     "max_callees",
@@ -97,6 +105,33 @@ pub struct Config {
     pub invite_rate_per_user: f64,
     /// Burst of invitations per user (10).
     pub invite_burst_per_user: f64,
+    /// Commands of any kind per second allowed per user, all devices
+    /// together (20). Excess: `rate_limited` with `retry_after_ms`.
+    pub command_rate_per_user: f64,
+    /// Burst of commands per user (40).
+    pub command_burst_per_user: f64,
+    /// Commands of any kind per second allowed per connection (10).
+    pub command_rate_per_conn: f64,
+    /// Burst of commands per connection (20).
+    pub command_burst_per_conn: f64,
+    /// Devices one user may have online at once (10); one more is refused
+    /// with `closing: too_many_devices`. The same device reconnecting
+    /// always gets in (it replaces itself).
+    pub max_devices_per_user: usize,
+    /// Connections open at once from one source address (200). Behind a
+    /// proxy every client shares its address: raise it.
+    pub max_connections_per_ip: usize,
+    /// Where a secret generated at start (no `secret` set) is written, owner
+    /// read/write only (0600). Unset: `$XDG_RUNTIME_DIR/invitation-server-<port>.secret`,
+    /// or without `XDG_RUNTIME_DIR` a new private (0700) directory under the
+    /// system temporary directory.
+    pub secret_file: Option<std::path::PathBuf>,
+    /// Hide callees' presence from callers (false): every callee is
+    /// `ringing` in the invite's reply and no `callee_ringing` receipt is
+    /// sent, so an invite cannot probe who is online. Pair with
+    /// `busy_policy = "ring_anyway"` and `offline_policy = "hold"` to hide
+    /// busy and offline outcomes too.
+    pub hide_callee_status: bool,
     /// Protocol errors tolerated on one connection before it is closed (10).
     pub max_protocol_errors: u32,
     /// Seconds allowed for graceful shutdown (5).
@@ -153,6 +188,14 @@ impl Default for Config {
             conn_burst_per_ip: 50.0,
             invite_rate_per_user: 2.0,
             invite_burst_per_user: 10.0,
+            command_rate_per_user: 20.0,
+            command_burst_per_user: 40.0,
+            command_rate_per_conn: 10.0,
+            command_burst_per_conn: 20.0,
+            max_devices_per_user: 10,
+            max_connections_per_ip: 200,
+            secret_file: None,
+            hide_callee_status: false,
             max_protocol_errors: 10,
             shutdown_grace_s: 5,
             max_callees: 9,
@@ -169,6 +212,37 @@ impl Default for Config {
             send_buffer_bytes: 64 * 1024,
         }
     }
+}
+
+/// The shortest secret accepted, bytes.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+/// Refuses a secret the server would refuse to start with (shorter than
+/// [`MIN_SECRET_BYTES`]); used by the server and by `token`.
+pub fn check_secret(secret: &str) -> Result<(), ConfigError> {
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(ConfigError::Invalid {
+            key: "secret",
+            detail: format!(
+                "{} bytes is too short: use at least {MIN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)",
+                secret.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// `INVITATION_*` variables in `env` that name no setting (typos such as
+/// `INVITATION_MAX_CONECTIONS`), sorted. `INVITATION_CONFIG` is known.
+pub fn unknown_env_vars(env: impl Iterator<Item = (String, String)>) -> Vec<String> {
+    let mut unknown: Vec<String> = env
+        .filter_map(|(name, _)| {
+            let key = name.strip_prefix("INVITATION_")?.to_ascii_lowercase();
+            (key != "config" && !KEYS.contains(&key.as_str())).then_some(name)
+        })
+        .collect();
+    unknown.sort();
+    unknown
 }
 
 /// A setting that cannot work.
@@ -255,67 +329,119 @@ impl Config {
             })
     }
 
-    /// Checks bounds and builds the switchboard settings.
+    /// Checks every value's range (and that rates are finite numbers) and
+    /// builds the switchboard settings. The error names the key.
     pub fn validate(&self) -> Result<SwitchboardConfig, ConfigError> {
-        let invalid = |key, detail: &str| ConfigError::Invalid {
-            key,
-            detail: detail.to_owned(),
-        };
-        if !(1024..=16 * 1024 * 1024).contains(&self.max_message_bytes) {
-            return Err(invalid("max_message_bytes", "must be 1 KiB to 16 MiB"));
-        }
-        if !(1024..=1024 * 1024).contains(&self.read_buffer_bytes) {
-            return Err(invalid("read_buffer_bytes", "must be 1 KiB to 1 MiB"));
-        }
-        if !(1..=600).contains(&self.ring_timeout_s) {
-            return Err(invalid("ring_timeout_s", "must be 1 to 600"));
-        }
-        if self.max_callees == 0 {
-            return Err(invalid("max_callees", "must be at least 1"));
-        }
-        if self.outbound_queue == 0 || self.max_connections == 0 {
-            return Err(invalid(
-                "outbound_queue",
-                "queues and limits must be positive",
-            ));
-        }
-        if self.ping_every_s == 0 || self.dead_after_s <= self.ping_every_s {
-            return Err(invalid("dead_after_s", "must exceed ping_every_s > 0"));
-        }
-        if self.conn_rate_per_ip <= 0.0 || self.invite_rate_per_user <= 0.0 {
-            return Err(invalid("invite_rate_per_user", "rates must be positive"));
-        }
-        if !(1..=600).contains(&self.write_timeout_s) {
-            return Err(invalid("write_timeout_s", "must be 1 to 600"));
-        }
-        if !(1..=600).contains(&self.message_timeout_s) {
-            return Err(invalid("message_timeout_s", "must be 1 to 600"));
-        }
-        if !(4096..=64 * 1024 * 1024).contains(&self.send_buffer_bytes) {
-            return Err(invalid("send_buffer_bytes", "must be 4 KiB to 64 MiB"));
-        }
-        if self.worker_threads > 1024 {
-            return Err(invalid("worker_threads", "must be 0 (auto) to 1024"));
-        }
-        if let Some(secret) = &self.secret {
-            if secret.len() < 16 {
-                return Err(invalid("secret", "use at least 16 bytes"));
+        fn within<T: PartialOrd + std::fmt::Display>(
+            key: &'static str,
+            v: T,
+            min: T,
+            max: T,
+        ) -> Result<(), ConfigError> {
+            if v >= min && v <= max {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid {
+                    key,
+                    detail: format!("{v} is out of range: must be {min} to {max}"),
+                })
             }
+        }
+        fn rate(key: &'static str, v: f64, min: f64) -> Result<(), ConfigError> {
+            // NaN fails both comparisons.
+            if v.is_finite() && v >= min && v <= 1e9 {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid {
+                    key,
+                    detail: format!("{v} is out of range: must be a number from {min} to 1e9"),
+                })
+            }
+        }
+        const DAY_S: u64 = 86_400;
+        within("max_message_bytes", self.max_message_bytes, 1024, 16 << 20)?;
+        within("read_buffer_bytes", self.read_buffer_bytes, 1024, 1 << 20)?;
+        within("write_timeout_s", self.write_timeout_s, 1, 600)?;
+        within("message_timeout_s", self.message_timeout_s, 1, 600)?;
+        within("send_buffer_bytes", self.send_buffer_bytes, 4096, 64 << 20)?;
+        within("handshake_timeout_s", self.handshake_timeout_s, 1, 3600)?;
+        within("auth_timeout_s", self.auth_timeout_s, 1, 3600)?;
+        within("ping_every_s", self.ping_every_s, 1, 3600)?;
+        within("dead_after_s", self.dead_after_s, 2, 2 * 3600)?;
+        if self.dead_after_s <= self.ping_every_s {
+            return Err(ConfigError::Invalid {
+                key: "dead_after_s",
+                detail: format!(
+                    "{} must exceed ping_every_s ({})",
+                    self.dead_after_s, self.ping_every_s
+                ),
+            });
+        }
+        within("outbound_queue", self.outbound_queue, 1, 1 << 16)?;
+        within("max_connections", self.max_connections, 1, 10_000_000)?;
+        within(
+            "max_connections_per_ip",
+            self.max_connections_per_ip,
+            1,
+            10_000_000,
+        )?;
+        within("max_devices_per_user", self.max_devices_per_user, 1, 1000)?;
+        // Rates: at least one per 1000 s (a slower bucket never refills in
+        // practice; 1e-300 made a retry wait overflow), bursts of at least 1.
+        rate("conn_rate_per_ip", self.conn_rate_per_ip, 0.001)?;
+        rate("conn_burst_per_ip", self.conn_burst_per_ip, 1.0)?;
+        rate("invite_rate_per_user", self.invite_rate_per_user, 0.001)?;
+        rate("invite_burst_per_user", self.invite_burst_per_user, 1.0)?;
+        rate("command_rate_per_user", self.command_rate_per_user, 0.001)?;
+        rate("command_burst_per_user", self.command_burst_per_user, 1.0)?;
+        rate("command_rate_per_conn", self.command_rate_per_conn, 0.001)?;
+        rate("command_burst_per_conn", self.command_burst_per_conn, 1.0)?;
+        within("shutdown_grace_s", self.shutdown_grace_s, 0, 3600)?;
+        within("max_callees", self.max_callees, 1, 100)?;
+        let ring = invitation_core::RING_TIMEOUT_BOUNDS_S;
+        within(
+            "ring_timeout_s",
+            self.ring_timeout_s,
+            *ring.start(),
+            *ring.end(),
+        )?;
+        within("max_custom_data", self.max_custom_data, 0, 1 << 20)?;
+        within("caller_gone_grace_s", self.caller_gone_grace_s, 0, DAY_S)?;
+        within(
+            "shed_invites_after_ms",
+            self.shed_invites_after_ms,
+            0,
+            60_000,
+        )?;
+        within("worker_threads", self.worker_threads, 0, 1024)?;
+        if let Some(secret) = &self.secret {
+            check_secret(secret)?;
         }
         let mut sb = SwitchboardConfig::default();
         sb.max_callees = self.max_callees;
         sb.default_ring_timeout_s = self.ring_timeout_s;
         sb.max_custom_data = self.max_custom_data;
         sb.caller_gone_grace = Duration::from_secs(self.caller_gone_grace_s);
+        sb.hide_callee_status = self.hide_callee_status;
         sb.busy_policy = match self.busy_policy.as_str() {
             "reject_busy" => BusyPolicy::RejectBusy,
             "ring_anyway" => BusyPolicy::RingAnyway,
-            _ => return Err(invalid("busy_policy", "reject_busy or ring_anyway")),
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: "busy_policy",
+                    detail: "reject_busy or ring_anyway".into(),
+                });
+            }
         };
         sb.offline_policy = match self.offline_policy.as_str() {
             "hold" => OfflinePolicy::Hold,
             "reject" => OfflinePolicy::Reject,
-            _ => return Err(invalid("offline_policy", "hold or reject")),
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: "offline_policy",
+                    detail: "hold or reject".into(),
+                });
+            }
         };
         Ok(sb)
     }
@@ -360,6 +486,7 @@ impl Config {
         c.max_in_flight = (self.outbound_queue / 4).max(1);
         c.max_protocol_errors = self.max_protocol_errors;
         c.limits.max_bytes = self.max_message_bytes;
+        c.message_rate = Some((self.command_rate_per_conn, self.command_burst_per_conn));
         c
     }
     /// Silence after which a connection is dead.
@@ -384,6 +511,135 @@ mod tests {
             ..Config::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    /// Nonsense values are refused at start with the key named: rates that
+    /// are tiny, zero, negative, NaN or infinite (a rate of 1e-300 crashed
+    /// the hub), durations that would overflow the clock, zero where it
+    /// means nothing.
+    #[test]
+    fn out_of_range_values_are_refused_naming_the_key() {
+        type Tweak = Box<dyn Fn(&mut Config)>;
+        let cases: Vec<(&str, Tweak)> = vec![
+            (
+                "conn_rate_per_ip",
+                Box::new(|c| c.conn_rate_per_ip = 1e-300),
+            ),
+            (
+                "conn_rate_per_ip",
+                Box::new(|c| c.conn_rate_per_ip = f64::NAN),
+            ),
+            (
+                "conn_burst_per_ip",
+                Box::new(|c| c.conn_burst_per_ip = f64::INFINITY),
+            ),
+            (
+                "invite_rate_per_user",
+                Box::new(|c| c.invite_rate_per_user = 0.0),
+            ),
+            (
+                "invite_burst_per_user",
+                Box::new(|c| c.invite_burst_per_user = 0.5),
+            ),
+            (
+                "command_rate_per_user",
+                Box::new(|c| c.command_rate_per_user = -1.0),
+            ),
+            (
+                "command_burst_per_user",
+                Box::new(|c| c.command_burst_per_user = f64::NAN),
+            ),
+            (
+                "command_rate_per_conn",
+                Box::new(|c| c.command_rate_per_conn = f64::INFINITY),
+            ),
+            (
+                "command_burst_per_conn",
+                Box::new(|c| c.command_burst_per_conn = 1e300),
+            ),
+            (
+                "handshake_timeout_s",
+                Box::new(|c| c.handshake_timeout_s = u64::MAX),
+            ),
+            (
+                "handshake_timeout_s",
+                Box::new(|c| c.handshake_timeout_s = 0),
+            ),
+            ("auth_timeout_s", Box::new(|c| c.auth_timeout_s = 0)),
+            ("ping_every_s", Box::new(|c| c.ping_every_s = 1 << 62)),
+            ("dead_after_s", Box::new(|c| c.dead_after_s = u64::MAX)),
+            (
+                "dead_after_s",
+                Box::new(|c| c.dead_after_s = c.ping_every_s),
+            ),
+            (
+                "shutdown_grace_s",
+                Box::new(|c| c.shutdown_grace_s = u64::MAX),
+            ),
+            (
+                "caller_gone_grace_s",
+                Box::new(|c| c.caller_gone_grace_s = u64::MAX),
+            ),
+            (
+                "shed_invites_after_ms",
+                Box::new(|c| c.shed_invites_after_ms = u64::MAX),
+            ),
+            ("outbound_queue", Box::new(|c| c.outbound_queue = 0)),
+            (
+                "outbound_queue",
+                Box::new(|c| c.outbound_queue = usize::MAX),
+            ),
+            ("max_connections", Box::new(|c| c.max_connections = 0)),
+            (
+                "max_connections_per_ip",
+                Box::new(|c| c.max_connections_per_ip = 0),
+            ),
+            (
+                "max_devices_per_user",
+                Box::new(|c| c.max_devices_per_user = 0),
+            ),
+            ("max_callees", Box::new(|c| c.max_callees = usize::MAX)),
+            (
+                "max_custom_data",
+                Box::new(|c| c.max_custom_data = usize::MAX),
+            ),
+            ("ring_timeout_s", Box::new(|c| c.ring_timeout_s = 0)),
+            ("secret", Box::new(|c| c.secret = Some("short".into()))),
+        ];
+        for (key, tweak) in cases {
+            let mut c = Config::default();
+            tweak(&mut c);
+            match c.validate() {
+                Err(ConfigError::Invalid { key: k, detail }) => {
+                    assert_eq!(k, key, "{detail}");
+                    assert!(
+                        ConfigError::Invalid { key: k, detail }
+                            .to_string()
+                            .starts_with(key)
+                    );
+                }
+                other => panic!("{key}: expected a refusal, got {other:?}"),
+            }
+        }
+        assert!(check_secret("0123456789abcdef").is_ok());
+        assert!(check_secret("0123456789abcde").is_err());
+    }
+
+    #[test]
+    fn unknown_invitation_variables_are_named() {
+        let env = [
+            ("INVITATION_MAX_CONECTIONS", "5"),
+            ("INVITATION_SECRET", "x"),
+            ("INVITATION_CONFIG", "/x"),
+            ("INVITATION_LOG_FORMAT", "json"),
+            ("INVITATION_SECRETT", "x"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        assert_eq!(
+            unknown_env_vars(env.into_iter()),
+            ["INVITATION_MAX_CONECTIONS", "INVITATION_SECRETT"]
+        );
     }
 
     #[test]
@@ -420,7 +676,13 @@ mod tests {
                 "conn_rate_per_ip"
                 | "conn_burst_per_ip"
                 | "invite_rate_per_user"
-                | "invite_burst_per_user" => "1.0",
+                | "invite_burst_per_user"
+                | "command_rate_per_user"
+                | "command_burst_per_user"
+                | "command_rate_per_conn"
+                | "command_burst_per_conn" => "1.0",
+                "secret_file" => "\"/run/x\"",
+                "hide_callee_status" => "true",
                 _ => "1",
             };
             toml::from_str::<Config>(&format!("{key} = {value}"))

@@ -10,11 +10,11 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Largest request head accepted (request line + headers).
-pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_HEAD_BYTES: usize = 8 * 1024;
 
 /// What the request asks for.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     /// A WebSocket upgrade, with its Origin header if any.
     Upgrade {
         /// The `Origin` header.
@@ -30,7 +30,7 @@ pub enum Route {
 
 /// Why the head could not be read.
 #[derive(Debug, thiserror::Error)]
-pub enum HeadError {
+pub(crate) enum HeadError {
     /// Over [`MAX_HEAD_BYTES`].
     #[error("request head too large")]
     TooLarge,
@@ -43,7 +43,7 @@ pub enum HeadError {
 }
 
 /// Reads the request head; returns the route and every byte read.
-pub async fn read_head<S: AsyncRead + Unpin>(
+pub(crate) async fn read_head<S: AsyncRead + Unpin>(
     stream: &mut S,
 ) -> Result<(Route, Vec<u8>), HeadError> {
     let mut buf = Vec::with_capacity(1024);
@@ -97,7 +97,7 @@ fn route(req: &httparse::Request<'_, '_>) -> Route {
 }
 
 /// Writes a small HTTP/1.1 response and closes.
-pub async fn respond<S: AsyncWrite + Unpin>(
+pub(crate) async fn respond<S: AsyncWrite + Unpin>(
     stream: &mut S,
     status: &str,
     content_type: &str,
@@ -113,7 +113,7 @@ pub async fn respond<S: AsyncWrite + Unpin>(
 }
 
 /// Is this Origin allowed? No Origin (a native client) is; `*` allows all.
-pub fn origin_allowed(origin: Option<&str>, allowed: &[String]) -> bool {
+pub(crate) fn origin_allowed(origin: Option<&str>, allowed: &[String]) -> bool {
     match origin {
         None => true,
         Some(o) => allowed
@@ -125,7 +125,7 @@ pub fn origin_allowed(origin: Option<&str>, allowed: &[String]) -> bool {
 /// A stream that first replays bytes already read, then reads the inner
 /// stream; writes go straight through. The buffer is freed once replayed.
 #[derive(Debug)]
-pub struct Prefixed<S> {
+pub(crate) struct Prefixed<S> {
     prefix: Vec<u8>,
     pos: usize,
     inner: S,
@@ -133,7 +133,7 @@ pub struct Prefixed<S> {
 
 impl<S> Prefixed<S> {
     /// Replays `prefix` before reading `inner`.
-    pub fn new(prefix: Vec<u8>, inner: S) -> Self {
+    pub(crate) fn new(prefix: Vec<u8>, inner: S) -> Self {
         Self {
             prefix,
             pos: 0,

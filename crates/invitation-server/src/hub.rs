@@ -18,9 +18,9 @@ use invitation_core::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::metrics::Metrics;
+use crate::limits::HubLimits;
+use crate::metrics::{Metrics, Refusal};
 use crate::outbox::{Outbox, PushError};
-use crate::rate::KeyedLimiter;
 
 /// What the write of a message is timed against, for the metrics.
 #[derive(Debug, Clone, Copy)]
@@ -86,14 +86,14 @@ pub enum HubMsg {
 
 /// Unguessable call ids (`c-` + 32 hex digits from the OS CSPRNG), drawn
 /// from a refilled pool so most ids cost no system call.
-pub struct RandomCallIds {
+pub(crate) struct RandomCallIds {
     pool: Vec<u8>,
     pos: usize,
 }
 
 impl RandomCallIds {
     /// An empty pool (filled on first use).
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             pool: vec![0; 4096],
             pos: 4096,
@@ -131,10 +131,10 @@ struct Link {
 }
 
 /// The hub task's state.
-pub struct Hub {
+pub(crate) struct Hub {
     sb: Switchboard,
     links: HashMap<ConnId, Link>,
-    invites: KeyedLimiter<UserId>,
+    limits: HubLimits,
     shed_after: Option<Duration>,
     metrics: Arc<Metrics>,
     /// Scratch for [`Hub::drain`] (kept to reuse its allocation).
@@ -152,20 +152,19 @@ fn now() -> std::time::Instant {
 }
 
 impl Hub {
-    /// A hub with these switchboard settings, invite rate limit and load
-    /// shedding threshold (new invites are refused while the scheduler lags,
-    /// or an invite waited, longer than it).
-    pub fn new(
+    /// A hub with these switchboard settings, per-user and per-connection
+    /// limits and load shedding threshold (new invites are refused while the
+    /// scheduler lags, or an invite waited, longer than it).
+    pub(crate) fn new(
         config: SwitchboardConfig,
-        invite_rate: f64,
-        invite_burst: f64,
+        limits: HubLimits,
         shed_after: Option<Duration>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             sb: Switchboard::new(config, RandomCallIds::new()),
             links: HashMap::new(),
-            invites: KeyedLimiter::new(invite_rate, invite_burst),
+            limits,
             shed_after,
             metrics,
             deferred: Vec::new(),
@@ -175,7 +174,7 @@ impl Hub {
     /// The `unavailable` answer to a new invitation the server will not
     /// take, counted. Also used by connection tasks when the hub's inbox is
     /// full.
-    pub fn shed_reply(metrics: &Metrics, re: RequestId) -> ServerMessage {
+    pub(crate) fn shed_reply(metrics: &Metrics, re: RequestId) -> ServerMessage {
         metrics.invites_shed.fetch_add(1, Ordering::Relaxed);
         let error = CommandError::Unavailable {
             retry_after_ms: SHED_RETRY_AFTER_MS,
@@ -197,7 +196,7 @@ impl Hub {
     }
 
     /// Runs until every sender is gone.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<HubMsg>) {
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<HubMsg>) {
         // One timer, registered once and moved only when the switchboard's
         // next deadline changes (not re-created for every message).
         let timer = tokio::time::sleep_until(Instant::now());
@@ -251,10 +250,23 @@ impl Hub {
     fn handle(&mut self, msg: HubMsg, now: std::time::Instant) {
         match msg {
             HubMsg::Open { conn, tx, input } => {
-                let SwitchboardInput::Connect { user, .. } = &input else {
+                let SwitchboardInput::Connect { user, device, .. } = &input else {
                     return;
                 };
                 let user = user.id.clone();
+                let online = self.sb.online_devices(&user);
+                if !self
+                    .limits
+                    .device_allowed(online.len(), online.contains(device))
+                {
+                    // Refused before the switchboard sees it: the user's
+                    // other devices are untouched.
+                    let max = self.limits.max_devices();
+                    tracing::info!(%user, %device, max, "too many devices online: refused");
+                    self.metrics.refused(Refusal::Devices);
+                    tx.close(Some(Outbound::Close(CloseReason::TooManyDevices)));
+                    return;
+                }
                 self.links.insert(conn, Link { tx, user });
                 self.sb.handle_input(now, conn, input);
                 self.drain(Cause::Other, None);
@@ -272,16 +284,14 @@ impl Hub {
                     self.push(conn, reply, Stamp::None);
                     return;
                 }
-                if matches!(command, Command::Invite(_)) {
-                    if let Err(wait) = self.invites.check(&link.user, at.into_std()) {
-                        self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-                        let error = CommandError::RateLimited {
-                            retry_after_ms: u64::try_from(wait.as_millis())
-                                .unwrap_or(u64::MAX)
-                                .max(1),
-                        };
-                        let body = ServerBody::Error(ErrorBody::from_command(Some(id), &error));
-                        self.push(conn, ServerMessage::new(body), Stamp::None);
+                // Every command is paid for, per connection and per user
+                // (invites once more); a refused one reaches nothing.
+                {
+                    let charged = self
+                        .limits
+                        .charge(&link.user, Some(&command), at.into_std());
+                    if let Err(wait) = charged {
+                        self.rate_limited(conn, id, wait);
                         return;
                     }
                 }
@@ -309,6 +319,22 @@ impl Hub {
                 self.drain(Cause::Other, None);
                 let _ = done.send(());
             }
+            HubMsg::Input {
+                conn,
+                input: SwitchboardInput::Sync { id },
+                at,
+            } => {
+                let Some(link) = self.links.get(&conn) else {
+                    return;
+                };
+                // A snapshot costs the switchboard more than most commands.
+                if let Err(wait) = self.limits.charge(&link.user, None, at.into_std()) {
+                    self.rate_limited(conn, id, wait);
+                    return;
+                }
+                self.sb.handle_sync(now, conn, id);
+                self.drain(Cause::Other, Some(conn));
+            }
             HubMsg::Input { conn, input, .. } => {
                 if self.links.contains_key(&conn) {
                     self.sb.handle_input(now, conn, input);
@@ -316,6 +342,16 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// Answers a request the user's budget cannot pay for.
+    fn rate_limited(&mut self, conn: ConnId, id: RequestId, wait: Duration) {
+        self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+        let error = CommandError::RateLimited {
+            retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
+        };
+        let body = ServerBody::Error(ErrorBody::from_command(Some(id), &error));
+        self.push(conn, ServerMessage::new(body), Stamp::None);
     }
 
     fn push(&mut self, conn: ConnId, message: ServerMessage, stamp: Stamp) {
@@ -430,6 +466,10 @@ enum Cause {
 }
 
 #[cfg(test)]
+#[path = "hub_limit_tests.rs"]
+mod limit_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use invitation_core::protocol::{InviteRequest, ReplyResult};
@@ -483,8 +523,7 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let mut hub = Hub::new(
             SwitchboardConfig::default(),
-            1000.0,
-            1000.0,
+            HubLimits::unlimited(),
             shed_after,
             metrics.clone(),
         );

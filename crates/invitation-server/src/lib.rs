@@ -5,13 +5,16 @@
 //!
 //! * Secure by default: every session starts with `hello` carrying an
 //!   HS256 token (`sub`, `name`, `exp`, `aud`); without a configured secret
-//!   a random one is generated at start. The caller identity always comes
-//!   from the token.
+//!   a random one is generated at start (the binary writes it to an
+//!   owner-only file, [`secret_file`], never to the terminal or the log).
+//!   The caller identity always comes from the token.
 //! * Bounded: 16 KiB messages and frames, deadlines on every write and on
-//!   finishing a started message, a bounded kernel send buffer, 4 KiB read buffers, handshake and
-//!   first-message timeouts, Origin allow-list, per-IP connection and
-//!   per-user invite rate limits, a bounded outbound queue per connection,
-//!   heartbeats.
+//!   finishing a started message, a bounded kernel send buffer, 4 KiB read
+//!   buffers, handshake and first-message timeouts, Origin allow-list,
+//!   per-IP connection rate and count caps, a per-user device cap,
+//!   per-connection and per-user command rate limits (invites once more), a
+//!   bounded outbound queue per connection, heartbeats. docs/operations.md
+//!   lists every limit.
 //! * Operable: `/healthz`, `/metrics` (Prometheus), structured logs,
 //!   graceful shutdown.
 //!
@@ -20,21 +23,25 @@
 //! use invitation_server::{Config, Server};
 //! let server = Server::bind(Config::default()).await.unwrap();
 //! println!("listening on {}", server.local_addr());
-//! server.run(async { tokio::signal::ctrl_c().await.unwrap() }).await;
+//! server.run(async { tokio::signal::ctrl_c().await.unwrap() }).await.unwrap();
 //! # }
 //! ```
 
 pub mod auth;
 pub mod config;
 mod conn;
-pub mod http;
-pub mod hub;
+mod http;
+mod hub;
+mod limits;
 mod metered;
-pub mod metrics;
-pub mod outbox;
-pub mod rate;
+mod metrics;
+mod outbox;
+mod rate;
+pub mod secret_file;
 mod server;
+mod slots;
 
 pub use auth::{Authority, Claims};
 pub use config::{Config, LogFormat};
+pub use metrics::{Buckets, Metrics};
 pub use server::{RunningServer, Server, ServerError, Shared};

@@ -14,7 +14,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use invitation_core::UserId;
 use invitation_server::auth::parse_ttl;
-use invitation_server::{Authority, Config, LogFormat, Server};
+use invitation_server::config::{check_secret, unknown_env_vars};
+use invitation_server::{Authority, Config, LogFormat, Server, secret_file};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -29,7 +30,11 @@ struct Cli {
     /// Listen address.
     #[arg(long, env = "INVITATION_LISTEN")]
     listen: Option<SocketAddr>,
-    /// HS256 token secret (at least 16 bytes). Unset: a random one per start.
+    /// HS256 token secret (at least 16 bytes). Required by `token`. Unset, the
+    /// server generates one per start and writes it to an owner-only file
+    /// whose path it prints (setting `secret_file`, default
+    /// $XDG_RUNTIME_DIR/invitation-server-<port>.secret); its tokens die with
+    /// the process.
     #[arg(long, env = "INVITATION_SECRET", hide_env_values = true, global = true)]
     secret: Option<String>,
     /// Required token audience.
@@ -107,6 +112,24 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+/// Tells the operator where the generated secret is (never the secret).
+fn announce_secret_file(path: &std::path::Path, format: LogFormat) {
+    let shown = path.display();
+    match format {
+        LogFormat::Json => tracing::warn!(
+            secret_file = %shown,
+            "no secret configured: generated one for this run (tokens die with the process), saved owner-only in secret_file"
+        ),
+        LogFormat::Text => eprintln!(
+            "\nNo secret configured: generated one for this run (tokens die with the process),\n\
+             saved readable by you only in:\n\n  {shown}\n\n\
+             Mint a token in another terminal with:\n\n  \
+             INVITATION_SECRET=$(cat {shown}) invitation-server token --user alice --name Alice --ttl 1h\n\n\
+             Set INVITATION_SECRET (or --secret, or `secret` in the config file) to keep tokens valid across restarts.\n"
+        ),
+    }
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -131,6 +154,7 @@ async fn shutdown_signal() {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let config = load(&cli)?;
+    let unknown = unknown_env_vars(std::env::vars());
     // One thread: a current-thread runtime (no cross-thread wake-ups); more:
     // the work-stealing runtime with that many workers.
     let runtime = match config.threads() {
@@ -142,14 +166,26 @@ fn main() -> Result<()> {
             .enable_all()
             .build()?,
     };
-    runtime.block_on(serve(cli, config))
+    runtime.block_on(serve(cli, config, unknown))
 }
 
-async fn serve(cli: Cli, config: Config) -> Result<()> {
+async fn serve(cli: Cli, config: Config, unknown_env: Vec<String>) -> Result<()> {
     if let Some(Sub::Token { user, name, ttl }) = &cli.command {
+        if !unknown_env.is_empty() {
+            eprintln!(
+                "warning: ignoring unknown environment variables (no such setting): {}",
+                unknown_env.join(", ")
+            );
+        }
         let Some(secret) = &config.secret else {
-            bail!("minting needs the server's secret: pass --secret or set INVITATION_SECRET");
+            bail!(
+                "minting needs the server's secret: pass --secret or set INVITATION_SECRET \
+                 (a server started without one wrote its generated secret to the file it printed)"
+            );
         };
+        // The same check as the server's: never mint with a secret the
+        // server would refuse to start with.
+        check_secret(secret)?;
         let user = UserId::new(user).context("invalid user id")?;
         let authority = Authority::new(
             secret.as_bytes(),
@@ -160,18 +196,40 @@ async fn serve(cli: Cli, config: Config) -> Result<()> {
         return Ok(());
     }
     init_logs(config.log_format);
+    if !unknown_env.is_empty() {
+        tracing::warn!(
+            variables = %unknown_env.join(", "),
+            "ignoring unknown INVITATION_* environment variables (no such setting)"
+        );
+    }
+    let log_format = config.log_format;
+    let configured_file = config.secret_file.clone();
     let server = Server::bind(config).await?;
     let addr = server.local_addr();
     tracing::info!(%addr, "listening (ws://{addr}/, /healthz, /metrics)");
-    if let Some(secret) = server.generated_secret() {
-        eprintln!(
-            "\nNo secret configured: generated one for this run (tokens die with the process).\n\
-             Mint a token in another terminal with:\n\n  \
-             INVITATION_SECRET={secret} invitation-server token --user alice --name Alice --ttl 1h\n\n\
-             (or: cargo run -p invitation-server -- token --secret {secret} --user alice)\n\
-             Set INVITATION_SECRET (or --secret, or `secret` in the config file) to keep tokens valid across restarts.\n"
-        );
+    // A generated secret goes to an owner-only file, never to the terminal
+    // or the log: only its path is shown.
+    let written = match server.generated_secret() {
+        Some(secret) => {
+            let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+            let path = secret_file::write(
+                secret,
+                configured_file.as_deref(),
+                runtime_dir.as_deref(),
+                addr.port(),
+            )
+            .context("no secret configured, and the generated one could not be saved (set INVITATION_SECRET or secret_file)")?;
+            announce_secret_file(&path, log_format);
+            Some(path)
+        }
+        None => None,
+    };
+    // Err (exit 1) when the hub task died: better than a live-looking zombie.
+    let ran = server.run(shutdown_signal()).await;
+    if let Some(path) = written {
+        // The secret dies with the process; so does its file.
+        let _ = std::fs::remove_file(path);
     }
-    server.run(shutdown_signal()).await;
+    ran?;
     Ok(())
 }

@@ -69,6 +69,10 @@ pub enum Refusal {
     Origin,
     Handshake,
     Auth,
+    /// Too many connections open from one address.
+    PerIp,
+    /// The user already had the most devices online.
+    Devices,
 }
 
 /// Server-wide metrics.
@@ -78,7 +82,7 @@ pub struct Metrics {
     pub sessions: AtomicI64,
     /// TCP connections accepted.
     pub accepted_total: AtomicU64,
-    refused: [AtomicU64; 5],
+    refused: [AtomicU64; 7],
     /// Client messages received.
     pub messages_in: AtomicU64,
     /// Server messages sent.
@@ -175,6 +179,8 @@ impl Metrics {
             ("origin", Refusal::Origin),
             ("handshake", Refusal::Handshake),
             ("auth", Refusal::Auth),
+            ("per_ip", Refusal::PerIp),
+            ("devices", Refusal::Devices),
         ] {
             let _ = writeln!(
                 s,

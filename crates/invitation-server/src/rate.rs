@@ -15,7 +15,7 @@ struct Bucket {
 /// Many buckets, one per key. Idle full buckets are swept so memory stays
 /// bounded by the number of recently active keys.
 #[derive(Debug)]
-pub struct KeyedLimiter<K> {
+pub(crate) struct KeyedLimiter<K> {
     rate: f64,
     burst: f64,
     buckets: HashMap<K, Bucket>,
@@ -23,10 +23,13 @@ pub struct KeyedLimiter<K> {
 }
 
 impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
-    /// `rate` per second, bursts of `burst`.
-    pub fn new(rate: f64, burst: f64) -> Self {
+    /// `rate` per second, bursts of `burst`. Nonsense values cannot make it
+    /// panic: a rate that is not a positive number counts as the smallest
+    /// positive one, a burst below 1 (or NaN) as 1; the server refuses such
+    /// settings at start anyway.
+    pub(crate) fn new(rate: f64, burst: f64) -> Self {
         Self {
-            rate,
+            rate: if rate > 0.0 { rate } else { f64::MIN_POSITIVE },
             burst: burst.max(1.0),
             buckets: HashMap::new(),
             last_sweep: None,
@@ -34,7 +37,7 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     }
 
     /// Takes one token for `key`, or says how long until one is available.
-    pub fn check(&mut self, key: &K, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn check(&mut self, key: &K, now: Instant) -> Result<(), Duration> {
         self.sweep(now);
         let bucket = self.buckets.entry(key.clone()).or_insert(Bucket {
             tokens: self.burst,
@@ -47,19 +50,17 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
             bucket.tokens -= 1.0;
             Ok(())
         } else {
-            let wait = (1.0 - bucket.tokens) / self.rate;
-            Err(Duration::from_secs_f64(wait).max(Duration::from_millis(1)))
+            // Checked: a tiny rate makes a huge (or infinite) wait.
+            let wait = Duration::try_from_secs_f64((1.0 - bucket.tokens) / self.rate)
+                .unwrap_or(Duration::MAX);
+            Err(wait.max(Duration::from_millis(1)))
         }
     }
 
     /// Keys currently tracked.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.buckets.len()
-    }
-
-    /// True when no key is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
     }
 
     fn sweep(&mut self, now: Instant) {
@@ -71,7 +72,8 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
             return;
         }
         self.last_sweep = Some(now);
-        let full_after = Duration::from_secs_f64(self.burst / self.rate);
+        let full_after =
+            Duration::try_from_secs_f64(self.burst / self.rate).unwrap_or(Duration::MAX);
         self.buckets
             .retain(|_, b| now.saturating_duration_since(b.last) < full_after);
     }
@@ -95,5 +97,24 @@ mod tests {
         // Idle keys are forgotten.
         l.check(&"c", t0 + Duration::from_secs(60)).unwrap();
         assert_eq!(l.len(), 1);
+    }
+
+    /// Absurd settings (the server refuses them at start, but the limiter
+    /// is public) make long waits, never a panic.
+    #[test]
+    fn absurd_rates_do_not_panic() {
+        let t0 = Instant::now();
+        for (rate, burst) in [
+            (1e-300, 1.0),
+            (0.0, 1.0),
+            (-1.0, f64::NAN),
+            (f64::NAN, 1.0),
+            (f64::INFINITY, f64::INFINITY),
+        ] {
+            let mut l = KeyedLimiter::new(rate, burst);
+            let _ = l.check(&"a", t0);
+            let _ = l.check(&"a", t0);
+            let _ = l.check(&"b", t0 + Duration::from_secs(20));
+        }
     }
 }

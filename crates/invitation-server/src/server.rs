@@ -1,21 +1,32 @@
 //! Accepting connections, per-IP limits, and graceful shutdown.
+//!
+//! Every accepted connection holds a slot ([`crate::slots`]) for as long as
+//! its task runs, released by a guard even if the task panics. Once every
+//! regular slot is taken, a small reserve still answers `/healthz` and
+//! `/metrics` (and refuses anything else with 503). If the hub task ends
+//! (it never should: a panic), the server stops and [`Server::run`] returns
+//! [`ServerError::HubStopped`], so the process exits non-zero instead of
+//! answering health checks while every session is dead.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::auth::{Authority, random_secret};
 use crate::config::{Config, ConfigError};
+use crate::http::{self, Route};
 use crate::hub::{Hub, HubMsg};
+use crate::limits::HubLimits;
 use crate::metrics::{Metrics, Refusal};
 use crate::rate::KeyedLimiter;
+use crate::slots::{Admission, Slots};
 
 /// State shared by all connection tasks.
 pub struct Shared {
@@ -47,6 +58,14 @@ pub enum ServerError {
         addr: SocketAddr,
         /// Why.
         source: std::io::Error,
+    },
+    /// The hub task (the switchboard's owner) ended while serving: a bug.
+    /// The server stopped rather than keep answering health checks with
+    /// every session dead.
+    #[error("the hub task stopped: {detail}")]
+    HubStopped {
+        /// How it ended (the panic message, if it panicked).
+        detail: String,
     },
 }
 
@@ -87,8 +106,7 @@ impl Server {
         let (hub_tx, hub_rx) = mpsc::channel(4096);
         let hub = Hub::new(
             sb,
-            config.invite_rate_per_user,
-            config.invite_burst_per_user,
+            HubLimits::from_config(&config),
             config.shed_after(),
             metrics.clone(),
         );
@@ -133,15 +151,21 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting, tells every
     /// client (`closing: shutting_down`) and waits for them, at most the
     /// configured grace period.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    ///
+    /// Returns [`ServerError::HubStopped`] (after the same shutdown) if the
+    /// hub task ended while serving.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let Server {
             listener,
             shared,
             shutdown_tx,
-            hub,
+            mut hub,
             ..
         } = self;
-        let active = Arc::new(AtomicUsize::new(0));
+        let slots = Slots::new(
+            shared.config.max_connections,
+            shared.config.max_connections_per_ip,
+        );
         // Connection ids are never reused: a late message about a closed
         // connection cannot reach a new one.
         let next_key = AtomicU64::new(1);
@@ -154,10 +178,28 @@ impl Server {
             let metrics = shared.metrics.clone();
             async move { metrics.run_lag_meter(Duration::from_millis(10)).await }
         });
+        let mut hub_ended = None;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
+                ended = &mut hub => {
+                    let detail = match ended {
+                        Ok(()) => "it returned".to_owned(),
+                        Err(e) if e.is_panic() => {
+                            let panic = e.into_panic();
+                            panic
+                                .downcast_ref::<&str>()
+                                .map(|s| (*s).to_owned())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .map_or_else(|| "it panicked".to_owned(), |m| format!("it panicked: {m}"))
+                        }
+                        Err(e) => e.to_string(),
+                    };
+                    tracing::error!(%detail, "the hub task stopped; stopping the server");
+                    hub_ended = Some(detail);
+                    break;
+                }
                 accepted = listener.accept() => {
                     let (stream, peer) = match accepted {
                         Ok(v) => v,
@@ -170,33 +212,53 @@ impl Server {
                     };
                     shared.metrics.accepted_total.fetch_add(1, Ordering::Relaxed);
                     let now = tokio::time::Instant::now().into_std();
-                    if per_ip.lock().expect("limiter").check(&peer.ip(), now).is_err() {
+                    let allowed = per_ip
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .check(&peer.ip(), now)
+                        .is_ok();
+                    if !allowed {
                         shared.metrics.refused(Refusal::RateLimited);
                         drop(stream);
                         continue;
                     }
-                    if active.load(Ordering::Relaxed) >= shared.config.max_connections {
-                        shared.metrics.refused(Refusal::Capacity);
-                        drop(stream);
-                        continue;
+                    // The guard moves into the task and gives the slot back
+                    // when the task ends, panics included.
+                    match slots.admit(peer.ip()) {
+                        Admission::Serve(slot) => {
+                            let key = invitation_core::ConnId::new(
+                                next_key.fetch_add(1, Ordering::Relaxed),
+                            );
+                            let shared = shared.clone();
+                            tasks.spawn(async move {
+                                let _slot = slot;
+                                crate::conn::serve(stream, peer, shared, key).await;
+                            });
+                        }
+                        Admission::ProbeOnly(slot) => {
+                            shared.metrics.refused(Refusal::Capacity);
+                            let shared = shared.clone();
+                            tasks.spawn(async move {
+                                let _slot = slot;
+                                answer_probe(stream, &shared).await;
+                            });
+                        }
+                        Admission::PerIp => {
+                            shared.metrics.refused(Refusal::PerIp);
+                            drop(stream);
+                        }
+                        Admission::Full => {
+                            shared.metrics.refused(Refusal::Capacity);
+                            drop(stream);
+                        }
                     }
-                    active.fetch_add(1, Ordering::Relaxed);
-                    let key = invitation_core::ConnId::new(next_key.fetch_add(1, Ordering::Relaxed));
-                    let (shared, active) = (shared.clone(), active.clone());
-                    tasks.spawn(async move {
-                        crate::conn::serve(stream, peer, shared, key).await;
-                        active.fetch_sub(1, Ordering::Relaxed);
-                    });
                     while tasks.try_join_next().is_some() {}
                 }
             }
         }
         drop(listener);
         lag_meter.abort();
-        tracing::info!(
-            connections = active.load(Ordering::Relaxed),
-            "shutting down"
-        );
+        tracing::info!(connections = slots.open(), "shutting down");
         // Calls first: the hub ends every live call and queues the news to
         // each connection, which writes it before its `closing` message.
         let (done, ended) = tokio::sync::oneshot::channel();
@@ -213,8 +275,12 @@ impl Server {
             tasks.abort_all();
         }
         drop(shared);
+        if let Some(detail) = hub_ended {
+            return Err(ServerError::HubStopped { detail });
+        }
         let _ = tokio::time::timeout(Duration::from_secs(1), hub).await;
         tracing::info!("stopped");
+        Ok(())
     }
 
     /// Runs in a background task; for tests and examples.
@@ -236,6 +302,43 @@ impl Server {
     }
 }
 
+/// Answers a connection taken from the probe reserve (every regular slot is
+/// taken): `/healthz` (200 while the hub runs, 503 once it stopped) and
+/// `/metrics`; anything else, a WebSocket upgrade included, gets 503. The
+/// request head must arrive within the handshake timeout, at most 2 s.
+async fn answer_probe(mut stream: TcpStream, shared: &Shared) {
+    let limit = shared
+        .config
+        .handshake_timeout()
+        .min(Duration::from_secs(2));
+    let Ok(Ok((route, _))) = tokio::time::timeout(limit, http::read_head(&mut stream)).await else {
+        return;
+    };
+    let (status, content_type, body) = match route {
+        Route::Health if shared.hub.is_closed() => (
+            "503 Service Unavailable",
+            "text/plain",
+            "hub stopped\n".to_owned(),
+        ),
+        Route::Health => ("200 OK", "text/plain", "ok\n".to_owned()),
+        Route::Metrics => (
+            "200 OK",
+            "text/plain; version=0.0.4",
+            shared.metrics.render(),
+        ),
+        Route::Upgrade { .. } | Route::NotFound => (
+            "503 Service Unavailable",
+            "text/plain",
+            "server full\n".to_owned(),
+        ),
+    };
+    let _ = tokio::time::timeout(
+        limit,
+        http::respond(&mut stream, status, content_type, &body),
+    )
+    .await;
+}
+
 /// A server running in the background.
 pub struct RunningServer {
     /// Where it listens.
@@ -245,7 +348,7 @@ pub struct RunningServer {
     /// Its metrics.
     pub metrics: Arc<Metrics>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    task: JoinHandle<Result<(), ServerError>>,
 }
 
 impl RunningServer {
@@ -269,5 +372,41 @@ impl RunningServer {
             let _ = stop.send(());
         }
         let _ = (&mut self.task).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            secret: Some("0123456789abcdef0123".into()),
+            ..Config::default()
+        }
+    }
+
+    /// If the hub task dies, `run` does not go on serving a zombie: it shuts
+    /// down and returns `HubStopped` with the panic (main exits non-zero).
+    #[tokio::test]
+    async fn a_dead_hub_stops_the_server() {
+        let mut server = Server::bind(config()).await.expect("binds");
+        // The real hub, replaced by one with a bug.
+        server.hub.abort();
+        server.hub = tokio::spawn(async {
+            tokio::task::yield_now().await;
+            panic!("a bug in the hub");
+        });
+        let ended =
+            tokio::time::timeout(Duration::from_secs(10), server.run(std::future::pending()))
+                .await
+                .expect("run returns once the hub is gone");
+        match ended {
+            Err(ServerError::HubStopped { detail }) => {
+                assert!(detail.contains("a bug in the hub"), "{detail}")
+            }
+            other => panic!("expected HubStopped, got {other:?}"),
+        }
     }
 }

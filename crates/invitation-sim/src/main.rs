@@ -9,25 +9,54 @@
 //! shortest failing trace.
 
 use anyhow::{Result, bail};
+use clap::Parser;
 use invitation::testing::fault::FaultStats;
 use invitation_core::CloseCause;
 use invitation_sim::{DEFAULT_STEPS, Profile, run, shrink};
 
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
+/// The deterministic fault-injection simulation: six client devices of four
+/// users against the in-process switchboard, a seeded workload, injected
+/// faults, and an oracle that checks the invariants on everything every
+/// device saw. Without --seed, runs a sweep of seeds.
+#[derive(Parser, Debug)]
+#[command(name = "invitation-sim")]
+struct Args {
+    /// Replay this one seed and print its full trace.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// How many seeds to sweep (without --seed).
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    /// First seed of the sweep.
+    #[arg(long, default_value_t = 0)]
+    start: u64,
+    /// Fault profile: clean, lossy, slow, flapping, connection, or all
+    /// (lossy, slow, flapping and connection).
+    #[arg(long, default_value = "all", value_parser = profiles)]
+    profile: Profiles,
+    /// Workload steps per run.
+    #[arg(long, default_value_t = DEFAULT_STEPS)]
+    steps: usize,
+}
+
+/// The profiles one `--profile` value names.
+#[derive(Debug, Clone)]
+struct Profiles(Vec<Profile>);
+
+fn profiles(s: &str) -> Result<Profiles, String> {
+    match s {
+        "all" => Ok(Profiles(Profile::ALL.to_vec())),
+        p => Profile::parse(p).map(|p| Profiles(vec![p])).ok_or_else(|| {
+            format!("unknown profile {p:?} (clean, lossy, slow, flapping, connection, all)")
+        }),
+    }
 }
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let steps: usize = arg(&args, "--steps").map_or(Ok(DEFAULT_STEPS), |s| s.parse())?;
-    let profiles: Vec<Profile> = match arg(&args, "--profile").as_deref() {
-        None | Some("all") => Profile::ALL.to_vec(),
-        Some(p) => vec![Profile::parse(p).ok_or_else(|| anyhow::anyhow!("unknown profile {p}"))?],
-    };
-    if let Some(seed) = arg(&args, "--seed") {
-        let seed: u64 = seed.parse()?;
+    let args = Args::parse();
+    let steps = args.steps;
+    let profiles = args.profile.0;
+    if let Some(seed) = args.seed {
         for p in profiles {
             let r = run(seed, p, steps);
             for line in &r.trace {
@@ -47,8 +76,7 @@ fn main() -> Result<()> {
         }
         return Ok(());
     }
-    let seeds: u64 = arg(&args, "--seeds").map_or(Ok(100), |s| s.parse())?;
-    let start: u64 = arg(&args, "--start").map_or(Ok(0), |s| s.parse())?;
+    let (seeds, start) = (args.seeds, args.start);
     let began = std::time::Instant::now();
     let mut calls = 0;
     for p in &profiles {

@@ -261,8 +261,15 @@ impl World {
             )));
             let mut builder = Client::builder().user(user);
             if self.tokens {
-                let until = Instant::now() + TOKEN_LIFE;
-                builder = builder.token(Tokens::mint(self.t0, &dev.user, until));
+                // The app's backend: a fresh token whenever the client asks
+                // (first connect, after an expiry, after a refusal). The
+                // renewer below renews in band on its own schedule, racing
+                // the expiry.
+                let (t0, id) = (self.t0, dev.user.clone());
+                builder = builder.token_provider(move || {
+                    let token = Tokens::mint(t0, &id, Instant::now() + TOKEN_LIFE);
+                    async move { Ok::<_, std::convert::Infallible>(token) }
+                });
             }
             let client = builder
                 .device(dev.device.as_str())

@@ -29,9 +29,12 @@ pub struct TransportError {
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
+/// Shows the message alone ("connection refused at 127.0.0.1:7699"); the
+/// kind is for code ([`TransportError::kind`]) and the underlying cause stays
+/// reachable through [`std::error::Error::source`].
 impl fmt::Display for TransportError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}: {}", self.kind, self.message)
+        f.write_str(&self.message)
     }
 }
 
@@ -96,6 +99,6 @@ mod tests {
             std::io::Error::other("boom"),
         );
         assert!(std::error::Error::source(&e).is_some());
-        assert_eq!(e.to_string(), "Io: read");
+        assert_eq!(e.to_string(), "read");
     }
 }

@@ -41,22 +41,107 @@ impl WsTransport {
     }
 }
 
-fn map_err(e: WsError) -> TransportError {
-    let kind = match &e {
-        WsError::ConnectionClosed | WsError::AlreadyClosed => TransportErrorKind::Closed,
-        WsError::Io(_) => TransportErrorKind::Io,
-        WsError::Http(resp) if resp.status().is_client_error() => TransportErrorKind::Rejected,
-        WsError::Protocol(_) | WsError::Utf8(_) | WsError::Capacity(_) => {
-            TransportErrorKind::Protocol
-        }
-        _ => TransportErrorKind::Io,
+/// `host:port` of a `ws://` / `wss://` URL, for error messages.
+fn endpoint(url: &str) -> String {
+    use tokio_tungstenite::tungstenite::http::Uri;
+    match url.parse::<Uri>() {
+        Ok(uri) => match (uri.host(), uri.port_u16()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            (Some(host), None) if uri.scheme_str() == Some("wss") => format!("{host}:443"),
+            (Some(host), None) => format!("{host}:80"),
+            _ => url.to_owned(),
+        },
+        Err(_) => url.to_owned(),
+    }
+}
+
+/// Refuses what is not a `ws://` or `wss://` URL with a host, before any I/O.
+fn check_url(url: &str) -> Result<(), TransportError> {
+    use tokio_tungstenite::tungstenite::http::Uri;
+    let bad = |why: &str| {
+        Err(TransportError::new(
+            TransportErrorKind::Protocol,
+            format!("invalid server URL {url:?}: {why} (expected ws://host:port/)"),
+        ))
     };
-    TransportError::with_source(kind, "websocket", e)
+    match url.parse::<Uri>() {
+        Err(e) => bad(&e.to_string()),
+        Ok(uri) if !matches!(uri.scheme_str(), Some("ws" | "wss")) => bad("not ws:// or wss://"),
+        Ok(uri) if uri.host().is_none_or(str::is_empty) => bad("no host"),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// A failed connection attempt, said in words: what happened, and where.
+fn connect_error(url: &str, e: WsError) -> TransportError {
+    use std::io::ErrorKind as Io;
+    let at = endpoint(url);
+    let (kind, message) = match &e {
+        WsError::Io(io) => (
+            TransportErrorKind::Io,
+            match io.kind() {
+                Io::ConnectionRefused => format!("connection refused at {at}"),
+                Io::ConnectionReset | Io::ConnectionAborted | Io::UnexpectedEof => {
+                    format!("{at} closed the connection during the WebSocket handshake")
+                }
+                Io::TimedOut => format!("no answer from {at}"),
+                _ => format!("cannot connect to {at}: {io}"),
+            },
+        ),
+        WsError::Http(resp) => (
+            if resp.status().is_client_error() {
+                TransportErrorKind::Rejected
+            } else {
+                TransportErrorKind::Io
+            },
+            format!(
+                "{at} refused the WebSocket upgrade with HTTP {}",
+                resp.status()
+            ),
+        ),
+        WsError::Url(u) => (
+            TransportErrorKind::Protocol,
+            format!("invalid server URL {url:?}: {u}"),
+        ),
+        WsError::HttpFormat(_) | WsError::Protocol(_) => (
+            TransportErrorKind::Protocol,
+            format!("{at} does not speak WebSocket: {e}"),
+        ),
+        _ => (
+            TransportErrorKind::Io,
+            format!("cannot connect to {at}: {e}"),
+        ),
+    };
+    TransportError::with_source(kind, message, e)
+}
+
+/// A failure on an open connection, said in words.
+fn link_error(at: &str, e: WsError) -> TransportError {
+    let (kind, message) = match &e {
+        WsError::ConnectionClosed | WsError::AlreadyClosed => (
+            TransportErrorKind::Closed,
+            format!("the connection to {at} is closed"),
+        ),
+        WsError::Io(io) => (
+            TransportErrorKind::Io,
+            format!("the connection to {at} broke: {io}"),
+        ),
+        WsError::Protocol(_) | WsError::Utf8(_) | WsError::Capacity(_) => (
+            TransportErrorKind::Protocol,
+            format!("{at} broke the WebSocket protocol: {e}"),
+        ),
+        _ => (
+            TransportErrorKind::Io,
+            format!("the connection to {at} failed: {e}"),
+        ),
+    };
+    TransportError::with_source(kind, message, e)
 }
 
 #[async_trait]
 impl Transport for WsTransport {
     async fn connect(&self) -> Result<BoxConnection, TransportError> {
+        check_url(&self.url)?;
         let config = WebSocketConfig::default()
             .read_buffer_size(8 * 1024)
             .write_buffer_size(0)
@@ -66,10 +151,20 @@ impl Transport for WsTransport {
             tokio_tungstenite::connect_async_with_config(self.url.as_str(), Some(config), true);
         let (ws, _) = tokio::time::timeout(self.connect_timeout, connect)
             .await
-            .map_err(|_| TransportError::new(TransportErrorKind::Timeout, "connect timed out"))?
-            .map_err(map_err)?;
+            .map_err(|_| {
+                TransportError::new(
+                    TransportErrorKind::Timeout,
+                    format!(
+                        "no answer from {} within {:?}",
+                        endpoint(&self.url),
+                        self.connect_timeout
+                    ),
+                )
+            })?
+            .map_err(|e| connect_error(&self.url, e))?;
         Ok(Box::new(WsConnection {
             ws,
+            at: endpoint(&self.url),
             limits: self.limits,
             closed: false,
         }))
@@ -78,6 +173,8 @@ impl Transport for WsTransport {
 
 struct WsConnection {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// `host:port`, for error messages.
+    at: String,
     limits: DecodeLimits,
     closed: bool,
 }
@@ -91,7 +188,7 @@ impl Connection for WsConnection {
         self.ws
             .send(Message::text(message.encode()))
             .await
-            .map_err(map_err)
+            .map_err(|e| link_error(&self.at, e))
     }
 
     async fn recv(&mut self) -> Result<ServerMessage, TransportError> {
@@ -104,24 +201,32 @@ impl Connection for WsConnection {
             match self.ws.next().await {
                 None => {
                     self.closed = true;
-                    return Err(TransportError::closed("server closed the connection"));
+                    return Err(TransportError::closed(format!(
+                        "{} closed the connection",
+                        self.at
+                    )));
                 }
                 Some(Err(e)) => {
                     self.closed = true;
-                    return Err(map_err(e));
+                    return Err(link_error(&self.at, e));
                 }
                 Some(Ok(Message::Text(text))) => {
                     return ServerMessage::decode(text.as_str(), &self.limits).map_err(|e| {
                         TransportError::with_source(
                             TransportErrorKind::Protocol,
-                            "undecodable server message",
+                            format!("undecodable message from {}: {e}", self.at),
                             e,
                         )
                     });
                 }
-                Some(Ok(Message::Close(_))) => {
+                Some(Ok(Message::Close(frame))) => {
                     self.closed = true;
-                    return Err(TransportError::closed("server closed the connection"));
+                    return Err(TransportError::closed(match frame {
+                        Some(f) if !f.reason.is_empty() => {
+                            format!("{} closed the connection: {}", self.at, f.reason)
+                        }
+                        _ => format!("{} closed the connection", self.at),
+                    }));
                 }
                 Some(Ok(_)) => {} // ping/pong (answered by tungstenite), binary: ignored
             }
@@ -132,6 +237,52 @@ impl Connection for WsConnection {
         if !self.closed {
             self.closed = true;
             let _ = self.ws.close(None).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_names_host_and_port() {
+        assert_eq!(endpoint("ws://127.0.0.1:7699/"), "127.0.0.1:7699");
+        assert_eq!(endpoint("ws://example.org/"), "example.org:80");
+        assert_eq!(endpoint("wss://example.org/x"), "example.org:443");
+        assert_eq!(endpoint("not a url"), "not a url");
+    }
+
+    #[tokio::test]
+    async fn refused_connection_says_so_and_where() {
+        // A port that was just free: nothing listens there now.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let e = match WsTransport::new(format!("ws://127.0.0.1:{port}/"))
+            .connect()
+            .await
+        {
+            Ok(_) => panic!("nothing listens on {port}"),
+            Err(e) => e,
+        };
+        assert_eq!(
+            e.to_string(),
+            format!("connection refused at 127.0.0.1:{port}")
+        );
+        assert_eq!(e.kind(), TransportErrorKind::Io);
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[tokio::test]
+    async fn bad_url_is_not_retryable() {
+        for url in ["not a url", "http://127.0.0.1:1/", "ws:///"] {
+            let e = match WsTransport::new(url).connect().await {
+                Ok(_) => panic!("{url} is not a ws url"),
+                Err(e) => e,
+            };
+            assert!(!e.is_retryable(), "{e}");
+            assert!(e.to_string().starts_with("invalid server URL"), "{e}");
         }
     }
 }

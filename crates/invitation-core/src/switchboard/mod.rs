@@ -22,6 +22,7 @@
 //! devices of the calls it touched); it must be drained after every input.
 
 mod call;
+mod policy;
 mod requests;
 mod timers;
 mod user;
@@ -36,7 +37,7 @@ use std::time::{Duration, Instant};
 use crate::connection::SwitchboardInput;
 use crate::error::{CommandError, ValidationError};
 use crate::id::{CallId, CallIdGenerator, DeviceId, RequestId, UserId};
-use crate::model::{CustomData, DEFAULT_MAX_CUSTOM_DATA, Reason, User};
+use crate::model::{CustomData, DEFAULT_MAX_CUSTOM_DATA, RING_TIMEOUT_BOUNDS_S, Reason, User};
 use crate::protocol::{
     CallSnapshot, CalleeOutcome, CalleeStatus, CloseReason, Command, EndedCall, ErrorBody, Event,
     InitialStatus, InviteRequest, ReplyResult, Role, ServerBody, ServerMessage, SnapshotState,
@@ -44,9 +45,10 @@ use crate::protocol::{
 };
 
 use call::{Call, CallInfo, Slot};
+pub use policy::ContactPolicy;
 use requests::Requests;
 use timers::{TimerKind, Timers};
-use user::{LogEvent, UserEntry};
+use user::{IdleUsers, LogEvent, UserEntry};
 
 /// A connection (one device's session) as the switchboard knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -156,9 +158,11 @@ pub struct SwitchboardConfig {
     pub max_callees: usize,
     /// Ring timeout when the invite names none (60 s).
     pub default_ring_timeout_s: u32,
-    /// Smallest ring timeout accepted (1 s).
+    /// Smallest ring timeout accepted (1 s; at least
+    /// [`RING_TIMEOUT_BOUNDS_S`]'s start).
     pub min_ring_timeout_s: u32,
-    /// Largest ring timeout accepted (600 s).
+    /// Largest ring timeout accepted (600 s; at most
+    /// [`RING_TIMEOUT_BOUNDS_S`]'s end).
     pub max_ring_timeout_s: u32,
     /// Largest custom data, bytes (8 KiB).
     pub max_custom_data: usize,
@@ -171,14 +175,31 @@ pub struct SwitchboardConfig {
     /// Events kept per user for resume (300); older gaps get a full `sync`.
     pub resume_buffer: usize,
     /// How long ended calls and request ids are remembered (10 min), so late
-    /// duplicates get the same answer.
+    /// duplicates get the same answer; also how long a user record with no
+    /// device and no live call is kept (for resume) before it is forgotten,
+    /// whether the user ever connected or was only named as a callee.
     pub retention: Duration,
     /// Most ended calls remembered at once; the oldest are forgotten first.
     pub max_tombstones: usize,
     /// Most request ids remembered at once; the oldest are forgotten first.
     pub max_remembered_requests: usize,
+    /// Most request ids remembered per user (1,000): past it, that user's
+    /// oldest answer is forgotten, so no user can push others' out. Only
+    /// answers to commands that changed something are remembered.
+    pub max_remembered_requests_per_user: usize,
     /// Ended calls listed per user in `sync` (32).
     pub recent_ended_per_user: usize,
+    /// Who may call whom, asked for every callee of every invite (default:
+    /// anyone may call anyone).
+    pub contact_policy: ContactPolicy,
+    /// Hide callees' presence from callers (off by default): the invite's
+    /// reply says `ringing` for every callee whether online, offline, held
+    /// or not, and no `callee_ringing` receipt is sent; the caller learns
+    /// only outcomes (accepted, declined, timeout ...). Outcomes decided at
+    /// invite time (`busy` under [`BusyPolicy::RejectBusy`], `unreachable`
+    /// under [`OfflinePolicy::Reject`]) still arrive at once: pair it with
+    /// `RingAnyway` and `Hold` to hide those too.
+    pub hide_callee_status: bool,
 }
 
 impl Default for SwitchboardConfig {
@@ -186,8 +207,8 @@ impl Default for SwitchboardConfig {
         Self {
             max_callees: 9,
             default_ring_timeout_s: 60,
-            min_ring_timeout_s: 1,
-            max_ring_timeout_s: 600,
+            min_ring_timeout_s: *RING_TIMEOUT_BOUNDS_S.start(),
+            max_ring_timeout_s: *RING_TIMEOUT_BOUNDS_S.end(),
             max_custom_data: DEFAULT_MAX_CUSTOM_DATA,
             busy_policy: BusyPolicy::RejectBusy,
             offline_policy: OfflinePolicy::Hold,
@@ -196,7 +217,10 @@ impl Default for SwitchboardConfig {
             retention: Duration::from_secs(600),
             max_tombstones: 1_000_000,
             max_remembered_requests: 1_000_000,
+            max_remembered_requests_per_user: 1_000,
             recent_ended_per_user: 32,
+            contact_policy: ContactPolicy::anyone(),
+            hide_callee_status: false,
         }
     }
 }
@@ -297,7 +321,7 @@ pub struct Switchboard {
     timers: Timers,
     tombstones: VecDeque<(Instant, CallId)>,
     requests: Requests,
-    idle_users: VecDeque<(Instant, UserId)>,
+    idle_users: IdleUsers,
     out: VecDeque<Output>,
     notices: VecDeque<CallNotice>,
     /// Events produced while a call is borrowed, emitted afterwards.
@@ -329,7 +353,7 @@ impl Switchboard {
             timers: Timers::default(),
             tombstones: VecDeque::new(),
             requests: Requests::default(),
-            idle_users: VecDeque::new(),
+            idle_users: IdleUsers::default(),
             out: VecDeque::new(),
             notices: VecDeque::new(),
             pending: Vec::new(),
@@ -430,16 +454,20 @@ impl Switchboard {
             };
             if let Some(i) = call.slot_of(&user_id) {
                 let slot = &mut call.slots[i];
+                // The receipt tells the caller a device is online: not
+                // sent when callee status is hidden.
                 if slot.is_ringing() && !slot.rung {
                     slot.rung = true;
-                    let caller = call.info.caller.id.clone();
-                    self.pending.push((
-                        caller,
-                        LogEvent::CalleeRinging {
-                            call: call_id.clone(),
-                            callee: user_id.clone(),
-                        },
-                    ));
+                    if !self.config.hide_callee_status {
+                        let caller = call.info.caller.id.clone();
+                        self.pending.push((
+                            caller,
+                            LogEvent::CalleeRinging {
+                                call: call_id.clone(),
+                                callee: user_id.clone(),
+                            },
+                        ));
+                    }
                 }
             }
             if call.info.caller.id == user_id && call.info.caller_device == device {
@@ -477,10 +505,7 @@ impl Switchboard {
                     .insert(at, TimerKind::CallerGone, call_id.clone());
             }
         }
-        if entry.is_idle() {
-            entry.idle_since = Some(now);
-            self.idle_users.push_back((now, user));
-        }
+        self.idle_users.note(&user, entry, now);
     }
 
     /// What a connection machine ([`crate::connection`]) hands over, for
@@ -544,12 +569,9 @@ impl Switchboard {
             Command::Decline { call_id, busy } => self.decline(&user, &device, &call_id, busy),
             Command::HangUp { call_id } => self.hang_up(&user, &call_id),
         };
-        if !matches!(
-            result,
-            Err(CommandError::RateLimited { .. }
-                | CommandError::Unavailable { .. }
-                | CommandError::NotConnected)
-        ) {
+        // Every state change queues events for someone.
+        let changed = !self.pending.is_empty();
+        if requests::worth_remembering(&result, changed) {
             self.remember(now, key, &result);
         }
         self.reply(conn, &request, &result);
@@ -644,6 +666,11 @@ impl Switchboard {
     /// Users, calls and timers held: for memory accounting.
     pub fn sizes(&self) -> (usize, usize, usize) {
         (self.users.len(), self.calls.len(), self.timers.len())
+    }
+
+    /// Answers held in the request-id memory: for memory accounting.
+    pub fn remembered_requests(&self) -> usize {
+        self.requests.len()
     }
 
     // ----- commands -----------------------------------------------------
@@ -752,6 +779,14 @@ impl Switchboard {
             custom_data,
             call_type,
         } = self.validate_invite(caller, req)?;
+        if let Some(callee) = callees
+            .iter()
+            .find(|c| !self.config.contact_policy.allows(caller, c))
+        {
+            return Err(CommandError::Forbidden {
+                callee: callee.clone(),
+            });
+        }
         if let [callee] = callees.as_slice() {
             if let Some(call_id) = self.glare_call(caller, callee) {
                 self.accept(caller, device, &call_id)?;
@@ -797,7 +832,11 @@ impl Switchboard {
             });
             statuses.push(CalleeStatus {
                 user: callee.clone(),
-                status,
+                status: if self.config.hide_callee_status {
+                    InitialStatus::Ringing
+                } else {
+                    status
+                },
             });
         }
         let caller_entry = &self.users[caller];
@@ -848,6 +887,8 @@ impl Switchboard {
                         .push((callee.clone(), LogEvent::Incoming(info.clone())));
                     if !entry.devices.is_empty() {
                         slot.rung = true;
+                    }
+                    if slot.rung && !self.config.hide_callee_status {
                         self.pending.push((
                             caller.clone(),
                             LogEvent::CalleeRinging {
@@ -858,6 +899,10 @@ impl Switchboard {
                     }
                 }
             }
+        }
+        for callee in &callees {
+            let entry = self.users.get_mut(callee).expect("created above");
+            self.idle_users.note(callee, entry, now);
         }
         let ringing = slots.iter().any(Slot::is_ringing);
         if ringing {
@@ -1216,19 +1261,8 @@ impl Switchboard {
         }
         self.requests
             .forget(now, self.config.max_remembered_requests);
-        while let Some((since, _)) = self.idle_users.front() {
-            if *since + self.config.retention > now {
-                break;
-            }
-            let (since, user) = self.idle_users.pop_front().expect("front exists");
-            if self
-                .users
-                .get(&user)
-                .is_some_and(|e| e.is_idle() && e.idle_since == Some(since))
-            {
-                self.users.remove(&user);
-            }
-        }
+        self.idle_users
+            .forget(&mut self.users, now, self.config.retention);
     }
 
     fn remember(
@@ -1241,8 +1275,13 @@ impl Switchboard {
             Ok(ReplyResult::Invited { call_id, .. }) => self.calls.get(call_id).map(|c| &c.info),
             _ => None,
         };
-        self.requests
-            .insert(key, now + self.config.retention, result, call);
+        self.requests.insert(
+            key,
+            now + self.config.retention,
+            result,
+            call,
+            self.config.max_remembered_requests_per_user,
+        );
     }
 
     fn reply(
@@ -1278,6 +1317,9 @@ impl Switchboard {
                 continue;
             };
             let seq = entry.append(event, cap);
+            // An event is how a call ends for a user: one that left them
+            // with no device and no call starts their idle window.
+            self.idle_users.note(&user, entry, now);
             let entry = &self.users[&user];
             if entry.devices.is_empty() {
                 continue;

@@ -16,9 +16,24 @@
 //!   are compared exactly;
 //! - the answer to an invite, by far the most common, is kept as the call's
 //!   shared [`CallInfo`] plus packed statuses and rebuilt on a replay.
+//!
+//! What is kept, and for whom:
+//!
+//! - only answers a later run of the command could contradict
+//!   ([`worth_remembering`]): most refusals (unknown call, invalid, already
+//!   ended) changed nothing and never could, so running a retry again is as
+//!   good as replaying the answer, and a flood of commands for unknown
+//!   calls costs no memory;
+//! - each user has a share: past `per_user` entries, that user's oldest
+//!   answer is forgotten, never someone else's. Only the global cap (a
+//!   safety net far above any share) forgets across users, oldest first.
+//!   An entry forgotten for its user's share stays allocated in the expiry
+//!   queue until it expires (the command rate limit bounds how many).
 
 use std::borrow::Borrow;
 use std::collections::{HashSet, VecDeque};
+
+use foldhash::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
@@ -170,11 +185,44 @@ impl Answer {
     }
 }
 
-/// The remembered answers, oldest first in `order`.
+/// Should the answer to a command be kept for its retries? Only when a
+/// later run of the same command could do something else than the first:
+///
+/// - a success that changed state (`changed`: it produced events; a new
+///   call, an accept, a decline, a cancel, a hang-up) is kept: run again,
+///   a retried accept after the call ended would hear `ended`, a retried
+///   invite would make a second call;
+/// - a refusal that a later run might turn into an action is kept:
+///   `caller_busy` (the caller's other call may end), `wrong_role` (a
+///   callee's hang-up while still ringing would hang up once accepted) and
+///   `forbidden` (an app's contact policy may change its mind).
+///   Remembered, a late duplicate of the refused command stays refused;
+/// - every other refusal changed nothing and can never succeed later
+///   (`not_found`: a call's parties never change; `invalid`; `ended`: ends
+///   are final), so a retry simply runs again: a flood of commands for
+///   unknown calls costs no memory;
+/// - a success that changed nothing (cancelling twice, hanging up an ended
+///   call) is idempotent by construction: running it again changes nothing
+///   either.
+pub(crate) fn worth_remembering(result: &Result<ReplyResult, CommandError>, changed: bool) -> bool {
+    match result {
+        Ok(_) => changed,
+        Err(
+            CommandError::CallerBusy | CommandError::WrongRole | CommandError::Forbidden { .. },
+        ) => true,
+        Err(_) => false,
+    }
+}
+
+/// The remembered answers, oldest first in `order`, and per user.
 #[derive(Debug, Default)]
 pub(crate) struct Requests {
     set: HashSet<Entry, foldhash::fast::RandomState>,
+    /// Every entry in insertion (= expiry) order, including entries already
+    /// forgotten for their user's share (skipped when they come up).
     order: VecDeque<Arc<Remembered>>,
+    /// Each user's entries, oldest first.
+    by_user: HashMap<UserId, VecDeque<Arc<Remembered>>>,
 }
 
 impl Requests {
@@ -196,13 +244,15 @@ impl Requests {
     }
 
     /// Remembers `result` until `expires`; `call` is the new call's info
-    /// when `result` answers an invite.
+    /// when `result` answers an invite. Past `per_user` entries for the
+    /// same user, that user's oldest is forgotten.
     pub(crate) fn insert(
         &mut self,
         key: RequestKey,
         expires: Instant,
         result: &Result<ReplyResult, CommandError>,
         call: Option<&Arc<CallInfo>>,
+        per_user: usize,
     ) {
         let answer = Answer::new(result, call);
         debug_assert_eq!(&answer.rebuild(), result, "the compact answer rebuilds");
@@ -211,18 +261,51 @@ impl Requests {
             expires,
             answer,
         });
+        let mine = self.by_user.entry(entry.key.user.clone()).or_default();
+        mine.push_back(entry.clone());
+        while mine.len() > per_user.max(1) {
+            let oldest = mine.pop_front().expect("over the share");
+            remove_if_same(&mut self.set, &oldest);
+        }
         self.order.push_back(entry.clone());
-        self.set.insert(Entry(entry));
+        self.set.replace(Entry(entry));
     }
 
     /// Forgets answers expired at `now`, and the oldest beyond `cap`.
     pub(crate) fn forget(&mut self, now: Instant, cap: usize) {
         while let Some(oldest) = self.order.front() {
-            if oldest.expires > now && self.order.len() <= cap {
+            if oldest.expires > now && self.set.len() <= cap {
                 break;
             }
             let oldest = self.order.pop_front().expect("front exists");
-            self.set.remove(&oldest.key);
+            remove_if_same(&mut self.set, &oldest);
+            // Unless its user's share already pushed it out, it is that
+            // user's oldest entry (both queues are in insertion order).
+            let user = &oldest.key.user;
+            if let Some(mine) = self.by_user.get_mut(user) {
+                if mine.front().is_some_and(|e| Arc::ptr_eq(e, &oldest)) {
+                    mine.pop_front();
+                }
+                if mine.is_empty() {
+                    self.by_user.remove(user);
+                }
+            }
         }
+    }
+
+    /// Answers held.
+    pub(crate) fn len(&self) -> usize {
+        self.set.len()
+    }
+}
+
+/// Removes `entry` from the set if the set holds this very entry (not a
+/// newer one with the same key).
+fn remove_if_same(set: &mut HashSet<Entry, foldhash::fast::RandomState>, entry: &Arc<Remembered>) {
+    if set
+        .get(&entry.key)
+        .is_some_and(|e| Arc::ptr_eq(&e.0, entry))
+    {
+        set.remove(&entry.key);
     }
 }

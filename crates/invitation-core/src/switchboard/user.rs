@@ -3,7 +3,9 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use foldhash::HashMap;
 
 use super::ConnId;
 use super::call::CallInfo;
@@ -144,5 +146,48 @@ impl UserEntry {
 
     pub(crate) fn is_idle(&self) -> bool {
         self.devices.is_empty() && self.calls.is_empty()
+    }
+}
+
+/// Users with no device and no live call, in the order they became so.
+///
+/// Every user record the switchboard makes (a connecting device, or a callee
+/// named in an invite, who may be an id nobody will ever use) is noted here
+/// whenever it turns idle, and forgotten once it stayed idle for the window.
+/// A user who becomes busy again is skipped when their old note comes up
+/// (notes are checked against `idle_since`, not removed).
+#[derive(Debug, Default)]
+pub(crate) struct IdleUsers {
+    queue: VecDeque<(Instant, UserId)>,
+}
+
+impl IdleUsers {
+    /// Notes `user` as idle since `now` if it is idle and not noted yet.
+    pub(crate) fn note(&mut self, user: &UserId, entry: &mut UserEntry, now: Instant) {
+        if entry.is_idle() && entry.idle_since.is_none() {
+            entry.idle_since = Some(now);
+            self.queue.push_back((now, user.clone()));
+        }
+    }
+
+    /// Forgets the users idle for at least `window` at `now`.
+    pub(crate) fn forget(
+        &mut self,
+        users: &mut HashMap<UserId, Box<UserEntry>>,
+        now: Instant,
+        window: Duration,
+    ) {
+        while let Some((since, _)) = self.queue.front() {
+            if since.checked_add(window).is_none_or(|at| at > now) {
+                break;
+            }
+            let (since, user) = self.queue.pop_front().expect("front exists");
+            if users
+                .get(&user)
+                .is_some_and(|e| e.is_idle() && e.idle_since == Some(since))
+            {
+                users.remove(&user);
+            }
+        }
     }
 }

@@ -29,6 +29,10 @@ pub async fn server(tweak: impl FnOnce(&mut Config)) -> RunningServer {
         invite_burst_per_user: 1000.0,
         conn_rate_per_ip: 10_000.0,
         conn_burst_per_ip: 10_000.0,
+        command_rate_per_user: 10_000.0,
+        command_burst_per_user: 10_000.0,
+        command_rate_per_conn: 10_000.0,
+        command_burst_per_conn: 10_000.0,
         ..Config::default()
     };
     tweak(&mut config);
