@@ -42,7 +42,8 @@ pub use invitation_core::{
 
 /// Test helpers (feature `testing`; turn it on in `[dev-dependencies]`):
 /// record callbacks and wait for them with a deadline, script a server,
-/// inject faults, check a transport.
+/// inject faults, check a transport, check the reliability invariants on
+/// the record of a run (`oracle`).
 ///
 /// ```toml
 /// [dev-dependencies]
@@ -50,6 +51,7 @@ pub use invitation_core::{
 /// ```
 #[cfg(feature = "testing")]
 pub mod testing {
+    pub use invitation_core::testing::oracle;
     pub use invitation_handler::testing::{Recorded, Recorder, WaitTimeout};
     pub use invitation_transport::{conformance, fault, mock};
 }

@@ -81,6 +81,8 @@ pub mod protocol;
 pub mod session;
 pub mod stability;
 pub mod switchboard;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use connection::{
     AuthRefusal, Authenticator, CloseCause, ConnectionConfig, ConnectionOutput, DeviceConnection,

@@ -509,6 +509,10 @@ impl ClientSession {
         self.wants_reconnect = false;
         self.gap_since = None;
         self.sync_asked = None;
+        // A `sync` asked for on the old link will never come; the new link's
+        // `welcome` says whether one follows. Until then events are taken
+        // by sequence number (a resumed link's replay can overtake it).
+        self.awaiting_sync = false;
         let hello = Control::Hello {
             device: self.device.clone(),
             token,

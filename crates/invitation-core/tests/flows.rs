@@ -1002,3 +1002,59 @@ fn an_invite_given_up_on_that_the_server_took_is_canceled() {
         "alice's app hears nothing of the disowned call: {alice_saw:?}"
     );
 }
+
+/// A session that was waiting for a `sync` when its link dropped must not
+/// throw away what the next link brings: the events a resumed link replays
+/// can overtake its `welcome` (reordering transports, the simulation's
+/// delayed links), and once the `welcome` says "resumed" nobody sends them
+/// again. (Found by the simulation's connection profile: a device stayed one
+/// event behind for good.)
+#[test]
+fn events_that_overtake_a_resumed_welcome_after_a_pending_sync_are_kept() {
+    use invitation_core::protocol::{ServerBody, ServerMessage};
+    use invitation_core::{ClientSession, SessionConfig};
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob"]);
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    net.cancel("alice", "phone", &call).unwrap();
+    let received = &net.dev("bob", "phone").received;
+    let (welcome, sync) = (received[0].clone(), received[1].clone());
+    let events: Vec<ServerMessage> = received
+        .iter()
+        .filter(|m| matches!(m.body, ServerBody::Event { .. }))
+        .cloned()
+        .collect();
+    assert_eq!(events.len(), 2, "ring, then its end: {received:?}");
+
+    let t0 = net.now;
+    let mut s = ClientSession::new(uid("bob"), did("phone"), "b2", SessionConfig::default());
+    s.handle_connected(t0, None);
+    s.handle_message(t0, welcome.clone());
+    s.handle_message(t0, sync);
+    // The ring is lost; its end arrives: a gap, then a sync is asked for.
+    s.handle_message(t0, events[1].clone());
+    let t1 = t0 + Duration::from_secs(2);
+    s.handle_timeout(t1);
+    while s.poll_transmit().is_some() {}
+    // The link drops before the sync comes; the next one resumes, and the
+    // replayed events overtake the welcome.
+    s.handle_disconnected(t1);
+    s.handle_connected(t1, None);
+    s.handle_message(t1, events[0].clone());
+    s.handle_message(t1, events[1].clone());
+    let ServerBody::Welcome { user, device, .. } = welcome.body else {
+        panic!("{welcome:?}")
+    };
+    let seq = net.sb.last_seq(&uid("bob"));
+    let resumed = ServerBody::Welcome {
+        re: None,
+        user,
+        device,
+        seq,
+        resumed: true,
+    };
+    s.handle_message(t1, ServerMessage::new(resumed));
+    assert_eq!(s.last_seq(), Some(seq), "in step with the server");
+    assert!(!s.is_ringing(&call));
+    assert_eq!(s.poll_timeout(), None, "nothing left to recover");
+}

@@ -1,16 +1,18 @@
 //! Model-based property tests: random operation sequences (with Tick, Drop
 //! and Duplicate steps) over a small world of users and devices, checking
-//! invariants 1-7 of reliability.md on the switchboard and on the complete
-//! record of what every device's handler saw.
+//! the reliability invariants with the shared oracle
+//! (`invitation_core::testing::oracle`, the one the simulation uses) on the
+//! switchboard after every step and on the complete record of what every
+//! device saw at the end.
 
 mod harness;
 
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use harness::{Net, event_name, uid};
+use harness::{Key, Net, did, uid};
 use invitation_core::protocol::{Command, InviteRequest, ReplyResult};
-use invitation_core::{AppEvent, CallId, CallType, Reason};
+use invitation_core::testing::oracle::{Acknowledged, DeviceRecord, Oracle, Record};
+use invitation_core::{CallId, CallType};
 use proptest::prelude::*;
 
 const USERS: [&str; 4] = ["u0", "u1", "u2", "u3"];
@@ -62,9 +64,9 @@ fn op() -> impl Strategy<Value = Op> {
 
 struct World {
     net: Net,
-    calls: Vec<CallId>,
-    /// First terminal outcome seen per (call, callee): must never change.
-    outcomes: HashMap<(CallId, String), Reason>,
+    /// Invitations acknowledged (`invited`), with the device that invited.
+    calls: Vec<(CallId, Key)>,
+    oracle: Oracle,
 }
 
 impl World {
@@ -72,7 +74,7 @@ impl World {
         Self {
             net: Net::new(),
             calls: Vec::new(),
-            outcomes: HashMap::new(),
+            oracle: Oracle::new(),
         }
     }
 
@@ -90,7 +92,7 @@ impl World {
     }
 
     fn call(&self, i: usize) -> Option<CallId> {
-        (!self.calls.is_empty()).then(|| self.calls[i % self.calls.len()].clone())
+        (!self.calls.is_empty()).then(|| self.calls[i % self.calls.len()].0.clone())
     }
 
     fn run(&mut self, op: &Op) {
@@ -132,7 +134,8 @@ impl World {
                 if let Some(Ok(ReplyResult::Invited { call_id, .. })) =
                     self.net.dev(USERS[*u], DEVICES[*d]).results.get(&id)
                 {
-                    self.calls.push(call_id.clone());
+                    let key = (USERS[*u].to_owned(), DEVICES[*d].to_owned());
+                    self.calls.push((call_id.clone(), key));
                 }
                 self.net.dup_commands = 0;
             }
@@ -161,242 +164,42 @@ impl World {
         }
     }
 
-    /// Invariants that hold after every step.
+    /// Invariants that hold after every step (the shared oracle).
     fn check_step(&mut self) -> Result<(), TestCaseError> {
-        // 6: outcomes are written once.
-        for call in self.net.sb.calls() {
-            for callee in call.callees() {
-                if let Some(r) = call.outcome(&callee.id) {
-                    let key = (call.call_id().clone(), callee.id.to_string());
-                    let first = *self.outcomes.entry(key).or_insert(r);
-                    prop_assert_eq!(
-                        first,
-                        r,
-                        "outcome changed for {} / {}",
-                        call.call_id(),
-                        callee.id
-                    );
-                }
-            }
-        }
-        // 7: poll_timeout is None exactly when nothing with a deadline is live.
-        let live = self
-            .net
-            .sb
-            .calls()
-            .any(|c| c.is_ringing() || c.caller_gone_at().is_some());
-        prop_assert_eq!(self.net.sb.poll_timeout().is_some(), live);
+        self.oracle.observe(&self.net.sb);
+        prop_assert!(
+            self.oracle.violations().is_empty(),
+            "{:#?}",
+            self.oracle.violations()
+        );
         Ok(())
     }
 
-    /// Brings every device back, lets every deadline pass, then checks the
-    /// end-to-end invariants on the record.
+    /// Brings every device back, lets every deadline pass, then hands the
+    /// complete record to the shared oracle.
     fn finish_and_check(&mut self) -> Result<(), TestCaseError> {
         let keys: Vec<_> = self.net.devs.keys().cloned().collect();
         for (u, d) in &keys {
             self.net.connect(u, d);
         }
         self.net.advance(Duration::from_secs(120));
-        self.check_step()?;
         let net = &self.net;
-
-        // 1 (switchboard side): every acknowledged invitation ended for every callee.
-        for call_id in &self.calls {
-            let view = net.sb.call(call_id).expect("retained");
-            for callee in view.callees() {
-                prop_assert!(
-                    view.outcome(&callee.id).is_some(),
-                    "{call_id}: {} has no outcome",
-                    callee.id
-                );
-            }
-        }
-        prop_assert_eq!(net.sb.poll_timeout(), None);
-
-        let mut accepted_by: HashMap<(CallId, String), usize> = HashMap::new();
+        let mut record = Record::new(Duration::ZERO);
         for ((user, device), dev) in &net.devs {
-            // 5: in step with the server at the end.
-            prop_assert_eq!(
-                dev.session.last_seq(),
-                Some(net.sb.last_seq(&uid(user))),
-                "{}/{} seq",
-                user,
-                device
-            );
-            prop_assert_eq!(
-                dev.session.poll_timeout(),
-                None,
-                "{}/{} fallback left armed",
-                user,
-                device
-            );
-
-            let resynced = dev
-                .app_events()
-                .any(|e| matches!(e, AppEvent::Resynced { .. }));
-            let mut rang: HashSet<CallId> = HashSet::new();
-            let mut ring_ended: HashMap<CallId, usize> = HashMap::new();
-            let mut outcome_seen: HashMap<(CallId, String), usize> = HashMap::new();
-            let mut seen: HashSet<String> = HashSet::new();
-            for (at, e) in &dev.events {
-                // 4: nothing delivered twice.
-                let key = format!("{e:?}");
-                if !matches!(
-                    e,
-                    AppEvent::Connection(_)
-                        | AppEvent::Resynced { .. }
-                        | AppEvent::CalleeRinging { .. }
-                ) {
-                    prop_assert!(
-                        seen.insert(key.clone()),
-                        "{}/{} saw twice: {}",
-                        user,
-                        device,
-                        key
-                    );
-                }
-                match e {
-                    AppEvent::IncomingCallReceived {
-                        call_id,
-                        ring_remaining,
-                        ..
-                    } => {
-                        // 6 (client side): never rings after its ring ended.
-                        prop_assert!(
-                            !ring_ended.contains_key(call_id),
-                            "rang after the end: {}",
-                            call_id
-                        );
-                        prop_assert!(rang.insert(call_id.clone()));
-                        // 3: never with too little time, never past the deadline.
-                        let view = net.sb.call(call_id).expect("retained");
-                        let floor = Duration::from_secs(5).min(view.ring_timeout() / 2);
-                        prop_assert!(
-                            *ring_remaining >= floor,
-                            "rang with {:?} left",
-                            ring_remaining
-                        );
-                        prop_assert!(*at + *ring_remaining <= view.deadline());
-                        prop_assert!(*at < view.deadline());
-                    }
-                    AppEvent::IncomingCallCanceled { call_id, .. }
-                    | AppEvent::IncomingCallTimeout { call_id, .. }
-                    | AppEvent::IncomingCallDeclineButtonPressed { call_id, .. } => {
-                        *ring_ended.entry(call_id.clone()).or_default() += 1;
-                    }
-                    AppEvent::IncomingCallAcceptButtonPressed { call_id, .. } => {
-                        *ring_ended.entry(call_id.clone()).or_default() += 1;
-                        *accepted_by
-                            .entry((call_id.clone(), user.clone()))
-                            .or_default() += 1;
-                    }
-                    AppEvent::OutgoingCallAccepted {
-                        call_id, callee, ..
-                    }
-                    | AppEvent::OutgoingCallDeclined {
-                        call_id, callee, ..
-                    }
-                    | AppEvent::OutgoingCallRejectedCauseBusy {
-                        call_id, callee, ..
-                    }
-                    | AppEvent::OutgoingCallTimeout {
-                        call_id, callee, ..
-                    }
-                    | AppEvent::CalleeOutcome {
-                        call_id, callee, ..
-                    } => {
-                        if net
-                            .sb
-                            .call(call_id)
-                            .is_some_and(|v| v.caller().id == uid(user))
-                        {
-                            *outcome_seen
-                                .entry((call_id.clone(), callee.to_string()))
-                                .or_default() += 1;
-                        } else {
-                            // glare: our invite accepted the other side's call
-                            *ring_ended.entry(call_id.clone()).or_default() += 1;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            // 1 (device side): every ring ends exactly once on the device.
-            for call_id in &rang {
-                let n = ring_ended.get(call_id).copied().unwrap_or(0);
-                prop_assert_eq!(
-                    n,
-                    1,
-                    "{}/{}: ring of {} ended {} times; events {:?}",
-                    user,
-                    device,
-                    call_id,
-                    n,
-                    dev.events
-                        .iter()
-                        .map(|(_, e)| event_name(e))
-                        .collect::<Vec<_>>()
-                );
-            }
-            // 1 (caller side): the inviting device learns each outcome exactly once.
-            for call_id in &self.calls {
-                let view = net.sb.call(call_id).expect("retained");
-                if view.caller().id != uid(user) {
-                    continue;
-                }
-                let originating = dev.received.iter().any(|m| matches!(&m.body,
-                    invitation_core::protocol::ServerBody::Reply { result: ReplyResult::Invited { call_id: c, .. }, .. } if c == call_id));
-                for callee in view.callees() {
-                    let n = outcome_seen
-                        .get(&(call_id.clone(), callee.id.to_string()))
-                        .copied()
-                        .unwrap_or(0);
-                    prop_assert!(
-                        n <= 1,
-                        "{}/{}: outcome of {} for {} seen {} times",
-                        user,
-                        device,
-                        callee.id,
-                        call_id,
-                        n
-                    );
-                    if originating && !resynced {
-                        prop_assert_eq!(
-                            n,
-                            1,
-                            "{}/{}: outcome of {} for {} missing",
-                            user,
-                            device,
-                            callee.id,
-                            call_id
-                        );
-                    }
-                }
-            }
+            let mut d = DeviceRecord::new(format!("{user}/{device}"), uid(user), did(device));
+            d.events = dev.events.clone();
+            d.last_seq = dev.session.last_seq();
+            d.timer_armed = Some(dev.session.poll_timeout().is_some());
+            record.devices.push(d);
         }
-        // 2: at most one device per callee saw "accepted", and it is the one
-        // the switchboard recorded.
-        for ((call_id, user), n) in &accepted_by {
-            prop_assert!(*n <= 1);
-            let devices: Vec<_> = net
-                .devs
-                .iter()
-                .filter(|((u, _), dev)| {
-                    u == user
-                        && dev.app_events().any(|e| {
-                            matches!(e,
-                    AppEvent::IncomingCallAcceptButtonPressed { call_id: c , .. } if c == call_id)
-                        })
-                })
-                .map(|((_, d), _)| d.clone())
-                .collect();
-            prop_assert_eq!(devices.len(), 1);
-            let view = net.sb.call(call_id).expect("retained");
-            prop_assert_eq!(
-                view.answered_by(&uid(user)).map(|d| d.to_string()),
-                Some(devices[0].clone())
-            );
+        for (call_id, key) in &self.calls {
+            let inviter = net.devs.keys().position(|k| k == key).expect("a device");
+            record
+                .invitations
+                .push(Acknowledged::new(call_id.clone(), inviter, false));
         }
+        let violations = std::mem::take(&mut self.oracle).finish(&net.sb, &record);
+        prop_assert!(violations.is_empty(), "{:#?}", violations);
         Ok(())
     }
 }

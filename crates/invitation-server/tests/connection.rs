@@ -11,6 +11,7 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use invitation_core::protocol::{
     ClientMessage, CloseReason, Command, Event, InviteRequest, ReplyResult, ServerBody,
+    ServerMessage, SyncBody,
 };
 use invitation_core::{CallType, Reason, RequestId, UserId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -58,25 +59,37 @@ async fn sessions_become(srv: &invitation_server::RunningServer, n: i64, within:
 #[tokio::test]
 async fn a_thousand_syncs_then_a_whole_call_on_the_same_connection() {
     let srv = server(|_| {}).await;
-    let (mut alice, _) = Raw::hello(&srv, "alice", "phone", None).await;
+    let (alice, _) = Raw::hello(&srv, "alice", "phone", None).await;
     let (mut bob, _) = Raw::hello(&srv, "bob", "phone", None).await;
-    // Pipelined: all sent before any answer is read.
-    for i in 0..1000 {
-        alice
-            .text(&format!(r#"{{"v":1,"id":"s{i}","type":"sync"}}"#))
-            .await;
-    }
-    let mut answered = 0;
-    while answered < 1000 {
-        let m = alice.recv().await;
-        // (The snapshot after a fresh hello is not an answer: no `re`.)
-        if let ServerBody::Sync(s @ invitation_core::protocol::SyncBody { re: Some(_), .. }) =
-            m.body
-        {
-            assert_eq!(s.re, Some(rid(&format!("s{answered}"))), "in order");
-            answered += 1;
+    // Pipelined: sent without waiting for answers, while a reader takes
+    // them (a client that also stopped reading would be dropped by the write
+    // deadline: see below).
+    let (mut sink, mut stream) = alice.ws.split();
+    let send = async {
+        for i in 0..1000 {
+            let sync = format!(r#"{{"v":1,"id":"s{i}","type":"sync"}}"#);
+            sink.send(Message::text(sync)).await.unwrap();
         }
-    }
+    };
+    let read = async {
+        let mut answered = 0;
+        while answered < 1000 {
+            let frame = tokio::time::timeout(SOON, stream.next()).await;
+            let Ok(Some(Ok(Message::Text(text)))) = frame else {
+                panic!("after {answered} answers: {frame:?}");
+            };
+            let m = ServerMessage::decode(text.as_str(), &Default::default()).unwrap();
+            // (The snapshot after a fresh hello is not an answer: no `re`.)
+            if let ServerBody::Sync(s @ SyncBody { re: Some(_), .. }) = m.body {
+                assert_eq!(s.re, Some(rid(&format!("s{answered}"))), "in order");
+                answered += 1;
+            }
+        }
+    };
+    tokio::join!(send, read);
+    let mut alice = Raw {
+        ws: sink.reunite(stream).unwrap(),
+    };
     alice.send(&invite("i1", "bob")).await;
     let reply = alice.until(|b| matches!(b, ServerBody::Reply { .. })).await;
     let ServerBody::Reply {

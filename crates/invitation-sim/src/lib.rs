@@ -4,20 +4,22 @@
 //! several users and devices, real `Client`s and handlers, and a seeded
 //! fault injector between each device and the hub, all on tokio's paused
 //! clock. A seed fixes everything: the workload, the faults, the timing. A
-//! run ends by healing the network and letting every timer fire; then an
-//! oracle checks invariants 1-7 of reliability.md on the complete record of
-//! what every handler and event stream saw, and on the hub's final state.
+//! run ends by healing the network and letting every timer fire; then the
+//! invariant oracle of the core (`invitation_core::testing::oracle`, the one
+//! the property tests use) checks the complete record of what every handler
+//! and event stream saw, and the hub's switchboard (also between steps).
 //!
 //! `invitation-sim --seed 42 --profile lossy` replays one run;
 //! `invitation-sim --seeds 1000` sweeps. See docs/testing.md.
 
-mod oracle;
 mod world;
 
-pub use oracle::check;
-pub use world::{Profile, Record, run_world};
+pub use world::{Outcome, Profile, run_world};
 
 use std::time::Duration;
+
+use invitation::testing::fault::FaultStats;
+use invitation_core::CloseCause;
 
 /// The result of one run.
 #[derive(Debug, Clone)]
@@ -34,6 +36,11 @@ pub struct Report {
     pub trace: Vec<String>,
     /// Invitations acknowledged to callers.
     pub calls: usize,
+    /// What the fault injectors did, summed over every device.
+    pub faults: FaultStats,
+    /// Links the hub closed, per cause (token expiry, too slow, refused
+    /// token, no `hello`).
+    pub closes: Vec<(CloseCause, u64)>,
 }
 
 /// Runs one seed with one profile for `steps` workload steps.
@@ -43,15 +50,16 @@ pub fn run(seed: u64, profile: Profile, steps: usize) -> Report {
         .start_paused(true)
         .build()
         .expect("a runtime");
-    let record = rt.block_on(run_world(seed, profile, steps));
-    let violations = check(&record);
+    let outcome = rt.block_on(run_world(seed, profile, steps));
     Report {
         seed,
         profile,
         steps,
-        violations,
-        calls: record.calls.len(),
-        trace: record.trace,
+        violations: outcome.violations,
+        calls: outcome.calls,
+        trace: outcome.trace,
+        faults: outcome.faults,
+        closes: outcome.closes,
     }
 }
 

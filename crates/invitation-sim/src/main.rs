@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! invitation-sim --seed 42 --profile lossy      # one run, full trace
-//! invitation-sim --seeds 1000                   # seeds 0..1000 x lossy, slow, flapping
+//! invitation-sim --seeds 1000                   # seeds 0..1000 x lossy, slow, flapping, connection
 //! invitation-sim --seeds 100000 --start 5000    # deeper
 //! ```
 //! Exits non-zero on the first failing seed, after printing it and the
@@ -10,6 +10,8 @@
 
 use anyhow::{Result, bail};
 use clap::Parser;
+use invitation::testing::fault::FaultStats;
+use invitation_core::CloseCause;
 use invitation_sim::{DEFAULT_STEPS, Profile, run, shrink};
 
 /// The deterministic fault-injection simulation: six client devices of four
@@ -28,8 +30,8 @@ struct Args {
     /// First seed of the sweep.
     #[arg(long, default_value_t = 0)]
     start: u64,
-    /// Fault profile: clean, lossy, slow, flapping, or all (lossy, slow and
-    /// flapping).
+    /// Fault profile: clean, lossy, slow, flapping, connection, or all
+    /// (lossy, slow, flapping and connection).
     #[arg(long, default_value = "all", value_parser = profiles)]
     profile: Profiles,
     /// Workload steps per run.
@@ -44,9 +46,9 @@ struct Profiles(Vec<Profile>);
 fn profiles(s: &str) -> Result<Profiles, String> {
     match s {
         "all" => Ok(Profiles(Profile::ALL.to_vec())),
-        p => Profile::parse(p)
-            .map(|p| Profiles(vec![p]))
-            .ok_or_else(|| format!("unknown profile {p:?} (clean, lossy, slow, flapping, all)")),
+        p => Profile::parse(p).map(|p| Profiles(vec![p])).ok_or_else(|| {
+            format!("unknown profile {p:?} (clean, lossy, slow, flapping, connection, all)")
+        }),
     }
 }
 
@@ -78,9 +80,18 @@ fn main() -> Result<()> {
     let began = std::time::Instant::now();
     let mut calls = 0;
     for p in &profiles {
+        let mut faults = FaultStats::default();
+        let mut closes: Vec<(CloseCause, u64)> = Vec::new();
         for seed in start..start + seeds {
             let r = run(seed, *p, steps);
             calls += r.calls;
+            faults.add(&r.faults);
+            for (cause, n) in &r.closes {
+                match closes.iter_mut().find(|(c, _)| c == cause) {
+                    Some((_, total)) => *total += n,
+                    None => closes.push((*cause, *n)),
+                }
+            }
             if !r.violations.is_empty() {
                 println!("FAILED: seed {seed} profile {p}");
                 for v in &r.violations {
@@ -99,6 +110,15 @@ fn main() -> Result<()> {
             }
         }
         println!("{p}: seeds {start}..{} passed", start + seeds);
+        println!("  injected: {faults:?}");
+        let closes: Vec<String> = closes
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(c, n)| format!("{c}: {n}"))
+            .collect();
+        if !closes.is_empty() {
+            println!("  hub closed links for: {}", closes.join(", "));
+        }
     }
     println!(
         "{} runs ({} seeds x {} profiles), {calls} invitations, all invariants held, {:.1} s",

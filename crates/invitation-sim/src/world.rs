@@ -1,21 +1,26 @@
 //! The simulated world: hub, devices (each a sequence of client
 //! incarnations behind one fault injector), workload.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use invitation::Fanout;
 use invitation::prelude::*;
-use invitation::testing::fault::{FaultConfig, FaultyTransport, SimRng};
-use invitation::testing::{Recorded, Recorder};
+use invitation::testing::Recorder;
+use invitation::testing::fault::{FaultConfig, FaultStats, FaultyTransport, SimRng};
+use invitation::testing::oracle::{
+    Acknowledged, DeviceRecord, HandlerRecord, Oracle, Record as OracleRecord,
+};
 use invitation_core::protocol::InviteRequest;
-use invitation_core::{DeviceId, Switchboard};
+use invitation_core::{AuthRefusal, Authenticator, CloseCause, DeviceId, Identity, Switchboard};
 use invitation_transport::memory::MemoryTransport;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
-/// A fault profile (reliability.md's three, plus none).
+/// A fault profile: message faults (lossy, slow, flapping), connection
+/// faults (connection), or none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
     /// No faults.
@@ -26,21 +31,47 @@ pub enum Profile {
     Slow,
     /// Links break often and partitions keep devices away for 1-10 s.
     Flapping,
+    /// Connection-level faults on an ordered link: lost `welcome`s, tokens
+    /// that expire and renewals racing the expiry, bursts of `sync`,
+    /// clients that stop reading (long enough, with enough written
+    /// meanwhile, to be dropped as too slow).
+    Connection,
 }
 
-impl Profile {
-    /// The three profiles CI runs.
-    pub const ALL: [Profile; 3] = [Profile::Lossy, Profile::Slow, Profile::Flapping];
+/// How long a token lives in the `connection` profile.
+const TOKEN_LIFE: Duration = Duration::from_secs(30);
 
-    /// Parses `clean`, `lossy`, `slow`, `flapping`.
+impl Profile {
+    /// The profiles CI runs.
+    pub const ALL: [Profile; 4] = [
+        Profile::Lossy,
+        Profile::Slow,
+        Profile::Flapping,
+        Profile::Connection,
+    ];
+
+    /// Parses `clean`, `lossy`, `slow`, `flapping`, `connection`.
     pub fn parse(s: &str) -> Option<Profile> {
         Some(match s {
             "clean" => Profile::Clean,
             "lossy" => Profile::Lossy,
             "slow" => Profile::Slow,
             "flapping" => Profile::Flapping,
+            "connection" => Profile::Connection,
             _ => return None,
         })
+    }
+
+    /// Whether the hub checks tokens that expire (and clients renew them).
+    fn tokens(self) -> bool {
+        self == Profile::Connection
+    }
+
+    /// The longest a server message can be held on its way: injected delay
+    /// plus a read stall (plus a millisecond of rounding).
+    fn slack(self) -> Duration {
+        let f = self.faults();
+        f.delay.1 + f.stall_for.1 + Duration::from_millis(1)
     }
 
     fn faults(self) -> FaultConfig {
@@ -57,6 +88,17 @@ impl Profile {
                 f.partition = 0.3;
                 f.partition_for = (Duration::from_secs(1), Duration::from_secs(10));
             }
+            Profile::Connection => {
+                // An ordered link that loses nothing without breaking (what
+                // a WebSocket gives): what is lost is lost with the link.
+                // Loss, duplication and reordering are the other profiles'.
+                f.drop_welcome = 0.2;
+                f.stall = 0.004;
+                f.stall_for = (Duration::from_secs(1), Duration::from_secs(8));
+                f.stall_writes = (0, 1500);
+                f.sync_burst = 0.02;
+                f.sync_burst_size = (1, 64);
+            }
         }
         f
     }
@@ -69,63 +111,61 @@ impl std::fmt::Display for Profile {
             Profile::Lossy => "lossy",
             Profile::Slow => "slow",
             Profile::Flapping => "flapping",
+            Profile::Connection => "connection",
         })
     }
 }
 
-/// One client incarnation of a device (an app start).
+/// What a run produced.
 #[derive(Debug, Clone)]
-pub struct Incarnation {
-    /// `user/device#n`.
-    pub name: String,
-    /// The user.
-    pub user: UserId,
-    /// The device.
-    pub device: DeviceId,
-    /// Every callback its handler ran.
-    pub callbacks: Vec<Recorded>,
-    /// Its complete event stream, with simulated receive times.
-    pub events: Vec<(Instant, AppEvent)>,
-    /// Still running at the end (not restarted).
-    pub alive: bool,
-    /// Its last applied sequence number at the end.
-    pub last_seq: Option<u64>,
-}
-
-/// An acknowledged invitation.
-#[derive(Debug, Clone)]
-pub struct CallFacts {
-    /// The call.
-    pub call_id: CallId,
-    /// The incarnation that invited (index into `Record::incarnations`).
-    pub inviter: usize,
-    /// Per callee: (callee, final outcome, device that answered).
-    pub callees: Vec<(UserId, Option<Reason>, Option<DeviceId>)>,
-    /// The ring deadline.
-    pub deadline: Instant,
-    /// The whole ring timeout.
-    pub ring_timeout: Duration,
-    /// Still ringing at the end (must not be).
-    pub ringing: bool,
-    /// Glare: the invite joined another call.
-    pub joined: bool,
-}
-
-/// Everything the oracle looks at.
-#[derive(Debug, Clone)]
-pub struct Record {
-    /// Every incarnation of every device.
-    pub incarnations: Vec<Incarnation>,
-    /// Acknowledged invitations.
-    pub calls: Vec<CallFacts>,
-    /// The hub's `poll_timeout()` at the end.
-    pub hub_timer_pending: bool,
-    /// The hub's last sequence number per user at the end.
-    pub hub_last_seq: Vec<(UserId, u64)>,
+pub struct Outcome {
+    /// Broken invariants (the oracle's, then the simulation's own checks).
+    pub violations: Vec<String>,
     /// The trace of the run.
     pub trace: Vec<String>,
-    /// Largest injected delay.
-    pub max_delay: Duration,
+    /// Invitations acknowledged to callers.
+    pub calls: usize,
+    /// What the fault injectors did, summed over every device.
+    pub faults: FaultStats,
+    /// Links the hub closed, per cause (connection faults that happened).
+    pub closes: Vec<(CloseCause, u64)>,
+}
+
+/// The close causes a run reports.
+const CLOSES: [CloseCause; 4] = [
+    CloseCause::TokenExpired,
+    CloseCause::TooSlow,
+    CloseCause::Unauthorized,
+    CloseCause::NoHello,
+];
+
+/// Tokens of the `connection` profile: `user@ms`, valid until `ms`
+/// milliseconds after the start of the run; refused after.
+struct Tokens {
+    t0: Instant,
+}
+
+impl Tokens {
+    fn mint(t0: Instant, user: &UserId, until: Instant) -> String {
+        format!("{user}@{}", until.duration_since(t0).as_millis())
+    }
+}
+
+impl Authenticator for Tokens {
+    fn authenticate(&self, token: Option<&str>) -> Result<Identity, AuthRefusal> {
+        let (user, ms) = token
+            .and_then(|t| t.split_once('@'))
+            .ok_or_else(|| AuthRefusal::new("no token"))?;
+        let ms: u64 = ms.parse().map_err(|_| AuthRefusal::new("bad token"))?;
+        let until = self.t0 + Duration::from_millis(ms);
+        let now = Instant::now();
+        if now >= until {
+            return Err(AuthRefusal::new("expired"));
+        }
+        let user = UserId::new(user).map_err(|_| AuthRefusal::new("bad user"))?;
+        let user = User::new(user.clone(), user.as_str()).map_err(|_| AuthRefusal::new("bad"))?;
+        Ok(Identity::new(user, Some(until - now)))
+    }
 }
 
 /// An acknowledged invitation: (call, inviter incarnation, callees, joined).
@@ -162,6 +202,8 @@ struct Live {
     rec: Recorder,
     events: Arc<Mutex<Vec<(Instant, AppEvent)>>>,
     index: usize,
+    /// Renews the token (connection profile).
+    renewer: Option<tokio::task::AbortHandle>,
 }
 
 struct Device {
@@ -177,10 +219,18 @@ struct World {
     t0: Instant,
     seed: u64,
     devices: Vec<Device>,
-    incarnations: Vec<Incarnation>,
+    /// Every client incarnation (an app start) of every device, as the
+    /// oracle sees it.
+    incarnations: Vec<DeviceRecord>,
     trace: Arc<Mutex<Vec<String>>>,
     acked: Arc<Mutex<Vec<Acked>>>,
     tasks: tokio::task::JoinSet<()>,
+    /// Clients carry expiring tokens and renew them.
+    tokens: bool,
+    /// The network was healed: renewals come well before the expiry.
+    healed: Arc<AtomicBool>,
+    /// Every app event goes to the trace too (`SIM_EVENTS=1`).
+    show_events: bool,
 }
 
 const USERS: [(&str, &[&str]); 4] = [
@@ -209,8 +259,19 @@ impl World {
             let slow = Slow(Mutex::new(SimRng::new(
                 seed ^ (i as u64 * 7919) ^ dev.starts as u64,
             )));
-            let client = Client::builder()
-                .user(user)
+            let mut builder = Client::builder().user(user);
+            if self.tokens {
+                // The app's backend: a fresh token whenever the client asks
+                // (first connect, after an expiry, after a refusal). The
+                // renewer below renews in band on its own schedule, racing
+                // the expiry.
+                let (t0, id) = (self.t0, dev.user.clone());
+                builder = builder.token_provider(move || {
+                    let token = Tokens::mint(t0, &id, Instant::now() + TOKEN_LIFE);
+                    async move { Ok::<_, std::convert::Infallible>(token) }
+                });
+            }
+            let client = builder
                 .device(dev.device.as_str())
                 .transport(dev.transport.clone())
                 .handler(Fanout(vec![Arc::new(slow), Arc::new(rec.clone())]))
@@ -226,10 +287,20 @@ impl World {
             let mut rx = client.events();
             let sink = events.clone();
             let trace = self.trace.clone();
+            let (t0, show_events) = (self.t0, self.show_events);
+            let label = format!("{}/{}#{}", dev.user, dev.device, dev.starts);
             self.tasks.spawn(async move {
                 loop {
                     match rx.recv().await {
-                        Ok(e) => sink.lock().expect("events").push((Instant::now(), e)),
+                        Ok(e) => {
+                            if show_events {
+                                trace.lock().expect("trace").push(format!(
+                                    "{:8.3}s {label} event {e:?}",
+                                    t0.elapsed().as_secs_f64()
+                                ));
+                            }
+                            sink.lock().expect("events").push((Instant::now(), e))
+                        }
                         Err(RecvError::Lagged(n)) => {
                             trace
                                 .lock()
@@ -241,28 +312,33 @@ impl World {
                 }
             });
             let name = format!("{}/{}#{}", dev.user, dev.device, dev.starts);
+            // Renewing starts with the client: its first connect may take
+            // longer than its first token lives.
+            let renewer = self
+                .tokens
+                .then(|| self.spawn_renewer(client.clone(), i, name.clone()));
             match client.connect().await {
                 Ok(()) => {
                     let index = self.incarnations.len();
-                    self.incarnations.push(Incarnation {
-                        name: name.clone(),
-                        user: self.devices[i].user.clone(),
-                        device: self.devices[i].device.clone(),
-                        callbacks: Vec::new(),
-                        events: Vec::new(),
-                        alive: true,
-                        last_seq: None,
-                    });
+                    self.incarnations.push(DeviceRecord::new(
+                        name.clone(),
+                        self.devices[i].user.clone(),
+                        self.devices[i].device.clone(),
+                    ));
                     self.devices[i].live = Some(Live {
                         client,
                         rec,
                         events,
                         index,
+                        renewer,
                     });
                     self.log(format!("{name} connected"));
                     return;
                 }
                 Err(e) => {
+                    if let Some(r) = renewer {
+                        r.abort();
+                    }
                     self.log(format!("{name} could not connect: {e}"));
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
@@ -270,8 +346,50 @@ impl World {
         }
     }
 
+    /// Renews the client's token every 0.75-1.1 token lives, or exactly
+    /// one (so about a third of the renewals race the expiry, and some
+    /// lose), every half life once healed. Renewals run as their own tasks: one that waits
+    /// for a reconnect does not hold up the next.
+    fn spawn_renewer(
+        &mut self,
+        client: Client,
+        i: usize,
+        name: String,
+    ) -> tokio::task::AbortHandle {
+        let user = self.devices[i].user.clone();
+        let mut rng = SimRng::new(
+            self.seed ^ 0x5eed_7041 ^ ((i as u64) << 20) ^ self.devices[i].starts as u64,
+        );
+        let (t0, trace, healed) = (self.t0, self.trace.clone(), self.healed.clone());
+        self.tasks.spawn(async move {
+            loop {
+                let f = if healed.load(Ordering::Relaxed) {
+                    0.5
+                } else if rng.chance(0.1) {
+                    1.0 // at the very instant the token expires
+                } else {
+                    0.8 + 0.25 * rng.unit()
+                };
+                tokio::time::sleep(TOKEN_LIFE.mul_f64(f)).await;
+                let token = Tokens::mint(t0, &user, Instant::now() + TOKEN_LIFE);
+                let (client, trace, name) = (client.clone(), trace.clone(), name.clone());
+                tokio::spawn(async move {
+                    let r = client.renew_token(token).await;
+                    let t = t0.elapsed().as_secs_f64();
+                    trace
+                        .lock()
+                        .expect("trace")
+                        .push(format!("{t:8.3}s {name} renew -> {r:?}"));
+                });
+            }
+        })
+    }
+
     async fn stop(&mut self, i: usize) {
         if let Some(live) = self.devices[i].live.take() {
+            if let Some(r) = &live.renewer {
+                r.abort();
+            }
             live.client.close().await;
             self.harvest(&live, false);
             self.log(format!("{} stopped", self.incarnations[live.index].name));
@@ -280,8 +398,21 @@ impl World {
 
     fn harvest(&mut self, live: &Live, alive: bool) {
         let inc = &mut self.incarnations[live.index];
-        inc.callbacks = live.rec.records();
-        inc.events = live.events.lock().expect("events").clone();
+        inc.events = live
+            .events
+            .lock()
+            .expect("events")
+            .iter()
+            .map(|(at, e)| (at.into_std(), e.clone()))
+            .collect();
+        let due = inc
+            .events
+            .iter()
+            .filter(|(_, e)| Callback::of(e).is_some())
+            .map(|(_, e)| e.clone())
+            .collect();
+        let ran = live.rec.records().into_iter().map(|r| r.event).collect();
+        inc.handler = Some(HandlerRecord::new(due, ran));
         inc.alive = alive;
         inc.last_seq = live.client.last_seq();
     }
@@ -425,13 +556,31 @@ impl World {
     }
 }
 
-/// Runs the world for `steps` workload steps, heals, settles, and returns
-/// the record.
-pub async fn run_world(seed: u64, profile: Profile, steps: usize) -> Record {
+/// Looks at the hub's switchboard between steps (outcomes never change; a
+/// timer exactly when something has a deadline).
+async fn observe(hub: &MemoryHub, oracle: Oracle) -> Oracle {
+    hub.inspect(move |sb: &Switchboard| {
+        let mut oracle = oracle;
+        oracle.observe(sb);
+        oracle
+    })
+    .await
+    .expect("hub alive")
+}
+
+/// Runs the world for `steps` workload steps, heals, settles, and hands
+/// the record to the oracle.
+pub async fn run_world(seed: u64, profile: Profile, steps: usize) -> Outcome {
     // History kept for the whole run, so the oracle sees every call.
     let mut config = invitation_core::SwitchboardConfig::default();
     config.retention = Duration::from_secs(3600);
-    let hub = MemoryHub::with_config(config, invitation_core::SequentialCallIds::default());
+    let t0 = Instant::now();
+    let ids = invitation_core::SequentialCallIds::default();
+    let hub = if profile.tokens() {
+        MemoryHub::with_authenticator(config, ids, Arc::new(Tokens { t0 }))
+    } else {
+        MemoryHub::with_config(config, ids)
+    };
     let mut devices = Vec::new();
     for (u, devs) in USERS {
         for d in devs {
@@ -448,22 +597,28 @@ pub async fn run_world(seed: u64, profile: Profile, steps: usize) -> Record {
     }
     let mut world = World {
         rng: SimRng::new(seed),
-        t0: Instant::now(),
+        t0,
         seed,
         devices,
         incarnations: Vec::new(),
         trace: Arc::new(Mutex::new(Vec::new())),
         acked: Arc::new(Mutex::new(Vec::new())),
         tasks: tokio::task::JoinSet::new(),
+        tokens: profile.tokens(),
+        healed: Arc::new(AtomicBool::new(false)),
+        show_events: std::env::var_os("SIM_EVENTS").is_some(),
     };
+    let mut oracle = Oracle::new();
     for i in 0..world.devices.len() {
         world.start(i).await;
     }
     for _ in 0..steps {
         world.step().await;
+        oracle = observe(&hub, oracle).await;
     }
     // Heal, bring every device back, let every timer fire.
     world.log("heal".into());
+    world.healed.store(true, Ordering::Relaxed);
     for d in &world.devices {
         d.transport.set_config(FaultConfig::default());
     }
@@ -480,66 +635,43 @@ pub async fn run_world(seed: u64, profile: Profile, steps: usize) -> Record {
         }
     }
     let acked = world.acked.lock().expect("acked").clone();
-    let ids: Vec<(CallId, usize, bool)> = acked
+    let mut record = OracleRecord::new(profile.slack());
+    record.devices = world.incarnations.clone();
+    record.invitations = acked
         .iter()
-        .map(|(c, i, _, j)| (c.clone(), *i, *j))
+        .map(|(call_id, inviter, _, joined)| Acknowledged::new(call_id.clone(), *inviter, *joined))
         .collect();
-    let users: Vec<UserId> = USERS
-        .iter()
-        .map(|(u, _)| UserId::new(*u).expect("valid"))
-        .collect();
-    let (calls, pending, seqs) = hub
-        .inspect(move |sb: &Switchboard| {
-            let calls: Vec<CallFacts> = ids
-                .iter()
-                .filter_map(|(id, inviter, joined)| {
-                    let v = sb.call(id)?;
-                    Some(CallFacts {
-                        call_id: id.clone(),
-                        inviter: *inviter,
-                        callees: v
-                            .callees()
-                            .iter()
-                            .map(|u| {
-                                (
-                                    u.id.clone(),
-                                    v.outcome(&u.id),
-                                    v.answered_by(&u.id).cloned(),
-                                )
-                            })
-                            .collect(),
-                        deadline: Instant::from_std(v.deadline()),
-                        ring_timeout: v.ring_timeout(),
-                        ringing: v.is_ringing(),
-                        joined: *joined,
-                    })
-                })
-                .collect();
-            let seqs = users.iter().map(|u| (u.clone(), sb.last_seq(u))).collect();
-            (calls, sb.poll_timeout().is_some(), seqs)
-        })
+    let mut violations = hub
+        .inspect(move |sb: &Switchboard| oracle.finish(sb, &record))
         .await
         .expect("hub alive");
-    let missing = acked.len() - calls.len();
-    if missing > 0 {
-        world.log(format!(
-            "{missing} acknowledged calls no longer held by the hub"
-        ));
-    }
-    let mut record = Record {
-        incarnations: world.incarnations.clone(),
-        calls,
-        hub_timer_pending: pending,
-        hub_last_seq: seqs,
-        trace: Vec::new(),
-        max_delay: profile.faults().delay.1,
-    };
+    world.tasks.abort_all();
     for d in &mut world.devices {
         if let Some(live) = d.live.take() {
             live.client.close().await;
         }
     }
-    world.tasks.abort_all();
-    record.trace = world.trace.lock().expect("trace").clone();
-    record
+    let mut faults = FaultStats::default();
+    for d in &world.devices {
+        faults.add(&d.transport.stats());
+    }
+    let closes: Vec<(CloseCause, u64)> = CLOSES.iter().map(|c| (*c, hub.closes(*c))).collect();
+    world.log(format!("faults: {faults:?}; hub closes: {closes:?}"));
+    let trace = world.trace.lock().expect("trace").clone();
+    // The simulation's own checks: no event stream fell behind; no `sync`
+    // was answered twice.
+    violations.extend(trace.iter().filter(|l| l.starts_with("VIOLATION")).cloned());
+    if faults.syncs_answered_twice > 0 {
+        violations.push(format!(
+            "{} sync requests were answered twice",
+            faults.syncs_answered_twice
+        ));
+    }
+    Outcome {
+        violations,
+        trace,
+        calls: acked.len(),
+        faults,
+        closes,
+    }
 }

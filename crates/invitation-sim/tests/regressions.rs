@@ -1,6 +1,7 @@
 //! Seeds that once failed, kept as regression tests, and a small sweep.
-//! (CI also runs `invitation-sim --seeds 1000` in release: 3,000 runs.)
+//! (CI also runs `invitation-sim --seeds 1000` in release: 4,000 runs.)
 
+use invitation_core::CloseCause;
 use invitation_sim::{DEFAULT_STEPS, Profile, run};
 
 fn assert_passes(seed: u64, profile: Profile) {
@@ -48,6 +49,7 @@ fn a_small_sweep_of_every_profile() {
         Profile::Lossy,
         Profile::Slow,
         Profile::Flapping,
+        Profile::Connection,
     ] {
         for seed in 100..120 {
             assert_passes(seed, profile);
@@ -57,8 +59,50 @@ fn a_small_sweep_of_every_profile() {
 
 #[test]
 fn runs_are_deterministic() {
-    let a = run(7, Profile::Flapping, DEFAULT_STEPS);
-    let b = run(7, Profile::Flapping, DEFAULT_STEPS);
-    assert_eq!(a.trace, b.trace, "the same seed replays the same run");
-    assert!(a.calls > 0);
+    for profile in [Profile::Flapping, Profile::Connection] {
+        let a = run(7, profile, DEFAULT_STEPS);
+        let b = run(7, profile, DEFAULT_STEPS);
+        assert_eq!(a.trace, b.trace, "the same seed replays the same run");
+        assert!(a.calls > 0);
+    }
+}
+
+/// The connection profile really injects every connection-level fault, and
+/// the oracle holds through them: lost `welcome`s, tokens that expire
+/// (renewals that lost the race; the client then reconnects with a fresh
+/// token from its provider), bursts of `sync` each answered exactly once, clients that stop
+/// reading, some of them long enough to be dropped as too slow.
+#[test]
+fn the_connection_profile_exercises_every_connection_fault() {
+    let mut faults = invitation::testing::fault::FaultStats::default();
+    let mut closes = std::collections::HashMap::new();
+    let mut renewals = 0;
+    for seed in 0..40 {
+        let r = run(seed, Profile::Connection, DEFAULT_STEPS);
+        assert!(
+            r.violations.is_empty(),
+            "seed {seed}: {:#?}\ntrace:\n{}",
+            r.violations,
+            r.trace.join("\n")
+        );
+        faults.add(&r.faults);
+        for (cause, n) in r.closes {
+            *closes.entry(cause).or_insert(0) += n;
+        }
+        renewals += r.trace.iter().filter(|l| l.contains("renew -> Ok")).count();
+    }
+    assert!(faults.welcomes_dropped > 0, "{faults:?}");
+    assert!(faults.stalls > 0, "{faults:?}");
+    assert!(
+        faults.sync_bursts > 0 && faults.syncs_answered > 0,
+        "{faults:?}"
+    );
+    assert_eq!(faults.syncs_answered_twice, 0);
+    assert!(renewals > 0, "renewals went through");
+    for cause in [CloseCause::TokenExpired, CloseCause::TooSlow] {
+        assert!(
+            closes.get(&cause).copied().unwrap_or(0) > 0,
+            "no link closed for {cause}: {closes:?}"
+        );
+    }
 }

@@ -6,15 +6,26 @@
 //! Faults apply per message: `drop` and `duplicate` in both directions,
 //! `delay` (uniform jitter, which also reorders) on the way to the client,
 //! `disconnect` breaks the link, and `partition` makes connects fail for a
-//! while. The knobs can be changed during a run (e.g. healed at the end).
+//! while. Connection-level faults: `drop_welcome` loses the answer to a
+//! `hello`; `stall` makes the client stop reading for a while (the server
+//! keeps writing: its queue fills), and a stalled client may keep writing
+//! (`stall_writes` `sync` requests: enough of them get the link dropped as
+//! too slow); `sync_burst` sends a burst of `sync` requests ahead of a
+//! client message, as a misbehaving client would. Answers to injected
+//! `sync`s are taken out before the client sees them, checking that each
+//! got exactly one. The knobs can be changed during a run (e.g. healed at the
+//! end).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
-use invitation_core::protocol::{ClientMessage, ServerMessage};
+use invitation_core::RequestId;
+use invitation_core::protocol::{ClientBody, ClientMessage, Control, ServerBody, ServerMessage};
 use tokio::time::Instant;
 
 use crate::{BoxConnection, Connection, Transport, TransportError, TransportErrorKind};
@@ -34,6 +45,22 @@ pub struct FaultConfig {
     pub partition: f64,
     /// How long a partition lasts, uniform in this range.
     pub partition_for: (Duration, Duration),
+    /// Probability that a `welcome` (the answer to `hello`) is lost.
+    pub drop_welcome: f64,
+    /// Probability, per server message the client reads, that it then
+    /// stops reading for a while (not again until as long after).
+    pub stall: f64,
+    /// How long the client stops reading, uniform in this range.
+    pub stall_for: (Duration, Duration),
+    /// How many `sync` requests a stalled client writes as it stops
+    /// reading, uniform in this range (each answer waits in the server's
+    /// queue: more than it holds gets the link dropped as too slow).
+    pub stall_writes: (u32, u32),
+    /// Probability, per client message after the `hello`, that a burst of
+    /// `sync` requests goes out first.
+    pub sync_burst: f64,
+    /// How many `sync` requests a burst has, uniform in this range.
+    pub sync_burst_size: (u32, u32),
 }
 
 /// A small seeded generator (SplitMix64): deterministic, dependency-free.
@@ -113,6 +140,7 @@ impl Shared {
 
 /// What the injector did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FaultStats {
     /// Messages lost.
     pub dropped: u64,
@@ -122,6 +150,35 @@ pub struct FaultStats {
     pub disconnects: u64,
     /// Connects refused by a partition.
     pub partitioned_connects: u64,
+    /// `welcome`s lost.
+    pub welcomes_dropped: u64,
+    /// Times the client stopped reading.
+    pub stalls: u64,
+    /// Bursts of `sync` requests sent.
+    pub sync_bursts: u64,
+    /// `sync` requests sent in bursts.
+    pub syncs_sent: u64,
+    /// Answers to them received (and kept from the client).
+    pub syncs_answered: u64,
+    /// Answers to a burst `sync` that was already answered: a broken rule
+    /// (one answer per message).
+    pub syncs_answered_twice: u64,
+}
+
+impl FaultStats {
+    /// Adds `other` to these counters (to sum over links or runs).
+    pub fn add(&mut self, other: &FaultStats) {
+        self.dropped += other.dropped;
+        self.duplicated += other.duplicated;
+        self.disconnects += other.disconnects;
+        self.partitioned_connects += other.partitioned_connects;
+        self.welcomes_dropped += other.welcomes_dropped;
+        self.stalls += other.stalls;
+        self.sync_bursts += other.sync_bursts;
+        self.syncs_sent += other.syncs_sent;
+        self.syncs_answered += other.syncs_answered;
+        self.syncs_answered_twice += other.syncs_answered_twice;
+    }
 }
 
 /// A transport wrapped with faults. Clones share the knobs and the generator.
@@ -191,6 +248,12 @@ impl<T: Transport> Transport for FaultyTransport<T> {
             order: 0,
             broken: false,
             inner_closed: None,
+            hello_sent: false,
+            stalled_until: None,
+            next_stall: None,
+            bursts: 0,
+            to_write: Vec::new(),
+            burst_syncs: HashMap::new(),
         }))
     }
 }
@@ -225,11 +288,111 @@ struct FaultyConnection {
     order: u64,
     broken: bool,
     inner_closed: Option<TransportError>,
+    /// A `hello` went out: bursts may follow (before it, a `sync` would
+    /// only get the link refused).
+    hello_sent: bool,
+    /// The client reads nothing until then.
+    stalled_until: Option<Instant>,
+    /// No new stall before then (so no message waits through two).
+    next_stall: Option<Instant>,
+    /// Bursts sent on this connection (for unique request ids).
+    bursts: u64,
+    /// A burst to write before reading on (a stall started).
+    to_write: Vec<ClientMessage>,
+    /// Request ids of burst `sync`s: answered yet?
+    burst_syncs: HashMap<RequestId, bool>,
 }
 
 impl FaultyConnection {
     fn roll<R>(&self, f: impl FnOnce(&mut Shared) -> R) -> R {
         f(&mut self.shared.lock().expect("fault lock"))
+    }
+
+    /// Takes the answer to a burst `sync` out of the stream (true), counting
+    /// it; anything else passes (false).
+    fn take_burst_answer(&mut self, message: &ServerMessage) -> bool {
+        let re = match &message.body {
+            ServerBody::Sync(sync) => sync.re.as_ref(),
+            ServerBody::Error(e) => e.re.as_ref(),
+            _ => None,
+        };
+        let Some(answered) = re.and_then(|re| self.burst_syncs.get_mut(re)) else {
+            return false;
+        };
+        let twice = std::mem::replace(answered, true);
+        let mut s = self.shared.lock().expect("fault lock");
+        if twice {
+            s.stats.syncs_answered_twice += 1;
+        } else {
+            s.stats.syncs_answered += 1;
+        }
+        true
+    }
+
+    /// Rolls whether a burst of `sync`s goes out before the next message;
+    /// returns the burst.
+    fn roll_burst(&mut self) -> Vec<ClientMessage> {
+        if !self.hello_sent {
+            return Vec::new();
+        }
+        let n = {
+            let mut s = self.shared.lock().expect("fault lock");
+            let p = s.config.sync_burst;
+            if !s.rng.chance(p) {
+                return Vec::new();
+            }
+            let (lo, hi) = s.config.sync_burst_size;
+            lo + s.rng.below(u64::from(hi.saturating_sub(lo)) + 1) as u32
+        };
+        self.burst(n)
+    }
+
+    /// `n` fresh `sync` requests, remembered so their answers are taken out.
+    fn burst(&mut self, n: u32) -> Vec<ClientMessage> {
+        if n == 0 {
+            return Vec::new();
+        }
+        {
+            let mut s = self.shared.lock().expect("fault lock");
+            s.stats.sync_bursts += 1;
+            s.stats.syncs_sent += u64::from(n);
+        }
+        self.bursts += 1;
+        let mut out: Vec<ClientMessage> = (0..n)
+            .map(|i| {
+                let id = RequestId::new(format!("burst{}s{i}", self.bursts)).expect("valid id");
+                self.burst_syncs.insert(id.clone(), false);
+                ClientMessage::new(id, Control::Sync)
+            })
+            .collect();
+        out.reverse(); // popped from the end: sent in order
+        out
+    }
+
+    /// After the client read a message: maybe it stops reading for a while
+    /// (and writes a burst of `sync`s as it does).
+    fn roll_stall(&mut self) {
+        let now = Instant::now();
+        if self.next_stall.is_some_and(|t| now < t) {
+            return;
+        }
+        let writes = {
+            let mut s = self.shared.lock().expect("fault lock");
+            let p = s.config.stall;
+            if !s.rng.chance(p) {
+                return;
+            }
+            let (lo, hi) = s.config.stall_for;
+            let d = s.rng.between(lo, hi);
+            s.stats.stalls += 1;
+            self.stalled_until = Some(now + d);
+            self.next_stall = Some(now + d + hi);
+            let (wlo, whi) = s.config.stall_writes;
+            wlo + s.rng.below(u64::from(whi.saturating_sub(wlo)) + 1) as u32
+        };
+        if self.hello_sent {
+            self.to_write = self.burst(writes);
+        }
     }
 
     fn hold(&mut self, message: ServerMessage) {
@@ -278,6 +441,13 @@ impl Connection for FaultyConnection {
         if fate.drop {
             return Ok(());
         }
+        let mut burst = self.roll_burst();
+        while let Some(sync) = burst.pop() {
+            self.inner.send(sync).await?;
+        }
+        if matches!(message.body, ClientBody::Control(Control::Hello { .. })) {
+            self.hello_sent = true;
+        }
         if fate.duplicate {
             self.inner.send(message.clone()).await?;
         }
@@ -289,9 +459,21 @@ impl Connection for FaultyConnection {
             if self.broken {
                 return Err(TransportError::closed("link broken (injected)"));
             }
+            while let Some(sync) = self.to_write.pop() {
+                if self.inner.send(sync).await.is_err() {
+                    // The link is gone: reading on finds out.
+                    self.to_write.clear();
+                }
+            }
+            if let Some(until) = self.stalled_until {
+                // Not reading: what the server writes waits in its queue.
+                tokio::time::sleep_until(until).await;
+                self.stalled_until = None;
+            }
             if let Some(Reverse(first)) = self.held.peek() {
                 if first.at <= Instant::now() {
                     let Reverse(h) = self.held.pop().expect("peeked");
+                    self.roll_stall();
                     return Ok(h.message);
                 }
             }
@@ -305,6 +487,7 @@ impl Connection for FaultyConnection {
             tokio::select! {
                 biased;
                 m = self.inner.recv(), if self.inner_closed.is_none() => match m {
+                    Ok(m) if self.take_burst_answer(&m) => {}
                     Ok(m) => {
                         let fate = self.roll(|s| s.fate(false));
                         if fate.disconnect {
@@ -312,7 +495,14 @@ impl Connection for FaultyConnection {
                             self.inner.close().await;
                             return Err(TransportError::closed("link broken (injected)"));
                         }
-                        if !fate.drop {
+                        let lost_welcome = matches!(m.body, ServerBody::Welcome { .. })
+                            && self.roll(|s| {
+                                let p = s.config.drop_welcome;
+                                let lost = s.rng.chance(p);
+                                s.stats.welcomes_dropped += u64::from(lost);
+                                lost
+                            });
+                        if !fate.drop && !lost_welcome {
                             self.hold(m);
                         }
                     }

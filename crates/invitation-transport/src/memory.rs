@@ -7,12 +7,19 @@
 //!
 //! What it does not do, unlike the server: no rate limits, no load
 //! shedding, no heartbeats (an in-process link cannot die silently), no
-//! token expiry, no per-IP or per-user connection caps. A link whose client
-//! does not read [`OUTBOUND_QUEUE`] messages is dropped as too slow.
+//! per-IP or per-user connection caps, and by default no tokens (so no
+//! token expiry and no `hello` timeout). A link whose client does not read
+//! [`OUTBOUND_QUEUE`] messages is dropped as too slow.
+//!
+//! [`MemoryHub::with_authenticator`] makes it check tokens as the server
+//! does: the identity comes from the client's token, a token's
+//! `valid_for` makes the link expire unless renewed in band, and a link
+//! without a valid `hello` within the hello timeout is closed. Simulations
+//! use it to race renewals against expiry.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use invitation_core::protocol::{ClientMessage, ServerMessage};
@@ -51,12 +58,16 @@ enum HubMsg {
     Inspect(Inspect),
 }
 
+/// Verifies tokens for a hub made with [`MemoryHub::with_authenticator`].
+pub type SharedAuthenticator = Arc<dyn Authenticator + Send + Sync>;
+
 /// A handle to a running hub. Cloning it is cheap; the hub stops when every
 /// handle, transport and connection is gone.
 #[derive(Clone, Debug)]
 pub struct MemoryHub {
     tx: mpsc::UnboundedSender<HubMsg>,
     next_link: Arc<AtomicU64>,
+    closes: Arc<Mutex<HashMap<CloseCause, u64>>>,
 }
 
 impl MemoryHub {
@@ -68,21 +79,57 @@ impl MemoryHub {
 
     /// A hub with these settings and call-id generator.
     pub fn with_config(config: SwitchboardConfig, ids: impl CallIdGenerator + 'static) -> Self {
+        Self::spawn(config, ids, None)
+    }
+
+    /// A hub that checks tokens as the server does: every `hello` and
+    /// `renew` goes through `auth`, the identity is the token's (not the
+    /// transport's user), a token valid for a limited time closes the link
+    /// (`token_expired`) unless renewed in time, and a link with no valid
+    /// `hello` within [`ConnectionConfig::hello_timeout`] is closed.
+    pub fn with_authenticator(
+        config: SwitchboardConfig,
+        ids: impl CallIdGenerator + 'static,
+        auth: SharedAuthenticator,
+    ) -> Self {
+        Self::spawn(config, ids, Some(auth))
+    }
+
+    fn spawn(
+        config: SwitchboardConfig,
+        ids: impl CallIdGenerator + 'static,
+        auth: Option<SharedAuthenticator>,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut link_config = ConnectionConfig::default();
         link_config.ping_every = None;
         // The outbound queue bounds what a client can make the hub hold.
         link_config.max_in_flight = OUTBOUND_QUEUE;
+        let closes = Arc::new(Mutex::new(HashMap::new()));
         let hub = HubTask {
             sb: Switchboard::new(config, ids),
             links: HashMap::new(),
             link_config: Arc::new(link_config),
+            auth,
+            closes: closes.clone(),
         };
         tokio::spawn(hub.run(rx));
         Self {
             tx,
             next_link: Arc::new(AtomicU64::new(1)),
+            closes,
         }
+    }
+
+    /// How many links the hub closed for `cause` so far (for tests and
+    /// simulations: did a fault really happen).
+    pub fn closes(&self, cause: CloseCause) -> u64 {
+        self.closes
+            .lock()
+            .expect("hub counters")
+            .get(&cause)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// A transport whose connections act as `user` (the in-process app
@@ -220,6 +267,9 @@ struct HubTask {
     sb: Switchboard,
     links: HashMap<ConnId, Link>,
     link_config: Arc<ConnectionConfig>,
+    /// Tokens are checked (and links have timers) only with one.
+    auth: Option<SharedAuthenticator>,
+    closes: Arc<Mutex<HashMap<CloseCause, u64>>>,
 }
 
 fn now() -> std::time::Instant {
@@ -229,7 +279,11 @@ fn now() -> std::time::Instant {
 impl HubTask {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<HubMsg>) {
         loop {
-            let deadline = self.sb.poll_timeout().map(Instant::from_std);
+            let deadline = [self.sb.poll_timeout(), self.link_deadline()]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(Instant::from_std);
             tokio::select! {
                 biased;
                 msg = rx.recv() => match msg {
@@ -237,12 +291,53 @@ impl HubTask {
                     None => break,
                 },
                 () = sleep_until(deadline), if deadline.is_some() => {
-                    self.sb.handle_timeout(now());
+                    let now = now();
+                    self.sb.handle_timeout(now);
+                    self.link_timeouts(now);
                 }
             }
             self.drain();
         }
         tracing::debug!("memory hub stopped");
+    }
+
+    /// The next link deadline (hello timeout, token expiry); links have
+    /// timers only when tokens are checked.
+    fn link_deadline(&self) -> Option<std::time::Instant> {
+        self.auth.as_ref()?;
+        self.links
+            .values()
+            .filter_map(|l| l.machine.poll_timeout())
+            .min()
+    }
+
+    /// Fires the link timers due at `now`, in link order (replayable).
+    fn link_timeouts(&mut self, now: std::time::Instant) {
+        if self.auth.is_none() {
+            return;
+        }
+        let mut due: Vec<ConnId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.machine.poll_timeout().is_some_and(|t| t <= now))
+            .map(|(c, _)| *c)
+            .collect();
+        due.sort();
+        for link in due {
+            if let Some(l) = self.links.get_mut(&link) {
+                l.machine.handle_timeout(now);
+            }
+            self.run_link(link);
+        }
+    }
+
+    fn count_close(&self, cause: CloseCause) {
+        *self
+            .closes
+            .lock()
+            .expect("hub counters")
+            .entry(cause)
+            .or_default() += 1;
     }
 
     fn handle(&mut self, msg: HubMsg) {
@@ -253,7 +348,10 @@ impl HubTask {
             }
             HubMsg::Message { link, message } => {
                 if let Some(l) = self.links.get_mut(&link) {
-                    l.machine.handle_message(now(), message, &Vouch(&l.user));
+                    match &self.auth {
+                        Some(auth) => l.machine.handle_message(now(), message, auth),
+                        None => l.machine.handle_message(now(), message, &Vouch(&l.user)),
+                    }
                     self.run_link(link);
                 }
             }
@@ -292,8 +390,9 @@ impl HubTask {
             match out {
                 ConnectionOutput::Send(message) => self.send(link, message),
                 ConnectionOutput::Switchboard(input) => self.sb.handle_input(now(), link, input),
-                ConnectionOutput::Close(_) => {
+                ConnectionOutput::Close(cause) => {
                     // The client sees its receiver end once the queue drains.
+                    self.count_close(cause);
                     self.links.remove(&link);
                 }
                 _ => {}
@@ -301,27 +400,32 @@ impl HubTask {
         }
     }
 
-    /// Queues a message for a link; a link that does not read is dropped.
+    /// Queues a message for a link; a link that does not read is dropped as
+    /// too slow, one whose client let go is gone.
     fn send(&mut self, link: ConnId, message: ServerMessage) {
         let Some(l) = self.links.get_mut(&link) else {
             return;
         };
         l.machine.handle_sent(&message);
-        if l.tx.try_send(message).is_err() {
-            tracing::warn!(%link, "client does not read: dropping its connection");
-            l.machine.close(CloseCause::TooSlow);
-            // The `closing` message cannot be queued either: drop it.
-            while let Some(out) = l.machine.poll_output() {
-                match out {
-                    ConnectionOutput::Switchboard(input) => {
-                        self.sb.handle_input(now(), link, input)
-                    }
-                    ConnectionOutput::Close(_) => {
-                        self.links.remove(&link);
-                        return;
-                    }
-                    _ => {}
+        match l.tx.try_send(message) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(%link, "client does not read: dropping its connection");
+                l.machine.close(CloseCause::TooSlow);
+            }
+            // The client let go of its end; its `Close` is on the way.
+            Err(mpsc::error::TrySendError::Closed(_)) => l.machine.handle_transport_closed(),
+        }
+        // A `closing` message cannot be queued either: drop it.
+        while let Some(out) = l.machine.poll_output() {
+            match out {
+                ConnectionOutput::Switchboard(input) => self.sb.handle_input(now(), link, input),
+                ConnectionOutput::Close(cause) => {
+                    self.count_close(cause);
+                    self.links.remove(&link);
+                    return;
                 }
+                _ => {}
             }
         }
     }

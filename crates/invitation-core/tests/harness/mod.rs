@@ -470,26 +470,4 @@ impl Net {
     }
 }
 
-pub fn event_name(e: &AppEvent) -> &'static str {
-    match e {
-        AppEvent::IncomingCallReceived { .. } => "incoming_received",
-        AppEvent::IncomingCallCanceled { .. } => "incoming_canceled",
-        AppEvent::IncomingCallTimeout { .. } => "incoming_timeout",
-        AppEvent::IncomingCallAcceptButtonPressed { .. } => "accept_pressed",
-        AppEvent::IncomingCallDeclineButtonPressed { .. } => "decline_pressed",
-        AppEvent::OutgoingCallCancelButtonPressed { .. } => "cancel_pressed",
-        AppEvent::OutgoingCallAccepted { .. } => "outgoing_accepted",
-        AppEvent::OutgoingCallRejectedCauseBusy { .. } => "outgoing_busy",
-        AppEvent::OutgoingCallDeclined { .. } => "outgoing_declined",
-        AppEvent::OutgoingCallTimeout { .. } => "outgoing_timeout",
-        AppEvent::AnsweredElsewhere { .. } => "answered_elsewhere",
-        AppEvent::DeclinedElsewhere { .. } => "declined_elsewhere",
-        AppEvent::CalleeRinging { .. } => "callee_ringing",
-        AppEvent::CalleeOutcome { .. } => "callee_outcome",
-        AppEvent::OutgoingCallStarted { .. } => "outgoing_started",
-        AppEvent::CallEnded { .. } => "call_ended",
-        AppEvent::Resynced { .. } => "resynced",
-        AppEvent::Connection(_) => "connection",
-        _ => "other",
-    }
-}
+pub use invitation_core::testing::oracle::event_name;

@@ -1,0 +1,797 @@
+//! The invariant oracle: the reliability invariants, checked once, on a
+//! neutral record of a run.
+//!
+//! Whoever runs a system of devices and a switchboard (the property tests,
+//! which move messages by hand; the simulation, which runs real clients on
+//! the memory hub behind fault injectors) records what each device saw (its
+//! app events with receive times, what its handler ran, its final sequence
+//! number) and which invitations were acknowledged to their inviter, and
+//! hands that [`Record`] to an [`Oracle`] together with the [`Switchboard`]:
+//!
+//! 1. [`Oracle::observe`] after every step (or as often as the driver can
+//!    look at the switchboard): outcomes, once written, never change; the
+//!    switchboard has a timer exactly when a call rings or waits for a
+//!    vanished caller.
+//! 2. [`Oracle::finish`] once the run has settled (every device back, every
+//!    deadline passed): everything else, on the complete record.
+//!
+//! Every broken invariant is one sentence, prefixed with its number
+//! (`inv1` ... `inv7`), so a failing run says what broke and where.
+//!
+//! The invariants:
+//!
+//! 1. every acknowledged invitation has an outcome for every callee at the
+//!    switchboard; every ring ends at most once on a device, exactly once on
+//!    a device that is still running (canceled, timeout, accepted, declined,
+//!    or an outcome of a call the device's own invite joined); every device
+//!    of the caller learns each callee's outcome at most once, the inviting
+//!    device exactly once (unless its view was rebuilt by a resync), and
+//!    what it learns is the switchboard's outcome (a local fallback timeout
+//!    excepted);
+//! 2. at most one device per callee fires "accepted", and it is the device
+//!    the switchboard recorded;
+//! 3. no ring with less than min(5 s, half the ring timeout) left, and none
+//!    at or after the deadline or lasting past it (both allowing for
+//!    [`Record::slack`], the longest a message can be held on the way);
+//! 4. no event twice on a device, no device rings twice for one call, and a
+//!    handler ran exactly the callbacks its event stream carried;
+//! 5. every running device ends at the switchboard's last sequence number
+//!    for its user (and, where the driver can tell, with no timer armed);
+//! 6. no ring for a call after that ring ended on the device; outcomes never
+//!    change;
+//! 7. once settled the switchboard has no timer left and no call rings;
+//!    before that, it has a timer exactly when something has a deadline.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use crate::id::{CallId, DeviceId, UserId};
+use crate::model::Reason;
+use crate::session::AppEvent;
+use crate::switchboard::{CallView, Switchboard};
+
+/// What one device (one run of a client, from start to stop) saw.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DeviceRecord {
+    /// A name for messages (`user/device#start`).
+    pub name: String,
+    /// The device's user.
+    pub user: UserId,
+    /// The device.
+    pub device: DeviceId,
+    /// Every app event, in order, with the time the device received it.
+    pub events: Vec<(Instant, AppEvent)>,
+    /// What the device's handler ran, when it had one.
+    pub handler: Option<HandlerRecord>,
+    /// Still running at the end (a stopped device may have missed the end
+    /// of what it saw begin).
+    pub alive: bool,
+    /// The last sequence number the device applied, at the end.
+    pub last_seq: Option<u64>,
+    /// Whether the device still has a timer armed at the end, when the
+    /// driver can tell (`None`: it cannot).
+    pub timer_armed: Option<bool>,
+}
+
+impl DeviceRecord {
+    /// A running device that saw nothing yet.
+    pub fn new(name: impl Into<String>, user: UserId, device: DeviceId) -> Self {
+        Self {
+            name: name.into(),
+            user,
+            device,
+            events: Vec::new(),
+            handler: None,
+            alive: true,
+            last_seq: None,
+            timer_armed: None,
+        }
+    }
+}
+
+/// What a device's handler ran.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct HandlerRecord {
+    /// The events of the stream that fire a callback, in order.
+    pub due: Vec<AppEvent>,
+    /// The events the handler's callbacks ran with, in the order they ran.
+    pub ran: Vec<AppEvent>,
+}
+
+impl HandlerRecord {
+    /// A handler record from what was due and what ran.
+    pub fn new(due: Vec<AppEvent>, ran: Vec<AppEvent>) -> Self {
+        Self { due, ran }
+    }
+}
+
+/// An invitation acknowledged to its inviter (`invited` or `joined`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Acknowledged {
+    /// The call.
+    pub call_id: CallId,
+    /// The device that invited (index into [`Record::devices`]).
+    pub inviter: usize,
+    /// The invite joined the other side's call (glare): the inviter is a
+    /// callee of `call_id`, not its caller.
+    pub joined: bool,
+}
+
+impl Acknowledged {
+    /// `call_id` acknowledged to device `inviter`.
+    pub fn new(call_id: CallId, inviter: usize, joined: bool) -> Self {
+        Self {
+            call_id,
+            inviter,
+            joined,
+        }
+    }
+}
+
+/// Everything the oracle checks besides the switchboard.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Record {
+    /// Every device (every client run) of the run.
+    pub devices: Vec<DeviceRecord>,
+    /// Every acknowledged invitation.
+    pub invitations: Vec<Acknowledged>,
+    /// The longest a server message can be held on its way to a device
+    /// (injected delay, a peer that stops reading): a ring may arrive this
+    /// much after it was sent. Zero when messages are delivered at once.
+    pub slack: Duration,
+}
+
+impl Record {
+    /// An empty record with this slack.
+    pub fn new(slack: Duration) -> Self {
+        Self {
+            slack,
+            ..Self::default()
+        }
+    }
+}
+
+/// The checker. See the [module docs](self).
+#[derive(Debug, Clone, Default)]
+pub struct Oracle {
+    /// The first outcome seen per (call, callee).
+    outcomes: HashMap<(CallId, UserId), Reason>,
+    violations: Vec<String>,
+}
+
+impl Oracle {
+    /// An oracle that saw nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every broken invariant found so far.
+    pub fn violations(&self) -> &[String] {
+        &self.violations
+    }
+
+    /// The invariants that hold at every moment: outcomes never change (6);
+    /// the switchboard has a timer exactly when a call rings or waits for a
+    /// vanished caller (7).
+    pub fn observe(&mut self, sb: &Switchboard) {
+        let mut live = false;
+        for call in sb.calls() {
+            live |= call.is_ringing() || call.caller_gone_at().is_some();
+            for callee in call.callees() {
+                let Some(now) = call.outcome(&callee.id) else {
+                    continue;
+                };
+                let key = (call.call_id().clone(), callee.id.clone());
+                let first = *self.outcomes.entry(key).or_insert(now);
+                if first != now {
+                    self.violations.push(format!(
+                        "inv6: the outcome of {} in {} changed from {first} to {now}",
+                        callee.id,
+                        call.call_id()
+                    ));
+                }
+            }
+        }
+        let timer = sb.poll_timeout().is_some();
+        if timer != live {
+            self.violations.push(format!(
+                "inv7: the switchboard has a timer: {timer}, something with a deadline: {live}"
+            ));
+        }
+    }
+
+    /// Checks everything on the settled switchboard and the complete
+    /// record; returns every broken invariant (empty: the run passed).
+    pub fn finish(mut self, sb: &Switchboard, record: &Record) -> Vec<String> {
+        self.observe(sb);
+        let mut run = Run {
+            sb,
+            record,
+            v: self.violations,
+            accepted_by: HashMap::new(),
+        };
+        run.settled();
+        for (n, device) in record.devices.iter().enumerate() {
+            run.device(n, device);
+        }
+        run.accepts();
+        run.v
+    }
+}
+
+/// One `finish`.
+struct Run<'a> {
+    sb: &'a Switchboard,
+    record: &'a Record,
+    v: Vec<String>,
+    /// Devices that fired "accepted", per (call, callee).
+    accepted_by: HashMap<(CallId, UserId), Vec<usize>>,
+}
+
+impl<'a> Run<'a> {
+    fn call(&mut self, call_id: &CallId) -> Option<CallView<'a>> {
+        let view = self.sb.call(call_id);
+        if view.is_none() {
+            let msg = format!("{call_id} is no longer held by the switchboard: cannot check it");
+            if !self.v.contains(&msg) {
+                self.v.push(msg);
+            }
+        }
+        view
+    }
+
+    /// 1 and 7 at the switchboard.
+    fn settled(&mut self) {
+        if self.sb.poll_timeout().is_some() {
+            self.v
+                .push("inv7: the switchboard still has a timer after everything settled".into());
+        }
+        for call in self.sb.calls() {
+            if call.is_ringing() {
+                self.v.push(format!(
+                    "inv7: {} still rings after settling",
+                    call.call_id()
+                ));
+            }
+        }
+        for inv in &self.record.invitations {
+            let Some(view) = self.call(&inv.call_id) else {
+                continue;
+            };
+            for callee in view.callees() {
+                if view.outcome(&callee.id).is_none() {
+                    self.v.push(format!(
+                        "inv1: {} has no outcome for {}",
+                        inv.call_id, callee.id
+                    ));
+                }
+            }
+        }
+    }
+
+    fn device(&mut self, n: usize, d: &DeviceRecord) {
+        let name = &d.name;
+        let resynced = d
+            .events
+            .iter()
+            .any(|(_, e)| matches!(e, AppEvent::Resynced { .. }));
+        let slack = self.record.slack;
+
+        // 4: nothing twice.
+        let mut seen: HashSet<String> = HashSet::new();
+        for (_, e) in &d.events {
+            if matches!(
+                e,
+                AppEvent::Connection(_)
+                    | AppEvent::Resynced { .. }
+                    | AppEvent::CalleeRinging { .. }
+            ) {
+                continue;
+            }
+            if !seen.insert(format!("{e:?}")) {
+                self.v.push(format!("inv4: {name} saw twice: {e:?}"));
+            }
+        }
+        // 4: the handler ran exactly the callbacks of the stream.
+        if let (Some(h), true) = (&d.handler, d.alive) {
+            let mut due: Vec<String> = h.due.iter().map(|e| format!("{e:?}")).collect();
+            let mut ran: Vec<String> = h.ran.iter().map(|e| format!("{e:?}")).collect();
+            due.sort();
+            ran.sort();
+            if due != ran {
+                self.v.push(format!(
+                    "inv4: {name}: the stream had {} callback events, the handler ran {} \
+                     (not the same events)",
+                    due.len(),
+                    ran.len()
+                ));
+            }
+        }
+
+        // 1, 3 and 6 on the incoming side; outcomes on the caller side.
+        let mut rang: Vec<CallId> = Vec::new();
+        let mut ring_ended: HashMap<CallId, usize> = HashMap::new();
+        let mut outcomes: HashMap<(CallId, UserId), Vec<Reason>> = HashMap::new();
+        for (at, e) in &d.events {
+            match e {
+                AppEvent::IncomingCallReceived {
+                    call_id,
+                    ring_remaining,
+                    ..
+                } => {
+                    if ring_ended.contains_key(call_id) {
+                        self.v
+                            .push(format!("inv6: {name} rang for {call_id} after it ended"));
+                    }
+                    if rang.contains(call_id) {
+                        self.v
+                            .push(format!("inv4: {name} rang twice for {call_id}"));
+                    }
+                    rang.push(call_id.clone());
+                    let Some(view) = self.call(call_id) else {
+                        continue;
+                    };
+                    let floor = Duration::from_secs(5).min(view.ring_timeout() / 2);
+                    if *ring_remaining < floor {
+                        self.v.push(format!(
+                            "inv3: {name} rang for {call_id} with {ring_remaining:?} left"
+                        ));
+                    }
+                    let deadline = view.deadline() + slack;
+                    if *at >= deadline {
+                        self.v.push(format!(
+                            "inv3: {name} rang for {call_id} {:?} after its deadline",
+                            at.duration_since(view.deadline())
+                        ));
+                    } else if *at + *ring_remaining > deadline {
+                        self.v.push(format!(
+                            "inv3: {name} rang for {call_id} with {ring_remaining:?} left, \
+                             past its deadline"
+                        ));
+                    }
+                }
+                AppEvent::IncomingCallCanceled { call_id, .. }
+                | AppEvent::IncomingCallTimeout { call_id, .. }
+                | AppEvent::IncomingCallDeclineButtonPressed { call_id, .. } => {
+                    *ring_ended.entry(call_id.clone()).or_default() += 1;
+                }
+                AppEvent::IncomingCallAcceptButtonPressed { call_id, .. } => {
+                    *ring_ended.entry(call_id.clone()).or_default() += 1;
+                    self.accepted_by
+                        .entry((call_id.clone(), d.user.clone()))
+                        .or_default()
+                        .push(n);
+                }
+                _ => {
+                    let Some((call_id, callee, reason)) = outcome_of(e) else {
+                        continue;
+                    };
+                    let Some(view) = self.call(call_id) else {
+                        continue;
+                    };
+                    if view.caller().id == d.user {
+                        outcomes
+                            .entry((call_id.clone(), callee.clone()))
+                            .or_default()
+                            .push(reason);
+                    } else {
+                        // Glare: this device's invite joined the call, which
+                        // ends its ring.
+                        *ring_ended.entry(call_id.clone()).or_default() += 1;
+                    }
+                }
+            }
+        }
+        for call_id in &rang {
+            let ends = ring_ended.get(call_id).copied().unwrap_or(0);
+            if ends > 1 || (d.alive && ends != 1) {
+                self.v.push(format!(
+                    "inv1: {name}: the ring of {call_id} ended {ends} times; events: {}",
+                    names(&d.events)
+                ));
+            }
+        }
+
+        // 1 on the caller side.
+        for inv in self.record.invitations.iter().filter(|i| !i.joined) {
+            let Some(view) = self.call(&inv.call_id) else {
+                continue;
+            };
+            if view.caller().id != d.user {
+                continue;
+            }
+            for callee in view.callees() {
+                let seen = outcomes
+                    .get(&(inv.call_id.clone(), callee.id.clone()))
+                    .map_or(&[][..], Vec::as_slice);
+                if seen.len() > 1 {
+                    self.v.push(format!(
+                        "inv1: {name}: the outcome of {} in {} seen {} times",
+                        callee.id,
+                        inv.call_id,
+                        seen.len()
+                    ));
+                }
+                if inv.inviter == n && d.alive && !resynced && seen.is_empty() {
+                    self.v.push(format!(
+                        "inv1: {name}: never learnt the outcome of {} in {}",
+                        callee.id, inv.call_id
+                    ));
+                }
+                if let (Some(first), Some(truth)) = (seen.first(), view.outcome(&callee.id)) {
+                    if *first != truth && *first != Reason::Timeout {
+                        self.v.push(format!(
+                            "inv1: {name}: {} in {} reported {first}, the switchboard says {truth}",
+                            callee.id, inv.call_id
+                        ));
+                    }
+                }
+            }
+        }
+
+        // 5: in step with the switchboard at the end.
+        if d.alive {
+            let truth = Some(self.sb.last_seq(&d.user));
+            if d.last_seq != truth {
+                self.v.push(format!(
+                    "inv5: {name} at seq {:?}, the switchboard at {truth:?}",
+                    d.last_seq
+                ));
+            }
+            if d.timer_armed == Some(true) {
+                self.v.push(format!(
+                    "inv5: {name} still has a timer armed after everything settled"
+                ));
+            }
+        }
+    }
+
+    /// 2: one accepting device per callee, the one the switchboard recorded.
+    fn accepts(&mut self) {
+        let mut keys: Vec<_> = self.accepted_by.keys().cloned().collect();
+        keys.sort();
+        for key in keys {
+            let (call_id, user) = &key;
+            let devices = &self.accepted_by[&key];
+            let names: Vec<&str> = devices
+                .iter()
+                .map(|i| self.record.devices[*i].name.as_str())
+                .collect();
+            if devices.len() > 1 {
+                self.v
+                    .push(format!("inv2: {call_id}: {user} accepted on {names:?}"));
+            }
+            let Some(view) = self.sb.call(call_id) else {
+                continue; // reported by `call`
+            };
+            let device = &self.record.devices[devices[0]].device;
+            let truth = view.answered_by(user);
+            if truth != Some(device) {
+                self.v.push(format!(
+                    "inv2: {call_id}: {user} accepted on {}, the switchboard says {truth:?}",
+                    names[0]
+                ));
+            }
+        }
+    }
+}
+
+/// The callee outcome an event tells the caller's side, if any.
+fn outcome_of(e: &AppEvent) -> Option<(&CallId, &UserId, Reason)> {
+    Some(match e {
+        AppEvent::OutgoingCallAccepted {
+            call_id, callee, ..
+        } => (call_id, callee, Reason::Accepted),
+        AppEvent::OutgoingCallDeclined {
+            call_id, callee, ..
+        } => (call_id, callee, Reason::Declined),
+        AppEvent::OutgoingCallRejectedCauseBusy {
+            call_id, callee, ..
+        } => (call_id, callee, Reason::Busy),
+        AppEvent::OutgoingCallTimeout {
+            call_id, callee, ..
+        } => (call_id, callee, Reason::Timeout),
+        AppEvent::CalleeOutcome {
+            call_id,
+            callee,
+            reason,
+            ..
+        } => (call_id, callee, *reason),
+        _ => return None,
+    })
+}
+
+fn names(events: &[(Instant, AppEvent)]) -> String {
+    let mut s = String::new();
+    for (i, (_, e)) in events.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        let _ = write!(s, "{}", event_name(e));
+    }
+    s
+}
+
+/// A short name for an app event, for messages and test assertions.
+pub fn event_name(e: &AppEvent) -> &'static str {
+    match e {
+        AppEvent::IncomingCallReceived { .. } => "incoming_received",
+        AppEvent::IncomingCallCanceled { .. } => "incoming_canceled",
+        AppEvent::IncomingCallTimeout { .. } => "incoming_timeout",
+        AppEvent::IncomingCallAcceptButtonPressed { .. } => "accept_pressed",
+        AppEvent::IncomingCallDeclineButtonPressed { .. } => "decline_pressed",
+        AppEvent::OutgoingCallCancelButtonPressed { .. } => "cancel_pressed",
+        AppEvent::OutgoingCallAccepted { .. } => "outgoing_accepted",
+        AppEvent::OutgoingCallRejectedCauseBusy { .. } => "outgoing_busy",
+        AppEvent::OutgoingCallDeclined { .. } => "outgoing_declined",
+        AppEvent::OutgoingCallTimeout { .. } => "outgoing_timeout",
+        AppEvent::AnsweredElsewhere { .. } => "answered_elsewhere",
+        AppEvent::DeclinedElsewhere { .. } => "declined_elsewhere",
+        AppEvent::CalleeRinging { .. } => "callee_ringing",
+        AppEvent::CalleeOutcome { .. } => "callee_outcome",
+        AppEvent::OutgoingCallStarted { .. } => "outgoing_started",
+        AppEvent::CallEnded { .. } => "call_ended",
+        AppEvent::Resynced { .. } => "resynced",
+        AppEvent::Connection(_) => "connection",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::id::{RequestId, SequentialCallIds};
+    use crate::model::{CallType, User};
+    use crate::protocol::{Command, InviteRequest, ReplyResult};
+    use crate::switchboard::{ConnId, SwitchboardConfig};
+
+    /// Alice (one device) calls Bob (two devices); Bob's `d0` accepts one
+    /// second in. Returns the switchboard, the call and the honest record.
+    fn answered_call() -> (Switchboard, CallId, Record, Instant) {
+        #[allow(clippy::disallowed_methods)] // the origin of test time
+        let t0 = Instant::now();
+        let mut sb = Switchboard::new(SwitchboardConfig::default(), SequentialCallIds::default());
+        let (alice, bob) = (User::named("alice", "Alice"), User::named("bob", "Bob"));
+        let dev = |s: &str| DeviceId::new(s).unwrap();
+        sb.connect(t0, ConnId::new(1), alice.clone(), dev("d0"), None, None);
+        sb.connect(t0, ConnId::new(2), bob.clone(), dev("d0"), None, None);
+        sb.connect(t0, ConnId::new(3), bob.clone(), dev("d1"), None, None);
+        let invite = Command::Invite(InviteRequest {
+            callees: vec![bob.id.clone()],
+            call_type: CallType::Voice,
+            custom_data: None,
+            timeout_s: Some(30),
+        });
+        let Ok(ReplyResult::Invited { call_id, .. }) =
+            sb.handle_command(t0, ConnId::new(1), RequestId::new("r1").unwrap(), invite)
+        else {
+            panic!("invited")
+        };
+        let t1 = t0 + Duration::from_secs(1);
+        let accept = Command::Accept {
+            call_id: call_id.clone(),
+        };
+        sb.handle_command(t1, ConnId::new(2), RequestId::new("r2").unwrap(), accept)
+            .unwrap();
+        while sb.poll_output().is_some() {}
+
+        let ring = AppEvent::IncomingCallReceived {
+            call_id: call_id.clone(),
+            caller: alice.clone(),
+            call_type: CallType::Voice,
+            callees: Arc::from(vec![bob.clone()]),
+            custom_data: None,
+            ring_remaining: Duration::from_secs(30),
+        };
+        let mut record = Record::new(Duration::ZERO);
+        let mut a = DeviceRecord::new("alice/d0", alice.id.clone(), dev("d0"));
+        a.events = vec![(
+            t1,
+            AppEvent::OutgoingCallAccepted {
+                call_id: call_id.clone(),
+                callee: bob.id.clone(),
+            },
+        )];
+        a.last_seq = Some(sb.last_seq(&alice.id));
+        let mut b0 = DeviceRecord::new("bob/d0", bob.id.clone(), dev("d0"));
+        b0.events = vec![
+            (t0, ring.clone()),
+            (
+                t1,
+                AppEvent::IncomingCallAcceptButtonPressed {
+                    call_id: call_id.clone(),
+                },
+            ),
+        ];
+        b0.last_seq = Some(sb.last_seq(&bob.id));
+        let mut b1 = DeviceRecord::new("bob/d1", bob.id.clone(), dev("d1"));
+        b1.events = vec![
+            (t0, ring),
+            (
+                t1,
+                AppEvent::IncomingCallCanceled {
+                    call_id: call_id.clone(),
+                    caller: alice,
+                    custom_data: None,
+                    reason: Reason::AnsweredElsewhere,
+                },
+            ),
+        ];
+        b1.last_seq = Some(sb.last_seq(&bob.id));
+        record.devices = vec![a, b0, b1];
+        record.invitations = vec![Acknowledged::new(call_id.clone(), 0, false)];
+        (sb, call_id, record, t0)
+    }
+
+    fn check(sb: &Switchboard, record: &Record) -> Vec<String> {
+        Oracle::new().finish(sb, record)
+    }
+
+    fn assert_caught(v: &[String], invariant: &str) {
+        assert!(
+            v.iter().any(|m| m.starts_with(invariant)),
+            "expected {invariant}, got {v:#?}"
+        );
+    }
+
+    #[test]
+    fn an_honest_record_passes() {
+        let (sb, _, record, _) = answered_call();
+        assert_eq!(check(&sb, &record), Vec::<String>::new());
+    }
+
+    #[test]
+    fn two_accepting_devices_are_caught() {
+        let (sb, call_id, mut record, t0) = answered_call();
+        record.devices[2].events[1] = (t0, AppEvent::IncomingCallAcceptButtonPressed { call_id });
+        assert_caught(&check(&sb, &record), "inv2");
+    }
+
+    #[test]
+    fn an_accept_on_another_device_than_the_switchboards_is_caught() {
+        let (sb, call_id, mut record, t0) = answered_call();
+        record.devices[1].events.pop();
+        record.devices[1].events.push((
+            t0,
+            AppEvent::IncomingCallCanceled {
+                call_id: call_id.clone(),
+                caller: User::named("alice", "Alice"),
+                custom_data: None,
+                reason: Reason::AnsweredElsewhere,
+            },
+        ));
+        record.devices[2].events[1] = (t0, AppEvent::IncomingCallAcceptButtonPressed { call_id });
+        let v = check(&sb, &record);
+        assert!(
+            v.iter()
+                .any(|m| m.contains("the switchboard says Some(DeviceId(\"d0\"))")),
+            "{v:#?}"
+        );
+    }
+
+    #[test]
+    fn a_lost_or_doubled_or_wrong_outcome_is_caught() {
+        let (sb, call_id, mut record, t0) = answered_call();
+        let accepted = record.devices[0].events[0].clone();
+        record.devices[0].events.clear();
+        assert_caught(&check(&sb, &record), "inv1: alice/d0: never learnt");
+        record.devices[0].events = vec![accepted.clone(), accepted];
+        assert_caught(&check(&sb, &record), "inv1: alice/d0: the outcome");
+        record.devices[0].events = vec![(
+            t0,
+            AppEvent::OutgoingCallDeclined {
+                call_id,
+                callee: UserId::new("bob").unwrap(),
+            },
+        )];
+        assert_caught(
+            &check(&sb, &record),
+            "inv1: alice/d0: bob in call-1 reported",
+        );
+    }
+
+    #[test]
+    fn a_ring_that_never_ends_or_ends_twice_is_caught() {
+        let (sb, _, mut record, _) = answered_call();
+        let end = record.devices[2].events.pop().unwrap();
+        assert_caught(&check(&sb, &record), "inv1: bob/d1: the ring");
+        record.devices[2].alive = false;
+        assert!(
+            check(&sb, &record).is_empty(),
+            "a stopped device may miss it"
+        );
+        record.devices[2].events.push(end.clone());
+        record.devices[2].events.push(end);
+        assert_caught(&check(&sb, &record), "inv1: bob/d1: the ring");
+    }
+
+    #[test]
+    fn a_late_short_or_repeated_ring_is_caught() {
+        let (sb, _, record, t0) = answered_call();
+        let ring = record.devices[2].events[0].1.clone();
+        let mut late = record.clone();
+        late.devices[2].events[0].0 = t0 + Duration::from_secs(30);
+        assert_caught(&check(&sb, &late), "inv3");
+        late.slack = Duration::from_secs(2);
+        assert_caught(&check(&sb, &late), "inv3");
+        late.slack = Duration::ZERO;
+        late.devices[2].events[0].0 = t0 + Duration::from_secs(1);
+        assert_caught(
+            &check(&sb, &late),
+            "inv3: bob/d1 rang for call-1 with 30s left, past",
+        );
+        late.slack = Duration::from_secs(1);
+        assert!(check(&sb, &late).is_empty(), "within the slack");
+
+        let mut again = record.clone();
+        again.devices[2].events.push((t0, ring));
+        let v = check(&sb, &again);
+        assert_caught(&v, "inv6");
+        assert_caught(&v, "inv4: bob/d1 rang twice");
+    }
+
+    #[test]
+    fn a_duplicate_event_a_missing_callback_and_a_stale_device_are_caught() {
+        let (sb, _, mut record, _) = answered_call();
+        let first = record.devices[0].events[0].clone();
+        record.devices[0].events.push(first.clone());
+        assert_caught(&check(&sb, &record), "inv4: alice/d0 saw twice");
+        record.devices[0].events.pop();
+        record.devices[0].handler = Some(HandlerRecord::new(vec![first.1], Vec::new()));
+        assert_caught(&check(&sb, &record), "inv4: alice/d0: the stream had 1");
+        record.devices[0].handler = None;
+        record.devices[1].last_seq = Some(0);
+        assert_caught(&check(&sb, &record), "inv5: bob/d0 at seq");
+        record.devices[1].last_seq = Some(sb.last_seq(&UserId::new("bob").unwrap()));
+        record.devices[1].timer_armed = Some(true);
+        assert_caught(&check(&sb, &record), "inv5: bob/d0 still has a timer");
+    }
+
+    #[test]
+    fn a_ringing_switchboard_and_an_unended_invitation_are_caught() {
+        #[allow(clippy::disallowed_methods)] // the origin of test time
+        let t0 = Instant::now();
+        let mut sb = Switchboard::new(SwitchboardConfig::default(), SequentialCallIds::default());
+        let dev = DeviceId::new("d0").unwrap();
+        sb.connect(
+            t0,
+            ConnId::new(1),
+            User::named("a", "A"),
+            dev.clone(),
+            None,
+            None,
+        );
+        sb.connect(t0, ConnId::new(2), User::named("b", "B"), dev, None, None);
+        let invite = Command::Invite(InviteRequest {
+            callees: vec![UserId::new("b").unwrap()],
+            call_type: CallType::Voice,
+            custom_data: None,
+            timeout_s: Some(30),
+        });
+        let Ok(ReplyResult::Invited { call_id, .. }) =
+            sb.handle_command(t0, ConnId::new(1), RequestId::new("r1").unwrap(), invite)
+        else {
+            panic!("invited")
+        };
+        let mut oracle = Oracle::new();
+        oracle.observe(&sb);
+        assert!(oracle.violations().is_empty(), "a ring has a deadline");
+        let mut record = Record::new(Duration::ZERO);
+        record.invitations = vec![Acknowledged::new(call_id, 0, false)];
+        record.devices = vec![DeviceRecord::new(
+            "a/d0",
+            UserId::new("a").unwrap(),
+            DeviceId::new("d0").unwrap(),
+        )];
+        let v = oracle.finish(&sb, &record);
+        assert_caught(&v, "inv7: the switchboard still has a timer");
+        assert_caught(&v, "inv7: call-1 still rings");
+        assert_caught(&v, "inv1: call-1 has no outcome for b");
+    }
+}
