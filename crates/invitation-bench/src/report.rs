@@ -327,7 +327,7 @@ pub(crate) async fn suite(
         table,
         "  knee: {knee} calls/s (the generator's own CPU per call is printed: a saturated generator shows there)"
     );
-    // Latency at 10 %, 50 % and 80 % of the knee (performance.md's points).
+    // Latency at 10 %, 50 % and 80 % of the knee (the points docs/benchmarks.md reports).
     let mut at_knee = Vec::new();
     if knee > 0.0 {
         for share in [0.1, 0.5, 0.8] {

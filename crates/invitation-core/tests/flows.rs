@@ -1,6 +1,6 @@
 //! Switchboard + client session, driven through the test network: every
-//! transition, the races of reliability.md section B, and the authorisation
-//! cases D1-D3.
+//! transition, the races (accept / cancel / decline / timeout), and the authorisation
+//! cases (who may act on which call).
 
 mod harness;
 

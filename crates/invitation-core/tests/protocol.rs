@@ -1,5 +1,5 @@
 //! Wire protocol v1: a round trip for every message, and the refusals of
-//! malformed input (reliability.md E4-E7, E9, E10).
+//! malformed input (caps, duplicate keys, unknown types, bad ids, callee lists, timeouts).
 
 use invitation_core::protocol::*;
 use invitation_core::{

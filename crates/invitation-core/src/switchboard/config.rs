@@ -30,7 +30,7 @@ pub enum OfflinePolicy {
     Reject,
 }
 
-/// Switchboard settings. The defaults follow docs/product.md.
+/// Switchboard settings. The defaults are the product's (README, docs/operations.md).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct SwitchboardConfig {
