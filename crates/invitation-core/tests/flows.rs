@@ -1058,3 +1058,35 @@ fn events_that_overtake_a_resumed_welcome_after_a_pending_sync_are_kept() {
     assert!(!s.is_ringing(&call));
     assert_eq!(s.poll_timeout(), None, "nothing left to recover");
 }
+
+/// The owner's log of a call: started, each callee's outcome, ended, each
+/// once, with the call id (what the server prints at `info`).
+#[test]
+fn call_milestones_are_noticed_once_each() {
+    use invitation_core::CallNotice;
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob"]);
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    let started: Vec<CallNotice> = std::iter::from_fn(|| net.sb.poll_notice()).collect();
+    assert!(
+        matches!(&started[..], [CallNotice::Started { call_id, caller, callees }]
+            if *call_id == call && *caller == uid("alice") && callees.len() == 1),
+        "{started:?}"
+    );
+    net.accept("bob", "phone", &call).unwrap();
+    let accepted: Vec<CallNotice> = std::iter::from_fn(|| net.sb.poll_notice()).collect();
+    assert_eq!(
+        accepted,
+        [CallNotice::Outcome {
+            call_id: call.clone(),
+            callee: uid("bob"),
+            reason: Reason::Accepted
+        }]
+    );
+    net.hang_up("alice", "phone", &call).unwrap();
+    let ended: Vec<CallNotice> = std::iter::from_fn(|| net.sb.poll_notice()).collect();
+    assert!(
+        matches!(&ended[..], [CallNotice::Ended { call_id, .. }] if *call_id == call),
+        "{ended:?}"
+    );
+}

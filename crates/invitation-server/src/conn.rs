@@ -235,8 +235,9 @@ struct Session {
     machine: DeviceConnection,
     /// Messages written since the last flush.
     unflushed: bool,
-    /// The device joined the switchboard (for the sessions gauge).
-    opened: bool,
+    /// The device joined the switchboard (for the sessions gauge and the
+    /// log): as whom.
+    opened: Option<invitation_core::UserId>,
     /// A write missed its deadline.
     write_failed: bool,
 }
@@ -251,7 +252,7 @@ impl Session {
             conn,
             machine,
             unflushed: false,
-            opened: false,
+            opened: None,
             write_failed: false,
         }
     }
@@ -342,15 +343,15 @@ impl Session {
             }
         };
         drop(leave); // the hub learns the device left, if the machine could not tell it
-        if self.opened {
+        if self.opened.is_some() {
             self.shared.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
         }
         if matches!(cause, CloseCause::Unauthorized | CloseCause::NoHello) {
             self.shared.metrics.refused(Refusal::Auth);
         }
-        match self.machine.user() {
-            Some(user) if self.opened => {
-                tracing::info!(peer = %self.peer, conn = %self.conn, user = %user.id, %cause, "session closed");
+        match &self.opened {
+            Some(user) => {
+                tracing::info!(peer = %self.peer, conn = %self.conn, %user, %cause, "session closed");
             }
             _ => tracing::debug!(peer = %self.peer, conn = %self.conn, %cause, "connection closed"),
         }
@@ -421,7 +422,7 @@ impl Session {
             } => {
                 tracing::info!(peer = %self.peer, conn = %self.conn, user = %user.id, %device, "session open");
                 leave.joined = true;
-                self.opened = true;
+                self.opened = Some(user.id.clone());
                 self.shared.metrics.sessions.fetch_add(1, Ordering::Relaxed);
                 HubMsg::Open {
                     conn: self.conn,

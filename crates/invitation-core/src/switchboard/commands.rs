@@ -314,6 +314,11 @@ impl Switchboard {
         };
         self.stats.outcomes[Reason::Accepted.index()] += 1;
         let caller = call.info.caller.id.clone();
+        self.notices.push_back(CallNotice::Outcome {
+            call_id: call_id.clone(),
+            callee: user.clone(),
+            reason: Reason::Accepted,
+        });
         self.pending.push((
             user.clone(),
             LogEvent::IncomingEnded {
