@@ -7,7 +7,7 @@ use crate::id::{CallId, DeviceId, UserId};
 use crate::model::{CustomData, Reason, User};
 use crate::protocol::{ClientBody, Command, Event, ReplyResult};
 
-use super::{AppEvent, ClientSession};
+use super::{AppEvent, ClientSession, TimerKey};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Local {
@@ -30,8 +30,6 @@ pub(super) struct LocalCall {
     pub(super) custom_data: Option<CustomData>,
     /// Caller side: each callee and its outcome once known.
     pub(super) outcomes: Vec<(UserId, Option<Reason>)>,
-    /// Local fallback deadline, while ringing.
-    pub(super) fallback_at: Option<Instant>,
     pub(super) accept_fired: bool,
     pub(super) decline_fired: bool,
     pub(super) cancel_fired: bool,
@@ -44,7 +42,6 @@ impl LocalCall {
             caller,
             custom_data,
             outcomes: Vec::new(),
-            fallback_at: None,
             accept_fired: false,
             decline_fired: false,
             cancel_fired: false,
@@ -53,68 +50,53 @@ impl LocalCall {
 }
 
 impl ClientSession {
-    pub(super) fn fire_fallbacks(&mut self, now: Instant) {
-        while let Some((at, call_id)) = self.fallbacks.first().cloned() {
-            if at > now {
-                break;
+    /// The local fallback of `call_id` fired: the server never ended its
+    /// ring (the link is likely down), so end it here.
+    pub(super) fn fire_fallback(&mut self, call_id: &CallId) {
+        let Some(call) = self.calls.get(call_id) else {
+            return;
+        };
+        match call.state {
+            Local::Ringing => {
+                let caller = call.caller.clone();
+                self.events.push_back(AppEvent::IncomingCallTimeout {
+                    call_id: call_id.clone(),
+                    caller,
+                });
+                self.finish(call_id);
             }
-            self.fallbacks.pop_first();
-            let Some(call) = self.calls.get(&call_id) else {
-                continue;
-            };
-            if call.fallback_at != Some(at) {
-                continue;
-            }
-            match call.state {
-                Local::Ringing => {
-                    let caller = call.caller.clone();
-                    self.events.push_back(AppEvent::IncomingCallTimeout {
+            Local::Outgoing => {
+                let data = call.custom_data.clone();
+                let silent: Vec<UserId> = call
+                    .outcomes
+                    .iter()
+                    .filter(|(_, r)| r.is_none())
+                    .map(|(u, _)| u.clone())
+                    .collect();
+                for callee in silent {
+                    self.events.push_back(AppEvent::OutgoingCallTimeout {
                         call_id: call_id.clone(),
-                        caller,
+                        callee,
+                        custom_data: data.clone(),
                     });
-                    self.finish(&call_id);
                 }
-                Local::Outgoing => {
-                    let data = call.custom_data.clone();
-                    let silent: Vec<UserId> = call
-                        .outcomes
-                        .iter()
-                        .filter(|(_, r)| r.is_none())
-                        .map(|(u, _)| u.clone())
-                        .collect();
-                    for callee in silent {
-                        self.events.push_back(AppEvent::OutgoingCallTimeout {
-                            call_id: call_id.clone(),
-                            callee,
-                            custom_data: data.clone(),
-                        });
-                    }
-                    self.finish(&call_id);
-                }
-                _ => {
-                    if let Some(c) = self.calls.get_mut(&call_id) {
-                        c.fallback_at = None;
-                    }
-                }
+                self.finish(call_id);
             }
+            _ => {}
         }
     }
 
-    pub(super) fn arm(&mut self, call_id: &CallId, at: Instant) {
-        if let Some(call) = self.calls.get_mut(call_id) {
-            if let Some(old) = call.fallback_at.replace(at) {
-                self.fallbacks.remove(&(old, call_id.clone()));
-            }
-            self.fallbacks.insert((at, call_id.clone()));
+    /// Arms (or moves) the local fallback ring timer of a known call.
+    pub(super) fn arm_fallback(&mut self, call_id: &CallId, at: Instant) {
+        if self.calls.contains_key(call_id) {
+            self.arm_timer(TimerKey::Fallback(call_id.clone()), at);
         }
     }
 
     /// The call is over on this device: forget it, remember its id.
     pub(super) fn finish(&mut self, call_id: &CallId) {
-        if let Some(call) = self.calls.remove(call_id) {
-            if let Some(at) = call.fallback_at {
-                self.fallbacks.remove(&(at, call_id.clone()));
-            }
+        if self.calls.remove(call_id).is_some() {
+            self.timers.disarm(&TimerKey::Fallback(call_id.clone()));
         }
         if self.ended.insert(call_id.clone()) {
             self.ended_order.push_back(call_id.clone());
@@ -161,7 +143,7 @@ impl ClientSession {
                 }
                 let at =
                     now + Duration::from_millis(*ring_remaining_ms) + self.config.fallback_margin;
-                self.arm(call_id, at);
+                self.arm_fallback(call_id, at);
             }
             (Command::Invite(_), ReplyResult::Joined { call_id, caller })
                 if !self.ended.contains(call_id) =>
@@ -204,9 +186,7 @@ impl ClientSession {
             return;
         };
         call.state = Local::InCall;
-        if let Some(at) = call.fallback_at.take() {
-            self.fallbacks.remove(&(at, call_id.clone()));
-        }
+        self.timers.disarm(&TimerKey::Fallback(call_id.clone()));
         if !std::mem::replace(&mut call.accept_fired, true) {
             self.events.push_back(AppEvent::OutgoingCallAccepted {
                 call_id: call_id.clone(),
@@ -220,9 +200,7 @@ impl ClientSession {
             return;
         };
         call.state = Local::InCall;
-        if let Some(at) = call.fallback_at.take() {
-            self.fallbacks.remove(&(at, call_id.clone()));
-        }
+        self.timers.disarm(&TimerKey::Fallback(call_id.clone()));
         if !std::mem::replace(&mut call.accept_fired, true) {
             self.events
                 .push_back(AppEvent::IncomingCallAcceptButtonPressed {
@@ -271,7 +249,7 @@ impl ClientSession {
                     LocalCall::new(state, caller.clone(), custom_data.clone()),
                 );
                 if ring {
-                    self.arm(&call_id, now + remaining + self.config.fallback_margin);
+                    self.arm_fallback(&call_id, now + remaining + self.config.fallback_margin);
                     self.events.push_back(AppEvent::IncomingCallReceived {
                         call_id,
                         caller,
@@ -318,7 +296,7 @@ impl ClientSession {
                     let at = now
                         + Duration::from_millis(ring_remaining_ms)
                         + self.config.fallback_margin;
-                    self.arm(&call_id, at);
+                    self.arm_fallback(&call_id, at);
                 } else {
                     self.events.push_back(AppEvent::OutgoingCallStarted {
                         call_id,
@@ -468,10 +446,8 @@ impl ClientSession {
         };
         if let Some(call) = self.calls.get_mut(event.call_id().expect("has one")) {
             if call.outcomes.iter().all(|(_, r)| r.is_some()) {
-                if let Some(at) = call.fallback_at.take() {
-                    self.fallbacks
-                        .remove(&(at, event.call_id().expect("has one").clone()));
-                }
+                let call_id = event.call_id().expect("has one").clone();
+                self.timers.disarm(&TimerKey::Fallback(call_id));
             }
         }
         self.events.push_back(event);

@@ -1,14 +1,14 @@
 //! The commands the session owns, from issue to answer, deadline or
 //! abandonment, and the clean-up of invites given up on.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::CommandError;
 use crate::id::{CallId, RequestId, UserId};
 use crate::model::{Reason, User};
 use crate::protocol::{ClientBody, ClientMessage, Command, ErrorBody, ReplyResult};
 
-use super::ClientSession;
+use super::{ClientSession, TimerKey};
 
 /// Invites given up on, and calls disowned, remembered at most.
 pub(super) const ABANDONED_KEPT: usize = 64;
@@ -17,27 +17,34 @@ pub(super) const ABANDONED_KEPT: usize = 64;
 #[derive(Debug)]
 pub(super) struct Pending {
     pub(super) body: ClientBody,
-    /// Past this, the command is given up.
-    pub(super) deadline: Option<Instant>,
+    /// Its issue number: its place in issue order, and its timers' key.
+    pub(super) n: u64,
+    /// The wait before the next retry (doubles up to the maximum).
+    pub(super) backoff: Duration,
     /// Sent by the session on its own (no caller waits for it).
     pub(super) internal: bool,
 }
 
 impl ClientSession {
     pub(super) fn issue(&mut self, now: Instant, command: ClientBody, internal: bool) -> RequestId {
+        let n = self.next_request;
         let id = self.fresh_request_id();
+        let backoff = self.config.command_retry;
         let pending = Pending {
             body: command.clone(),
-            deadline: now.checked_add(self.config.command_deadline),
+            n,
+            backoff,
             internal,
         };
         self.pending.insert(id.clone(), pending);
-        self.pending_order.push(id.clone());
+        self.pending_order.insert(n, id.clone());
+        if let Some(at) = now.checked_add(self.config.command_deadline) {
+            self.timers.arm(TimerKey::Deadline(n), at);
+        }
         if self.connected {
             self.transmit
                 .push_back(ClientMessage::new(id.clone(), command));
-            let backoff = self.config.command_retry;
-            self.retries.insert(id.clone(), (now + backoff, backoff));
+            self.arm_timer(TimerKey::Retry(n), now + backoff);
         }
         id
     }
@@ -46,6 +53,42 @@ impl ClientSession {
         let id = format!("{}r{}", self.request_prefix, self.next_request);
         self.next_request += 1;
         RequestId::new(id).expect("prefix is alphanumeric and short")
+    }
+
+    /// Command `n` is still unanswered: send it again, with its request id,
+    /// and wait twice as long (up to the maximum) for the next try.
+    pub(super) fn fire_retry(&mut self, now: Instant, n: u64) {
+        let Some(id) = self.pending_order.get(&n) else {
+            return;
+        };
+        let Some(p) = self.pending.get_mut(id) else {
+            return;
+        };
+        self.transmit
+            .push_back(ClientMessage::new(id.clone(), p.body.clone()));
+        p.backoff = (p.backoff * 2).min(self.config.command_retry_max);
+        let at = now + p.backoff;
+        self.arm_timer(TimerKey::Retry(n), at);
+    }
+
+    /// Command `n` passed its deadline: give it up and tell its caller.
+    pub(super) fn fire_deadline(&mut self, n: u64) {
+        let Some(id) = self.pending_order.get(&n).cloned() else {
+            return;
+        };
+        if let Some(p) = self.give_up(&id) {
+            if !p.internal {
+                self.completions
+                    .push_back((id, Err(CommandError::TimedOut)));
+            }
+        }
+    }
+
+    /// Forgets pending command `n`'s place in the order and its timers.
+    fn forget(&mut self, n: u64) {
+        self.pending_order.remove(&n);
+        self.timers.disarm(&TimerKey::Retry(n));
+        self.timers.disarm(&TimerKey::Deadline(n));
     }
 
     pub(super) fn on_reply(
@@ -69,8 +112,7 @@ impl ClientSession {
             }
             return;
         };
-        self.pending_order.retain(|r| r != &re);
-        self.retries.remove(&re);
+        self.forget(pending.n);
         if pending.internal {
             // Our own clean-up: a cancel that lost the race to an accept
             // hangs up instead.
@@ -96,8 +138,7 @@ impl ClientSession {
     /// (bounded) so that a late sign that the server took it cancels the call.
     pub(super) fn give_up(&mut self, id: &RequestId) -> Option<Pending> {
         let pending = self.pending.remove(id)?;
-        self.pending_order.retain(|r| r != id);
-        self.retries.remove(id);
+        self.forget(pending.n);
         self.transmit.retain(|m| m.id != *id);
         if let ClientBody::Command(Command::Invite(req)) = &pending.body {
             if self.abandoned.len() >= ABANDONED_KEPT {

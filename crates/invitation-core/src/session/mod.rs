@@ -19,8 +19,8 @@
 //! abandonment), `sequence` event ordering and gap recovery, `sync` the merge
 //! of a full snapshot, and `calls` the local view of each call.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
 
 use foldhash::{HashMap, HashSet};
 
@@ -37,11 +37,13 @@ mod config;
 mod events;
 mod sequence;
 mod sync;
+mod timers;
 
 use calls::{Local, LocalCall};
 use commands::Pending;
 pub use config::SessionConfig;
 pub use events::{AppEvent, ConnectionState, StopReason};
+use timers::{TimerKey, Timers};
 
 /// One device's client-side protocol state. See the [module docs](self).
 #[derive(Debug)]
@@ -53,25 +55,20 @@ pub struct ClientSession {
     last_seq: Option<u64>,
     /// After a non-resumed welcome, events wait for the `sync`.
     awaiting_sync: bool,
-    /// When the awaited `sync` was (last) asked for, if this side asked.
-    sync_asked: Option<Instant>,
-    /// Since when a sequence gap is open.
-    gap_since: Option<Instant>,
     /// The server does not know this link: the driver should reconnect.
     wants_reconnect: bool,
     /// The request id of this connection's `hello`.
     hello_id: Option<RequestId>,
     /// The server's error answer to that `hello`, if it refused it.
     refusal: Option<ErrorBody>,
-    /// Next retry time and current backoff of each sent, unanswered command.
-    retries: HashMap<RequestId, (Instant, Duration)>,
     ahead: BTreeMap<u64, Event>,
     calls: HashMap<CallId, LocalCall>,
     ended: HashSet<CallId>,
     ended_order: VecDeque<CallId>,
     /// Every command this session owns, from issue to answer or abandonment.
     pending: HashMap<RequestId, Pending>,
-    pending_order: Vec<RequestId>,
+    /// The pending commands in issue order, by issue number.
+    pending_order: BTreeMap<u64, RequestId>,
     /// Invites given up on (newest last, bounded): a late answer or event
     /// showing the server took one gets its call canceled.
     abandoned: VecDeque<(RequestId, InviteRequest)>,
@@ -81,7 +78,9 @@ pub struct ClientSession {
     next_request: u64,
     request_prefix: String,
     connected: bool,
-    fallbacks: BTreeSet<(Instant, CallId)>,
+    /// Every deadline: command retries and deadlines, gap and `sync`
+    /// recovery, fallback ring timers.
+    timers: Timers,
     transmit: VecDeque<ClientMessage>,
     events: VecDeque<AppEvent>,
     completions: VecDeque<(RequestId, Result<ReplyResult, CommandError>)>,
@@ -103,18 +102,15 @@ impl ClientSession {
             device,
             last_seq: None,
             awaiting_sync: false,
-            sync_asked: None,
-            gap_since: None,
             wants_reconnect: false,
             hello_id: None,
             refusal: None,
-            retries: HashMap::default(),
             ahead: BTreeMap::new(),
             calls: HashMap::default(),
             ended: HashSet::default(),
             ended_order: VecDeque::new(),
             pending: HashMap::default(),
-            pending_order: Vec::new(),
+            pending_order: BTreeMap::new(),
             abandoned: VecDeque::new(),
             disowned: VecDeque::new(),
             next_request: 1,
@@ -124,7 +120,7 @@ impl ClientSession {
                 .take(32)
                 .collect(),
             connected: false,
-            fallbacks: BTreeSet::new(),
+            timers: Timers::default(),
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             completions: VecDeque::new(),
@@ -187,8 +183,8 @@ impl ClientSession {
     pub fn handle_connected(&mut self, now: Instant, token: Option<String>) {
         self.connected = true;
         self.wants_reconnect = false;
-        self.gap_since = None;
-        self.sync_asked = None;
+        self.timers.disarm(&TimerKey::Gap);
+        self.timers.disarm(&TimerKey::SyncRetry);
         // A `sync` asked for on the old link will never come; the new link's
         // `welcome` says whether one follows. Until then events are taken
         // by sequence number (a resumed link's replay can overtake it).
@@ -202,12 +198,13 @@ impl ClientSession {
         self.hello_id = Some(id.clone());
         self.refusal = None;
         self.transmit.push_back(ClientMessage::new(id, hello));
-        for id in &self.pending_order {
-            if let Some(p) = self.pending.get(id) {
+        let backoff = self.config.command_retry;
+        for (n, id) in &self.pending_order {
+            if let Some(p) = self.pending.get_mut(id) {
                 self.transmit
                     .push_back(ClientMessage::new(id.clone(), p.body.clone()));
-                let backoff = self.config.command_retry;
-                self.retries.insert(id.clone(), (now + backoff, backoff));
+                p.backoff = backoff;
+                self.timers.arm(TimerKey::Retry(*n), now + backoff);
             }
         }
     }
@@ -219,8 +216,7 @@ impl ClientSession {
             self.connected = false;
             self.transmit.clear();
             self.ahead.clear();
-            self.retries.clear();
-            self.gap_since = None;
+            self.timers.disarm_linked();
             self.events
                 .push_back(AppEvent::Connection(ConnectionState::Reconnecting));
         }
@@ -253,12 +249,13 @@ impl ClientSession {
             ServerBody::Welcome { seq, resumed, .. } => {
                 if resumed {
                     self.awaiting_sync = false;
+                    self.timers.disarm(&TimerKey::SyncRetry);
                     if self.last_seq.is_none() {
                         self.last_seq = Some(seq);
                     }
                 } else {
                     self.awaiting_sync = true;
-                    self.sync_asked = Some(now);
+                    self.arm_timer(TimerKey::SyncRetry, now + self.config.sync_retry);
                 }
                 self.events
                     .push_back(AppEvent::Connection(ConnectionState::Connected { resumed }));
@@ -267,73 +264,32 @@ impl ClientSession {
             ServerBody::Error(body) => self.on_error(now, body),
             ServerBody::Event { seq, event } => self.on_event(now, seq, event),
             ServerBody::Sync(sync) => self.on_sync(now, sync),
-            ServerBody::Pong { seq: Some(seq), .. } => {
-                // Events lost at the tail of the stream show up here.
-                if !self.awaiting_sync && seq > self.last_seq.unwrap_or(0) {
-                    self.gap_since.get_or_insert(now);
-                }
-            }
+            ServerBody::Pong { seq: Some(seq), .. } => self.on_pong(now, seq),
             ServerBody::Pong { .. } | ServerBody::Closing { .. } => {}
         }
     }
 
-    /// Fires the timers due at `now`: command retries, gap and sync
-    /// recovery, and the local fallback ring timers.
+    /// Fires the timers due at `now`, earliest first: command deadlines and
+    /// retries, gap and sync recovery, and the local fallback ring timers.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let expired: Vec<RequestId> = self
-            .pending_order
-            .iter()
-            .filter(|id| {
-                self.pending
-                    .get(*id)
-                    .and_then(|p| p.deadline)
-                    .is_some_and(|at| at <= now)
-            })
-            .cloned()
-            .collect();
-        for id in expired {
-            if let Some(p) = self.give_up(&id) {
-                if !p.internal {
-                    self.completions
-                        .push_back((id, Err(CommandError::TimedOut)));
-                }
+        for key in self.timers.take_due(now) {
+            match key {
+                TimerKey::Deadline(n) => self.fire_deadline(n),
+                TimerKey::Retry(n) => self.fire_retry(now, n),
+                TimerKey::Gap => self.fire_gap(now),
+                TimerKey::SyncRetry => self.fire_sync_retry(now),
+                TimerKey::Fallback(call_id) => self.fire_fallback(&call_id),
             }
         }
-        if self.connected {
-            let due: Vec<RequestId> = self
-                .pending_order
-                .iter()
-                .filter(|id| self.retries.get(*id).is_some_and(|(at, _)| *at <= now))
-                .cloned()
-                .collect();
-            for id in due {
-                let Some(p) = self.pending.get(&id) else {
-                    continue;
-                };
-                self.transmit
-                    .push_back(ClientMessage::new(id.clone(), p.body.clone()));
-                let (_, backoff) = self.retries[&id];
-                let backoff = (backoff * 2).min(self.config.command_retry_max);
-                self.retries.insert(id, (now + backoff, backoff));
-            }
-            if self
-                .gap_since
-                .is_some_and(|t| t + self.config.gap_timeout <= now)
-            {
-                self.gap_since = None;
-                self.ahead.clear();
-                self.request_sync(now);
-            }
-            if self.awaiting_sync
-                && self
-                    .sync_asked
-                    .is_some_and(|t| t + self.config.sync_retry <= now)
-            {
-                self.awaiting_sync = false;
-                self.request_sync(now);
-            }
+    }
+
+    /// Arms `key` at `at`, unless it needs the link and the link is down
+    /// (such timers are all disarmed when it drops, and the next
+    /// [`ClientSession::handle_connected`] starts them afresh).
+    fn arm_timer(&mut self, key: TimerKey, at: Instant) {
+        if self.connected || !key.needs_link() {
+            self.timers.arm(key, at);
         }
-        self.fire_fallbacks(now);
     }
 
     // ----- outputs ------------------------------------------------------
@@ -359,29 +315,10 @@ impl ClientSession {
         self.completions.pop_front()
     }
 
-    /// The next timer: a fallback ring deadline, a command retry, gap or
-    /// sync recovery. `None` when nothing rings and nothing is outstanding.
+    /// The next timer: a fallback ring deadline, a command deadline or
+    /// retry, gap or sync recovery. `None` when nothing rings and nothing is
+    /// outstanding.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut next = self.fallbacks.first().map(|(at, _)| *at);
-        let mut consider = |t: Instant| {
-            next = Some(next.map_or(t, |n| n.min(t)));
-        };
-        for p in self.pending.values() {
-            if let Some(at) = p.deadline {
-                consider(at);
-            }
-        }
-        if self.connected {
-            for (at, _) in self.retries.values() {
-                consider(*at);
-            }
-            if let Some(t) = self.gap_since {
-                consider(t + self.config.gap_timeout);
-            }
-            if let (true, Some(t)) = (self.awaiting_sync, self.sync_asked) {
-                consider(t + self.config.sync_retry);
-            }
-        }
-        next
+        self.timers.next()
     }
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::protocol::{ClientMessage, Control, Event};
 
-use super::ClientSession;
+use super::{ClientSession, TimerKey};
 
 impl ClientSession {
     pub(super) fn on_event(&mut self, now: Instant, seq: u64, event: Event) {
@@ -20,11 +20,11 @@ impl ClientSession {
         if seq > last + 1 {
             if self.ahead.len() >= self.config.reorder_buffer {
                 self.ahead.clear();
-                self.gap_since = None;
+                self.timers.disarm(&TimerKey::Gap);
                 self.request_sync(now);
             } else {
                 self.ahead.insert(seq, event);
-                self.gap_since.get_or_insert(now);
+                self.open_gap(now);
             }
             return;
         }
@@ -44,14 +44,43 @@ impl ClientSession {
             }
         }
         if self.ahead.is_empty() {
-            self.gap_since = None;
+            self.timers.disarm(&TimerKey::Gap);
+        }
+    }
+
+    /// A pong says how far the server's stream is: events lost at its tail
+    /// show up here.
+    pub(super) fn on_pong(&mut self, now: Instant, seq: u64) {
+        if !self.awaiting_sync && seq > self.last_seq.unwrap_or(0) {
+            self.open_gap(now);
+        }
+    }
+
+    /// A sequence gap is open from `now`, unless one already was.
+    fn open_gap(&mut self, now: Instant) {
+        if !self.timers.is_armed(&TimerKey::Gap) {
+            self.arm_timer(TimerKey::Gap, now + self.config.gap_timeout);
+        }
+    }
+
+    /// The gap stayed open: drop what waits behind it and ask for a `sync`.
+    pub(super) fn fire_gap(&mut self, now: Instant) {
+        self.ahead.clear();
+        self.request_sync(now);
+    }
+
+    /// The awaited `sync` did not come: ask again.
+    pub(super) fn fire_sync_retry(&mut self, now: Instant) {
+        if self.awaiting_sync {
+            self.awaiting_sync = false;
+            self.request_sync(now);
         }
     }
 
     pub(super) fn request_sync(&mut self, now: Instant) {
         if !self.awaiting_sync {
             self.awaiting_sync = true;
-            self.sync_asked = Some(now);
+            self.arm_timer(TimerKey::SyncRetry, now + self.config.sync_retry);
             let id = self.fresh_request_id();
             self.transmit
                 .push_back(ClientMessage::new(id, Control::Sync));

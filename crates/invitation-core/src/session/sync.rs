@@ -8,13 +8,13 @@ use crate::id::{CallId, UserId};
 use crate::model::Reason;
 use crate::protocol::{CallSnapshot, CalleeOutcome, Event, Role, SnapshotState, SyncBody};
 
-use super::{AppEvent, ClientSession, Local, LocalCall};
+use super::{AppEvent, ClientSession, Local, LocalCall, TimerKey};
 
 impl ClientSession {
     pub(super) fn on_sync(&mut self, now: Instant, sync: SyncBody) {
         self.awaiting_sync = false;
-        self.sync_asked = None;
-        self.gap_since = None;
+        self.timers.disarm(&TimerKey::SyncRetry);
+        self.timers.disarm(&TimerKey::Gap);
         self.ahead.clear();
         self.last_seq = Some(sync.seq);
         let live: HashSet<CallId> = sync.calls.iter().map(|c| c.call_id.clone()).collect();
@@ -134,7 +134,10 @@ impl ClientSession {
                     call.outcomes = snap.callees.iter().map(|u| (u.id.clone(), None)).collect();
                     self.calls.insert(snap.call_id.clone(), call);
                     if mine && snap.state == SnapshotState::Ringing {
-                        self.arm(&snap.call_id, now + remaining + self.config.fallback_margin);
+                        self.arm_fallback(
+                            &snap.call_id,
+                            now + remaining + self.config.fallback_margin,
+                        );
                     }
                     if !mine {
                         self.events.push_back(AppEvent::OutgoingCallStarted {
