@@ -9,30 +9,68 @@ use crate::protocol::{ClientBody, Command, Event, ReplyResult};
 
 use super::{AppEvent, ClientSession, TimerKey};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Each callee of a caller-side call, with its outcome once known.
+pub(super) type Outcomes = Vec<(UserId, Option<Reason>)>;
+
+/// Where a call stands on this device.
+///
+/// ```text
+/// callee side
+///                      ┌─ enough ring left ──> Ringing ─┐  accepted here, or our
+///   incoming_call ─────┤                                ├─ invite joined it ──> InCall
+///   (event or sync)    └─ too little left ───> Silent ──┘  (glare)
+///
+/// caller side
+///   our invite answered, or outgoing_call from this device ──> Outgoing { mine: true }
+///   outgoing_call from another device of this user ──────────> Outgoing { mine: false }
+///
+/// any state ── ended, declined here, fallback fired, gone from a sync ──> removed
+///              (its id is remembered, so late news about it is dropped)
+/// ```
+///
+/// The accept callback fires on the way into `InCall` and never again; the
+/// decline callback fires as the call is removed; a fallback ring timer is
+/// armed only for `Ringing` and for `Outgoing { mine }` until every callee
+/// answered.
+#[derive(Debug, Clone)]
 pub(super) enum Local {
     /// Callee: ringing on this device.
     Ringing,
     /// Callee: known but not ringing here (too little time left).
     Silent,
-    /// Callee: in the call (accepted here, or through glare).
+    /// In the call: accepted here, or our invite joined it through glare.
     InCall,
-    /// Caller: this device invited.
-    Outgoing,
-    /// Caller: another device of this user invited.
-    OutgoingElsewhere,
+    /// Caller: this user started the call.
+    Outgoing {
+        /// This device invited (else another device of this user did).
+        mine: bool,
+        /// Each callee and its outcome once known.
+        outcomes: Outcomes,
+        /// The server confirmed a cancel from this device (its callback
+        /// fired; a repeated cancel fires nothing).
+        cancel_confirmed: bool,
+    },
 }
 
+impl Local {
+    /// A caller-side call to these callees, none answered yet.
+    pub(super) fn outgoing(mine: bool, callees: impl IntoIterator<Item = UserId>) -> Self {
+        Self::Outgoing {
+            mine,
+            outcomes: callees.into_iter().map(|u| (u, None)).collect(),
+            cancel_confirmed: false,
+        }
+    }
+}
+
+/// One call as this device sees it.
 #[derive(Debug, Clone)]
 pub(super) struct LocalCall {
     pub(super) state: Local,
+    /// Who calls (this user, for a caller-side call).
     pub(super) caller: User,
+    /// The caller's data.
     pub(super) custom_data: Option<CustomData>,
-    /// Caller side: each callee and its outcome once known.
-    pub(super) outcomes: Vec<(UserId, Option<Reason>)>,
-    pub(super) accept_fired: bool,
-    pub(super) decline_fired: bool,
-    pub(super) cancel_fired: bool,
 }
 
 impl LocalCall {
@@ -41,10 +79,6 @@ impl LocalCall {
             state,
             caller,
             custom_data,
-            outcomes: Vec::new(),
-            accept_fired: false,
-            decline_fired: false,
-            cancel_fired: false,
         }
     }
 }
@@ -56,7 +90,7 @@ impl ClientSession {
         let Some(call) = self.calls.get(call_id) else {
             return;
         };
-        match call.state {
+        match &call.state {
             Local::Ringing => {
                 let caller = call.caller.clone();
                 self.events.push_back(AppEvent::IncomingCallTimeout {
@@ -65,10 +99,13 @@ impl ClientSession {
                 });
                 self.finish(call_id);
             }
-            Local::Outgoing => {
+            Local::Outgoing {
+                mine: true,
+                outcomes,
+                ..
+            } => {
                 let data = call.custom_data.clone();
-                let silent: Vec<UserId> = call
-                    .outcomes
+                let silent: Vec<UserId> = outcomes
                     .iter()
                     .filter(|(_, r)| r.is_none())
                     .map(|(u, _)| u.clone())
@@ -133,14 +170,29 @@ impl ClientSession {
                     name: "".into(),
                 };
                 let call = self.calls.entry(call_id.clone()).or_insert_with(|| {
-                    LocalCall::new(Local::Outgoing, me, req.custom_data.clone())
+                    LocalCall::new(Local::outgoing(true, []), me, req.custom_data.clone())
                 });
-                call.state = Local::Outgoing;
+                // Our invite's call: this device's, keeping what an earlier
+                // `outgoing_call` event told of it.
+                let (mut outcomes, cancel_confirmed) =
+                    match std::mem::replace(&mut call.state, Local::Silent) {
+                        Local::Outgoing {
+                            outcomes,
+                            cancel_confirmed,
+                            ..
+                        } => (outcomes, cancel_confirmed),
+                        _ => (Outcomes::new(), false),
+                    };
                 for c in callees {
-                    if !call.outcomes.iter().any(|(u, _)| u == &c.user) {
-                        call.outcomes.push((c.user.clone(), None));
+                    if !outcomes.iter().any(|(u, _)| u == &c.user) {
+                        outcomes.push((c.user.clone(), None));
                     }
                 }
+                call.state = Local::Outgoing {
+                    mine: true,
+                    outcomes,
+                    cancel_confirmed,
+                };
                 let at =
                     now + Duration::from_millis(*ring_remaining_ms) + self.config.fallback_margin;
                 self.arm_fallback(call_id, at);
@@ -156,8 +208,13 @@ impl ClientSession {
             (Command::Accept { call_id }, _) => self.mark_accepted(call_id),
             (Command::Decline { call_id, busy }, _) => self.mark_declined(call_id, *busy),
             (Command::Cancel { call_id }, _) => {
-                let fire = match self.calls.get_mut(call_id) {
-                    Some(call) => !std::mem::replace(&mut call.cancel_fired, true),
+                let fire = match self.calls.get_mut(call_id).map(|c| &mut c.state) {
+                    Some(Local::Outgoing {
+                        cancel_confirmed, ..
+                    }) => !std::mem::replace(cancel_confirmed, true),
+                    // Only the caller can cancel: the server confirms no
+                    // cancel of a call this device is a callee of.
+                    Some(_) => false,
                     // Confirmed for a call this device never knew live (it
                     // had already ended): fire once, then remember it as
                     // finished so a repeated cancel does not fire again.
@@ -185,9 +242,12 @@ impl ClientSession {
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
-        call.state = Local::InCall;
+        let joined_now = !matches!(
+            std::mem::replace(&mut call.state, Local::InCall),
+            Local::InCall
+        );
         self.timers.disarm(&TimerKey::Fallback(call_id.clone()));
-        if !std::mem::replace(&mut call.accept_fired, true) {
+        if joined_now {
             self.events.push_back(AppEvent::OutgoingCallAccepted {
                 call_id: call_id.clone(),
                 callee: caller.id.clone(),
@@ -199,9 +259,12 @@ impl ClientSession {
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
-        call.state = Local::InCall;
+        let accepted_now = !matches!(
+            std::mem::replace(&mut call.state, Local::InCall),
+            Local::InCall
+        );
         self.timers.disarm(&TimerKey::Fallback(call_id.clone()));
-        if !std::mem::replace(&mut call.accept_fired, true) {
+        if accepted_now {
             self.events
                 .push_back(AppEvent::IncomingCallAcceptButtonPressed {
                     call_id: call_id.clone(),
@@ -210,16 +273,15 @@ impl ClientSession {
     }
 
     pub(super) fn mark_declined(&mut self, call_id: &CallId, busy: bool) {
-        let Some(call) = self.calls.get_mut(call_id) else {
+        if !self.calls.contains_key(call_id) {
             return;
-        };
-        if !std::mem::replace(&mut call.decline_fired, true) {
-            self.events
-                .push_back(AppEvent::IncomingCallDeclineButtonPressed {
-                    call_id: call_id.clone(),
-                    busy,
-                });
         }
+        // Fires once: the call is gone right after.
+        self.events
+            .push_back(AppEvent::IncomingCallDeclineButtonPressed {
+                call_id: call_id.clone(),
+                busy,
+            });
         self.finish(call_id);
     }
 
@@ -284,14 +346,9 @@ impl ClientSession {
                     id: self.user.clone(),
                     name: "".into(),
                 };
-                let state = if mine {
-                    Local::Outgoing
-                } else {
-                    Local::OutgoingElsewhere
-                };
-                let mut call = LocalCall::new(state, me, custom_data);
-                call.outcomes = callees.iter().map(|u| (u.id.clone(), None)).collect();
-                self.calls.insert(call_id.clone(), call);
+                let state = Local::outgoing(mine, callees.iter().map(|u| u.id.clone()));
+                self.calls
+                    .insert(call_id.clone(), LocalCall::new(state, me, custom_data));
                 if mine {
                     let at = now
                         + Duration::from_millis(ring_remaining_ms)
@@ -338,7 +395,7 @@ impl ClientSession {
             return;
         };
         let mine = device.as_ref() == Some(&self.device);
-        let rang = call.state == Local::Ringing;
+        let rang = matches!(call.state, Local::Ringing);
         let (caller, data) = (call.caller.clone(), call.custom_data.clone());
         match reason {
             Reason::Accepted if mine => {
@@ -354,7 +411,7 @@ impl ClientSession {
                 return;
             }
             Reason::Accepted => {
-                if call.state == Local::InCall {
+                if matches!(call.state, Local::InCall) {
                     return; // glare: our own invite accepted it
                 }
                 self.events.push_back(AppEvent::AnsweredElsewhere {
@@ -406,18 +463,28 @@ impl ClientSession {
         self.finish(call_id);
     }
 
+    /// The outcome of one callee of a caller-side call, reported once.
+    /// (Outcomes are the caller's business: the server reports none for a
+    /// call this device is a callee of, and such a report is ignored.)
     pub(super) fn callee_outcome(&mut self, call_id: &CallId, callee: UserId, reason: Reason) {
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
-        match call.outcomes.iter_mut().find(|(u, _)| u == &callee) {
+        let Local::Outgoing { mine, outcomes, .. } = &mut call.state else {
+            return;
+        };
+        match outcomes.iter_mut().find(|(u, _)| u == &callee) {
             Some((_, slot @ None)) => *slot = Some(reason),
             Some((_, Some(_))) => return, // already known: never twice
-            None => call.outcomes.push((callee.clone(), Some(reason))),
+            None => outcomes.push((callee.clone(), Some(reason))),
+        }
+        if outcomes.iter().all(|(_, r)| r.is_some()) {
+            // Every callee answered: nothing left for the fallback to end.
+            self.timers.disarm(&TimerKey::Fallback(call_id.clone()));
         }
         let data = call.custom_data.clone();
         let call_id = call_id.clone();
-        let event = if call.state != Local::Outgoing {
+        let event = if !*mine {
             AppEvent::CalleeOutcome {
                 call_id,
                 callee,
@@ -444,12 +511,126 @@ impl ClientSession {
                 },
             }
         };
-        if let Some(call) = self.calls.get_mut(event.call_id().expect("has one")) {
-            if call.outcomes.iter().all(|(_, r)| r.is_some()) {
-                let call_id = event.call_id().expect("has one").clone();
-                self.timers.disarm(&TimerKey::Fallback(call_id));
-            }
-        }
         self.events.push_back(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use crate::model::CallType;
+    use crate::protocol::{ServerBody, ServerMessage};
+
+    use super::*;
+    use crate::session::SessionConfig;
+
+    fn session(t0: Instant) -> ClientSession {
+        let mut s = ClientSession::new(
+            UserId::new("bob").unwrap(),
+            DeviceId::new("phone").unwrap(),
+            "t",
+            SessionConfig::default(),
+        );
+        s.handle_connected(t0, None);
+        s.handle_message(
+            t0,
+            ServerMessage::new(ServerBody::Welcome {
+                re: None,
+                user: User::named("bob", "Bob"),
+                device: DeviceId::new("phone").unwrap(),
+                seq: 0,
+                resumed: true,
+            }),
+        );
+        while s.poll_transmit().is_some() {}
+        while s.poll_event().is_some() {}
+        s
+    }
+
+    fn event(s: &mut ClientSession, now: Instant, seq: u64, event: Event) {
+        s.handle_message(now, ServerMessage::new(ServerBody::Event { seq, event }));
+    }
+
+    fn events(s: &mut ClientSession) -> Vec<AppEvent> {
+        std::iter::from_fn(|| s.poll_event()).collect()
+    }
+
+    /// A callee-side call has no callee outcomes: a stray caller-side report
+    /// about it neither reaches the app nor stops its ring's fallback.
+    #[test]
+    fn a_ringing_call_ignores_callee_outcomes_and_keeps_its_fallback() {
+        #[allow(clippy::disallowed_methods)] // the origin of test time
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let call_id = CallId::new("c1").unwrap();
+        let ring = Event::IncomingCall {
+            call_id: call_id.clone(),
+            caller: User::named("alice", "Alice"),
+            call_type: CallType::Voice,
+            callees: vec![User::named("bob", "Bob")].into(),
+            custom_data: None,
+            ring_remaining_ms: 30_000,
+            ring_timeout_ms: 30_000,
+        };
+        event(&mut s, t0, 1, ring);
+        assert!(matches!(
+            events(&mut s)[..],
+            [AppEvent::IncomingCallReceived { .. }]
+        ));
+        let fallback = t0 + Duration::from_secs(35);
+        assert_eq!(s.poll_timeout(), Some(fallback));
+        let stray = Event::CalleeOutcome {
+            call_id: call_id.clone(),
+            callee: UserId::new("carol").unwrap(),
+            reason: Reason::Declined,
+        };
+        event(&mut s, t0, 2, stray);
+        assert_eq!(events(&mut s), []);
+        assert_eq!(s.poll_timeout(), Some(fallback), "the fallback still runs");
+        s.handle_timeout(fallback);
+        assert!(matches!(
+            events(&mut s)[..],
+            [AppEvent::IncomingCallTimeout { .. }]
+        ));
+        assert!(!s.is_ringing(&call_id));
+    }
+
+    /// The cancel callback fires once per outgoing call, however many
+    /// cancels the server confirms before the call's end arrives.
+    #[test]
+    fn a_confirmed_cancel_fires_once() {
+        #[allow(clippy::disallowed_methods)] // the origin of test time
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let call_id = CallId::new("c1").unwrap();
+        let started = Event::OutgoingCall {
+            call_id: call_id.clone(),
+            device: DeviceId::new("phone").unwrap(),
+            call_type: CallType::Voice,
+            callees: vec![User::named("alice", "Alice")].into(),
+            custom_data: None,
+            ring_remaining_ms: 30_000,
+        };
+        event(&mut s, t0, 1, started);
+        for _ in 0..2 {
+            let id = s.command(
+                t0,
+                Command::Cancel {
+                    call_id: call_id.clone(),
+                },
+            );
+            s.handle_message(
+                t0,
+                ServerMessage::new(ServerBody::Reply {
+                    re: id,
+                    result: ReplyResult::Done,
+                }),
+            );
+        }
+        assert_eq!(
+            events(&mut s),
+            [AppEvent::OutgoingCallCancelButtonPressed { call_id }]
+        );
     }
 }

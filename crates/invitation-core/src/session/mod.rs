@@ -172,7 +172,7 @@ impl ClientSession {
     pub fn is_ringing(&self, call_id: &CallId) -> bool {
         self.calls
             .get(call_id)
-            .is_some_and(|c| c.state == Local::Ringing)
+            .is_some_and(|c| matches!(c.state, Local::Ringing))
     }
 
     // ----- inputs -------------------------------------------------------

@@ -49,7 +49,7 @@ impl ClientSession {
         let Some(call) = self.calls.get(call_id) else {
             return;
         };
-        match call.state {
+        match &call.state {
             Local::Ringing | Local::Silent => {
                 let reason = match reason {
                     Reason::HungUp | Reason::Accepted => Reason::AnsweredElsewhere,
@@ -57,9 +57,10 @@ impl ClientSession {
                 };
                 self.incoming_ended(call_id, reason, None);
             }
-            Local::Outgoing | Local::OutgoingElsewhere => {
-                let pending: Vec<UserId> = call
-                    .outcomes
+            Local::Outgoing {
+                outcomes: known, ..
+            } => {
+                let pending: Vec<UserId> = known
                     .iter()
                     .filter(|(_, r)| r.is_none())
                     .map(|(u, _)| u.clone())
@@ -94,7 +95,7 @@ impl ClientSession {
         }
         let remaining = Duration::from_millis(snap.ring_remaining_ms);
         match snap.role {
-            Role::Callee => match (snap.state, self.calls.get(&snap.call_id).map(|c| c.state)) {
+            Role::Callee => match (snap.state, self.calls.get(&snap.call_id).map(|c| &c.state)) {
                 (SnapshotState::Ringing, None) => {
                     self.apply(
                         now,
@@ -115,8 +116,9 @@ impl ClientSession {
                 (SnapshotState::Accepted, None) => {
                     let mine = snap.device.as_ref() == Some(&self.device);
                     if mine {
-                        let mut call = LocalCall::new(Local::InCall, snap.caller, snap.custom_data);
-                        call.accept_fired = true;
+                        // Accepted by this device while the link was down:
+                        // in the call, with no accept callback from here.
+                        let call = LocalCall::new(Local::InCall, snap.caller, snap.custom_data);
                         self.calls.insert(snap.call_id, call);
                     }
                 }
@@ -125,13 +127,8 @@ impl ClientSession {
             Role::Caller => {
                 if !self.calls.contains_key(&snap.call_id) {
                     let mine = snap.caller_device == self.device;
-                    let state = if mine {
-                        Local::Outgoing
-                    } else {
-                        Local::OutgoingElsewhere
-                    };
-                    let mut call = LocalCall::new(state, snap.caller, snap.custom_data);
-                    call.outcomes = snap.callees.iter().map(|u| (u.id.clone(), None)).collect();
+                    let state = Local::outgoing(mine, snap.callees.iter().map(|u| u.id.clone()));
+                    let call = LocalCall::new(state, snap.caller, snap.custom_data);
                     self.calls.insert(snap.call_id.clone(), call);
                     if mine && snap.state == SnapshotState::Ringing {
                         self.arm_fallback(
