@@ -15,9 +15,11 @@
 //! [`ClientSession::poll_timeout`].
 //!
 //! The code is split by concern: `events` holds the public types the app
-//! sees, `commands` the commands the session owns (issue, retry, deadline,
-//! abandonment), `sequence` event ordering and gap recovery, `sync` the merge
-//! of a full snapshot, and `calls` the local view of each call.
+//! sees, `config` the settings, `commands` the commands the session owns
+//! (issue, retry, deadline, abandonment), `sequence` event ordering and gap
+//! recovery, `sync` the merge of a full snapshot, `calls` the local view of
+//! each call, and `timers` the one table of every deadline: `poll_timeout`
+//! is its first entry, and a timeout pops only the entries that are due.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
