@@ -1090,3 +1090,74 @@ fn call_milestones_are_noticed_once_each() {
         "{ended:?}"
     );
 }
+
+/// The session's timers follow the link: retries run only while connected
+/// (a dropped link stops them, the next one restarts them), command
+/// deadlines run regardless, timers due together fire in issue order (past
+/// the ninth command too, where request ids stop sorting by issue), and a
+/// zero backoff does not spin.
+#[test]
+fn session_timers_follow_the_link_and_fire_in_issue_order() {
+    use invitation_core::protocol::ClientBody;
+    use invitation_core::{CallId, ClientSession, SessionConfig};
+    let s_ = Duration::from_secs;
+    let t0 = Net::new().now;
+    let mut s = ClientSession::new(uid("alice"), did("phone"), "t", SessionConfig::default());
+    s.handle_connected(t0, None);
+    let sent = |s: &mut ClientSession| {
+        std::iter::from_fn(|| s.poll_transmit())
+            .filter(|m| matches!(m.body, ClientBody::Command(_)))
+            .map(|m| m.id)
+            .collect::<Vec<RequestId>>()
+    };
+    assert!(sent(&mut s).is_empty(), "only the hello so far");
+    let ids: Vec<RequestId> = (0..12)
+        .map(|i| {
+            let call_id = CallId::new(format!("c{i}")).unwrap();
+            s.command(t0, Command::Cancel { call_id })
+        })
+        .collect();
+    assert_eq!(sent(&mut s), ids);
+    assert_eq!(s.poll_timeout(), Some(t0 + s_(2)), "first retry");
+    s.handle_timeout(t0 + s_(2));
+    assert_eq!(sent(&mut s), ids, "resent together, in issue order");
+    assert_eq!(s.poll_timeout(), Some(t0 + s_(6)), "backoff doubled");
+
+    s.handle_disconnected(t0 + s_(3));
+    assert_eq!(
+        s.poll_timeout(),
+        Some(t0 + s_(30)),
+        "only the deadlines run"
+    );
+    s.handle_timeout(t0 + s_(10));
+    assert!(sent(&mut s).is_empty(), "no retry while the link is down");
+
+    s.handle_connected(t0 + s_(10), None);
+    assert_eq!(sent(&mut s), ids, "resent on the new link, in issue order");
+    assert_eq!(s.poll_timeout(), Some(t0 + s_(12)), "backoff restarted");
+
+    s.handle_timeout(t0 + s_(30));
+    assert!(sent(&mut s).is_empty(), "given up, so not resent");
+    let done: Vec<_> = std::iter::from_fn(|| s.poll_completion()).collect();
+    assert_eq!(done.len(), ids.len());
+    for ((id, result), want) in done.iter().zip(&ids) {
+        assert_eq!(id, want, "deadlines due together fire in issue order");
+        assert_eq!(result, &Err(CommandError::TimedOut));
+    }
+    assert_eq!(s.poll_timeout(), None, "nothing outstanding");
+
+    let mut zero = SessionConfig::default();
+    zero.command_retry = Duration::ZERO;
+    zero.command_retry_max = Duration::ZERO;
+    let mut s = ClientSession::new(uid("alice"), did("phone"), "z", zero);
+    s.handle_connected(t0, None);
+    let id = s.command(
+        t0,
+        Command::HangUp {
+            call_id: CallId::new("c").unwrap(),
+        },
+    );
+    assert_eq!(sent(&mut s), std::slice::from_ref(&id));
+    s.handle_timeout(t0);
+    assert_eq!(sent(&mut s), [id], "one retry per wake-up, no spin");
+}
