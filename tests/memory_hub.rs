@@ -37,12 +37,14 @@ async fn dev(hub: &MemoryHub, user: &str, device: &str) -> Dev {
 
 async fn invite(d: &Dev, callees: &[&str], timeout_s: u32) -> CallId {
     d.client
-        .invite_with(invitation_core::protocol::InviteRequest {
-            callees: callees.iter().map(|c| UserId::new(c).unwrap()).collect(),
-            call_type: CallType::Video,
-            custom_data: Some(CustomData::new("{\"room\":\"r1\"}").unwrap()),
-            timeout_s: Some(timeout_s),
-        })
+        .invite_with(
+            invitation_core::protocol::InviteRequest::new(
+                callees.iter().map(|c| UserId::new(c).unwrap()).collect(),
+                CallType::Video,
+            )
+            .with_custom_data(Some(CustomData::new("{\"room\":\"r1\"}").unwrap()))
+            .with_timeout_s(Some(timeout_s)),
+        )
         .await
         .unwrap()
         .call_id

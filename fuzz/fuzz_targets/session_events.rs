@@ -57,7 +57,7 @@ fuzz_target!(|input: Vec<In>| {
                 call_id: cid(call), callee: UserId::new("them").unwrap(), reason: REASONS[reason as usize % REASONS.len()],
             })),
             In::CallEnded { seq, call } => s.handle_message(now, ev(seq, Event::CallEnded { call_id: cid(call), reason: Reason::HungUp })),
-            In::Sync { seq } => s.handle_message(now, ServerMessage::new(ServerBody::Sync(SyncBody { re: None, seq: u64::from(seq), calls: Vec::new(), ended: Vec::new() }))),
+            In::Sync { seq } => s.handle_message(now, ServerMessage::new(ServerBody::Sync(SyncBody::new(None, u64::from(seq), Vec::new(), Vec::new())))),
             In::Pong { seq } => s.handle_message(now, ServerMessage::new(ServerBody::Pong { re: None, seq: Some(u64::from(seq)) })),
             In::ReplyDone { req } => {
                 if !requests.is_empty() {

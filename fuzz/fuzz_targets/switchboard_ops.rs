@@ -65,12 +65,7 @@ fuzz_target!(|ops: Vec<Op>| {
             }
             Op::Invite { conn, callees, timeout_s, video } => {
                 if let Some(c) = pick(conn, &conns) {
-                    let req = InviteRequest {
-                        callees: callees.iter().take(12).map(|u| user(*u)).collect(),
-                        call_type: if video { CallType::Video } else { CallType::Voice },
-                        custom_data: None,
-                        timeout_s: Some(u32::from(timeout_s % 700)),
-                    };
+                    let req = InviteRequest::new(callees.iter().take(12).map(|u| user(*u)).collect(), if video { CallType::Video } else { CallType::Voice }).with_timeout_s(Some(u32::from(timeout_s % 700)));
                     if let Ok(invitation_core::protocol::ReplyResult::Invited { call_id, .. }) = send(&mut sb, c, Command::Invite(req), &mut last) {
                         calls.push(call_id);
                     }

@@ -288,12 +288,10 @@ async fn one_call(g: &mut Group, n: u64) -> Result<Option<(Duration, Duration)>>
     let t0 = Instant::now();
     let invite = ClientMessage::new(
         rid(format!("i{n}")),
-        Command::Invite(InviteRequest {
-            callees: g.callees.iter().map(|(u, _)| u.clone()).collect(),
-            call_type: CallType::Voice,
-            custom_data: None,
-            timeout_s: None,
-        }),
+        Command::Invite(InviteRequest::new(
+            g.callees.iter().map(|(u, _)| u.clone()).collect(),
+            CallType::Voice,
+        )),
     );
     g.caller.send(Message::text(invite.encode())).await?;
     // The caller's answer races the first ring: an overloaded server
@@ -424,12 +422,10 @@ pub(crate) async fn timeout_storm(
     for (i, ws) in callers.iter_mut().enumerate() {
         let invite = ClientMessage::new(
             rid(format!("t{i}")),
-            Command::Invite(InviteRequest {
-                callees: vec![UserId::new(format!("offline{i}"))?],
-                call_type: CallType::Voice,
-                custom_data: None,
-                timeout_s: Some(ring.as_secs() as u32),
-            }),
+            Command::Invite(
+                InviteRequest::new(vec![UserId::new(format!("offline{i}"))?], CallType::Voice)
+                    .with_timeout_s(Some(ring.as_secs() as u32)),
+            ),
         )
         .encode();
         tokio::time::sleep_until(start + gap * i as u32).await;

@@ -80,12 +80,7 @@ fn one_flow(
     bob_id: &UserId,
     n: u64,
 ) {
-    let invite = Command::Invite(InviteRequest {
-        callees: vec![bob_id.clone()],
-        call_type: CallType::Voice,
-        custom_data: None,
-        timeout_s: None,
-    });
+    let invite = Command::Invite(InviteRequest::new(vec![bob_id.clone()], CallType::Voice));
     let Ok(ReplyResult::Invited { call_id, .. }) =
         sb.handle_message(now, alice, ClientMessage::new(rid(n), invite))
     else {
@@ -118,12 +113,13 @@ fn one_flow(
 fn invite_offline(sb: &mut Switchboard, at: Instant, prefix: &str, i: usize, ring_s: u32) {
     let user = User::new(UserId::new(format!("{prefix}caller{i}")).unwrap(), "").unwrap();
     let conn = sb.join(at, user, DeviceId::new("d").unwrap(), Some(0));
-    let invite = Command::Invite(InviteRequest {
-        callees: vec![UserId::new(format!("{prefix}callee{i}")).unwrap()],
-        call_type: CallType::Voice,
-        custom_data: None,
-        timeout_s: Some(ring_s),
-    });
+    let invite = Command::Invite(
+        InviteRequest::new(
+            vec![UserId::new(format!("{prefix}callee{i}")).unwrap()],
+            CallType::Voice,
+        )
+        .with_timeout_s(Some(ring_s)),
+    );
     sb.handle_message(at, conn, ClientMessage::new(rid(i as u64), invite))
         .unwrap();
     drain(sb);
@@ -272,12 +268,7 @@ fn flow_with(c: &mut Criterion, name: &str, config: SwitchboardConfig) {
             // steady state (caps) as a busy server's would.
             now += Duration::from_micros(10);
             let t0 = now;
-            let invite = Command::Invite(InviteRequest {
-                callees: vec![bob_id.clone()],
-                call_type: CallType::Voice,
-                custom_data: None,
-                timeout_s: None,
-            });
+            let invite = Command::Invite(InviteRequest::new(vec![bob_id.clone()], CallType::Voice));
             let Ok(ReplyResult::Invited { call_id, .. }) =
                 sb.handle_message(t0, alice, ClientMessage::new(rid(n), invite))
             else {
@@ -320,12 +311,11 @@ fn sample_messages() -> (Samples, Samples) {
             "invite",
             ClientMessage::new(
                 rid(1),
-                Command::Invite(InviteRequest {
-                    callees: vec![bob.id.clone()],
-                    call_type: CallType::Video,
-                    custom_data: Some(CustomData::new("{\"room\":\"abc\"}").unwrap()),
-                    timeout_s: Some(60),
-                }),
+                Command::Invite(
+                    InviteRequest::new(vec![bob.id.clone()], CallType::Video)
+                        .with_custom_data(Some(CustomData::new("{\"room\":\"abc\"}").unwrap()))
+                        .with_timeout_s(Some(60)),
+                ),
             ),
         ),
         (
@@ -415,10 +405,7 @@ fn sample_messages() -> (Samples, Samples) {
                 result: ReplyResult::Invited {
                     call_id: cid.clone(),
                     ring_remaining_ms: 60_000,
-                    callees: vec![CalleeStatus {
-                        user: bob.id.clone(),
-                        status: InitialStatus::Ringing,
-                    }],
+                    callees: vec![CalleeStatus::new(bob.id.clone(), InitialStatus::Ringing)],
                 },
             }),
         ),
@@ -492,12 +479,10 @@ fn pending_memory(n: usize) {
     let before = rss_bytes().unwrap_or(0);
     let started = Instant::now();
     for i in 0..n {
-        let invite = Command::Invite(InviteRequest {
-            callees: vec![callees[i].clone()],
-            call_type: CallType::Voice,
-            custom_data: None,
-            timeout_s: None,
-        });
+        let invite = Command::Invite(InviteRequest::new(
+            vec![callees[i].clone()],
+            CallType::Voice,
+        ));
         sb.handle_message(
             t0,
             conns[i],

@@ -45,12 +45,9 @@
 //! sb.connect(t0, alice, User::named("alice", "Alice"), phone.clone(), None, None);
 //! sb.connect(t0, bob, User::named("bob", "Bob"), phone.clone(), None, None);
 //!
-//! let invite = Command::Invite(InviteRequest {
-//!     callees: vec![UserId::new("bob").unwrap()],
-//!     call_type: CallType::Video,
-//!     custom_data: None,
-//!     timeout_s: Some(30),
-//! });
+//! let invite = Command::Invite(
+//!     InviteRequest::new(vec![UserId::new("bob").unwrap()], CallType::Video).with_timeout_s(Some(30)),
+//! );
 //! let reply = sb
 //!     .handle_command(t0, alice, RequestId::new("r1").unwrap(), invite)
 //!     .unwrap();

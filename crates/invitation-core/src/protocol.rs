@@ -194,6 +194,7 @@ pub enum Command {
 
 /// The body of an `invite` command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct InviteRequest {
     /// Who to ring: 1 to the configured maximum (9 by default); duplicates
     /// are removed, the caller may not be among them.
@@ -207,6 +208,31 @@ pub struct InviteRequest {
     /// values are refused, not clamped; fractions and negatives do not parse.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<u32>,
+}
+
+impl InviteRequest {
+    /// An invitation of `callees` to a `call_type` call, with the server's
+    /// default ring timeout and no custom data.
+    pub fn new(callees: Vec<UserId>, call_type: CallType) -> Self {
+        Self {
+            callees,
+            call_type,
+            custom_data: None,
+            timeout_s: None,
+        }
+    }
+
+    /// With this custom data.
+    pub fn with_custom_data(mut self, custom_data: Option<CustomData>) -> Self {
+        self.custom_data = custom_data;
+        self
+    }
+
+    /// With this ring timeout, in whole seconds.
+    pub fn with_timeout_s(mut self, timeout_s: Option<u32>) -> Self {
+        self.timeout_s = timeout_s;
+        self
+    }
 }
 
 /// A message from the server.
@@ -343,11 +369,19 @@ pub enum ReplyResult {
 
 /// A callee's state right after the invite.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct CalleeStatus {
     /// The callee.
     pub user: UserId,
     /// What happened to them.
     pub status: InitialStatus,
+}
+
+impl CalleeStatus {
+    /// `user`'s state right after the invite.
+    pub fn new(user: UserId, status: InitialStatus) -> Self {
+        Self { user, status }
+    }
 }
 
 /// What happened to a callee at invite time.
@@ -367,6 +401,7 @@ pub enum InitialStatus {
 
 /// An error reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ErrorBody {
     /// The request id, when the failed message had a readable one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -384,6 +419,29 @@ pub struct ErrorBody {
 }
 
 impl ErrorBody {
+    /// An error answering `re` (if readable) with this code and detail.
+    pub fn new(re: Option<RequestId>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            re,
+            code,
+            message: message.into(),
+            reason: None,
+            retry_after_ms: None,
+        }
+    }
+
+    /// With how the invitation ended (for `ended`).
+    pub fn with_reason(mut self, reason: Option<Reason>) -> Self {
+        self.reason = reason;
+        self
+    }
+
+    /// With the wait before a retry (for `rate_limited`, `unavailable`).
+    pub fn with_retry_after_ms(mut self, retry_after_ms: Option<u64>) -> Self {
+        self.retry_after_ms = retry_after_ms;
+        self
+    }
+
     /// The wire form of a switchboard refusal.
     pub fn from_command(re: Option<RequestId>, e: &CommandError) -> Self {
         Self {
@@ -534,6 +592,7 @@ impl Event {
 
 /// A full snapshot of one user's calls.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct SyncBody {
     /// The `sync` request answered; absent when the server sends the
     /// snapshot unasked (after a `welcome` that could not resume).
@@ -550,6 +609,7 @@ pub struct SyncBody {
 
 /// One live call seen from one user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct CallSnapshot {
     /// The call.
     pub call_id: CallId,
@@ -602,6 +662,7 @@ pub enum SnapshotState {
 
 /// A callee and its outcome.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct CalleeOutcome {
     /// The callee.
     pub callee: UserId,
@@ -611,6 +672,7 @@ pub struct CalleeOutcome {
 
 /// A call that ended for the user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct EndedCall {
     /// The call.
     pub call_id: CallId,
@@ -620,6 +682,43 @@ pub struct EndedCall {
     /// callee's outcome.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outcomes: Vec<CalleeOutcome>,
+}
+
+impl SyncBody {
+    /// A snapshot (answering `re`, if asked for) of the live `calls` and
+    /// recently `ended` ones; events continue after `seq`.
+    pub fn new(
+        re: Option<RequestId>,
+        seq: u64,
+        calls: Vec<CallSnapshot>,
+        ended: Vec<EndedCall>,
+    ) -> Self {
+        Self {
+            re,
+            seq,
+            calls,
+            ended,
+        }
+    }
+}
+
+impl CalleeOutcome {
+    /// `callee`'s outcome.
+    pub fn new(callee: UserId, reason: Reason) -> Self {
+        Self { callee, reason }
+    }
+}
+
+impl EndedCall {
+    /// A call that ended for the user with `reason` (and, for its caller,
+    /// each callee's outcome).
+    pub fn new(call_id: CallId, reason: Reason, outcomes: Vec<CalleeOutcome>) -> Self {
+        Self {
+            call_id,
+            reason,
+            outcomes,
+        }
+    }
 }
 
 fn decode_checked<T: serde::de::DeserializeOwned>(

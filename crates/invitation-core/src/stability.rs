@@ -2,8 +2,14 @@
 //!
 //! Every [`AppEvent`](crate::AppEvent) variant with fields, the
 //! [`ConnectionState::Connected`](crate::ConnectionState::Connected)
-//! variant, [`User`](crate::User) and the enums themselves are
-//! `#[non_exhaustive]`. A later release may add a field to any of them, or
+//! variant, [`User`](crate::User), the enums themselves and the protocol's
+//! payload structs ([`InviteRequest`](crate::protocol::InviteRequest),
+//! [`CalleeStatus`](crate::protocol::CalleeStatus),
+//! [`ErrorBody`](crate::protocol::ErrorBody),
+//! [`SyncBody`](crate::protocol::SyncBody),
+//! [`CallSnapshot`](crate::protocol::CallSnapshot),
+//! [`CalleeOutcome`](crate::protocol::CalleeOutcome),
+//! [`EndedCall`](crate::protocol::EndedCall)) are `#[non_exhaustive]`. A later release may add a field to any of them, or
 //! a variant to the enums, without breaking a crate that uses them: such a
 //! crate can only read them in ways that keep compiling.
 //!
@@ -29,12 +35,32 @@
 //! // Users are built with their constructors.
 //! let alice = User::named("alice", "Alice");
 //! assert_eq!(alice.id.as_str(), "alice");
+//!
+//! // So are the protocol's payloads; a new field gets a default.
+//! use invitation_core::protocol::InviteRequest;
+//! use invitation_core::{CallType, UserId};
+//! let invite = InviteRequest::new(vec![UserId::new("bob").unwrap()], CallType::Voice)
+//!     .with_timeout_s(Some(30));
+//! assert_eq!(invite.timeout_s, Some(30));
 //! # let _ = describe;
 //! ```
 //!
 //! Each way that a new field or variant would break is refused by the
-//! compiler today, so no crate can depend on it. Building an event with a
-//! struct expression:
+//! compiler today, so no crate can depend on it. Building a protocol payload
+//! with a struct expression:
+//!
+//! ```compile_fail,E0639
+//! use invitation_core::protocol::InviteRequest;
+//! use invitation_core::{CallType, UserId};
+//! let invite = InviteRequest {
+//!     callees: vec![UserId::new("bob").unwrap()],
+//!     call_type: CallType::Voice,
+//!     custom_data: None,
+//!     timeout_s: None,
+//! };
+//! ```
+//!
+//! Building an event with a struct expression:
 //!
 //! ```compile_fail,E0639
 //! use invitation_core::{AppEvent, CallId, UserId};

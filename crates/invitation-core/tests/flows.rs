@@ -321,12 +321,10 @@ fn b6_glare_becomes_one_call() {
     let id = net.command(
         "bob",
         "phone",
-        Command::Invite(invitation_core::protocol::InviteRequest {
-            callees: vec![uid("alice")],
-            call_type: invitation_core::CallType::Voice,
-            custom_data: None,
-            timeout_s: None,
-        }),
+        Command::Invite(invitation_core::protocol::InviteRequest::new(
+            vec![uid("alice")],
+            invitation_core::CallType::Voice,
+        )),
     );
     match net.result("bob", "phone", &id) {
         Ok(ReplyResult::Joined { call_id, caller }) => {
@@ -398,12 +396,13 @@ fn b9_offline_callee_delivered_on_connect_in_time() {
     let id = net.command(
         "alice",
         "phone",
-        Command::Invite(invitation_core::protocol::InviteRequest {
-            callees: vec![uid("bob")],
-            call_type: invitation_core::CallType::Video,
-            custom_data: None,
-            timeout_s: Some(60),
-        }),
+        Command::Invite(
+            invitation_core::protocol::InviteRequest::new(
+                vec![uid("bob")],
+                invitation_core::CallType::Video,
+            )
+            .with_timeout_s(Some(60)),
+        ),
     );
     let Ok(ReplyResult::Invited {
         call_id: call,
@@ -827,12 +826,15 @@ fn custom_data_over_the_configured_limit_is_refused() {
     let r = net.direct(
         "alice",
         "phone",
-        Command::Invite(invitation_core::protocol::InviteRequest {
-            callees: vec![uid("bob")],
-            call_type: invitation_core::CallType::Voice,
-            custom_data: Some(invitation_core::CustomData::new("x".repeat(17)).unwrap()),
-            timeout_s: None,
-        }),
+        Command::Invite(
+            invitation_core::protocol::InviteRequest::new(
+                vec![uid("bob")],
+                invitation_core::CallType::Voice,
+            )
+            .with_custom_data(Some(
+                invitation_core::CustomData::new("x".repeat(17)).unwrap(),
+            )),
+        ),
     );
     assert!(matches!(
         r,
@@ -941,12 +943,13 @@ fn lost_event_leaves_a_gap_that_a_sync_repairs() {
 }
 
 fn invite_bob() -> Command {
-    Command::Invite(invitation_core::protocol::InviteRequest {
-        callees: vec![uid("bob")],
-        call_type: invitation_core::CallType::Voice,
-        custom_data: None,
-        timeout_s: Some(60),
-    })
+    Command::Invite(
+        invitation_core::protocol::InviteRequest::new(
+            vec![uid("bob")],
+            invitation_core::CallType::Voice,
+        )
+        .with_timeout_s(Some(60)),
+    )
 }
 
 /// The session owns a command from issue to answer or deadline: an invite

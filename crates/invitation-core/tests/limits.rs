@@ -124,12 +124,13 @@ impl Board {
 }
 
 fn invite(callees: &[String], timeout_s: u32) -> Command {
-    Command::Invite(InviteRequest {
-        callees: callees.iter().map(|c| UserId::new(c).unwrap()).collect(),
-        call_type: CallType::Voice,
-        custom_data: None,
-        timeout_s: Some(timeout_s),
-    })
+    Command::Invite(
+        InviteRequest::new(
+            callees.iter().map(|c| UserId::new(c).unwrap()).collect(),
+            CallType::Voice,
+        )
+        .with_timeout_s(Some(timeout_s)),
+    )
 }
 
 fn call_of(r: &Result<ReplyResult, CommandError>) -> CallId {
@@ -412,10 +413,7 @@ fn hidden_callee_status_reveals_only_outcomes() {
             Ok(ReplyResult::Invited { callees, .. }) => callees.clone(),
             other => panic!("{other:?}"),
         };
-        let shown = |user: &str, status| CalleeStatus {
-            user: uid(user),
-            status,
-        };
+        let shown = |user: &str, status| CalleeStatus::new(uid(user), status);
         if hide {
             assert_eq!(
                 statuses,

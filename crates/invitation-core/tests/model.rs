@@ -124,12 +124,9 @@ impl World {
                 let id = self.net.command(
                     USERS[*u],
                     DEVICES[*d],
-                    Command::Invite(InviteRequest {
-                        callees,
-                        call_type: CallType::Voice,
-                        custom_data: None,
-                        timeout_s: Some(*t),
-                    }),
+                    Command::Invite(
+                        InviteRequest::new(callees, CallType::Voice).with_timeout_s(Some(*t)),
+                    ),
                 );
                 if let Some(Ok(ReplyResult::Invited { call_id, .. })) =
                     self.net.dev(USERS[*u], DEVICES[*d]).results.get(&id)

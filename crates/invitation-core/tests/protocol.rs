@@ -34,19 +34,19 @@ fn every_client_message() -> Vec<ClientMessage> {
         Control::Renew { token: "t2".into() }.into(),
         Control::Ping.into(),
         Control::Sync.into(),
-        Command::Invite(InviteRequest {
-            callees: vec![UserId::new("bob").unwrap(), UserId::new("carol").unwrap()],
-            call_type: CallType::Video,
-            custom_data: Some(CustomData::new("{\"room\":\"r\"}").unwrap()),
-            timeout_s: Some(30),
-        })
+        Command::Invite(
+            InviteRequest::new(
+                vec![UserId::new("bob").unwrap(), UserId::new("carol").unwrap()],
+                CallType::Video,
+            )
+            .with_custom_data(Some(CustomData::new("{\"room\":\"r\"}").unwrap()))
+            .with_timeout_s(Some(30)),
+        )
         .into(),
-        Command::Invite(InviteRequest {
-            callees: vec![UserId::new("bob").unwrap()],
-            call_type: CallType::Voice,
-            custom_data: None,
-            timeout_s: None,
-        })
+        Command::Invite(InviteRequest::new(
+            vec![UserId::new("bob").unwrap()],
+            CallType::Voice,
+        ))
         .into(),
         Command::Cancel { call_id: cid() }.into(),
         Command::Accept { call_id: cid() }.into(),
@@ -66,6 +66,24 @@ fn every_client_message() -> Vec<ClientMessage> {
         .into_iter()
         .map(|c| ClientMessage::new(rid(), c))
         .collect()
+}
+
+/// A snapshot as a client outside the core builds one: from the wire
+/// (`CallSnapshot` is non-exhaustive, so new fields break nobody).
+fn ringing_snapshot(caller: &User, callee: &User) -> CallSnapshot {
+    serde_json::from_value(serde_json::json!({
+        "call_id": cid(),
+        "role": "caller",
+        "caller": caller,
+        "caller_device": "phone",
+        "call_type": "voice",
+        "callees": [callee],
+        "state": "ringing",
+        "ring_remaining_ms": 1000,
+        "ring_timeout_ms": 60_000,
+        "outcomes": [{"callee": callee.id, "reason": "declined"}],
+    }))
+    .unwrap()
 }
 
 fn every_server_message() -> Vec<ServerMessage> {
@@ -129,10 +147,7 @@ fn every_server_message() -> Vec<ServerMessage> {
             result: ReplyResult::Invited {
                 call_id: cid(),
                 ring_remaining_ms: 60_000,
-                callees: vec![CalleeStatus {
-                    user: bob.id.clone(),
-                    status: InitialStatus::Offline,
-                }],
+                callees: vec![CalleeStatus::new(bob.id.clone(), InitialStatus::Offline)],
             },
         },
         ServerBody::Reply {
@@ -146,49 +161,28 @@ fn every_server_message() -> Vec<ServerMessage> {
             re: rid(),
             result: ReplyResult::Done,
         },
-        ServerBody::Error(ErrorBody {
-            re: Some(rid()),
-            code: ErrorCode::Ended,
-            message: "the invitation already ended: canceled".into(),
-            reason: Some(Reason::Canceled),
-            retry_after_ms: None,
-        }),
-        ServerBody::Error(ErrorBody {
-            re: None,
-            code: ErrorCode::RateLimited,
-            message: "slow down".into(),
-            reason: None,
-            retry_after_ms: Some(1500),
-        }),
-        ServerBody::Sync(SyncBody {
-            re: None,
-            seq: 40,
-            calls: vec![CallSnapshot {
-                call_id: cid(),
-                role: Role::Caller,
-                caller: alice.clone(),
-                caller_device: DeviceId::new("phone").unwrap(),
-                call_type: CallType::Voice,
-                callees: vec![bob.clone()].into(),
-                custom_data: None,
-                state: SnapshotState::Ringing,
-                ring_remaining_ms: 1000,
-                ring_timeout_ms: 60_000,
-                device: None,
-                outcomes: vec![CalleeOutcome {
-                    callee: bob.id.clone(),
-                    reason: Reason::Declined,
-                }],
-            }],
-            ended: vec![EndedCall {
-                call_id: CallId::new("call-0").unwrap(),
-                reason: Reason::Timeout,
-                outcomes: vec![CalleeOutcome {
-                    callee: bob.id.clone(),
-                    reason: Reason::Timeout,
-                }],
-            }],
-        }),
+        ServerBody::Error(
+            ErrorBody::new(
+                Some(rid()),
+                ErrorCode::Ended,
+                "the invitation already ended: canceled",
+            )
+            .with_reason(Some(Reason::Canceled)),
+        ),
+        ServerBody::Error(
+            ErrorBody::new(None, ErrorCode::RateLimited, "slow down")
+                .with_retry_after_ms(Some(1500)),
+        ),
+        ServerBody::Sync(SyncBody::new(
+            None,
+            40,
+            vec![ringing_snapshot(&alice, &bob)],
+            vec![EndedCall::new(
+                CallId::new("call-0").unwrap(),
+                Reason::Timeout,
+                vec![CalleeOutcome::new(bob.id.clone(), Reason::Timeout)],
+            )],
+        )),
         ServerBody::Pong {
             re: Some(rid()),
             seq: Some(40),

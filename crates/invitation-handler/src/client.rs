@@ -525,12 +525,11 @@ impl Client {
             .options
             .ring_timeout
             .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
-        self.invite_with(InviteRequest {
-            callees,
-            call_type,
-            custom_data,
-            timeout_s,
-        })
+        self.invite_with(
+            InviteRequest::new(callees, call_type)
+                .with_custom_data(custom_data)
+                .with_timeout_s(timeout_s),
+        )
         .await
     }
 

@@ -478,12 +478,10 @@ mod tests {
     fn invite(id: &str, callee: &str) -> SwitchboardInput {
         SwitchboardInput::Command {
             id: RequestId::new(id).unwrap(),
-            command: Command::Invite(InviteRequest {
-                callees: vec![UserId::new(callee).unwrap()],
-                call_type: CallType::Voice,
-                custom_data: None,
-                timeout_s: None,
-            }),
+            command: Command::Invite(InviteRequest::new(
+                vec![UserId::new(callee).unwrap()],
+                CallType::Voice,
+            )),
         }
     }
 

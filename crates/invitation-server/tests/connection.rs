@@ -25,12 +25,10 @@ fn rid(s: &str) -> RequestId {
 fn invite(id: &str, callee: &str) -> ClientMessage {
     ClientMessage::new(
         rid(id),
-        Command::Invite(InviteRequest {
-            callees: vec![UserId::new(callee).unwrap()],
-            call_type: CallType::Voice,
-            custom_data: None,
-            timeout_s: Some(60),
-        }),
+        Command::Invite(
+            InviteRequest::new(vec![UserId::new(callee).unwrap()], CallType::Voice)
+                .with_timeout_s(Some(60)),
+        ),
     )
 }
 

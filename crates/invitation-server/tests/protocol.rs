@@ -28,12 +28,10 @@ fn rid(s: &str) -> RequestId {
 fn invite_msg(id: &str, callee: &str) -> ClientMessage {
     ClientMessage::new(
         rid(id),
-        Command::Invite(InviteRequest {
-            callees: vec![UserId::new(callee).unwrap()],
-            call_type: CallType::Voice,
-            custom_data: None,
-            timeout_s: Some(60),
-        }),
+        Command::Invite(
+            InviteRequest::new(vec![UserId::new(callee).unwrap()], CallType::Voice)
+                .with_timeout_s(Some(60)),
+        ),
     )
 }
 
@@ -713,14 +711,12 @@ async fn f5_a_client_that_never_reads_is_dropped() {
     for i in 0..2000 {
         let invite = ClientMessage::new(
             rid(&format!("i{i}")),
-            Command::Invite(InviteRequest {
-                callees: vec![UserId::new("sleepy").unwrap()],
-                call_type: CallType::Voice,
-                custom_data: Some(
-                    invitation_core::CustomData::with_limit(&big, 60 * 1024).unwrap(),
-                ),
-                timeout_s: None,
-            }),
+            Command::Invite(
+                InviteRequest::new(vec![UserId::new("sleepy").unwrap()], CallType::Voice)
+                    .with_custom_data(Some(
+                        invitation_core::CustomData::with_limit(&big, 60 * 1024).unwrap(),
+                    )),
+            ),
         );
         caller.send(&invite).await;
         let want = rid(&format!("i{i}"));
@@ -862,12 +858,13 @@ async fn timeout_events_are_timed() {
         let (mut raw, _) = Raw::hello(&srv, &format!("caller{i}"), "d", None).await;
         raw.send(&ClientMessage::new(
             RequestId::new(format!("i{i}")).unwrap(),
-            Command::Invite(InviteRequest {
-                callees: vec![UserId::new(format!("offline{i}")).unwrap()],
-                call_type: CallType::Voice,
-                custom_data: None,
-                timeout_s: Some(1),
-            }),
+            Command::Invite(
+                InviteRequest::new(
+                    vec![UserId::new(format!("offline{i}")).unwrap()],
+                    CallType::Voice,
+                )
+                .with_timeout_s(Some(1)),
+            ),
         ))
         .await;
         callers.push(raw);

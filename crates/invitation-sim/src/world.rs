@@ -479,12 +479,8 @@ impl World {
                 let (trace, acked_list, t0) = (self.trace.clone(), self.acked.clone(), self.t0);
                 self.log(format!("{name} invite {callees:?} ({timeout_s} s)"));
                 self.tasks.spawn(async move {
-                    let req = InviteRequest {
-                        callees: callees.clone(),
-                        call_type: CallType::Voice,
-                        custom_data: None,
-                        timeout_s: Some(timeout_s),
-                    };
+                    let req = InviteRequest::new(callees.clone(), CallType::Voice)
+                        .with_timeout_s(Some(timeout_s));
                     let r = client.invite_with(req).await;
                     let t = t0.elapsed().as_secs_f64();
                     if let Ok(inv) = &r {

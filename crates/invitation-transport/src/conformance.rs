@@ -83,12 +83,13 @@ async fn until(
 }
 
 fn invite(callee: &str) -> Command {
-    Command::Invite(InviteRequest {
-        callees: vec![UserId::new(callee).expect("valid user")],
-        call_type: CallType::Voice,
-        custom_data: None,
-        timeout_s: Some(30),
-    })
+    Command::Invite(
+        InviteRequest::new(
+            vec![UserId::new(callee).expect("valid user")],
+            CallType::Voice,
+        )
+        .with_timeout_s(Some(30)),
+    )
 }
 
 /// `hello` is answered by `welcome` naming the user, then `sync` (fresh start).

@@ -103,23 +103,23 @@ impl State {
                     seq,
                     resumed: false,
                 });
-                self.push(ServerBody::Sync(SyncBody {
-                    re: None,
+                self.push(ServerBody::Sync(SyncBody::new(
+                    None,
                     seq,
-                    calls: Vec::new(),
-                    ended: Vec::new(),
-                }));
+                    Vec::new(),
+                    Vec::new(),
+                )));
             }
             Control::Ping => self.push(ServerBody::Pong {
                 re: Some(re),
                 seq: Some(seq),
             }),
-            Control::Sync => self.push(ServerBody::Sync(SyncBody {
-                re: Some(re),
+            Control::Sync => self.push(ServerBody::Sync(SyncBody::new(
+                Some(re),
                 seq,
-                calls: Vec::new(),
-                ended: Vec::new(),
-            })),
+                Vec::new(),
+                Vec::new(),
+            ))),
             Control::Renew { .. } => self.push(ServerBody::Reply {
                 re,
                 result: ReplyResult::Done,
@@ -146,10 +146,7 @@ impl State {
                     callees: req
                         .callees
                         .iter()
-                        .map(|u| CalleeStatus {
-                            user: u.clone(),
-                            status: InitialStatus::Ringing,
-                        })
+                        .map(|u| CalleeStatus::new(u.clone(), InitialStatus::Ringing))
                         .collect(),
                 }
             }

@@ -85,12 +85,10 @@ async fn f5_client_that_never_reads_is_dropped_and_the_hub_stays_bounded() {
         .unwrap();
     // Each round gives the sleepy callee two events (incoming, ended).
     for i in 0..OUTBOUND_QUEUE {
-        let invite = Command::Invite(InviteRequest {
-            callees: vec![UserId::new("sleepy").unwrap()],
-            call_type: CallType::Voice,
-            custom_data: None,
-            timeout_s: None,
-        });
+        let invite = Command::Invite(InviteRequest::new(
+            vec![UserId::new("sleepy").unwrap()],
+            CallType::Voice,
+        ));
         caller
             .send(ClientMessage::new(
                 RequestId::new(format!("i{i}")).unwrap(),
@@ -338,12 +336,10 @@ async fn a_link_closed_by_its_client_is_gone_not_too_slow() {
     let (mut callee, _) = open_as(&hub, "callee").await;
     let (mut caller, _) = open_as(&hub, "caller").await;
     let _sync = callee.recv().await.unwrap();
-    let invite = Command::Invite(InviteRequest {
-        callees: vec![UserId::new("callee").unwrap()],
-        call_type: CallType::Voice,
-        custom_data: None,
-        timeout_s: None,
-    });
+    let invite = Command::Invite(InviteRequest::new(
+        vec![UserId::new("callee").unwrap()],
+        CallType::Voice,
+    ));
     // The invite reaches the hub before the callee's close does: the hub
     // writes the ring to a link whose client already let go.
     caller

@@ -210,12 +210,10 @@ impl Net {
         self.direct(
             user,
             device,
-            Command::Invite(InviteRequest {
-                callees: callees.iter().map(|c| uid(c)).collect(),
-                call_type: CallType::Voice,
-                custom_data: None,
-                timeout_s,
-            }),
+            Command::Invite(
+                InviteRequest::new(callees.iter().map(|c| uid(c)).collect(), CallType::Voice)
+                    .with_timeout_s(timeout_s),
+            ),
         )
     }
 
@@ -242,12 +240,13 @@ impl Net {
         let id = self.command(
             user,
             device,
-            Command::Invite(InviteRequest {
-                callees: callees.iter().map(|c| uid(c)).collect(),
-                call_type: CallType::Voice,
-                custom_data: Some(invitation_core::CustomData::new("{\"room\":1}").unwrap()),
-                timeout_s,
-            }),
+            Command::Invite(
+                InviteRequest::new(callees.iter().map(|c| uid(c)).collect(), CallType::Voice)
+                    .with_custom_data(Some(
+                        invitation_core::CustomData::new("{\"room\":1}").unwrap(),
+                    ))
+                    .with_timeout_s(timeout_s),
+            ),
         );
         match self.result(user, device, &id)? {
             ReplyResult::Invited { call_id, .. } | ReplyResult::Joined { call_id, .. } => {

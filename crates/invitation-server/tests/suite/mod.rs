@@ -343,12 +343,14 @@ fn room() -> CustomData {
 
 pub async fn invite(d: &Dev, callees: &[&str], timeout_s: u32) -> Invitation {
     d.client
-        .invite_with(InviteRequest {
-            callees: callees.iter().map(|c| UserId::new(c).unwrap()).collect(),
-            call_type: CallType::Video,
-            custom_data: Some(room()),
-            timeout_s: Some(timeout_s),
-        })
+        .invite_with(
+            InviteRequest::new(
+                callees.iter().map(|c| UserId::new(c).unwrap()).collect(),
+                CallType::Video,
+            )
+            .with_custom_data(Some(room()))
+            .with_timeout_s(Some(timeout_s)),
+        )
         .await
         .unwrap()
 }
