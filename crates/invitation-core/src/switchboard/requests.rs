@@ -29,6 +29,12 @@
 //!   safety net far above any share) forgets across users, oldest first.
 //!   An entry forgotten for its user's share stays allocated in the expiry
 //!   queue until it expires (the command rate limit bounds how many).
+//! - counting costs nothing per user: answers are counted in a fixed table
+//!   of counters indexed by a hash of the user (collisions only over-count).
+//!   Only a user whose counter passes the share is tracked exactly (its
+//!   answers found once in the expiry queue, then kept in a list), so the
+//!   million users of the memory benchmark, one answer each, pay no map
+//!   entry and no list.
 
 use std::borrow::Borrow;
 use std::collections::{HashSet, VecDeque};
@@ -214,15 +220,31 @@ pub(crate) fn worth_remembering(result: &Result<ReplyResult, CommandError>, chan
     }
 }
 
+/// Counters of the per-user share table (a power of two).
+const SHARE_BUCKETS: usize = 1 << 16;
+
 /// The remembered answers, oldest first in `order`, and per user.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Requests {
     set: HashSet<Entry, foldhash::fast::RandomState>,
     /// Every entry in insertion (= expiry) order, including entries already
     /// forgotten for their user's share (skipped when they come up).
     order: VecDeque<Arc<Remembered>>,
-    /// Each user's entries, oldest first.
-    by_user: HashMap<UserId, VecDeque<Arc<Remembered>>>,
+    /// Answers held per hashed user: an upper bound of each user's count.
+    counts: Box<[u32]>,
+    /// Users whose counter passed their share: their entries, oldest first.
+    heavy: HashMap<UserId, VecDeque<Arc<Remembered>>>,
+}
+
+impl Default for Requests {
+    fn default() -> Self {
+        Self {
+            set: HashSet::default(),
+            order: VecDeque::new(),
+            counts: vec![0; SHARE_BUCKETS].into_boxed_slice(),
+            heavy: HashMap::default(),
+        }
+    }
 }
 
 impl Requests {
@@ -261,14 +283,41 @@ impl Requests {
             expires,
             answer,
         });
-        let mine = self.by_user.entry(entry.key.user.clone()).or_default();
-        mine.push_back(entry.clone());
-        while mine.len() > per_user.max(1) {
-            let oldest = mine.pop_front().expect("over the share");
-            remove_if_same(&mut self.set, &oldest);
+        let per_user = per_user.max(1);
+        let user = entry.key.user.clone();
+        let bucket = self.bucket(&user);
+        self.counts[bucket] = self.counts[bucket].saturating_add(1);
+        if !self.heavy.contains_key(&user) && self.counts[bucket] as usize > per_user {
+            // Maybe over its share (or sharing a counter): count exactly,
+            // once, from the expiry queue.
+            let set = &self.set;
+            let mine: VecDeque<Arc<Remembered>> = self
+                .order
+                .iter()
+                .filter(|e| e.key.user == user && is_live(set, e))
+                .cloned()
+                .collect();
+            self.heavy.insert(user.clone(), mine);
+        }
+        if let Some(mine) = self.heavy.get_mut(&user) {
+            mine.push_back(entry.clone());
+            while mine.len() > per_user {
+                let oldest = mine.pop_front().expect("over the share");
+                if remove_if_same(&mut self.set, &oldest) {
+                    self.counts[bucket] = self.counts[bucket].saturating_sub(1);
+                }
+            }
         }
         self.order.push_back(entry.clone());
-        self.set.replace(Entry(entry));
+        if let Some(old) = self.set.replace(Entry(entry)) {
+            // The same request remembered again: the older answer is gone.
+            let b = self.bucket(&old.0.key.user);
+            self.counts[b] = self.counts[b].saturating_sub(1);
+        }
+    }
+
+    fn bucket(&self, user: &UserId) -> usize {
+        (self.set.hasher().hash_one(user.as_str()) as usize) & (SHARE_BUCKETS - 1)
     }
 
     /// Forgets answers expired at `now`, and the oldest beyond `cap`.
@@ -278,16 +327,19 @@ impl Requests {
                 break;
             }
             let oldest = self.order.pop_front().expect("front exists");
-            remove_if_same(&mut self.set, &oldest);
+            if remove_if_same(&mut self.set, &oldest) {
+                let b = self.bucket(&oldest.key.user);
+                self.counts[b] = self.counts[b].saturating_sub(1);
+            }
             // Unless its user's share already pushed it out, it is that
             // user's oldest entry (both queues are in insertion order).
             let user = &oldest.key.user;
-            if let Some(mine) = self.by_user.get_mut(user) {
+            if let Some(mine) = self.heavy.get_mut(user) {
                 if mine.front().is_some_and(|e| Arc::ptr_eq(e, &oldest)) {
                     mine.pop_front();
                 }
                 if mine.is_empty() {
-                    self.by_user.remove(user);
+                    self.heavy.remove(user);
                 }
             }
         }
@@ -299,13 +351,21 @@ impl Requests {
     }
 }
 
-/// Removes `entry` from the set if the set holds this very entry (not a
-/// newer one with the same key).
-fn remove_if_same(set: &mut HashSet<Entry, foldhash::fast::RandomState>, entry: &Arc<Remembered>) {
-    if set
-        .get(&entry.key)
+/// True when the set holds this very entry (not a newer one with its key).
+fn is_live(set: &HashSet<Entry, foldhash::fast::RandomState>, entry: &Arc<Remembered>) -> bool {
+    set.get(&entry.key)
         .is_some_and(|e| Arc::ptr_eq(&e.0, entry))
-    {
+}
+
+/// Removes `entry` from the set if the set holds this very entry (not a
+/// newer one with the same key); true if it did.
+fn remove_if_same(
+    set: &mut HashSet<Entry, foldhash::fast::RandomState>,
+    entry: &Arc<Remembered>,
+) -> bool {
+    let live = is_live(set, entry);
+    if live {
         set.remove(&entry.key);
     }
+    live
 }
