@@ -1164,3 +1164,51 @@ fn session_timers_follow_the_link_and_fire_in_issue_order() {
     s.handle_timeout(t0);
     assert_eq!(sent(&mut s), [id], "one retry per wake-up, no spin");
 }
+
+/// On a link that reorders, an old snapshot (the answer to an earlier
+/// `sync`, overtaken) must not rewind the device, and events that overtake
+/// an awaited snapshot must not be lost.
+#[test]
+fn a_stale_sync_is_ignored_and_events_overtaking_a_sync_are_kept() {
+    use invitation_core::protocol::{ServerBody, ServerMessage, SyncBody};
+    use invitation_core::{ClientSession, SessionConfig};
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob"]);
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    net.cancel("alice", "phone", &call).unwrap();
+    let received = net.dev("bob", "phone").received.clone();
+    let welcome = received[0].clone();
+    let events: Vec<ServerMessage> = received
+        .iter()
+        .filter(|m| matches!(m.body, ServerBody::Event { .. }))
+        .cloned()
+        .collect();
+    assert_eq!(events.len(), 2, "ring, then its end: {received:?}");
+    let seq = |m: &ServerMessage| match m.body {
+        ServerBody::Event { seq, .. } => seq,
+        _ => unreachable!(),
+    };
+    let empty =
+        |s: u64| ServerMessage::new(ServerBody::Sync(SyncBody::new(None, s, vec![], vec![])));
+
+    // 1. Events that overtake the awaited snapshot are kept.
+    let t0 = net.now;
+    let mut s = ClientSession::new(uid("bob"), did("phone"), "b3", SessionConfig::default());
+    s.handle_connected(t0, None);
+    s.handle_message(t0, welcome.clone()); // not resumed: a sync follows
+    s.handle_message(t0, events[0].clone()); // overtakes the snapshot
+    s.handle_message(t0, events[1].clone());
+    s.handle_message(t0, empty(seq(&events[0]) - 1));
+    assert_eq!(
+        s.last_seq(),
+        Some(seq(&events[1])),
+        "both events applied after the sync"
+    );
+    assert!(!s.is_ringing(&call), "the ring and its end both happened");
+    assert_eq!(s.poll_timeout(), None, "nothing left to recover");
+
+    // 2. An old snapshot arriving later changes nothing.
+    s.handle_message(t0, empty(seq(&events[0]) - 1));
+    assert_eq!(s.last_seq(), Some(seq(&events[1])), "not rewound");
+    assert_eq!(s.poll_timeout(), None);
+}

@@ -21,6 +21,15 @@ fn seed_12_clean_repeated_cancel_of_an_unknown_call_fires_once() {
     assert_passes(12, Profile::Clean);
 }
 
+/// A duplicated `hello` was answered with an error carrying the hello's id,
+/// after the welcome: the client took it for a refused token and stopped
+/// for good, a device then stayed behind. Fixed: once welcomed, an error
+/// about the hello is a duplicate's answer, not a refusal.
+#[test]
+fn seed_1415_lossy_a_duplicated_hello_does_not_stop_the_client() {
+    assert_passes(1415, Profile::Lossy);
+}
+
 /// The last event of a stream was lost and nothing followed: the device
 /// stayed behind forever. Fixed by `pong` carrying the newest sequence number.
 #[test]

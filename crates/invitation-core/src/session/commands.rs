@@ -185,8 +185,12 @@ impl ClientSession {
     pub(super) fn on_error(&mut self, now: Instant, body: ErrorBody) {
         let Some(re) = body.re.clone() else { return };
         if self.hello_id.as_ref() == Some(&re) {
-            // The hello itself was refused: no session on this link.
-            self.refusal = Some(body);
+            // The hello itself was refused: no session on this link. Once
+            // welcomed, an error about the hello answers a duplicate of it
+            // (a link that repeats messages): the session stands.
+            if !self.welcomed {
+                self.refusal = Some(body);
+            }
             return;
         }
         if body.code == crate::error::ErrorCode::NotConnected && self.pending.contains_key(&re) {

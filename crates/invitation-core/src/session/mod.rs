@@ -61,6 +61,9 @@ pub struct ClientSession {
     wants_reconnect: bool,
     /// The request id of this connection's `hello`.
     hello_id: Option<RequestId>,
+    /// This connection's `hello` was answered by a `welcome`: a later error
+    /// about the same id answers a duplicate of it, not a refusal.
+    welcomed: bool,
     /// The server's error answer to that `hello`, if it refused it.
     refusal: Option<ErrorBody>,
     ahead: BTreeMap<u64, Event>,
@@ -106,6 +109,7 @@ impl ClientSession {
             awaiting_sync: false,
             wants_reconnect: false,
             hello_id: None,
+            welcomed: false,
             refusal: None,
             ahead: BTreeMap::new(),
             calls: HashMap::default(),
@@ -198,6 +202,7 @@ impl ClientSession {
         };
         let id = self.fresh_request_id();
         self.hello_id = Some(id.clone());
+        self.welcomed = false;
         self.refusal = None;
         self.transmit.push_back(ClientMessage::new(id, hello));
         let backoff = self.config.command_retry;
@@ -249,6 +254,7 @@ impl ClientSession {
     pub fn handle_message(&mut self, now: Instant, message: ServerMessage) {
         match message.body {
             ServerBody::Welcome { seq, resumed, .. } => {
+                self.welcomed = true;
                 if resumed {
                     self.awaiting_sync = false;
                     self.timers.disarm(&TimerKey::SyncRetry);

@@ -10,7 +10,12 @@ use super::{ClientSession, TimerKey};
 impl ClientSession {
     pub(super) fn on_event(&mut self, now: Instant, seq: u64, event: Event) {
         if self.awaiting_sync {
-            return; // the sync will cover it
+            // The sync covers what came before it; what comes after it may
+            // arrive first (a reordering link): keep it for then.
+            if self.ahead.len() < self.config.reorder_buffer {
+                self.ahead.insert(seq, event);
+            }
+            return;
         }
         let last = self.last_seq.unwrap_or(0);
         if seq <= last {
@@ -30,6 +35,12 @@ impl ClientSession {
         }
         self.apply(now, event);
         self.last_seq = Some(seq);
+        self.apply_ahead(now);
+    }
+
+    /// Applies the buffered events that now follow `last_seq` in order;
+    /// drops those it already covers.
+    pub(super) fn apply_ahead(&mut self, now: Instant) {
         while let Some(entry) = self.ahead.first_entry() {
             let next = self.last_seq.unwrap_or(0) + 1;
             if *entry.key() < next {
@@ -57,7 +68,7 @@ impl ClientSession {
     }
 
     /// A sequence gap is open from `now`, unless one already was.
-    fn open_gap(&mut self, now: Instant) {
+    pub(super) fn open_gap(&mut self, now: Instant) {
         if !self.timers.is_armed(&TimerKey::Gap) {
             self.arm_timer(TimerKey::Gap, now + self.config.gap_timeout);
         }

@@ -12,10 +12,15 @@ use super::{AppEvent, ClientSession, Local, LocalCall, TimerKey};
 
 impl ClientSession {
     pub(super) fn on_sync(&mut self, now: Instant, sync: SyncBody) {
+        if !self.awaiting_sync && self.last_seq.is_some_and(|last| sync.seq < last) {
+            // A snapshot older than what this device already applied (the
+            // answer to an earlier request, overtaken): it would rewind.
+            self.duplicates += 1;
+            return;
+        }
         self.awaiting_sync = false;
         self.timers.disarm(&TimerKey::SyncRetry);
         self.timers.disarm(&TimerKey::Gap);
-        self.ahead.clear();
         self.last_seq = Some(sync.seq);
         let live: HashSet<CallId> = sync.calls.iter().map(|c| c.call_id.clone()).collect();
         // Calls this device thinks live but the server does not: they ended.
@@ -38,6 +43,11 @@ impl ClientSession {
         }
         self.events
             .push_back(AppEvent::Resynced { live_calls: count });
+        // Events after the snapshot that arrived before it.
+        self.apply_ahead(now);
+        if !self.ahead.is_empty() {
+            self.open_gap(now);
+        }
     }
 
     pub(super) fn end_from_sync(
