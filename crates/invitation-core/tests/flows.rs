@@ -1006,6 +1006,29 @@ fn an_invite_given_up_on_that_the_server_took_is_canceled() {
     );
 }
 
+/// Alice rings bob and cancels: the test network, the call, everything bob's
+/// phone received (welcome and snapshot first) and its two events.
+fn ring_then_cancel() -> (
+    Net,
+    invitation_core::CallId,
+    Vec<invitation_core::protocol::ServerMessage>,
+    Vec<invitation_core::protocol::ServerMessage>,
+) {
+    use invitation_core::protocol::ServerBody;
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob"]);
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    net.cancel("alice", "phone", &call).unwrap();
+    let received = net.dev("bob", "phone").received.clone();
+    let events: Vec<_> = received
+        .iter()
+        .filter(|m| matches!(m.body, ServerBody::Event { .. }))
+        .cloned()
+        .collect();
+    assert_eq!(events.len(), 2, "ring, then its end: {received:?}");
+    (net, call, received, events)
+}
+
 /// A session that was waiting for a `sync` when its link dropped must not
 /// throw away what the next link brings: the events a resumed link replays
 /// can overtake its `welcome` (reordering transports, the simulation's
@@ -1016,18 +1039,8 @@ fn an_invite_given_up_on_that_the_server_took_is_canceled() {
 fn events_that_overtake_a_resumed_welcome_after_a_pending_sync_are_kept() {
     use invitation_core::protocol::{ServerBody, ServerMessage};
     use invitation_core::{ClientSession, SessionConfig};
-    let mut net = Net::new();
-    online(&mut net, &["alice", "bob"]);
-    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
-    net.cancel("alice", "phone", &call).unwrap();
-    let received = &net.dev("bob", "phone").received;
+    let (net, call, received, events) = ring_then_cancel();
     let (welcome, sync) = (received[0].clone(), received[1].clone());
-    let events: Vec<ServerMessage> = received
-        .iter()
-        .filter(|m| matches!(m.body, ServerBody::Event { .. }))
-        .cloned()
-        .collect();
-    assert_eq!(events.len(), 2, "ring, then its end: {received:?}");
 
     let t0 = net.now;
     let mut s = ClientSession::new(uid("bob"), did("phone"), "b2", SessionConfig::default());
@@ -1172,18 +1185,8 @@ fn session_timers_follow_the_link_and_fire_in_issue_order() {
 fn a_stale_sync_is_ignored_and_events_overtaking_a_sync_are_kept() {
     use invitation_core::protocol::{ServerBody, ServerMessage, SyncBody};
     use invitation_core::{ClientSession, SessionConfig};
-    let mut net = Net::new();
-    online(&mut net, &["alice", "bob"]);
-    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
-    net.cancel("alice", "phone", &call).unwrap();
-    let received = net.dev("bob", "phone").received.clone();
+    let (net, call, received, events) = ring_then_cancel();
     let welcome = received[0].clone();
-    let events: Vec<ServerMessage> = received
-        .iter()
-        .filter(|m| matches!(m.body, ServerBody::Event { .. }))
-        .cloned()
-        .collect();
-    assert_eq!(events.len(), 2, "ring, then its end: {received:?}");
     let seq = |m: &ServerMessage| match m.body {
         ServerBody::Event { seq, .. } => seq,
         _ => unreachable!(),
