@@ -24,7 +24,6 @@ enum Op {
     Decline { conn: u8, call: u8, busy: bool },
     Cancel { conn: u8, call: u8 },
     HangUp { conn: u8, call: u8 },
-    Ping { conn: u8 },
     Sync { conn: u8 },
     Retry,
     Tick { ms: u16 },
@@ -81,13 +80,6 @@ fuzz_target!(|ops: Vec<Op>| {
                         _ => unreachable!(),
                     };
                     let _ = send(&mut sb, c, cmd, &mut last);
-                }
-            }
-            Op::Ping { conn } => {
-                // Pings are the connection machine's; the switchboard's part
-                // of connection housekeeping is a resume from a sequence.
-                if let Some(c) = pick(conn, &conns) {
-                    let _ = sb.connection(c).map(|(u, _)| sb.last_seq(u));
                 }
             }
             Op::Sync { conn } => {

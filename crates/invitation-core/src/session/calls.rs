@@ -410,55 +410,44 @@ impl ClientSession {
                 self.mark_declined(call_id, reason == Reason::Busy);
                 return;
             }
+            _ => {}
+        }
+        // Another device of this user answered, or the call ended without
+        // an answer: this device stops ringing, with the reason it sees.
+        let seen = match reason {
+            Reason::Accepted if matches!(call.state, Local::InCall) => {
+                return; // glare: our own invite accepted it
+            }
             Reason::Accepted => {
-                if matches!(call.state, Local::InCall) {
-                    return; // glare: our own invite accepted it
-                }
                 self.events.push_back(AppEvent::AnsweredElsewhere {
                     call_id: call_id.clone(),
                     device: device.clone(),
                 });
-                if rang {
-                    self.events.push_back(AppEvent::IncomingCallCanceled {
-                        call_id: call_id.clone(),
-                        caller,
-                        custom_data: data,
-                        reason: Reason::AnsweredElsewhere,
-                    });
-                }
+                Reason::AnsweredElsewhere
             }
             Reason::Declined | Reason::Busy => {
                 self.events.push_back(AppEvent::DeclinedElsewhere {
                     call_id: call_id.clone(),
                     device: device.clone(),
                 });
-                if rang {
-                    self.events.push_back(AppEvent::IncomingCallCanceled {
-                        call_id: call_id.clone(),
-                        caller,
-                        custom_data: data,
-                        reason: Reason::DeclinedElsewhere,
-                    });
-                }
+                Reason::DeclinedElsewhere
             }
-            Reason::Timeout => {
-                if rang {
-                    self.events.push_back(AppEvent::IncomingCallTimeout {
-                        call_id: call_id.clone(),
-                        caller,
-                    });
+            other => other,
+        };
+        if rang {
+            self.events.push_back(if seen == Reason::Timeout {
+                AppEvent::IncomingCallTimeout {
+                    call_id: call_id.clone(),
+                    caller,
                 }
-            }
-            other => {
-                if rang {
-                    self.events.push_back(AppEvent::IncomingCallCanceled {
-                        call_id: call_id.clone(),
-                        caller,
-                        custom_data: data,
-                        reason: other,
-                    });
+            } else {
+                AppEvent::IncomingCallCanceled {
+                    call_id: call_id.clone(),
+                    caller,
+                    custom_data: data,
+                    reason: seen,
                 }
-            }
+            });
         }
         self.finish(call_id);
     }
