@@ -299,12 +299,12 @@ async fn one_call(g: &mut Group, n: u64) -> Result<Option<(Duration, Duration)>>
     let mut first_ring = None;
     {
         let (caller, first) = (&mut g.caller, &mut g.callees[0].1);
-        let answered =
-            |b: &ServerBody| matches!(b, ServerBody::Reply { .. } | ServerBody::Error(_));
+        // The answer rides on the `outgoing_call` event the invite caused.
+        let answered = |b: &ServerBody| b.success().is_some() || matches!(b, ServerBody::Error(_));
         tokio::select! {
             biased;
             m = until(first, &["incoming_call\""], is_ring) => first_ring = Some(m?),
-            m = until(caller, &["reply\"", "error\""], answered) => {
+            m = until(caller, &["outgoing_call\"", "reply\"", "error\""], answered) => {
                 if let ServerBody::Error(e) = m?.body {
                     if e.code == ErrorCode::Unavailable {
                         return Ok(None);

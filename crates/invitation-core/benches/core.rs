@@ -368,7 +368,7 @@ fn sample_messages() -> (Samples, Samples) {
         ),
         ("ping", ClientMessage::new(rid(7), Control::Ping)),
     ];
-    let ev = |event| ServerMessage::new(ServerBody::Event { seq: 42, event });
+    let ev = |event| ServerMessage::new(ServerBody::event(42, event));
     let server = vec![
         (
             "incoming_call",

@@ -459,9 +459,9 @@ impl DeviceConnection {
                 self.seq = self.seq.max(sync.seq);
                 sync.re.is_some()
             }
-            ServerBody::Event { seq, .. } => {
+            ServerBody::Event { seq, re, .. } => {
                 self.seq = self.seq.max(*seq);
-                false
+                re.is_some() // an event that answers a command
             }
             _ => false,
         };
@@ -799,16 +799,45 @@ mod tests {
     }
 
     #[test]
+    fn an_event_carrying_an_answer_releases_its_command() {
+        let now = t0();
+        let mut c = open(now);
+        let before = c.in_flight();
+        c.handle_text(
+            now,
+            r#"{"v":1,"id":"h1","type":"hang_up","call_id":"c-1"}"#,
+            &Fixed,
+        );
+        drain(&mut c);
+        assert_eq!(c.in_flight(), before + 1);
+        let ended = crate::protocol::Event::CallEnded {
+            call_id: crate::id::CallId::new("c-1").unwrap(),
+            reason: crate::model::Reason::HungUp,
+        };
+        // An event answering nothing leaves the command in flight ...
+        c.handle_sent(&ServerMessage::new(ServerBody::event(4, ended.clone())));
+        assert_eq!(c.in_flight(), before + 1);
+        // ... the one carrying its `re` answers it.
+        c.handle_sent(&ServerMessage::new(ServerBody::Event {
+            seq: 5,
+            re: Some(rid("h1")),
+            result: None,
+            event: ended,
+        }));
+        assert_eq!(c.in_flight(), before);
+    }
+
+    #[test]
     fn ping_is_answered_with_the_newest_sequence_sent() {
         let now = t0();
         let mut c = open(now);
-        c.handle_sent(&ServerMessage::new(ServerBody::Event {
-            seq: 7,
-            event: crate::protocol::Event::CalleeRinging {
+        c.handle_sent(&ServerMessage::new(ServerBody::event(
+            7,
+            crate::protocol::Event::CalleeRinging {
                 call_id: crate::id::CallId::new("c-1").unwrap(),
                 callee: UserId::new("bob").unwrap(),
             },
-        }));
+        )));
         c.handle_text(now, r#"{"v":1,"id":"p1","type":"ping"}"#, &Fixed);
         let out = drain(&mut c);
         assert_eq!(

@@ -39,7 +39,10 @@ const SERVER_TYPES: &[&str] = &[
 ///
 /// Every client message gets exactly one answer carrying its id as `re`:
 /// `welcome` (or an `error`) for `hello`, `pong` for `ping`, `sync` for
-/// `sync`, and `reply` or `error` for everything else.
+/// `sync`, and for a call command an `error`, or the first event the
+/// command caused on this connection carrying `re` (see
+/// [`ServerBody::Event`]), or a `reply` when it caused no event here (and
+/// for a retried command, which changes nothing).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientMessage {
     /// Protocol version: always [`PROTOCOL_VERSION`].
@@ -294,10 +297,19 @@ pub enum ServerBody {
     },
     /// Failure answer to a command, or a connection-level error (`re` absent).
     Error(ErrorBody),
-    /// One event of the user's sequenced stream.
+    /// One event of the user's sequenced stream. On the connection whose
+    /// command caused it, the first such event also answers that command:
+    /// it then carries the command's id as `re` (and, when the answer has
+    /// data, as for `invite`, its `result`), and no separate `reply` is sent.
     Event {
         /// Per-user sequence number, contiguous from 1.
         seq: u64,
+        /// The command this event answers, on the commanding connection only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        re: Option<RequestId>,
+        /// The answer's data when it has any (absent with `re`: `done`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<ReplyResult>,
         /// The event.
         event: Event,
     },
@@ -319,6 +331,47 @@ pub enum ServerBody {
         /// Why.
         reason: CloseReason,
     },
+}
+
+impl ServerBody {
+    /// An event that answers no command.
+    pub fn event(seq: u64, event: Event) -> Self {
+        ServerBody::Event {
+            seq,
+            re: None,
+            result: None,
+            event,
+        }
+    }
+
+    /// The command this message answers successfully, with the answer:
+    /// a `reply`, or an `event` that carries the answer (`re`, and `result`
+    /// unless it is `done`).
+    pub fn success(&self) -> Option<(&RequestId, ReplyResult)> {
+        match self {
+            ServerBody::Reply { re, result } => Some((re, result.clone())),
+            ServerBody::Event {
+                re: Some(re),
+                result,
+                ..
+            } => Some((re, result.clone().unwrap_or(ReplyResult::Done))),
+            _ => None,
+        }
+    }
+
+    /// The request id this message answers, if it answers one (success,
+    /// error, `welcome`, `pong` or `sync`).
+    pub fn answers(&self) -> Option<&RequestId> {
+        match self {
+            ServerBody::Reply { re, .. } => Some(re),
+            ServerBody::Event { re, .. }
+            | ServerBody::Welcome { re, .. }
+            | ServerBody::Pong { re, .. } => re.as_ref(),
+            ServerBody::Error(e) => e.re.as_ref(),
+            ServerBody::Sync(s) => s.re.as_ref(),
+            ServerBody::Closing { .. } => None,
+        }
+    }
 }
 
 /// Why the server closes a connection.

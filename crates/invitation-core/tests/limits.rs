@@ -100,16 +100,15 @@ impl Board {
         id: RequestId,
         command: Command,
     ) -> Result<ReplyResult, CommandError> {
-        let result = self.sb.handle_command(self.now, conn, id, command);
+        let result = self.sb.handle_command(self.now, conn, id.clone(), command);
         let before = self.sent.len();
         self.drain();
-        let replies = self.sent[before..]
+        // A reply, an error, or an event carrying the answer: exactly one.
+        let answers = self.sent[before..]
             .iter()
-            .filter(|(c, m)| {
-                *c == conn && matches!(m.body, ServerBody::Reply { .. } | ServerBody::Error(_))
-            })
+            .filter(|(c, m)| *c == conn && m.body.answers() == Some(&id))
             .count();
-        assert_eq!(replies, 1, "one answer per command");
+        assert_eq!(answers, 1, "one answer per command");
         result
     }
 

@@ -129,10 +129,7 @@ fn every_server_message() -> Vec<ServerMessage> {
     let mut bodies: Vec<ServerBody> = events
         .into_iter()
         .enumerate()
-        .map(|(i, event)| ServerBody::Event {
-            seq: i as u64 + 1,
-            event,
-        })
+        .map(|(i, event)| ServerBody::event(i as u64 + 1, event))
         .collect();
     bodies.extend([
         ServerBody::Welcome {
@@ -225,6 +222,8 @@ fn wire_shape_is_flat_and_documented() {
     );
     let json = ServerMessage::new(ServerBody::Event {
         seq: 3,
+        re: None,
+        result: None,
         event: Event::CallEnded {
             call_id: cid(),
             reason: Reason::HungUp,

@@ -575,11 +575,8 @@ mod tests {
 
         // The same request id, sent again in time, is a new invitation.
         alice_sends(&mut hub, invite("i1", "bob"), Instant::now());
-        let call_id = match next_body(&rx) {
-            ServerBody::Reply {
-                result: ReplyResult::Invited { call_id, .. },
-                ..
-            } => call_id,
+        let call_id = match next_body(&rx).success() {
+            Some((re, ReplyResult::Invited { call_id, .. })) if re.as_str() == "i1" => call_id,
             other => panic!("expected invited, got {other:?}"),
         };
 
@@ -595,9 +592,9 @@ mod tests {
             },
             read_at,
         );
-        match next_body(&rx) {
-            ServerBody::Reply { re, .. } => assert_eq!(re.as_str(), "c1"),
-            other => panic!("expected the cancel's reply, got {other:?}"),
+        match next_body(&rx).success() {
+            Some((re, _)) => assert_eq!(re.as_str(), "c1"),
+            other => panic!("expected the cancel's answer, got {other:?}"),
         }
         assert_eq!(metrics.invites_shed.load(Ordering::Relaxed), 1);
     }
@@ -628,12 +625,14 @@ mod tests {
             firsts.push(w.await.unwrap());
         }
         assert_eq!(*order.lock().unwrap(), ["bob", "alice"]);
-        // Alice's own order is kept: her reply first, then her events.
+        // Alice's own order is kept: the event answering her invite first.
         match &firsts[0] {
-            Some(Outbound::Message(q)) => {
-                assert!(matches!(q.message.body, ServerBody::Reply { .. }))
-            }
-            other => panic!("expected alice's reply first, got {other:?}"),
+            Some(Outbound::Message(q)) => assert!(
+                matches!(q.message.body.success(), Some((re, ReplyResult::Invited { .. })) if re.as_str() == "i1"),
+                "{:?}",
+                q.message.body
+            ),
+            other => panic!("expected alice's answer first, got {other:?}"),
         }
     }
 
@@ -651,11 +650,8 @@ mod tests {
         metrics.scheduler_lag_us.store(1_000, Ordering::Relaxed);
         alice_sends(&mut hub, invite("i2", "bob"), Instant::now());
         assert!(matches!(
-            next_body(&rx),
-            ServerBody::Reply {
-                result: ReplyResult::Invited { .. },
-                ..
-            }
+            next_body(&rx).success(),
+            Some((_, ReplyResult::Invited { .. }))
         ));
     }
 

@@ -89,15 +89,11 @@ async fn a_thousand_syncs_then_a_whole_call_on_the_same_connection() {
         ws: sink.reunite(stream).unwrap(),
     };
     alice.send(&invite("i1", "bob")).await;
-    let reply = alice.until(|b| matches!(b, ServerBody::Reply { .. })).await;
-    let ServerBody::Reply {
-        re,
-        result: ReplyResult::Invited { call_id, .. },
-    } = reply.body
-    else {
+    let reply = alice.until(|b| b.success().is_some()).await;
+    let Some((re, ReplyResult::Invited { call_id, .. })) = reply.body.success() else {
         panic!("{reply:?}")
     };
-    assert_eq!(re, rid("i1"));
+    assert_eq!(*re, rid("i1"));
     bob.until(|b| {
         matches!(
             b,
@@ -137,10 +133,22 @@ async fn a_thousand_syncs_then_a_whole_call_on_the_same_connection() {
             },
         ))
         .await;
-    let done = alice
-        .until(|b| matches!(b, ServerBody::Reply { re, .. } if *re == rid("h1")))
-        .await;
-    assert!(matches!(done.body, ServerBody::Reply { .. }), "{done:?}");
+    let done = alice.until(|b| b.answers() == Some(&rid("h1"))).await;
+    // The hang-up is answered by the event it caused, not a separate reply.
+    assert!(
+        matches!(
+            &done.body,
+            ServerBody::Event {
+                result: None,
+                event: Event::CallEnded {
+                    reason: Reason::HungUp,
+                    ..
+                },
+                ..
+            }
+        ),
+        "{done:?}"
+    );
     bob.until(|b| {
         matches!(
             b,
@@ -282,7 +290,7 @@ async fn a_graceful_stop_ends_ringing_calls_for_both_sides() {
     let (mut alice, _) = Raw::hello(&srv, "alice", "phone", None).await;
     let (mut bob, _) = Raw::hello(&srv, "bob", "phone", None).await;
     alice.send(&invite("i1", "bob")).await;
-    alice.until(|b| matches!(b, ServerBody::Reply { .. })).await;
+    alice.until(|b| b.success().is_some()).await;
     bob.until(|b| {
         matches!(
             b,
@@ -325,4 +333,85 @@ async fn a_graceful_stop_ends_ringing_calls_for_both_sides() {
         );
     }
     stop.await.unwrap();
+}
+
+/// What each party of a 1:1 call receives, message by message: every
+/// command is answered by the event it caused (carrying the command's `re`),
+/// never by a separate `reply`, so the caller gets four messages and the
+/// callee three, and nothing else.
+#[tokio::test]
+async fn a_one_to_one_call_is_seven_messages_with_answers_folded_into_events() {
+    /// (event type with its reason, `re`, whether a result rides along)
+    fn shape(m: &ServerMessage) -> (String, Option<String>, bool) {
+        let ServerBody::Event {
+            re, result, event, ..
+        } = &m.body
+        else {
+            panic!("only events expected, got {m:?}")
+        };
+        let json = serde_json::to_value(event).unwrap();
+        let mut ty = json["type"].as_str().unwrap().to_owned();
+        if let Some(reason) = json["reason"].as_str() {
+            ty = format!("{ty}:{reason}");
+        }
+        (
+            ty,
+            re.as_ref().map(|r| r.as_str().to_owned()),
+            result.is_some(),
+        )
+    }
+    let srv = server(|_| {}).await;
+    // Fresh users resuming from 0: no unasked `sync` after the welcome.
+    let (mut alice, _) = Raw::hello(&srv, "alice", "phone", Some(0)).await;
+    let (mut bob, _) = Raw::hello(&srv, "bob", "phone", Some(0)).await;
+    let mut seen_by_alice = Vec::new();
+    let mut seen_by_bob = Vec::new();
+
+    alice.send(&invite("i1", "bob")).await;
+    let answer = alice.recv().await;
+    let Some((_, ReplyResult::Invited { call_id, .. })) = answer.body.success() else {
+        panic!("{answer:?}")
+    };
+    seen_by_alice.push(shape(&answer));
+    seen_by_alice.push(shape(&alice.recv().await));
+    seen_by_bob.push(shape(&bob.recv().await));
+
+    bob.send(&ClientMessage::new(
+        rid("a1"),
+        Command::Accept {
+            call_id: call_id.clone(),
+        },
+    ))
+    .await;
+    seen_by_bob.push(shape(&bob.recv().await));
+    seen_by_alice.push(shape(&alice.recv().await));
+
+    alice
+        .send(&ClientMessage::new(rid("h1"), Command::HangUp { call_id }))
+        .await;
+    seen_by_alice.push(shape(&alice.recv().await));
+    seen_by_bob.push(shape(&bob.recv().await));
+    // Nothing else is on its way to either of them.
+    assert_eq!(alice.ping_collect().await, vec![]);
+    assert_eq!(bob.ping_collect().await, vec![]);
+
+    let s =
+        |ty: &str, re: Option<&str>, result: bool| (ty.to_owned(), re.map(str::to_owned), result);
+    assert_eq!(
+        seen_by_alice,
+        [
+            s("outgoing_call", Some("i1"), true),
+            s("callee_ringing", None, false),
+            s("callee_outcome:accepted", None, false),
+            s("call_ended:hung_up", Some("h1"), false),
+        ]
+    );
+    assert_eq!(
+        seen_by_bob,
+        [
+            s("incoming_call", None, false),
+            s("incoming_ended:accepted", Some("a1"), false),
+            s("call_ended:hung_up", None, false),
+        ]
+    );
 }

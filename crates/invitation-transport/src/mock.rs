@@ -86,7 +86,7 @@ impl State {
     fn event(&mut self, event: Event) -> u64 {
         self.seq += 1;
         let seq = self.seq;
-        self.push(ServerBody::Event { seq, event });
+        self.push(ServerBody::event(seq, event));
         seq
     }
 

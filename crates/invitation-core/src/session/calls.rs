@@ -538,7 +538,7 @@ mod tests {
     }
 
     fn event(s: &mut ClientSession, now: Instant, seq: u64, event: Event) {
-        s.handle_message(now, ServerMessage::new(ServerBody::Event { seq, event }));
+        s.handle_message(now, ServerMessage::new(ServerBody::event(seq, event)));
     }
 
     fn events(s: &mut ClientSession) -> Vec<AppEvent> {

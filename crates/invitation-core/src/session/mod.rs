@@ -270,7 +270,18 @@ impl ClientSession {
             }
             ServerBody::Reply { re, result } => self.on_reply(now, re, Ok(result)),
             ServerBody::Error(body) => self.on_error(now, body),
-            ServerBody::Event { seq, event } => self.on_event(now, seq, event),
+            ServerBody::Event {
+                seq,
+                re,
+                result,
+                event,
+            } => {
+                // The answer first, as if its `reply` had come just before.
+                if let Some(re) = re {
+                    self.on_reply(now, re, Ok(result.unwrap_or(ReplyResult::Done)));
+                }
+                self.on_event(now, seq, event)
+            }
             ServerBody::Sync(sync) => self.on_sync(now, sync),
             ServerBody::Pong { seq: Some(seq), .. } => self.on_pong(now, seq),
             ServerBody::Pong { .. } | ServerBody::Closing { .. } => {}

@@ -122,6 +122,9 @@ pub struct Switchboard {
     notices: VecDeque<CallNotice>,
     /// Events produced while a call is borrowed, emitted afterwards.
     pending: Vec<(UserId, LogEvent)>,
+    /// The command being handled: its answer rides on the first event
+    /// [`Switchboard::flush`] sends to its connection.
+    answer: Option<(ConnId, RequestId, ReplyResult)>,
     stats: SwitchboardStats,
 }
 
@@ -153,6 +156,7 @@ impl Switchboard {
             out: VecDeque::new(),
             notices: VecDeque::new(),
             pending: Vec::new(),
+            answer: None,
             stats: SwitchboardStats::default(),
         }
     }
@@ -220,10 +224,7 @@ impl Switchboard {
         let replay: Vec<ServerBody> = match last_seq {
             Some(l) if resumed => entry
                 .since(l)
-                .map(|(seq, ev)| ServerBody::Event {
-                    seq,
-                    event: render(&self.calls, &user_id, ev, now),
-                })
+                .map(|(seq, ev)| ServerBody::event(seq, render(&self.calls, &user_id, ev, now)))
                 .collect(),
             _ => vec![ServerBody::Sync(self.snapshot(&user_id, now, None))],
         };
@@ -338,8 +339,13 @@ impl Switchboard {
         self.send(conn, ServerBody::Sync(sync));
     }
 
-    /// A call command from a connection. The reply (or error) is queued as
-    /// an output *before* the events the command caused, and also returned.
+    /// A call command from a connection; the answer is also returned.
+    ///
+    /// A success is answered by the first event the command caused on this
+    /// connection (the event carries `re` and the result); only a command
+    /// that caused no event here gets a separate `reply`, queued after the
+    /// events. An error is queued before any event. One message instead of
+    /// two: a 1:1 call's commands cause an event for their sender anyway.
     ///
     /// A request id seen before from the same device within the retention
     /// period gets the stored answer and changes nothing.
@@ -375,8 +381,14 @@ impl Switchboard {
         if requests::worth_remembering(&result, changed) {
             self.remember(now, key, &result);
         }
-        self.reply(conn, &request, &result);
+        match &result {
+            Ok(answer) => self.answer = Some((conn, request, answer.clone())),
+            Err(_) => self.reply(conn, &request, &result),
+        }
         self.flush(now);
+        if let Some((conn, request, answer)) = self.answer.take() {
+            self.reply(conn, &request, &Ok(answer));
+        }
         result
     }
 

@@ -58,10 +58,17 @@ impl Switchboard {
             }
             let rendered = render(&self.calls, &user, entry.log.back().expect("appended"), now);
             for (_, conn) in &entry.devices {
+                let (re, result) = match self.answer.take_if(|(c, ..)| c == conn) {
+                    Some((_, re, result)) => (Some(re), Some(result)),
+                    None => (None, None),
+                };
                 self.out.push_back(Output::Send {
                     conn: *conn,
                     message: ServerMessage::new(ServerBody::Event {
                         seq,
+                        re,
+                        // `done` is the default: said by `re` alone.
+                        result: result.filter(|r| *r != ReplyResult::Done),
                         event: rendered.clone(),
                     }),
                 });
