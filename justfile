@@ -30,6 +30,12 @@ fuzz TARGET SECONDS="300":
 bench-core:
     cargo bench -p invitation-core --bench core
 
+# Instruction counts of the core scenarios under callgrind, against the
+# checked-in baseline (CI fails above +3 %); `just instructions --update`
+# accepts the current counts after an intended change.
+instructions *ARGS:
+    python3 .ci/instructions {{ARGS}}
+
 # Model-based property tests with another seed: just model 42  or  just model SEED=42
 model SEED="20261126":
     seed="{{SEED}}"; \

@@ -512,7 +512,61 @@ fn pending_memory(n: usize) {
     assert_eq!(sb.poll_timeout(), None);
 }
 
+/// A fixed amount of work for the instruction-count guard
+/// (`.ci/instructions`): `n` repetitions of one scenario, nothing timed.
+/// The guard runs each scenario with `n` and with 0 under callgrind and
+/// divides the difference by `n`, so set-up costs cancel out.
+fn instructions(scenario: &str, n: u64) {
+    let t0 = Instant::now();
+    match scenario {
+        // One complete 1:1 call through the switchboard: invite, accept,
+        // hang up, every output drained.
+        "call" => {
+            let mut sb =
+                Switchboard::new(SwitchboardConfig::default(), SequentialCallIds::default());
+            let phone = DeviceId::new("phone").unwrap();
+            let alice = sb.join(t0, User::named("alice", "Alice"), phone.clone(), None);
+            let bob = sb.join(t0, User::named("bob", "Bob"), phone, None);
+            drain(&mut sb);
+            let bob_id = UserId::new("bob").unwrap();
+            for i in 0..n {
+                let now = t0 + Duration::from_millis(i);
+                one_flow(&mut sb, now, alice, bob, &bob_id, i * 3);
+            }
+        }
+        // Decode and encode of every sample client and server message.
+        "codec" => {
+            let limits = DecodeLimits::default();
+            let (client, server) = sample_messages();
+            for _ in 0..n {
+                for (_, json) in &client {
+                    black_box(ClientMessage::decode(black_box(json), &limits).unwrap().encode());
+                }
+                for (_, json) in &server {
+                    black_box(ServerMessage::decode(black_box(json), &limits).unwrap().encode());
+                }
+            }
+        }
+        // An invitation to an offline callee whose ring timer fires.
+        "timer" => {
+            let mut sb =
+                Switchboard::new(SwitchboardConfig::default(), SequentialCallIds::default());
+            for i in 0..n as usize {
+                let at = t0 + Duration::from_secs(2 * i as u64);
+                invite_offline(&mut sb, at, "t", i, 1);
+                sb.handle_timeout(at + Duration::from_secs(1));
+                drain(&mut sb);
+            }
+        }
+        other => panic!("unknown scenario {other:?}: call, codec, timer"),
+    }
+}
+
 fn main() {
+    if let Ok(spec) = std::env::var("INVITATION_INSTRUCTIONS") {
+        let (scenario, n) = spec.split_once(':').expect("scenario:count");
+        return instructions(scenario, n.parse().expect("a count"));
+    }
     let flows = std::env::var("INVITATION_BENCH_FLOWS")
         .ok()
         .and_then(|s| s.parse().ok())
