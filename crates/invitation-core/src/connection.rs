@@ -34,6 +34,14 @@
 //! sees every message the shell writes); while more than
 //! [`ConnectionConfig::max_in_flight`] are unanswered it asks the shell to
 //! stop reading ([`DeviceConnection::wants_read`]).
+//!
+//! The one exception is a device's `received` receipt for an incoming call:
+//! it is never answered, so it never counts as in flight. The machine
+//! forwards one only for a call it sent this connection as ringing (an
+//! `incoming_call` event, or a ringing callee call in a `sync`), once per
+//! such call; any other receipt (unknown, foreign, repeated) goes no further
+//! and counts as a protocol error, silently. The calls awaiting a receipt
+//! are bounded ([`MAX_AWAITING_RECEIPT`], oldest forgotten first).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -42,12 +50,17 @@ use std::time::{Duration, Instant};
 
 use crate::error::{CommandError, ErrorCode, ProtocolError};
 use crate::guard::DecodeLimits;
-use crate::id::{DeviceId, RequestId};
+use crate::id::{CallId, DeviceId, RequestId};
 use crate::model::User;
 use crate::protocol::{
-    ClientBody, ClientMessage, CloseReason, Command, Control, ErrorBody, ReplyResult, ServerBody,
-    ServerMessage,
+    ClientBody, ClientMessage, CloseReason, Command, Control, ErrorBody, Event, ReplyResult, Role,
+    ServerBody, ServerMessage, SnapshotState,
 };
+
+/// Most calls one connection remembers as sent ringing and not yet
+/// acknowledged by a `received` receipt; past it the oldest is forgotten
+/// (its receipt, if it ever comes, is then a protocol error).
+pub const MAX_AWAITING_RECEIPT: usize = 32;
 
 /// Who a valid token says the client is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +184,12 @@ pub enum SwitchboardInput {
     },
     /// The device left (only after a `Connect`).
     Disconnect,
+    /// A device receipt (`received`) for a call this connection was sent as
+    /// ringing (no answer).
+    Receipt {
+        /// The call.
+        call_id: CallId,
+    },
 }
 
 /// Why a connection ends. The shell maps it to its transport's close (a
@@ -311,6 +330,9 @@ pub struct DeviceConnection {
     tokens: f64,
     refilled: Instant,
     out: VecDeque<ConnectionOutput>,
+    /// Calls sent ringing on this connection and not yet acknowledged by a
+    /// receipt, oldest first (at most [`MAX_AWAITING_RECEIPT`]).
+    awaiting_receipt: VecDeque<CallId>,
 }
 
 impl DeviceConnection {
@@ -329,6 +351,7 @@ impl DeviceConnection {
             tokens,
             refilled: now,
             out: VecDeque::new(),
+            awaiting_receipt: VecDeque::new(),
         }
     }
 
@@ -359,6 +382,12 @@ impl DeviceConnection {
             return;
         }
         self.handle_activity(now);
+        if let (Phase::Open { .. }, ClientBody::Command(Command::Received { call_id })) =
+            (&self.phase, &message.body)
+        {
+            let call_id = call_id.clone();
+            return self.receipt(now, call_id);
+        }
         self.in_flight += 1;
         let ClientMessage { id, body, .. } = message;
         if matches!(self.phase, Phase::Open { .. }) {
@@ -457,10 +486,24 @@ impl DeviceConnection {
             ServerBody::Pong { re, .. } => re.is_some(),
             ServerBody::Sync(sync) => {
                 self.seq = self.seq.max(sync.seq);
+                for call in &sync.calls {
+                    if call.role == Role::Callee && call.state == SnapshotState::Ringing {
+                        self.await_receipt(&call.call_id);
+                    }
+                }
                 sync.re.is_some()
             }
-            ServerBody::Event { seq, .. } => {
+            ServerBody::Event { seq, event } => {
                 self.seq = self.seq.max(*seq);
+                if let Event::IncomingCall {
+                    call_id,
+                    ring_remaining_ms,
+                    ..
+                } = event
+                    && *ring_remaining_ms > 0
+                {
+                    self.await_receipt(call_id);
+                }
                 false
             }
             _ => false,
@@ -592,6 +635,46 @@ impl DeviceConnection {
             let wait = (1.0 - self.tokens) / rate;
             Err(Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX))
         }
+    }
+
+    /// A `received` receipt: forwarded once for a call sent ringing here,
+    /// never answered. Over the message rate it is dropped; one for a call
+    /// not awaiting a receipt counts as a protocol error.
+    fn receipt(&mut self, now: Instant, call_id: CallId) {
+        if self.charge(now).is_err() {
+            return;
+        }
+        match self.awaiting_receipt.iter().position(|c| *c == call_id) {
+            Some(i) => {
+                self.awaiting_receipt.remove(i);
+                self.out
+                    .push_back(ConnectionOutput::Switchboard(SwitchboardInput::Receipt {
+                        call_id,
+                    }));
+            }
+            None => {
+                self.errors += 1;
+                if self.errors > self.config.max_protocol_errors {
+                    self.finish(CloseCause::ProtocolViolation);
+                }
+            }
+        }
+    }
+
+    /// `call_id` was sent ringing on this connection: a receipt may follow.
+    fn await_receipt(&mut self, call_id: &CallId) {
+        if self.awaiting_receipt.contains(call_id) {
+            return;
+        }
+        if self.awaiting_receipt.len() >= MAX_AWAITING_RECEIPT {
+            self.awaiting_receipt.pop_front();
+        }
+        self.awaiting_receipt.push_back(call_id.clone());
+    }
+
+    /// Calls sent ringing here that still await a receipt.
+    pub fn awaiting_receipt(&self) -> usize {
+        self.awaiting_receipt.len()
     }
 
     fn send(&mut self, body: ServerBody) {

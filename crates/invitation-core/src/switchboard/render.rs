@@ -106,25 +106,20 @@ impl Switchboard {
                 ring_timeout_ms: duration_ms(info.ring_for),
                 device,
                 outcomes,
+                delivered: Vec::new(),
             };
             if &info.caller.id == user {
-                let outcomes = info
-                    .callees
-                    .iter()
-                    .zip(&call.slots)
-                    .filter_map(|(u, s)| {
-                        s.outcome().map(|reason| CalleeOutcome {
-                            callee: u.id.clone(),
-                            reason,
-                        })
-                    })
-                    .collect();
+                let outcomes = self.outcomes(call_id, call);
                 let state = if call.is_ringing() {
                     SnapshotState::Ringing
                 } else {
                     SnapshotState::Accepted
                 };
-                calls.push(base(Role::Caller, state, remaining, None, outcomes));
+                let mut snap = base(Role::Caller, state, remaining, None, outcomes);
+                if !self.config.hide_callee_status {
+                    snap.delivered = self.deliveries(call_id);
+                }
+                calls.push(snap);
             } else if let Some(i) = call.slot_of(user) {
                 let slot = &call.slots[i];
                 if slot.is_ringing() {
@@ -156,30 +151,35 @@ impl Switchboard {
             calls,
             ended: entry
                 .recent_ended()
-                .map(|(call_id, reason)| EndedCall {
+                .map(|(call_id, reason, data)| EndedCall {
                     call_id: call_id.clone(),
                     reason: *reason,
                     outcomes: self
                         .calls
                         .get(call_id)
                         .filter(|c| &c.info.caller.id == user)
-                        .map(|c| {
-                            c.info
-                                .callees
-                                .iter()
-                                .zip(&c.slots)
-                                .filter_map(|(u, s)| {
-                                    s.outcome().map(|reason| CalleeOutcome {
-                                        callee: u.id.clone(),
-                                        reason,
-                                    })
-                                })
-                                .collect()
-                        })
+                        .map(|c| self.outcomes(call_id, c))
                         .unwrap_or_default(),
+                    custom_data: data.clone(),
                 })
                 .collect(),
         }
+    }
+
+    /// Every callee's outcome so far, with the data it answered with.
+    fn outcomes(&self, call_id: &CallId, call: &Call) -> Vec<CalleeOutcome> {
+        call.info
+            .callees
+            .iter()
+            .zip(&call.slots)
+            .enumerate()
+            .filter_map(|(i, (u, s))| {
+                s.outcome().map(|reason| {
+                    CalleeOutcome::new(u.id.clone(), reason)
+                        .with_custom_data(self.answer_data(call_id, i))
+                })
+            })
+            .collect()
     }
 }
 
@@ -238,6 +238,7 @@ pub(super) fn render(
             call_id: call.clone(),
             reason: *reason,
             device: device.clone(),
+            custom_data: None,
         },
         LogEvent::CalleeRinging { call, callee } => Event::CalleeRinging {
             call_id: call.clone(),
@@ -251,10 +252,31 @@ pub(super) fn render(
             call_id: call.clone(),
             callee: callee.clone(),
             reason: *reason,
+            custom_data: None,
         },
         LogEvent::CallEnded { call, reason } => Event::CallEnded {
             call_id: call.clone(),
             reason: *reason,
+            custom_data: None,
         },
+        LogEvent::WithData(inner) => {
+            let (event, data) = &**inner;
+            let mut event = render(calls, user, event, now);
+            if let Event::IncomingEnded { custom_data, .. }
+            | Event::CalleeOutcome { custom_data, .. }
+            | Event::CallEnded { custom_data, .. } = &mut event
+            {
+                *custom_data = Some(data.clone());
+            }
+            event
+        }
+        LogEvent::CalleeDelivered(inner) => {
+            let (call, callee, device) = &**inner;
+            Event::CalleeDelivered {
+                call_id: call.clone(),
+                callee: callee.clone(),
+                device: device.clone(),
+            }
+        }
     }
 }
