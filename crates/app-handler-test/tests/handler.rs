@@ -42,7 +42,8 @@ async fn declines_as_busy() {
         sent.command(),
         Some(&Command::Decline {
             call_id: call,
-            busy: true
+            busy: true,
+            custom_data: None
         })
     );
 }

@@ -563,6 +563,7 @@ impl Client {
     pub async fn accept(&self, call_id: &CallId) -> Result<(), ClientError> {
         self.done(Command::Accept {
             call_id: call_id.clone(),
+            custom_data: None,
         })
         .await
     }
@@ -572,6 +573,7 @@ impl Client {
         self.done(Command::Decline {
             call_id: call_id.clone(),
             busy: false,
+            custom_data: None,
         })
         .await
     }
@@ -581,6 +583,7 @@ impl Client {
         self.done(Command::Decline {
             call_id: call_id.clone(),
             busy: true,
+            custom_data: None,
         })
         .await
     }
@@ -589,6 +592,7 @@ impl Client {
     pub async fn cancel(&self, call_id: &CallId) -> Result<(), ClientError> {
         self.done(Command::Cancel {
             call_id: call_id.clone(),
+            custom_data: None,
         })
         .await
     }
@@ -597,6 +601,7 @@ impl Client {
     pub async fn hang_up(&self, call_id: &CallId) -> Result<(), ClientError> {
         self.done(Command::HangUp {
             call_id: call_id.clone(),
+            custom_data: None,
         })
         .await
     }

@@ -112,6 +112,7 @@ async fn a_thousand_syncs_then_a_whole_call_on_the_same_connection() {
         rid("a1"),
         Command::Accept {
             call_id: call_id.clone(),
+            custom_data: None,
         },
     ))
     .await;
@@ -134,6 +135,7 @@ async fn a_thousand_syncs_then_a_whole_call_on_the_same_connection() {
             rid("h1"),
             Command::HangUp {
                 call_id: call_id.clone(),
+                custom_data: None,
             },
         ))
         .await;

@@ -330,6 +330,7 @@ impl MockServer {
             call_id: call_id.clone(),
             reason,
             device: device.cloned(),
+            custom_data: None,
         })
     }
 
@@ -339,6 +340,7 @@ impl MockServer {
             call_id: call_id.clone(),
             callee: callee.clone(),
             reason,
+            custom_data: None,
         })
     }
 
@@ -347,6 +349,7 @@ impl MockServer {
         self.event(Event::CallEnded {
             call_id: call_id.clone(),
             reason,
+            custom_data: None,
         })
     }
 

@@ -649,6 +649,7 @@ mod tests {
             call_id: call_id.clone(),
             callee: UserId::new("carol").unwrap(),
             reason: Reason::Declined,
+            custom_data: None,
         };
         event(&mut s, t0, 2, stray);
         assert_eq!(events(&mut s), []);
@@ -683,6 +684,7 @@ mod tests {
                 t0,
                 Command::Cancel {
                     call_id: call_id.clone(),
+                    custom_data: None,
                 },
             );
             s.handle_message(

@@ -82,8 +82,11 @@ impl Switchboard {
     /// longer rings for the user, a repeat, a device past
     /// [`super::SwitchboardConfig::max_receipts_per_callee`]) changes
     /// nothing. Never answered.
+    ///
+    /// A receipt is no call milestone: the notices of the previous input
+    /// stay queued ([`Switchboard::poll_notice`]).
     pub fn handle_receipt(&mut self, now: Instant, conn: ConnId, call_id: &CallId) {
-        let now = self.advance(now);
+        let now = self.advance_keeping_notices(now);
         if !self.receipt(conn, call_id) {
             self.stats.ignored_receipts += 1;
         }

@@ -224,12 +224,18 @@ impl Switchboard {
     /// Moves the clock (never backwards), fires due timers, forgets expired
     /// history. Returns the effective now.
     pub(super) fn advance(&mut self, now: Instant) -> Instant {
+        self.notices.clear();
+        self.advance_keeping_notices(now)
+    }
+
+    /// [`Switchboard::advance`] for an input that is no call milestone (a
+    /// device receipt): the notices of the last input stay queued.
+    pub(super) fn advance_keeping_notices(&mut self, now: Instant) -> Instant {
         let now = match self.now {
             Some(prev) if prev > now => prev,
             _ => now,
         };
         self.now = Some(now);
-        self.notices.clear();
         while let Some((_, kind, call_id)) = self.timers.pop_due(now) {
             self.on_timer(kind, call_id);
         }

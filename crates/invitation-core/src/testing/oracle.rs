@@ -40,7 +40,10 @@
 //! 6. no ring for a call after that ring ended on the device; outcomes never
 //!    change;
 //! 7. once settled the switchboard has no timer left and no call rings;
-//!    before that, it has a timer exactly when something has a deadline.
+//!    before that, it has a timer exactly when something has a deadline;
+//! 8. a caller learns that a callee device has an invitation (a device
+//!    receipt) only from a device of that callee that rang for that call,
+//!    no earlier than it rang, and at most once (checked by 4).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -220,6 +223,7 @@ impl Oracle {
             run.device(n, device);
         }
         run.accepts();
+        run.deliveries();
         run.v
     }
 }
@@ -243,6 +247,37 @@ impl<'a> Run<'a> {
             }
         }
         view
+    }
+
+    /// 8: every device receipt a caller saw comes from a callee device
+    /// that rang for the call, no later than the caller learned it.
+    fn deliveries(&mut self) {
+        for d in &self.record.devices {
+            for (at, e) in &d.events {
+                let AppEvent::CalleeDelivered {
+                    call_id,
+                    callee,
+                    device,
+                } = e
+                else {
+                    continue;
+                };
+                let rang = self.record.devices.iter().any(|r| {
+                    &r.user == callee
+                        && &r.device == device
+                        && r.events.iter().any(|(t, e)| {
+                            t <= at
+                                && matches!(e, AppEvent::IncomingCallReceived { call_id: c, .. } if c == call_id)
+                        })
+                });
+                if !rang {
+                    self.v.push(format!(
+                        "inv8: {} learned that {callee}/{device} has {call_id}, but that device never rang for it before",
+                        d.name
+                    ));
+                }
+            }
+        }
     }
 
     /// 1 and 7 at the switchboard.
@@ -533,6 +568,7 @@ pub fn event_name(e: &AppEvent) -> &'static str {
         AppEvent::AnsweredElsewhere { .. } => "answered_elsewhere",
         AppEvent::DeclinedElsewhere { .. } => "declined_elsewhere",
         AppEvent::CalleeRinging { .. } => "callee_ringing",
+        AppEvent::CalleeDelivered { .. } => "callee_delivered",
         AppEvent::CalleeOutcome { .. } => "callee_outcome",
         AppEvent::OutgoingCallStarted { .. } => "outgoing_started",
         AppEvent::CallEnded { .. } => "call_ended",
@@ -576,6 +612,7 @@ mod tests {
         let t1 = t0 + Duration::from_secs(1);
         let accept = Command::Accept {
             call_id: call_id.clone(),
+            custom_data: None,
         };
         sb.handle_command(t1, ConnId::new(2), RequestId::new("r2").unwrap(), accept)
             .unwrap();
@@ -596,6 +633,7 @@ mod tests {
             AppEvent::OutgoingCallAccepted {
                 call_id: call_id.clone(),
                 callee: bob.id.clone(),
+                custom_data: None,
             },
         )];
         a.last_seq = Some(sb.last_seq(&alice.id));
@@ -688,6 +726,7 @@ mod tests {
             AppEvent::OutgoingCallDeclined {
                 call_id,
                 callee: UserId::new("bob").unwrap(),
+                custom_data: None,
             },
         )];
         assert_caught(
