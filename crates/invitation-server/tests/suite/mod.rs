@@ -420,7 +420,12 @@ pub async fn cancel(f: &impl Fixture) {
     let bob = f.device("bob", "phone").await;
     let call = invite(&alice, &["bob"], 60).await.call_id;
     bob.rec.wait_for(IncomingCallReceived, 1).await;
-    alice.client.cancel(&call).await.unwrap();
+    let why = CustomData::new("{\"why\":\"wrong number\"}").unwrap();
+    alice
+        .client
+        .cancel_with(&call, Some(why.clone()))
+        .await
+        .unwrap();
     alice.rec.wait_for(OutgoingCallCancelButtonPressed, 1).await;
     let r = bob.rec.wait_for(IncomingCallCanceled, 1).await;
     match r.event {
@@ -432,7 +437,11 @@ pub async fn cancel(f: &impl Fixture) {
         } => {
             assert_eq!(reason, Reason::Canceled);
             assert_eq!(caller.id.as_str(), "alice");
-            assert_eq!(custom_data, Some(room()));
+            assert_eq!(
+                custom_data,
+                Some(why),
+                "the cancel's data, not the invite's"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -504,7 +513,11 @@ pub async fn busy(f: &impl Fixture) {
     // bob declares busy
     let first = invite(&alice, &["bob"], 60).await.call_id;
     bob.rec.wait_for(IncomingCallReceived, 1).await;
-    bob.client.decline_busy(&first).await.unwrap();
+    let later = CustomData::new("{\"call_back_in_s\":300}").unwrap();
+    bob.client
+        .decline_busy_with(&first, Some(later.clone()))
+        .await
+        .unwrap();
     let r = alice.rec.wait_for(OutgoingCallRejectedCauseBusy, 1).await;
     match r.event {
         AppEvent::OutgoingCallRejectedCauseBusy {
@@ -513,7 +526,11 @@ pub async fn busy(f: &impl Fixture) {
             ..
         } => {
             assert_eq!(callee.as_str(), "bob");
-            assert_eq!(custom_data, Some(room()), "the caller's data, as sent");
+            assert_eq!(
+                custom_data,
+                Some(later),
+                "the callee's data, not the invite's"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -528,7 +545,18 @@ pub async fn busy(f: &impl Fixture) {
         .await
         .unwrap();
     assert_eq!(busy.callees[0].status, InitialStatus::Busy);
-    alice.rec.wait_for(OutgoingCallRejectedCauseBusy, 2).await;
+    let r = alice.rec.wait_for(OutgoingCallRejectedCauseBusy, 2).await;
+    assert!(
+        matches!(
+            r.event,
+            AppEvent::OutgoingCallRejectedCauseBusy {
+                custom_data: None,
+                ..
+            }
+        ),
+        "a busy the server decided carries no data: {:?}",
+        r.event
+    );
     assert_eq!(
         bob.rec.count(IncomingCallReceived),
         2,
