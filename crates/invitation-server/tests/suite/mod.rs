@@ -9,6 +9,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod acts;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +53,16 @@ pub trait Fixture {
         self.device_with(user, device, None).await
     }
 
+    /// Like [`Fixture::device_with`], with this client-session config
+    /// (for example a device that never acknowledges what it receives).
+    async fn device_configured(
+        &self,
+        user: &str,
+        device: &str,
+        extra: Option<Arc<dyn InvitationEvents>>,
+        config: invitation_core::SessionConfig,
+    ) -> Dev;
+
     /// Ring timeout (seconds) of the flows that wait for a ring to time out.
     fn ring_s(&self) -> u32;
 
@@ -82,6 +94,26 @@ impl Memory {
 }
 
 impl Fixture for Memory {
+    async fn device_configured(
+        &self,
+        user: &str,
+        device: &str,
+        extra: Option<Arc<dyn InvitationEvents>>,
+        config: invitation_core::SessionConfig,
+    ) -> Dev {
+        let u = User::named(user, &user.to_uppercase());
+        let rec = Recorder::with_deadline(self.deadline());
+        let transport = self.0.transport(u.clone());
+        let client = handlers(Client::builder(), &rec, extra)
+            .user(u)
+            .device(device)
+            .session_config(config)
+            .transport(transport)
+            .build()
+            .unwrap();
+        connected(client, rec, None).await
+    }
+
     async fn device_with(
         &self,
         user: &str,
@@ -140,6 +172,28 @@ impl Server {
 }
 
 impl Fixture for Server {
+    async fn device_configured(
+        &self,
+        user: &str,
+        device: &str,
+        extra: Option<Arc<dyn InvitationEvents>>,
+        config: invitation_core::SessionConfig,
+    ) -> Dev {
+        let name = user.to_uppercase();
+        let rec = Recorder::with_deadline(self.deadline());
+        let (transport, link) = Breakable::new(Arc::new(WsTransport::new(self.0.url())));
+        let client = handlers(Client::builder(), &rec, extra)
+            .user(User::named(user, &name))
+            .device(device)
+            .token(self.0.token(user, &name))
+            .session_config(config)
+            .transport(transport)
+            .backoff(Duration::from_millis(20), Duration::from_millis(200))
+            .build()
+            .unwrap();
+        connected(client, rec, Some(link)).await
+    }
+
     async fn device_with(
         &self,
         user: &str,
