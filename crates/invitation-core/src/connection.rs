@@ -1058,4 +1058,148 @@ mod tests {
             "{out:?}"
         );
     }
+
+    fn ringing(call: &str, remaining: u64) -> ServerMessage {
+        ServerMessage::new(ServerBody::Event {
+            seq: 1,
+            event: Event::IncomingCall {
+                call_id: CallId::new(call).unwrap(),
+                caller: User::named("bob", "Bob"),
+                call_type: crate::model::CallType::Voice,
+                callees: vec![User::named("alice", "Alice")].into(),
+                custom_data: None,
+                ring_remaining_ms: remaining,
+                ring_timeout_ms: 60_000,
+            },
+        })
+    }
+
+    fn receipt(id: &str, call: &str) -> String {
+        format!(r#"{{"v":1,"id":"{id}","type":"received","call_id":"{call}"}}"#)
+    }
+
+    /// A receipt is never answered, so it is never in flight: a client
+    /// acknowledging many calls is never throttled for it, and the reading
+    /// limit still counts only what will be answered.
+    #[test]
+    fn a_receipt_is_forwarded_once_and_never_in_flight() {
+        let now = t0();
+        let mut c = open(now);
+        c.handle_sent(&ServerMessage::new(ServerBody::Welcome {
+            re: Some(rid("h1")),
+            user: User::named("alice", "Alice"),
+            device: DeviceId::new("d").unwrap(),
+            seq: 0,
+            resumed: true,
+        }));
+        c.handle_sent(&ringing("c-1", 30_000));
+        c.handle_sent(&ringing("c-1", 30_000)); // replayed: still one
+        c.handle_sent(&ringing("c-2", 0)); // already over: no receipt due
+        assert_eq!(c.awaiting_receipt(), 1);
+        c.handle_text(now, &receipt("r1", "c-1"), &Fixed);
+        assert_eq!(
+            drain(&mut c),
+            [ConnectionOutput::Switchboard(SwitchboardInput::Receipt {
+                call_id: CallId::new("c-1").unwrap()
+            })]
+        );
+        assert_eq!(c.in_flight(), 0);
+        assert_eq!(c.protocol_errors(), 0);
+        // Repeated, over, unknown: nothing goes further, nothing answers,
+        // each counts as a protocol error.
+        for (id, call) in [("r2", "c-1"), ("r3", "c-2"), ("r4", "c-9")] {
+            c.handle_text(now, &receipt(id, call), &Fixed);
+            assert_eq!(drain(&mut c), [], "{call}");
+        }
+        assert_eq!(c.in_flight(), 0);
+        assert_eq!(c.protocol_errors(), 3);
+        assert!(c.wants_read());
+    }
+
+    /// What a client that never acknowledges makes the machine hold is
+    /// bounded; a flood of bogus receipts closes the connection like any
+    /// other protocol abuse.
+    #[test]
+    fn receipts_awaited_are_bounded_and_bogus_ones_close_the_connection() {
+        let now = t0();
+        let mut c = open(now);
+        for i in 0..(MAX_AWAITING_RECEIPT + 10) {
+            c.handle_sent(&ringing(&format!("c-{i}"), 30_000));
+        }
+        assert_eq!(c.awaiting_receipt(), MAX_AWAITING_RECEIPT);
+        // The newest are kept.
+        let newest = format!("c-{}", MAX_AWAITING_RECEIPT + 9);
+        c.handle_text(now, &receipt("r", &newest), &Fixed);
+        assert!(matches!(
+            &drain(&mut c)[..],
+            [ConnectionOutput::Switchboard(SwitchboardInput::Receipt { .. })]
+        ));
+        for i in 0..=10 {
+            c.handle_text(now, &receipt(&format!("b{i}"), "c-bogus"), &Fixed);
+        }
+        let out = drain(&mut c);
+        assert_eq!(
+            out.last(),
+            Some(&ConnectionOutput::Close(CloseCause::ProtocolViolation)),
+            "{out:?}"
+        );
+    }
+
+    /// A ringing callee call learned from a snapshot may be acknowledged.
+    #[test]
+    fn a_ringing_call_in_a_snapshot_awaits_a_receipt() {
+        let now = t0();
+        let mut c = open(now);
+        let snap = crate::protocol::CallSnapshot {
+            call_id: CallId::new("c-7").unwrap(),
+            role: Role::Callee,
+            caller: User::named("bob", "Bob"),
+            caller_device: DeviceId::new("phone").unwrap(),
+            call_type: crate::model::CallType::Voice,
+            callees: vec![User::named("alice", "Alice")].into(),
+            custom_data: None,
+            state: SnapshotState::Ringing,
+            ring_remaining_ms: 10_000,
+            ring_timeout_ms: 60_000,
+            device: None,
+            outcomes: vec![],
+            delivered: vec![],
+        };
+        c.handle_sent(&ServerMessage::new(ServerBody::Sync(
+            crate::protocol::SyncBody::new(None, 1, vec![snap], vec![]),
+        )));
+        c.handle_text(now, &receipt("r", "c-7"), &Fixed);
+        assert!(matches!(
+            &drain(&mut c)[..],
+            [ConnectionOutput::Switchboard(SwitchboardInput::Receipt { .. })]
+        ));
+    }
+
+    /// Receipts are paid for like every message; one over the rate is
+    /// dropped unanswered (the answer would be the only write it causes).
+    #[test]
+    fn a_receipt_over_the_message_rate_is_dropped_unanswered() {
+        let now = t0();
+        let config = ConnectionConfig {
+            message_rate: Some((1.0, 1.0)),
+            ..ConnectionConfig::default()
+        };
+        let mut c = DeviceConnection::new(now, Arc::new(config));
+        c.handle_text(now, &hello("forever"), &Fixed);
+        drain(&mut c);
+        c.handle_sent(&ringing("c-1", 30_000));
+        c.handle_text(now, r#"{"v":1,"id":"p","type":"ping"}"#, &Fixed);
+        drain(&mut c); // the pong took the only token
+        let in_flight = c.in_flight();
+        c.handle_text(now, &receipt("r", "c-1"), &Fixed);
+        assert_eq!(drain(&mut c), []);
+        assert_eq!((c.in_flight(), c.protocol_errors()), (in_flight, 0));
+        // A second later it would go through.
+        let later = now + Duration::from_secs(1);
+        c.handle_text(later, &receipt("r", "c-1"), &Fixed);
+        assert!(matches!(
+            &drain(&mut c)[..],
+            [ConnectionOutput::Switchboard(SwitchboardInput::Receipt { .. })]
+        ));
+    }
 }
