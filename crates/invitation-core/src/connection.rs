@@ -1132,7 +1132,9 @@ mod tests {
         c.handle_text(now, &receipt("r", &newest), &Fixed);
         assert!(matches!(
             &drain(&mut c)[..],
-            [ConnectionOutput::Switchboard(SwitchboardInput::Receipt { .. })]
+            [ConnectionOutput::Switchboard(
+                SwitchboardInput::Receipt { .. }
+            )]
         ));
         for i in 0..=10 {
             c.handle_text(now, &receipt(&format!("b{i}"), "c-bogus"), &Fixed);
@@ -1171,7 +1173,9 @@ mod tests {
         c.handle_text(now, &receipt("r", "c-7"), &Fixed);
         assert!(matches!(
             &drain(&mut c)[..],
-            [ConnectionOutput::Switchboard(SwitchboardInput::Receipt { .. })]
+            [ConnectionOutput::Switchboard(
+                SwitchboardInput::Receipt { .. }
+            )]
         ));
     }
 
@@ -1199,7 +1203,9 @@ mod tests {
         c.handle_text(later, &receipt("r", "c-1"), &Fixed);
         assert!(matches!(
             &drain(&mut c)[..],
-            [ConnectionOutput::Switchboard(SwitchboardInput::Receipt { .. })]
+            [ConnectionOutput::Switchboard(
+                SwitchboardInput::Receipt { .. }
+            )]
         ));
     }
 }
