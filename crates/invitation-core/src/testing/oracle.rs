@@ -833,4 +833,32 @@ mod tests {
         assert_caught(&v, "inv7: call-1 still rings");
         assert_caught(&v, "inv1: call-1 has no outcome for b");
     }
+
+    /// A receipt the caller learned from a device that rang passes once;
+    /// from a device that never rang, before it rang, or twice, it is caught.
+    #[test]
+    fn receipts_from_devices_that_did_not_ring_or_twice_are_caught() {
+        let (sb, call_id, mut record, t0) = answered_call();
+        let delivered = |device: &str| AppEvent::CalleeDelivered {
+            call_id: call_id.clone(),
+            callee: UserId::new("bob").unwrap(),
+            device: DeviceId::new(device).unwrap(),
+        };
+        let t1 = t0 + Duration::from_millis(1);
+        record.devices[0].events.insert(0, (t1, delivered("d1")));
+        assert_eq!(check(&sb, &record), Vec::<String>::new());
+
+        let mut twice = record.clone();
+        twice.devices[0].events.insert(1, (t1, delivered("d1")));
+        assert_caught(&check(&sb, &twice), "inv4");
+
+        let mut stranger = record.clone();
+        stranger.devices[0].events.insert(1, (t1, delivered("d9")));
+        assert_caught(&check(&sb, &stranger), "inv8");
+
+        let mut early = record;
+        let before = t0.checked_sub(Duration::from_millis(1)).unwrap();
+        early.devices[0].events.insert(0, (before, delivered("d0")));
+        assert_caught(&check(&sb, &early), "inv8");
+    }
 }
