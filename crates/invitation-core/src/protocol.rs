@@ -748,7 +748,10 @@ pub struct CallSnapshot {
     /// For a callee that accepted: the device that did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceId>,
-    /// For the caller: the outcome of every callee that has one.
+    /// For the caller: the outcome of every callee that has one. For a
+    /// callee in an accepted call whose accept carried data: its own
+    /// outcome with that data (so a device of the callee that missed the
+    /// accept learns it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outcomes: Vec<CalleeOutcome>,
     /// For the caller: the callee devices that confirmed receipt

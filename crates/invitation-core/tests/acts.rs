@@ -527,3 +527,38 @@ fn offline_holds_ring_on_connect_and_only_a_ringing_device_acknowledges() {
     );
     assert_eq!(delivered(&net, "alice", "phone", &call), ["bob/phone"]);
 }
+
+/// A device that rang, missed the accept of another device of its user and
+/// resyncs still learns the accept's data.
+#[test]
+fn a_resynced_device_learns_the_data_of_an_accept_elsewhere() {
+    let mut config = SwitchboardConfig::default();
+    config.resume_buffer = 1; // two missed events: a full sync
+    config.busy_policy = invitation_core::BusyPolicy::RingAnyway;
+    let mut net = Net::with_config(config);
+    for (u, d) in [
+        ("alice", "phone"),
+        ("bob", "phone"),
+        ("bob", "laptop"),
+        ("dave", "phone"),
+    ] {
+        net.connect(u, d);
+    }
+    let call = net.invite("alice", "phone", &["bob"], None).unwrap();
+    net.dev_mut("bob", "laptop").deaf = true;
+    let accept = Command::accept(call.clone()).with_custom_data(Some(data("A")));
+    act(&mut net, "bob", "phone", accept).unwrap();
+    net.invite("dave", "phone", &["bob"], None).unwrap(); // a second missed event
+    net.disconnect("bob", "laptop");
+    net.connect("bob", "laptop");
+    let laptop = seen(&net, "bob", "laptop");
+    assert_eq!(
+        laptop[..3],
+        [
+            ("incoming_received", s(ROOM)),
+            ("answered_elsewhere", s("A")),
+            ("incoming_canceled", s("A")),
+        ],
+        "{laptop:?}"
+    );
+}

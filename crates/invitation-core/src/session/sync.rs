@@ -125,7 +125,8 @@ impl ClientSession {
                     );
                 }
                 (SnapshotState::Accepted, Some(Local::Ringing | Local::Silent)) => {
-                    self.incoming_ended(&snap.call_id, Reason::Accepted, snap.device, None);
+                    let data = snap.outcomes.into_iter().find_map(|o| o.custom_data);
+                    self.incoming_ended(&snap.call_id, Reason::Accepted, snap.device, data);
                 }
                 (SnapshotState::Accepted, None) => {
                     let mine = snap.device.as_ref() == Some(&self.device);

@@ -10,6 +10,7 @@ use super::user::LogEvent;
 use super::{ConnId, Output, Switchboard};
 use crate::error::CommandError;
 use crate::id::{CallId, RequestId, UserId};
+use crate::model::Reason;
 use crate::protocol::{
     CallSnapshot, CalleeOutcome, EndedCall, ErrorBody, Event, ReplyResult, Role, ServerBody,
     ServerMessage, SnapshotState, SyncBody,
@@ -135,12 +136,23 @@ impl Switchboard {
                     in_call: true,
                 } = slot
                 {
+                    // The accept's data, for a device of this user that
+                    // missed it (it rang and resyncs).
+                    let own = self
+                        .answer_data(call_id, i)
+                        .map(|data| {
+                            vec![
+                                CalleeOutcome::new(user.clone(), Reason::Accepted)
+                                    .with_custom_data(Some(data)),
+                            ]
+                        })
+                        .unwrap_or_default();
                     calls.push(base(
                         Role::Callee,
                         SnapshotState::Accepted,
                         0,
                         Some(device.clone()),
-                        Vec::new(),
+                        own,
                     ));
                 }
             }
