@@ -92,7 +92,8 @@ async fn main() -> anyhow::Result<()> {
         sent.command(),
         Some(&Command::Decline {
             call_id: call,
-            busy: true
+            busy: true,
+            custom_data: None
         })
     );
     Ok(())
@@ -145,7 +146,8 @@ mod tests {
             sent.command(),
             Some(&Command::Decline {
                 call_id: call.clone(),
-                busy: true
+                busy: true,
+                custom_data: None
             })
         );
         recorder

@@ -52,11 +52,13 @@ fuzz_target!(|input: Vec<In>| {
             In::Ended { seq, call, reason, mine } => s.handle_message(now, ev(seq, Event::IncomingEnded {
                 call_id: cid(call), reason: REASONS[reason as usize % REASONS.len()],
                 device: mine.map(|m| if m { me.clone() } else { DeviceId::new("other").unwrap() }),
+                custom_data: None,
             })),
             In::Outcome { seq, call, reason } => s.handle_message(now, ev(seq, Event::CalleeOutcome {
                 call_id: cid(call), callee: UserId::new("them").unwrap(), reason: REASONS[reason as usize % REASONS.len()],
+                custom_data: None,
             })),
-            In::CallEnded { seq, call } => s.handle_message(now, ev(seq, Event::CallEnded { call_id: cid(call), reason: Reason::HungUp })),
+            In::CallEnded { seq, call } => s.handle_message(now, ev(seq, Event::CallEnded { call_id: cid(call), reason: Reason::HungUp, custom_data: None })),
             In::Sync { seq } => s.handle_message(now, ServerMessage::new(ServerBody::Sync(SyncBody::new(None, u64::from(seq), Vec::new(), Vec::new())))),
             In::Pong { seq } => s.handle_message(now, ServerMessage::new(ServerBody::Pong { re: None, seq: Some(u64::from(seq)) })),
             In::ReplyDone { req } => {
@@ -68,10 +70,10 @@ fuzz_target!(|input: Vec<In>| {
             In::Command { call, kind } => {
                 let call_id = cid(call);
                 let cmd = match kind % 4 {
-                    0 => Command::Accept { call_id },
-                    1 => Command::Decline { call_id, busy: false },
-                    2 => Command::Cancel { call_id },
-                    _ => Command::HangUp { call_id },
+                    0 => Command::accept(call_id),
+                    1 => Command::decline(call_id, false),
+                    2 => Command::cancel(call_id),
+                    _ => Command::hang_up(call_id),
                 };
                 requests.push(s.command(now, cmd));
             }

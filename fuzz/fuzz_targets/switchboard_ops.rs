@@ -73,10 +73,10 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::Accept { conn, call: k } | Op::Cancel { conn, call: k } | Op::HangUp { conn, call: k } | Op::Decline { conn, call: k, .. } => {
                 if let (Some(c), Some(call_id)) = (pick(conn, &conns), call(k, &calls)) {
                     let cmd = match op {
-                        Op::Accept { .. } => Command::Accept { call_id },
-                        Op::Cancel { .. } => Command::Cancel { call_id },
-                        Op::HangUp { .. } => Command::HangUp { call_id },
-                        Op::Decline { busy, .. } => Command::Decline { call_id, busy },
+                        Op::Accept { .. } => Command::accept(call_id),
+                        Op::Cancel { .. } => Command::cancel(call_id),
+                        Op::HangUp { .. } => Command::hang_up(call_id),
+                        Op::Decline { busy, .. } => Command::decline(call_id, busy),
                         _ => unreachable!(),
                     };
                     let _ = send(&mut sb, c, cmd, &mut last);

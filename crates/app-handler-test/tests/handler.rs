@@ -38,11 +38,5 @@ async fn declines_as_busy() {
     // A minute of ring time passes in no time: the clock is paused.
     server.incoming_call(&call, &boss, CallType::Video, None, Duration::from_secs(60));
     let sent = server.next_call_command().await;
-    assert_eq!(
-        sent.command(),
-        Some(&Command::Decline {
-            call_id: call,
-            busy: true
-        })
-    );
+    assert_eq!(sent.command(), Some(&Command::decline(call, true)));
 }

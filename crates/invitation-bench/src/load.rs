@@ -332,11 +332,13 @@ async fn one_call(g: &mut Group, n: u64) -> Result<Option<(Duration, Duration)>>
             let cmd = if k == 0 {
                 Command::Accept {
                     call_id: call_id.clone(),
+                    custom_data: None,
                 }
             } else {
                 Command::Decline {
                     call_id: call_id.clone(),
                     busy: false,
+                    custom_data: None,
                 }
             };
             ws.send(Message::text(
@@ -364,7 +366,13 @@ async fn one_call(g: &mut Group, n: u64) -> Result<Option<(Duration, Duration)>>
         }
         outcomes += 1;
     }
-    let hang = ClientMessage::new(rid(format!("h{n}")), Command::HangUp { call_id });
+    let hang = ClientMessage::new(
+        rid(format!("h{n}")),
+        Command::HangUp {
+            call_id,
+            custom_data: None,
+        },
+    );
     g.caller.send(Message::text(hang.encode())).await?;
     until(&mut g.caller, &["call_ended\""], any).await?;
     for (k, (_, ws)) in g.callees.iter_mut().enumerate() {

@@ -94,6 +94,7 @@ fn one_flow(
             rid(n + 1),
             Command::Accept {
                 call_id: call_id.clone(),
+                custom_data: None,
             },
         ),
     )
@@ -102,7 +103,13 @@ fn one_flow(
     sb.handle_message(
         now,
         bob,
-        ClientMessage::new(rid(n + 2), Command::HangUp { call_id }),
+        ClientMessage::new(
+            rid(n + 2),
+            Command::HangUp {
+                call_id,
+                custom_data: None,
+            },
+        ),
     )
     .unwrap();
     drain(sb);
@@ -282,6 +289,7 @@ fn flow_with(c: &mut Criterion, name: &str, config: SwitchboardConfig) {
                     rid(n + 1),
                     Command::Accept {
                         call_id: call_id.clone(),
+                        custom_data: None,
                     },
                 ),
             )
@@ -290,7 +298,13 @@ fn flow_with(c: &mut Criterion, name: &str, config: SwitchboardConfig) {
             sb.handle_message(
                 t0,
                 bob,
-                ClientMessage::new(rid(n + 2), Command::HangUp { call_id }),
+                ClientMessage::new(
+                    rid(n + 2),
+                    Command::HangUp {
+                        call_id,
+                        custom_data: None,
+                    },
+                ),
             )
             .unwrap();
             drain(&mut sb);
@@ -324,6 +338,7 @@ fn sample_messages() -> (Samples, Samples) {
                 rid(2),
                 Command::Accept {
                     call_id: cid.clone(),
+                    custom_data: None,
                 },
             ),
         ),
@@ -334,6 +349,7 @@ fn sample_messages() -> (Samples, Samples) {
                 Command::Decline {
                     call_id: cid.clone(),
                     busy: true,
+                    custom_data: None,
                 },
             ),
         ),
@@ -343,6 +359,7 @@ fn sample_messages() -> (Samples, Samples) {
                 rid(4),
                 Command::Cancel {
                     call_id: cid.clone(),
+                    custom_data: None,
                 },
             ),
         ),
@@ -352,6 +369,7 @@ fn sample_messages() -> (Samples, Samples) {
                 rid(5),
                 Command::HangUp {
                     call_id: cid.clone(),
+                    custom_data: None,
                 },
             ),
         ),
@@ -388,6 +406,7 @@ fn sample_messages() -> (Samples, Samples) {
                 call_id: cid.clone(),
                 reason: Reason::AnsweredElsewhere,
                 device: Some(DeviceId::new("laptop").unwrap()),
+                custom_data: None,
             }),
         ),
         (
@@ -396,6 +415,7 @@ fn sample_messages() -> (Samples, Samples) {
                 call_id: cid.clone(),
                 callee: bob.id.clone(),
                 reason: Reason::Accepted,
+                custom_data: None,
             }),
         ),
         (
@@ -540,10 +560,18 @@ fn instructions(scenario: &str, n: u64) {
             let (client, server) = sample_messages();
             for _ in 0..n {
                 for (_, json) in &client {
-                    black_box(ClientMessage::decode(black_box(json), &limits).unwrap().encode());
+                    black_box(
+                        ClientMessage::decode(black_box(json), &limits)
+                            .unwrap()
+                            .encode(),
+                    );
                 }
                 for (_, json) in &server {
-                    black_box(ServerMessage::decode(black_box(json), &limits).unwrap().encode());
+                    black_box(
+                        ServerMessage::decode(black_box(json), &limits)
+                            .unwrap()
+                            .encode(),
+                    );
                 }
             }
         }

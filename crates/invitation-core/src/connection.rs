@@ -34,6 +34,14 @@
 //! sees every message the shell writes); while more than
 //! [`ConnectionConfig::max_in_flight`] are unanswered it asks the shell to
 //! stop reading ([`DeviceConnection::wants_read`]).
+//!
+//! The one exception is a device's `received` receipt for an incoming call:
+//! it is never answered, so it never counts as in flight. The machine
+//! forwards one only for a call it sent this connection as ringing (an
+//! `incoming_call` event, or a ringing callee call in a `sync`), once per
+//! such call; any other receipt (unknown, foreign, repeated) goes no further
+//! and counts as a protocol error, silently. The calls awaiting a receipt
+//! are bounded ([`MAX_AWAITING_RECEIPT`], oldest forgotten first).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -42,12 +50,17 @@ use std::time::{Duration, Instant};
 
 use crate::error::{CommandError, ErrorCode, ProtocolError};
 use crate::guard::DecodeLimits;
-use crate::id::{DeviceId, RequestId};
+use crate::id::{CallId, DeviceId, RequestId};
 use crate::model::User;
 use crate::protocol::{
-    ClientBody, ClientMessage, CloseReason, Command, Control, ErrorBody, ReplyResult, ServerBody,
-    ServerMessage,
+    ClientBody, ClientMessage, CloseReason, Command, Control, ErrorBody, Event, ReplyResult, Role,
+    ServerBody, ServerMessage, SnapshotState,
 };
+
+/// Most calls one connection remembers as sent ringing and not yet
+/// acknowledged by a `received` receipt; past it the oldest is forgotten
+/// (its receipt, if it ever comes, is then a protocol error).
+pub const MAX_AWAITING_RECEIPT: usize = 32;
 
 /// Who a valid token says the client is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +184,12 @@ pub enum SwitchboardInput {
     },
     /// The device left (only after a `Connect`).
     Disconnect,
+    /// A device receipt (`received`) for a call this connection was sent as
+    /// ringing (no answer).
+    Receipt {
+        /// The call.
+        call_id: CallId,
+    },
 }
 
 /// Why a connection ends. The shell maps it to its transport's close (a
@@ -311,6 +330,9 @@ pub struct DeviceConnection {
     tokens: f64,
     refilled: Instant,
     out: VecDeque<ConnectionOutput>,
+    /// Calls sent ringing on this connection and not yet acknowledged by a
+    /// receipt, oldest first (at most [`MAX_AWAITING_RECEIPT`]).
+    awaiting_receipt: VecDeque<CallId>,
 }
 
 impl DeviceConnection {
@@ -329,6 +351,7 @@ impl DeviceConnection {
             tokens,
             refilled: now,
             out: VecDeque::new(),
+            awaiting_receipt: VecDeque::new(),
         }
     }
 
@@ -359,6 +382,12 @@ impl DeviceConnection {
             return;
         }
         self.handle_activity(now);
+        if let (Phase::Open { .. }, ClientBody::Command(Command::Received { call_id })) =
+            (&self.phase, &message.body)
+        {
+            let call_id = call_id.clone();
+            return self.receipt(now, call_id);
+        }
         self.in_flight += 1;
         let ClientMessage { id, body, .. } = message;
         if matches!(self.phase, Phase::Open { .. }) {
@@ -457,10 +486,24 @@ impl DeviceConnection {
             ServerBody::Pong { re, .. } => re.is_some(),
             ServerBody::Sync(sync) => {
                 self.seq = self.seq.max(sync.seq);
+                for call in &sync.calls {
+                    if call.role == Role::Callee && call.state == SnapshotState::Ringing {
+                        self.await_receipt(&call.call_id);
+                    }
+                }
                 sync.re.is_some()
             }
-            ServerBody::Event { seq, re, .. } => {
+            ServerBody::Event { seq, re, event, .. } => {
                 self.seq = self.seq.max(*seq);
+                if let Event::IncomingCall {
+                    call_id,
+                    ring_remaining_ms,
+                    ..
+                } = event
+                    && *ring_remaining_ms > 0
+                {
+                    self.await_receipt(call_id);
+                }
                 re.is_some() // an event that answers a command
             }
             _ => false,
@@ -592,6 +635,46 @@ impl DeviceConnection {
             let wait = (1.0 - self.tokens) / rate;
             Err(Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX))
         }
+    }
+
+    /// A `received` receipt: forwarded once for a call sent ringing here,
+    /// never answered. Over the message rate it is dropped; one for a call
+    /// not awaiting a receipt counts as a protocol error.
+    fn receipt(&mut self, now: Instant, call_id: CallId) {
+        if self.charge(now).is_err() {
+            return;
+        }
+        match self.awaiting_receipt.iter().position(|c| *c == call_id) {
+            Some(i) => {
+                self.awaiting_receipt.remove(i);
+                self.out
+                    .push_back(ConnectionOutput::Switchboard(SwitchboardInput::Receipt {
+                        call_id,
+                    }));
+            }
+            None => {
+                self.errors += 1;
+                if self.errors > self.config.max_protocol_errors {
+                    self.finish(CloseCause::ProtocolViolation);
+                }
+            }
+        }
+    }
+
+    /// `call_id` was sent ringing on this connection: a receipt may follow.
+    fn await_receipt(&mut self, call_id: &CallId) {
+        if self.awaiting_receipt.contains(call_id) {
+            return;
+        }
+        if self.awaiting_receipt.len() >= MAX_AWAITING_RECEIPT {
+            self.awaiting_receipt.pop_front();
+        }
+        self.awaiting_receipt.push_back(call_id.clone());
+    }
+
+    /// Calls sent ringing here that still await a receipt.
+    pub fn awaiting_receipt(&self) -> usize {
+        self.awaiting_receipt.len()
     }
 
     fn send(&mut self, body: ServerBody) {
@@ -813,6 +896,7 @@ mod tests {
         let ended = crate::protocol::Event::CallEnded {
             call_id: crate::id::CallId::new("c-1").unwrap(),
             reason: crate::model::Reason::HungUp,
+            custom_data: None,
         };
         // An event answering nothing leaves the command in flight ...
         c.handle_sent(&ServerMessage::new(ServerBody::event(4, ended.clone())));
@@ -1003,5 +1087,157 @@ mod tests {
             matches!(&out[..], [ConnectionOutput::Send(m)] if matches!(&m.body, ServerBody::Error(e) if e.re == Some(rid("h1")))),
             "{out:?}"
         );
+    }
+
+    fn ringing(call: &str, remaining: u64) -> ServerMessage {
+        ServerMessage::new(ServerBody::Event {
+            seq: 1,
+            re: None,
+            result: None,
+            event: Event::IncomingCall {
+                call_id: CallId::new(call).unwrap(),
+                caller: User::named("bob", "Bob"),
+                call_type: crate::model::CallType::Voice,
+                callees: vec![User::named("alice", "Alice")].into(),
+                custom_data: None,
+                ring_remaining_ms: remaining,
+                ring_timeout_ms: 60_000,
+            },
+        })
+    }
+
+    fn receipt(id: &str, call: &str) -> String {
+        format!(r#"{{"v":1,"id":"{id}","type":"received","call_id":"{call}"}}"#)
+    }
+
+    /// A receipt is never answered, so it is never in flight: a client
+    /// acknowledging many calls is never throttled for it, and the reading
+    /// limit still counts only what will be answered.
+    #[test]
+    fn a_receipt_is_forwarded_once_and_never_in_flight() {
+        let now = t0();
+        let mut c = open(now);
+        c.handle_sent(&ServerMessage::new(ServerBody::Welcome {
+            re: Some(rid("h1")),
+            user: User::named("alice", "Alice"),
+            device: DeviceId::new("d").unwrap(),
+            seq: 0,
+            resumed: true,
+        }));
+        c.handle_sent(&ringing("c-1", 30_000));
+        c.handle_sent(&ringing("c-1", 30_000)); // replayed: still one
+        c.handle_sent(&ringing("c-2", 0)); // already over: no receipt due
+        assert_eq!(c.awaiting_receipt(), 1);
+        c.handle_text(now, &receipt("r1", "c-1"), &Fixed);
+        assert_eq!(
+            drain(&mut c),
+            [ConnectionOutput::Switchboard(SwitchboardInput::Receipt {
+                call_id: CallId::new("c-1").unwrap()
+            })]
+        );
+        assert_eq!(c.in_flight(), 0);
+        assert_eq!(c.protocol_errors(), 0);
+        // Repeated, over, unknown: nothing goes further, nothing answers,
+        // each counts as a protocol error.
+        for (id, call) in [("r2", "c-1"), ("r3", "c-2"), ("r4", "c-9")] {
+            c.handle_text(now, &receipt(id, call), &Fixed);
+            assert_eq!(drain(&mut c), [], "{call}");
+        }
+        assert_eq!(c.in_flight(), 0);
+        assert_eq!(c.protocol_errors(), 3);
+        assert!(c.wants_read());
+    }
+
+    /// What a client that never acknowledges makes the machine hold is
+    /// bounded; a flood of bogus receipts closes the connection like any
+    /// other protocol abuse.
+    #[test]
+    fn receipts_awaited_are_bounded_and_bogus_ones_close_the_connection() {
+        let now = t0();
+        let mut c = open(now);
+        for i in 0..(MAX_AWAITING_RECEIPT + 10) {
+            c.handle_sent(&ringing(&format!("c-{i}"), 30_000));
+        }
+        assert_eq!(c.awaiting_receipt(), MAX_AWAITING_RECEIPT);
+        // The newest are kept.
+        let newest = format!("c-{}", MAX_AWAITING_RECEIPT + 9);
+        c.handle_text(now, &receipt("r", &newest), &Fixed);
+        assert!(matches!(
+            &drain(&mut c)[..],
+            [ConnectionOutput::Switchboard(
+                SwitchboardInput::Receipt { .. }
+            )]
+        ));
+        for i in 0..=10 {
+            c.handle_text(now, &receipt(&format!("b{i}"), "c-bogus"), &Fixed);
+        }
+        let out = drain(&mut c);
+        assert_eq!(
+            out.last(),
+            Some(&ConnectionOutput::Close(CloseCause::ProtocolViolation)),
+            "{out:?}"
+        );
+    }
+
+    /// A ringing callee call learned from a snapshot may be acknowledged.
+    #[test]
+    fn a_ringing_call_in_a_snapshot_awaits_a_receipt() {
+        let now = t0();
+        let mut c = open(now);
+        let snap = crate::protocol::CallSnapshot {
+            call_id: CallId::new("c-7").unwrap(),
+            role: Role::Callee,
+            caller: User::named("bob", "Bob"),
+            caller_device: DeviceId::new("phone").unwrap(),
+            call_type: crate::model::CallType::Voice,
+            callees: vec![User::named("alice", "Alice")].into(),
+            custom_data: None,
+            state: SnapshotState::Ringing,
+            ring_remaining_ms: 10_000,
+            ring_timeout_ms: 60_000,
+            device: None,
+            outcomes: vec![],
+            delivered: vec![],
+        };
+        c.handle_sent(&ServerMessage::new(ServerBody::Sync(
+            crate::protocol::SyncBody::new(None, 1, vec![snap], vec![]),
+        )));
+        c.handle_text(now, &receipt("r", "c-7"), &Fixed);
+        assert!(matches!(
+            &drain(&mut c)[..],
+            [ConnectionOutput::Switchboard(
+                SwitchboardInput::Receipt { .. }
+            )]
+        ));
+    }
+
+    /// Receipts are paid for like every message; one over the rate is
+    /// dropped unanswered (the answer would be the only write it causes).
+    #[test]
+    fn a_receipt_over_the_message_rate_is_dropped_unanswered() {
+        let now = t0();
+        let config = ConnectionConfig {
+            message_rate: Some((1.0, 1.0)),
+            ..ConnectionConfig::default()
+        };
+        let mut c = DeviceConnection::new(now, Arc::new(config));
+        c.handle_text(now, &hello("forever"), &Fixed);
+        drain(&mut c);
+        c.handle_sent(&ringing("c-1", 30_000));
+        c.handle_text(now, r#"{"v":1,"id":"p","type":"ping"}"#, &Fixed);
+        drain(&mut c); // the pong took the only token
+        let in_flight = c.in_flight();
+        c.handle_text(now, &receipt("r", "c-1"), &Fixed);
+        assert_eq!(drain(&mut c), []);
+        assert_eq!((c.in_flight(), c.protocol_errors()), (in_flight, 0));
+        // A second later it would go through.
+        let later = now + Duration::from_secs(1);
+        c.handle_text(later, &receipt("r", "c-1"), &Fixed);
+        assert!(matches!(
+            &drain(&mut c)[..],
+            [ConnectionOutput::Switchboard(
+                SwitchboardInput::Receipt { .. }
+            )]
+        ));
     }
 }

@@ -29,6 +29,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 const CONTROL_TYPES: &[&str] = &["hello", "renew", "ping", "sync"];
 const CLIENT_TYPES: &[&str] = &[
     "hello", "renew", "ping", "sync", "invite", "cancel", "accept", "decline", "hang_up",
+    "received",
 ];
 const SERVER_TYPES: &[&str] = &[
     "welcome", "reply", "error", "event", "sync", "pong", "closing",
@@ -42,7 +43,8 @@ const SERVER_TYPES: &[&str] = &[
 /// `sync`, and for a call command an `error`, or the first event the
 /// command caused on this connection carrying `re` (see
 /// [`ServerBody::Event`]), or a `reply` when it caused no event here (and
-/// for a retried command, which changes nothing).
+/// for a retried command, which changes nothing). One exception: a
+/// `received` receipt ([`Command::Received`]) is never answered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientMessage {
     /// Protocol version: always [`PROTOCOL_VERSION`].
@@ -164,6 +166,10 @@ pub enum Control {
 }
 
 /// Call commands: what the switchboard handles.
+///
+/// Every action takes optional `custom_data` (opaque to the server, the same
+/// size limit as an invite's; empty counts as none), delivered with the
+/// events the action causes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
@@ -174,11 +180,17 @@ pub enum Command {
     Cancel {
         /// The call.
         call_id: CallId,
+        /// Delivered to every callee whose ring this cancel stops.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        custom_data: Option<CustomData>,
     },
     /// Callee: accept on this device.
     Accept {
         /// The call.
         call_id: CallId,
+        /// Delivered to the caller (and to your other devices).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        custom_data: Option<CustomData>,
     },
     /// Callee: decline for the user (all devices stop ringing).
     Decline {
@@ -187,12 +199,86 @@ pub enum Command {
         /// Decline as busy: the caller sees "busy", not "declined".
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         busy: bool,
+        /// Delivered to the caller (and to your other devices).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        custom_data: Option<CustomData>,
     },
     /// Either side: leave an accepted call (the caller leaving ends it).
     HangUp {
         /// The call.
         call_id: CallId,
+        /// Delivered with the `call_ended` events this hang-up causes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        custom_data: Option<CustomData>,
     },
+    /// Callee device: receipt for an `incoming_call` this device received
+    /// while it rings. Never answered (the one exception to "one answer per
+    /// message"), idempotent; a receipt for a call this device is not
+    /// ringing in changes nothing. The caller learns `callee_delivered`.
+    Received {
+        /// The call.
+        call_id: CallId,
+    },
+}
+
+impl Command {
+    /// `cancel` without data.
+    pub fn cancel(call_id: CallId) -> Self {
+        Command::Cancel {
+            call_id,
+            custom_data: None,
+        }
+    }
+
+    /// `accept` without data.
+    pub fn accept(call_id: CallId) -> Self {
+        Command::Accept {
+            call_id,
+            custom_data: None,
+        }
+    }
+
+    /// `decline` (as busy when `busy`) without data.
+    pub fn decline(call_id: CallId, busy: bool) -> Self {
+        Command::Decline {
+            call_id,
+            busy,
+            custom_data: None,
+        }
+    }
+
+    /// `hang_up` without data.
+    pub fn hang_up(call_id: CallId) -> Self {
+        Command::HangUp {
+            call_id,
+            custom_data: None,
+        }
+    }
+
+    /// The same command carrying `custom_data` (ignored by `invite`, which
+    /// has its own field, and by `received`).
+    pub fn with_custom_data(mut self, data: Option<CustomData>) -> Self {
+        match &mut self {
+            Command::Cancel { custom_data, .. }
+            | Command::Accept { custom_data, .. }
+            | Command::Decline { custom_data, .. }
+            | Command::HangUp { custom_data, .. } => *custom_data = data,
+            Command::Invite(_) | Command::Received { .. } => {}
+        }
+        self
+    }
+
+    /// The action's custom data, if it carries any (an invite's included).
+    pub fn custom_data(&self) -> Option<&CustomData> {
+        match self {
+            Command::Invite(req) => req.custom_data.as_ref(),
+            Command::Cancel { custom_data, .. }
+            | Command::Accept { custom_data, .. }
+            | Command::Decline { custom_data, .. }
+            | Command::HangUp { custom_data, .. } => custom_data.as_ref(),
+            Command::Received { .. } => None,
+        }
+    }
 }
 
 /// The body of an `invite` command.
@@ -585,6 +671,10 @@ pub enum Event {
         /// Your device that accepted or declined, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         device: Option<DeviceId>,
+        /// The data of the action that ended the ring: the caller's cancel,
+        /// or the accept or decline of your device that acted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        custom_data: Option<CustomData>,
     },
     /// One of your devices started this call (lets your other devices show it).
     OutgoingCall {
@@ -602,7 +692,9 @@ pub enum Event {
         /// Ring time left, in milliseconds.
         ring_remaining_ms: u64,
     },
-    /// Receipt: at least one device of this callee received the invitation.
+    /// At least one device of this callee is online and was sent the
+    /// invitation (server-side: says nothing about the app having it; see
+    /// `callee_delivered`).
     CalleeRinging {
         /// The call.
         call_id: CallId,
@@ -618,6 +710,11 @@ pub enum Event {
         callee: UserId,
         /// The outcome.
         reason: Reason,
+        /// The callee's data with its accept, decline or busy decline
+        /// (none for outcomes the server decided: busy at invite time,
+        /// timeout, canceled ...).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        custom_data: Option<CustomData>,
     },
     /// The call is over for you: the invitation ended without an answer, or
     /// the accepted call was hung up.
@@ -626,6 +723,21 @@ pub enum Event {
         call_id: CallId,
         /// Why (`hung_up` after an accepted call; otherwise the outcome).
         reason: Reason,
+        /// The data of the hang-up or cancel that ended it for you.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        custom_data: Option<CustomData>,
+    },
+    /// Receipt from the callee's device itself: `device` of `callee` has the
+    /// invitation (it sent `received`). At most once per call, callee and
+    /// device; `callee_ringing` without it means the server sent it but the
+    /// app never confirmed (frozen, or still starting).
+    CalleeDelivered {
+        /// The call.
+        call_id: CallId,
+        /// The callee.
+        callee: UserId,
+        /// The callee's device that has it.
+        device: DeviceId,
     },
 }
 
@@ -638,7 +750,8 @@ impl Event {
             | Event::OutgoingCall { call_id, .. }
             | Event::CalleeRinging { call_id, .. }
             | Event::CalleeOutcome { call_id, .. }
-            | Event::CallEnded { call_id, .. } => call_id,
+            | Event::CallEnded { call_id, .. }
+            | Event::CalleeDelivered { call_id, .. } => call_id,
         }
     }
 }
@@ -688,9 +801,33 @@ pub struct CallSnapshot {
     /// For a callee that accepted: the device that did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceId>,
-    /// For the caller: the outcome of every callee that has one.
+    /// For the caller: the outcome of every callee that has one. For a
+    /// callee in an accepted call whose accept carried data: its own
+    /// outcome with that data (so a device of the callee that missed the
+    /// accept learns it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outcomes: Vec<CalleeOutcome>,
+    /// For the caller: the callee devices that confirmed receipt
+    /// (`callee_delivered`) so far, in the order they did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delivered: Vec<Delivery>,
+}
+
+/// One callee device that confirmed receipt of an invitation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Delivery {
+    /// The callee.
+    pub callee: UserId,
+    /// Its device.
+    pub device: DeviceId,
+}
+
+impl Delivery {
+    /// `device` of `callee` has the invitation.
+    pub fn new(callee: UserId, device: DeviceId) -> Self {
+        Self { callee, device }
+    }
 }
 
 /// Your role in a call.
@@ -721,6 +858,9 @@ pub struct CalleeOutcome {
     pub callee: UserId,
     /// The outcome.
     pub reason: Reason,
+    /// The callee's data with its accept, decline or busy decline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_data: Option<CustomData>,
 }
 
 /// A call that ended for the user.
@@ -735,6 +875,11 @@ pub struct EndedCall {
     /// callee's outcome.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outcomes: Vec<CalleeOutcome>,
+    /// The data of the action that ended it for the user (the one the
+    /// ending event carried: a cancel's, a hang-up's, the accept or decline
+    /// of the user's device that acted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_data: Option<CustomData>,
 }
 
 impl SyncBody {
@@ -758,7 +903,17 @@ impl SyncBody {
 impl CalleeOutcome {
     /// `callee`'s outcome.
     pub fn new(callee: UserId, reason: Reason) -> Self {
-        Self { callee, reason }
+        Self {
+            callee,
+            reason,
+            custom_data: None,
+        }
+    }
+
+    /// With the callee's data.
+    pub fn with_custom_data(mut self, custom_data: Option<CustomData>) -> Self {
+        self.custom_data = custom_data;
+        self
     }
 }
 
@@ -770,7 +925,14 @@ impl EndedCall {
             call_id,
             reason,
             outcomes,
+            custom_data: None,
         }
+    }
+
+    /// With the data of the action that ended it.
+    pub fn with_custom_data(mut self, custom_data: Option<CustomData>) -> Self {
+        self.custom_data = custom_data;
+        self
     }
 }
 

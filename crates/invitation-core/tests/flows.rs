@@ -26,7 +26,11 @@ fn accept_then_hang_up() {
     let call = net.invite("alice", "phone", &["bob"], None).unwrap();
     assert!(net.dev("bob", "phone").session.is_ringing(&call));
     assert_eq!(net.names("bob", "phone"), ["incoming_received"]);
-    assert_eq!(net.names("alice", "phone"), ["callee_ringing"]);
+    // Ringing (the server sent it), then delivered (bob's device said so).
+    assert_eq!(
+        net.names("alice", "phone"),
+        ["callee_ringing", "callee_delivered"]
+    );
 
     assert_eq!(net.accept("bob", "phone", &call), Ok(ReplyResult::Done));
     assert_eq!(
@@ -35,7 +39,7 @@ fn accept_then_hang_up() {
     );
     assert_eq!(
         net.names("alice", "phone"),
-        ["callee_ringing", "outgoing_accepted"]
+        ["callee_ringing", "callee_delivered", "outgoing_accepted"]
     );
     assert_eq!(net.sb.poll_timeout(), None, "nothing rings any more");
 
@@ -104,7 +108,12 @@ fn decline_and_decline_as_busy() {
     );
     assert_eq!(
         net.names("alice", "phone"),
-        ["callee_ringing", "outgoing_declined", "call_ended"]
+        [
+            "callee_ringing",
+            "callee_delivered",
+            "outgoing_declined",
+            "call_ended"
+        ]
     );
 
     let call = net.invite("alice", "phone", &["bob"], None).unwrap();
@@ -131,7 +140,12 @@ fn timeout_fires_on_both_sides_once() {
     );
     assert_eq!(
         net.names("alice", "phone"),
-        ["callee_ringing", "outgoing_timeout", "call_ended"]
+        [
+            "callee_ringing",
+            "callee_delivered",
+            "outgoing_timeout",
+            "call_ended"
+        ]
     );
     // The client fallbacks were disarmed by the server's word: nothing more.
     net.advance(Duration::from_secs(60));
@@ -163,9 +177,9 @@ fn cancel_stops_the_ring() {
             _ => None,
         })
         .collect();
-    assert_eq!(canceled.len(), 1);
-    assert_eq!(canceled[0].0, Reason::Canceled);
-    assert_eq!(canceled[0].1.as_ref().unwrap().as_str(), "{\"room\":1}");
+    // The cancel carried no data: the callee gets none (not the invite's,
+    // which it has from the invitation itself).
+    assert_eq!(canceled, [(Reason::Canceled, None)]);
     assert_eq!(
         net.cancel("alice", "phone", &call),
         Ok(ReplyResult::Done),
@@ -291,6 +305,7 @@ fn b4_accept_one_millisecond_after_the_deadline() {
         RequestId::new("late").unwrap(),
         Command::Accept {
             call_id: call.clone(),
+            custom_data: None,
         },
     );
     assert_eq!(
@@ -723,6 +738,7 @@ fn a1_command_issued_while_disconnected_is_sent_on_reconnect() {
         "phone",
         Command::Accept {
             call_id: call.clone(),
+            custom_data: None,
         },
     );
     assert!(net.dev("bob", "phone").results.is_empty());
@@ -855,7 +871,12 @@ fn other_caller_devices_see_the_call_but_fire_no_outgoing_callbacks() {
     net.accept("bob", "phone", &call).unwrap();
     assert_eq!(
         net.names("alice", "tablet"),
-        ["outgoing_started", "callee_ringing", "callee_outcome"]
+        [
+            "outgoing_started",
+            "callee_ringing",
+            "callee_delivered",
+            "callee_outcome"
+        ]
     );
     assert!(net.names("alice", "phone").contains(&"outgoing_accepted"));
 }
@@ -902,6 +923,7 @@ fn lost_command_is_retried_with_the_same_request_id() {
         "phone",
         Command::Accept {
             call_id: call.clone(),
+            custom_data: None,
         },
     );
     assert!(
@@ -1130,7 +1152,13 @@ fn session_timers_follow_the_link_and_fire_in_issue_order() {
     let ids: Vec<RequestId> = (0..12)
         .map(|i| {
             let call_id = CallId::new(format!("c{i}")).unwrap();
-            s.command(t0, Command::Cancel { call_id })
+            s.command(
+                t0,
+                Command::Cancel {
+                    call_id,
+                    custom_data: None,
+                },
+            )
         })
         .collect();
     assert_eq!(sent(&mut s), ids);
@@ -1171,6 +1199,7 @@ fn session_timers_follow_the_link_and_fire_in_issue_order() {
         t0,
         Command::HangUp {
             call_id: CallId::new("c").unwrap(),
+            custom_data: None,
         },
     );
     assert_eq!(sent(&mut s), std::slice::from_ref(&id));

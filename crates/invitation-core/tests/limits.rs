@@ -219,7 +219,8 @@ fn a_user_whose_last_call_ends_while_offline_is_forgotten() {
         b.cmd(
             bob,
             Command::Accept {
-                call_id: call.clone()
+                call_id: call.clone(),
+                custom_data: None
             }
         ),
         Ok(ReplyResult::Done)
@@ -228,7 +229,13 @@ fn a_user_whose_last_call_ends_while_offline_is_forgotten() {
     b.advance(Duration::from_secs(31));
     assert_eq!(b.users(), 2, "in a call: kept");
     assert_eq!(
-        b.cmd(bob, Command::HangUp { call_id: call }),
+        b.cmd(
+            bob,
+            Command::HangUp {
+                call_id: call,
+                custom_data: None
+            }
+        ),
         Ok(ReplyResult::Done)
     );
     b.advance(Duration::from_secs(31));
@@ -249,7 +256,13 @@ fn refused_commands_cost_no_retry_memory() {
     for i in 0..5_000 {
         let call_id = CallId::new(format!("c-made-up-{i}")).unwrap();
         assert_eq!(
-            b.cmd(alice, Command::Accept { call_id }),
+            b.cmd(
+                alice,
+                Command::Accept {
+                    call_id,
+                    custom_data: None
+                }
+            ),
             Err(CommandError::NotFound)
         );
     }
@@ -260,7 +273,14 @@ fn refused_commands_cost_no_retry_memory() {
     assert_eq!(b.sb.remembered_requests(), 0);
     let again = CallId::new("c-made-up-1").unwrap();
     assert_eq!(
-        b.cmd_as(alice, rid("r2"), Command::Accept { call_id: again }),
+        b.cmd_as(
+            alice,
+            rid("r2"),
+            Command::Accept {
+                call_id: again,
+                custom_data: None
+            }
+        ),
         Err(CommandError::NotFound),
         "a retry runs again and hears the same"
     );
@@ -280,6 +300,7 @@ fn answers_a_rerun_could_contradict_are_kept() {
     let call = call_of(&b.invite(alice, &["bob".to_owned()], 60));
     let accept = || Command::Accept {
         call_id: call.clone(),
+        custom_data: None,
     };
     assert_eq!(b.cmd_as(bob, rid("acc"), accept()), Ok(ReplyResult::Done));
     let busy = invite(&["carol".to_owned()], 60);
@@ -291,7 +312,8 @@ fn answers_a_rerun_could_contradict_are_kept() {
         b.cmd(
             bob,
             Command::HangUp {
-                call_id: call.clone()
+                call_id: call.clone(),
+                custom_data: None
             }
         ),
         Ok(ReplyResult::Done)
@@ -319,6 +341,7 @@ fn one_user_cannot_push_others_answers_out() {
     let call = call_of(&b.invite(alice, &["bob".to_owned()], 60));
     let accept = || Command::Accept {
         call_id: call.clone(),
+        custom_data: None,
     };
     assert_eq!(b.cmd_as(bob, rid("acc"), accept()), Ok(ReplyResult::Done));
 
@@ -327,7 +350,13 @@ fn one_user_cannot_push_others_answers_out() {
     for round in 0..300 {
         let c = call_of(&b.invite(mallory, &ghosts(round, 1), 60));
         assert_eq!(
-            b.cmd(mallory, Command::Cancel { call_id: c }),
+            b.cmd(
+                mallory,
+                Command::Cancel {
+                    call_id: c,
+                    custom_data: None
+                }
+            ),
             Ok(ReplyResult::Done)
         );
     }
@@ -342,7 +371,8 @@ fn one_user_cannot_push_others_answers_out() {
         b.cmd(
             bob,
             Command::HangUp {
-                call_id: call.clone()
+                call_id: call.clone(),
+                custom_data: None
             }
         ),
         Ok(ReplyResult::Done)
@@ -439,7 +469,13 @@ fn hidden_callee_status_reveals_only_outcomes() {
             .count();
         assert_eq!(receipts, if hide { 0 } else { 2 }, "hide = {hide}");
         assert_eq!(
-            b.cmd(bob, Command::Accept { call_id: call }),
+            b.cmd(
+                bob,
+                Command::Accept {
+                    call_id: call,
+                    custom_data: None
+                }
+            ),
             Ok(ReplyResult::Done)
         );
         assert!(b.events_to(alice).iter().any(|e| matches!(

@@ -144,12 +144,22 @@ impl World {
             {
                 let Some(call_id) = self.call(*c) else { return };
                 let cmd = match op {
-                    Op::Accept(..) => Command::Accept { call_id },
-                    Op::Cancel(..) => Command::Cancel { call_id },
-                    Op::HangUp(..) => Command::HangUp { call_id },
+                    Op::Accept(..) => Command::Accept {
+                        call_id,
+                        custom_data: None,
+                    },
+                    Op::Cancel(..) => Command::Cancel {
+                        call_id,
+                        custom_data: None,
+                    },
+                    Op::HangUp(..) => Command::HangUp {
+                        call_id,
+                        custom_data: None,
+                    },
                     Op::Decline(.., busy) => Command::Decline {
                         call_id,
                         busy: *busy,
+                        custom_data: None,
                     },
                     _ => unreachable!(),
                 };

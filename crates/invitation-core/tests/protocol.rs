@@ -48,19 +48,33 @@ fn every_client_message() -> Vec<ClientMessage> {
             CallType::Voice,
         ))
         .into(),
-        Command::Cancel { call_id: cid() }.into(),
-        Command::Accept { call_id: cid() }.into(),
+        Command::Cancel {
+            call_id: cid(),
+            custom_data: None,
+        }
+        .into(),
+        Command::Accept {
+            call_id: cid(),
+            custom_data: None,
+        }
+        .into(),
         Command::Decline {
             call_id: cid(),
             busy: false,
+            custom_data: None,
         }
         .into(),
         Command::Decline {
             call_id: cid(),
             busy: true,
+            custom_data: None,
         }
         .into(),
-        Command::HangUp { call_id: cid() }.into(),
+        Command::HangUp {
+            call_id: cid(),
+            custom_data: None,
+        }
+        .into(),
     ];
     commands
         .into_iter()
@@ -103,6 +117,7 @@ fn every_server_message() -> Vec<ServerMessage> {
             call_id: cid(),
             reason: Reason::Accepted,
             device: Some(DeviceId::new("phone").unwrap()),
+            custom_data: None,
         },
         Event::OutgoingCall {
             call_id: cid(),
@@ -120,10 +135,12 @@ fn every_server_message() -> Vec<ServerMessage> {
             call_id: cid(),
             callee: bob.id.clone(),
             reason: Reason::Busy,
+            custom_data: None,
         },
         Event::CallEnded {
             call_id: cid(),
             reason: Reason::HungUp,
+            custom_data: None,
         },
     ];
     let mut bodies: Vec<ServerBody> = events
@@ -215,7 +232,14 @@ fn every_server_message_round_trips() {
 
 #[test]
 fn wire_shape_is_flat_and_documented() {
-    let json = ClientMessage::new(rid(), Command::Accept { call_id: cid() }).encode();
+    let json = ClientMessage::new(
+        rid(),
+        Command::Accept {
+            call_id: cid(),
+            custom_data: None,
+        },
+    )
+    .encode();
     assert_eq!(
         json,
         r#"{"v":1,"id":"r1","type":"accept","call_id":"call-1"}"#
@@ -227,6 +251,7 @@ fn wire_shape_is_flat_and_documented() {
         event: Event::CallEnded {
             call_id: cid(),
             reason: Reason::HungUp,
+            custom_data: None,
         },
     })
     .encode();
@@ -242,7 +267,10 @@ fn unknown_fields_are_ignored() {
         r#"{"v":1,"id":"r1","type":"accept","call_id":"call-1","future":{"x":[1,2]},"z":null}"#;
     assert_eq!(
         ClientMessage::decode(json, &limits()).unwrap().body,
-        ClientBody::Command(Command::Accept { call_id: cid() })
+        ClientBody::Command(Command::Accept {
+            call_id: cid(),
+            custom_data: None
+        })
     );
 }
 

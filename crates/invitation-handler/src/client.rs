@@ -561,44 +561,84 @@ impl Client {
 
     /// Accepts an incoming call on this device.
     pub async fn accept(&self, call_id: &CallId) -> Result<(), ClientError> {
-        self.done(Command::Accept {
-            call_id: call_id.clone(),
-        })
-        .await
+        self.accept_with(call_id, None).await
+    }
+
+    /// Accepts with custom data for the caller (it arrives with
+    /// `on_outgoing_call_accepted`, as `ctx.custom_data()`) and for this
+    /// user's other devices (with their "answered elsewhere").
+    pub async fn accept_with(
+        &self,
+        call_id: &CallId,
+        custom_data: Option<CustomData>,
+    ) -> Result<(), ClientError> {
+        self.done(Command::accept(call_id.clone()).with_custom_data(custom_data))
+            .await
     }
 
     /// Declines an incoming call (for all of this user's devices).
     pub async fn decline(&self, call_id: &CallId) -> Result<(), ClientError> {
-        self.done(Command::Decline {
-            call_id: call_id.clone(),
-            busy: false,
-        })
-        .await
+        self.decline_with(call_id, None).await
+    }
+
+    /// Declines with custom data for the caller (`on_outgoing_call_declined`,
+    /// as `ctx.custom_data()`) and this user's other devices.
+    pub async fn decline_with(
+        &self,
+        call_id: &CallId,
+        custom_data: Option<CustomData>,
+    ) -> Result<(), ClientError> {
+        self.done(Command::decline(call_id.clone(), false).with_custom_data(custom_data))
+            .await
     }
 
     /// Declines an incoming call as busy: the caller sees "busy".
     pub async fn decline_busy(&self, call_id: &CallId) -> Result<(), ClientError> {
-        self.done(Command::Decline {
-            call_id: call_id.clone(),
-            busy: true,
-        })
-        .await
+        self.decline_busy_with(call_id, None).await
+    }
+
+    /// Declines as busy with custom data: the caller's
+    /// `on_outgoing_call_rejected_cause_busy` gets it as `custom_data`.
+    pub async fn decline_busy_with(
+        &self,
+        call_id: &CallId,
+        custom_data: Option<CustomData>,
+    ) -> Result<(), ClientError> {
+        self.done(Command::decline(call_id.clone(), true).with_custom_data(custom_data))
+            .await
     }
 
     /// Cancels an outgoing call (every callee still ringing stops).
     pub async fn cancel(&self, call_id: &CallId) -> Result<(), ClientError> {
-        self.done(Command::Cancel {
-            call_id: call_id.clone(),
-        })
-        .await
+        self.cancel_with(call_id, None).await
+    }
+
+    /// Cancels with custom data: every callee whose ring it stops gets it
+    /// with `on_incoming_call_canceled`.
+    pub async fn cancel_with(
+        &self,
+        call_id: &CallId,
+        custom_data: Option<CustomData>,
+    ) -> Result<(), ClientError> {
+        self.done(Command::cancel(call_id.clone()).with_custom_data(custom_data))
+            .await
     }
 
     /// Leaves an accepted call (the caller leaving ends it for everyone).
     pub async fn hang_up(&self, call_id: &CallId) -> Result<(), ClientError> {
-        self.done(Command::HangUp {
-            call_id: call_id.clone(),
-        })
-        .await
+        self.hang_up_with(call_id, None).await
+    }
+
+    /// Leaves with custom data, delivered with the `CallEnded` events this
+    /// hang-up causes (and, from the caller, with the cancel of callees
+    /// still ringing).
+    pub async fn hang_up_with(
+        &self,
+        call_id: &CallId,
+        custom_data: Option<CustomData>,
+    ) -> Result<(), ClientError> {
+        self.done(Command::hang_up(call_id.clone()).with_custom_data(custom_data))
+            .await
     }
 
     /// Replaces the bearer token before it expires: sent in band (`renew`)

@@ -1,6 +1,6 @@
 //! The handle a callback gets to read its event and act on its call.
 
-use invitation_core::{AppEvent, CallId, Reason};
+use invitation_core::{AppEvent, CallId, CustomData, Reason};
 
 use crate::client::{Client, ClientError};
 
@@ -56,6 +56,16 @@ impl CallContext {
         })
     }
 
+    /// The custom data the event carries: the data of the action behind it
+    /// (the callee's accept or decline for `on_outgoing_call_accepted`,
+    /// `on_outgoing_call_declined` and `on_outgoing_call_rejected_cause_busy`;
+    /// the cancel's for `on_incoming_call_canceled`; the invite's for
+    /// `on_incoming_call_received` and `on_outgoing_call_timeout`). See
+    /// docs/events.md for the table.
+    pub fn custom_data(&self) -> Option<&CustomData> {
+        self.event.custom_data()
+    }
+
     /// The client that received the event.
     pub fn client(&self) -> &Client {
         &self.client
@@ -84,5 +94,35 @@ impl CallContext {
     /// Leaves this call.
     pub async fn hang_up(&self) -> Result<(), ClientError> {
         self.client.hang_up(&self.call_id).await
+    }
+
+    /// Accepts this call with custom data for the caller.
+    pub async fn accept_with(&self, custom_data: Option<CustomData>) -> Result<(), ClientError> {
+        self.client.accept_with(&self.call_id, custom_data).await
+    }
+
+    /// Declines this call with custom data for the caller.
+    pub async fn decline_with(&self, custom_data: Option<CustomData>) -> Result<(), ClientError> {
+        self.client.decline_with(&self.call_id, custom_data).await
+    }
+
+    /// Declines this call as busy, with custom data for the caller.
+    pub async fn decline_busy_with(
+        &self,
+        custom_data: Option<CustomData>,
+    ) -> Result<(), ClientError> {
+        self.client
+            .decline_busy_with(&self.call_id, custom_data)
+            .await
+    }
+
+    /// Cancels this (outgoing) call with custom data for the callees.
+    pub async fn cancel_with(&self, custom_data: Option<CustomData>) -> Result<(), ClientError> {
+        self.client.cancel_with(&self.call_id, custom_data).await
+    }
+
+    /// Leaves this call with custom data for the others.
+    pub async fn hang_up_with(&self, custom_data: Option<CustomData>) -> Result<(), ClientError> {
+        self.client.hang_up_with(&self.call_id, custom_data).await
     }
 }

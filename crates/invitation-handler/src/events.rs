@@ -192,7 +192,10 @@ callbacks! {
 
     /// Callee: ringing stopped before this device answered: the caller
     /// canceled or vanished, or another device of the user answered or
-    /// declined. `ctx.reason()` tells which.
+    /// declined. `ctx.reason()` tells which. `custom_data` is the data of
+    /// the action that stopped the ring: the caller's cancel (or hang-up),
+    /// or the other device's accept or decline; none when the caller
+    /// vanished.
     IncomingCallCanceled => fn on_incoming_call_canceled(
         call_id: &CallId = call_id,
         caller: &User = caller,
@@ -220,26 +223,31 @@ callbacks! {
         call_id: &CallId = call_id,
     );
 
-    /// Caller: a callee accepted.
+    /// Caller: a callee accepted. The callee's data with its accept is
+    /// `ctx.custom_data()`.
     OutgoingCallAccepted => fn on_outgoing_call_accepted(
         call_id: &CallId = call_id,
         callee: &UserId = callee,
     );
 
-    /// Caller: a callee was busy (in a call or inviting, or declined as busy).
+    /// Caller: a callee was busy (in a call or inviting, or declined as
+    /// busy). `custom_data` is the callee's, sent with its busy decline;
+    /// none when the server found the callee busy.
     OutgoingCallRejectedCauseBusy => fn on_outgoing_call_rejected_cause_busy(
         call_id: &CallId = call_id,
         callee: &UserId = callee,
         custom_data: Option<&CustomData> = custom_data.as_ref(),
     );
 
-    /// Caller: a callee actively declined.
+    /// Caller: a callee actively declined. The callee's data with its
+    /// decline is `ctx.custom_data()`.
     OutgoingCallDeclined => fn on_outgoing_call_declined(
         call_id: &CallId = call_id,
         callee: &UserId = callee,
     );
 
     /// Caller: a callee did not answer in time (once per such callee).
+    /// `custom_data` is your own invite's.
     OutgoingCallTimeout => fn on_outgoing_call_timeout(
         call_id: &CallId = call_id,
         callee: &UserId = callee,

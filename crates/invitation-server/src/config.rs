@@ -423,6 +423,8 @@ impl Config {
         sb.max_custom_data = self.max_custom_data;
         sb.caller_gone_grace = Duration::from_secs(self.caller_gone_grace_s);
         sb.hide_callee_status = self.hide_callee_status;
+        // One receipt per device a callee may have online.
+        sb.max_receipts_per_callee = self.max_devices_per_user;
         sb.busy_policy = match self.busy_policy.as_str() {
             "reject_busy" => BusyPolicy::RejectBusy,
             "ring_anyway" => BusyPolicy::RingAnyway,

@@ -588,7 +588,10 @@ mod tests {
             &mut hub,
             SwitchboardInput::Command {
                 id: RequestId::new("c1").unwrap(),
-                command: Command::Cancel { call_id },
+                command: Command::Cancel {
+                    call_id,
+                    custom_data: None,
+                },
             },
             read_at,
         );

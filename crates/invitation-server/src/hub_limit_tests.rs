@@ -115,7 +115,10 @@ async fn every_command_is_charged_per_user() {
         &mut hub,
         2,
         "a1",
-        Some(Command::Accept { call_id: unknown }),
+        Some(Command::Accept {
+            call_id: unknown,
+            custom_data: None,
+        }),
     );
     match answer(&laptop) {
         Err((ErrorCode::RateLimited, Some(wait))) => {

@@ -108,6 +108,7 @@ async fn a_thousand_syncs_then_a_whole_call_on_the_same_connection() {
         rid("a1"),
         Command::Accept {
             call_id: call_id.clone(),
+            custom_data: None,
         },
     ))
     .await;
@@ -130,6 +131,7 @@ async fn a_thousand_syncs_then_a_whole_call_on_the_same_connection() {
             rid("h1"),
             Command::HangUp {
                 call_id: call_id.clone(),
+                custom_data: None,
             },
         ))
         .await;
@@ -378,16 +380,14 @@ async fn a_one_to_one_call_is_seven_messages_with_answers_folded_into_events() {
 
     bob.send(&ClientMessage::new(
         rid("a1"),
-        Command::Accept {
-            call_id: call_id.clone(),
-        },
+        Command::accept(call_id.clone()),
     ))
     .await;
     seen_by_bob.push(shape(&bob.recv().await));
     seen_by_alice.push(shape(&alice.recv().await));
 
     alice
-        .send(&ClientMessage::new(rid("h1"), Command::HangUp { call_id }))
+        .send(&ClientMessage::new(rid("h1"), Command::hang_up(call_id)))
         .await;
     seen_by_alice.push(shape(&alice.recv().await));
     seen_by_bob.push(shape(&bob.recv().await));

@@ -104,6 +104,7 @@ async fn a3_duplicated_accept_is_one_transition() {
         rid("a1"),
         Command::Accept {
             call_id: call.clone(),
+            custom_data: None,
         },
     );
     for _ in 0..4 {
@@ -216,7 +217,10 @@ async fn c1_new_device_during_ringing_can_accept() {
     laptop
         .send(&ClientMessage::new(
             rid("a"),
-            Command::Accept { call_id: call },
+            Command::Accept {
+                call_id: call,
+                custom_data: None,
+            },
         ))
         .await;
     let reply = laptop.until(|b| b.answers() == Some(&rid("a"))).await;
@@ -441,16 +445,20 @@ async fn d2_d3_non_participants_and_wrong_roles_change_nothing() {
     for (i, cmd) in [
         Command::Accept {
             call_id: call.clone(),
+            custom_data: None,
         },
         Command::Decline {
             call_id: call.clone(),
             busy: false,
+            custom_data: None,
         },
         Command::Cancel {
             call_id: call.clone(),
+            custom_data: None,
         },
         Command::HangUp {
             call_id: call.clone(),
+            custom_data: None,
         },
     ]
     .into_iter()
@@ -466,6 +474,7 @@ async fn d2_d3_non_participants_and_wrong_roles_change_nothing() {
         rid("c"),
         Command::Cancel {
             call_id: call.clone(),
+            custom_data: None,
         },
     ))
     .await;
@@ -478,6 +487,7 @@ async fn d2_d3_non_participants_and_wrong_roles_change_nothing() {
             rid("a"),
             Command::Accept {
                 call_id: call.clone(),
+                custom_data: None,
             },
         ))
         .await;
@@ -488,7 +498,10 @@ async fn d2_d3_non_participants_and_wrong_roles_change_nothing() {
     // Still ringing: bob can accept.
     bob.send(&ClientMessage::new(
         rid("ok"),
-        Command::Accept { call_id: call },
+        Command::Accept {
+            call_id: call,
+            custom_data: None,
+        },
     ))
     .await;
     let m = bob.until(|b| b.answers() == Some(&rid("ok"))).await;
@@ -719,7 +732,10 @@ async fn f5_a_client_that_never_reads_is_dropped() {
         caller
             .send(&ClientMessage::new(
                 rid(&format!("c{i}")),
-                Command::Cancel { call_id: call },
+                Command::Cancel {
+                    call_id: call,
+                    custom_data: None,
+                },
             ))
             .await;
         if srv

@@ -132,6 +132,8 @@ impl State {
     fn auto(&mut self, message: &ClientMessage) {
         let re = message.id.clone();
         let command = match &message.body {
+            // A device receipt is never answered.
+            ClientBody::Command(Command::Received { .. }) => return,
             ClientBody::Command(c) => c,
             ClientBody::Control(control) => return self.auto_control(re, control),
         };
@@ -251,11 +253,13 @@ impl MockServer {
     }
 
     /// The next call command (`invite`, `accept`, `decline`, `cancel`,
-    /// `hang_up`), skipping connection housekeeping.
+    /// `hang_up`), skipping connection housekeeping and the `received`
+    /// receipts the client sends by itself for every invitation that rings.
     pub async fn next_call_command(&mut self) -> ClientMessage {
         loop {
             let m = self.next_command().await;
-            if matches!(m.body, ClientBody::Command(_)) {
+            if matches!(m.body, ClientBody::Command(ref c) if !matches!(c, Command::Received { .. }))
+            {
                 return m;
             }
         }
@@ -330,6 +334,7 @@ impl MockServer {
             call_id: call_id.clone(),
             reason,
             device: device.cloned(),
+            custom_data: None,
         })
     }
 
@@ -339,6 +344,7 @@ impl MockServer {
             call_id: call_id.clone(),
             callee: callee.clone(),
             reason,
+            custom_data: None,
         })
     }
 
@@ -347,6 +353,7 @@ impl MockServer {
         self.event(Event::CallEnded {
             call_id: call_id.clone(),
             reason,
+            custom_data: None,
         })
     }
 

@@ -108,7 +108,10 @@ async fn f5_client_that_never_reads_is_dropped_and_the_hub_stays_bounded() {
         caller
             .send(ClientMessage::new(
                 RequestId::new(format!("c{i}")).unwrap(),
-                Command::Cancel { call_id },
+                Command::Cancel {
+                    call_id,
+                    custom_data: None,
+                },
             ))
             .await
             .unwrap();

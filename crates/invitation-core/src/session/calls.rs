@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::id::{CallId, DeviceId, UserId};
 use crate::model::{CustomData, Reason, User};
-use crate::protocol::{ClientBody, Command, Event, ReplyResult};
+use crate::protocol::{ClientBody, ClientMessage, Command, Event, ReplyResult};
 
 use super::{AppEvent, ClientSession, TimerKey};
 
@@ -49,6 +49,8 @@ pub(super) enum Local {
         /// The server confirmed a cancel from this device (its callback
         /// fired; a repeated cancel fires nothing).
         cancel_confirmed: bool,
+        /// Callee devices that confirmed receipt (each reported once).
+        delivered: Vec<(UserId, DeviceId)>,
     },
 }
 
@@ -59,6 +61,7 @@ impl Local {
             mine,
             outcomes: callees.into_iter().map(|u| (u, None)).collect(),
             cancel_confirmed: false,
+            delivered: Vec::new(),
         }
     }
 }
@@ -174,14 +177,15 @@ impl ClientSession {
                 });
                 // Our invite's call: this device's, keeping what an earlier
                 // `outgoing_call` event told of it.
-                let (mut outcomes, cancel_confirmed) =
+                let (mut outcomes, cancel_confirmed, delivered) =
                     match std::mem::replace(&mut call.state, Local::Silent) {
                         Local::Outgoing {
                             outcomes,
                             cancel_confirmed,
+                            delivered,
                             ..
-                        } => (outcomes, cancel_confirmed),
-                        _ => (Outcomes::new(), false),
+                        } => (outcomes, cancel_confirmed, delivered),
+                        _ => (Outcomes::new(), false, Vec::new()),
                     };
                 for c in callees {
                     if !outcomes.iter().any(|(u, _)| u == &c.user) {
@@ -192,6 +196,7 @@ impl ClientSession {
                     mine: true,
                     outcomes,
                     cancel_confirmed,
+                    delivered,
                 };
                 let at =
                     now + Duration::from_millis(*ring_remaining_ms) + self.config.fallback_margin;
@@ -205,9 +210,9 @@ impl ClientSession {
                     .or_insert_with(|| LocalCall::new(Local::Silent, caller.clone(), None));
                 self.mark_joined(call_id, caller);
             }
-            (Command::Accept { call_id }, _) => self.mark_accepted(call_id),
-            (Command::Decline { call_id, busy }, _) => self.mark_declined(call_id, *busy),
-            (Command::Cancel { call_id }, _) => {
+            (Command::Accept { call_id, .. }, _) => self.mark_accepted(call_id),
+            (Command::Decline { call_id, busy, .. }, _) => self.mark_declined(call_id, *busy),
+            (Command::Cancel { call_id, .. }, _) => {
                 let fire = match self.calls.get_mut(call_id).map(|c| &mut c.state) {
                     Some(Local::Outgoing {
                         cancel_confirmed, ..
@@ -251,6 +256,7 @@ impl ClientSession {
             self.events.push_back(AppEvent::OutgoingCallAccepted {
                 call_id: call_id.clone(),
                 callee: caller.id.clone(),
+                custom_data: None,
             });
         }
     }
@@ -312,6 +318,7 @@ impl ClientSession {
                 );
                 if ring {
                     self.arm_fallback(&call_id, now + remaining + self.config.fallback_margin);
+                    self.send_receipt(&call_id);
                     self.events.push_back(AppEvent::IncomingCallReceived {
                         call_id,
                         caller,
@@ -326,7 +333,8 @@ impl ClientSession {
                 call_id,
                 reason,
                 device,
-            } => self.incoming_ended(&call_id, reason, device),
+                custom_data,
+            } => self.incoming_ended(&call_id, reason, device, custom_data),
             Event::OutgoingCall {
                 call_id,
                 device,
@@ -372,15 +380,62 @@ impl ClientSession {
                 call_id,
                 callee,
                 reason,
-            } => self.callee_outcome(&call_id, callee, reason),
-            Event::CallEnded { call_id, reason } => {
+                custom_data,
+            } => self.callee_outcome(&call_id, callee, reason, custom_data),
+            Event::CallEnded {
+                call_id,
+                reason,
+                custom_data,
+            } => {
                 if self.calls.contains_key(&call_id) {
                     self.finish(&call_id);
-                    self.events
-                        .push_back(AppEvent::CallEnded { call_id, reason });
+                    self.events.push_back(AppEvent::CallEnded {
+                        call_id,
+                        reason,
+                        custom_data,
+                    });
                 }
             }
+            Event::CalleeDelivered {
+                call_id,
+                callee,
+                device,
+            } => self.callee_delivered(&call_id, callee, device),
         }
+    }
+
+    /// Acknowledges an invitation that rings here (unless switched off):
+    /// a `received` receipt, sent once and never answered, so it is not a
+    /// pending command. Sent only on a live link: events arrive on one.
+    fn send_receipt(&mut self, call_id: &CallId) {
+        if self.config.send_receipts && self.connected {
+            let id = self.fresh_request_id();
+            let receipt = Command::Received {
+                call_id: call_id.clone(),
+            };
+            self.transmit.push_back(ClientMessage::new(id, receipt));
+        }
+    }
+
+    /// A callee device confirmed receipt of a caller-side call: reported
+    /// once per callee device.
+    pub(super) fn callee_delivered(&mut self, call_id: &CallId, callee: UserId, device: DeviceId) {
+        let Some(LocalCall {
+            state: Local::Outgoing { delivered, .. },
+            ..
+        }) = self.calls.get_mut(call_id)
+        else {
+            return;
+        };
+        if delivered.iter().any(|(u, d)| *u == callee && *d == device) {
+            return;
+        }
+        delivered.push((callee.clone(), device.clone()));
+        self.events.push_back(AppEvent::CalleeDelivered {
+            call_id: call_id.clone(),
+            callee,
+            device,
+        });
     }
 
     pub(super) fn incoming_ended(
@@ -388,6 +443,7 @@ impl ClientSession {
         call_id: &CallId,
         reason: Reason,
         device: Option<DeviceId>,
+        data: Option<CustomData>,
     ) {
         let Some(call) = self.calls.get(call_id) else {
             // Ended before it ever arrived (reordered): never ring for it.
@@ -396,7 +452,7 @@ impl ClientSession {
         };
         let mine = device.as_ref() == Some(&self.device);
         let rang = matches!(call.state, Local::Ringing);
-        let (caller, data) = (call.caller.clone(), call.custom_data.clone());
+        let caller = call.caller.clone();
         match reason {
             Reason::Accepted if mine => {
                 if self.glare_invite_pending(&caller.id) {
@@ -422,6 +478,7 @@ impl ClientSession {
                 self.events.push_back(AppEvent::AnsweredElsewhere {
                     call_id: call_id.clone(),
                     device: device.clone(),
+                    custom_data: data.clone(),
                 });
                 Reason::AnsweredElsewhere
             }
@@ -429,6 +486,7 @@ impl ClientSession {
                 self.events.push_back(AppEvent::DeclinedElsewhere {
                     call_id: call_id.clone(),
                     device: device.clone(),
+                    custom_data: data.clone(),
                 });
                 Reason::DeclinedElsewhere
             }
@@ -455,7 +513,13 @@ impl ClientSession {
     /// The outcome of one callee of a caller-side call, reported once.
     /// (Outcomes are the caller's business: the server reports none for a
     /// call this device is a callee of, and such a report is ignored.)
-    pub(super) fn callee_outcome(&mut self, call_id: &CallId, callee: UserId, reason: Reason) {
+    pub(super) fn callee_outcome(
+        &mut self,
+        call_id: &CallId,
+        callee: UserId,
+        reason: Reason,
+        answer: Option<CustomData>,
+    ) {
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
@@ -478,16 +542,27 @@ impl ClientSession {
                 call_id,
                 callee,
                 reason,
+                custom_data: answer,
             }
         } else {
             match reason {
-                Reason::Accepted => AppEvent::OutgoingCallAccepted { call_id, callee },
-                Reason::Declined => AppEvent::OutgoingCallDeclined { call_id, callee },
+                Reason::Accepted => AppEvent::OutgoingCallAccepted {
+                    call_id,
+                    callee,
+                    custom_data: answer,
+                },
+                Reason::Declined => AppEvent::OutgoingCallDeclined {
+                    call_id,
+                    callee,
+                    custom_data: answer,
+                },
                 Reason::Busy => AppEvent::OutgoingCallRejectedCauseBusy {
                     call_id,
                     callee,
-                    custom_data: data,
+                    custom_data: answer,
                 },
+                // The wire carries no data with a timeout: the app gets its
+                // own invite's back, as the origin's callback does.
                 Reason::Timeout => AppEvent::OutgoingCallTimeout {
                     call_id,
                     callee,
@@ -497,6 +572,7 @@ impl ClientSession {
                     call_id,
                     callee,
                     reason: other,
+                    custom_data: answer,
                 },
             }
         };
@@ -573,6 +649,7 @@ mod tests {
             call_id: call_id.clone(),
             callee: UserId::new("carol").unwrap(),
             reason: Reason::Declined,
+            custom_data: None,
         };
         event(&mut s, t0, 2, stray);
         assert_eq!(events(&mut s), []);
@@ -607,6 +684,7 @@ mod tests {
                 t0,
                 Command::Cancel {
                     call_id: call_id.clone(),
+                    custom_data: None,
                 },
             );
             s.handle_message(

@@ -117,14 +117,14 @@ impl ClientSession {
             // Our own clean-up: a cancel that lost the race to an accept
             // hangs up instead.
             if let (
-                ClientBody::Command(Command::Cancel { call_id }),
+                ClientBody::Command(Command::Cancel { call_id, .. }),
                 Err(CommandError::Ended {
                     reason: Reason::Accepted,
                 }),
             ) = (&pending.body, &result)
             {
                 let call_id = call_id.clone();
-                self.issue(now, Command::HangUp { call_id }.into(), true);
+                self.issue(now, Command::hang_up(call_id).into(), true);
             }
             return;
         }
@@ -161,9 +161,9 @@ impl ClientSession {
         self.disowned.push_back(call_id.clone());
         self.finish(&call_id);
         let command = if joined {
-            Command::HangUp { call_id }
+            Command::hang_up(call_id)
         } else {
-            Command::Cancel { call_id }
+            Command::cancel(call_id)
         };
         self.issue(now, command.into(), true);
     }

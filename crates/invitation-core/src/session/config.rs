@@ -32,6 +32,11 @@ pub struct SessionConfig {
     /// and it is never sent again. An invite given up on that the server had
     /// already taken is canceled by the session itself.
     pub command_deadline: Duration,
+    /// Acknowledge every invitation that rings on this device with a
+    /// `received` receipt, so the caller learns it was delivered (on by
+    /// default). Off, the device looks to callers like a frozen app: the
+    /// server says `callee_ringing`, and no `callee_delivered` follows.
+    pub send_receipts: bool,
 }
 
 impl Default for SessionConfig {
@@ -46,6 +51,7 @@ impl Default for SessionConfig {
             gap_timeout: Duration::from_secs(1),
             sync_retry: Duration::from_secs(2),
             command_deadline: Duration::from_secs(30),
+            send_receipts: true,
         }
     }
 }

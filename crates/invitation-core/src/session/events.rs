@@ -76,7 +76,9 @@ pub enum AppEvent {
         call_id: CallId,
         /// Who called.
         caller: User,
-        /// The caller's data.
+        /// The data of the action that stopped the ring: the caller's
+        /// cancel (or hang-up), or the accept or decline of the device that
+        /// answered elsewhere; none when the caller vanished.
         custom_data: Option<CustomData>,
         /// Why: canceled, caller_gone, answered_elsewhere, declined_elsewhere ...
         reason: Reason,
@@ -116,6 +118,8 @@ pub enum AppEvent {
         call_id: CallId,
         /// Who accepted.
         callee: UserId,
+        /// The callee's data with its accept.
+        custom_data: Option<CustomData>,
     },
     /// Caller: a callee was busy.
     #[non_exhaustive]
@@ -124,7 +128,8 @@ pub enum AppEvent {
         call_id: CallId,
         /// Who was busy.
         callee: UserId,
-        /// Your data, as sent.
+        /// The callee's data with its busy decline; none when the server
+        /// found the callee busy.
         custom_data: Option<CustomData>,
     },
     /// Caller: a callee declined.
@@ -134,6 +139,8 @@ pub enum AppEvent {
         call_id: CallId,
         /// Who declined.
         callee: UserId,
+        /// The callee's data with its decline.
+        custom_data: Option<CustomData>,
     },
     /// Caller: a callee did not answer in time (once per such callee).
     #[non_exhaustive]
@@ -152,6 +159,8 @@ pub enum AppEvent {
         call_id: CallId,
         /// The device that accepted.
         device: Option<DeviceId>,
+        /// That device's data with its accept.
+        custom_data: Option<CustomData>,
     },
     /// Callee: another device of yours declined.
     #[non_exhaustive]
@@ -160,6 +169,8 @@ pub enum AppEvent {
         call_id: CallId,
         /// The device that declined.
         device: Option<DeviceId>,
+        /// That device's data with its decline.
+        custom_data: Option<CustomData>,
     },
     /// Caller: at least one device of this callee has the invitation.
     #[non_exhaustive]
@@ -180,6 +191,9 @@ pub enum AppEvent {
         callee: UserId,
         /// The outcome.
         reason: Reason,
+        /// The callee's data with its answer (none for outcomes the server
+        /// decided, and for timeouts).
+        custom_data: Option<CustomData>,
     },
     /// Caller: another device of yours started a call.
     #[non_exhaustive]
@@ -198,6 +212,8 @@ pub enum AppEvent {
         call_id: CallId,
         /// Why.
         reason: Reason,
+        /// The data of the hang-up or cancel that ended it.
+        custom_data: Option<CustomData>,
     },
     /// The event stream could not be resumed; the local view was rebuilt
     /// from a full snapshot (events in between may be summarised).
@@ -210,9 +226,40 @@ pub enum AppEvent {
     /// that other crates can match `Connection(state)`; what can grow is
     /// [`ConnectionState`], which is.)
     Connection(ConnectionState),
+    /// Caller: this device of this callee confirmed it has the invitation
+    /// (its app received it). [`AppEvent::CalleeRinging`] without it means
+    /// the server sent the invitation but the device never confirmed.
+    #[non_exhaustive]
+    CalleeDelivered {
+        /// The call.
+        call_id: CallId,
+        /// The callee.
+        callee: UserId,
+        /// The callee's device.
+        device: DeviceId,
+    },
 }
 
 impl AppEvent {
+    /// The custom data the event carries, if any: for each event, the data
+    /// of the action behind it (docs/events.md has the table).
+    pub fn custom_data(&self) -> Option<&CustomData> {
+        use AppEvent::*;
+        match self {
+            IncomingCallReceived { custom_data, .. }
+            | IncomingCallCanceled { custom_data, .. }
+            | OutgoingCallAccepted { custom_data, .. }
+            | OutgoingCallRejectedCauseBusy { custom_data, .. }
+            | OutgoingCallDeclined { custom_data, .. }
+            | OutgoingCallTimeout { custom_data, .. }
+            | AnsweredElsewhere { custom_data, .. }
+            | DeclinedElsewhere { custom_data, .. }
+            | CalleeOutcome { custom_data, .. }
+            | CallEnded { custom_data, .. } => custom_data.as_ref(),
+            _ => None,
+        }
+    }
+
     /// The call the event is about, if any.
     pub fn call_id(&self) -> Option<&CallId> {
         use AppEvent::*;
@@ -232,7 +279,8 @@ impl AppEvent {
             | CalleeRinging { call_id, .. }
             | CalleeOutcome { call_id, .. }
             | OutgoingCallStarted { call_id, .. }
-            | CallEnded { call_id, .. } => Some(call_id),
+            | CallEnded { call_id, .. }
+            | CalleeDelivered { call_id, .. } => Some(call_id),
             Resynced { .. } | Connection(_) => None,
         }
     }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use foldhash::HashSet;
 
 use crate::id::{CallId, UserId};
-use crate::model::Reason;
+use crate::model::{CustomData, Reason};
 use crate::protocol::{CallSnapshot, CalleeOutcome, Event, Role, SnapshotState, SyncBody};
 
 use super::{AppEvent, ClientSession, Local, LocalCall, TimerKey};
@@ -35,7 +35,8 @@ impl ClientSession {
             let ended = sync.ended.iter().find(|e| e.call_id == call_id);
             let reason = ended.map_or(Reason::Failed, |e| e.reason);
             let outcomes = ended.map(|e| e.outcomes.clone()).unwrap_or_default();
-            self.end_from_sync(&call_id, reason, &outcomes);
+            let data = ended.and_then(|e| e.custom_data.clone());
+            self.end_from_sync(&call_id, reason, &outcomes, data);
         }
         let count = sync.calls.len();
         for snap in sync.calls {
@@ -55,6 +56,7 @@ impl ClientSession {
         call_id: &CallId,
         reason: Reason,
         outcomes: &[CalleeOutcome],
+        data: Option<CustomData>,
     ) {
         let Some(call) = self.calls.get(call_id) else {
             return;
@@ -65,7 +67,7 @@ impl ClientSession {
                     Reason::HungUp | Reason::Accepted => Reason::AnsweredElsewhere,
                     other => other,
                 };
-                self.incoming_ended(call_id, reason, None);
+                self.incoming_ended(call_id, reason, None, data);
             }
             Local::Outgoing {
                 outcomes: known, ..
@@ -80,13 +82,14 @@ impl ClientSession {
                 // callee's).
                 for callee in pending {
                     if let Some(o) = outcomes.iter().find(|o| o.callee == callee) {
-                        self.callee_outcome(call_id, callee, o.reason);
+                        self.callee_outcome(call_id, callee, o.reason, o.custom_data.clone());
                     }
                 }
                 self.finish(call_id);
                 self.events.push_back(AppEvent::CallEnded {
                     call_id: call_id.clone(),
                     reason,
+                    custom_data: data,
                 });
             }
             Local::InCall => {
@@ -94,6 +97,7 @@ impl ClientSession {
                 self.events.push_back(AppEvent::CallEnded {
                     call_id: call_id.clone(),
                     reason,
+                    custom_data: data,
                 });
             }
         }
@@ -121,7 +125,8 @@ impl ClientSession {
                     );
                 }
                 (SnapshotState::Accepted, Some(Local::Ringing | Local::Silent)) => {
-                    self.incoming_ended(&snap.call_id, Reason::Accepted, snap.device);
+                    let data = snap.outcomes.into_iter().find_map(|o| o.custom_data);
+                    self.incoming_ended(&snap.call_id, Reason::Accepted, snap.device, data);
                 }
                 (SnapshotState::Accepted, None) => {
                     let mine = snap.device.as_ref() == Some(&self.device);
@@ -155,7 +160,10 @@ impl ClientSession {
                     }
                 }
                 for o in snap.outcomes {
-                    self.callee_outcome(&snap.call_id, o.callee, o.reason);
+                    self.callee_outcome(&snap.call_id, o.callee, o.reason, o.custom_data);
+                }
+                for d in snap.delivered {
+                    self.callee_delivered(&snap.call_id, d.callee, d.device);
                 }
             }
         }

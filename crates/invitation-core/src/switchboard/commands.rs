@@ -290,6 +290,18 @@ impl Switchboard {
         device: &DeviceId,
         call_id: &CallId,
     ) -> Result<ReplyResult, CommandError> {
+        self.accept_with(user, device, call_id, None)
+    }
+
+    /// An accept carrying the callee's `data` (already validated), for the
+    /// caller and the callee's other devices.
+    pub(super) fn accept_with(
+        &mut self,
+        user: &UserId,
+        device: &DeviceId,
+        call_id: &CallId,
+        data: Option<CustomData>,
+    ) -> Result<ReplyResult, CommandError> {
         let (Role::Callee, i) = self.role(user, call_id)? else {
             return Err(CommandError::WrongRole);
         };
@@ -325,7 +337,8 @@ impl Switchboard {
                 call: call_id.clone(),
                 reason: Reason::Accepted,
                 device: Some(device.clone()),
-            },
+            }
+            .with_data(data.clone()),
         ));
         self.pending.push((
             caller,
@@ -333,8 +346,10 @@ impl Switchboard {
                 call: call_id.clone(),
                 callee: user.clone(),
                 reason: Reason::Accepted,
-            },
+            }
+            .with_data(data.clone()),
         ));
+        self.note_answer(call_id, i, &data);
         self.settle_now(call_id);
         Ok(ReplyResult::Done)
     }
@@ -345,6 +360,7 @@ impl Switchboard {
         device: &DeviceId,
         call_id: &CallId,
         busy: bool,
+        data: Option<CustomData>,
     ) -> Result<ReplyResult, CommandError> {
         let (Role::Callee, i) = self.role(user, call_id)? else {
             return Err(CommandError::WrongRole);
@@ -364,7 +380,8 @@ impl Switchboard {
             reason,
             device: Some(device.clone()),
         };
-        self.close_slot(call_id, i, reason, Some(device.clone()));
+        self.note_answer(call_id, i, &data);
+        self.close_slot_with(call_id, i, reason, Some(device.clone()), data.clone(), data);
         self.settle_now(call_id);
         Ok(ReplyResult::Done)
     }
@@ -373,6 +390,7 @@ impl Switchboard {
         &mut self,
         user: &UserId,
         call_id: &CallId,
+        data: Option<CustomData>,
     ) -> Result<ReplyResult, CommandError> {
         let (Role::Caller, _) = self.role(user, call_id)? else {
             return Err(CommandError::WrongRole);
@@ -387,7 +405,8 @@ impl Switchboard {
                 }),
             };
         }
-        self.end_ringing(call_id, Reason::Canceled);
+        self.end_ringing_with(call_id, Reason::Canceled, data.clone());
+        self.ending_data = data;
         self.settle_now(call_id);
         Ok(ReplyResult::Done)
     }
@@ -396,6 +415,7 @@ impl Switchboard {
         &mut self,
         user: &UserId,
         call_id: &CallId,
+        data: Option<CustomData>,
     ) -> Result<ReplyResult, CommandError> {
         let (role, i) = self.role(user, call_id)?;
         let call = self.calls.get_mut(call_id).expect("role found it");
@@ -408,7 +428,8 @@ impl Switchboard {
                         Err(CommandError::Ended { reason })
                     };
                 }
-                self.end_ringing(call_id, Reason::Canceled);
+                self.end_ringing_with(call_id, Reason::Canceled, data.clone());
+                self.ending_data = data;
                 // The call ends with its caller, whoever is still in it.
                 self.end_now(call_id, None);
             }
@@ -430,12 +451,16 @@ impl Switchboard {
                     LogEvent::CallEnded {
                         call: call_id.clone(),
                         reason: Reason::HungUp,
-                    },
+                    }
+                    .with_data(data.clone()),
                 ));
                 let keep = self.config.recent_ended_per_user;
                 if let Some(entry) = self.users.get_mut(user) {
-                    entry.end_call(call_id, Reason::HungUp, keep);
+                    entry.end_call_with(call_id, Reason::HungUp, data.clone(), keep);
                 }
+                // If this was the last callee in the call, the caller's
+                // `call_ended` carries this hang-up's data.
+                self.ending_data = data;
                 self.settle_now(call_id);
             }
         }

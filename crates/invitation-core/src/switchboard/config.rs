@@ -80,6 +80,11 @@ pub struct SwitchboardConfig {
     /// under [`OfflinePolicy::Reject`]) still arrive at once: pair it with
     /// `RingAnyway` and `Hold` to hide those too.
     pub hide_callee_status: bool,
+    /// Device receipts (`received`) kept per callee of a call (10): one per
+    /// device, so at most as many as the devices a user may have online
+    /// (the server sets it from its device cap). Past it, more receipts for
+    /// that callee are ignored.
+    pub max_receipts_per_callee: usize,
 }
 
 impl Default for SwitchboardConfig {
@@ -101,6 +106,7 @@ impl Default for SwitchboardConfig {
             recent_ended_per_user: 32,
             contact_policy: ContactPolicy::anyone(),
             hide_callee_status: false,
+            max_receipts_per_callee: 10,
         }
     }
 }

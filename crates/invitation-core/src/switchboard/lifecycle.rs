@@ -9,11 +9,22 @@ use super::timers::TimerKind;
 use super::user::LogEvent;
 use super::{CallNotice, Switchboard};
 use crate::id::{CallId, DeviceId};
-use crate::model::Reason;
+use crate::model::{CustomData, Reason};
 
 impl Switchboard {
     /// Every callee still ringing gets `reason` (canceled, timeout, caller gone).
     pub(super) fn end_ringing(&mut self, call_id: &CallId, reason: Reason) {
+        self.end_ringing_with(call_id, reason, None);
+    }
+
+    /// [`Switchboard::end_ringing`] by an action carrying `data` (a cancel,
+    /// the caller's hang-up): each callee whose ring it stops gets it.
+    pub(super) fn end_ringing_with(
+        &mut self,
+        call_id: &CallId,
+        reason: Reason,
+        data: Option<CustomData>,
+    ) {
         let call = self.calls.get_mut(call_id).expect("live call");
         let ringing: Vec<usize> = (0..call.slots.len())
             .filter(|&i| call.slots[i].is_ringing())
@@ -22,19 +33,36 @@ impl Switchboard {
             call.slots[i] = Slot::decided(reason);
         }
         for i in ringing {
-            self.close_slot(call_id, i, reason, None);
+            self.close_slot_with(call_id, i, reason, None, data.clone(), None);
         }
     }
 
     /// Announces a callee's terminal outcome (already written in the slot)
     /// to the callee's devices and the caller; the call leaves the callee's
     /// live list.
+    #[allow(dead_code)] // for endings no action data goes with
     pub(super) fn close_slot(
         &mut self,
         call_id: &CallId,
         i: usize,
         reason: Reason,
         by: Option<DeviceId>,
+    ) {
+        self.close_slot_with(call_id, i, reason, by, None, None);
+    }
+
+    /// [`Switchboard::close_slot`] with the data of the action behind it:
+    /// `for_callee` in the callee's `incoming_ended` (a cancel's, a
+    /// decline's), `for_caller` in the caller's `callee_outcome` (the
+    /// callee's own answer data only).
+    pub(super) fn close_slot_with(
+        &mut self,
+        call_id: &CallId,
+        i: usize,
+        reason: Reason,
+        by: Option<DeviceId>,
+        for_callee: Option<CustomData>,
+        for_caller: Option<CustomData>,
     ) {
         let call = &self.calls[call_id];
         let callee = call.info.callees[i].id.clone();
@@ -51,7 +79,8 @@ impl Switchboard {
                 call: call_id.clone(),
                 reason,
                 device: by,
-            },
+            }
+            .with_data(for_callee.clone()),
         ));
         self.pending.push((
             caller,
@@ -59,11 +88,12 @@ impl Switchboard {
                 call: call_id.clone(),
                 callee: callee.clone(),
                 reason,
-            },
+            }
+            .with_data(for_caller),
         ));
         let keep = self.config.recent_ended_per_user;
         if let Some(entry) = self.users.get_mut(&callee) {
-            entry.end_call(call_id, reason, keep);
+            entry.end_call_with(call_id, reason, for_callee, keep);
         }
     }
 
@@ -120,6 +150,7 @@ impl Switchboard {
     /// Ends a live call nobody rings any more: `forced`, or else the natural
     /// reason, for the caller and every callee still in it.
     fn end_call(&mut self, now: Instant, call_id: &CallId, forced: Option<Reason>) {
+        let data = self.ending_data.take();
         let call = self.calls.get_mut(call_id).expect("live call");
         let reason = forced.unwrap_or_else(|| call.final_reason());
         call.state = CallState::Ended(reason);
@@ -138,15 +169,17 @@ impl Switchboard {
         }
         let caller = call.info.caller.id.clone();
         for callee in in_call {
+            let reason = forced.unwrap_or(Reason::HungUp);
             self.pending.push((
                 callee.clone(),
                 LogEvent::CallEnded {
                     call: call_id.clone(),
-                    reason: forced.unwrap_or(Reason::HungUp),
-                },
+                    reason,
+                }
+                .with_data(data.clone()),
             ));
             if let Some(entry) = self.users.get_mut(&callee) {
-                entry.end_call(call_id, forced.unwrap_or(Reason::HungUp), keep);
+                entry.end_call_with(call_id, reason, data.clone(), keep);
             }
         }
         self.pending.push((
@@ -154,10 +187,11 @@ impl Switchboard {
             LogEvent::CallEnded {
                 call: call_id.clone(),
                 reason,
-            },
+            }
+            .with_data(data.clone()),
         ));
         if let Some(entry) = self.users.get_mut(&caller) {
-            entry.end_call(call_id, reason, keep);
+            entry.end_call_with(call_id, reason, data, keep);
         }
         self.tombstones
             .push_back((now + self.config.retention, call_id.clone()));
@@ -190,12 +224,18 @@ impl Switchboard {
     /// Moves the clock (never backwards), fires due timers, forgets expired
     /// history. Returns the effective now.
     pub(super) fn advance(&mut self, now: Instant) -> Instant {
+        self.notices.clear();
+        self.advance_keeping_notices(now)
+    }
+
+    /// [`Switchboard::advance`] for an input that is no call milestone (a
+    /// device receipt): the notices of the last input stay queued.
+    pub(super) fn advance_keeping_notices(&mut self, now: Instant) -> Instant {
         let now = match self.now {
             Some(prev) if prev > now => prev,
             _ => now,
         };
         self.now = Some(now);
-        self.notices.clear();
         while let Some((_, kind, call_id)) = self.timers.pop_due(now) {
             self.on_timer(kind, call_id);
         }
@@ -212,6 +252,7 @@ impl Switchboard {
             let (_, call_id) = self.tombstones.pop_front().expect("front exists");
             if self.calls.get(&call_id).is_some_and(|c| c.is_ended()) {
                 self.calls.remove(&call_id);
+                self.forget_extras(&call_id);
             }
         }
         self.requests

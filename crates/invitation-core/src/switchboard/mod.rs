@@ -21,6 +21,7 @@
 //! The output queue holds what one input produced (bounded by callees ×
 //! devices of the calls it touched); it must be drained after every input.
 
+mod acts;
 mod call;
 mod commands;
 mod config;
@@ -41,7 +42,7 @@ use foldhash::HashMap;
 use crate::connection::SwitchboardInput;
 use crate::error::CommandError;
 use crate::id::{CallId, CallIdGenerator, DeviceId, RequestId, UserId};
-use crate::model::{Reason, User};
+use crate::model::{CustomData, Reason, User};
 use crate::protocol::{CloseReason, Command, ReplyResult, ServerBody, ServerMessage};
 
 use call::{Call, CallState, Slot};
@@ -126,6 +127,12 @@ pub struct Switchboard {
     /// [`Switchboard::flush`] sends to its connection.
     answer: Option<(ConnId, RequestId, ReplyResult)>,
     stats: SwitchboardStats,
+    /// Answer data and device receipts, for the calls that have some.
+    extras: HashMap<CallId, acts::CallExtras>,
+    /// The data of the cancel or hang-up being handled, for the
+    /// `call_ended` events it causes (taken when the call ends, cleared
+    /// after every command).
+    ending_data: Option<CustomData>,
 }
 
 impl fmt::Debug for Switchboard {
@@ -158,6 +165,8 @@ impl Switchboard {
             pending: Vec::new(),
             answer: None,
             stats: SwitchboardStats::default(),
+            extras: HashMap::default(),
+            ending_data: None,
         }
     }
 
@@ -325,6 +334,7 @@ impl Switchboard {
             }
             SwitchboardInput::Sync { id } => self.handle_sync(now, conn, id),
             SwitchboardInput::Disconnect => self.disconnect(now, conn),
+            SwitchboardInput::Receipt { call_id } => self.handle_receipt(now, conn, &call_id),
         }
     }
 
@@ -349,6 +359,10 @@ impl Switchboard {
     ///
     /// A request id seen before from the same device within the retention
     /// period gets the stored answer and changes nothing.
+    ///
+    /// A `received` receipt is the exception: it is handled as
+    /// [`Switchboard::handle_receipt`], queues no answer and returns
+    /// `Ok(Done)`.
     pub fn handle_command(
         &mut self,
         now: Instant,
@@ -356,6 +370,10 @@ impl Switchboard {
         request: RequestId,
         command: Command,
     ) -> Result<ReplyResult, CommandError> {
+        if let Command::Received { call_id } = &command {
+            self.handle_receipt(now, conn, call_id);
+            return Ok(ReplyResult::Done);
+        }
         let now = self.advance(now);
         let Some(entry) = self.conns.get(&conn) else {
             let e = Err(CommandError::NotConnected);
@@ -371,11 +389,35 @@ impl Switchboard {
         }
         let result = match command {
             Command::Invite(req) => self.invite(now, &user, &device, req),
-            Command::Cancel { call_id } => self.cancel(&user, &call_id),
-            Command::Accept { call_id } => self.accept(&user, &device, &call_id),
-            Command::Decline { call_id, busy } => self.decline(&user, &device, &call_id, busy),
-            Command::HangUp { call_id } => self.hang_up(&user, &call_id),
+            Command::Cancel {
+                call_id,
+                custom_data,
+            } => self
+                .valid_data(custom_data)
+                .and_then(|data| self.cancel(&user, &call_id, data)),
+            Command::Accept {
+                call_id,
+                custom_data,
+            } => self
+                .valid_data(custom_data)
+                .and_then(|data| self.accept_with(&user, &device, &call_id, data)),
+            Command::Decline {
+                call_id,
+                busy,
+                custom_data,
+            } => self
+                .valid_data(custom_data)
+                .and_then(|data| self.decline(&user, &device, &call_id, busy, data)),
+            Command::HangUp {
+                call_id,
+                custom_data,
+            } => self
+                .valid_data(custom_data)
+                .and_then(|data| self.hang_up(&user, &call_id, data)),
+            // Handled above; never remembered or answered from here.
+            Command::Received { .. } => Err(CommandError::Misplaced),
         };
+        self.ending_data = None;
         // Every state change queues events for someone.
         let changed = !self.pending.is_empty();
         if requests::worth_remembering(&result, changed) {

@@ -10,6 +10,7 @@ use super::user::LogEvent;
 use super::{ConnId, Output, Switchboard};
 use crate::error::CommandError;
 use crate::id::{CallId, RequestId, UserId};
+use crate::model::Reason;
 use crate::protocol::{
     CallSnapshot, CalleeOutcome, EndedCall, ErrorBody, Event, ReplyResult, Role, ServerBody,
     ServerMessage, SnapshotState, SyncBody,
@@ -113,25 +114,20 @@ impl Switchboard {
                 ring_timeout_ms: duration_ms(info.ring_for),
                 device,
                 outcomes,
+                delivered: Vec::new(),
             };
             if &info.caller.id == user {
-                let outcomes = info
-                    .callees
-                    .iter()
-                    .zip(&call.slots)
-                    .filter_map(|(u, s)| {
-                        s.outcome().map(|reason| CalleeOutcome {
-                            callee: u.id.clone(),
-                            reason,
-                        })
-                    })
-                    .collect();
+                let outcomes = self.outcomes(call_id, call);
                 let state = if call.is_ringing() {
                     SnapshotState::Ringing
                 } else {
                     SnapshotState::Accepted
                 };
-                calls.push(base(Role::Caller, state, remaining, None, outcomes));
+                let mut snap = base(Role::Caller, state, remaining, None, outcomes);
+                if !self.config.hide_callee_status {
+                    snap.delivered = self.deliveries(call_id);
+                }
+                calls.push(snap);
             } else if let Some(i) = call.slot_of(user) {
                 let slot = &call.slots[i];
                 if slot.is_ringing() {
@@ -147,12 +143,23 @@ impl Switchboard {
                     in_call: true,
                 } = slot
                 {
+                    // The accept's data, for a device of this user that
+                    // missed it (it rang and resyncs).
+                    let own = self
+                        .answer_data(call_id, i)
+                        .map(|data| {
+                            vec![
+                                CalleeOutcome::new(user.clone(), Reason::Accepted)
+                                    .with_custom_data(Some(data)),
+                            ]
+                        })
+                        .unwrap_or_default();
                     calls.push(base(
                         Role::Callee,
                         SnapshotState::Accepted,
                         0,
                         Some(device.clone()),
-                        Vec::new(),
+                        own,
                     ));
                 }
             }
@@ -163,30 +170,35 @@ impl Switchboard {
             calls,
             ended: entry
                 .recent_ended()
-                .map(|(call_id, reason)| EndedCall {
+                .map(|(call_id, reason, data)| EndedCall {
                     call_id: call_id.clone(),
                     reason: *reason,
                     outcomes: self
                         .calls
                         .get(call_id)
                         .filter(|c| &c.info.caller.id == user)
-                        .map(|c| {
-                            c.info
-                                .callees
-                                .iter()
-                                .zip(&c.slots)
-                                .filter_map(|(u, s)| {
-                                    s.outcome().map(|reason| CalleeOutcome {
-                                        callee: u.id.clone(),
-                                        reason,
-                                    })
-                                })
-                                .collect()
-                        })
+                        .map(|c| self.outcomes(call_id, c))
                         .unwrap_or_default(),
+                    custom_data: data.clone(),
                 })
                 .collect(),
         }
+    }
+
+    /// Every callee's outcome so far, with the data it answered with.
+    fn outcomes(&self, call_id: &CallId, call: &Call) -> Vec<CalleeOutcome> {
+        call.info
+            .callees
+            .iter()
+            .zip(&call.slots)
+            .enumerate()
+            .filter_map(|(i, (u, s))| {
+                s.outcome().map(|reason| {
+                    CalleeOutcome::new(u.id.clone(), reason)
+                        .with_custom_data(self.answer_data(call_id, i))
+                })
+            })
+            .collect()
     }
 }
 
@@ -245,6 +257,7 @@ pub(super) fn render(
             call_id: call.clone(),
             reason: *reason,
             device: device.clone(),
+            custom_data: None,
         },
         LogEvent::CalleeRinging { call, callee } => Event::CalleeRinging {
             call_id: call.clone(),
@@ -258,10 +271,31 @@ pub(super) fn render(
             call_id: call.clone(),
             callee: callee.clone(),
             reason: *reason,
+            custom_data: None,
         },
         LogEvent::CallEnded { call, reason } => Event::CallEnded {
             call_id: call.clone(),
             reason: *reason,
+            custom_data: None,
         },
+        LogEvent::WithData(inner) => {
+            let (event, data) = &**inner;
+            let mut event = render(calls, user, event, now);
+            if let Event::IncomingEnded { custom_data, .. }
+            | Event::CalleeOutcome { custom_data, .. }
+            | Event::CallEnded { custom_data, .. } = &mut event
+            {
+                *custom_data = Some(data.clone());
+            }
+            event
+        }
+        LogEvent::CalleeDelivered(inner) => {
+            let (call, callee, device) = &**inner;
+            Event::CalleeDelivered {
+                call_id: call.clone(),
+                callee: callee.clone(),
+                device: device.clone(),
+            }
+        }
     }
 }

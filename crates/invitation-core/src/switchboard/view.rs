@@ -55,6 +55,9 @@ pub struct SwitchboardStats {
     pub glare_merges: u64,
     /// Commands answered from the request-id memory (retries).
     pub duplicate_requests: u64,
+    /// Device receipts that changed nothing (unknown or foreign call, no
+    /// longer ringing, repeated, past the per-callee cap).
+    pub ignored_receipts: u64,
 }
 
 impl SwitchboardStats {

@@ -40,7 +40,10 @@
 //! 6. no ring for a call after that ring ended on the device; outcomes never
 //!    change;
 //! 7. once settled the switchboard has no timer left and no call rings;
-//!    before that, it has a timer exactly when something has a deadline.
+//!    before that, it has a timer exactly when something has a deadline;
+//! 8. a caller learns that a callee device has an invitation (a device
+//!    receipt) only from a device of that callee that rang for that call,
+//!    no earlier than it rang, and at most once (checked by 4).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -220,6 +223,7 @@ impl Oracle {
             run.device(n, device);
         }
         run.accepts();
+        run.deliveries();
         run.v
     }
 }
@@ -243,6 +247,37 @@ impl<'a> Run<'a> {
             }
         }
         view
+    }
+
+    /// 8: every device receipt a caller saw comes from a callee device
+    /// that rang for the call, no later than the caller learned it.
+    fn deliveries(&mut self) {
+        for d in &self.record.devices {
+            for (at, e) in &d.events {
+                let AppEvent::CalleeDelivered {
+                    call_id,
+                    callee,
+                    device,
+                } = e
+                else {
+                    continue;
+                };
+                let rang = self.record.devices.iter().any(|r| {
+                    &r.user == callee
+                        && &r.device == device
+                        && r.events.iter().any(|(t, e)| {
+                            t <= at
+                                && matches!(e, AppEvent::IncomingCallReceived { call_id: c, .. } if c == call_id)
+                        })
+                });
+                if !rang {
+                    self.v.push(format!(
+                        "inv8: {} learned that {callee}/{device} has {call_id}, but that device never rang for it before",
+                        d.name
+                    ));
+                }
+            }
+        }
     }
 
     /// 1 and 7 at the switchboard.
@@ -533,6 +568,7 @@ pub fn event_name(e: &AppEvent) -> &'static str {
         AppEvent::AnsweredElsewhere { .. } => "answered_elsewhere",
         AppEvent::DeclinedElsewhere { .. } => "declined_elsewhere",
         AppEvent::CalleeRinging { .. } => "callee_ringing",
+        AppEvent::CalleeDelivered { .. } => "callee_delivered",
         AppEvent::CalleeOutcome { .. } => "callee_outcome",
         AppEvent::OutgoingCallStarted { .. } => "outgoing_started",
         AppEvent::CallEnded { .. } => "call_ended",
@@ -576,6 +612,7 @@ mod tests {
         let t1 = t0 + Duration::from_secs(1);
         let accept = Command::Accept {
             call_id: call_id.clone(),
+            custom_data: None,
         };
         sb.handle_command(t1, ConnId::new(2), RequestId::new("r2").unwrap(), accept)
             .unwrap();
@@ -596,6 +633,7 @@ mod tests {
             AppEvent::OutgoingCallAccepted {
                 call_id: call_id.clone(),
                 callee: bob.id.clone(),
+                custom_data: None,
             },
         )];
         a.last_seq = Some(sb.last_seq(&alice.id));
@@ -688,6 +726,7 @@ mod tests {
             AppEvent::OutgoingCallDeclined {
                 call_id,
                 callee: UserId::new("bob").unwrap(),
+                custom_data: None,
             },
         )];
         assert_caught(
@@ -793,5 +832,33 @@ mod tests {
         assert_caught(&v, "inv7: the switchboard still has a timer");
         assert_caught(&v, "inv7: call-1 still rings");
         assert_caught(&v, "inv1: call-1 has no outcome for b");
+    }
+
+    /// A receipt the caller learned from a device that rang passes once;
+    /// from a device that never rang, before it rang, or twice, it is caught.
+    #[test]
+    fn receipts_from_devices_that_did_not_ring_or_twice_are_caught() {
+        let (sb, call_id, mut record, t0) = answered_call();
+        let delivered = |device: &str| AppEvent::CalleeDelivered {
+            call_id: call_id.clone(),
+            callee: UserId::new("bob").unwrap(),
+            device: DeviceId::new(device).unwrap(),
+        };
+        let t1 = t0 + Duration::from_millis(1);
+        record.devices[0].events.insert(0, (t1, delivered("d1")));
+        assert_eq!(check(&sb, &record), Vec::<String>::new());
+
+        let mut twice = record.clone();
+        twice.devices[0].events.insert(1, (t1, delivered("d1")));
+        assert_caught(&check(&sb, &twice), "inv4");
+
+        let mut stranger = record.clone();
+        stranger.devices[0].events.insert(1, (t1, delivered("d9")));
+        assert_caught(&check(&sb, &stranger), "inv8");
+
+        let mut early = record;
+        let before = t0.checked_sub(Duration::from_millis(1)).unwrap();
+        early.devices[0].events.insert(0, (before, delivered("d0")));
+        assert_caught(&check(&sb, &early), "inv8");
     }
 }

@@ -267,6 +267,7 @@ impl Net {
             device,
             Command::Accept {
                 call_id: call.clone(),
+                custom_data: None,
             },
         );
         self.result(user, device, &id)
@@ -285,6 +286,7 @@ impl Net {
             Command::Decline {
                 call_id: call.clone(),
                 busy,
+                custom_data: None,
             },
         );
         self.result(user, device, &id)
@@ -301,6 +303,7 @@ impl Net {
             device,
             Command::Cancel {
                 call_id: call.clone(),
+                custom_data: None,
             },
         );
         self.result(user, device, &id)
@@ -317,6 +320,7 @@ impl Net {
             device,
             Command::HangUp {
                 call_id: call.clone(),
+                custom_data: None,
             },
         );
         self.result(user, device, &id)

@@ -9,6 +9,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod acts;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +53,16 @@ pub trait Fixture {
         self.device_with(user, device, None).await
     }
 
+    /// Like [`Fixture::device_with`], with this client-session config
+    /// (for example a device that never acknowledges what it receives).
+    async fn device_configured(
+        &self,
+        user: &str,
+        device: &str,
+        extra: Option<Arc<dyn InvitationEvents>>,
+        config: invitation_core::SessionConfig,
+    ) -> Dev;
+
     /// Ring timeout (seconds) of the flows that wait for a ring to time out.
     fn ring_s(&self) -> u32;
 
@@ -82,6 +94,26 @@ impl Memory {
 }
 
 impl Fixture for Memory {
+    async fn device_configured(
+        &self,
+        user: &str,
+        device: &str,
+        extra: Option<Arc<dyn InvitationEvents>>,
+        config: invitation_core::SessionConfig,
+    ) -> Dev {
+        let u = User::named(user, &user.to_uppercase());
+        let rec = Recorder::with_deadline(self.deadline());
+        let transport = self.0.transport(u.clone());
+        let client = handlers(Client::builder(), &rec, extra)
+            .user(u)
+            .device(device)
+            .session_config(config)
+            .transport(transport)
+            .build()
+            .unwrap();
+        connected(client, rec, None).await
+    }
+
     async fn device_with(
         &self,
         user: &str,
@@ -140,6 +172,28 @@ impl Server {
 }
 
 impl Fixture for Server {
+    async fn device_configured(
+        &self,
+        user: &str,
+        device: &str,
+        extra: Option<Arc<dyn InvitationEvents>>,
+        config: invitation_core::SessionConfig,
+    ) -> Dev {
+        let name = user.to_uppercase();
+        let rec = Recorder::with_deadline(self.deadline());
+        let (transport, link) = Breakable::new(Arc::new(WsTransport::new(self.0.url())));
+        let client = handlers(Client::builder(), &rec, extra)
+            .user(User::named(user, &name))
+            .device(device)
+            .token(self.0.token(user, &name))
+            .session_config(config)
+            .transport(transport)
+            .backoff(Duration::from_millis(20), Duration::from_millis(200))
+            .build()
+            .unwrap();
+        connected(client, rec, Some(link)).await
+    }
+
     async fn device_with(
         &self,
         user: &str,
@@ -420,7 +474,12 @@ pub async fn cancel(f: &impl Fixture) {
     let bob = f.device("bob", "phone").await;
     let call = invite(&alice, &["bob"], 60).await.call_id;
     bob.rec.wait_for(IncomingCallReceived, 1).await;
-    alice.client.cancel(&call).await.unwrap();
+    let why = CustomData::new("{\"why\":\"wrong number\"}").unwrap();
+    alice
+        .client
+        .cancel_with(&call, Some(why.clone()))
+        .await
+        .unwrap();
     alice.rec.wait_for(OutgoingCallCancelButtonPressed, 1).await;
     let r = bob.rec.wait_for(IncomingCallCanceled, 1).await;
     match r.event {
@@ -432,7 +491,11 @@ pub async fn cancel(f: &impl Fixture) {
         } => {
             assert_eq!(reason, Reason::Canceled);
             assert_eq!(caller.id.as_str(), "alice");
-            assert_eq!(custom_data, Some(room()));
+            assert_eq!(
+                custom_data,
+                Some(why),
+                "the cancel's data, not the invite's"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -504,7 +567,11 @@ pub async fn busy(f: &impl Fixture) {
     // bob declares busy
     let first = invite(&alice, &["bob"], 60).await.call_id;
     bob.rec.wait_for(IncomingCallReceived, 1).await;
-    bob.client.decline_busy(&first).await.unwrap();
+    let later = CustomData::new("{\"call_back_in_s\":300}").unwrap();
+    bob.client
+        .decline_busy_with(&first, Some(later.clone()))
+        .await
+        .unwrap();
     let r = alice.rec.wait_for(OutgoingCallRejectedCauseBusy, 1).await;
     match r.event {
         AppEvent::OutgoingCallRejectedCauseBusy {
@@ -513,7 +580,11 @@ pub async fn busy(f: &impl Fixture) {
             ..
         } => {
             assert_eq!(callee.as_str(), "bob");
-            assert_eq!(custom_data, Some(room()), "the caller's data, as sent");
+            assert_eq!(
+                custom_data,
+                Some(later),
+                "the callee's data, not the invite's"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -528,7 +599,18 @@ pub async fn busy(f: &impl Fixture) {
         .await
         .unwrap();
     assert_eq!(busy.callees[0].status, InitialStatus::Busy);
-    alice.rec.wait_for(OutgoingCallRejectedCauseBusy, 2).await;
+    let r = alice.rec.wait_for(OutgoingCallRejectedCauseBusy, 2).await;
+    assert!(
+        matches!(
+            r.event,
+            AppEvent::OutgoingCallRejectedCauseBusy {
+                custom_data: None,
+                ..
+            }
+        ),
+        "a busy the server decided carries no data: {:?}",
+        r.event
+    );
     assert_eq!(
         bob.rec.count(IncomingCallReceived),
         2,
