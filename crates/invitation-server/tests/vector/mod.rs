@@ -598,6 +598,7 @@ impl Play {
                 for n in 0..times {
                     // Bindings made inside one round are forgotten after it.
                     let outer = self.bindings.clone();
+                    self.bindings.set("round", json!(n));
                     self.steps(&steps, &format!("{at}.{n}.")).await?;
                     self.bindings = outer;
                 }

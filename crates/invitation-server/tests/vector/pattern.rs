@@ -13,6 +13,11 @@ use serde_json::{Map, Value};
 pub struct Bindings(BTreeMap<String, Value>);
 
 impl Bindings {
+    /// Binds `name` (without the `$`) to `value`, replacing any binding.
+    pub fn set(&mut self, name: &str, value: Value) {
+        self.0.insert(name.to_owned(), value);
+    }
+
     /// The value bound to `name` (without the `$`).
     pub fn get(&self, name: &str) -> Option<&Value> {
         self.0.get(name)
@@ -179,12 +184,9 @@ pub type Extra<'a> = dyn Fn(&Map<String, Value>) -> Option<Result<Value, String>
 
 /// Fills a message to send: `"$name"` becomes the bound value, `"$$text"`
 /// the string `$text`, `{"$repeat": s, "times": n}` the string `s` repeated,
+/// `{"$join": [parts]}` the parts (filled, numbers as digits) end to end,
 /// and `extra` handles other `{"$...": ...}` objects (tokens).
-pub fn fill(
-    template: &Value,
-    b: &Bindings,
-    extra: &Extra<'_>,
-) -> Result<Value, String> {
+pub fn fill(template: &Value, b: &Bindings, extra: &Extra<'_>) -> Result<Value, String> {
     Ok(match template {
         Value::String(s) => match special(s) {
             Some(Special::Bind(name)) => {
@@ -206,6 +208,19 @@ pub fn fill(
                 return Err(format!("bad $repeat {template}"));
             };
             Value::String(s.repeat(usize::try_from(n).map_err(|e| e.to_string())?))
+        }
+        Value::Object(o) if o.contains_key("$join") => {
+            let Some(parts) = o.get("$join").and_then(Value::as_array) else {
+                return Err(format!("bad $join {template}"));
+            };
+            let mut out = String::new();
+            for part in parts {
+                match fill(part, b, extra)? {
+                    Value::String(s) => out.push_str(&s),
+                    other => out.push_str(&other.to_string()),
+                }
+            }
+            Value::String(out)
         }
         Value::Object(o) => match extra(o) {
             Some(r) => r?,
