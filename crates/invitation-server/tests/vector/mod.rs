@@ -185,6 +185,7 @@ enum Step {
     Wait(u64),
     Close(String),
     Mark(String),
+    Shutdown,
     Repeat {
         times: u64,
         steps: Vec<Value>,
@@ -202,6 +203,7 @@ const KINDS: &[&str] = &[
     "close",
     "mark",
     "repeat",
+    "shutdown",
 ];
 
 fn parse(step: &Value) -> Result<Step, String> {
@@ -293,6 +295,7 @@ fn parse(step: &Value) -> Result<Step, String> {
         "wait_ms" => Step::Wait(u64_of("wait_ms")?),
         "close" => Step::Close(str_of("close")?),
         "mark" => Step::Mark(str_of("mark")?),
+        "shutdown" => Step::Shutdown,
         "repeat" => Step::Repeat {
             times: u64_of("repeat")?,
             steps: o
@@ -307,7 +310,10 @@ fn parse(step: &Value) -> Result<Step, String> {
 
 /// A vector being played.
 struct Play {
-    server: RunningServer,
+    /// The server, until a `shutdown` step stops it.
+    server: Option<RunningServer>,
+    url: String,
+    authority: Authority,
     audience: String,
     clients: BTreeMap<String, Client>,
     bindings: Bindings,
@@ -336,8 +342,12 @@ pub async fn play(vector: Vector) -> Result<(), String> {
             )
         })
         .collect();
+    let url = server.url();
+    let authority = server.authority.clone();
     let mut p = Play {
-        server,
+        server: Some(server),
+        url,
+        authority,
         audience,
         clients,
         bindings: Bindings::default(),
@@ -349,7 +359,9 @@ pub async fn play(vector: Vector) -> Result<(), String> {
             let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(10), p.server.stop()).await;
+    if let Some(server) = p.server.take() {
+        let _ = tokio::time::timeout(Duration::from_secs(10), server.stop()).await;
+    }
     match played {
         Ok(r) => r,
         Err(_) => Err(format!("the vector took longer than {VECTOR_DEADLINE:?}")),
@@ -374,22 +386,24 @@ impl Play {
             .ok_or_else(|| format!("no client {name:?} in clients"))
     }
 
-    /// A token for client `name` (or signed with another `secret`).
-    fn token(&self, name: &str, secret: Option<&str>) -> Result<String, String> {
+    /// A token for client `name`, valid for `ttl` seconds (an hour by
+    /// default), signed with the server's secret or another `secret`.
+    fn token(&self, name: &str, secret: Option<&str>, ttl: Option<u64>) -> Result<String, String> {
         let spec = &self
             .clients
             .get(name)
             .ok_or_else(|| format!("no client {name:?} for $token"))?
             .spec;
         let display = spec.name.as_deref().unwrap_or(&spec.user);
-        Ok(match secret {
-            None => self.server.token(&spec.user, display),
-            Some(s) => Authority::new(s.as_bytes(), &self.audience, None).mint(
-                &invitation_core::UserId::new(&spec.user).map_err(|e| e.to_string())?,
-                display,
-                Duration::from_secs(3600),
-            ),
-        })
+        let authority = match secret {
+            None => self.authority.clone(),
+            Some(s) => Authority::new(s.as_bytes(), &self.audience, None),
+        };
+        Ok(authority.mint(
+            &invitation_core::UserId::new(&spec.user).map_err(|e| e.to_string())?,
+            display,
+            Duration::from_secs(ttl.unwrap_or(3600)),
+        ))
     }
 
     fn fill(&self, template: &Value) -> Result<Value, String> {
@@ -397,17 +411,26 @@ impl Play {
             let name = o.get("$token")?;
             Some((|| {
                 let name = name.as_str().ok_or("$token names a client")?;
+                for key in o.keys() {
+                    if !["$token", "secret", "ttl_s"].contains(&key.as_str()) {
+                        return Err(format!("unknown key {key:?} in $token"));
+                    }
+                }
                 let secret = o
                     .get("secret")
                     .map(|s| s.as_str().ok_or("secret is a string"));
-                self.token(name, secret.transpose()?).map(Value::String)
+                let ttl = o
+                    .get("ttl_s")
+                    .map(|t| t.as_u64().ok_or("ttl_s is a whole number"));
+                self.token(name, secret.transpose()?, ttl.transpose()?)
+                    .map(Value::String)
             })())
         };
         fill(template, &self.bindings, &extra)
     }
 
     async fn open(&mut self, name: &str) -> Result<(), String> {
-        let url = self.server.url();
+        let url = self.url.clone();
         let (ws, _) = tokio::time::timeout(
             Duration::from_millis(DEFAULT_WITHIN_MS),
             tokio_tungstenite::connect_async(url),
@@ -590,6 +613,12 @@ impl Play {
                     })
                     .await;
                 }
+            }
+            Step::Shutdown => {
+                // A graceful stop runs while the clients read what it
+                // sends them.
+                let server = self.server.take().ok_or("the server is already stopped")?;
+                tokio::spawn(server.stop());
             }
             Step::Mark(name) => {
                 self.marks.insert(name, Instant::now());
