@@ -899,6 +899,33 @@ mod tests {
         }
     }
 
+    /// Every error code's name is its wire form.
+    #[test]
+    fn error_code_names_are_their_wire_form() {
+        let all = [
+            ErrorCode::NotFound,
+            ErrorCode::WrongRole,
+            ErrorCode::Ended,
+            ErrorCode::CallerBusy,
+            ErrorCode::Invalid,
+            ErrorCode::NotConnected,
+            ErrorCode::RateLimited,
+            ErrorCode::TooLarge,
+            ErrorCode::Malformed,
+            ErrorCode::OverLimits,
+            ErrorCode::DuplicateKey,
+            ErrorCode::UnsupportedVersion,
+            ErrorCode::UnknownType,
+            ErrorCode::Unauthorized,
+            ErrorCode::Unavailable,
+            ErrorCode::Forbidden,
+        ];
+        for code in all {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+    }
+
     /// Every reason decodes back as itself.
     #[test]
     fn every_reason_round_trips() {
