@@ -37,7 +37,11 @@ impl Sink {
 }
 
 /// A log line's level, message and some of its fields.
-type Expected = (&'static str, &'static str, &'static [(&'static str, &'static str)]);
+type Expected = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
 
 fn field<'a>(line: &'a Value, name: &str) -> Option<&'a str> {
     line["fields"][name].as_str()

@@ -35,14 +35,11 @@ async fn every_conformance_vector_passes() {
             .to_string();
         let result = match vector::load(path) {
             Ok(v) => {
-                if let Some(other) = names.insert(v.name.clone(), shown.clone()) {
-                    failures.push(format!(
-                        "{shown}: name {:?} is also used by {other}",
-                        v.name
-                    ));
+                let name = v.name().to_owned();
+                if let Some(other) = names.insert(name.clone(), shown.clone()) {
+                    failures.push(format!("{shown}: name {name:?} is also used by {other}"));
                 }
-                let name = v.name.clone();
-                vector::play(v)
+                v.play()
                     .await
                     .map_err(|e| format!("vector {name:?} ({shown}): {e}"))
             }

@@ -5,6 +5,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod client;
 pub mod pattern;
 
 use std::collections::BTreeMap;
@@ -75,10 +76,45 @@ pub fn find(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// A vector of either kind.
+pub enum AnyVector {
+    /// Played against the server (the default kind).
+    Server(Vector),
+    /// Played against one client (`"kind": "client"`).
+    Client(client::ClientVector),
+}
+
+impl AnyVector {
+    /// Its name.
+    pub fn name(&self) -> &str {
+        match self {
+            AnyVector::Server(v) => &v.name,
+            AnyVector::Client(v) => &v.name,
+        }
+    }
+
+    /// Plays it.
+    pub async fn play(self) -> Result<(), String> {
+        match self {
+            AnyVector::Server(v) => play(v).await,
+            AnyVector::Client(v) => client::play(v),
+        }
+    }
+}
+
 /// Reads a vector file.
-pub fn load(path: &Path) -> Result<Vector, String> {
+pub fn load(path: &Path) -> Result<AnyVector, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    serde_json::from_str(&text).map_err(|e| format!("not a vector: {e}"))
+    let value: Value = serde_json::from_str(&text).map_err(|e| format!("not JSON: {e}"))?;
+    match value.get("kind").map(|k| k.as_str()) {
+        None => serde_json::from_value(value)
+            .map(AnyVector::Server)
+            .map_err(|e| format!("not a vector: {e}")),
+        Some(Some("client")) => serde_json::from_value(value)
+            .map(AnyVector::Client)
+            .map_err(|e| format!("not a client vector: {e}")),
+        Some(other) => Err(format!("unknown vector kind {other:?}")),
+    }
 }
 
 /// The server settings a vector runs with: the server's defaults, a
