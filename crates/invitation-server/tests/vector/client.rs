@@ -29,6 +29,9 @@ pub struct ClientVector {
 
 /// Plays a client vector; `Err` names the step and what differed.
 pub fn play(vector: ClientVector) -> Result<(), String> {
+    if vector.kind != "client" || vector.description.trim().is_empty() {
+        return Err("a client vector has kind \"client\" and a description".into());
+    }
     let user = UserId::new(&vector.user).map_err(|e| e.to_string())?;
     let device = DeviceId::new(&vector.device).map_err(|e| e.to_string())?;
     let mut now = Instant::now();

@@ -3,7 +3,7 @@
 //! 127.0.0.1:0, and plays the steps over real WebSockets. Every failure
 //! names the vector, the step and what arrived.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(unreachable_pub)]
 
 pub mod client;
 pub mod pattern;
@@ -358,6 +358,9 @@ struct Play {
 
 /// Plays `vector` against a fresh server; `Err` says which step failed and why.
 pub async fn play(vector: Vector) -> Result<(), String> {
+    if vector.description.trim().is_empty() {
+        return Err("the description must say what the vector proves".into());
+    }
     let config = config(&vector.server)?;
     let audience = config.audience.clone();
     let server = Server::bind(config)
