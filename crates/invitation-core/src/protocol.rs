@@ -40,7 +40,7 @@ const SERVER_TYPES: &[&str] = &[
     "welcome", "reply", "error", "event", "sync", "pong", "closing",
 ];
 /// The `event.type` values of this version: an event naming another one is
-/// a newer server's addition, skipped by [`ServerMessage::decode`]'s caller.
+/// a newer server's addition, decoded as [`ServerBody::UnknownEvent`].
 const EVENT_TYPES: &[&str] = &[
     "incoming_call",
     "incoming_ended",
