@@ -26,6 +26,10 @@ enum In {
     Disconnect,
     Connect,
     Tick { s: u8 },
+    /// An event of a type this version does not know (a newer server's).
+    UnknownEvent { seq: u8 },
+    /// A message type this version does not know.
+    UnknownMessage,
 }
 
 const REASONS: [Reason; 6] = [Reason::Accepted, Reason::Declined, Reason::Busy, Reason::Timeout, Reason::Canceled, Reason::CallerGone];
@@ -60,6 +64,8 @@ fuzz_target!(|input: Vec<In>| {
             })),
             In::CallEnded { seq, call } => s.handle_message(now, ev(seq, Event::CallEnded { call_id: cid(call), reason: Reason::HungUp, custom_data: None })),
             In::Sync { seq } => s.handle_message(now, ServerMessage::new(ServerBody::Sync(SyncBody::new(None, u64::from(seq), Vec::new(), Vec::new())))),
+            In::UnknownEvent { seq } => s.handle_message(now, ServerMessage::new(ServerBody::UnknownEvent { seq: u64::from(seq), ty: "novel".into() })),
+            In::UnknownMessage => s.handle_message(now, ServerMessage::new(ServerBody::Unknown { ty: "novel".into() })),
             In::Pong { seq } => s.handle_message(now, ServerMessage::new(ServerBody::Pong { re: None, seq: Some(u64::from(seq)) })),
             In::ReplyDone { req } => {
                 if !requests.is_empty() {

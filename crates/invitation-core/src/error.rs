@@ -265,3 +265,27 @@ pub enum ErrorCode {
     /// The contact policy does not let you call that user.
     Forbidden,
 }
+
+impl ErrorCode {
+    /// The wire name (`"not_found"` ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::WrongRole => "wrong_role",
+            ErrorCode::Ended => "ended",
+            ErrorCode::CallerBusy => "caller_busy",
+            ErrorCode::Invalid => "invalid",
+            ErrorCode::NotConnected => "not_connected",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Malformed => "malformed",
+            ErrorCode::OverLimits => "over_limits",
+            ErrorCode::DuplicateKey => "duplicate_key",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Forbidden => "forbidden",
+        }
+    }
+}

@@ -176,7 +176,10 @@ impl fmt::Debug for CustomData {
 
 /// Why an invitation, or a call, ended — for one callee or for a whole call.
 /// The same enum everywhere: switchboard, wire, client events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// Decoding is lenient (additive v1 evolution): a name this version does not
+/// know becomes [`Reason::Failed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Reason {
@@ -204,11 +207,31 @@ pub enum Reason {
     /// An accepted call was ended by a participant.
     HungUp,
     /// The outcome was lost (for example a resync could no longer tell it):
-    /// the call is over, cause unknown.
+    /// the call is over, cause unknown. A reason this version does not know
+    /// (a newer server's) decodes as this one.
     Failed,
     /// The server stopped and did not keep the call (a graceful stop of a
     /// server without durable state): the call is over for everyone.
     ServerShutdown,
+}
+
+impl<'de> Deserialize<'de> for Reason {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = Reason;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a reason name")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Reason, E> {
+                Ok(Reason::ALL
+                    .into_iter()
+                    .find(|r| r.as_str() == s)
+                    .unwrap_or(Reason::Failed))
+            }
+        }
+        d.deserialize_str(Name)
+    }
 }
 
 impl Reason {

@@ -10,9 +10,15 @@
 //! * server events carry a per-user sequence number `seq`;
 //! * ring time travels as time *remaining* in milliseconds, never as a wall
 //!   clock instant, so device clock skew cannot matter;
-//! * unknown fields are ignored (additive changes stay v1); unknown message
-//!   types, duplicate keys, oversize input and over-deep nesting are refused
-//!   with typed errors ([`ProtocolError`]).
+//! * unknown fields are ignored (additive changes stay v1) in both
+//!   directions;
+//! * the server refuses an unknown *client* message type (`unknown_type`);
+//!   a client skips an unknown *server* message type
+//!   ([`ServerBody::Unknown`]) and an unknown event type
+//!   ([`ServerBody::UnknownEvent`], whose `seq` still counts), so a newer
+//!   server's additions never break an older client;
+//! * duplicate keys, oversize input and over-deep nesting are refused with
+//!   typed errors ([`ProtocolError`]) in both directions.
 
 use std::sync::Arc;
 
@@ -34,6 +40,18 @@ const CLIENT_TYPES: &[&str] = &[
 const SERVER_TYPES: &[&str] = &[
     "welcome", "reply", "error", "event", "sync", "pong", "closing",
 ];
+/// The `event.type` values of this version: an event naming another one is
+/// a newer server's addition, decoded as [`ServerBody::UnknownEvent`].
+const EVENT_TYPES: &[&str] = &[
+    "incoming_call",
+    "incoming_ended",
+    "outgoing_call",
+    "callee_ringing",
+    "callee_outcome",
+    "call_ended",
+];
+/// How much of an unknown type name is kept.
+const MAX_TYPE_NAME: usize = 64;
 
 /// A message from a client: its request id and its body, a connection-level
 /// [`Control`] message or a call [`Command`].
@@ -344,13 +362,37 @@ impl ServerMessage {
     }
 
     /// Decodes untrusted input with the same caps as client messages.
+    ///
+    /// Additive evolution of v1: a message `type` this version does not know
+    /// decodes as [`ServerBody::Unknown`], and an `event` whose `event.type`
+    /// it does not know as [`ServerBody::UnknownEvent`] (with its `seq`), for
+    /// the client to skip. Another `v`, a known type with missing or
+    /// mistyped fields, and everything the guard refuses are still errors.
     pub fn decode(input: &str, limits: &DecodeLimits) -> Result<Self, ProtocolError> {
-        decode_checked(input, limits, SERVER_TYPES)
+        match decode_checked(input, limits, SERVER_TYPES) {
+            Ok(message) => Ok(message),
+            Err(ProtocolError::UnknownType { ty, .. }) => Ok(Self::new(ServerBody::Unknown { ty })),
+            Err(e @ ProtocolError::Invalid { .. }) => unknown_event(input).ok_or(e),
+            Err(e) => Err(e),
+        }
     }
 
-    /// Encodes as JSON.
+    /// Encodes as JSON. A skipped message ([`ServerBody::Unknown`],
+    /// [`ServerBody::UnknownEvent`]) encodes as its type (and `seq`) alone.
     pub fn encode(&self) -> String {
-        serde_json::to_string(self).expect("server messages always serialize")
+        match &self.body {
+            ServerBody::Unknown { ty } => serde_json::json!({"v": self.v, "type": ty}).to_string(),
+            ServerBody::UnknownEvent { seq, re, ty } => {
+                let mut m = serde_json::json!({
+                    "v": self.v, "type": "event", "seq": seq, "event": {"type": ty}
+                });
+                if let Some(re) = re {
+                    m["re"] = serde_json::json!(re);
+                }
+                m.to_string()
+            }
+            _ => serde_json::to_string(self).expect("server messages always serialize"),
+        }
     }
 }
 
@@ -417,6 +459,28 @@ pub enum ServerBody {
         /// Why.
         reason: CloseReason,
     },
+    /// Decoded only: a message type this version does not know (a newer
+    /// server's addition within v1). A client skips it; it is not part of
+    /// the event stream. Never sent.
+    #[serde(skip)]
+    Unknown {
+        /// The `type` received (at most 64 characters kept).
+        ty: String,
+    },
+    /// Decoded only: an `event` whose `event.type` this version does not
+    /// know. A client skips the event but counts its `seq` as processed, so
+    /// its position in the stream moves on (no gap, no resync). Never sent.
+    #[serde(skip)]
+    UnknownEvent {
+        /// The event's sequence number.
+        seq: u64,
+        /// The command it answers, if it carries one: the answer still
+        /// counts (as `done`), so the command does not wait for a reply
+        /// that never comes.
+        re: Option<RequestId>,
+        /// The `event.type` received (at most 64 characters kept).
+        ty: String,
+    },
 }
 
 impl ServerBody {
@@ -441,6 +505,7 @@ impl ServerBody {
                 result,
                 ..
             } => Some((re, result.clone().unwrap_or(ReplyResult::Done))),
+            ServerBody::UnknownEvent { re: Some(re), .. } => Some((re, ReplyResult::Done)),
             _ => None,
         }
     }
@@ -455,19 +520,24 @@ impl ServerBody {
             | ServerBody::Pong { re, .. } => re.as_ref(),
             ServerBody::Error(e) => e.re.as_ref(),
             ServerBody::Sync(s) => s.re.as_ref(),
-            ServerBody::Closing { .. } => None,
+            ServerBody::UnknownEvent { re, .. } => re.as_ref(),
+            ServerBody::Closing { .. } | ServerBody::Unknown { .. } => None,
         }
     }
 }
 
-/// Why the server closes a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Why the server closes a connection. Decoding is lenient (additive v1
+/// evolution): a name this version does not know becomes
+/// [`CloseReason::ShuttingDown`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum CloseReason {
     /// The same device connected again; the newest connection wins.
     Replaced,
-    /// The server is shutting down; reconnect elsewhere or later.
+    /// The server is shutting down; reconnect elsewhere or later. A close
+    /// reason this version does not know (a newer server's) decodes as this
+    /// one: close, then reconnect.
     ShuttingDown,
     /// The token expired and was not renewed.
     TokenExpired,
@@ -478,6 +548,29 @@ pub enum CloseReason {
     /// The user already has the most devices online the server allows;
     /// this new one was refused (existing devices are untouched).
     TooManyDevices,
+}
+
+impl<'de> Deserialize<'de> for CloseReason {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = CloseReason;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a close reason")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<CloseReason, E> {
+                Ok(match s {
+                    "replaced" => CloseReason::Replaced,
+                    "token_expired" => CloseReason::TokenExpired,
+                    "protocol_violation" => CloseReason::ProtocolViolation,
+                    "too_slow" => CloseReason::TooSlow,
+                    "too_many_devices" => CloseReason::TooManyDevices,
+                    _ => CloseReason::ShuttingDown,
+                })
+            }
+        }
+        d.deserialize_str(Name)
+    }
 }
 
 /// The body of a successful reply.
@@ -936,6 +1029,33 @@ impl EndedCall {
     }
 }
 
+/// An `event` message whose well-formed envelope names an event type this
+/// version does not know.
+fn unknown_event(input: &str) -> Option<ServerMessage> {
+    #[derive(Deserialize)]
+    struct Envelope {
+        #[serde(rename = "type")]
+        ty: String,
+        seq: u64,
+        #[serde(default)]
+        re: Option<RequestId>,
+        event: Head,
+    }
+    #[derive(Deserialize)]
+    struct Head {
+        #[serde(rename = "type")]
+        ty: String,
+    }
+    let e: Envelope = serde_json::from_str(input).ok()?;
+    (e.ty == "event" && !EVENT_TYPES.contains(&e.event.ty.as_str())).then(|| {
+        ServerMessage::new(ServerBody::UnknownEvent {
+            seq: e.seq,
+            re: e.re,
+            ty: e.event.ty.chars().take(MAX_TYPE_NAME).collect(),
+        })
+    })
+}
+
 fn decode_checked<T: serde::de::DeserializeOwned>(
     input: &str,
     limits: &DecodeLimits,
@@ -969,10 +1089,79 @@ fn check_head(
     if let Some(ty) = &head.ty {
         if !known_types.contains(&ty.as_str()) {
             return Err(ProtocolError::UnknownType {
-                ty: ty.chars().take(64).collect(),
+                ty: ty.chars().take(MAX_TYPE_NAME).collect(),
                 request,
             });
         }
     }
     Ok(head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every close reason decodes back as itself (the lenient decoder names
+    /// each one; a new variant must be added there, or it would read as
+    /// `shutting_down`).
+    #[test]
+    fn every_close_reason_round_trips() {
+        let all = |r: CloseReason| match r {
+            // Exhaustive on purpose: a new variant fails to compile here.
+            CloseReason::Replaced
+            | CloseReason::ShuttingDown
+            | CloseReason::TokenExpired
+            | CloseReason::ProtocolViolation
+            | CloseReason::TooSlow
+            | CloseReason::TooManyDevices => r,
+        };
+        for r in [
+            CloseReason::Replaced,
+            CloseReason::ShuttingDown,
+            CloseReason::TokenExpired,
+            CloseReason::ProtocolViolation,
+            CloseReason::TooSlow,
+            CloseReason::TooManyDevices,
+        ] {
+            let json = serde_json::to_string(&all(r)).unwrap();
+            assert_eq!(serde_json::from_str::<CloseReason>(&json).unwrap(), r);
+        }
+    }
+
+    /// Every error code's name is its wire form.
+    #[test]
+    fn error_code_names_are_their_wire_form() {
+        let all = [
+            ErrorCode::NotFound,
+            ErrorCode::WrongRole,
+            ErrorCode::Ended,
+            ErrorCode::CallerBusy,
+            ErrorCode::Invalid,
+            ErrorCode::NotConnected,
+            ErrorCode::RateLimited,
+            ErrorCode::TooLarge,
+            ErrorCode::Malformed,
+            ErrorCode::OverLimits,
+            ErrorCode::DuplicateKey,
+            ErrorCode::UnsupportedVersion,
+            ErrorCode::UnknownType,
+            ErrorCode::Unauthorized,
+            ErrorCode::Unavailable,
+            ErrorCode::Forbidden,
+        ];
+        for code in all {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+    }
+
+    /// Every reason decodes back as itself.
+    #[test]
+    fn every_reason_round_trips() {
+        for r in Reason::ALL {
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(json, format!("\"{}\"", r.as_str()));
+            assert_eq!(serde_json::from_str::<Reason>(&json).unwrap(), r);
+        }
+    }
 }

@@ -1097,8 +1097,9 @@ fn events_that_overtake_a_resumed_welcome_after_a_pending_sync_are_kept() {
     assert_eq!(s.poll_timeout(), None, "nothing left to recover");
 }
 
-/// The owner's log of a call: started, each callee's outcome, ended, each
-/// once, with the call id (what the server prints at `info`).
+/// The owner's log of a call: started, ringing, each callee's outcome, the
+/// hang-up, ended, each once, with the call id and the users (and devices)
+/// involved (what the server prints at `info`).
 #[test]
 fn call_milestones_are_noticed_once_each() {
     use invitation_core::CallNotice;
@@ -1107,8 +1108,12 @@ fn call_milestones_are_noticed_once_each() {
     let call = net.invite("alice", "phone", &["bob"], None).unwrap();
     let started: Vec<CallNotice> = std::iter::from_fn(|| net.sb.poll_notice()).collect();
     assert!(
-        matches!(&started[..], [CallNotice::Started { call_id, caller, callees }]
-            if *call_id == call && *caller == uid("alice") && callees.len() == 1),
+        matches!(&started[..], [
+            CallNotice::Started { call_id, caller, callees, device },
+            CallNotice::Ringing { call_id: c2, caller: r2, callee },
+        ] if *call_id == call && *caller == uid("alice") && *device == did("phone")
+            && callees.iter().map(|u| &u.id).eq([&uid("bob")])
+            && *c2 == call && *r2 == uid("alice") && *callee == uid("bob")),
         "{started:?}"
     );
     net.accept("bob", "phone", &call).unwrap();
@@ -1118,14 +1123,65 @@ fn call_milestones_are_noticed_once_each() {
         [CallNotice::Outcome {
             call_id: call.clone(),
             callee: uid("bob"),
-            reason: Reason::Accepted
+            reason: Reason::Accepted,
+            caller: uid("alice"),
+            device: Some(did("phone")),
         }]
     );
     net.hang_up("alice", "phone", &call).unwrap();
     let ended: Vec<CallNotice> = std::iter::from_fn(|| net.sb.poll_notice()).collect();
     assert!(
-        matches!(&ended[..], [CallNotice::Ended { call_id, .. }] if *call_id == call),
+        matches!(&ended[..], [
+            CallNotice::HungUp { call_id, caller, user, device },
+            CallNotice::Ended { call_id: c2, reason: Reason::HungUp, caller: r2, callees },
+        ] if *call_id == call && *caller == uid("alice") && *user == uid("alice")
+            && *device == did("phone") && *c2 == call && *r2 == uid("alice")
+            && callees.len() == 1),
         "{ended:?}"
+    );
+    // A hang-up that changes nothing is no milestone.
+    net.hang_up("alice", "phone", &call).unwrap();
+    assert_eq!(net.sb.poll_notice(), None);
+}
+
+/// An offline callee rings when a device connects: noticed then, once; a
+/// decline names the declining device; a timeout names none.
+#[test]
+fn ringing_on_connect_and_devices_in_outcomes_are_noticed() {
+    use invitation_core::CallNotice;
+    let mut net = Net::new();
+    online(&mut net, &["alice"]);
+    let call = net
+        .invite("alice", "phone", &["bob", "carol"], None)
+        .unwrap();
+    let started: Vec<CallNotice> = std::iter::from_fn(|| net.sb.poll_notice()).collect();
+    assert!(
+        matches!(&started[..], [CallNotice::Started { .. }]),
+        "{started:?}"
+    );
+    net.connect("bob", "tablet");
+    let rung: Vec<CallNotice> = std::iter::from_fn(|| net.sb.poll_notice()).collect();
+    assert_eq!(
+        rung,
+        [CallNotice::Ringing {
+            call_id: call.clone(),
+            caller: uid("alice"),
+            callee: uid("bob"),
+        }]
+    );
+    net.connect("bob", "phone");
+    assert_eq!(net.sb.poll_notice(), None, "once per callee");
+    net.decline("bob", "tablet", &call, false).unwrap();
+    let declined: Vec<CallNotice> = std::iter::from_fn(|| net.sb.poll_notice()).collect();
+    assert_eq!(
+        declined,
+        [CallNotice::Outcome {
+            call_id: call.clone(),
+            callee: uid("bob"),
+            reason: Reason::Declined,
+            caller: uid("alice"),
+            device: Some(did("tablet")),
+        }]
     );
 }
 

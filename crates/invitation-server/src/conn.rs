@@ -237,7 +237,7 @@ struct Session {
     unflushed: bool,
     /// The device joined the switchboard (for the sessions gauge and the
     /// log): as whom.
-    opened: Option<invitation_core::UserId>,
+    opened: Option<(invitation_core::UserId, invitation_core::DeviceId)>,
     /// A write missed its deadline.
     write_failed: bool,
 }
@@ -350,8 +350,8 @@ impl Session {
             self.shared.metrics.refused(Refusal::Auth);
         }
         match &self.opened {
-            Some(user) => {
-                tracing::info!(peer = %self.peer, conn = %self.conn, %user, %cause, "session closed");
+            Some((user, device)) => {
+                tracing::info!(peer = %self.peer, conn = %self.conn, %user, %device, %cause, "session closed");
             }
             _ => tracing::debug!(peer = %self.peer, conn = %self.conn, %cause, "connection closed"),
         }
@@ -422,7 +422,7 @@ impl Session {
             } => {
                 tracing::info!(peer = %self.peer, conn = %self.conn, user = %user.id, %device, "session open");
                 leave.joined = true;
-                self.opened = Some(user.id.clone());
+                self.opened = Some((user.id.clone(), device.clone()));
                 self.shared.metrics.sessions.fetch_add(1, Ordering::Relaxed);
                 HubMsg::Open {
                     conn: self.conn,

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use invitation_core::protocol::{
-    CloseReason, Command, ErrorBody, Event, ServerBody, ServerMessage,
+    CloseReason, Command, ErrorBody, Event, ReplyResult, ServerBody, ServerMessage,
 };
 use invitation_core::{
     CallId, CallIdGenerator, CallNotice, CommandError, ConnId, Output, RequestId, Switchboard,
@@ -299,7 +299,14 @@ impl Hub {
                     Command::Invite(_) => Cause::Invite(at),
                     _ => Cause::Other,
                 };
-                let _ = self.sb.handle_command(now, conn, id, command);
+                // What the `command` debug line needs, taken only when that
+                // line is on: nothing is cloned on the hot path otherwise.
+                let traced = tracing::enabled!(tracing::Level::DEBUG)
+                    .then(|| (id.clone(), command_name(&command), command_call(&command)));
+                let result = self.sb.handle_command(now, conn, id, command);
+                if let Some((request, kind, call_id)) = traced {
+                    self.log_command(conn, &request, kind, call_id, &result);
+                }
                 self.drain(cause, Some(conn));
             }
             HubMsg::Input {
@@ -408,29 +415,44 @@ impl Hub {
         self.deferred = deferred;
     }
 
-    /// One line per call milestone at `info`, with the call id: what an
-    /// operator watching the server expects to see.
+    /// One line per call milestone at `info`, each with the call id and
+    /// the users involved (the caller always; the callee or callees; the
+    /// device that acted), so that one call's path can be picked out of
+    /// the log by its id and still say who did what.
     fn log_notices(&mut self) {
         while let Some(notice) = self.sb.poll_notice() {
-            match notice {
-                CallNotice::Started {
-                    call_id,
-                    caller,
-                    callees,
-                } => {
-                    let callees: Vec<&str> = callees.iter().map(|u| u.id.as_str()).collect();
-                    tracing::info!(%call_id, %caller, callees = %callees.join(","), "call started");
-                }
-                CallNotice::Outcome {
-                    call_id,
-                    callee,
-                    reason,
-                } => tracing::info!(%call_id, %callee, %reason, "callee outcome"),
-                CallNotice::Ended { call_id, reason } => {
-                    tracing::info!(%call_id, %reason, "call ended");
-                }
-                _ => {}
+            log_notice(&notice);
+        }
+    }
+
+    /// The `command` line at `debug`: who sent which command about which
+    /// call, and how it was answered.
+    fn log_command(
+        &self,
+        conn: ConnId,
+        request: &RequestId,
+        kind: &'static str,
+        call_id: Option<CallId>,
+        result: &Result<ReplyResult, CommandError>,
+    ) {
+        let call_id = call_id.or_else(|| match result {
+            Ok(ReplyResult::Invited { call_id, .. } | ReplyResult::Joined { call_id, .. }) => {
+                Some(call_id.clone())
             }
+            _ => None,
+        });
+        let Some((user, device)) = self.sb.connection(conn) else {
+            return;
+        };
+        let answer = match result {
+            Ok(_) => "ok",
+            Err(e) => e.code().as_str(),
+        };
+        match call_id {
+            Some(call_id) => tracing::debug!(
+                %call_id, %user, %device, %request, command = kind, answer, "command"
+            ),
+            None => tracing::debug!(%user, %device, %request, command = kind, answer, "command"),
         }
     }
 
@@ -451,6 +473,86 @@ impl Hub {
             _ => Stamp::None,
         };
         self.push(conn, message, stamp);
+    }
+}
+
+/// The log line of one call milestone (see [`Hub::log_notices`]).
+fn log_notice(notice: &CallNotice) {
+    let names = |users: &[invitation_core::User]| {
+        users
+            .iter()
+            .map(|u| u.id.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    match notice {
+        CallNotice::Started {
+            call_id,
+            caller,
+            callees,
+            device,
+        } => tracing::info!(
+            %call_id, %caller, %device, callees = %names(callees), "call started"
+        ),
+        CallNotice::Ringing {
+            call_id,
+            caller,
+            callee,
+        } => tracing::info!(%call_id, %caller, %callee, "callee ringing"),
+        CallNotice::Outcome {
+            call_id,
+            callee,
+            reason,
+            caller,
+            device: Some(device),
+        } => tracing::info!(%call_id, %caller, %callee, %device, %reason, "callee outcome"),
+        CallNotice::Outcome {
+            call_id,
+            callee,
+            reason,
+            caller,
+            device: None,
+        } => tracing::info!(%call_id, %caller, %callee, %reason, "callee outcome"),
+        CallNotice::HungUp {
+            call_id,
+            caller,
+            user,
+            device,
+        } => tracing::info!(%call_id, %caller, %user, %device, "hung up"),
+        CallNotice::Ended {
+            call_id,
+            reason,
+            caller,
+            callees,
+        } => tracing::info!(
+            %call_id, %caller, callees = %names(callees), %reason, "call ended"
+        ),
+        _ => {}
+    }
+}
+
+/// The wire name of a command, for the log.
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Invite(_) => "invite",
+        Command::Cancel { .. } => "cancel",
+        Command::Accept { .. } => "accept",
+        Command::Decline { .. } => "decline",
+        Command::HangUp { .. } => "hang_up",
+        Command::Received { .. } => "received",
+        _ => "other",
+    }
+}
+
+/// The call a command names (an invite names none yet).
+fn command_call(command: &Command) -> Option<CallId> {
+    match command {
+        Command::Cancel { call_id, .. }
+        | Command::Accept { call_id, .. }
+        | Command::Decline { call_id, .. }
+        | Command::HangUp { call_id, .. }
+        | Command::Received { call_id } => Some(call_id.clone()),
+        _ => None,
     }
 }
 

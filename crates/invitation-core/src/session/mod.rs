@@ -66,7 +66,9 @@ pub struct ClientSession {
     welcomed: bool,
     /// The server's error answer to that `hello`, if it refused it.
     refusal: Option<ErrorBody>,
-    ahead: BTreeMap<u64, Event>,
+    /// Events received ahead of a gap, by `seq`; `None` holds the place of
+    /// an event of a type this version does not know (skipped, but counted).
+    ahead: BTreeMap<u64, Option<Event>>,
     calls: HashMap<CallId, LocalCall>,
     ended: HashSet<CallId>,
     ended_order: VecDeque<CallId>,
@@ -280,11 +282,19 @@ impl ClientSession {
                 if let Some(re) = re {
                     self.on_reply(now, re, Ok(result.unwrap_or(ReplyResult::Done)));
                 }
-                self.on_event(now, seq, event)
+                self.on_event(now, seq, Some(event))
+            }
+            // A newer server's event: its place in the stream counts (and
+            // the answer it carries, if any), the app hears nothing of it.
+            ServerBody::UnknownEvent { seq, re, .. } => {
+                if let Some(re) = re {
+                    self.on_reply(now, re, Ok(ReplyResult::Done));
+                }
+                self.on_event(now, seq, None)
             }
             ServerBody::Sync(sync) => self.on_sync(now, sync),
             ServerBody::Pong { seq: Some(seq), .. } => self.on_pong(now, seq),
-            ServerBody::Pong { .. } | ServerBody::Closing { .. } => {}
+            ServerBody::Pong { .. } | ServerBody::Closing { .. } | ServerBody::Unknown { .. } => {}
         }
     }
 

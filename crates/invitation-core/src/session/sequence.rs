@@ -8,7 +8,10 @@ use crate::protocol::{ClientMessage, Control, Event};
 use super::{ClientSession, TimerKey};
 
 impl ClientSession {
-    pub(super) fn on_event(&mut self, now: Instant, seq: u64, event: Event) {
+    /// Event `seq` arrived; `None` is an event of a type this version does
+    /// not know: it takes its place in the order like any other (so the
+    /// position moves past it) but nothing is applied.
+    pub(super) fn on_event(&mut self, now: Instant, seq: u64, event: Option<Event>) {
         if self.awaiting_sync {
             // The sync covers what came before it; what comes after it may
             // arrive first (a reordering link): keep it for then.
@@ -33,7 +36,9 @@ impl ClientSession {
             }
             return;
         }
-        self.apply(now, event);
+        if let Some(event) = event {
+            self.apply(now, event);
+        }
         self.last_seq = Some(seq);
         self.apply_ahead(now);
     }
@@ -47,8 +52,9 @@ impl ClientSession {
                 entry.remove();
                 self.duplicates += 1;
             } else if *entry.key() == next {
-                let event = entry.remove();
-                self.apply(now, event);
+                if let Some(event) = entry.remove() {
+                    self.apply(now, event);
+                }
                 self.last_seq = Some(next);
             } else {
                 break;

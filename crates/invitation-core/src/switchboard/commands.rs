@@ -192,6 +192,7 @@ impl Switchboard {
             call_id: call_id.clone(),
             caller: caller.clone(),
             callees: info.callees.clone(),
+            device: device.clone(),
         });
         self.users
             .get_mut(caller)
@@ -207,6 +208,8 @@ impl Switchboard {
                         call_id: call_id.clone(),
                         callee: callee.clone(),
                         reason,
+                        caller: caller.clone(),
+                        device: None,
                     });
                     self.pending.push((
                         caller.clone(),
@@ -222,9 +225,15 @@ impl Switchboard {
                     entry.add_call(&call_id);
                     self.pending
                         .push((callee.clone(), LogEvent::Incoming(info.clone())));
-                    if matches!(slot, Slot::Ringing { rung: true })
-                        && !self.config.hide_callee_status
-                    {
+                    let rung = matches!(slot, Slot::Ringing { rung: true });
+                    if rung {
+                        self.notices.push_back(CallNotice::Ringing {
+                            call_id: call_id.clone(),
+                            caller: caller.clone(),
+                            callee: callee.clone(),
+                        });
+                    }
+                    if rung && !self.config.hide_callee_status {
                         self.pending.push((
                             caller.clone(),
                             LogEvent::CalleeRinging {
@@ -330,6 +339,8 @@ impl Switchboard {
             call_id: call_id.clone(),
             callee: user.clone(),
             reason: Reason::Accepted,
+            caller: caller.clone(),
+            device: Some(device.clone()),
         });
         self.pending.push((
             user.clone(),

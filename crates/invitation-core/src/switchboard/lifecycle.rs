@@ -72,6 +72,8 @@ impl Switchboard {
             call_id: call_id.clone(),
             callee: callee.clone(),
             reason,
+            caller: caller.clone(),
+            device: by.clone(),
         });
         self.pending.push((
             callee.clone(),
@@ -157,6 +159,8 @@ impl Switchboard {
         self.notices.push_back(CallNotice::Ended {
             call_id: call_id.clone(),
             reason,
+            caller: call.info.caller.id.clone(),
+            callees: call.info.callees.clone(),
         });
         let keep = self.config.recent_ended_per_user;
         let mut in_call = Vec::new();

@@ -266,6 +266,11 @@ impl Switchboard {
                     && !*rung
                 {
                     *rung = true;
+                    self.notices.push_back(CallNotice::Ringing {
+                        call_id: call_id.clone(),
+                        caller: call.info.caller.id.clone(),
+                        callee: user_id.clone(),
+                    });
                     if !self.config.hide_callee_status {
                         let caller = call.info.caller.id.clone();
                         self.pending.push((
@@ -387,6 +392,12 @@ impl Switchboard {
             self.reply(conn, &request, &stored);
             return stored;
         }
+        // A hang-up's notice goes before the ones it causes (the end).
+        let mark = self.notices.len();
+        let hang_up = match &command {
+            Command::HangUp { call_id, .. } => Some(call_id.clone()),
+            _ => None,
+        };
         let result = match command {
             Command::Invite(req) => self.invite(now, &user, &device, req),
             Command::Cancel {
@@ -420,6 +431,17 @@ impl Switchboard {
         self.ending_data = None;
         // Every state change queues events for someone.
         let changed = !self.pending.is_empty();
+        if let (Some(call_id), true, true) = (hang_up, result.is_ok(), changed) {
+            if let Some(call) = self.calls.get(&call_id) {
+                let notice = CallNotice::HungUp {
+                    caller: call.info.caller.id.clone(),
+                    call_id,
+                    user: user.clone(),
+                    device: device.clone(),
+                };
+                self.notices.insert(mark, notice);
+            }
+        }
         if requests::worth_remembering(&result, changed) {
             self.remember(now, key, &result);
         }

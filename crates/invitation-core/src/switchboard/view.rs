@@ -11,7 +11,10 @@ use crate::model::{Reason, User};
 
 /// A call's milestones, for the owner's logs and metrics (not for clients:
 /// they get events). Drained with [`Switchboard::poll_notice`]; only what
-/// the last input produced is held.
+/// the last input produced is held. Each names the call and the users
+/// involved (always the caller; the callee, or every callee; the device
+/// that acted, when one did), so that a log of them can be filtered by call
+/// id and still say who did what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CallNotice {
@@ -23,6 +26,8 @@ pub enum CallNotice {
         caller: UserId,
         /// Everyone invited.
         callees: Arc<[User]>,
+        /// The caller's device that invited.
+        device: DeviceId,
     },
     /// A callee's outcome was decided.
     Outcome {
@@ -32,6 +37,10 @@ pub enum CallNotice {
         callee: UserId,
         /// The outcome.
         reason: Reason,
+        /// The caller.
+        caller: UserId,
+        /// The callee's device that accepted or declined, if one did.
+        device: Option<DeviceId>,
     },
     /// The call is over for everyone.
     Ended {
@@ -39,6 +48,31 @@ pub enum CallNotice {
         call_id: CallId,
         /// The call's overall reason (as the caller sees it).
         reason: Reason,
+        /// The caller.
+        caller: UserId,
+        /// Everyone invited.
+        callees: Arc<[User]>,
+    },
+    /// A device of the callee has the invitation (at invite time, or when
+    /// the first device of an offline callee connects). Once per callee.
+    Ringing {
+        /// The call.
+        call_id: CallId,
+        /// The caller.
+        caller: UserId,
+        /// The callee.
+        callee: UserId,
+    },
+    /// A participant hung up (before the [`CallNotice::Ended`] it may cause).
+    HungUp {
+        /// The call.
+        call_id: CallId,
+        /// The caller.
+        caller: UserId,
+        /// Who hung up (the caller or a callee).
+        user: UserId,
+        /// The device they hung up from.
+        device: DeviceId,
     },
 }
 
