@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::id::{CallId, DeviceId, UserId};
 use crate::model::{CustomData, Reason, User};
-use crate::protocol::{ClientBody, Command, Event, ReplyResult};
+use crate::protocol::{ClientBody, Command, Event, InitialStatus, ReplyResult};
 
 use super::{AppEvent, ClientSession, TimerKey};
 
@@ -206,6 +206,61 @@ impl ClientSession {
                 self.mark_joined(call_id, caller);
             }
             (Command::Accept { call_id }, _) => self.mark_accepted(call_id),
+            (Command::Join { call_id }, _) => {
+                if self.is_ringing(call_id)
+                    || matches!(
+                        self.calls.get(call_id).map(|c| &c.state),
+                        Some(Local::Silent)
+                    )
+                {
+                    self.mark_accepted(call_id); // a join of a ringing call is an accept
+                } else {
+                    self.reopen_in_call(call_id);
+                }
+            }
+            (
+                Command::Add { call_id, .. },
+                ReplyResult::Invited {
+                    ring_remaining_ms,
+                    callees,
+                    ..
+                },
+            ) => {
+                // Our own call grew: the added callees' outcomes are news
+                // again, and the ring fallback covers them.
+                let Some(call) = self.calls.get_mut(call_id) else {
+                    return;
+                };
+                let Local::Outgoing {
+                    mine: true,
+                    outcomes,
+                    ..
+                } = &mut call.state
+                else {
+                    return;
+                };
+                let mut rings = false;
+                for c in callees {
+                    let ringing =
+                        matches!(c.status, InitialStatus::Ringing | InitialStatus::Offline);
+                    rings |= ringing;
+                    match outcomes.iter_mut().find(|(u, _)| u == &c.user) {
+                        Some((_, r)) if ringing => *r = None,
+                        Some(_) => {}
+                        // A glare join needs no outcome: it is in the call.
+                        None => outcomes.push((
+                            c.user.clone(),
+                            (c.status == InitialStatus::Joined).then_some(Reason::Accepted),
+                        )),
+                    }
+                }
+                if rings {
+                    let at = now
+                        + Duration::from_millis(*ring_remaining_ms)
+                        + self.config.fallback_margin;
+                    self.arm_fallback(call_id, at);
+                }
+            }
             (Command::Decline { call_id, busy }, _) => self.mark_declined(call_id, *busy),
             (Command::Cancel { call_id }, _) => {
                 let fire = match self.calls.get_mut(call_id).map(|c| &mut c.state) {
@@ -287,6 +342,24 @@ impl ClientSession {
 
     pub(super) fn apply(&mut self, now: Instant, event: Event) {
         let call_id = event.call_id().clone();
+        if let Event::ParticipantJoined { user, device, .. } = &event
+            && user == &self.user
+        {
+            // Our own join: news even for a call this device finished.
+            let (user, device) = (user.clone(), device.clone());
+            return self.joined_self(&call_id, user, device);
+        }
+        if let Event::IncomingCall {
+            ring_remaining_ms, ..
+        } = &event
+            && *ring_remaining_ms > 0
+            && !self.calls.contains_key(&call_id)
+        {
+            // Events come in order, and a ring is rendered with the time it
+            // has left when sent: after this call ended here, a live ring of
+            // it is a new one (a participant added us to it again).
+            self.unend(&call_id);
+        }
         if self.ended.contains(&call_id) {
             return; // late news about a call this device finished
         }
@@ -380,7 +453,81 @@ impl ClientSession {
                         .push_back(AppEvent::CallEnded { call_id, reason });
                 }
             }
+            Event::ParticipantJoined {
+                call_id,
+                user,
+                device,
+            } => {
+                if self.calls.contains_key(&call_id) {
+                    self.events.push_back(AppEvent::ParticipantJoined {
+                        call_id,
+                        user,
+                        device,
+                    });
+                }
+            }
+            Event::ParticipantLeft {
+                call_id,
+                user,
+                reason,
+            } => {
+                if self.calls.contains_key(&call_id) {
+                    self.events.push_back(AppEvent::ParticipantLeft {
+                        call_id,
+                        user,
+                        reason,
+                    });
+                }
+            }
         }
+    }
+
+    /// This user joined `call_id` on `device`: this device is now in the
+    /// call (it is live here again, even if it had finished), or another
+    /// device of this user is ("joined elsewhere": nothing changes here).
+    pub(super) fn joined_self(&mut self, call_id: &CallId, user: UserId, device: DeviceId) {
+        if device == self.device {
+            self.reopen_in_call(call_id);
+        } else if self.ended.contains(call_id) || !self.calls.contains_key(call_id) {
+            // Joined elsewhere: reported, never tracked here.
+        } else if matches!(
+            self.calls.get(call_id).map(|c| &c.state),
+            Some(Local::InCall)
+        ) {
+            // This device was in the call; the user now is on another.
+            self.finish(call_id);
+        }
+        self.events.push_back(AppEvent::ParticipantJoined {
+            call_id: call_id.clone(),
+            user,
+            device,
+        });
+    }
+
+    /// `call_id` is live on this device again: no longer remembered as
+    /// finished.
+    fn unend(&mut self, call_id: &CallId) {
+        if self.ended.remove(call_id) {
+            self.ended_order.retain(|c| c != call_id);
+        }
+    }
+
+    /// This device is in `call_id` (a confirmed join): live again if it
+    /// had finished, in the call, no ring fallback.
+    pub(super) fn reopen_in_call(&mut self, call_id: &CallId) {
+        self.unend(call_id);
+        let me = User {
+            id: self.user.clone(),
+            name: "".into(),
+        };
+        let call = self
+            .calls
+            .entry(call_id.clone())
+            .or_insert_with(|| LocalCall::new(Local::InCall, me, None));
+        if !matches!(call.state, Local::Outgoing { .. }) {
+            call.state = Local::InCall;
+        }
+        self.timers.disarm(&TimerKey::Fallback(call_id.clone()));
     }
 
     pub(super) fn incoming_ended(
@@ -460,6 +607,14 @@ impl ClientSession {
             return;
         };
         let Local::Outgoing { mine, outcomes, .. } = &mut call.state else {
+            if matches!(call.state, Local::InCall) && reason != Reason::Accepted {
+                // In a call that grew: how an invitee's ring ended.
+                self.events.push_back(AppEvent::CalleeOutcome {
+                    call_id: call_id.clone(),
+                    callee,
+                    reason,
+                });
+            }
             return;
         };
         match outcomes.iter_mut().find(|(u, _)| u == &callee) {

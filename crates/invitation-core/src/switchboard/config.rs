@@ -19,6 +19,17 @@ pub enum BusyPolicy {
     RingAnyway,
 }
 
+/// Who may end a call for everyone with `end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum EndPolicy {
+    /// Only the caller, while in the call (the default).
+    #[default]
+    CallerOnly,
+    /// Anyone in the call.
+    AnyParticipant,
+}
+
 /// What happens to an invitation for a callee with no device online.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -80,6 +91,8 @@ pub struct SwitchboardConfig {
     /// under [`OfflinePolicy::Reject`]) still arrive at once: pair it with
     /// `RingAnyway` and `Hold` to hide those too.
     pub hide_callee_status: bool,
+    /// Who may end a call for everyone (`end`): by default the caller only.
+    pub end_policy: EndPolicy,
 }
 
 impl Default for SwitchboardConfig {
@@ -101,6 +114,7 @@ impl Default for SwitchboardConfig {
             recent_ended_per_user: 32,
             contact_policy: ContactPolicy::anyone(),
             hide_callee_status: false,
+            end_policy: EndPolicy::CallerOnly,
         }
     }
 }

@@ -24,6 +24,7 @@
 mod call;
 mod commands;
 mod config;
+mod group;
 mod lifecycle;
 mod policy;
 mod render;
@@ -44,14 +45,24 @@ use crate::id::{CallId, CallIdGenerator, DeviceId, RequestId, UserId};
 use crate::model::{Reason, User};
 use crate::protocol::{CloseReason, Command, ReplyResult, ServerBody, ServerMessage};
 
-use call::{Call, CallState, Slot};
-pub use config::{BusyPolicy, OfflinePolicy, SwitchboardConfig};
+use call::{Call, CallState, Presence, Slot};
+pub use config::{BusyPolicy, EndPolicy, OfflinePolicy, SwitchboardConfig};
 pub use policy::ContactPolicy;
 use render::render;
 use requests::Requests;
 use timers::{TimerKind, Timers};
 use user::{IdleUsers, LogEvent, UserEntry};
 pub use view::{CallNotice, CallView, SwitchboardStats};
+
+/// An invitee of a call that grew: added later, rung again, joined late.
+#[derive(Debug, Clone)]
+pub(crate) struct Regrown {
+    pub(crate) user: UserId,
+    pub(crate) rung_again: u32,
+    pub(crate) joined_late: u32,
+    /// Invited by `add`, not by the invite.
+    pub(crate) added: bool,
+}
 
 /// A connection (one device's session) as the switchboard knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -122,6 +133,10 @@ pub struct Switchboard {
     notices: VecDeque<CallNotice>,
     /// Events produced while a call is borrowed, emitted afterwards.
     pending: Vec<(UserId, LogEvent)>,
+    /// For calls whose invitees were rung again or joined late (rare):
+    /// per invitee, how many times each (bounded by the callee limit;
+    /// dropped with the call).
+    regrown: HashMap<CallId, Vec<Regrown>>,
     stats: SwitchboardStats,
 }
 
@@ -153,6 +168,7 @@ impl Switchboard {
             out: VecDeque::new(),
             notices: VecDeque::new(),
             pending: Vec::new(),
+            regrown: HashMap::default(),
             stats: SwitchboardStats::default(),
         }
     }
@@ -252,26 +268,28 @@ impl Switchboard {
                 let slot = &mut call.slots[i];
                 // The receipt tells the caller a device is online: not
                 // sent when callee status is hidden.
-                if let Slot::Ringing { rung } = slot
+                if let Slot::Ringing { rung, .. } = slot
                     && !*rung
                 {
                     *rung = true;
                     if !self.config.hide_callee_status {
-                        let caller = call.info.caller.id.clone();
-                        self.pending.push((
-                            caller,
-                            LogEvent::CalleeRinging {
-                                call: call_id.clone(),
-                                callee: user_id.clone(),
-                            },
-                        ));
+                        for watcher in call.present_except(&user_id) {
+                            self.pending.push((
+                                watcher,
+                                LogEvent::CalleeRinging {
+                                    call: call_id.clone(),
+                                    callee: user_id.clone(),
+                                },
+                            ));
+                        }
                     }
                 }
             }
             if call.info.caller.id == user_id && call.info.caller_device == device {
-                if let CallState::Ringing { gone_at } = &mut call.state
-                    && let Some(at) = gone_at.take()
+                if let CallState::Ringing { caller } = &mut call.state
+                    && let Presence::Away(at) = *caller
                 {
+                    *caller = Presence::Here;
                     self.timers.remove(at, TimerKind::CallerGone, &call_id);
                 }
             }
@@ -297,11 +315,11 @@ impl Switchboard {
             if call.info.caller.id == user
                 && call.info.caller_device == device
                 && call.is_ringing()
-                && let CallState::Ringing { gone_at } = &mut call.state
-                && gone_at.is_none()
+                && let CallState::Ringing { caller } = &mut call.state
+                && *caller == Presence::Here
             {
                 let at = now + self.config.caller_gone_grace;
-                *gone_at = Some(at);
+                *caller = Presence::Away(at);
                 self.timers
                     .insert(at, TimerKind::CallerGone, call_id.clone());
             }
@@ -369,6 +387,9 @@ impl Switchboard {
             Command::Accept { call_id } => self.accept(&user, &device, &call_id),
             Command::Decline { call_id, busy } => self.decline(&user, &device, &call_id, busy),
             Command::HangUp { call_id } => self.hang_up(&user, &call_id),
+            Command::Add { call_id, callees } => self.add(now, &user, &call_id, callees),
+            Command::Join { call_id } => self.join(&user, &device, &call_id),
+            Command::End { call_id } => self.end(&user, &call_id),
         };
         // Every state change queues events for someone.
         let changed = !self.pending.is_empty();

@@ -11,8 +11,8 @@ use super::{ConnId, Output, Switchboard};
 use crate::error::CommandError;
 use crate::id::{CallId, RequestId, UserId};
 use crate::protocol::{
-    CallSnapshot, CalleeOutcome, EndedCall, ErrorBody, Event, ReplyResult, Role, ServerBody,
-    ServerMessage, SnapshotState, SyncBody,
+    CallSnapshot, CalleeOutcome, EndedCall, ErrorBody, Event, Participant, ReplyResult, Role,
+    ServerBody, ServerMessage, SnapshotState, SyncBody,
 };
 
 impl Switchboard {
@@ -88,10 +88,16 @@ impl Switchboard {
                 continue;
             }
             let info = &call.info;
-            let remaining = if call.is_ringing() {
-                duration_ms(info.deadline.saturating_duration_since(now))
+            let remaining = |deadline: Option<Instant>| {
+                deadline.map_or(0, |d| duration_ms(d.saturating_duration_since(now)))
+            };
+            let participants: Vec<Participant> = if call.established() {
+                call.participants()
+                    .into_iter()
+                    .map(|(u, d)| Participant::new(u, d))
+                    .collect()
             } else {
-                0
+                Vec::new()
             };
             let base = |role, state, ring_remaining_ms, device, outcomes| CallSnapshot {
                 call_id: call_id.clone(),
@@ -106,6 +112,7 @@ impl Switchboard {
                 ring_timeout_ms: duration_ms(info.ring_for),
                 device,
                 outcomes,
+                participants: participants.clone(),
             };
             if &info.caller.id == user {
                 let outcomes = info
@@ -124,14 +131,15 @@ impl Switchboard {
                 } else {
                     SnapshotState::Accepted
                 };
-                calls.push(base(Role::Caller, state, remaining, None, outcomes));
+                let left = remaining(call.last_ring_deadline());
+                calls.push(base(Role::Caller, state, left, None, outcomes));
             } else if let Some(i) = call.slot_of(user) {
                 let slot = &call.slots[i];
-                if slot.is_ringing() {
+                if let Some(deadline) = slot.ring_deadline() {
                     calls.push(base(
                         Role::Callee,
                         SnapshotState::Ringing,
-                        remaining,
+                        remaining(Some(deadline)),
                         None,
                         Vec::new(),
                     ));
@@ -196,21 +204,17 @@ pub(super) fn render(
     now: Instant,
 ) -> Event {
     let remaining = |info: &CallInfo, for_callee: bool| {
-        let live = calls.get(&info.call_id).is_some_and(|call| {
-            if for_callee {
-                !call.is_ended()
-                    && call
-                        .slot_of(user)
-                        .is_some_and(|i| call.slots[i].is_ringing())
+        let deadline = calls.get(&info.call_id).and_then(|call| {
+            if call.is_ended() {
+                None
+            } else if for_callee {
+                call.slot_of(user)
+                    .and_then(|i| call.slots[i].ring_deadline())
             } else {
-                call.is_ringing()
+                call.last_ring_deadline()
             }
         });
-        if live {
-            duration_ms(info.deadline.saturating_duration_since(now))
-        } else {
-            0
-        }
+        deadline.map_or(0, |d| duration_ms(d.saturating_duration_since(now)))
     };
     match event {
         LogEvent::Incoming(info) => Event::IncomingCall {
@@ -254,6 +258,16 @@ pub(super) fn render(
         },
         LogEvent::CallEnded { call, reason } => Event::CallEnded {
             call_id: call.clone(),
+            reason: *reason,
+        },
+        LogEvent::ParticipantJoined(joined) => Event::ParticipantJoined {
+            call_id: joined.0.clone(),
+            user: joined.1.clone(),
+            device: joined.2.clone(),
+        },
+        LogEvent::ParticipantLeft { call, user, reason } => Event::ParticipantLeft {
+            call_id: call.clone(),
+            user: user.clone(),
             reason: *reason,
         },
     }

@@ -119,6 +119,7 @@ fn status_code(s: InitialStatus) -> u64 {
         InitialStatus::Offline => 1,
         InitialStatus::Busy => 2,
         InitialStatus::Unreachable => 3,
+        InitialStatus::Joined => 4,
     }
 }
 
@@ -127,7 +128,8 @@ fn status_of(code: u64) -> InitialStatus {
         0 => InitialStatus::Ringing,
         1 => InitialStatus::Offline,
         2 => InitialStatus::Busy,
-        _ => InitialStatus::Unreachable,
+        3 => InitialStatus::Unreachable,
+        _ => InitialStatus::Joined,
     }
 }
 

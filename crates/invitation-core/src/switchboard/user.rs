@@ -11,6 +11,7 @@ use super::ConnId;
 use super::call::CallInfo;
 use crate::id::{CallId, DeviceId, UserId};
 use crate::model::{Reason, User};
+use crate::protocol::LeaveReason;
 
 /// One entry of a user's event log. Kept compact: the big events point at
 /// the shared [`CallInfo`]; ring time left is computed when sent.
@@ -35,6 +36,13 @@ pub(crate) enum LogEvent {
     CallEnded {
         call: CallId,
         reason: Reason,
+    },
+    /// Boxed: rare, and three ids would make every log entry bigger.
+    ParticipantJoined(Box<(CallId, UserId, DeviceId)>),
+    ParticipantLeft {
+        call: CallId,
+        user: UserId,
+        reason: LeaveReason,
     },
 }
 
@@ -119,6 +127,15 @@ impl UserEntry {
                 self.calls.reserve_exact(1);
             }
             self.calls.push(call.clone());
+        }
+    }
+
+    /// The user is in (or rings for) a call again after it ended for them:
+    /// live again, and no longer listed as ended.
+    pub(crate) fn rejoin_call(&mut self, call: &CallId) {
+        self.add_call(call);
+        if let Some(recent) = self.recent_ended.as_mut() {
+            recent.retain(|(c, _)| c != call);
         }
     }
 

@@ -40,7 +40,13 @@
 //! 6. no ring for a call after that ring ended on the device; outcomes never
 //!    change;
 //! 7. once settled the switchboard has no timer left and no call rings;
-//!    before that, it has a timer exactly when something has a deadline.
+//!    before that, it has a timer exactly when something has a deadline;
+//! 8. calls that grow and shrink: once someone accepted, a live call has at
+//!    least two in it (it ends when fewer remain); an outcome changes only
+//!    while such a call goes on (an invitee joins late or is rung again);
+//!    a late join never puts a user in a second live call; every device of
+//!    a participant sees each join and leave at most once, and only for a
+//!    call it knows live (checked per device in `finish`).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -159,8 +165,15 @@ impl Record {
 /// The checker. See the [module docs](self).
 #[derive(Debug, Clone, Default)]
 pub struct Oracle {
-    /// The first outcome seen per (call, callee).
-    outcomes: HashMap<(CallId, UserId), Reason>,
+    /// The first outcome seen per (call, callee) (since its latest ring,
+    /// or its join).
+    /// With the number of re-rings and late joins it belongs to.
+    outcomes: HashMap<(CallId, UserId), (Reason, u32)>,
+    /// Invitees seen joining a call late.
+    joined: HashSet<(CallId, UserId)>,
+    /// Every ring deadline seen per (call, callee), oldest first (a call
+    /// that grew rings later invitees until later deadlines).
+    ring_deadlines: HashMap<(CallId, UserId), Vec<Instant>>,
     violations: Vec<String>,
 }
 
@@ -180,14 +193,48 @@ impl Oracle {
     /// vanished caller (7).
     pub fn observe(&mut self, sb: &Switchboard) {
         let mut live = false;
+        let mut present: HashMap<UserId, Vec<CallId>> = HashMap::new();
         for call in sb.calls() {
             live |= call.is_ringing() || call.caller_gone_at().is_some();
+            let participants = call.participants();
+            // 8: once someone accepted, a live call has two in it.
+            if call.ended().is_none() && call.established() && participants.len() < 2 {
+                self.violations.push(format!(
+                    "inv8: {} goes on with {} in it",
+                    call.call_id(),
+                    participants.len()
+                ));
+            }
+            if call.ended().is_none() && call.established() {
+                for (user, _) in participants {
+                    present
+                        .entry(user)
+                        .or_default()
+                        .push(call.call_id().clone());
+                }
+            }
             for callee in call.callees() {
+                let key = (call.call_id().clone(), callee.id.clone());
+                if let Some(dl) = call.ring_deadline(&callee.id) {
+                    let seen = self.ring_deadlines.entry(key.clone()).or_default();
+                    if seen.last() != Some(&dl) {
+                        seen.push(dl);
+                    }
+                }
+                // A callee rung again or joined late has a new outcome since
+                // (the switchboard counts both): compare from then on.
+                let epoch = call.rung_again(&callee.id) + call.joined_late(&callee.id);
+                if call.joined_late(&callee.id) > 0 {
+                    self.joined.insert(key.clone());
+                }
                 let Some(now) = call.outcome(&callee.id) else {
                     continue;
                 };
-                let key = (call.call_id().clone(), callee.id.clone());
-                let first = *self.outcomes.entry(key).or_insert(now);
+                let (first, seen_epoch) = *self.outcomes.entry(key.clone()).or_insert((now, epoch));
+                if seen_epoch != epoch {
+                    self.outcomes.insert(key, (now, epoch));
+                    continue;
+                }
                 if first != now {
                     self.violations.push(format!(
                         "inv6: the outcome of {} in {} changed from {first} to {now}",
@@ -195,6 +242,16 @@ impl Oracle {
                         call.call_id()
                     ));
                 }
+            }
+        }
+        for (user, calls) in present {
+            let joined = calls
+                .iter()
+                .any(|c| self.joined.contains(&(c.clone(), user.clone())));
+            if calls.len() > 1 && joined {
+                self.violations.push(format!(
+                    "inv8: {user} joined one call while in another: {calls:?}"
+                ));
             }
         }
         let timer = sb.poll_timeout().is_some();
@@ -214,7 +271,18 @@ impl Oracle {
             record,
             v: self.violations,
             accepted_by: HashMap::new(),
+            ring_deadlines: self.ring_deadlines,
+            caller_left: HashSet::new(),
         };
+        for d in &record.devices {
+            for (_, e) in &d.events {
+                if let AppEvent::ParticipantLeft { call_id, user, .. } = e
+                    && sb.call(call_id).is_some_and(|v| &v.caller().id == user)
+                {
+                    run.caller_left.insert(call_id.clone());
+                }
+            }
+        }
         run.settled();
         for (n, device) in record.devices.iter().enumerate() {
             run.device(n, device);
@@ -231,6 +299,11 @@ struct Run<'a> {
     v: Vec<String>,
     /// Devices that fired "accepted", per (call, callee).
     accepted_by: HashMap<(CallId, UserId), Vec<usize>>,
+    /// Ring deadlines per (call, callee), from `observe`.
+    ring_deadlines: HashMap<(CallId, UserId), Vec<Instant>>,
+    /// Calls whose caller left while the others went on (a device saw it):
+    /// the caller does not hear the outcomes decided after that.
+    caller_left: HashSet<CallId>,
 }
 
 impl<'a> Run<'a> {
@@ -290,7 +363,21 @@ impl<'a> Run<'a> {
                 AppEvent::Connection(_)
                     | AppEvent::Resynced { .. }
                     | AppEvent::CalleeRinging { .. }
+                    // may repeat (rung again, left, joined again): checked
+                    // below
+                    | AppEvent::IncomingCallReceived { .. }
+                    | AppEvent::ParticipantJoined { .. }
+                    | AppEvent::ParticipantLeft { .. }
             ) {
+                continue;
+            }
+            // A callee rung again may see the same ending again, and the
+            // others the same outcome of them: counted per ring below.
+            let again = e.call_id().is_some_and(|c| {
+                self.rerung_count(c, &d.user) > 0
+                    || outcome_of(e).is_some_and(|(c, callee, _)| self.rerung_count(c, callee) > 0)
+            });
+            if again {
                 continue;
             }
             if !seen.insert(format!("{e:?}")) {
@@ -313,6 +400,25 @@ impl<'a> Run<'a> {
             }
         }
 
+        // 8: per call and user, joins and leaves alternate on a device
+        // (each reaches it once, in order).
+        let mut inside: HashMap<(CallId, UserId), bool> = HashMap::new();
+        for (_, e) in &d.events {
+            let (call_id, user, joins) = match e {
+                AppEvent::ParticipantJoined { call_id, user, .. } => (call_id, user, true),
+                AppEvent::ParticipantLeft { call_id, user, .. } => (call_id, user, false),
+                _ => continue,
+            };
+            let was = inside.insert((call_id.clone(), user.clone()), joins);
+            if was == Some(joins) {
+                let what = if joins { "joined" } else { "left" };
+                self.v.push(format!(
+                    "inv8: {name}: {user} {what} {call_id} twice in a row; events: {}",
+                    names(&d.events)
+                ));
+            }
+        }
+
         // 1, 3 and 6 on the incoming side; outcomes on the caller side.
         let mut rang: Vec<CallId> = Vec::new();
         let mut ring_ended: HashMap<CallId, usize> = HashMap::new();
@@ -324,29 +430,57 @@ impl<'a> Run<'a> {
                     ring_remaining,
                     ..
                 } => {
-                    if ring_ended.contains_key(call_id) {
-                        self.v
-                            .push(format!("inv6: {name} rang for {call_id} after it ended"));
-                    }
-                    if rang.contains(call_id) {
-                        self.v
-                            .push(format!("inv4: {name} rang twice for {call_id}"));
-                    }
+                    let rings = rang.iter().filter(|c| *c == call_id).count();
+                    let ends = ring_ended.get(call_id).copied().unwrap_or(0);
                     rang.push(call_id.clone());
                     let Some(view) = self.call(call_id) else {
                         continue;
                     };
+                    // Only a new ring at the switchboard (a participant
+                    // added them once more) rings a device again.
+                    if rings > self.rerung_count(call_id, &d.user) {
+                        self.v
+                            .push(format!("inv4: {name} rang twice for {call_id}"));
+                        if ends >= rings {
+                            self.v
+                                .push(format!("inv6: {name} rang for {call_id} after it ended"));
+                        }
+                    }
                     let floor = Duration::from_secs(5).min(view.ring_timeout() / 2);
                     if *ring_remaining < floor {
                         self.v.push(format!(
                             "inv3: {name} rang for {call_id} with {ring_remaining:?} left"
                         ));
                     }
-                    let deadline = view.deadline() + slack;
+                    // This ring's deadline: the latest one whose ring had
+                    // started when the device got it (the invite's, unless
+                    // the callee was added to a running call).
+                    let observed = self
+                        .ring_deadlines
+                        .get(&(call_id.clone(), d.user.clone()))
+                        .and_then(|ds| {
+                            ds.iter()
+                                .copied()
+                                .filter(|dl| {
+                                    dl.checked_sub(view.ring_timeout())
+                                        .is_none_or(|start| start <= *at)
+                                })
+                                .max()
+                        });
+                    let later = view.added_later(&d.user) || view.rung_again(&d.user) > 0;
+                    let ring_deadline = match (observed, later) {
+                        (Some(dl), false) => dl,
+                        (Some(dl), true) if dl > *at => dl,
+                        (None, false) => view.deadline(),
+                        // A later ring that started and ended between two
+                        // looks: its deadline is unknown here.
+                        (_, true) => continue,
+                    };
+                    let deadline = ring_deadline + slack;
                     if *at >= deadline {
                         self.v.push(format!(
                             "inv3: {name} rang for {call_id} {:?} after its deadline",
-                            at.duration_since(view.deadline())
+                            at.duration_since(ring_deadline)
                         ));
                     } else if *at + *ring_remaining > deadline {
                         self.v.push(format!(
@@ -379,6 +513,9 @@ impl<'a> Run<'a> {
                             .entry((call_id.clone(), callee.clone()))
                             .or_default()
                             .push(reason);
+                    } else if callee != &view.caller().id {
+                        // A participant of a call that grew hears how an
+                        // invitee's ring ended: no ring of its own ends.
                     } else {
                         // Glare: this device's invite joined the call, which
                         // ends its ring.
@@ -387,9 +524,18 @@ impl<'a> Run<'a> {
                 }
             }
         }
+        rang.sort();
+        rang.dedup_by(|a, b| a == b);
+        let mut rings_of: HashMap<CallId, usize> = HashMap::new();
+        for (_, e) in &d.events {
+            if let AppEvent::IncomingCallReceived { call_id, .. } = e {
+                *rings_of.entry(call_id.clone()).or_default() += 1;
+            }
+        }
         for call_id in &rang {
+            let rings = rings_of[call_id];
             let ends = ring_ended.get(call_id).copied().unwrap_or(0);
-            if ends > 1 || (d.alive && ends != 1) {
+            if ends > rings || (d.alive && ends != rings) {
                 self.v.push(format!(
                     "inv1: {name}: the ring of {call_id} ended {ends} times; events: {}",
                     names(&d.events)
@@ -409,7 +555,8 @@ impl<'a> Run<'a> {
                 let seen = outcomes
                     .get(&(inv.call_id.clone(), callee.id.clone()))
                     .map_or(&[][..], Vec::as_slice);
-                if seen.len() > 1 {
+                let rerung = view.rung_again(&callee.id) as usize;
+                if seen.len() > 1 + rerung {
                     self.v.push(format!(
                         "inv1: {name}: the outcome of {} in {} seen {} times",
                         callee.id,
@@ -417,13 +564,17 @@ impl<'a> Run<'a> {
                         seen.len()
                     ));
                 }
-                if inv.inviter == n && d.alive && !resynced && seen.is_empty() {
+                let left = self.caller_left.contains(&inv.call_id);
+                if inv.inviter == n && d.alive && !resynced && !left && seen.is_empty() {
                     self.v.push(format!(
                         "inv1: {name}: never learnt the outcome of {} in {}",
                         callee.id, inv.call_id
                     ));
                 }
-                if let (Some(first), Some(truth)) = (seen.first(), view.outcome(&callee.id)) {
+                let moved_on = rerung > 0 || view.joined_late(&callee.id) > 0;
+                if let (Some(first), Some(truth), false) =
+                    (seen.first(), view.outcome(&callee.id), moved_on)
+                {
                     if *first != truth && *first != Reason::Timeout {
                         self.v.push(format!(
                             "inv1: {name}: {} in {} reported {first}, the switchboard says {truth}",
@@ -449,6 +600,13 @@ impl<'a> Run<'a> {
                 ));
             }
         }
+    }
+
+    /// How many times the switchboard rang `user` again in `call_id`.
+    fn rerung_count(&self, call_id: &CallId, user: &UserId) -> usize {
+        self.sb
+            .call(call_id)
+            .map_or(0, |v| v.rung_again(user) as usize)
     }
 
     /// 2: one accepting device per callee, the one the switchboard recorded.
@@ -536,6 +694,8 @@ pub fn event_name(e: &AppEvent) -> &'static str {
         AppEvent::CalleeOutcome { .. } => "callee_outcome",
         AppEvent::OutgoingCallStarted { .. } => "outgoing_started",
         AppEvent::CallEnded { .. } => "call_ended",
+        AppEvent::ParticipantJoined { .. } => "participant_joined",
+        AppEvent::ParticipantLeft { .. } => "participant_left",
         AppEvent::Resynced { .. } => "resynced",
         AppEvent::Connection(_) => "connection",
     }
