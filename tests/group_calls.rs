@@ -41,11 +41,14 @@ async fn dev(hub: &MemoryHub, user: &str) -> Dev {
 async fn next_change(d: &mut Dev) -> AppEvent {
     let wait = async {
         loop {
-            match d.events.recv().await.expect("stream open") {
-                e @ (AppEvent::ParticipantJoined { .. }
-                | AppEvent::ParticipantLeft { .. }
-                | AppEvent::CallEnded { .. }) => return e,
-                _ => {}
+            let e = d.events.recv().await.expect("stream open");
+            if matches!(
+                e,
+                AppEvent::ParticipantJoined { .. }
+                    | AppEvent::ParticipantLeft { .. }
+                    | AppEvent::CallEnded { .. }
+            ) {
+                return e;
             }
         }
     };
@@ -109,7 +112,10 @@ async fn a_call_grows_and_shrinks_through_the_client_api() {
     assert_eq!(more.call_id, call);
     assert_eq!(
         more.callees,
-        [CalleeStatus::new(UserId::new("carol").unwrap(), InitialStatus::Ringing)]
+        [CalleeStatus::new(
+            UserId::new("carol").unwrap(),
+            InitialStatus::Ringing
+        )]
     );
     let rang = carol.rec.wait_for(Callback::IncomingCallReceived, 1).await;
     match &rang.event {
