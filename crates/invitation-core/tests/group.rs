@@ -756,3 +756,30 @@ fn adding_a_user_who_is_ringing_you_makes_no_second_call() {
         ]
     );
 }
+
+/// An add whose callees are all busy rings nobody: no timer for it (the
+/// invite's ring timer still runs for the callee who rings).
+#[test]
+fn an_add_that_rings_nobody_arms_no_timer() {
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob", "carol", "erin", "frank"]);
+    let t0 = net.now;
+    let other = net.invite("erin", "phone", &["frank"], None).unwrap();
+    net.accept("frank", "phone", &other).unwrap();
+    let call = net
+        .invite("alice", "phone", &["bob", "carol"], Some(30))
+        .unwrap();
+    net.accept("bob", "phone", &call).unwrap();
+    net.advance(Duration::from_secs(5));
+    assert_eq!(
+        net.add("bob", "phone", &call, &["erin"]),
+        Ok(ReplyResult::Invited {
+            call_id: call.clone(),
+            ring_remaining_ms: 30_000,
+            callees: vec![CalleeStatus::new(uid("erin"), InitialStatus::Busy)],
+        })
+    );
+    assert_eq!(net.sb.poll_timeout(), Some(t0 + Duration::from_secs(30)));
+    net.accept("carol", "phone", &call).unwrap();
+    assert_eq!(net.sb.poll_timeout(), None, "nothing rings, nothing armed");
+}

@@ -379,7 +379,13 @@ impl Switchboard {
         });
         call.info = info.clone();
         call.slots = slots.into();
-        if call.slots.iter().any(Slot::is_ringing) {
+        // A timer for this batch only if some of it rings (all busy or
+        // unreachable: none); the call rings again if it had stopped.
+        if call
+            .slots
+            .iter()
+            .any(|s| s.ring_deadline() == Some(deadline))
+        {
             self.timers
                 .insert(deadline, TimerKind::Ring, call_id.clone());
             if let CallState::InProgress { caller_in } = call.state {
