@@ -208,3 +208,20 @@ impl IdleUsers {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every user's log holds these by the hundred (the resume buffer),
+    /// and a pending invitation costs a few: the events of calls that grow
+    /// must not make every entry bigger (the join event is boxed).
+    #[test]
+    fn log_events_stay_compact() {
+        assert!(
+            size_of::<LogEvent>() <= 40,
+            "LogEvent: {} bytes",
+            size_of::<LogEvent>()
+        );
+    }
+}
