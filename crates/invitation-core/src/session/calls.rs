@@ -486,16 +486,10 @@ impl ClientSession {
     /// call (it is live here again, even if it had finished), or another
     /// device of this user is ("joined elsewhere": nothing changes here).
     pub(super) fn joined_self(&mut self, call_id: &CallId, user: UserId, device: DeviceId) {
+        // Joined elsewhere: reported, never tracked here (a user is in a
+        // call on one device at a time, so this one is not in it).
         if device == self.device {
             self.reopen_in_call(call_id);
-        } else if self.ended.contains(call_id) || !self.calls.contains_key(call_id) {
-            // Joined elsewhere: reported, never tracked here.
-        } else if matches!(
-            self.calls.get(call_id).map(|c| &c.state),
-            Some(Local::InCall)
-        ) {
-            // This device was in the call; the user now is on another.
-            self.finish(call_id);
         }
         self.events.push_back(AppEvent::ParticipantJoined {
             call_id: call_id.clone(),
