@@ -783,3 +783,58 @@ fn an_add_that_rings_nobody_arms_no_timer() {
     net.accept("carol", "phone", &call).unwrap();
     assert_eq!(net.sb.poll_timeout(), None, "nothing rings, nothing armed");
 }
+
+/// A retried request (same id) gets the first answer: a join refused
+/// before anyone accepted stays refused for its retries, and so does an
+/// add refused as `already_in_call`, though either could succeed by now.
+#[test]
+fn retries_of_refusals_that_could_flip_keep_their_answer() {
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob", "carol", "dave"]);
+    let call = net
+        .invite("alice", "phone", &["bob", "carol"], None)
+        .unwrap();
+    net.decline("carol", "phone", &call, false).unwrap();
+    let conn = net.dev("carol", "phone").conn.unwrap();
+    let join = invitation_core::protocol::Command::Join {
+        call_id: call.clone(),
+    };
+    let id = invitation_core::RequestId::new("j1").unwrap();
+    let first = net
+        .sb
+        .handle_command(net.now, conn, id.clone(), join.clone());
+    assert_eq!(
+        first,
+        Err(CommandError::Ended {
+            reason: Reason::Declined
+        })
+    );
+    net.pump();
+    net.accept("bob", "phone", &call).unwrap();
+    let retry = net.sb.handle_command(net.now, conn, id, join.clone());
+    assert_eq!(retry, first, "the retry hears the first answer");
+    net.pump();
+    let fresh = invitation_core::RequestId::new("j2").unwrap();
+    assert_eq!(
+        net.sb.handle_command(net.now, conn, fresh, join),
+        Ok(ReplyResult::Done),
+        "a new request runs"
+    );
+    net.pump();
+
+    net.add("bob", "phone", &call, &["dave"]).unwrap();
+    let bob = net.dev("bob", "phone").conn.unwrap();
+    let add = invitation_core::protocol::Command::Add {
+        call_id: call.clone(),
+        callees: vec![uid("dave")],
+    };
+    let id = invitation_core::RequestId::new("a1").unwrap();
+    let refused = Err(CommandError::AlreadyInCall { user: uid("dave") });
+    assert_eq!(
+        net.sb.handle_command(net.now, bob, id.clone(), add.clone()),
+        refused
+    );
+    net.pump();
+    net.decline("dave", "phone", &call, false).unwrap();
+    assert_eq!(net.sb.handle_command(net.now, bob, id, add), refused);
+}

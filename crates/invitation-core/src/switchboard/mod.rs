@@ -381,6 +381,8 @@ impl Switchboard {
             self.reply(conn, &request, &stored);
             return stored;
         }
+        // A join refused as `ended` before anyone accepted may succeed later.
+        let reopens = matches!(command, Command::Join { .. });
         let result = match command {
             Command::Invite(req) => self.invite(now, &user, &device, req),
             Command::Cancel { call_id } => self.cancel(&user, &call_id),
@@ -393,7 +395,7 @@ impl Switchboard {
         };
         // Every state change queues events for someone.
         let changed = !self.pending.is_empty();
-        if requests::worth_remembering(&result, changed) {
+        if requests::worth_remembering(&result, changed, reopens) {
             self.remember(now, key, &result);
         }
         self.reply(conn, &request, &result);
