@@ -61,6 +61,13 @@ fn every_client_message() -> Vec<ClientMessage> {
         }
         .into(),
         Command::HangUp { call_id: cid() }.into(),
+        Command::Add {
+            call_id: cid(),
+            callees: vec![UserId::new("carol").unwrap()],
+        }
+        .into(),
+        Command::Join { call_id: cid() }.into(),
+        Command::End { call_id: cid() }.into(),
     ];
     commands
         .into_iter()
@@ -124,6 +131,16 @@ fn every_server_message() -> Vec<ServerMessage> {
         Event::CallEnded {
             call_id: cid(),
             reason: Reason::HungUp,
+        },
+        Event::ParticipantJoined {
+            call_id: cid(),
+            user: bob.id.clone(),
+            device: DeviceId::new("tablet").unwrap(),
+        },
+        Event::ParticipantLeft {
+            call_id: cid(),
+            user: alice.id.clone(),
+            reason: invitation_core::protocol::LeaveReason::EndedCall,
         },
     ];
     let mut bodies: Vec<ServerBody> = events
