@@ -165,12 +165,13 @@ impl Record {
 /// The checker. See the [module docs](self).
 #[derive(Debug, Clone, Default)]
 pub struct Oracle {
-    /// The first outcome seen per (call, callee) (since its latest ring,
-    /// or its join).
-    /// With the number of re-rings and late joins it belongs to.
+    /// The first outcome seen per (call, callee) since its latest re-ring
+    /// or late join, with the number of those it belongs to.
     outcomes: HashMap<(CallId, UserId), (Reason, u32)>,
-    /// Invitees seen joining a call late.
-    joined: HashSet<(CallId, UserId)>,
+    /// Late joins seen per (call, invitee).
+    joined: HashMap<(CallId, UserId), u32>,
+    /// The live calls each user was in at the previous look.
+    present_before: HashMap<UserId, Vec<CallId>>,
     /// Every ring deadline seen per (call, callee), oldest first (a call
     /// that grew rings later invitees until later deadlines).
     ring_deadlines: HashMap<(CallId, UserId), Vec<Instant>>,
@@ -194,6 +195,7 @@ impl Oracle {
     pub fn observe(&mut self, sb: &Switchboard) {
         let mut live = false;
         let mut present: HashMap<UserId, Vec<CallId>> = HashMap::new();
+        let mut new_joins: Vec<(CallId, UserId)> = Vec::new();
         for call in sb.calls() {
             live |= call.is_ringing() || call.caller_gone_at().is_some();
             let participants = call.participants();
@@ -224,8 +226,10 @@ impl Oracle {
                 // A callee rung again or joined late has a new outcome since
                 // (the switchboard counts both): compare from then on.
                 let epoch = call.rung_again(&callee.id) + call.joined_late(&callee.id);
-                if call.joined_late(&callee.id) > 0 {
-                    self.joined.insert(key.clone());
+                let joins = call.joined_late(&callee.id);
+                if joins > self.joined.get(&key).copied().unwrap_or(0) {
+                    self.joined.insert(key.clone(), joins);
+                    new_joins.push(key.clone());
                 }
                 let Some(now) = call.outcome(&callee.id) else {
                     continue;
@@ -244,16 +248,20 @@ impl Oracle {
                 }
             }
         }
-        for (user, calls) in present {
-            let joined = calls
-                .iter()
-                .any(|c| self.joined.contains(&(c.clone(), user.clone())));
-            if calls.len() > 1 && joined {
-                self.violations.push(format!(
-                    "inv8: {user} joined one call while in another: {calls:?}"
-                ));
+        // A late join never puts a user in a second call: one they were in
+        // before the join and still are.
+        for (call_id, user) in new_joins {
+            let now_in = present.get(&user).map_or(&[][..], Vec::as_slice);
+            let before = self
+                .present_before
+                .get(&user)
+                .map_or(&[][..], Vec::as_slice);
+            if let Some(other) = before.iter().find(|c| **c != call_id && now_in.contains(c)) {
+                self.violations
+                    .push(format!("inv8: {user} joined {call_id} while in {other}"));
             }
         }
+        self.present_before = present;
         let timer = sb.poll_timeout().is_some();
         if timer != live {
             self.violations.push(format!(
@@ -894,6 +902,41 @@ mod tests {
         let v = check(&sb, &again);
         assert_caught(&v, "inv6");
         assert_caught(&v, "inv4: bob/d1 rang twice");
+    }
+
+    #[test]
+    fn a_join_or_leave_seen_twice_in_a_row_is_caught() {
+        let (sb, call_id, mut record, t0) = answered_call();
+        let joined = AppEvent::ParticipantJoined {
+            call_id: call_id.clone(),
+            user: UserId::new("carol").unwrap(),
+            device: DeviceId::new("d0").unwrap(),
+        };
+        let left = AppEvent::ParticipantLeft {
+            call_id,
+            user: UserId::new("carol").unwrap(),
+            reason: crate::protocol::LeaveReason::Left,
+        };
+        // Joined, left, joined again: in order.
+        record.devices[0].events.extend([
+            (t0, joined.clone()),
+            (t0, left.clone()),
+            (t0, joined.clone()),
+        ]);
+        assert_eq!(check(&sb, &record), Vec::<String>::new());
+        record.devices[0].events.push((t0, joined));
+        assert_caught(
+            &check(&sb, &record),
+            "inv8: alice/d0: carol joined call-1 twice",
+        );
+        record.devices[0].events.pop();
+        record.devices[0]
+            .events
+            .extend([(t0, left.clone()), (t0, left)]);
+        assert_caught(
+            &check(&sb, &record),
+            "inv8: alice/d0: carol left call-1 twice",
+        );
     }
 
     #[test]
