@@ -838,3 +838,30 @@ fn retries_of_refusals_that_could_flip_keep_their_answer() {
     net.decline("dave", "phone", &call, false).unwrap();
     assert_eq!(net.sb.handle_command(net.now, bob, id, add), refused);
 }
+
+/// A callee rung again already gave the caller an outcome (reported once):
+/// their accept this time reaches the caller as a join, like everyone else.
+#[test]
+fn an_accept_after_a_second_ring_is_a_join_for_the_caller() {
+    let mut net = Net::new();
+    online(&mut net, &["alice", "bob", "carol"]);
+    let call = net
+        .invite("alice", "phone", &["bob", "carol"], None)
+        .unwrap();
+    net.accept("bob", "phone", &call).unwrap();
+    net.decline("carol", "phone", &call, false).unwrap();
+    net.add("bob", "phone", &call, &["carol"]).unwrap();
+    let (ma, mb) = (net.mark("alice", "phone"), net.mark("bob", "phone"));
+    let na = net.names("alice", "phone").len();
+    net.accept("carol", "phone", &call).unwrap();
+    let joined = json!({"type": "participant_joined", "call_id": call.to_string(),
+                        "user": "carol", "device": "phone"});
+    assert_eq!(net.wire_events("alice", "phone", ma), [joined.clone()]);
+    assert_eq!(net.wire_events("bob", "phone", mb), [joined]);
+    assert_eq!(
+        names_from(&net, "alice", "phone", na),
+        ["participant_joined"]
+    );
+    assert_eq!(net.sb.call(&call).unwrap().rung_again(&uid("carol")), 1);
+    assert_eq!(net.sb.call(&call).unwrap().participants().len(), 3);
+}

@@ -308,6 +308,12 @@ impl Switchboard {
         let (Role::Callee, i) = self.role(user, call_id)? else {
             return Err(CommandError::WrongRole);
         };
+        // A callee rung again already has the caller's outcome (the first
+        // one, reported once): this accept reaches the caller as a join.
+        let rung_again = self
+            .regrown
+            .get(call_id)
+            .is_some_and(|l| l.iter().any(|r| &r.user == user && r.rung_again > 0));
         let call = self.calls.get_mut(call_id).expect("role found it");
         let ended = call.is_ended();
         let slot = &mut call.slots[i];
@@ -330,7 +336,7 @@ impl Switchboard {
                 in_call: true,
             },
         );
-        let caller = call.caller_in().then(|| call.info.caller.id.clone());
+        let caller = (call.caller_in() && !rung_again).then(|| call.info.caller.id.clone());
         // Everyone else in the call (a group call's other callees): the
         // caller hears of the accept as a callee outcome, as in 1:1.
         let others: Vec<UserId> = call

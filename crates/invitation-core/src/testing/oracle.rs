@@ -628,19 +628,25 @@ impl<'a> Run<'a> {
                 .iter()
                 .map(|i| self.record.devices[*i].name.as_str())
                 .collect();
-            if devices.len() > 1 {
-                self.v
-                    .push(format!("inv2: {call_id}: {user} accepted on {names:?}"));
-            }
             let Some(view) = self.sb.call(call_id) else {
                 continue; // reported by `call`
             };
-            let device = &self.record.devices[devices[0]].device;
+            // One accept per ring: a callee rung again may accept again.
+            if devices.len() > 1 + view.rung_again(user) as usize {
+                self.v
+                    .push(format!("inv2: {call_id}: {user} accepted on {names:?}"));
+            }
+            // The latest accept is the switchboard's, unless a later ring
+            // ended otherwise or a late join moved the user's device.
+            let settled_by_accept =
+                view.outcome(user) == Some(Reason::Accepted) && view.joined_late(user) == 0;
+            let last = devices.len() - 1;
+            let device = &self.record.devices[devices[last]].device;
             let truth = view.answered_by(user);
-            if truth != Some(device) {
+            if settled_by_accept && truth != Some(device) {
                 self.v.push(format!(
                     "inv2: {call_id}: {user} accepted on {}, the switchboard says {truth:?}",
-                    names[0]
+                    names[last]
                 ));
             }
         }
