@@ -40,7 +40,8 @@ impl Switchboard {
         let keep = self.config.recent_ended_per_user;
         match role {
             Role::Caller if !goes_on => {
-                // The call ends with its caller, as it always did.
+                // Fewer than two would remain, or nobody accepted yet: the
+                // call ends, as a 1:1 hang-up or a cancel always did.
                 self.end_ringing(call_id, Reason::Canceled);
                 self.end_call(now, call_id, None);
                 return;
@@ -53,7 +54,7 @@ impl Switchboard {
                     *caller = Presence::Left;
                 }
                 CallState::InProgress { caller_in } => *caller_in = false,
-                CallState::Ended(_) => unreachable!("checked by the caller"),
+                CallState::Ended(_) => return, // `hang_up` answered it already
             },
             Role::Callee => {
                 if let Slot::Accepted { in_call, .. } = &mut call.slots[i] {
