@@ -734,6 +734,78 @@ mod tests {
         assert!(!s.is_ringing(&call_id));
     }
 
+    /// A call this device finished rings again when the server rings it
+    /// again (a participant added us once more), whether the news comes as
+    /// an event or in a snapshot; a stale ring (no time left) does not.
+    #[test]
+    fn a_second_ring_of_a_finished_call_rings_again() {
+        #[allow(clippy::disallowed_methods)] // the origin of test time
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let call_id = CallId::new("c1").unwrap();
+        let ring = |ms| Event::IncomingCall {
+            call_id: call_id.clone(),
+            caller: User::named("alice", "Alice"),
+            call_type: CallType::Voice,
+            callees: vec![User::named("bob", "Bob")].into(),
+            custom_data: None,
+            ring_remaining_ms: ms,
+            ring_timeout_ms: 30_000,
+        };
+        let ended = || Event::IncomingEnded {
+            call_id: call_id.clone(),
+            reason: Reason::Timeout,
+            device: None,
+        };
+        event(&mut s, t0, 1, ring(30_000));
+        event(&mut s, t0, 2, ended());
+        event(&mut s, t0, 3, ring(0)); // a replay of history: silent
+        assert!(!s.is_ringing(&call_id));
+        event(&mut s, t0, 4, ring(30_000));
+        assert!(s.is_ringing(&call_id));
+        event(&mut s, t0, 5, ended());
+        let snapshot = crate::protocol::CallSnapshot {
+            call_id: call_id.clone(),
+            role: crate::protocol::Role::Callee,
+            caller: User::named("alice", "Alice"),
+            caller_device: DeviceId::new("phone").unwrap(),
+            call_type: CallType::Voice,
+            callees: vec![User::named("bob", "Bob")].into(),
+            custom_data: None,
+            state: crate::protocol::SnapshotState::Ringing,
+            ring_remaining_ms: 20_000,
+            ring_timeout_ms: 30_000,
+            device: None,
+            outcomes: Vec::new(),
+            participants: Vec::new(),
+        };
+        s.handle_message(
+            t0,
+            ServerMessage::new(ServerBody::Sync(crate::protocol::SyncBody::new(
+                None,
+                6,
+                vec![snapshot],
+                Vec::new(),
+            ))),
+        );
+        assert!(s.is_ringing(&call_id));
+        let rings: Vec<Duration> = events(&mut s)
+            .into_iter()
+            .filter_map(|e| match e {
+                AppEvent::IncomingCallReceived { ring_remaining, .. } => Some(ring_remaining),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            rings,
+            [
+                Duration::from_secs(30),
+                Duration::from_secs(30),
+                Duration::from_secs(20)
+            ]
+        );
+    }
+
     /// The cancel callback fires once per outgoing call, however many
     /// cancels the server confirms before the call's end arrives.
     #[test]
