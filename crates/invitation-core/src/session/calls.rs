@@ -138,7 +138,8 @@ impl ClientSession {
         if self.calls.remove(call_id).is_some() {
             self.timers.disarm(&TimerKey::Fallback(call_id.clone()));
         }
-        if self.ended.insert(call_id.clone()) {
+        let at = self.applying_seq.or(self.last_seq).unwrap_or(0);
+        if self.ended.insert(call_id.clone(), at).is_none() {
             self.ended_order.push_back(call_id.clone());
             while self.ended_order.len() > self.config.remembered_calls {
                 if let Some(old) = self.ended_order.pop_front() {
@@ -165,7 +166,7 @@ impl ClientSession {
                     callees,
                 },
             ) => {
-                if self.ended.contains(call_id) {
+                if self.ended.contains_key(call_id) {
                     return;
                 }
                 let me = User {
@@ -203,7 +204,7 @@ impl ClientSession {
                 self.arm_fallback(call_id, at);
             }
             (Command::Invite(_), ReplyResult::Joined { call_id, caller })
-                if !self.ended.contains(call_id) =>
+                if !self.ended.contains_key(call_id) =>
             {
                 self.calls
                     .entry(call_id.clone())
@@ -219,9 +220,12 @@ impl ClientSession {
                     )
                 {
                     self.mark_accepted(call_id); // a join of a ringing call is an accept
-                } else {
-                    self.reopen_in_call(call_id);
                 }
+                // A late join puts this device in the call when its
+                // `participant_joined` event is applied, in stream order. A
+                // join that changed nothing (already in the call) is
+                // answered by a plain `reply`, which a reordering link can
+                // deliver after the call's end: it must not reopen it.
             }
             (
                 Command::Add { call_id, .. },
@@ -279,7 +283,7 @@ impl ClientSession {
                     // had already ended): fire once, then remember it as
                     // finished so a repeated cancel does not fire again.
                     None => {
-                        let first = !self.ended.contains(call_id);
+                        let first = !self.ended.contains_key(call_id);
                         self.finish(call_id);
                         first
                     }
@@ -366,7 +370,7 @@ impl ClientSession {
             // it is a new one (a participant added us to it again).
             self.unend(&call_id);
         }
-        if self.ended.contains(&call_id) {
+        if self.ended.contains_key(&call_id) {
             return; // late news about a call this device finished
         }
         match event {
@@ -420,7 +424,8 @@ impl ClientSession {
                     return;
                 }
                 let mine = device == self.device;
-                if mine && !self.ended.contains(&call_id) && self.is_abandoned_invite(&callees) {
+                if mine && !self.ended.contains_key(&call_id) && self.is_abandoned_invite(&callees)
+                {
                     return self.disown(now, call_id, false);
                 }
                 let me = User {
@@ -556,7 +561,7 @@ impl ClientSession {
     /// `call_id` is live on this device again: no longer remembered as
     /// finished.
     fn unend(&mut self, call_id: &CallId) {
-        if self.ended.remove(call_id) {
+        if self.ended.remove(call_id).is_some() {
             self.ended_order.retain(|c| c != call_id);
         }
     }

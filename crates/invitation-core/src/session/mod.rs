@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
-use foldhash::{HashMap, HashSet};
+use foldhash::HashMap;
 
 use crate::error::CommandError;
 use crate::id::{CallId, DeviceId, RequestId, UserId};
@@ -70,8 +70,13 @@ pub struct ClientSession {
     /// an event of a type this version does not know (skipped, but counted).
     ahead: BTreeMap<u64, Option<Event>>,
     calls: HashMap<CallId, LocalCall>,
-    ended: HashSet<CallId>,
+    /// Calls over on this device (bounded), each with the stream position
+    /// its end belongs to: a snapshot older than that cannot ring it again.
+    ended: HashMap<CallId, u64>,
     ended_order: VecDeque<CallId>,
+    /// The sequence number of the event being applied (or whose folded
+    /// answer is), while it is: where a call that ends now ended.
+    applying_seq: Option<u64>,
     /// Every command this session owns, from issue to answer or abandonment.
     pending: HashMap<RequestId, Pending>,
     /// The pending commands in issue order, by issue number.
@@ -115,8 +120,9 @@ impl ClientSession {
             refusal: None,
             ahead: BTreeMap::new(),
             calls: HashMap::default(),
-            ended: HashSet::default(),
+            ended: HashMap::default(),
             ended_order: VecDeque::new(),
+            applying_seq: None,
             pending: HashMap::default(),
             pending_order: BTreeMap::new(),
             abandoned: VecDeque::new(),
@@ -278,9 +284,12 @@ impl ClientSession {
                 result,
                 event,
             } => {
-                // The answer first, as if its `reply` had come just before.
+                // The answer first, as if its `reply` had come just before;
+                // what it ends belongs to this event's place in the stream.
                 if let Some(re) = re {
+                    self.applying_seq = Some(seq);
                     self.on_reply(now, re, Ok(result.unwrap_or(ReplyResult::Done)));
+                    self.applying_seq = None;
                 }
                 self.on_event(now, seq, Some(event))
             }

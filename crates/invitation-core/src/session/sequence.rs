@@ -37,7 +37,9 @@ impl ClientSession {
             return;
         }
         if let Some(event) = event {
+            self.applying_seq = Some(seq);
             self.apply(now, event);
+            self.applying_seq = None;
         }
         self.last_seq = Some(seq);
         self.apply_ahead(now);
@@ -53,7 +55,9 @@ impl ClientSession {
                 self.duplicates += 1;
             } else if *entry.key() == next {
                 if let Some(event) = entry.remove() {
+                    self.applying_seq = Some(next);
                     self.apply(now, event);
+                    self.applying_seq = None;
                 }
                 self.last_seq = Some(next);
             } else {

@@ -23,11 +23,19 @@ impl ClientSession {
         self.timers.disarm(&TimerKey::Gap);
         self.last_seq = Some(sync.seq);
         let live: HashSet<CallId> = sync.calls.iter().map(|c| c.call_id.clone()).collect();
+        // Events after the snapshot that came first (kept in `ahead`) decide
+        // the fate of the calls they name: an answer riding on one of them
+        // may have made this device know a call the snapshot predates.
+        let decided_later: HashSet<CallId> = self
+            .ahead
+            .range(sync.seq + 1..)
+            .filter_map(|(_, e)| e.as_ref().map(|e| e.call_id().clone()))
+            .collect();
         // Calls this device thinks live but the server does not: they ended.
         let mut gone: Vec<CallId> = self
             .calls
             .keys()
-            .filter(|id| !live.contains(*id))
+            .filter(|id| !live.contains(*id) && !decided_later.contains(*id))
             .cloned()
             .collect();
         gone.sort(); // deterministic event order
@@ -40,7 +48,7 @@ impl ClientSession {
         }
         let count = sync.calls.len();
         for snap in sync.calls {
-            self.merge_snapshot(now, snap);
+            self.merge_snapshot(now, snap, sync.seq);
         }
         self.events
             .push_back(AppEvent::Resynced { live_calls: count });
@@ -103,11 +111,17 @@ impl ClientSession {
         }
     }
 
-    pub(super) fn merge_snapshot(&mut self, now: Instant, snap: CallSnapshot) {
+    /// Merges one live call of a snapshot taken at stream position `seq`.
+    pub(super) fn merge_snapshot(&mut self, now: Instant, snap: CallSnapshot, seq: u64) {
+        // A call that ended here rings again only when the snapshot is at
+        // least as new as its end (an invitee rung again into a call that
+        // grew); an older snapshot, overtaken by the end (this device's own
+        // decline, say), would resurrect it.
         let rings_again = snap.role == Role::Callee
             && snap.state == SnapshotState::Ringing
-            && snap.ring_remaining_ms > 0;
-        if self.ended.contains(&snap.call_id) && !rings_again {
+            && snap.ring_remaining_ms > 0
+            && self.ended.get(&snap.call_id).is_none_or(|&at| seq >= at);
+        if self.ended.contains_key(&snap.call_id) && !rings_again {
             return;
         }
         let remaining = Duration::from_millis(snap.ring_remaining_ms);

@@ -369,7 +369,9 @@ impl Switchboard {
             ));
             let j = match users.iter().position(|u| &u.id == c) {
                 Some(j) => {
-                    if slot.is_ringing() {
+                    // A former invitee tried again: rung, or refused at once
+                    // (busy, unreachable); either way a new outcome follows.
+                    if !matches!(slot, Slot::Accepted { .. }) {
                         self.regrown_entry(call_id, c).rung_again += 1;
                     }
                     slots[j] = slot;
