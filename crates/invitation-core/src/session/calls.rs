@@ -212,20 +212,19 @@ impl ClientSession {
                 self.mark_joined(call_id, caller);
             }
             (Command::Accept { call_id, .. }, _) => self.mark_accepted(call_id),
-            (Command::Join { call_id }, _) => {
+            // A join of a ringing call is an accept. A late join puts this
+            // device in the call when its `participant_joined` event is
+            // applied, in stream order: a join that changed nothing (already
+            // in the call) is answered by a plain `reply`, which a reordering
+            // link can deliver after the call's end, and must not reopen it.
+            (Command::Join { call_id }, _)
                 if self.is_ringing(call_id)
                     || matches!(
                         self.calls.get(call_id).map(|c| &c.state),
                         Some(Local::Silent)
-                    )
-                {
-                    self.mark_accepted(call_id); // a join of a ringing call is an accept
-                }
-                // A late join puts this device in the call when its
-                // `participant_joined` event is applied, in stream order. A
-                // join that changed nothing (already in the call) is
-                // answered by a plain `reply`, which a reordering link can
-                // deliver after the call's end: it must not reopen it.
+                    ) =>
+            {
+                self.mark_accepted(call_id);
             }
             (
                 Command::Add { call_id, .. },
