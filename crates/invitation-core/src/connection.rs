@@ -1198,6 +1198,7 @@ mod tests {
             device: None,
             outcomes: vec![],
             delivered: vec![],
+            participants: vec![],
         };
         c.handle_sent(&ServerMessage::new(ServerBody::Sync(
             crate::protocol::SyncBody::new(None, 1, vec![snap], vec![]),

@@ -123,6 +123,13 @@ pub enum CommandError {
         /// The first callee the policy refused.
         callee: crate::id::UserId,
     },
+    /// `add` named a user who is already in the call, already ringing for
+    /// it, or its caller; nothing was changed.
+    #[error("{user} is already in this call or ringing for it")]
+    AlreadyInCall {
+        /// The first such user.
+        user: crate::id::UserId,
+    },
 }
 
 impl CommandError {
@@ -139,6 +146,7 @@ impl CommandError {
             // Never on the wire: the client gave up waiting for the server.
             CommandError::Unavailable { .. } | CommandError::TimedOut => ErrorCode::Unavailable,
             CommandError::Forbidden { .. } => ErrorCode::Forbidden,
+            CommandError::AlreadyInCall { .. } => ErrorCode::AlreadyInCall,
             CommandError::Rejected { code, .. } => *code,
         }
     }
@@ -264,6 +272,8 @@ pub enum ErrorCode {
     Unavailable,
     /// The contact policy does not let you call that user.
     Forbidden,
+    /// `add` named someone already in the call or ringing for it.
+    AlreadyInCall,
 }
 
 impl ErrorCode {
@@ -286,6 +296,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::AlreadyInCall => "already_in_call",
         }
     }
 }

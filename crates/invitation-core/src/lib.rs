@@ -92,6 +92,6 @@ pub use model::{CallType, CustomData, RING_TIMEOUT_BOUNDS_S, Reason, User};
 pub use session::{AppEvent, ClientSession, ConnectionState, SessionConfig, StopReason};
 
 pub use switchboard::{
-    BusyPolicy, CallNotice, CallView, ConnId, ContactPolicy, OfflinePolicy, Output, Switchboard,
-    SwitchboardConfig, SwitchboardStats,
+    BusyPolicy, CallNotice, CallView, ConnId, ContactPolicy, EndPolicy, OfflinePolicy, Output,
+    Switchboard, SwitchboardConfig, SwitchboardStats,
 };

@@ -35,7 +35,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 const CONTROL_TYPES: &[&str] = &["hello", "renew", "ping", "sync"];
 const CLIENT_TYPES: &[&str] = &[
     "hello", "renew", "ping", "sync", "invite", "cancel", "accept", "decline", "hang_up",
-    "received",
+    "received", "add", "join", "end",
 ];
 const SERVER_TYPES: &[&str] = &[
     "welcome", "reply", "error", "event", "sync", "pong", "closing",
@@ -49,6 +49,9 @@ const EVENT_TYPES: &[&str] = &[
     "callee_ringing",
     "callee_outcome",
     "call_ended",
+    "callee_delivered",
+    "participant_joined",
+    "participant_left",
 ];
 /// How much of an unknown type name is kept.
 const MAX_TYPE_NAME: usize = 64;
@@ -138,7 +141,8 @@ struct Wire<T> {
 pub enum ClientBody {
     /// `hello`, `renew`, `ping`, `sync`.
     Control(Control),
-    /// `invite`, `cancel`, `accept`, `decline`, `hang_up`.
+    /// `invite`, `cancel`, `accept`, `decline`, `hang_up`, `add`, `join`,
+    /// `end`.
     Command(Command),
 }
 
@@ -221,13 +225,37 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         custom_data: Option<CustomData>,
     },
-    /// Either side: leave an accepted call (the caller leaving ends it).
+    /// Leave the call (anyone in it, the caller included): the others go
+    /// on while at least two remain; otherwise the call ends. The caller
+    /// hanging up before anyone answered cancels the invitation.
     HangUp {
         /// The call.
         call_id: CallId,
         /// Delivered with the `call_ended` events this hang-up causes.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         custom_data: Option<CustomData>,
+    },
+    /// A participant of an accepted call rings more users into it. Answered
+    /// with `invited` (the per-callee status of the added users only).
+    Add {
+        /// The call.
+        call_id: CallId,
+        /// Who to add: the callee limit counts everyone ever invited to
+        /// the call; duplicates are removed.
+        callees: Vec<UserId>,
+    },
+    /// An invitee whose ring ended (timeout, declined, canceled, missed
+    /// while offline) or who left enters the call while it still goes on,
+    /// on this device. On a call still ringing for you it is an accept.
+    Join {
+        /// The call.
+        call_id: CallId,
+    },
+    /// End the call for everyone in it (who may: the server's end policy,
+    /// by default the caller only).
+    End {
+        /// The call.
+        call_id: CallId,
     },
     /// Callee device: receipt for an `incoming_call` this device received
     /// while it rings. Never answered (the one exception to "one answer per
@@ -281,7 +309,11 @@ impl Command {
             | Command::Accept { custom_data, .. }
             | Command::Decline { custom_data, .. }
             | Command::HangUp { custom_data, .. } => *custom_data = data,
-            Command::Invite(_) | Command::Received { .. } => {}
+            Command::Invite(_)
+            | Command::Received { .. }
+            | Command::Add { .. }
+            | Command::Join { .. }
+            | Command::End { .. } => {}
         }
         self
     }
@@ -294,7 +326,10 @@ impl Command {
             | Command::Accept { custom_data, .. }
             | Command::Decline { custom_data, .. }
             | Command::HangUp { custom_data, .. } => custom_data.as_ref(),
-            Command::Received { .. } => None,
+            Command::Received { .. }
+            | Command::Add { .. }
+            | Command::Join { .. }
+            | Command::End { .. } => None,
         }
     }
 }
@@ -629,6 +664,9 @@ pub enum InitialStatus {
     Busy,
     /// Offline and the offline policy rejects rather than holds.
     Unreachable,
+    /// Added while that user's own invitation was ringing the adder: their
+    /// invitation gave way and they are in the call at once (no ring).
+    Joined,
 }
 
 /// An error reply.
@@ -832,6 +870,58 @@ pub enum Event {
         /// The callee's device that has it.
         device: DeviceId,
     },
+    /// Someone entered a call you are in (accepted, joined late, or was
+    /// added through glare). Also sent to the joiner's own devices when
+    /// they joined late: the device named is in the call, the others see
+    /// "joined elsewhere". The caller learns of an accept from
+    /// `callee_outcome` instead, as in a one-to-one call.
+    ParticipantJoined {
+        /// The call.
+        call_id: CallId,
+        /// Who joined.
+        user: UserId,
+        /// The device they are in the call on.
+        device: DeviceId,
+    },
+    /// Someone left a call you are still in: the call goes on (at least
+    /// two remain), or, with reason `ended_call`, they ended it for
+    /// everyone and a `call_ended` follows.
+    ParticipantLeft {
+        /// The call.
+        call_id: CallId,
+        /// Who left.
+        user: UserId,
+        /// How.
+        reason: LeaveReason,
+    },
+}
+
+/// Why a participant left a call (see [`Event::ParticipantLeft`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LeaveReason {
+    /// They hung up; the others go on.
+    Left,
+    /// They ended the call for everyone (`end`).
+    EndedCall,
+}
+
+/// Someone in a call, and the device they are in it on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Participant {
+    /// Who.
+    pub user: UserId,
+    /// On which device.
+    pub device: DeviceId,
+}
+
+impl Participant {
+    /// `user`, in the call on `device`.
+    pub fn new(user: UserId, device: DeviceId) -> Self {
+        Self { user, device }
+    }
 }
 
 impl Event {
@@ -845,6 +935,9 @@ impl Event {
             | Event::CalleeOutcome { call_id, .. }
             | Event::CallEnded { call_id, .. }
             | Event::CalleeDelivered { call_id, .. } => call_id,
+            Event::ParticipantJoined { call_id, .. } | Event::ParticipantLeft { call_id, .. } => {
+                call_id
+            }
         }
     }
 }
@@ -900,6 +993,10 @@ pub struct CallSnapshot {
     /// accept learns it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outcomes: Vec<CalleeOutcome>,
+    /// Once someone accepted: everyone in the call now (the caller first
+    /// while in it, then callees in invitation order), with their device.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub participants: Vec<Participant>,
     /// For the caller: the callee devices that confirmed receipt
     /// (`callee_delivered`) so far, in the order they did.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -229,6 +229,9 @@ fn caller_hang_up_data_and_timeout_data() {
         [
             ("incoming_received", s(ROOM)),
             ("accept_pressed", None),
+            // Someone in an accepted call hears how another invitee's ring
+            // ended (carol: canceled, no data: the server decided it).
+            ("callee_outcome", None),
             ("call_ended", s("bye all")),
         ]
     );

@@ -38,6 +38,10 @@ enum Op {
     Decline(usize, usize, usize, bool),
     Cancel(usize, usize, usize),
     HangUp(usize, usize, usize),
+    /// A participant rings more users into a call.
+    Add(usize, usize, usize, Vec<usize>),
+    Join(usize, usize, usize),
+    End(usize, usize, usize),
     Tick(u64),
 }
 
@@ -59,6 +63,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (u.clone(), d.clone(), 0usize..8).prop_map(|(u, d, c)| Op::Cancel(u, d, c)),
         1 => (u.clone(), d.clone(), 0usize..8).prop_map(|(u, d, c)| Op::HangUp(u, d, c)),
         3 => (0u64..20_000).prop_map(Op::Tick),
+        1 => (u.clone(), d.clone(), 0usize..8, prop::collection::vec(0..USERS.len(), 1..3))
+            .prop_map(|(u, d, c, v)| Op::Add(u, d, c, v)),
+        1 => (u.clone(), d.clone(), 0usize..8).prop_map(|(u, d, c)| Op::Join(u, d, c)),
+        1 => (u.clone(), d.clone(), 0usize..8).prop_map(|(u, d, c)| Op::End(u, d, c)),
     ]
 }
 
@@ -139,6 +147,9 @@ impl World {
             Op::Accept(u, d, c)
             | Op::Cancel(u, d, c)
             | Op::HangUp(u, d, c)
+            | Op::Join(u, d, c)
+            | Op::End(u, d, c)
+            | Op::Add(u, d, c, _)
             | Op::Decline(u, d, c, _)
                 if self.known(*u, *d) =>
             {
@@ -155,6 +166,12 @@ impl World {
                     Op::HangUp(..) => Command::HangUp {
                         call_id,
                         custom_data: None,
+                    },
+                    Op::Join(..) => Command::Join { call_id },
+                    Op::End(..) => Command::End { call_id },
+                    Op::Add(.., callees) => Command::Add {
+                        call_id,
+                        callees: callees.iter().map(|c| uid(USERS[*c])).collect(),
                     },
                     Op::Decline(.., busy) => Command::Decline {
                         call_id,

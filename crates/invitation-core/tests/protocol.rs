@@ -75,6 +75,13 @@ fn every_client_message() -> Vec<ClientMessage> {
             custom_data: None,
         }
         .into(),
+        Command::Add {
+            call_id: cid(),
+            callees: vec![UserId::new("carol").unwrap()],
+        }
+        .into(),
+        Command::Join { call_id: cid() }.into(),
+        Command::End { call_id: cid() }.into(),
     ];
     commands
         .into_iter()
@@ -141,6 +148,16 @@ fn every_server_message() -> Vec<ServerMessage> {
             call_id: cid(),
             reason: Reason::HungUp,
             custom_data: None,
+        },
+        Event::ParticipantJoined {
+            call_id: cid(),
+            user: bob.id.clone(),
+            device: DeviceId::new("tablet").unwrap(),
+        },
+        Event::ParticipantLeft {
+            call_id: cid(),
+            user: alice.id.clone(),
+            reason: invitation_core::protocol::LeaveReason::EndedCall,
         },
     ];
     let mut bodies: Vec<ServerBody> = events

@@ -624,7 +624,9 @@ impl Client {
             .await
     }
 
-    /// Leaves an accepted call (the caller leaving ends it for everyone).
+    /// Leaves the call. The others go on while at least two remain (they
+    /// see [`AppEvent::ParticipantLeft`]); otherwise the call ends for
+    /// everyone. The caller hanging up before anyone answered cancels.
     pub async fn hang_up(&self, call_id: &CallId) -> Result<(), ClientError> {
         self.hang_up_with(call_id, None).await
     }
@@ -639,6 +641,70 @@ impl Client {
     ) -> Result<(), ClientError> {
         self.done(Command::hang_up(call_id.clone()).with_custom_data(custom_data))
             .await
+    }
+
+    /// Leaves the call: the same as [`Client::hang_up`].
+    pub async fn leave(&self, call_id: &CallId) -> Result<(), ClientError> {
+        self.hang_up(call_id).await
+    }
+
+    /// Rings more users into an accepted call you are in. The callee limit
+    /// counts everyone the call ever invited. The answer lists the added
+    /// callees' states (a user whose own invitation was ringing you is in
+    /// the call at once: status `joined`).
+    pub async fn invite_more<I, S>(
+        &self,
+        call_id: &CallId,
+        callees: I,
+    ) -> Result<Invitation, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let callees = callees
+            .into_iter()
+            .map(|c| UserId::new(c.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let command = Command::Add {
+            call_id: call_id.clone(),
+            callees,
+        };
+        match self.command(command).await? {
+            ReplyResult::Invited {
+                call_id,
+                ring_remaining_ms,
+                callees,
+            } => Ok(Invitation {
+                call_id,
+                callees,
+                ring_remaining: Duration::from_millis(ring_remaining_ms),
+                joined: None,
+            }),
+            other => Err(ClientError::Command(CommandError::Rejected {
+                code: invitation_core::ErrorCode::Invalid,
+                message: format!("unexpected reply to add: {other:?}"),
+            })),
+        }
+    }
+
+    /// Joins a call that goes on, on this device: for an invitee whose ring
+    /// ended (timeout, declined, missed) or who left. Everyone in the call
+    /// sees [`AppEvent::ParticipantJoined`]; so do this user's other
+    /// devices ("joined elsewhere").
+    pub async fn join(&self, call_id: &CallId) -> Result<(), ClientError> {
+        self.done(Command::Join {
+            call_id: call_id.clone(),
+        })
+        .await
+    }
+
+    /// Ends the call for everyone in it. The server's end policy says who
+    /// may (by default the caller only); others get `wrong_role`.
+    pub async fn end(&self, call_id: &CallId) -> Result<(), ClientError> {
+        self.done(Command::End {
+            call_id: call_id.clone(),
+        })
+        .await
     }
 
     /// Replaces the bearer token before it expires: sent in band (`renew`)

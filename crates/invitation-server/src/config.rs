@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use invitation_core::{BusyPolicy, OfflinePolicy, SwitchboardConfig};
+use invitation_core::{BusyPolicy, EndPolicy, OfflinePolicy, SwitchboardConfig};
 use serde::Deserialize;
 
 /// Log output format.
@@ -53,6 +53,7 @@ pub const KEYS: &[&str] = &[
     "ring_timeout_s",
     "max_custom_data",
     "busy_policy",
+    "end_policy",
     "offline_policy",
     "caller_gone_grace_s",
     "log_format",
@@ -146,6 +147,9 @@ pub struct Config {
     pub busy_policy: String,
     /// `hold` (default) or `reject`.
     pub offline_policy: String,
+    /// Who may end a call for everyone: `caller` (default) or
+    /// `any_participant`.
+    pub end_policy: String,
     /// Seconds a ringing call survives its caller's device vanishing (15).
     pub caller_gone_grace_s: u64,
     /// Log format.
@@ -203,6 +207,7 @@ impl Default for Config {
             max_custom_data: 8 * 1024,
             busy_policy: "reject_busy".to_owned(),
             offline_policy: "hold".to_owned(),
+            end_policy: "caller".to_owned(),
             caller_gone_grace_s: 15,
             log_format: LogFormat::Text,
             worker_threads: 0,
@@ -432,6 +437,16 @@ impl Config {
                 return Err(ConfigError::Invalid {
                     key: "busy_policy",
                     detail: "reject_busy or ring_anyway".into(),
+                });
+            }
+        };
+        sb.end_policy = match self.end_policy.as_str() {
+            "caller" => EndPolicy::CallerOnly,
+            "any_participant" => EndPolicy::AnyParticipant,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: "end_policy",
+                    detail: "caller or any_participant".into(),
                 });
             }
         };
@@ -673,6 +688,7 @@ mod tests {
                 "allowed_origins" => "[]",
                 "busy_policy" => "\"reject_busy\"",
                 "offline_policy" => "\"hold\"",
+                "end_policy" => "\"any_participant\"",
                 "log_format" => "\"json\"",
                 "secret" | "audience" | "issuer" => "\"0123456789abcdef\"",
                 "conn_rate_per_ip"

@@ -57,7 +57,8 @@ impl HubLimits {
         at: Instant,
     ) -> Result<(), Duration> {
         self.per_user.check(user, at)?;
-        if matches!(command, Some(Command::Invite(_))) {
+        // `add` rings people too: it draws on the same bucket.
+        if matches!(command, Some(Command::Invite(_) | Command::Add { .. })) {
             self.invites.check(user, at)?;
         }
         Ok(())

@@ -439,6 +439,8 @@ impl World {
                 "decline" => client.decline(&call).await,
                 "decline_busy" => client.decline_busy(&call).await,
                 "cancel" => client.cancel(&call).await,
+                "join" => client.join(&call).await,
+                "end" => client.end(&call).await,
                 _ => client.hang_up(&call).await,
             };
             let t = t0.elapsed().as_secs_f64();
@@ -535,6 +537,43 @@ impl World {
                     "hang_up"
                 };
                 self.command(i, what, call);
+            }
+            // Calls that grow and shrink: someone adds a user, an invitee
+            // joins late, someone ends the call for everyone.
+            90..=97 if !acked.is_empty() => {
+                // One of the newest calls: the ones most likely still going.
+                let newest = self.rng.below(acked.len().min(3) as u64) as usize;
+                let (call, inviter, callees, _) = acked[acked.len() - 1 - newest].clone();
+                let caller = self.incarnations[inviter].user.clone();
+                let mut members = callees.clone();
+                members.push(caller);
+                let who = members[self.rng.below(members.len() as u64) as usize].clone();
+                let Some(i) = self.pick_device_of(&who) else {
+                    return;
+                };
+                match self.rng.below(3) {
+                    0 => {
+                        let (u, _) = USERS[self.rng.below(USERS.len() as u64) as usize];
+                        let added = UserId::new(u).expect("valid");
+                        let Some(live) = &self.devices[i].live else {
+                            return;
+                        };
+                        let client = live.client.clone();
+                        let name = self.incarnations[live.index].name.clone();
+                        let (trace, t0) = (self.trace.clone(), self.t0);
+                        self.log(format!("{name} add {added} to {call}"));
+                        self.tasks.spawn(async move {
+                            let r = client.invite_more(&call, [added.as_str()]).await;
+                            let t = t0.elapsed().as_secs_f64();
+                            trace.lock().expect("trace").push(format!(
+                                "{t:8.3}s {name} add {added} to {call} -> {:?}",
+                                r.map(|i| i.callees)
+                            ));
+                        });
+                    }
+                    1 => self.command(i, "join", call),
+                    _ => self.command(i, "end", call),
+                }
             }
             80..=89 => {
                 let i = self.rng.below(self.devices.len() as u64) as usize;

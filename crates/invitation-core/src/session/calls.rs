@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::id::{CallId, DeviceId, UserId};
 use crate::model::{CustomData, Reason, User};
-use crate::protocol::{ClientBody, ClientMessage, Command, Event, ReplyResult};
+use crate::protocol::{ClientBody, ClientMessage, Command, Event, InitialStatus, ReplyResult};
 
 use super::{AppEvent, ClientSession, TimerKey};
 
@@ -211,6 +211,61 @@ impl ClientSession {
                 self.mark_joined(call_id, caller);
             }
             (Command::Accept { call_id, .. }, _) => self.mark_accepted(call_id),
+            (Command::Join { call_id }, _) => {
+                if self.is_ringing(call_id)
+                    || matches!(
+                        self.calls.get(call_id).map(|c| &c.state),
+                        Some(Local::Silent)
+                    )
+                {
+                    self.mark_accepted(call_id); // a join of a ringing call is an accept
+                } else {
+                    self.reopen_in_call(call_id);
+                }
+            }
+            (
+                Command::Add { call_id, .. },
+                ReplyResult::Invited {
+                    ring_remaining_ms,
+                    callees,
+                    ..
+                },
+            ) => {
+                // Our own call grew: the added callees' outcomes are news
+                // again, and the ring fallback covers them.
+                let Some(call) = self.calls.get_mut(call_id) else {
+                    return;
+                };
+                let Local::Outgoing {
+                    mine: true,
+                    outcomes,
+                    ..
+                } = &mut call.state
+                else {
+                    return;
+                };
+                let mut rings = false;
+                for c in callees {
+                    let ringing =
+                        matches!(c.status, InitialStatus::Ringing | InitialStatus::Offline);
+                    rings |= ringing;
+                    match outcomes.iter_mut().find(|(u, _)| u == &c.user) {
+                        Some((_, r)) if ringing => *r = None,
+                        Some(_) => {}
+                        // A glare join needs no outcome: it is in the call.
+                        None => outcomes.push((
+                            c.user.clone(),
+                            (c.status == InitialStatus::Joined).then_some(Reason::Accepted),
+                        )),
+                    }
+                }
+                if rings {
+                    let at = now
+                        + Duration::from_millis(*ring_remaining_ms)
+                        + self.config.fallback_margin;
+                    self.arm_fallback(call_id, at);
+                }
+            }
             (Command::Decline { call_id, busy, .. }, _) => self.mark_declined(call_id, *busy),
             (Command::Cancel { call_id, .. }, _) => {
                 let fire = match self.calls.get_mut(call_id).map(|c| &mut c.state) {
@@ -293,6 +348,24 @@ impl ClientSession {
 
     pub(super) fn apply(&mut self, now: Instant, event: Event) {
         let call_id = event.call_id().clone();
+        if let Event::ParticipantJoined { user, device, .. } = &event
+            && user == &self.user
+        {
+            // Our own join: news even for a call this device finished.
+            let (user, device) = (user.clone(), device.clone());
+            return self.joined_self(&call_id, user, device);
+        }
+        if let Event::IncomingCall {
+            ring_remaining_ms, ..
+        } = &event
+            && *ring_remaining_ms > 0
+            && !self.calls.contains_key(&call_id)
+        {
+            // Events come in order, and a ring is rendered with the time it
+            // has left when sent: after this call ended here, a live ring of
+            // it is a new one (a participant added us to it again).
+            self.unend(&call_id);
+        }
         if self.ended.contains(&call_id) {
             return; // late news about a call this device finished
         }
@@ -401,6 +474,32 @@ impl ClientSession {
                 callee,
                 device,
             } => self.callee_delivered(&call_id, callee, device),
+            Event::ParticipantJoined {
+                call_id,
+                user,
+                device,
+            } => {
+                if self.calls.contains_key(&call_id) {
+                    self.events.push_back(AppEvent::ParticipantJoined {
+                        call_id,
+                        user,
+                        device,
+                    });
+                }
+            }
+            Event::ParticipantLeft {
+                call_id,
+                user,
+                reason,
+            } => {
+                if self.calls.contains_key(&call_id) {
+                    self.events.push_back(AppEvent::ParticipantLeft {
+                        call_id,
+                        user,
+                        reason,
+                    });
+                }
+            }
         }
     }
 
@@ -436,6 +535,48 @@ impl ClientSession {
             callee,
             device,
         });
+    }
+
+    /// This user joined `call_id` on `device`: this device is now in the
+    /// call (it is live here again, even if it had finished), or another
+    /// device of this user is ("joined elsewhere": nothing changes here).
+    pub(super) fn joined_self(&mut self, call_id: &CallId, user: UserId, device: DeviceId) {
+        // Joined elsewhere: reported, never tracked here (a user is in a
+        // call on one device at a time, so this one is not in it).
+        if device == self.device {
+            self.reopen_in_call(call_id);
+        }
+        self.events.push_back(AppEvent::ParticipantJoined {
+            call_id: call_id.clone(),
+            user,
+            device,
+        });
+    }
+
+    /// `call_id` is live on this device again: no longer remembered as
+    /// finished.
+    fn unend(&mut self, call_id: &CallId) {
+        if self.ended.remove(call_id) {
+            self.ended_order.retain(|c| c != call_id);
+        }
+    }
+
+    /// This device is in `call_id` (a confirmed join): live again if it
+    /// had finished, in the call, no ring fallback.
+    pub(super) fn reopen_in_call(&mut self, call_id: &CallId) {
+        self.unend(call_id);
+        let me = User {
+            id: self.user.clone(),
+            name: "".into(),
+        };
+        let call = self
+            .calls
+            .entry(call_id.clone())
+            .or_insert_with(|| LocalCall::new(Local::InCall, me, None));
+        if !matches!(call.state, Local::Outgoing { .. }) {
+            call.state = Local::InCall;
+        }
+        self.timers.disarm(&TimerKey::Fallback(call_id.clone()));
     }
 
     pub(super) fn incoming_ended(
@@ -524,6 +665,15 @@ impl ClientSession {
             return;
         };
         let Local::Outgoing { mine, outcomes, .. } = &mut call.state else {
+            if matches!(call.state, Local::InCall) && reason != Reason::Accepted {
+                // In a call that grew: how an invitee's ring ended.
+                self.events.push_back(AppEvent::CalleeOutcome {
+                    call_id: call_id.clone(),
+                    callee,
+                    reason,
+                    custom_data: answer,
+                });
+            }
             return;
         };
         match outcomes.iter_mut().find(|(u, _)| u == &callee) {
@@ -660,6 +810,80 @@ mod tests {
             [AppEvent::IncomingCallTimeout { .. }]
         ));
         assert!(!s.is_ringing(&call_id));
+    }
+
+    /// A call this device finished rings again when the server rings it
+    /// again (a participant added us once more), whether the news comes as
+    /// an event or in a snapshot; a stale ring (no time left) does not.
+    #[test]
+    fn a_second_ring_of_a_finished_call_rings_again() {
+        #[allow(clippy::disallowed_methods)] // the origin of test time
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let call_id = CallId::new("c1").unwrap();
+        let ring = |ms| Event::IncomingCall {
+            call_id: call_id.clone(),
+            caller: User::named("alice", "Alice"),
+            call_type: CallType::Voice,
+            callees: vec![User::named("bob", "Bob")].into(),
+            custom_data: None,
+            ring_remaining_ms: ms,
+            ring_timeout_ms: 30_000,
+        };
+        let ended = || Event::IncomingEnded {
+            call_id: call_id.clone(),
+            reason: Reason::Timeout,
+            device: None,
+            custom_data: None,
+        };
+        event(&mut s, t0, 1, ring(30_000));
+        event(&mut s, t0, 2, ended());
+        event(&mut s, t0, 3, ring(0)); // a replay of history: silent
+        assert!(!s.is_ringing(&call_id));
+        event(&mut s, t0, 4, ring(30_000));
+        assert!(s.is_ringing(&call_id));
+        event(&mut s, t0, 5, ended());
+        let snapshot = crate::protocol::CallSnapshot {
+            call_id: call_id.clone(),
+            role: crate::protocol::Role::Callee,
+            caller: User::named("alice", "Alice"),
+            caller_device: DeviceId::new("phone").unwrap(),
+            call_type: CallType::Voice,
+            callees: vec![User::named("bob", "Bob")].into(),
+            custom_data: None,
+            state: crate::protocol::SnapshotState::Ringing,
+            ring_remaining_ms: 20_000,
+            ring_timeout_ms: 30_000,
+            device: None,
+            outcomes: Vec::new(),
+            participants: Vec::new(),
+            delivered: Vec::new(),
+        };
+        s.handle_message(
+            t0,
+            ServerMessage::new(ServerBody::Sync(crate::protocol::SyncBody::new(
+                None,
+                6,
+                vec![snapshot],
+                Vec::new(),
+            ))),
+        );
+        assert!(s.is_ringing(&call_id));
+        let rings: Vec<Duration> = events(&mut s)
+            .into_iter()
+            .filter_map(|e| match e {
+                AppEvent::IncomingCallReceived { ring_remaining, .. } => Some(ring_remaining),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            rings,
+            [
+                Duration::from_secs(30),
+                Duration::from_secs(30),
+                Duration::from_secs(20)
+            ]
+        );
     }
 
     /// The cancel callback fires once per outgoing call, however many

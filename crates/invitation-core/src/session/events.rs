@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::id::{CallId, DeviceId, UserId};
 use crate::model::{CallType, CustomData, Reason, User};
+use crate::protocol::LeaveReason;
 
 /// The connection as the app sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -215,6 +216,32 @@ pub enum AppEvent {
         /// The data of the hang-up or cancel that ended it.
         custom_data: Option<CustomData>,
     },
+    /// Someone is now in a call this device knows live (accepted while
+    /// others were in it, joined late, or added through glare). When
+    /// `user` is you, this device joined (`device` is this one) or another
+    /// device of yours did ("joined elsewhere": this device is not in the
+    /// call).
+    #[non_exhaustive]
+    ParticipantJoined {
+        /// The call.
+        call_id: CallId,
+        /// Who joined.
+        user: UserId,
+        /// The device they are in the call on.
+        device: DeviceId,
+    },
+    /// Someone left a call you are in. With [`LeaveReason::Left`] the call
+    /// goes on; with [`LeaveReason::EndedCall`] they ended it for everyone
+    /// and [`AppEvent::CallEnded`] follows.
+    #[non_exhaustive]
+    ParticipantLeft {
+        /// The call.
+        call_id: CallId,
+        /// Who left.
+        user: UserId,
+        /// How.
+        reason: LeaveReason,
+    },
     /// The event stream could not be resumed; the local view was rebuilt
     /// from a full snapshot (events in between may be summarised).
     #[non_exhaustive]
@@ -280,7 +307,9 @@ impl AppEvent {
             | CalleeOutcome { call_id, .. }
             | OutgoingCallStarted { call_id, .. }
             | CallEnded { call_id, .. }
-            | CalleeDelivered { call_id, .. } => Some(call_id),
+            | CalleeDelivered { call_id, .. }
+            | ParticipantJoined { call_id, .. }
+            | ParticipantLeft { call_id, .. } => Some(call_id),
             Resynced { .. } | Connection(_) => None,
         }
     }

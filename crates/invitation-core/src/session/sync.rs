@@ -104,7 +104,10 @@ impl ClientSession {
     }
 
     pub(super) fn merge_snapshot(&mut self, now: Instant, snap: CallSnapshot) {
-        if self.ended.contains(&snap.call_id) {
+        let rings_again = snap.role == Role::Callee
+            && snap.state == SnapshotState::Ringing
+            && snap.ring_remaining_ms > 0;
+        if self.ended.contains(&snap.call_id) && !rings_again {
             return;
         }
         let remaining = Duration::from_millis(snap.ring_remaining_ms);

@@ -9,7 +9,9 @@ use crate::model::{CallType, CustomData, Reason, User};
 
 /// What never changes after the invite. Shared (`Arc`) by the call record and
 /// every log entry that mentions it, so history costs a pointer per event.
-#[derive(Debug)]
+/// Only `add` makes a new one (with the longer callee list), so earlier
+/// log entries keep the list they were sent with.
+#[derive(Debug, Clone)]
 pub(crate) struct CallInfo {
     pub(crate) call_id: CallId,
     pub(crate) caller: User,
@@ -26,25 +28,33 @@ pub(crate) struct CallInfo {
 /// still waits for a ringing receipt, cannot be written.
 ///
 /// ```text
-///               accept on d                          hang_up / call ends
-/// Ringing{rung} ───────────▶ Accepted{d, in_call} ─────────────────────▶ Accepted{d, !in_call}
+///                       accept on d                          hang_up / call ends
+/// Ringing{rung, dl} ───────────▶ Accepted{d, in_call} ─────────────────────▶ Accepted{d, !in_call}
 ///   │ decline on d                          ──▶ Ended{declined | busy, Some(d)}
 ///   │ timeout, canceled, caller_gone, shutdown ──▶ Ended{reason, None}
 ///   ▼
 /// Ended{reason, device}
+///
+/// while the call goes on:  Ended{..} or Accepted{_, !in_call} ── join on d ──▶ Accepted{d, in_call}
+///                          Ended{..} ── added again ──▶ Ringing{rung, new dl}
 /// ```
 ///
 /// A callee busy or unreachable at invite time starts in `Ended{reason,
 /// None}`; `rung` turns true when a device of a ringing callee is online.
-/// The outcome (accepted, or the `Ended` reason) is written once and never
-/// changes.
+/// `dl` is the slot's ring deadline: the invite's for the first callees,
+/// a later one for callees added to a running call. The first outcome is
+/// reported once (`callee_outcome`); a later join or re-ring of the same
+/// callee is reported as what it is (`participant_joined`, a new
+/// `incoming_call`), so the slot may move on from an outcome only through
+/// those two doors, and only while the call goes on.
 #[derive(Debug, Clone)]
 pub(crate) enum Slot {
     /// No outcome yet. `rung`: the "ringing" receipt went to the caller (a
-    /// device of the callee was online at invite time or came online since).
-    Ringing { rung: bool },
-    /// Accepted on `device`; `in_call` until that callee hangs up or the
-    /// call ends.
+    /// device of the callee was online at invite time or came online
+    /// since). Rings until `deadline`.
+    Ringing { rung: bool, deadline: Instant },
+    /// Accepted (or joined) on `device`; `in_call` until that callee hangs
+    /// up or the call ends.
     Accepted { device: DeviceId, in_call: bool },
     /// Any other outcome (never `accepted`); `device` is the one that
     /// declined, when a device did.
@@ -66,6 +76,14 @@ impl Slot {
 
     pub(crate) fn is_ringing(&self) -> bool {
         matches!(self, Self::Ringing { .. })
+    }
+
+    /// The ring deadline, while ringing.
+    pub(crate) fn ring_deadline(&self) -> Option<Instant> {
+        match self {
+            Self::Ringing { deadline, .. } => Some(*deadline),
+            Self::Accepted { .. } | Self::Ended { .. } => None,
+        }
     }
 
     /// The terminal outcome, `None` while ringing.
@@ -108,29 +126,49 @@ impl Slot {
     }
 }
 
+/// Where the caller stands while callees ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Presence {
+    /// Inviting, or in the call.
+    Here,
+    /// The device that invited vanished; the caller-gone timer at this
+    /// instant is in the index.
+    Away(Instant),
+    /// Hung up; the others went on.
+    Left,
+}
+
 /// The whole call's state. The timers a call has in the index follow from
-/// it, so a call that ended with a deadline still armed cannot be written.
+/// it, so a call that ended with a deadline still armed cannot be written:
+/// one ring timer per distinct deadline of a ringing slot, and the
+/// caller-gone timer exactly while `Ringing { caller: Away(at) }`.
 ///
 /// ```text
-///            nobody rings, a callee in the call
+///            nobody rings, someone accepted (and ≥ 2 in the call)
 /// Ringing ──────────────────────────────────────▶ InProgress
-///    │ nobody rings, nobody in the call               │ the caller or the last callee
-///    │ (all declined, timeout, canceled ...)          │ hangs up; server shutdown
+///    │  ◀──────────────────────────────────────────  │
+///    │        a participant adds callees              │
+///    │ nobody rings, nobody ever accepted             │ fewer than two left in it;
+///    │ (all declined, timeout, canceled ...)          │ an allowed `end`; shutdown
 ///    ▼                                                ▼
 /// Ended(reason) ◀─────────────────────────────────────┘
 /// ```
 ///
-/// Every input that changes a slot settles the call before it returns, so
-/// between inputs `Ringing` holds exactly while a callee rings, and
-/// `InProgress` while the caller and a callee are in the call.
+/// Once someone accepted, the call ends as soon as fewer than two
+/// participants are in it (still-ringing invitees are then canceled), from
+/// `Ringing` as well as from `InProgress`. Every input that changes a slot
+/// settles the call before it returns, so between inputs `Ringing` holds
+/// exactly while a callee rings.
+///
+/// (Kept to 16 bytes: the caller's presence rides in the spare values of
+/// the instant, so a call record stays at 40 bytes.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CallState {
-    /// A callee rings (or did until the current input). The ring timer is
-    /// in the index, and the caller-gone one at `gone_at` once the caller's
-    /// device vanished.
-    Ringing { gone_at: Option<Instant> },
-    /// Nobody rings; no timer is armed.
-    InProgress,
+    /// A callee rings (or did until the current input).
+    Ringing { caller: Presence },
+    /// Nobody rings; no timer is armed. `caller_in`: the caller has not
+    /// left.
+    InProgress { caller_in: bool },
     /// Over for everyone: the reason the caller saw.
     Ended(Reason),
 }
@@ -138,8 +176,9 @@ pub(crate) enum CallState {
 #[derive(Debug)]
 pub(crate) struct Call {
     pub(crate) info: Arc<CallInfo>,
-    /// Aligned with `info.callees`; never grows, so no spare capacity (a
-    /// boxed slice is 8 bytes smaller than a `Vec`).
+    /// Aligned with `info.callees`; grows only when a participant adds
+    /// callees (rare: the slice is then reallocated), so no spare capacity
+    /// (a boxed slice is 8 bytes smaller than a `Vec`).
     pub(crate) slots: Box<[Slot]>,
     pub(crate) state: CallState,
 }
@@ -153,7 +192,7 @@ impl Call {
     pub(crate) fn ended(&self) -> Option<Reason> {
         match self.state {
             CallState::Ended(reason) => Some(reason),
-            CallState::Ringing { .. } | CallState::InProgress => None,
+            CallState::Ringing { .. } | CallState::InProgress { .. } => None,
         }
     }
 
@@ -164,15 +203,80 @@ impl Call {
     /// The caller-gone grace deadline, when armed.
     pub(crate) fn caller_gone_at(&self) -> Option<Instant> {
         match self.state {
-            CallState::Ringing { gone_at } => gone_at,
-            CallState::InProgress | CallState::Ended(_) => None,
+            CallState::Ringing {
+                caller: Presence::Away(at),
+            } => Some(at),
+            _ => None,
         }
     }
 
-    /// A callee is in the call. The caller is too unless the call ended,
-    /// and an ended call has nobody in it.
+    /// The latest ring deadline of a ringing slot (what the caller's ring
+    /// time left counts down to).
+    pub(crate) fn last_ring_deadline(&self) -> Option<Instant> {
+        self.slots.iter().filter_map(Slot::ring_deadline).max()
+    }
+
+    /// A callee is in the call.
     pub(crate) fn anyone_in_call(&self) -> bool {
         self.slots.iter().any(Slot::in_call)
+    }
+
+    /// The caller has not left (inviting, or in the call) and the call is
+    /// live.
+    pub(crate) fn caller_in(&self) -> bool {
+        match self.state {
+            CallState::Ringing { caller } => caller != Presence::Left,
+            CallState::InProgress { caller_in } => caller_in,
+            CallState::Ended(_) => false,
+        }
+    }
+
+    /// Someone accepted at some point: the call is (or was) a conversation,
+    /// not only an invitation.
+    pub(crate) fn established(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| matches!(s, Slot::Accepted { .. }))
+    }
+
+    /// How many are in the call now: the caller (unless they left) and
+    /// every callee in it.
+    pub(crate) fn present(&self) -> usize {
+        usize::from(self.caller_in()) + self.slots.iter().filter(|s| s.in_call()).count()
+    }
+
+    /// Everyone in the call now, with their device: the caller first, then
+    /// callees in slot order.
+    pub(crate) fn participants(&self) -> Vec<(UserId, DeviceId)> {
+        let mut out = Vec::new();
+        if self.caller_in() {
+            out.push((self.info.caller.id.clone(), self.info.caller_device.clone()));
+        }
+        for (u, s) in self.info.callees.iter().zip(self.slots.iter()) {
+            if let Slot::Accepted {
+                device,
+                in_call: true,
+            } = s
+            {
+                out.push((u.id.clone(), device.clone()));
+            }
+        }
+        out
+    }
+
+    /// Everyone in the call now, but `except`: the caller first, then
+    /// callees in slot order.
+    pub(crate) fn present_except(&self, except: &UserId) -> Vec<UserId> {
+        let mut out = Vec::new();
+        if self.caller_in() && &self.info.caller.id != except {
+            out.push(self.info.caller.id.clone());
+        }
+        for (u, s) in self.info.callees.iter().zip(self.slots.iter()) {
+            if s.in_call() && &u.id != except {
+                out.push(u.id.clone());
+            }
+        }
+        out
     }
 
     pub(crate) fn slot_of(&self, user: &UserId) -> Option<usize> {
@@ -217,5 +321,10 @@ mod tests {
     fn states_stay_compact() {
         assert!(size_of::<Slot>() <= 24, "Slot: {} bytes", size_of::<Slot>());
         assert!(size_of::<Call>() <= 40, "Call: {} bytes", size_of::<Call>());
+        assert!(
+            size_of::<CallState>() <= 16,
+            "CallState: {} bytes",
+            size_of::<CallState>()
+        );
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::call::{Call, CallInfo, CallState, Slot};
+use super::call::{Call, CallInfo, CallState, Presence, Slot};
 use super::render::duration_ms;
 use super::requests;
 use super::timers::TimerKind;
@@ -65,12 +65,12 @@ impl Switchboard {
     }
 
     /// Busy as a callee: in an accepted call, inviting, or already ringing.
-    fn is_busy(&self, user: &UserId) -> bool {
+    pub(super) fn is_busy(&self, user: &UserId) -> bool {
         self.busy(user, true)
     }
 
     /// Busy as a caller: in an accepted call or inviting (being rung is fine).
-    fn is_busy_caller(&self, user: &UserId) -> bool {
+    pub(super) fn is_busy_caller(&self, user: &UserId) -> bool {
         self.busy(user, false)
     }
 
@@ -84,7 +84,7 @@ impl Switchboard {
                     return false;
                 }
                 if &call.info.caller.id == user {
-                    return call.is_ringing() || call.anyone_in_call();
+                    return call.caller_in() && (call.is_ringing() || call.anyone_in_call());
                 }
                 call.slot_of(user).is_some_and(|i| {
                     call.slots[i].in_call() || (ringing_counts && call.slots[i].is_ringing())
@@ -94,11 +94,11 @@ impl Switchboard {
     }
 
     /// Glare: `callee` is ringing `caller` right now.
-    fn glare_call(&self, caller: &UserId, callee: &UserId) -> Option<CallId> {
+    pub(super) fn glare_call(&self, caller: &UserId, callee: &UserId) -> Option<CallId> {
         let entry = self.users.get(caller)?;
         entry.calls.iter().find_map(|id| {
             let call = self.calls.get(id)?;
-            let ringing_me = !call.is_ended()
+            let ringing_me = call.caller_in()
                 && &call.info.caller.id == callee
                 && call
                     .slot_of(caller)
@@ -158,12 +158,20 @@ impl Switchboard {
             let (slot, status) = if busy {
                 (Slot::decided(Reason::Busy), InitialStatus::Busy)
             } else if online {
-                (Slot::Ringing { rung: true }, InitialStatus::Ringing)
+                let slot = Slot::Ringing {
+                    rung: true,
+                    deadline,
+                };
+                (slot, InitialStatus::Ringing)
             } else if self.config.offline_policy == OfflinePolicy::Reject {
                 let slot = Slot::decided(Reason::Unreachable);
                 (slot, InitialStatus::Unreachable)
             } else {
-                (Slot::Ringing { rung: false }, InitialStatus::Offline)
+                let slot = Slot::Ringing {
+                    rung: false,
+                    deadline,
+                };
+                (slot, InitialStatus::Offline)
             };
             users.push(entry.user.clone());
             slots.push(slot);
@@ -225,7 +233,7 @@ impl Switchboard {
                     entry.add_call(&call_id);
                     self.pending
                         .push((callee.clone(), LogEvent::Incoming(info.clone())));
-                    let rung = matches!(slot, Slot::Ringing { rung: true });
+                    let rung = matches!(slot, Slot::Ringing { rung: true, .. });
                     if rung {
                         self.notices.push_back(CallNotice::Ringing {
                             call_id: call_id.clone(),
@@ -252,9 +260,12 @@ impl Switchboard {
         let state = if slots.iter().any(Slot::is_ringing) {
             self.timers
                 .insert(deadline, TimerKind::Ring, call_id.clone());
-            CallState::Ringing { gone_at: None }
+            CallState::Ringing {
+                caller: Presence::Here,
+            }
         } else {
-            CallState::InProgress // nobody rings: settled below, it ends
+            // Nobody rings: settled below, it ends.
+            CallState::InProgress { caller_in: true }
         };
         self.calls.insert(
             call_id.clone(),
@@ -283,7 +294,11 @@ impl Switchboard {
 
     /// Finds `call_id` and the caller's role in it; non-participants get
     /// `NotFound`, exactly as for an unknown call.
-    fn role(&self, user: &UserId, call_id: &CallId) -> Result<(Role, usize), CommandError> {
+    pub(super) fn role(
+        &self,
+        user: &UserId,
+        call_id: &CallId,
+    ) -> Result<(Role, usize), CommandError> {
         let call = self.calls.get(call_id).ok_or(CommandError::NotFound)?;
         if &call.info.caller.id == user {
             return Ok((Role::Caller, 0));
@@ -314,6 +329,12 @@ impl Switchboard {
         let (Role::Callee, i) = self.role(user, call_id)? else {
             return Err(CommandError::WrongRole);
         };
+        // A callee rung again already has the caller's outcome (the first
+        // one, reported once): this accept reaches the caller as a join.
+        let rung_again = self
+            .regrown
+            .get(call_id)
+            .is_some_and(|l| l.iter().any(|r| &r.user == user && r.rung_again > 0));
         let call = self.calls.get_mut(call_id).expect("role found it");
         let ended = call.is_ended();
         let slot = &mut call.slots[i];
@@ -329,17 +350,30 @@ impl Switchboard {
             let reason = slot.reason_seen_by(device).unwrap_or(Reason::Failed);
             return Err(CommandError::Ended { reason });
         }
-        *slot = Slot::Accepted {
-            device: device.clone(),
-            in_call: true,
-        };
+        let old = std::mem::replace(
+            slot,
+            Slot::Accepted {
+                device: device.clone(),
+                in_call: true,
+            },
+        );
+        let caller = (call.caller_in() && !rung_again).then(|| call.info.caller.id.clone());
+        // Everyone else in the call (a group call's other callees): the
+        // caller hears of the accept as a callee outcome, as in 1:1.
+        let others: Vec<UserId> = call
+            .present_except(user)
+            .into_iter()
+            .filter(|u| Some(u) != caller.as_ref())
+            .collect();
+        if let Some(d) = old.ring_deadline() {
+            self.disarm_ring(call_id, d);
+        }
         self.stats.outcomes[Reason::Accepted.index()] += 1;
-        let caller = call.info.caller.id.clone();
         self.notices.push_back(CallNotice::Outcome {
             call_id: call_id.clone(),
             callee: user.clone(),
             reason: Reason::Accepted,
-            caller: caller.clone(),
+            caller: self.calls[call_id].info.caller.id.clone(),
             device: Some(device.clone()),
         });
         self.pending.push((
@@ -351,16 +385,21 @@ impl Switchboard {
             }
             .with_data(data.clone()),
         ));
-        self.pending.push((
-            caller,
-            LogEvent::CalleeOutcome {
-                call: call_id.clone(),
-                callee: user.clone(),
-                reason: Reason::Accepted,
-            }
-            .with_data(data.clone()),
-        ));
+        if let Some(caller) = caller {
+            self.pending.push((
+                caller,
+                LogEvent::CalleeOutcome {
+                    call: call_id.clone(),
+                    callee: user.clone(),
+                    reason: Reason::Accepted,
+                }
+                .with_data(data.clone()),
+            ));
+        }
         self.note_answer(call_id, i, &data);
+        if !others.is_empty() {
+            self.announce_joined(call_id, user, device, others);
+        }
         self.settle_now(call_id);
         Ok(ReplyResult::Done)
     }
@@ -387,10 +426,16 @@ impl Switchboard {
             let seen = slot.reason_seen_by(device).unwrap_or(Reason::Failed);
             return Err(CommandError::Ended { reason: seen });
         }
-        *slot = Slot::Ended {
-            reason,
-            device: Some(device.clone()),
-        };
+        let old = std::mem::replace(
+            slot,
+            Slot::Ended {
+                reason,
+                device: Some(device.clone()),
+            },
+        );
+        if let Some(d) = old.ring_deadline() {
+            self.disarm_ring(call_id, d);
+        }
         self.note_answer(call_id, i, &data);
         self.close_slot_with(call_id, i, reason, Some(device.clone()), data.clone(), data);
         self.settle_now(call_id);
@@ -407,6 +452,11 @@ impl Switchboard {
             return Err(CommandError::WrongRole);
         };
         let call = &self.calls[call_id];
+        if !call.is_ended() && !call.caller_in() {
+            return Err(CommandError::Ended {
+                reason: Reason::HungUp,
+            });
+        }
         if !call.is_ringing() {
             return match call.ended() {
                 Some(Reason::Canceled) => Ok(ReplyResult::Done),
@@ -422,6 +472,7 @@ impl Switchboard {
         Ok(ReplyResult::Done)
     }
 
+    /// Leaves the call: see [`Switchboard::leave`].
     pub(super) fn hang_up(
         &mut self,
         user: &UserId,
@@ -429,7 +480,7 @@ impl Switchboard {
         data: Option<CustomData>,
     ) -> Result<ReplyResult, CommandError> {
         let (role, i) = self.role(user, call_id)?;
-        let call = self.calls.get_mut(call_id).expect("role found it");
+        let call = &self.calls[call_id];
         match role {
             Role::Caller => {
                 if let Some(reason) = call.ended() {
@@ -439,17 +490,14 @@ impl Switchboard {
                         Err(CommandError::Ended { reason })
                     };
                 }
-                self.end_ringing_with(call_id, Reason::Canceled, data.clone());
-                self.ending_data = data;
-                // The call ends with its caller, whoever is still in it.
-                self.end_now(call_id, None);
+                if !call.caller_in() {
+                    return Ok(ReplyResult::Done); // left already
+                }
             }
             Role::Callee => {
                 let ended = call.is_ended();
-                match &mut call.slots[i] {
-                    Slot::Accepted { in_call, .. } if *in_call && !ended => {
-                        *in_call = false;
-                    }
+                match &call.slots[i] {
+                    Slot::Accepted { in_call, .. } if *in_call && !ended => {}
                     Slot::Accepted { .. } => return Ok(ReplyResult::Done),
                     Slot::Ended { reason, .. } => {
                         return Err(CommandError::Ended { reason: *reason });
@@ -457,24 +505,9 @@ impl Switchboard {
                     // Still ringing: hanging up is not declining.
                     Slot::Ringing { .. } => return Err(CommandError::WrongRole),
                 }
-                self.pending.push((
-                    user.clone(),
-                    LogEvent::CallEnded {
-                        call: call_id.clone(),
-                        reason: Reason::HungUp,
-                    }
-                    .with_data(data.clone()),
-                ));
-                let keep = self.config.recent_ended_per_user;
-                if let Some(entry) = self.users.get_mut(user) {
-                    entry.end_call_with(call_id, Reason::HungUp, data.clone(), keep);
-                }
-                // If this was the last callee in the call, the caller's
-                // `call_ended` carries this hang-up's data.
-                self.ending_data = data;
-                self.settle_now(call_id);
             }
         }
+        self.leave(user, role, i, call_id, data);
         Ok(ReplyResult::Done)
     }
 
@@ -505,7 +538,7 @@ struct ValidInvite {
     call_type: crate::model::CallType,
 }
 
-fn unnamed(id: &UserId) -> User {
+pub(super) fn unnamed(id: &UserId) -> User {
     User {
         id: id.clone(),
         name: crate::model::name_of(""),

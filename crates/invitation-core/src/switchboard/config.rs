@@ -19,6 +19,17 @@ pub enum BusyPolicy {
     RingAnyway,
 }
 
+/// Who may end a call for everyone with `end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum EndPolicy {
+    /// Only the caller, while in the call (the default).
+    #[default]
+    CallerOnly,
+    /// Anyone in the call.
+    AnyParticipant,
+}
+
 /// What happens to an invitation for a callee with no device online.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -85,6 +96,8 @@ pub struct SwitchboardConfig {
     /// (the server sets it from its device cap). Past it, more receipts for
     /// that callee are ignored.
     pub max_receipts_per_callee: usize,
+    /// Who may end a call for everyone (`end`): by default the caller only.
+    pub end_policy: EndPolicy,
 }
 
 impl Default for SwitchboardConfig {
@@ -107,6 +120,7 @@ impl Default for SwitchboardConfig {
             contact_policy: ContactPolicy::anyone(),
             hide_callee_status: false,
             max_receipts_per_callee: 10,
+            end_policy: EndPolicy::CallerOnly,
         }
     }
 }

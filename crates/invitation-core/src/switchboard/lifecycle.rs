@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::call::{CallState, Slot};
+use super::call::{CallState, Presence, Slot};
 use super::timers::TimerKind;
 use super::user::LogEvent;
 use super::{CallNotice, Switchboard};
@@ -12,9 +12,10 @@ use crate::id::{CallId, DeviceId};
 use crate::model::{CustomData, Reason};
 
 impl Switchboard {
-    /// Every callee still ringing gets `reason` (canceled, timeout, caller gone).
+    /// Every callee still ringing gets `reason` (canceled, caller gone,
+    /// shutdown).
     pub(super) fn end_ringing(&mut self, call_id: &CallId, reason: Reason) {
-        self.end_ringing_with(call_id, reason, None);
+        self.end_ringing_full(call_id, reason, None, None);
     }
 
     /// [`Switchboard::end_ringing`] by an action carrying `data` (a cancel,
@@ -25,36 +26,71 @@ impl Switchboard {
         reason: Reason,
         data: Option<CustomData>,
     ) {
+        self.end_ringing_full(call_id, reason, None, data);
+    }
+
+    /// Every callee ringing with a deadline at or before `due` (all of
+    /// them when `None`) gets `reason`; their ring timers leave the index.
+    pub(super) fn end_ringing_until(
+        &mut self,
+        call_id: &CallId,
+        reason: Reason,
+        due: Option<Instant>,
+    ) {
+        self.end_ringing_full(call_id, reason, due, None);
+    }
+
+    /// The callees ringing until `due` (all when `None`) get `reason`, and
+    /// `data` (the action's) in their `incoming_ended`.
+    fn end_ringing_full(
+        &mut self,
+        call_id: &CallId,
+        reason: Reason,
+        due: Option<Instant>,
+        data: Option<CustomData>,
+    ) {
         let call = self.calls.get_mut(call_id).expect("live call");
         let ringing: Vec<usize> = (0..call.slots.len())
-            .filter(|&i| call.slots[i].is_ringing())
+            .filter(|&i| {
+                call.slots[i]
+                    .ring_deadline()
+                    .is_some_and(|d| due.is_none_or(|due| d <= due))
+            })
             .collect();
+        let mut deadlines = Vec::new();
         for &i in &ringing {
-            call.slots[i] = Slot::decided(reason);
+            let old = std::mem::replace(&mut call.slots[i], Slot::decided(reason));
+            deadlines.extend(old.ring_deadline());
+        }
+        deadlines.dedup();
+        for d in deadlines {
+            self.disarm_ring(call_id, d);
         }
         for i in ringing {
             self.close_slot_with(call_id, i, reason, None, data.clone(), None);
         }
     }
 
-    /// Announces a callee's terminal outcome (already written in the slot)
-    /// to the callee's devices and the caller; the call leaves the callee's
-    /// live list.
-    #[allow(dead_code)] // for endings no action data goes with
-    pub(super) fn close_slot(
-        &mut self,
-        call_id: &CallId,
-        i: usize,
-        reason: Reason,
-        by: Option<DeviceId>,
-    ) {
-        self.close_slot_with(call_id, i, reason, by, None, None);
+    /// A slot rang until `deadline` and no longer does: the ring timer at
+    /// that instant leaves the index unless another slot still rings until
+    /// it. (Removing a timer that already fired is a no-op.)
+    pub(super) fn disarm_ring(&mut self, call_id: &CallId, deadline: Instant) {
+        let call = &self.calls[call_id];
+        let shared = call
+            .slots
+            .iter()
+            .any(|s| s.ring_deadline() == Some(deadline));
+        if !shared {
+            self.timers.remove(deadline, TimerKind::Ring, call_id);
+        }
     }
 
-    /// [`Switchboard::close_slot`] with the data of the action behind it:
-    /// `for_callee` in the callee's `incoming_ended` (a cancel's, a
-    /// decline's), `for_caller` in the caller's `callee_outcome` (the
-    /// callee's own answer data only).
+    /// Announces a callee's terminal outcome (already written in the slot)
+    /// to the callee's devices and to everyone in the call (before anyone
+    /// accepted, that is the caller); the call leaves the callee's live
+    /// list. The data of the action behind it goes along: `for_callee` in
+    /// the callee's `incoming_ended` (a cancel's, a decline's), `for_caller`
+    /// in the `callee_outcome`s (the callee's own answer data only).
     pub(super) fn close_slot_with(
         &mut self,
         call_id: &CallId,
@@ -67,6 +103,7 @@ impl Switchboard {
         let call = &self.calls[call_id];
         let callee = call.info.callees[i].id.clone();
         let caller = call.info.caller.id.clone();
+        let watchers = call.present_except(&callee);
         self.stats.outcomes[reason.index()] += 1;
         self.notices.push_back(CallNotice::Outcome {
             call_id: call_id.clone(),
@@ -84,15 +121,17 @@ impl Switchboard {
             }
             .with_data(for_callee.clone()),
         ));
-        self.pending.push((
-            caller,
-            LogEvent::CalleeOutcome {
-                call: call_id.clone(),
-                callee: callee.clone(),
-                reason,
-            }
-            .with_data(for_caller),
-        ));
+        for watcher in watchers {
+            self.pending.push((
+                watcher,
+                LogEvent::CalleeOutcome {
+                    call: call_id.clone(),
+                    callee: callee.clone(),
+                    reason,
+                }
+                .with_data(for_caller.clone()),
+            ));
+        }
         let keep = self.config.recent_ended_per_user;
         if let Some(entry) = self.users.get_mut(&callee) {
             entry.end_call_with(call_id, reason, for_callee, keep);
@@ -104,56 +143,59 @@ impl Switchboard {
         self.settle(now, call_id);
     }
 
-    /// Disarms timers nobody needs any more and ends the call when nobody
-    /// rings and nobody is in it.
+    /// Ends the call when its rules say so, and otherwise moves it between
+    /// `Ringing` and `InProgress`: once someone accepted, the call ends as
+    /// soon as fewer than two are in it (still-ringing invitees are
+    /// canceled); before that, once nobody rings.
     pub(super) fn settle(&mut self, now: Instant, call_id: &CallId) {
-        if self.stop_ringing(call_id, true) && !self.calls[call_id].anyone_in_call() {
+        let call = &self.calls[call_id];
+        if call.is_ended() {
+            return;
+        }
+        if call.established() && call.present() < 2 {
+            self.end_ringing(call_id, Reason::Canceled);
             self.end_call(now, call_id, None);
+        } else if !call.is_ringing() {
+            if call.established() {
+                self.stop_ringing(call_id);
+            } else {
+                self.end_call(now, call_id, None);
+            }
         }
     }
 
-    /// The caller left or the server stops: once nobody rings (the caller
-    /// ended the ringing callees first), the call ends now, whoever is still
-    /// in it. `forced` gives every party that reason instead of the natural
-    /// one.
+    /// The server stops: every ringing callee got `forced` already; the
+    /// call ends now for everyone still in it, with that reason.
     pub(super) fn end_now(&mut self, call_id: &CallId, forced: Option<Reason>) {
         let now = self.now.expect("an input set the time");
-        if self.stop_ringing(call_id, true) {
+        if !self.calls[call_id].is_ended() && !self.calls[call_id].is_ringing() {
             self.end_call(now, call_id, forced);
         }
     }
 
-    /// Leaves [`CallState::Ringing`] once no callee rings, taking the call's
-    /// timers out of the index (the ring timer only when `ring_timer_armed`:
-    /// not when it is the one firing). True when the call is live and nobody
-    /// rings.
-    fn stop_ringing(&mut self, call_id: &CallId, ring_timer_armed: bool) -> bool {
+    /// Leaves [`CallState::Ringing`] (nobody rings any more), taking the
+    /// caller-gone timer out of the index.
+    fn stop_ringing(&mut self, call_id: &CallId) {
         let call = self.calls.get_mut(call_id).expect("live call");
-        if call.is_ringing() {
-            return false;
-        }
-        match call.state {
-            CallState::Ended(_) => false,
-            CallState::InProgress => true,
-            CallState::Ringing { gone_at } => {
-                call.state = CallState::InProgress;
-                if ring_timer_armed {
-                    self.timers
-                        .remove(call.info.deadline, TimerKind::Ring, call_id);
-                }
-                if let Some(at) = gone_at {
-                    self.timers.remove(at, TimerKind::CallerGone, call_id);
-                }
-                true
+        if let CallState::Ringing { caller } = call.state {
+            call.state = CallState::InProgress {
+                caller_in: caller != Presence::Left,
+            };
+            if let Presence::Away(at) = caller {
+                self.timers.remove(at, TimerKind::CallerGone, call_id);
             }
         }
     }
 
     /// Ends a live call nobody rings any more: `forced`, or else the natural
-    /// reason, for the caller and every callee still in it.
-    fn end_call(&mut self, now: Instant, call_id: &CallId, forced: Option<Reason>) {
+    /// reason, for the caller (unless they left before) and every callee
+    /// still in it.
+    pub(super) fn end_call(&mut self, now: Instant, call_id: &CallId, forced: Option<Reason>) {
         let data = self.ending_data.take();
+        self.stop_ringing(call_id);
         let call = self.calls.get_mut(call_id).expect("live call");
+        debug_assert!(!call.slots.iter().any(Slot::is_ringing), "ring first");
+        let caller_in = call.caller_in();
         let reason = forced.unwrap_or_else(|| call.final_reason());
         call.state = CallState::Ended(reason);
         self.notices.push_back(CallNotice::Ended {
@@ -186,36 +228,37 @@ impl Switchboard {
                 entry.end_call_with(call_id, reason, data.clone(), keep);
             }
         }
-        self.pending.push((
-            caller.clone(),
-            LogEvent::CallEnded {
-                call: call_id.clone(),
-                reason,
+        if caller_in {
+            self.pending.push((
+                caller.clone(),
+                LogEvent::CallEnded {
+                    call: call_id.clone(),
+                    reason,
+                }
+                .with_data(data.clone()),
+            ));
+            if let Some(entry) = self.users.get_mut(&caller) {
+                entry.end_call_with(call_id, reason, data, keep);
             }
-            .with_data(data.clone()),
-        ));
-        if let Some(entry) = self.users.get_mut(&caller) {
-            entry.end_call_with(call_id, reason, data, keep);
         }
         self.tombstones
             .push_back((now + self.config.retention, call_id.clone()));
     }
 
-    fn on_timer(&mut self, kind: TimerKind, call_id: CallId) {
+    fn on_timer(&mut self, kind: FiredTimer, call_id: CallId) {
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
+        if call.is_ended() {
+            return;
+        }
         match kind {
-            TimerKind::Ring => {
-                if call.is_ringing() {
-                    self.end_ringing(&call_id, Reason::Timeout);
-                }
-                // The ring timer left the index as it fired.
-                self.stop_ringing(&call_id, false);
-            }
-            TimerKind::CallerGone => {
-                if let CallState::Ringing { gone_at } = &mut call.state {
-                    *gone_at = None; // it left the index as it fired
+            // Ends the slots ringing until this instant (the timer left
+            // the index as it fired); slots added later ring on.
+            FiredTimer::Ring(at) => self.end_ringing_until(&call_id, Reason::Timeout, Some(at)),
+            FiredTimer::CallerGone => {
+                if let CallState::Ringing { caller } = &mut call.state {
+                    *caller = Presence::Here; // it left the index as it fired
                 }
                 if call.is_ringing() {
                     self.end_ringing(&call_id, Reason::CallerGone);
@@ -240,7 +283,11 @@ impl Switchboard {
             _ => now,
         };
         self.now = Some(now);
-        while let Some((_, kind, call_id)) = self.timers.pop_due(now) {
+        while let Some((at, kind, call_id)) = self.timers.pop_due(now) {
+            let kind = match kind {
+                TimerKind::Ring => FiredTimer::Ring(at),
+                TimerKind::CallerGone => FiredTimer::CallerGone,
+            };
             self.on_timer(kind, call_id);
         }
         self.flush(now);
@@ -257,6 +304,7 @@ impl Switchboard {
             if self.calls.get(&call_id).is_some_and(|c| c.is_ended()) {
                 self.calls.remove(&call_id);
                 self.forget_extras(&call_id);
+                self.regrown.remove(&call_id);
             }
         }
         self.requests
@@ -264,4 +312,10 @@ impl Switchboard {
         self.idle_users
             .forget(&mut self.users, now, self.config.retention);
     }
+}
+
+/// A timer that fired, with its instant for ring timers.
+enum FiredTimer {
+    Ring(Instant),
+    CallerGone,
 }

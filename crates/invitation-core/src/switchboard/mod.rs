@@ -25,6 +25,7 @@ mod acts;
 mod call;
 mod commands;
 mod config;
+mod group;
 mod lifecycle;
 mod policy;
 mod render;
@@ -45,14 +46,24 @@ use crate::id::{CallId, CallIdGenerator, DeviceId, RequestId, UserId};
 use crate::model::{CustomData, Reason, User};
 use crate::protocol::{CloseReason, Command, ReplyResult, ServerBody, ServerMessage};
 
-use call::{Call, CallState, Slot};
-pub use config::{BusyPolicy, OfflinePolicy, SwitchboardConfig};
+use call::{Call, CallState, Presence, Slot};
+pub use config::{BusyPolicy, EndPolicy, OfflinePolicy, SwitchboardConfig};
 pub use policy::ContactPolicy;
 use render::render;
 use requests::Requests;
 use timers::{TimerKind, Timers};
 use user::{IdleUsers, LogEvent, UserEntry};
 pub use view::{CallNotice, CallView, SwitchboardStats};
+
+/// An invitee of a call that grew: added later, rung again, joined late.
+#[derive(Debug, Clone)]
+pub(crate) struct Regrown {
+    pub(crate) user: UserId,
+    pub(crate) rung_again: u32,
+    pub(crate) joined_late: u32,
+    /// Invited by `add`, not by the invite.
+    pub(crate) added: bool,
+}
 
 /// A connection (one device's session) as the switchboard knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -126,6 +137,10 @@ pub struct Switchboard {
     /// The command being handled: its answer rides on the first event
     /// [`Switchboard::flush`] sends to its connection.
     answer: Option<(ConnId, RequestId, ReplyResult)>,
+    /// For calls whose invitees were rung again or joined late (rare):
+    /// per invitee, how many times each (bounded by the callee limit;
+    /// dropped with the call).
+    regrown: HashMap<CallId, Vec<Regrown>>,
     stats: SwitchboardStats,
     /// Answer data and device receipts, for the calls that have some.
     extras: HashMap<CallId, acts::CallExtras>,
@@ -164,6 +179,7 @@ impl Switchboard {
             notices: VecDeque::new(),
             pending: Vec::new(),
             answer: None,
+            regrown: HashMap::default(),
             stats: SwitchboardStats::default(),
             extras: HashMap::default(),
             ending_data: None,
@@ -262,7 +278,7 @@ impl Switchboard {
                 let slot = &mut call.slots[i];
                 // The receipt tells the caller a device is online: not
                 // sent when callee status is hidden.
-                if let Slot::Ringing { rung } = slot
+                if let Slot::Ringing { rung, .. } = slot
                     && !*rung
                 {
                     *rung = true;
@@ -272,21 +288,23 @@ impl Switchboard {
                         callee: user_id.clone(),
                     });
                     if !self.config.hide_callee_status {
-                        let caller = call.info.caller.id.clone();
-                        self.pending.push((
-                            caller,
-                            LogEvent::CalleeRinging {
-                                call: call_id.clone(),
-                                callee: user_id.clone(),
-                            },
-                        ));
+                        for watcher in call.present_except(&user_id) {
+                            self.pending.push((
+                                watcher,
+                                LogEvent::CalleeRinging {
+                                    call: call_id.clone(),
+                                    callee: user_id.clone(),
+                                },
+                            ));
+                        }
                     }
                 }
             }
             if call.info.caller.id == user_id && call.info.caller_device == device {
-                if let CallState::Ringing { gone_at } = &mut call.state
-                    && let Some(at) = gone_at.take()
+                if let CallState::Ringing { caller } = &mut call.state
+                    && let Presence::Away(at) = *caller
                 {
+                    *caller = Presence::Here;
                     self.timers.remove(at, TimerKind::CallerGone, &call_id);
                 }
             }
@@ -312,11 +330,11 @@ impl Switchboard {
             if call.info.caller.id == user
                 && call.info.caller_device == device
                 && call.is_ringing()
-                && let CallState::Ringing { gone_at } = &mut call.state
-                && gone_at.is_none()
+                && let CallState::Ringing { caller } = &mut call.state
+                && *caller == Presence::Here
             {
                 let at = now + self.config.caller_gone_grace;
-                *gone_at = Some(at);
+                *caller = Presence::Away(at);
                 self.timers
                     .insert(at, TimerKind::CallerGone, call_id.clone());
             }
@@ -398,6 +416,8 @@ impl Switchboard {
             Command::HangUp { call_id, .. } => Some(call_id.clone()),
             _ => None,
         };
+        // A join refused as `ended` before anyone accepted may succeed later.
+        let reopens = matches!(command, Command::Join { .. });
         let result = match command {
             Command::Invite(req) => self.invite(now, &user, &device, req),
             Command::Cancel {
@@ -425,6 +445,9 @@ impl Switchboard {
             } => self
                 .valid_data(custom_data)
                 .and_then(|data| self.hang_up(&user, &call_id, data)),
+            Command::Add { call_id, callees } => self.add(now, &user, &call_id, callees),
+            Command::Join { call_id } => self.join(&user, &device, &call_id),
+            Command::End { call_id } => self.end(&user, &call_id),
             // Handled above; never remembered or answered from here.
             Command::Received { .. } => Err(CommandError::Misplaced),
         };
@@ -442,7 +465,7 @@ impl Switchboard {
                 self.notices.insert(mark, notice);
             }
         }
-        if requests::worth_remembering(&result, changed) {
+        if requests::worth_remembering(&result, changed, reopens) {
             self.remember(now, key, &result);
         }
         match &result {

@@ -12,8 +12,8 @@ use crate::error::CommandError;
 use crate::id::{CallId, RequestId, UserId};
 use crate::model::Reason;
 use crate::protocol::{
-    CallSnapshot, CalleeOutcome, EndedCall, ErrorBody, Event, ReplyResult, Role, ServerBody,
-    ServerMessage, SnapshotState, SyncBody,
+    CallSnapshot, CalleeOutcome, EndedCall, ErrorBody, Event, Participant, ReplyResult, Role,
+    ServerBody, ServerMessage, SnapshotState, SyncBody,
 };
 
 impl Switchboard {
@@ -96,10 +96,16 @@ impl Switchboard {
                 continue;
             }
             let info = &call.info;
-            let remaining = if call.is_ringing() {
-                duration_ms(info.deadline.saturating_duration_since(now))
+            let remaining = |deadline: Option<Instant>| {
+                deadline.map_or(0, |d| duration_ms(d.saturating_duration_since(now)))
+            };
+            let participants: Vec<Participant> = if call.established() {
+                call.participants()
+                    .into_iter()
+                    .map(|(u, d)| Participant::new(u, d))
+                    .collect()
             } else {
-                0
+                Vec::new()
             };
             let base = |role, state, ring_remaining_ms, device, outcomes| CallSnapshot {
                 call_id: call_id.clone(),
@@ -115,6 +121,7 @@ impl Switchboard {
                 device,
                 outcomes,
                 delivered: Vec::new(),
+                participants: participants.clone(),
             };
             if &info.caller.id == user {
                 let outcomes = self.outcomes(call_id, call);
@@ -123,18 +130,19 @@ impl Switchboard {
                 } else {
                     SnapshotState::Accepted
                 };
-                let mut snap = base(Role::Caller, state, remaining, None, outcomes);
+                let left = remaining(call.last_ring_deadline());
+                let mut snap = base(Role::Caller, state, left, None, outcomes);
                 if !self.config.hide_callee_status {
                     snap.delivered = self.deliveries(call_id);
                 }
                 calls.push(snap);
             } else if let Some(i) = call.slot_of(user) {
                 let slot = &call.slots[i];
-                if slot.is_ringing() {
+                if let Some(deadline) = slot.ring_deadline() {
                     calls.push(base(
                         Role::Callee,
                         SnapshotState::Ringing,
-                        remaining,
+                        remaining(Some(deadline)),
                         None,
                         Vec::new(),
                     ));
@@ -215,21 +223,17 @@ pub(super) fn render(
     now: Instant,
 ) -> Event {
     let remaining = |info: &CallInfo, for_callee: bool| {
-        let live = calls.get(&info.call_id).is_some_and(|call| {
-            if for_callee {
-                !call.is_ended()
-                    && call
-                        .slot_of(user)
-                        .is_some_and(|i| call.slots[i].is_ringing())
+        let deadline = calls.get(&info.call_id).and_then(|call| {
+            if call.is_ended() {
+                None
+            } else if for_callee {
+                call.slot_of(user)
+                    .and_then(|i| call.slots[i].ring_deadline())
             } else {
-                call.is_ringing()
+                call.last_ring_deadline()
             }
         });
-        if live {
-            duration_ms(info.deadline.saturating_duration_since(now))
-        } else {
-            0
-        }
+        deadline.map_or(0, |d| duration_ms(d.saturating_duration_since(now)))
     };
     match event {
         LogEvent::Incoming(info) => Event::IncomingCall {
@@ -297,5 +301,15 @@ pub(super) fn render(
                 device: device.clone(),
             }
         }
+        LogEvent::ParticipantJoined(joined) => Event::ParticipantJoined {
+            call_id: joined.0.clone(),
+            user: joined.1.clone(),
+            device: joined.2.clone(),
+        },
+        LogEvent::ParticipantLeft { call, user, reason } => Event::ParticipantLeft {
+            call_id: call.clone(),
+            user: user.clone(),
+            reason: *reason,
+        },
     }
 }

@@ -119,6 +119,7 @@ fn status_code(s: InitialStatus) -> u64 {
         InitialStatus::Offline => 1,
         InitialStatus::Busy => 2,
         InitialStatus::Unreachable => 3,
+        InitialStatus::Joined => 4,
     }
 }
 
@@ -127,7 +128,8 @@ fn status_of(code: u64) -> InitialStatus {
         0 => InitialStatus::Ringing,
         1 => InitialStatus::Offline,
         2 => InitialStatus::Busy,
-        _ => InitialStatus::Unreachable,
+        3 => InitialStatus::Unreachable,
+        _ => InitialStatus::Joined,
     }
 }
 
@@ -201,21 +203,33 @@ impl Answer {
 /// - a refusal that a later run might turn into an action is kept:
 ///   `caller_busy` (the caller's other call may end), `wrong_role` (a
 ///   callee's hang-up while still ringing would hang up once accepted) and
-///   `forbidden` (an app's contact policy may change its mind).
-///   Remembered, a late duplicate of the refused command stays refused;
-/// - every other refusal changed nothing and can never succeed later
-///   (`not_found`: a call's parties never change; `invalid`; `ended`: ends
-///   are final), so a retry simply runs again: a flood of commands for
-///   unknown calls costs no memory;
+///   `forbidden` (an app's contact policy may change its mind),
+///   `already_in_call` (the ring of the user named may end), and an
+///   `ended` answer to a `join` (someone may accept later; the switchboard
+///   passes `reopens`). Remembered, a late duplicate of the refused command
+///   stays refused;
+/// - every other refusal changed nothing and cannot succeed later (`invalid`;
+///   `ended`: ends are final), or only after the user is added to the call
+///   (`not_found`: someone in the call may `add` them, and a retry after
+///   that runs as what it is then), so a retry simply runs again: a flood
+///   of commands for unknown calls costs no memory;
 /// - a success that changed nothing (cancelling twice, hanging up an ended
 ///   call) is idempotent by construction: running it again changes nothing
 ///   either.
-pub(crate) fn worth_remembering(result: &Result<ReplyResult, CommandError>, changed: bool) -> bool {
+pub(crate) fn worth_remembering(
+    result: &Result<ReplyResult, CommandError>,
+    changed: bool,
+    reopens: bool,
+) -> bool {
     match result {
         Ok(_) => changed,
         Err(
-            CommandError::CallerBusy | CommandError::WrongRole | CommandError::Forbidden { .. },
+            CommandError::CallerBusy
+            | CommandError::WrongRole
+            | CommandError::Forbidden { .. }
+            | CommandError::AlreadyInCall { .. },
         ) => true,
+        Err(CommandError::Ended { .. }) => reopens,
         Err(_) => false,
     }
 }

@@ -11,6 +11,7 @@ use super::ConnId;
 use super::call::CallInfo;
 use crate::id::{CallId, DeviceId, UserId};
 use crate::model::{CustomData, Reason, User};
+use crate::protocol::LeaveReason;
 
 /// One entry of a user's event log. Kept compact: the big events point at
 /// the shared [`CallInfo`]; ring time left is computed when sent.
@@ -43,6 +44,13 @@ pub(crate) enum LogEvent {
     /// A callee device confirmed receipt: call, callee, device (boxed for
     /// the same reason).
     CalleeDelivered(Box<(CallId, UserId, DeviceId)>),
+    /// Boxed: rare, and three ids would make every log entry bigger.
+    ParticipantJoined(Box<(CallId, UserId, DeviceId)>),
+    ParticipantLeft {
+        call: CallId,
+        user: UserId,
+        reason: LeaveReason,
+    },
 }
 
 impl LogEvent {
@@ -143,6 +151,15 @@ impl UserEntry {
         }
     }
 
+    /// The user is in (or rings for) a call again after it ended for them:
+    /// live again, and no longer listed as ended.
+    pub(crate) fn rejoin_call(&mut self, call: &CallId) {
+        self.add_call(call);
+        if let Some(recent) = self.recent_ended.as_mut() {
+            recent.retain(|(c, ..)| c != call);
+        }
+    }
+
     /// The call ended for this user: forget it as live, remember the reason.
     #[allow(dead_code)] // for endings no action data goes with
     pub(crate) fn end_call(&mut self, call: &CallId, reason: Reason, keep: usize) {
@@ -231,8 +248,9 @@ mod tests {
     use super::*;
 
     /// Every log entry is as big as the biggest variant, and a pending
-    /// invitation holds two: action data and device receipts are boxed so
-    /// that they cost nothing when absent (40 bytes, as before them).
+    /// invitation holds two: action data, device receipts and the events of
+    /// calls that grow are boxed so that they cost nothing when absent (40
+    /// bytes, as before them).
     #[test]
     fn log_events_stay_compact() {
         assert!(

@@ -42,6 +42,22 @@ pub enum CallNotice {
         /// The callee's device that accepted or declined, if one did.
         device: Option<DeviceId>,
     },
+    /// Someone entered a call that goes on (a late join, a glare add, or
+    /// an accept while others are already in it; the first accept is an
+    /// `Outcome`).
+    Joined {
+        /// The call.
+        call_id: CallId,
+        /// Who.
+        user: UserId,
+    },
+    /// Someone left a call that goes on without them.
+    Left {
+        /// The call.
+        call_id: CallId,
+        /// Who.
+        user: UserId,
+    },
     /// The call is over for everyone.
     Ended {
         /// The call.
@@ -105,6 +121,7 @@ impl SwitchboardStats {
 #[derive(Debug, Clone, Copy)]
 pub struct CallView<'a> {
     call: &'a Call,
+    regrown: &'a [super::Regrown],
 }
 
 impl CallView<'_> {
@@ -140,9 +157,51 @@ impl CallView<'_> {
     pub fn caller_gone_at(&self) -> Option<Instant> {
         self.call.caller_gone_at()
     }
-    /// The ring deadline.
+    /// The ring deadline of the invite (callees added later ring until
+    /// their own: [`CallView::ring_deadline`]).
     pub fn deadline(&self) -> Instant {
         self.call.info.deadline
+    }
+    /// When a callee's ring ends, while it rings.
+    pub fn ring_deadline(&self, callee: &UserId) -> Option<Instant> {
+        self.call
+            .slot_of(callee)
+            .and_then(|i| self.call.slots[i].ring_deadline())
+    }
+    /// Everyone in the call now: the caller first (unless they left),
+    /// then callees in the call, in invitation order, with the device each
+    /// is in it on. Empty once the call ended.
+    pub fn participants(&self) -> Vec<(UserId, DeviceId)> {
+        self.call.participants()
+    }
+    /// How many times `callee` was rung again after a first outcome (a
+    /// participant added them once more).
+    pub fn rung_again(&self, callee: &UserId) -> u32 {
+        self.regrown
+            .iter()
+            .find(|r| &r.user == callee)
+            .map_or(0, |r| r.rung_again)
+    }
+    /// How many times `callee` entered the call other than by accepting a
+    /// ring (a late join, or added while ringing the adder).
+    pub fn joined_late(&self, callee: &UserId) -> u32 {
+        self.regrown
+            .iter()
+            .find(|r| &r.user == callee)
+            .map_or(0, |r| r.joined_late)
+    }
+    /// `callee` was invited by `add` into the running call, not by the
+    /// invite (so rings until a later deadline than [`CallView::deadline`]).
+    pub fn added_later(&self, callee: &UserId) -> bool {
+        self.regrown.iter().any(|r| &r.user == callee && r.added)
+    }
+    /// Someone accepted at some point.
+    pub fn established(&self) -> bool {
+        self.call.established()
+    }
+    /// The caller has not left (and the call is live).
+    pub fn caller_in(&self) -> bool {
+        self.call.caller_in()
     }
     /// The whole ring timeout chosen at invite time.
     pub fn ring_timeout(&self) -> Duration {
@@ -157,12 +216,20 @@ impl CallView<'_> {
 impl Switchboard {
     /// One call, live or recently ended.
     pub fn call(&self, call_id: &CallId) -> Option<CallView<'_>> {
-        self.calls.get(call_id).map(|call| CallView { call })
+        self.calls.get(call_id).map(|call| self.view(call))
     }
 
     /// Every call still held (live and recently ended).
     pub fn calls(&self) -> impl Iterator<Item = CallView<'_>> {
-        self.calls.values().map(|call| CallView { call })
+        self.calls.values().map(|call| self.view(call))
+    }
+
+    fn view<'a>(&'a self, call: &'a Call) -> CallView<'a> {
+        let regrown = self
+            .regrown
+            .get(&call.info.call_id)
+            .map_or(&[][..], Vec::as_slice);
+        CallView { call, regrown }
     }
 
     /// Connections currently open.

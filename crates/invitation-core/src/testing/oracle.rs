@@ -41,7 +41,13 @@
 //!    change;
 //! 7. once settled the switchboard has no timer left and no call rings;
 //!    before that, it has a timer exactly when something has a deadline;
-//! 8. a caller learns that a callee device has an invitation (a device
+//! 8. calls that grow and shrink: once someone accepted, a live call has at
+//!    least two in it (it ends when fewer remain); an outcome changes only
+//!    while such a call goes on (an invitee joins late or is rung again);
+//!    a late join never puts a user in a second live call; every device of
+//!    a participant sees each join and leave at most once, and only for a
+//!    call it knows live (checked per device in `finish`).
+//! 9. a caller learns that a callee device has an invitation (a device
 //!    receipt) only from a device of that callee that rang for that call,
 //!    no earlier than it rang, and at most once (checked by 4).
 
@@ -162,8 +168,16 @@ impl Record {
 /// The checker. See the [module docs](self).
 #[derive(Debug, Clone, Default)]
 pub struct Oracle {
-    /// The first outcome seen per (call, callee).
-    outcomes: HashMap<(CallId, UserId), Reason>,
+    /// The first outcome seen per (call, callee) since its latest re-ring
+    /// or late join, with the number of those it belongs to.
+    outcomes: HashMap<(CallId, UserId), (Reason, u32)>,
+    /// Late joins seen per (call, invitee).
+    joined: HashMap<(CallId, UserId), u32>,
+    /// The live calls each user was in at the previous look.
+    present_before: HashMap<UserId, Vec<CallId>>,
+    /// Every ring deadline seen per (call, callee), oldest first (a call
+    /// that grew rings later invitees until later deadlines).
+    ring_deadlines: HashMap<(CallId, UserId), Vec<Instant>>,
     violations: Vec<String>,
 }
 
@@ -183,14 +197,51 @@ impl Oracle {
     /// vanished caller (7).
     pub fn observe(&mut self, sb: &Switchboard) {
         let mut live = false;
+        let mut present: HashMap<UserId, Vec<CallId>> = HashMap::new();
+        let mut new_joins: Vec<(CallId, UserId)> = Vec::new();
         for call in sb.calls() {
             live |= call.is_ringing() || call.caller_gone_at().is_some();
+            let participants = call.participants();
+            // 8: once someone accepted, a live call has two in it.
+            if call.ended().is_none() && call.established() && participants.len() < 2 {
+                self.violations.push(format!(
+                    "inv8: {} goes on with {} in it",
+                    call.call_id(),
+                    participants.len()
+                ));
+            }
+            if call.ended().is_none() && call.established() {
+                for (user, _) in participants {
+                    present
+                        .entry(user)
+                        .or_default()
+                        .push(call.call_id().clone());
+                }
+            }
             for callee in call.callees() {
+                let key = (call.call_id().clone(), callee.id.clone());
+                if let Some(dl) = call.ring_deadline(&callee.id) {
+                    let seen = self.ring_deadlines.entry(key.clone()).or_default();
+                    if seen.last() != Some(&dl) {
+                        seen.push(dl);
+                    }
+                }
+                // A callee rung again or joined late has a new outcome since
+                // (the switchboard counts both): compare from then on.
+                let epoch = call.rung_again(&callee.id) + call.joined_late(&callee.id);
+                let joins = call.joined_late(&callee.id);
+                if joins > self.joined.get(&key).copied().unwrap_or(0) {
+                    self.joined.insert(key.clone(), joins);
+                    new_joins.push(key.clone());
+                }
                 let Some(now) = call.outcome(&callee.id) else {
                     continue;
                 };
-                let key = (call.call_id().clone(), callee.id.clone());
-                let first = *self.outcomes.entry(key).or_insert(now);
+                let (first, seen_epoch) = *self.outcomes.entry(key.clone()).or_insert((now, epoch));
+                if seen_epoch != epoch {
+                    self.outcomes.insert(key, (now, epoch));
+                    continue;
+                }
                 if first != now {
                     self.violations.push(format!(
                         "inv6: the outcome of {} in {} changed from {first} to {now}",
@@ -200,6 +251,20 @@ impl Oracle {
                 }
             }
         }
+        // A late join never puts a user in a second call: one they were in
+        // before the join and still are.
+        for (call_id, user) in new_joins {
+            let now_in = present.get(&user).map_or(&[][..], Vec::as_slice);
+            let before = self
+                .present_before
+                .get(&user)
+                .map_or(&[][..], Vec::as_slice);
+            if let Some(other) = before.iter().find(|c| **c != call_id && now_in.contains(c)) {
+                self.violations
+                    .push(format!("inv8: {user} joined {call_id} while in {other}"));
+            }
+        }
+        self.present_before = present;
         let timer = sb.poll_timeout().is_some();
         if timer != live {
             self.violations.push(format!(
@@ -217,7 +282,18 @@ impl Oracle {
             record,
             v: self.violations,
             accepted_by: HashMap::new(),
+            ring_deadlines: self.ring_deadlines,
+            caller_left: HashSet::new(),
         };
+        for d in &record.devices {
+            for (_, e) in &d.events {
+                if let AppEvent::ParticipantLeft { call_id, user, .. } = e
+                    && sb.call(call_id).is_some_and(|v| &v.caller().id == user)
+                {
+                    run.caller_left.insert(call_id.clone());
+                }
+            }
+        }
         run.settled();
         for (n, device) in record.devices.iter().enumerate() {
             run.device(n, device);
@@ -235,6 +311,11 @@ struct Run<'a> {
     v: Vec<String>,
     /// Devices that fired "accepted", per (call, callee).
     accepted_by: HashMap<(CallId, UserId), Vec<usize>>,
+    /// Ring deadlines per (call, callee), from `observe`.
+    ring_deadlines: HashMap<(CallId, UserId), Vec<Instant>>,
+    /// Calls whose caller left while the others went on (a device saw it):
+    /// the caller does not hear the outcomes decided after that.
+    caller_left: HashSet<CallId>,
 }
 
 impl<'a> Run<'a> {
@@ -272,7 +353,7 @@ impl<'a> Run<'a> {
                 });
                 if !rang {
                     self.v.push(format!(
-                        "inv8: {} learned that {callee}/{device} has {call_id}, but that device never rang for it before",
+                        "inv9: {} learned that {callee}/{device} has {call_id}, but that device never rang for it before",
                         d.name
                     ));
                 }
@@ -325,7 +406,21 @@ impl<'a> Run<'a> {
                 AppEvent::Connection(_)
                     | AppEvent::Resynced { .. }
                     | AppEvent::CalleeRinging { .. }
+                    // may repeat (rung again, left, joined again): checked
+                    // below
+                    | AppEvent::IncomingCallReceived { .. }
+                    | AppEvent::ParticipantJoined { .. }
+                    | AppEvent::ParticipantLeft { .. }
             ) {
+                continue;
+            }
+            // A callee rung again may see the same ending again, and the
+            // others the same outcome of them: counted per ring below.
+            let again = e.call_id().is_some_and(|c| {
+                self.rerung_count(c, &d.user) > 0
+                    || outcome_of(e).is_some_and(|(c, callee, _)| self.rerung_count(c, callee) > 0)
+            });
+            if again {
                 continue;
             }
             if !seen.insert(format!("{e:?}")) {
@@ -348,6 +443,25 @@ impl<'a> Run<'a> {
             }
         }
 
+        // 8: per call and user, joins and leaves alternate on a device
+        // (each reaches it once, in order).
+        let mut inside: HashMap<(CallId, UserId), bool> = HashMap::new();
+        for (_, e) in &d.events {
+            let (call_id, user, joins) = match e {
+                AppEvent::ParticipantJoined { call_id, user, .. } => (call_id, user, true),
+                AppEvent::ParticipantLeft { call_id, user, .. } => (call_id, user, false),
+                _ => continue,
+            };
+            let was = inside.insert((call_id.clone(), user.clone()), joins);
+            if was == Some(joins) {
+                let what = if joins { "joined" } else { "left" };
+                self.v.push(format!(
+                    "inv8: {name}: {user} {what} {call_id} twice in a row; events: {}",
+                    names(&d.events)
+                ));
+            }
+        }
+
         // 1, 3 and 6 on the incoming side; outcomes on the caller side.
         let mut rang: Vec<CallId> = Vec::new();
         let mut ring_ended: HashMap<CallId, usize> = HashMap::new();
@@ -359,29 +473,57 @@ impl<'a> Run<'a> {
                     ring_remaining,
                     ..
                 } => {
-                    if ring_ended.contains_key(call_id) {
-                        self.v
-                            .push(format!("inv6: {name} rang for {call_id} after it ended"));
-                    }
-                    if rang.contains(call_id) {
-                        self.v
-                            .push(format!("inv4: {name} rang twice for {call_id}"));
-                    }
+                    let rings = rang.iter().filter(|c| *c == call_id).count();
+                    let ends = ring_ended.get(call_id).copied().unwrap_or(0);
                     rang.push(call_id.clone());
                     let Some(view) = self.call(call_id) else {
                         continue;
                     };
+                    // Only a new ring at the switchboard (a participant
+                    // added them once more) rings a device again.
+                    if rings > self.rerung_count(call_id, &d.user) {
+                        self.v
+                            .push(format!("inv4: {name} rang twice for {call_id}"));
+                        if ends >= rings {
+                            self.v
+                                .push(format!("inv6: {name} rang for {call_id} after it ended"));
+                        }
+                    }
                     let floor = Duration::from_secs(5).min(view.ring_timeout() / 2);
                     if *ring_remaining < floor {
                         self.v.push(format!(
                             "inv3: {name} rang for {call_id} with {ring_remaining:?} left"
                         ));
                     }
-                    let deadline = view.deadline() + slack;
+                    // This ring's deadline: the latest one whose ring had
+                    // started when the device got it (the invite's, unless
+                    // the callee was added to a running call).
+                    let observed = self
+                        .ring_deadlines
+                        .get(&(call_id.clone(), d.user.clone()))
+                        .and_then(|ds| {
+                            ds.iter()
+                                .copied()
+                                .filter(|dl| {
+                                    dl.checked_sub(view.ring_timeout())
+                                        .is_none_or(|start| start <= *at)
+                                })
+                                .max()
+                        });
+                    let later = view.added_later(&d.user) || view.rung_again(&d.user) > 0;
+                    let ring_deadline = match (observed, later) {
+                        (Some(dl), false) => dl,
+                        (Some(dl), true) if dl > *at => dl,
+                        (None, false) => view.deadline(),
+                        // A later ring that started and ended between two
+                        // looks: its deadline is unknown here.
+                        (_, true) => continue,
+                    };
+                    let deadline = ring_deadline + slack;
                     if *at >= deadline {
                         self.v.push(format!(
                             "inv3: {name} rang for {call_id} {:?} after its deadline",
-                            at.duration_since(view.deadline())
+                            at.duration_since(ring_deadline)
                         ));
                     } else if *at + *ring_remaining > deadline {
                         self.v.push(format!(
@@ -414,6 +556,9 @@ impl<'a> Run<'a> {
                             .entry((call_id.clone(), callee.clone()))
                             .or_default()
                             .push(reason);
+                    } else if callee != &view.caller().id {
+                        // A participant of a call that grew hears how an
+                        // invitee's ring ended: no ring of its own ends.
                     } else {
                         // Glare: this device's invite joined the call, which
                         // ends its ring.
@@ -422,9 +567,18 @@ impl<'a> Run<'a> {
                 }
             }
         }
+        rang.sort();
+        rang.dedup_by(|a, b| a == b);
+        let mut rings_of: HashMap<CallId, usize> = HashMap::new();
+        for (_, e) in &d.events {
+            if let AppEvent::IncomingCallReceived { call_id, .. } = e {
+                *rings_of.entry(call_id.clone()).or_default() += 1;
+            }
+        }
         for call_id in &rang {
+            let rings = rings_of[call_id];
             let ends = ring_ended.get(call_id).copied().unwrap_or(0);
-            if ends > 1 || (d.alive && ends != 1) {
+            if ends > rings || (d.alive && ends != rings) {
                 self.v.push(format!(
                     "inv1: {name}: the ring of {call_id} ended {ends} times; events: {}",
                     names(&d.events)
@@ -444,7 +598,8 @@ impl<'a> Run<'a> {
                 let seen = outcomes
                     .get(&(inv.call_id.clone(), callee.id.clone()))
                     .map_or(&[][..], Vec::as_slice);
-                if seen.len() > 1 {
+                let rerung = view.rung_again(&callee.id) as usize;
+                if seen.len() > 1 + rerung {
                     self.v.push(format!(
                         "inv1: {name}: the outcome of {} in {} seen {} times",
                         callee.id,
@@ -452,13 +607,17 @@ impl<'a> Run<'a> {
                         seen.len()
                     ));
                 }
-                if inv.inviter == n && d.alive && !resynced && seen.is_empty() {
+                let left = self.caller_left.contains(&inv.call_id);
+                if inv.inviter == n && d.alive && !resynced && !left && seen.is_empty() {
                     self.v.push(format!(
                         "inv1: {name}: never learnt the outcome of {} in {}",
                         callee.id, inv.call_id
                     ));
                 }
-                if let (Some(first), Some(truth)) = (seen.first(), view.outcome(&callee.id)) {
+                let moved_on = rerung > 0 || view.joined_late(&callee.id) > 0;
+                if let (Some(first), Some(truth), false) =
+                    (seen.first(), view.outcome(&callee.id), moved_on)
+                {
                     if *first != truth && *first != Reason::Timeout {
                         self.v.push(format!(
                             "inv1: {name}: {} in {} reported {first}, the switchboard says {truth}",
@@ -486,6 +645,13 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// How many times the switchboard rang `user` again in `call_id`.
+    fn rerung_count(&self, call_id: &CallId, user: &UserId) -> usize {
+        self.sb
+            .call(call_id)
+            .map_or(0, |v| v.rung_again(user) as usize)
+    }
+
     /// 2: one accepting device per callee, the one the switchboard recorded.
     fn accepts(&mut self) {
         let mut keys: Vec<_> = self.accepted_by.keys().cloned().collect();
@@ -497,19 +663,25 @@ impl<'a> Run<'a> {
                 .iter()
                 .map(|i| self.record.devices[*i].name.as_str())
                 .collect();
-            if devices.len() > 1 {
-                self.v
-                    .push(format!("inv2: {call_id}: {user} accepted on {names:?}"));
-            }
             let Some(view) = self.sb.call(call_id) else {
                 continue; // reported by `call`
             };
-            let device = &self.record.devices[devices[0]].device;
+            // One accept per ring: a callee rung again may accept again.
+            if devices.len() > 1 + view.rung_again(user) as usize {
+                self.v
+                    .push(format!("inv2: {call_id}: {user} accepted on {names:?}"));
+            }
+            // The latest accept is the switchboard's, unless a later ring
+            // ended otherwise or a late join moved the user's device.
+            let settled_by_accept =
+                view.outcome(user) == Some(Reason::Accepted) && view.joined_late(user) == 0;
+            let last = devices.len() - 1;
+            let device = &self.record.devices[devices[last]].device;
             let truth = view.answered_by(user);
-            if truth != Some(device) {
+            if settled_by_accept && truth != Some(device) {
                 self.v.push(format!(
                     "inv2: {call_id}: {user} accepted on {}, the switchboard says {truth:?}",
-                    names[0]
+                    names[last]
                 ));
             }
         }
@@ -572,6 +744,8 @@ pub fn event_name(e: &AppEvent) -> &'static str {
         AppEvent::CalleeOutcome { .. } => "callee_outcome",
         AppEvent::OutgoingCallStarted { .. } => "outgoing_started",
         AppEvent::CallEnded { .. } => "call_ended",
+        AppEvent::ParticipantJoined { .. } => "participant_joined",
+        AppEvent::ParticipantLeft { .. } => "participant_left",
         AppEvent::Resynced { .. } => "resynced",
         AppEvent::Connection(_) => "connection",
     }
@@ -776,6 +950,41 @@ mod tests {
     }
 
     #[test]
+    fn a_join_or_leave_seen_twice_in_a_row_is_caught() {
+        let (sb, call_id, mut record, t0) = answered_call();
+        let joined = AppEvent::ParticipantJoined {
+            call_id: call_id.clone(),
+            user: UserId::new("carol").unwrap(),
+            device: DeviceId::new("d0").unwrap(),
+        };
+        let left = AppEvent::ParticipantLeft {
+            call_id,
+            user: UserId::new("carol").unwrap(),
+            reason: crate::protocol::LeaveReason::Left,
+        };
+        // Joined, left, joined again: in order.
+        record.devices[0].events.extend([
+            (t0, joined.clone()),
+            (t0, left.clone()),
+            (t0, joined.clone()),
+        ]);
+        assert_eq!(check(&sb, &record), Vec::<String>::new());
+        record.devices[0].events.push((t0, joined));
+        assert_caught(
+            &check(&sb, &record),
+            "inv8: alice/d0: carol joined call-1 twice",
+        );
+        record.devices[0].events.pop();
+        record.devices[0]
+            .events
+            .extend([(t0, left.clone()), (t0, left)]);
+        assert_caught(
+            &check(&sb, &record),
+            "inv8: alice/d0: carol left call-1 twice",
+        );
+    }
+
+    #[test]
     fn a_duplicate_event_a_missing_callback_and_a_stale_device_are_caught() {
         let (sb, _, mut record, _) = answered_call();
         let first = record.devices[0].events[0].clone();
@@ -854,11 +1063,11 @@ mod tests {
 
         let mut stranger = record.clone();
         stranger.devices[0].events.insert(1, (t1, delivered("d9")));
-        assert_caught(&check(&sb, &stranger), "inv8");
+        assert_caught(&check(&sb, &stranger), "inv9");
 
         let mut early = record;
         let before = t0.checked_sub(Duration::from_millis(1)).unwrap();
         early.devices[0].events.insert(0, (before, delivered("d0")));
-        assert_caught(&check(&sb, &early), "inv8");
+        assert_caught(&check(&sb, &early), "inv9");
     }
 }

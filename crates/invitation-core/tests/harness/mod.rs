@@ -326,6 +326,79 @@ impl Net {
         self.result(user, device, &id)
     }
 
+    /// `add`: rings more users into a running call.
+    pub fn add(
+        &mut self,
+        user: &str,
+        device: &str,
+        call: &CallId,
+        callees: &[&str],
+    ) -> Result<ReplyResult, CommandError> {
+        let id = self.command(
+            user,
+            device,
+            Command::Add {
+                call_id: call.clone(),
+                callees: callees.iter().map(|c| uid(c)).collect(),
+            },
+        );
+        self.result(user, device, &id)
+    }
+
+    /// `join`: enters a running call late.
+    pub fn join(
+        &mut self,
+        user: &str,
+        device: &str,
+        call: &CallId,
+    ) -> Result<ReplyResult, CommandError> {
+        let id = self.command(
+            user,
+            device,
+            Command::Join {
+                call_id: call.clone(),
+            },
+        );
+        self.result(user, device, &id)
+    }
+
+    /// `end`: ends a call for everyone.
+    pub fn end(
+        &mut self,
+        user: &str,
+        device: &str,
+        call: &CallId,
+    ) -> Result<ReplyResult, CommandError> {
+        let id = self.command(
+            user,
+            device,
+            Command::End {
+                call_id: call.clone(),
+            },
+        );
+        self.result(user, device, &id)
+    }
+
+    /// The events (as JSON) a device received from message number `from`
+    /// on: what the wire carried, exactly.
+    pub fn wire_events(&self, user: &str, device: &str, from: usize) -> Vec<serde_json::Value> {
+        self.dev(user, device).received[from..]
+            .iter()
+            .filter_map(|m| match &m.body {
+                invitation_core::protocol::ServerBody::Event { event, .. } => {
+                    Some(serde_json::to_value(event).unwrap())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// How many messages a device received so far (a mark for
+    /// [`Net::wire_events`]).
+    pub fn mark(&self, user: &str, device: &str) -> usize {
+        self.dev(user, device).received.len()
+    }
+
     /// Moves time forward by `d`, firing every server and client timer in
     /// deadline order on the way.
     pub fn advance(&mut self, d: Duration) {
