@@ -109,6 +109,32 @@ pub enum Output {
 }
 
 #[derive(Debug)]
+/// A successful command's answer, waiting to ride on the first event it
+/// caused on its connection about its call (see `handle_command`).
+struct Answer {
+    conn: ConnId,
+    request: RequestId,
+    result: ReplyResult,
+    /// The call the answer is about (an event about another call, such as
+    /// the invitation a glare merge canceled, does not carry it).
+    call: Option<CallId>,
+}
+
+/// The call a command names (an invite names none yet).
+fn command_call(command: &Command) -> Option<CallId> {
+    match command {
+        Command::Invite(_) => None,
+        Command::Cancel { call_id, .. }
+        | Command::Accept { call_id, .. }
+        | Command::Decline { call_id, .. }
+        | Command::HangUp { call_id, .. }
+        | Command::Received { call_id }
+        | Command::Add { call_id, .. }
+        | Command::Join { call_id }
+        | Command::End { call_id } => Some(call_id.clone()),
+    }
+}
+
 struct ConnEntry {
     user: UserId,
     device: DeviceId,
@@ -136,7 +162,7 @@ pub struct Switchboard {
     pending: Vec<(UserId, LogEvent)>,
     /// The command being handled: its answer rides on the first event
     /// [`Switchboard::flush`] sends to its connection.
-    answer: Option<(ConnId, RequestId, ReplyResult)>,
+    answer: Option<Answer>,
     /// For calls whose invitees were rung again or joined late (rare):
     /// per invitee, how many times each (bounded by the callee limit;
     /// dropped with the call).
@@ -412,6 +438,9 @@ impl Switchboard {
         }
         // A hang-up's notice goes before the ones it causes (the end).
         let mark = self.notices.len();
+        // The call the answer is about: the one the command names, or the
+        // one an invite created or joined.
+        let named = command_call(&command);
         let hang_up = match &command {
             Command::HangUp { call_id, .. } => Some(call_id.clone()),
             _ => None,
@@ -469,12 +498,25 @@ impl Switchboard {
             self.remember(now, key, &result);
         }
         match &result {
-            Ok(answer) => self.answer = Some((conn, request, answer.clone())),
+            Ok(result) => {
+                let call = match result {
+                    ReplyResult::Invited { call_id, .. } | ReplyResult::Joined { call_id, .. } => {
+                        Some(call_id.clone())
+                    }
+                    _ => named,
+                };
+                self.answer = Some(Answer {
+                    conn,
+                    request,
+                    result: result.clone(),
+                    call,
+                });
+            }
             Err(_) => self.reply(conn, &request, &result),
         }
         self.flush(now);
-        if let Some((conn, request, answer)) = self.answer.take() {
-            self.reply(conn, &request, &Ok(answer));
+        if let Some(a) = self.answer.take() {
+            self.reply(a.conn, &a.request, &Ok(a.result));
         }
         result
     }

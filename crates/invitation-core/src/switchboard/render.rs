@@ -59,8 +59,11 @@ impl Switchboard {
             }
             let rendered = render(&self.calls, &user, entry.log.back().expect("appended"), now);
             for (_, conn) in &entry.devices {
-                let (re, result) = match self.answer.take_if(|(c, ..)| c == conn) {
-                    Some((_, re, result)) => (Some(re), Some(result)),
+                let answers = |a: &mut super::Answer| {
+                    a.conn == *conn && a.call.as_ref().is_none_or(|c| c == rendered.call_id())
+                };
+                let (re, result) = match self.answer.take_if(answers) {
+                    Some(a) => (Some(a.request), Some(a.result)),
                     None => (None, None),
                 };
                 self.out.push_back(Output::Send {
