@@ -174,6 +174,7 @@ pub(crate) async fn calls(
     rate: f64,
     secs: f64,
     callees: usize,
+    receipts: bool,
     show: bool,
 ) -> Result<CallsResult> {
     let auth = authority();
@@ -231,7 +232,9 @@ pub(crate) async fn calls(
             pb.clone(),
         );
         tasks.spawn(async move {
-            match tokio::time::timeout(Duration::from_secs(10), one_call(&mut group, n)).await {
+            match tokio::time::timeout(Duration::from_secs(10), one_call(&mut group, n, receipts))
+                .await
+            {
                 Ok(Ok(Some((r, a)))) => {
                     ring.lock().await.record(r.as_micros() as u64).ok();
                     accepted.lock().await.record(a.as_micros() as u64).ok();
@@ -284,7 +287,7 @@ fn is_ring(b: &ServerBody) -> bool {
 }
 
 /// One call; `None` when the server shed the invitation (`unavailable`).
-async fn one_call(g: &mut Group, n: u64) -> Result<Option<(Duration, Duration)>> {
+async fn one_call(g: &mut Group, n: u64, receipts: bool) -> Result<Option<(Duration, Duration)>> {
     let t0 = Instant::now();
     let invite = ClientMessage::new(
         rid(format!("i{n}")),
@@ -328,6 +331,15 @@ async fn one_call(g: &mut Group, n: u64) -> Result<Option<(Duration, Duration)>>
         {
             if k == 0 {
                 ring = t0.elapsed();
+            }
+            if receipts {
+                let receipt = ClientMessage::new(
+                    rid(format!("r{n}")),
+                    Command::Received {
+                        call_id: call_id.clone(),
+                    },
+                );
+                ws.send(Message::text(receipt.encode())).await?;
             }
             let cmd = if k == 0 {
                 Command::Accept {

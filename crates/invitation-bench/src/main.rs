@@ -69,6 +69,11 @@ enum Cmd {
         /// Callees per call (the first accepts, the others decline).
         #[arg(long, default_value_t = 1)]
         callees: usize,
+        /// Callees acknowledge each ring with a `received` receipt before
+        /// answering, as the SDK does (the caller then also gets
+        /// `callee_delivered`).
+        #[arg(long)]
+        receipts: bool,
     },
     /// Many invitations expiring: how late do the timeouts arrive?
     Timeouts {
@@ -265,9 +270,12 @@ fn main() -> Result<()> {
                 rate,
                 secs,
                 callees,
+                receipts,
             } => {
-                let r = report::run_calls(&cli.server_bin, &cli.server_cpu, *rate, *secs, *callees)
-                    .await?;
+                let server = start_server(&cli.server_bin, &cli.server_cpu).await?;
+                let r = load::calls(&server, *rate, *secs, *callees, *receipts, true).await;
+                server.stop().await;
+                let r = r?;
                 println!("{}", report::calls_line(&r));
                 Ok(())
             }

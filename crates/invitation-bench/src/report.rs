@@ -20,7 +20,7 @@ pub(crate) async fn run_calls(
     callees: usize,
 ) -> Result<CallsResult> {
     let server = start_server(server_bin, cpu).await?;
-    let r = load::calls(&server, rate, secs, callees, true).await;
+    let r = load::calls(&server, rate, secs, callees, false, true).await;
     server.stop().await;
     r
 }
