@@ -68,14 +68,16 @@ fn drain(queue: &Outbox) -> Vec<Result<ServerBody, CloseReason>> {
         .collect()
 }
 
-/// The answer to the one command just sent: `Ok(())` for a pong or reply,
+/// The answer to the one command just sent: `Ok(())` for a sync or success,
 /// the error code otherwise.
 fn answer(queue: &Outbox) -> Result<(), (ErrorCode, Option<u64>)> {
     let bodies = drain(queue);
     let answers: Vec<_> = bodies
         .into_iter()
         .filter_map(|b| match b {
-            Ok(ServerBody::Sync(_) | ServerBody::Reply { .. }) => Some(Ok(())),
+            // A reply, or the event a command's answer rides on.
+            Ok(ServerBody::Sync(_)) => Some(Ok(())),
+            Ok(b) if b.success().is_some() => Some(Ok(())),
             Ok(ServerBody::Error(e)) => Some(Err((e.code, e.retry_after_ms))),
             _ => None,
         })

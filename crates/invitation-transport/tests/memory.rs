@@ -96,15 +96,18 @@ async fn f5_client_that_never_reads_is_dropped_and_the_hub_stays_bounded() {
             ))
             .await
             .unwrap();
-        let call_id = loop {
-            if let ServerBody::Reply {
-                result: ReplyResult::Invited { call_id, .. },
-                ..
-            } = caller.recv().await.unwrap().body
-            {
-                break call_id;
+        // The answer rides on the `outgoing_call` the invite caused.
+        let answered = async {
+            loop {
+                let m = caller.recv().await.unwrap();
+                if let Some((_, ReplyResult::Invited { call_id, .. })) = m.body.success() {
+                    break call_id;
+                }
             }
         };
+        let call_id = tokio::time::timeout(std::time::Duration::from_secs(5), answered)
+            .await
+            .unwrap_or_else(|_| panic!("invite i{i} was not answered within 5 s"));
         caller
             .send(ClientMessage::new(
                 RequestId::new(format!("c{i}")).unwrap(),
