@@ -53,9 +53,7 @@ async fn kicked_connection_observes_close() {
 
 #[tokio::test(start_paused = true)]
 async fn f5_client_that_never_reads_is_dropped_and_the_hub_stays_bounded() {
-    use invitation_core::protocol::{
-        ClientMessage, Command, Control, InviteRequest, ReplyResult, ServerBody,
-    };
+    use invitation_core::protocol::{ClientMessage, Command, Control, InviteRequest, ReplyResult};
     use invitation_core::{CallType, DeviceId, RequestId, UserId};
     use invitation_transport::Transport;
     use invitation_transport::memory::OUTBOUND_QUEUE;
