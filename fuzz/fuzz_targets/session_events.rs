@@ -46,7 +46,7 @@ fuzz_target!(|input: Vec<In>| {
     let mut ended: HashSet<CallId> = HashSet::new();
     let mut requests: Vec<invitation_core::RequestId> = Vec::new();
     for step in input.into_iter().take(300) {
-        let ev = |seq: u8, event: Event| ServerMessage::new(ServerBody::Event { seq: u64::from(seq), event });
+        let ev = |seq: u8, event: Event| ServerMessage::new(ServerBody::event(u64::from(seq), event));
         match step {
             In::Welcome { seq, resumed } => s.handle_message(now, ServerMessage::new(ServerBody::Welcome { re: None, user: User::named("me", "Me"), device: me.clone(), seq: u64::from(seq), resumed })),
             In::Incoming { seq, call, remaining_s } => s.handle_message(now, ev(seq, Event::IncomingCall {
@@ -64,7 +64,7 @@ fuzz_target!(|input: Vec<In>| {
             })),
             In::CallEnded { seq, call } => s.handle_message(now, ev(seq, Event::CallEnded { call_id: cid(call), reason: Reason::HungUp, custom_data: None })),
             In::Sync { seq } => s.handle_message(now, ServerMessage::new(ServerBody::Sync(SyncBody::new(None, u64::from(seq), Vec::new(), Vec::new())))),
-            In::UnknownEvent { seq } => s.handle_message(now, ServerMessage::new(ServerBody::UnknownEvent { seq: u64::from(seq), ty: "novel".into() })),
+            In::UnknownEvent { seq } => s.handle_message(now, ServerMessage::new(ServerBody::UnknownEvent { seq: u64::from(seq), re: None, ty: "novel".into() })),
             In::UnknownMessage => s.handle_message(now, ServerMessage::new(ServerBody::Unknown { ty: "novel".into() })),
             In::Pong { seq } => s.handle_message(now, ServerMessage::new(ServerBody::Pong { re: None, seq: Some(u64::from(seq)) })),
             In::ReplyDone { req } => {
