@@ -272,10 +272,15 @@ fn main() -> Result<()> {
                 callees,
                 receipts,
             } => {
-                let server = start_server(&cli.server_bin, &cli.server_cpu).await?;
-                let r = load::calls(&server, *rate, *secs, *callees, *receipts, true).await;
-                server.stop().await;
-                let r = r?;
+                let r = report::run_calls(
+                    &cli.server_bin,
+                    &cli.server_cpu,
+                    *rate,
+                    *secs,
+                    *callees,
+                    *receipts,
+                )
+                .await?;
                 println!("{}", report::calls_line(&r));
                 Ok(())
             }

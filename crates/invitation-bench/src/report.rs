@@ -18,9 +18,10 @@ pub(crate) async fn run_calls(
     rate: f64,
     secs: f64,
     callees: usize,
+    receipts: bool,
 ) -> Result<CallsResult> {
     let server = start_server(server_bin, cpu).await?;
-    let r = load::calls(&server, rate, secs, callees, false, true).await;
+    let r = load::calls(&server, rate, secs, callees, receipts, true).await;
     server.stop().await;
     r
 }
@@ -257,7 +258,7 @@ pub(crate) async fn suite(
     );
     let mut compare = Vec::new();
     for rate in [500.0, 1000.0, 2000.0] {
-        let r = run_calls(server_bin, cpu, rate, secs, 1).await?;
+        let r = run_calls(server_bin, cpu, rate, secs, 1, false).await?;
         let kam = if with_kamailio {
             kamailio(rate as u64, (rate * secs) as u64).ok()
         } else {
@@ -306,7 +307,7 @@ pub(crate) async fn suite(
     let mut knee = 0.0;
     let mut knee_runs = Vec::new();
     for rate in [3000.0, 4000.0, 5000.0, 6000.0, 8000.0, 12000.0, 16000.0] {
-        let r = run_calls(server_bin, cpu, rate, secs.min(5.0), 1).await?;
+        let r = run_calls(server_bin, cpu, rate, secs.min(5.0), 1, false).await?;
         let ok = r.failed == 0
             && r.shed == 0
             && r.ring.value_at_quantile(0.99) <= 10_000
@@ -332,7 +333,7 @@ pub(crate) async fn suite(
     if knee > 0.0 {
         for share in [0.1, 0.5, 0.8] {
             let rate = (knee * share).round();
-            let r = run_calls(server_bin, cpu, rate, secs.min(5.0), 1).await?;
+            let r = run_calls(server_bin, cpu, rate, secs.min(5.0), 1, false).await?;
             let _ = writeln!(
                 table,
                 "  at {:.0} % of the knee: {}",
@@ -347,7 +348,7 @@ pub(crate) async fn suite(
     // Overload: twice the knee; goodput should stay near the knee.
     let mut overload = serde_json::Value::Null;
     if knee > 0.0 {
-        let r = run_calls(server_bin, cpu, 2.0 * knee, secs.min(5.0), 1).await?;
+        let r = run_calls(server_bin, cpu, 2.0 * knee, secs.min(5.0), 1, false).await?;
         let goodput = r.completed as f64 / secs.min(5.0);
         let _ = writeln!(
             table,
@@ -376,7 +377,7 @@ pub(crate) async fn suite(
     );
     let mut fan = Vec::new();
     for callees in [1, 5, 9] {
-        let r = run_calls(server_bin, cpu, 200.0, secs.min(5.0), callees).await?;
+        let r = run_calls(server_bin, cpu, 200.0, secs.min(5.0), callees, false).await?;
         let _ = writeln!(table, "  {}", calls_line(&r));
         fan.push(calls_json(&r));
     }

@@ -839,13 +839,7 @@ mod tests {
         let now = t0();
         let mut c = open(now);
         // The switchboard's welcome answers the hello.
-        c.handle_sent(&ServerMessage::new(ServerBody::Welcome {
-            re: Some(rid("h1")),
-            user: User::named("alice", "Alice"),
-            device: DeviceId::new("d").unwrap(),
-            seq: 3,
-            resumed: true,
-        }));
+        c.handle_sent(&welcome(3));
         assert_eq!(c.in_flight(), 0);
         for i in 0..1000 {
             assert!(c.wants_read(), "still reading at sync {i}");
@@ -1106,6 +1100,17 @@ mod tests {
         })
     }
 
+    /// The switchboard's welcome answering the hello `h1`, at `seq`.
+    fn welcome(seq: u64) -> ServerMessage {
+        ServerMessage::new(ServerBody::Welcome {
+            re: Some(rid("h1")),
+            user: User::named("alice", "Alice"),
+            device: DeviceId::new("d").unwrap(),
+            seq,
+            resumed: true,
+        })
+    }
+
     fn receipt(id: &str, call: &str) -> String {
         format!(r#"{{"v":1,"id":"{id}","type":"received","call_id":"{call}"}}"#)
     }
@@ -1117,13 +1122,7 @@ mod tests {
     fn a_receipt_is_forwarded_once_and_never_in_flight() {
         let now = t0();
         let mut c = open(now);
-        c.handle_sent(&ServerMessage::new(ServerBody::Welcome {
-            re: Some(rid("h1")),
-            user: User::named("alice", "Alice"),
-            device: DeviceId::new("d").unwrap(),
-            seq: 0,
-            resumed: true,
-        }));
+        c.handle_sent(&welcome(0));
         c.handle_sent(&ringing("c-1", 30_000));
         c.handle_sent(&ringing("c-1", 30_000)); // replayed: still one
         c.handle_sent(&ringing("c-2", 0)); // already over: no receipt due

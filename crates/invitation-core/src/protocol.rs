@@ -318,6 +318,36 @@ impl Command {
         self
     }
 
+    /// The wire `type` of this command (`"invite"`, `"hang_up"` ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::Invite(_) => "invite",
+            Command::Cancel { .. } => "cancel",
+            Command::Accept { .. } => "accept",
+            Command::Decline { .. } => "decline",
+            Command::HangUp { .. } => "hang_up",
+            Command::Received { .. } => "received",
+            Command::Add { .. } => "add",
+            Command::Join { .. } => "join",
+            Command::End { .. } => "end",
+        }
+    }
+
+    /// The call this command names (an invite names none yet).
+    pub fn call_id(&self) -> Option<&CallId> {
+        match self {
+            Command::Invite(_) => None,
+            Command::Cancel { call_id, .. }
+            | Command::Accept { call_id, .. }
+            | Command::Decline { call_id, .. }
+            | Command::HangUp { call_id, .. }
+            | Command::Received { call_id }
+            | Command::Add { call_id, .. }
+            | Command::Join { call_id }
+            | Command::End { call_id } => Some(call_id),
+        }
+    }
+
     /// The action's custom data, if it carries any (an invite's included).
     pub fn custom_data(&self) -> Option<&CustomData> {
         match self {

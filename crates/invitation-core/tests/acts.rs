@@ -52,16 +52,6 @@ fn invite_plain(net: &mut Net, user: &str, callees: &[&str]) -> CallId {
 
 const ROOM: &str = "{\"room\":1}";
 
-fn act(
-    net: &mut Net,
-    user: &str,
-    device: &str,
-    command: Command,
-) -> Result<ReplyResult, CommandError> {
-    let id = net.command(user, device, command);
-    net.result(user, device, &id)
-}
-
 #[test]
 fn accept_and_hang_up_data_reach_every_device_in_order() {
     let mut net = Net::new();
@@ -75,12 +65,9 @@ fn accept_and_hang_up_data_reach_every_device_in_order() {
     }
     let call = net.invite("alice", "phone", &["bob"], None).unwrap();
     let accept = Command::accept(call.clone()).with_custom_data(Some(data("A")));
-    assert_eq!(act(&mut net, "bob", "phone", accept), Ok(ReplyResult::Done));
+    assert_eq!(net.act("bob", "phone", accept), Ok(ReplyResult::Done));
     let hang_up = Command::hang_up(call.clone()).with_custom_data(Some(data("H")));
-    assert_eq!(
-        act(&mut net, "bob", "phone", hang_up),
-        Ok(ReplyResult::Done)
-    );
+    assert_eq!(net.act("bob", "phone", hang_up), Ok(ReplyResult::Done));
 
     assert_eq!(
         seen(&net, "alice", "phone"),
@@ -156,13 +143,13 @@ fn decline_busy_and_cancel_data() {
     }
     let declined = net.invite("alice", "phone", &["bob"], None).unwrap();
     let decline = Command::decline(declined.clone(), false).with_custom_data(Some(data("D")));
-    act(&mut net, "bob", "laptop", decline).unwrap();
+    net.act("bob", "laptop", decline).unwrap();
     let busy = net.invite("alice", "phone", &["bob"], None).unwrap();
     let decline = Command::decline(busy.clone(), true).with_custom_data(Some(data("B")));
-    act(&mut net, "bob", "phone", decline).unwrap();
+    net.act("bob", "phone", decline).unwrap();
     let canceled = net.invite("alice", "phone", &["bob"], None).unwrap();
     let cancel = Command::cancel(canceled.clone()).with_custom_data(Some(data("C")));
-    act(&mut net, "alice", "phone", cancel).unwrap();
+    net.act("alice", "phone", cancel).unwrap();
 
     let ring = [
         ("callee_ringing", None),
@@ -223,7 +210,7 @@ fn caller_hang_up_data_and_timeout_data() {
         .unwrap();
     net.accept("bob", "phone", &call).unwrap();
     let hang_up = Command::hang_up(call.clone()).with_custom_data(Some(data("bye all")));
-    act(&mut net, "alice", "phone", hang_up).unwrap();
+    net.act("alice", "phone", hang_up).unwrap();
     assert_eq!(
         seen(&net, "bob", "phone"),
         [
@@ -285,7 +272,7 @@ fn action_data_is_validated_like_an_invites() {
         "nothing changed"
     );
     let empty = Command::decline(call.clone(), false).with_custom_data(Some(data("")));
-    act(&mut net, "bob", "phone", empty).unwrap();
+    net.act("bob", "phone", empty).unwrap();
     assert_eq!(
         seen(&net, "alice", "phone")[2..],
         [("outgoing_declined", None), ("call_ended", None)]
@@ -307,7 +294,7 @@ fn snapshots_keep_the_data_and_the_deliveries() {
         .invite("alice", "phone", &["bob", "carol"], None)
         .unwrap();
     let accept = Command::accept(call.clone()).with_custom_data(Some(data("A")));
-    act(&mut net, "bob", "phone", accept).unwrap();
+    net.act("bob", "phone", accept).unwrap();
 
     // A new caller device: the snapshot tells it everything so far.
     net.connect("alice", "laptop");
@@ -341,7 +328,7 @@ fn snapshots_keep_the_data_and_the_deliveries() {
     // bob misses alice's hang-up and a new call: he resyncs.
     net.dev_mut("bob", "phone").deaf = true;
     let hang_up = Command::hang_up(call.clone()).with_custom_data(Some(data("H")));
-    act(&mut net, "alice", "phone", hang_up).unwrap();
+    net.act("alice", "phone", hang_up).unwrap();
     let again = net.invite("alice", "phone", &["bob"], None).unwrap();
     net.disconnect("bob", "phone");
     net.connect("bob", "phone");
@@ -550,7 +537,7 @@ fn a_resynced_device_learns_the_data_of_an_accept_elsewhere() {
     let call = net.invite("alice", "phone", &["bob"], None).unwrap();
     net.dev_mut("bob", "laptop").deaf = true;
     let accept = Command::accept(call.clone()).with_custom_data(Some(data("A")));
-    act(&mut net, "bob", "phone", accept).unwrap();
+    net.act("bob", "phone", accept).unwrap();
     net.invite("dave", "phone", &["bob"], None).unwrap(); // a second missed event
     net.disconnect("bob", "laptop");
     net.connect("bob", "laptop");

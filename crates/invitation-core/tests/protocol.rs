@@ -82,6 +82,7 @@ fn every_client_message() -> Vec<ClientMessage> {
         .into(),
         Command::Join { call_id: cid() }.into(),
         Command::End { call_id: cid() }.into(),
+        Command::Received { call_id: cid() }.into(),
     ];
     commands
         .into_iter()
@@ -235,6 +236,23 @@ fn every_client_message_round_trips() {
         let json = msg.encode();
         assert!(json.contains("\"v\":1"), "{json}");
         assert_eq!(ClientMessage::decode(&json, &limits()), Ok(msg), "{json}");
+    }
+}
+
+/// `Command::kind` and `Command::call_id` say what the wire says: the
+/// `type` and the `call_id` of each command (the logs and the folded
+/// answers rely on them).
+#[test]
+fn every_command_names_its_wire_type_and_call() {
+    for m in every_client_message() {
+        let Some(command) = m.command() else { continue };
+        let json: serde_json::Value = serde_json::from_str(&m.encode()).unwrap();
+        assert_eq!(json["type"], command.kind(), "{json}");
+        assert_eq!(
+            json.get("call_id").and_then(|c| c.as_str()),
+            command.call_id().map(|c| c.as_str()),
+            "{json}"
+        );
     }
 }
 

@@ -302,7 +302,7 @@ impl Hub {
                 // What the `command` debug line needs, taken only when that
                 // line is on: nothing is cloned on the hot path otherwise.
                 let traced = tracing::enabled!(tracing::Level::DEBUG)
-                    .then(|| (id.clone(), command_name(&command), command_call(&command)));
+                    .then(|| (id.clone(), command.kind(), command.call_id().cloned()));
                 let result = self.sb.handle_command(now, conn, id, command);
                 if let Some((request, kind, call_id)) = traced {
                     self.log_command(conn, &request, kind, call_id, &result);
@@ -528,31 +528,6 @@ fn log_notice(notice: &CallNotice) {
             %call_id, %caller, callees = %names(callees), %reason, "call ended"
         ),
         _ => {}
-    }
-}
-
-/// The wire name of a command, for the log.
-fn command_name(command: &Command) -> &'static str {
-    match command {
-        Command::Invite(_) => "invite",
-        Command::Cancel { .. } => "cancel",
-        Command::Accept { .. } => "accept",
-        Command::Decline { .. } => "decline",
-        Command::HangUp { .. } => "hang_up",
-        Command::Received { .. } => "received",
-        _ => "other",
-    }
-}
-
-/// The call a command names (an invite names none yet).
-fn command_call(command: &Command) -> Option<CallId> {
-    match command {
-        Command::Cancel { call_id, .. }
-        | Command::Accept { call_id, .. }
-        | Command::Decline { call_id, .. }
-        | Command::HangUp { call_id, .. }
-        | Command::Received { call_id } => Some(call_id.clone()),
-        _ => None,
     }
 }
 

@@ -120,21 +120,6 @@ struct Answer {
     call: Option<CallId>,
 }
 
-/// The call a command names (an invite names none yet).
-fn command_call(command: &Command) -> Option<CallId> {
-    match command {
-        Command::Invite(_) => None,
-        Command::Cancel { call_id, .. }
-        | Command::Accept { call_id, .. }
-        | Command::Decline { call_id, .. }
-        | Command::HangUp { call_id, .. }
-        | Command::Received { call_id }
-        | Command::Add { call_id, .. }
-        | Command::Join { call_id }
-        | Command::End { call_id } => Some(call_id.clone()),
-    }
-}
-
 struct ConnEntry {
     user: UserId,
     device: DeviceId,
@@ -440,11 +425,10 @@ impl Switchboard {
         let mark = self.notices.len();
         // The call the answer is about: the one the command names, or the
         // one an invite created or joined.
-        let named = command_call(&command);
-        let hang_up = match &command {
-            Command::HangUp { call_id, .. } => Some(call_id.clone()),
-            _ => None,
-        };
+        let named = command.call_id().cloned();
+        let hang_up = matches!(command, Command::HangUp { .. })
+            .then(|| named.clone())
+            .flatten();
         // A join refused as `ended` before anyone accepted may succeed later.
         let reopens = matches!(command, Command::Join { .. });
         let result = match command {

@@ -256,21 +256,24 @@ impl Net {
         }
     }
 
+    /// Sends `command` from `user`'s `device` and returns its answer.
+    pub fn act(
+        &mut self,
+        user: &str,
+        device: &str,
+        command: Command,
+    ) -> Result<ReplyResult, CommandError> {
+        let id = self.command(user, device, command);
+        self.result(user, device, &id)
+    }
+
     pub fn accept(
         &mut self,
         user: &str,
         device: &str,
         call: &CallId,
     ) -> Result<ReplyResult, CommandError> {
-        let id = self.command(
-            user,
-            device,
-            Command::Accept {
-                call_id: call.clone(),
-                custom_data: None,
-            },
-        );
-        self.result(user, device, &id)
+        self.act(user, device, Command::accept(call.clone()))
     }
 
     pub fn decline(
@@ -280,16 +283,7 @@ impl Net {
         call: &CallId,
         busy: bool,
     ) -> Result<ReplyResult, CommandError> {
-        let id = self.command(
-            user,
-            device,
-            Command::Decline {
-                call_id: call.clone(),
-                busy,
-                custom_data: None,
-            },
-        );
-        self.result(user, device, &id)
+        self.act(user, device, Command::decline(call.clone(), busy))
     }
 
     pub fn cancel(
@@ -298,15 +292,7 @@ impl Net {
         device: &str,
         call: &CallId,
     ) -> Result<ReplyResult, CommandError> {
-        let id = self.command(
-            user,
-            device,
-            Command::Cancel {
-                call_id: call.clone(),
-                custom_data: None,
-            },
-        );
-        self.result(user, device, &id)
+        self.act(user, device, Command::cancel(call.clone()))
     }
 
     pub fn hang_up(
@@ -315,15 +301,7 @@ impl Net {
         device: &str,
         call: &CallId,
     ) -> Result<ReplyResult, CommandError> {
-        let id = self.command(
-            user,
-            device,
-            Command::HangUp {
-                call_id: call.clone(),
-                custom_data: None,
-            },
-        );
-        self.result(user, device, &id)
+        self.act(user, device, Command::hang_up(call.clone()))
     }
 
     /// `add`: rings more users into a running call.
@@ -334,15 +312,15 @@ impl Net {
         call: &CallId,
         callees: &[&str],
     ) -> Result<ReplyResult, CommandError> {
-        let id = self.command(
+        let callees = callees.iter().map(|c| uid(c)).collect();
+        self.act(
             user,
             device,
             Command::Add {
                 call_id: call.clone(),
-                callees: callees.iter().map(|c| uid(c)).collect(),
+                callees,
             },
-        );
-        self.result(user, device, &id)
+        )
     }
 
     /// `join`: enters a running call late.
@@ -352,14 +330,8 @@ impl Net {
         device: &str,
         call: &CallId,
     ) -> Result<ReplyResult, CommandError> {
-        let id = self.command(
-            user,
-            device,
-            Command::Join {
-                call_id: call.clone(),
-            },
-        );
-        self.result(user, device, &id)
+        let call_id = call.clone();
+        self.act(user, device, Command::Join { call_id })
     }
 
     /// `end`: ends a call for everyone.
@@ -369,18 +341,10 @@ impl Net {
         device: &str,
         call: &CallId,
     ) -> Result<ReplyResult, CommandError> {
-        let id = self.command(
-            user,
-            device,
-            Command::End {
-                call_id: call.clone(),
-            },
-        );
-        self.result(user, device, &id)
+        let call_id = call.clone();
+        self.act(user, device, Command::End { call_id })
     }
 
-    /// The events (as JSON) a device received from message number `from`
-    /// on: what the wire carried, exactly.
     pub fn wire_events(&self, user: &str, device: &str, from: usize) -> Vec<serde_json::Value> {
         self.dev(user, device).received[from..]
             .iter()

@@ -46,15 +46,19 @@ pub trait Fixture {
         user: &str,
         device: &str,
         extra: Option<Arc<dyn InvitationEvents>>,
-    ) -> Dev;
+    ) -> Dev {
+        self.device_configured(user, device, extra, Default::default())
+            .await
+    }
 
     /// A connected device of `user` whose only handler is a [`Recorder`].
     async fn device(&self, user: &str, device: &str) -> Dev {
         self.device_with(user, device, None).await
     }
 
-    /// Like [`Fixture::device_with`], with this client-session config
-    /// (for example a device that never acknowledges what it receives).
+    /// A connected device with this client-session config (for example a
+    /// device that never acknowledges what it receives); its handlers are a
+    /// [`Recorder`] and, after it, `extra`.
     async fn device_configured(
         &self,
         user: &str,
@@ -108,24 +112,6 @@ impl Fixture for Memory {
             .user(u)
             .device(device)
             .session_config(config)
-            .transport(transport)
-            .build()
-            .unwrap();
-        connected(client, rec, None).await
-    }
-
-    async fn device_with(
-        &self,
-        user: &str,
-        device: &str,
-        extra: Option<Arc<dyn InvitationEvents>>,
-    ) -> Dev {
-        let u = User::named(user, &user.to_uppercase());
-        let rec = Recorder::with_deadline(self.deadline());
-        let transport = self.0.transport(u.clone());
-        let client = handlers(Client::builder(), &rec, extra)
-            .user(u)
-            .device(device)
             .transport(transport)
             .build()
             .unwrap();
@@ -187,26 +173,6 @@ impl Fixture for Server {
             .device(device)
             .token(self.0.token(user, &name))
             .session_config(config)
-            .transport(transport)
-            .backoff(Duration::from_millis(20), Duration::from_millis(200))
-            .build()
-            .unwrap();
-        connected(client, rec, Some(link)).await
-    }
-
-    async fn device_with(
-        &self,
-        user: &str,
-        device: &str,
-        extra: Option<Arc<dyn InvitationEvents>>,
-    ) -> Dev {
-        let name = user.to_uppercase();
-        let rec = Recorder::with_deadline(self.deadline());
-        let (transport, link) = Breakable::new(Arc::new(WsTransport::new(self.0.url())));
-        let client = handlers(Client::builder(), &rec, extra)
-            .user(User::named(user, &name))
-            .device(device)
-            .token(self.0.token(user, &name))
             .transport(transport)
             .backoff(Duration::from_millis(20), Duration::from_millis(200))
             .build()
