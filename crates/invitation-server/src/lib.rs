@@ -40,6 +40,7 @@ mod rate;
 pub mod secret_file;
 mod server;
 mod slots;
+pub mod store;
 
 pub use auth::{Authority, Claims};
 pub use config::{Config, LogFormat};
