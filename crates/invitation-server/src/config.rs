@@ -62,6 +62,25 @@ pub const KEYS: &[&str] = &[
     "write_timeout_s",
     "message_timeout_s",
     "send_buffer_bytes",
+    "data_dir",
+    "in_memory",
+    "durability",
+    "fsync_interval_ms",
+    "snapshot_after_mb",
+    "record_retention_days",
+];
+
+/// Keys whose environment values are always text.
+const TEXT_KEYS: &[&str] = &[
+    "secret",
+    "audience",
+    "issuer",
+    "secret_file",
+    "data_dir",
+    "busy_policy",
+    "offline_policy",
+    "end_policy",
+    "durability",
 ];
 
 /// Every server setting. Field names are the TOML keys.
@@ -170,6 +189,26 @@ pub struct Config {
     /// Kernel send buffer per connection, bytes (64 KiB; Linux doubles it):
     /// what a client that stops reading can make the kernel hold.
     pub send_buffer_bytes: usize,
+    /// Where calls, event logs and call records are kept across restarts
+    /// (docs/operations.md, "The data directory"). Unset in the library:
+    /// in memory. The `invitation-server` binary picks
+    /// `$XDG_STATE_HOME/invitation-server` (or `~/.local/state/...`) when
+    /// neither this nor `in_memory` is set, and says so at start.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Keep nothing on disk (false): a restart loses live calls, event logs
+    /// and call records. Wins over `data_dir`.
+    pub in_memory: bool,
+    /// When journal writes reach the disk: `write` (default; a crashed
+    /// process loses nothing, a power cut at most `fsync_interval_ms`) or
+    /// `fsync` (every turn synced before its answers go out).
+    pub durability: crate::store::Durability,
+    /// Longest wait before written data is synced in `write` mode, ms (1000).
+    pub fsync_interval_ms: u64,
+    /// Journal size after which a snapshot starts a new one, MiB (64): bounds
+    /// the disk used and the replay at start-up.
+    pub snapshot_after_mb: u64,
+    /// How long ended-call records are kept, days (30).
+    pub record_retention_days: u64,
 }
 
 impl Default for Config {
@@ -215,6 +254,12 @@ impl Default for Config {
             write_timeout_s: 10,
             message_timeout_s: 10,
             send_buffer_bytes: 64 * 1024,
+            data_dir: None,
+            in_memory: false,
+            durability: crate::store::Durability::Write,
+            fsync_interval_ms: 1000,
+            snapshot_after_mb: 64,
+            record_retention_days: 30,
         }
     }
 }
@@ -315,6 +360,9 @@ impl Config {
                         .map(|s| toml::Value::String(s.trim().to_owned()))
                         .collect(),
                 )
+            } else if TEXT_KEYS.contains(&key.as_str()) {
+                // Never a number: a numeric secret or directory name stays text.
+                toml::Value::String(value)
             } else if let Ok(i) = value.parse::<i64>() {
                 toml::Value::Integer(i)
             } else if let Ok(f) = value.parse::<f64>() {
@@ -419,6 +467,9 @@ impl Config {
             60_000,
         )?;
         within("worker_threads", self.worker_threads, 0, 1024)?;
+        within("fsync_interval_ms", self.fsync_interval_ms, 1, 60_000)?;
+        within("snapshot_after_mb", self.snapshot_after_mb, 1, 1 << 20)?;
+        within("record_retention_days", self.record_retention_days, 1, 36_500)?;
         if let Some(secret) = &self.secret {
             check_secret(secret)?;
         }
@@ -506,6 +557,16 @@ impl Config {
         c.message_rate = Some((self.command_rate_per_conn, self.command_burst_per_conn));
         c
     }
+    /// The store's settings, when the server keeps its state on disk.
+    pub fn store_options(&self) -> Option<crate::store::StoreOptions> {
+        let dir = self.data_dir.clone().filter(|_| !self.in_memory)?;
+        Some(crate::store::StoreOptions {
+            dir,
+            durability: self.durability,
+            fsync_interval: Duration::from_millis(self.fsync_interval_ms),
+            snapshot_after_bytes: self.snapshot_after_mb << 20,
+        })
+    }
     /// Silence after which a connection is dead.
     pub fn dead_after(&self) -> Duration {
         Duration::from_secs(self.dead_after_s)
@@ -528,6 +589,29 @@ mod tests {
             ..Config::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    /// The storage keys: the library keeps state in memory unless given a
+    /// directory; `in_memory` wins over `data_dir`; the mode parses.
+    #[test]
+    fn storage_settings() {
+        assert!(Config::default().store_options().is_none());
+        let c: Config = toml::from_str(
+            "data_dir = \"/var/lib/invitation\"\ndurability = \"fsync\"\nfsync_interval_ms = 250\nsnapshot_after_mb = 8",
+        )
+        .unwrap();
+        let o = c.store_options().expect("durable");
+        assert_eq!(o.dir, std::path::Path::new("/var/lib/invitation"));
+        assert_eq!(o.durability, crate::store::Durability::Fsync);
+        assert_eq!(o.fsync_interval, Duration::from_millis(250));
+        assert_eq!(o.snapshot_after_bytes, 8 << 20);
+        let c = Config {
+            in_memory: true,
+            ..c
+        };
+        assert!(c.store_options().is_none());
+        let err = toml::from_str::<Config>("durability = \"sometimes\"").unwrap_err();
+        assert!(err.to_string().contains("sometimes"), "{err}");
     }
 
     /// Nonsense values are refused at start with the key named: rates that
@@ -622,6 +706,15 @@ mod tests {
             ),
             ("ring_timeout_s", Box::new(|c| c.ring_timeout_s = 0)),
             ("secret", Box::new(|c| c.secret = Some("short".into()))),
+            ("fsync_interval_ms", Box::new(|c| c.fsync_interval_ms = 0)),
+            (
+                "snapshot_after_mb",
+                Box::new(|c| c.snapshot_after_mb = u64::MAX),
+            ),
+            (
+                "record_retention_days",
+                Box::new(|c| c.record_retention_days = 0),
+            ),
         ];
         for (key, tweak) in cases {
             let mut c = Config::default();
@@ -675,6 +768,15 @@ mod tests {
         .map(|(k, v)| (k.to_owned(), v.to_owned()));
         let c = Config::load(None, env.into_iter()).unwrap();
         assert_eq!(c.outbound_queue, 512);
+        // Text settings stay text even when they look like numbers.
+        let numeric = [
+            ("INVITATION_SECRET", "12345678901234567890"),
+            ("INVITATION_DATA_DIR", "2026"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let n = Config::load(None, numeric.into_iter()).unwrap();
+        assert_eq!(n.secret.as_deref(), Some("12345678901234567890"));
+        assert_eq!(n.data_dir.as_deref(), Some(std::path::Path::new("2026")));
         assert_eq!(c.conn_rate_per_ip, 7.5);
         assert_eq!(c.busy_policy, "ring_anyway");
         assert_eq!(
@@ -700,7 +802,9 @@ mod tests {
                 | "command_rate_per_conn"
                 | "command_burst_per_conn" => "1.0",
                 "secret_file" => "\"/run/x\"",
-                "hide_callee_status" => "true",
+                "hide_callee_status" | "in_memory" => "true",
+                "data_dir" => "\"/var/lib/x\"",
+                "durability" => "\"fsync\"",
                 _ => "1",
             };
             toml::from_str::<Config>(&format!("{key} = {value}"))
