@@ -1,7 +1,8 @@
 //! `invitation-server`: run the signaling server, or mint a token.
 //!
 //! ```text
-//! invitation-server                      # serve on 127.0.0.1:7600, in-memory
+//! invitation-server                      # serve on 127.0.0.1:7600, state in ~/.local/state/invitation-server
+//! invitation-server --in-memory          # keep nothing on disk
 //! invitation-server --config server.toml --listen 0.0.0.0:7600
 //! invitation-server token --user alice --name Alice --ttl 1h
 //! ```
@@ -30,11 +31,13 @@ struct Cli {
     /// Listen address.
     #[arg(long, env = "INVITATION_LISTEN")]
     listen: Option<SocketAddr>,
-    /// HS256 token secret (at least 16 bytes). Required by `token`. Unset, the
-    /// server generates one per start and writes it to an owner-only file
-    /// whose path it prints (setting `secret_file`, default
-    /// $XDG_RUNTIME_DIR/invitation-server-<port>.secret); its tokens die with
-    /// the process.
+    /// HS256 token secret (at least 16 bytes). Unset, a durable server
+    /// generates one once and keeps it in an owner-only file in its data
+    /// directory (`token` reads it from there); an `--in-memory` server
+    /// generates one per start and writes it to an owner-only file whose
+    /// path it prints (setting `secret_file`, default
+    /// $XDG_RUNTIME_DIR/invitation-server-<port>.secret), and its tokens die
+    /// with the process.
     #[arg(long, env = "INVITATION_SECRET", hide_env_values = true, global = true)]
     secret: Option<String>,
     /// Required token audience.
@@ -52,6 +55,14 @@ struct Cli {
     /// Most open connections.
     #[arg(long, env = "INVITATION_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Where calls, event logs, call records (and a generated secret) are
+    /// kept across restarts. Default: $XDG_STATE_HOME/invitation-server
+    /// (~/.local/state/invitation-server).
+    #[arg(long, env = "INVITATION_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Keep nothing on disk: a restart loses live calls and event logs.
+    #[arg(long, env = "INVITATION_IN_MEMORY")]
+    in_memory: bool,
     #[command(subcommand)]
     command: Option<Sub>,
 }
@@ -96,7 +107,29 @@ fn load(cli: &Cli) -> Result<Config> {
     if let Some(v) = cli.max_connections {
         config.max_connections = v;
     }
+    if let Some(v) = &cli.data_dir {
+        config.data_dir = Some(v.clone());
+    }
+    if cli.in_memory {
+        config.in_memory = true;
+    }
+    if !config.in_memory && config.data_dir.is_none() {
+        config.data_dir = Some(default_data_dir());
+    }
     Ok(config)
+}
+
+/// `$XDG_STATE_HOME/invitation-server`, else `~/.local/state/invitation-server`,
+/// else `invitation-data` in the working directory.
+fn default_data_dir() -> PathBuf {
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    if let Some(state) = std::env::var_os("XDG_STATE_HOME").and_then(absolute) {
+        return state.join("invitation-server");
+    }
+    if let Some(home) = std::env::var_os("HOME").and_then(absolute) {
+        return home.join(".local/state/invitation-server");
+    }
+    PathBuf::from("invitation-data")
 }
 
 fn init_logs(format: LogFormat) {
@@ -127,6 +160,23 @@ fn announce_secret_file(path: &std::path::Path, format: LogFormat) {
              INVITATION_SECRET=$(cat {shown}) invitation-server token --user alice --name Alice --ttl 1h\n\n\
              Set INVITATION_SECRET (or --secret, or `secret` in the config file) to keep tokens valid across restarts.\n"
         ),
+    }
+}
+
+/// Tells the operator where the kept secret is (never the secret).
+fn announce_kept_secret(path: &std::path::Path, made: bool, format: LogFormat) {
+    let shown = path.display();
+    match format {
+        LogFormat::Json => tracing::info!(
+            secret_file = %shown, generated = made,
+            "no secret configured: using the one kept owner-only in the data directory"
+        ),
+        LogFormat::Text if made => eprintln!(
+            "\nNo secret configured: generated one and kept it, readable by you only, in:\n\n  {shown}\n\n\
+             Tokens stay valid across restarts. Mint one in another terminal with:\n\n  \
+             INVITATION_SECRET=$(cat {shown}) invitation-server token --user alice --name Alice --ttl 1h\n"
+        ),
+        LogFormat::Text => eprintln!("No secret configured: using the one kept in {shown}"),
     }
 }
 
@@ -177,7 +227,15 @@ async fn serve(cli: Cli, config: Config, unknown_env: Vec<String>) -> Result<()>
                 unknown_env.join(", ")
             );
         }
-        let Some(secret) = &config.secret else {
+        // A durable server started without a secret keeps the one it
+        // generated in its data directory: mint with that one.
+        let kept = config
+            .store_options()
+            .map(|store| store.dir.join("secret"))
+            .filter(|_| config.secret.is_none())
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .map(|text| text.trim_end().to_owned());
+        let Some(secret) = config.secret.as_ref().or(kept.as_ref()) else {
             bail!(
                 "minting needs the server's secret: pass --secret or set INVITATION_SECRET \
                  (a server started without one wrote its generated secret to the file it printed)"
@@ -203,6 +261,27 @@ async fn serve(cli: Cli, config: Config, unknown_env: Vec<String>) -> Result<()>
         );
     }
     let log_format = config.log_format;
+    let mut config = config;
+    match config.store_options() {
+        Some(store) => {
+            tracing::info!(data_dir = %store.dir.display(), durability = ?store.durability,
+                "durable: calls, event logs and records survive restarts (--in-memory keeps nothing)");
+            if config.secret.is_none() {
+                // A durable server keeps its generated secret too: the
+                // tokens clients hold stay valid across restarts.
+                std::fs::create_dir_all(&store.dir)
+                    .with_context(|| format!("cannot make the data directory {}", store.dir.display()))?;
+                let path = store.dir.join("secret");
+                let (secret, made) = secret_file::load_or_create(&path, invitation_server::auth::random_secret)
+                    .with_context(|| format!("cannot keep the generated secret in {}", path.display()))?;
+                check_secret(&secret)
+                    .with_context(|| format!("the secret kept in {}", path.display()))?;
+                config.secret = Some(secret);
+                announce_kept_secret(&path, made, log_format);
+            }
+        }
+        None => tracing::warn!("in memory: a restart loses live calls, event logs and call records"),
+    }
     let configured_file = config.secret_file.clone();
     let server = Server::bind(config).await?;
     let addr = server.local_addr();

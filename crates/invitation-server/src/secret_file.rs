@@ -32,6 +32,31 @@ pub fn write(
     Ok(path)
 }
 
+/// The secret a durable server keeps in its data directory: read from
+/// `path` when it exists, otherwise `generate`d and written there owner-only
+/// (0600). Tokens minted with it stay valid across restarts, like the calls
+/// they resume. Returns the secret and whether it was made now.
+pub fn load_or_create(path: &Path, generate: impl FnOnce() -> String) -> io::Result<(String, bool)> {
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            let secret = text.trim_end_matches(['\n', '\r']).to_owned();
+            if secret.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} is empty", path.display()),
+                ));
+            }
+            Ok((secret, false))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let secret = generate();
+            write_private(path, &secret)?;
+            Ok((secret, true))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// A new directory only the owner may enter, with a random name (nobody can
 /// prepare it in advance).
 fn private_dir() -> io::Result<PathBuf> {
@@ -100,6 +125,22 @@ mod tests {
             assert_eq!(mode(&path), 0o600);
             assert_eq!(mode(&dir), 0o700);
         }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_kept_secret_is_made_once_then_read_back() {
+        let dir = scratch();
+        let path = dir.join("secret");
+        let (first, made) = load_or_create(&path, || "generated-secret-1".into()).unwrap();
+        assert_eq!((first.as_str(), made), ("generated-secret-1", true));
+        #[cfg(unix)]
+        assert_eq!(mode(&path), 0o600);
+        let (again, made) = load_or_create(&path, || unreachable!("kept")).unwrap();
+        assert_eq!((again.as_str(), made), ("generated-secret-1", false));
+        fs::write(&path, "").unwrap();
+        let err = load_or_create(&path, || unreachable!("kept")).unwrap_err();
+        assert!(err.to_string().contains("is empty"), "{err}");
         fs::remove_dir_all(&dir).unwrap();
     }
 

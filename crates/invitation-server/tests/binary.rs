@@ -36,6 +36,11 @@ fn command(vars: &[(&str, &str)]) -> Command {
             cmd.env_remove(k);
         }
     }
+    // Never the machine's own data directory (nor its kept secret).
+    cmd.env(
+        "XDG_STATE_HOME",
+        std::env::temp_dir().join(format!("invitation-binary-state-{}", std::process::id())),
+    );
     cmd.envs(vars.iter().copied());
     cmd
 }
@@ -65,7 +70,7 @@ fn start_without_secret(
     format: &str,
 ) -> (Child, mpsc::Receiver<String>, PathBuf, Vec<String>) {
     let mut child = command(&[("XDG_RUNTIME_DIR", runtime_dir.to_str().unwrap())])
-        .args(["--listen", "127.0.0.1:0", "--log-format", format])
+        .args(["--listen", "127.0.0.1:0", "--log-format", format, "--in-memory"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -153,7 +158,7 @@ fn token_help_tells_the_truth_about_an_unset_secret() {
     let out = command(&[]).args(["token", "--help"]).output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("Required by `token`"), "{help}");
+    assert!(help.contains("`token` reads it from there"), "{help}");
     assert!(help.contains("owner-only file"), "{help}");
 }
 
