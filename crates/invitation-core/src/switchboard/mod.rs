@@ -20,6 +20,11 @@
 //!
 //! The output queue holds what one input produced (bounded by callees ×
 //! devices of the calls it touched); it must be drained after every input.
+//!
+//! Every call that ends leaves one [`CallRecord`] in a second queue,
+//! [`Switchboard::poll_record`]: an owner that keeps records drains it
+//! after every input, like the outputs (it is cleared at the start of the
+//! next input, as the notices are, so it holds only what one input ended).
 
 mod acts;
 mod call;
@@ -28,6 +33,7 @@ mod config;
 mod group;
 mod lifecycle;
 mod policy;
+mod record;
 mod render;
 mod requests;
 mod timers;
@@ -49,6 +55,7 @@ use crate::protocol::{CloseReason, Command, ReplyResult, ServerBody, ServerMessa
 use call::{Call, CallState, Presence, Slot};
 pub use config::{BusyPolicy, EndPolicy, OfflinePolicy, SwitchboardConfig};
 pub use policy::ContactPolicy;
+pub use record::{CallRecord, CalleeRecord};
 use render::render;
 use requests::Requests;
 use timers::{TimerKind, Timers};
@@ -159,6 +166,12 @@ pub struct Switchboard {
     /// `call_ended` events it causes (taken when the call ends, cleared
     /// after every command).
     ending_data: Option<CustomData>,
+    /// The records of the calls the current input ended
+    /// ([`Switchboard::poll_record`]).
+    records: VecDeque<CallRecord>,
+    /// The first accept of each live call someone accepted (for its
+    /// record; taken when the call ends).
+    answered_at: HashMap<CallId, Instant>,
 }
 
 impl fmt::Debug for Switchboard {
@@ -194,6 +207,8 @@ impl Switchboard {
             stats: SwitchboardStats::default(),
             extras: HashMap::default(),
             ending_data: None,
+            records: VecDeque::new(),
+            answered_at: HashMap::default(),
         }
     }
 
@@ -224,10 +239,12 @@ impl Switchboard {
         last_seq: Option<u64>,
         hello: Option<RequestId>,
     ) {
-        if self.conns.contains_key(&conn) {
-            self.disconnect(now, conn);
-        }
         let now = self.advance(now);
+        if self.conns.contains_key(&conn) {
+            // In this input, so that what it ends is not cleared with the
+            // queues at the start of the next one.
+            self.drop_conn(now, conn);
+        }
         let user_id = user.id.clone();
         let entry = self
             .users
@@ -327,6 +344,11 @@ impl Switchboard {
     /// Unknown or already-replaced connections are ignored.
     pub fn disconnect(&mut self, now: Instant, conn: ConnId) {
         let now = self.advance(now);
+        self.drop_conn(now, conn);
+    }
+
+    /// [`Switchboard::disconnect`] within an input already under way.
+    fn drop_conn(&mut self, now: Instant, conn: ConnId) {
         let Some(ConnEntry { user, device }) = self.conns.remove(&conn) else {
             return;
         };
@@ -541,6 +563,19 @@ impl Switchboard {
     /// is cleared at the start of every input.
     pub fn poll_notice(&mut self) -> Option<CallNotice> {
         self.notices.pop_front()
+    }
+
+    /// The record of the next call that ended, until `None`: one per call,
+    /// whichever way it ended (every callee declined, busy, unreachable or
+    /// timed out; canceled; hung up; ended with `end`; the caller gone; a
+    /// group call left with fewer than two; [`Switchboard::shutdown`]).
+    ///
+    /// Drain it after every input to keep every record: the queue is
+    /// cleared at the start of the next input (as the notices are; a
+    /// device receipt, which is no call milestone, keeps it), so it holds
+    /// only the calls one input ended.
+    pub fn poll_record(&mut self) -> Option<CallRecord> {
+        self.records.pop_front()
     }
 
     /// When [`Switchboard::handle_timeout`] must be called next. `None`

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use invitation_core::protocol::{Command, InviteRequest, ReplyResult, ServerMessage};
 use invitation_core::{
-    AppEvent, AuthRefusal, Authenticator, CallId, CallType, ClientSession, CloseCause,
+    AppEvent, AuthRefusal, Authenticator, CallId, CallRecord, CallType, ClientSession, CloseCause,
     CommandError, ConnId, ConnectionConfig, ConnectionOutput, DeviceConnection, DeviceId, Identity,
     Output, RequestId, SequentialCallIds, SessionConfig, Switchboard, SwitchboardConfig, User,
     UserId,
@@ -77,6 +77,9 @@ pub struct Net {
     pub lose_commands: usize,
     /// Lose this many of the next server messages to a device.
     pub lose_messages: BTreeMap<Key, usize>,
+    /// Every call record, taken after each switchboard input (by the
+    /// harness's own inputs; a test calling `sb` itself takes its own).
+    pub records: Vec<CallRecord>,
     direct_counter: u64,
     next_conn: u64,
     conn_config: Arc<ConnectionConfig>,
@@ -99,6 +102,7 @@ impl Net {
             dup_commands: 0,
             lose_commands: 0,
             lose_messages: BTreeMap::new(),
+            records: Vec::new(),
             direct_counter: 0,
             next_conn: 1,
             // In-process links cannot die silently: no heartbeats.
@@ -171,6 +175,7 @@ impl Net {
         while let Some(out) = machine.poll_output() {
             if let ConnectionOutput::Switchboard(input) = out {
                 self.sb.handle_input(self.now, conn, input);
+                self.take_records();
             }
         }
     }
@@ -196,6 +201,7 @@ impl Net {
         self.direct_counter += 1;
         let id = RequestId::new(format!("direct{}", self.direct_counter)).unwrap();
         let r = self.sb.handle_command(now, conn, id, command);
+        self.take_records();
         self.pump();
         r
     }
@@ -377,6 +383,7 @@ impl Net {
             self.now = self.now.max(t);
             let now = self.now;
             self.sb.handle_timeout(now);
+            self.take_records();
             for dev in self.devs.values_mut() {
                 dev.session.handle_timeout(now);
             }
@@ -384,10 +391,18 @@ impl Net {
         }
         self.now = end;
         self.sb.handle_timeout(end);
+        self.take_records();
         for dev in self.devs.values_mut() {
             dev.session.handle_timeout(end);
         }
         self.pump();
+    }
+
+    /// Moves the records of the last switchboard input to `records`.
+    fn take_records(&mut self) {
+        while let Some(r) = self.sb.poll_record() {
+            self.records.push(r);
+        }
     }
 
     /// Delivers messages both ways until nothing moves.
@@ -425,6 +440,8 @@ impl Net {
                         }
                         ConnectionOutput::Switchboard(input) => {
                             self.sb.handle_input(now, conn, input);
+                            self.records
+                                .extend(std::iter::from_fn(|| self.sb.poll_record()));
                         }
                         ConnectionOutput::Close(_) => closed = true,
                         _ => {}
