@@ -35,10 +35,9 @@
 //!
 //! Whole segments go: a day whose last instant is older than the
 //! retention is deleted at open, by [`RecordStore::prune`], and whenever
-//! an append starts a new day. Records older than that are not written.
+//! an append starts a new day. Records of such a day are not written.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -217,10 +216,13 @@ pub struct RecordStore {
     recent_by_time: BTreeSet<(i64, CallId)>,
     /// The newest end time stored.
     newest: Option<i64>,
-    /// Records ending before this are not written (retention).
+    /// Days whose last instant is before this are deleted, and records of
+    /// those days not written (retention).
     horizon: i64,
     /// The segment last appended to, kept open.
     current: Option<(i64, File)>,
+    /// The call ids of the older day last checked (see `older_ids`).
+    older: Option<(i64, HashSet<CallId>)>,
     /// Segments written since the last sync; whether a file was created.
     dirty: BTreeSet<i64>,
     created: bool,
@@ -267,6 +269,7 @@ impl RecordStore {
             newest: None,
             horizon: i64::MIN,
             current: None,
+            older: None,
             dirty: BTreeSet::new(),
             created: false,
         };
@@ -314,7 +317,7 @@ impl RecordStore {
     }
 
     /// Appends `records` (times in unix nanoseconds), skipping those whose
-    /// call id is already stored and those older than the retention. One
+    /// call id is already stored and those of a day past the retention. One
     /// write per segment touched, no `fsync` ([`RecordStore::sync`]).
     /// Returns how many were written.
     ///
@@ -325,54 +328,74 @@ impl RecordStore {
             n.saturating_sub(duration_ns(self.options.dedup_window))
         });
         let mut batch: HashSet<&CallId> = HashSet::new();
-        // Call ids of older days, read from disk when a record needs them.
-        let mut older: HashMap<i64, HashSet<CallId>> = HashMap::new();
-        let mut lines: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
-        let mut written = Vec::new();
+        let mut lines: BTreeMap<i64, (Vec<u8>, Vec<&StoredRecord>)> = BTreeMap::new();
         for record in records {
             let day = record.ended_at.div_euclid(NS_PER_DAY);
-            if record.ended_at < self.horizon
+            if self.past_retention(day)
                 || self.recent.contains(&record.call_id)
                 || !batch.insert(&record.call_id)
             {
                 continue;
             }
-            if record.ended_at < window_start {
-                let ids = match older.entry(day) {
-                    Entry::Occupied(e) => e.into_mut(),
-                    Entry::Vacant(e) => e.insert(self.ids_of_day(day)?),
-                };
-                if ids.contains(&record.call_id) {
-                    continue;
-                }
+            if record.ended_at < window_start && self.older_ids(day)?.contains(&record.call_id) {
+                continue;
             }
-            let buf = lines.entry(day).or_default();
+            let (buf, recs) = lines.entry(day).or_default();
             serde_json::to_writer(&mut *buf, record).expect("a record serializes");
             buf.push(b'\n');
-            written.push(record);
+            recs.push(record);
         }
         let new_day = lines.keys().next_back().is_some_and(|d| {
             self.segments
                 .last_key_value()
                 .is_none_or(|(last, _)| d > last)
         });
-        for (day, buf) in lines {
+        let mut written = 0;
+        for (day, (buf, recs)) in lines {
             self.write_segment(day, buf)?;
-        }
-        for record in &written {
-            self.newest = Some(
-                self.newest
-                    .map_or(record.ended_at, |n| n.max(record.ended_at)),
-            );
-            self.recent_by_time
-                .insert((record.ended_at, record.call_id.clone()));
-            self.recent.insert(record.call_id.clone());
+            // Known as stored as soon as written (a later day's failure
+            // must not let a retry write these twice).
+            for record in recs {
+                self.note_stored(day, record);
+                written += 1;
+            }
         }
         self.forget_old_ids();
         if new_day && let Some(newest) = self.newest {
             self.prune(newest)?;
         }
-        Ok(written.len())
+        Ok(written)
+    }
+
+    /// A day whose last instant is past the retention horizon.
+    fn past_retention(&self, day: i64) -> bool {
+        (day + 1).saturating_mul(NS_PER_DAY) <= self.horizon
+    }
+
+    /// The call ids stored in `day`'s segment, for a record older than the
+    /// dedup window: read from disk once and kept (one day at a time) while
+    /// such records keep coming (a long replay, a clock set back).
+    fn older_ids(&mut self, day: i64) -> Result<&HashSet<CallId>, RecordError> {
+        if self.older.as_ref().is_none_or(|(d, _)| *d != day) {
+            let ids = self.ids_of_day(day)?;
+            self.older = Some((day, ids));
+        }
+        Ok(&self.older.as_ref().expect("loaded above").1)
+    }
+
+    fn note_stored(&mut self, day: i64, record: &StoredRecord) {
+        self.newest = Some(
+            self.newest
+                .map_or(record.ended_at, |n| n.max(record.ended_at)),
+        );
+        self.recent_by_time
+            .insert((record.ended_at, record.call_id.clone()));
+        self.recent.insert(record.call_id.clone());
+        if let Some((d, ids)) = &mut self.older
+            && *d == day
+        {
+            ids.insert(record.call_id.clone());
+        }
     }
 
     fn write_segment(&mut self, day: i64, mut buf: Vec<u8>) -> Result<(), RecordError> {
@@ -444,8 +467,8 @@ impl RecordStore {
     }
 
     /// Deletes the segments whose whole day ended more than the retention
-    /// before `now` (unix nanoseconds); records older than that are no
-    /// longer written. Returns how many segments went.
+    /// before `now` (unix nanoseconds); records of such days are no longer
+    /// written. Returns how many segments went.
     pub fn prune(&mut self, now: i64) -> Result<usize, RecordError> {
         let horizon = now.saturating_sub(duration_ns(self.options.retention));
         self.horizon = self.horizon.max(horizon);
@@ -459,6 +482,9 @@ impl RecordStore {
             let segment = self.segments.remove(day).expect("listed");
             if self.current.as_ref().is_some_and(|(d, _)| d == day) {
                 self.current = None;
+            }
+            if self.older.as_ref().is_some_and(|(d, _)| d == day) {
+                self.older = None;
             }
             self.dirty.remove(day);
             fs::remove_file(&segment.path).map_err(io_at(&segment.path))?;

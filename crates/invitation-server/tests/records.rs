@@ -547,6 +547,7 @@ fn appending_a_stored_call_again_is_a_no_op() {
     // against its day's segment on disk.
     assert_eq!(store.append(&[r("late", 7200)]).unwrap(), 1);
     assert_eq!(store.append(&[r("a", 1), r("old-new", 1)]).unwrap(), 1);
+    assert_eq!(store.append(&[r("old-new", 1)]).unwrap(), 0);
     drop(store);
     let mut store = open(&dir, T);
     assert_eq!(store.append(&[r("a", 1), r("b", 2)]).unwrap(), 0);
