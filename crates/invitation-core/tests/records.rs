@@ -1,6 +1,6 @@
 //! Call records: one per ended call, with its exact contents, for every way
 //! a call ends. Driven straight on the switchboard (every record is taken
-//! right after the input that produced it, as an owner does).
+//! right after the input that produced it, with that input's number).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -39,9 +39,11 @@ struct Bench {
 }
 
 impl Bench {
-    fn new(config: SwitchboardConfig) -> Self {
+    /// With records on.
+    fn new(mut config: SwitchboardConfig) -> Self {
         #[allow(clippy::disallowed_methods)] // the origin of test time
         let t0 = Instant::now();
+        config.call_records = true;
         Self {
             sb: Switchboard::new(config, SequentialCallIds::default()),
             t0,
@@ -545,17 +547,37 @@ fn group_call_grown_and_shrunk() {
     assert_eq!(b.take(), []);
 }
 
-/// The queue holds what one input ended: an owner that does not drain it
-/// loses it at the next input (bounded by the calls one input can end).
+/// Records wait for the owner: an input does not clear them (unlike the
+/// notices). With records off (the default), none are made.
 #[test]
-fn records_not_taken_are_cleared_by_the_next_input() {
+fn records_wait_for_the_owner_and_are_off_by_default() {
     let mut b = Bench::new(SwitchboardConfig::default());
     online(&mut b, &["alice", "bob"]);
-    let call = b.invite("alice", "phone", &["bob"], None);
+    let first = b.invite("alice", "phone", &["bob"], None);
     let conn = b.conns[&("bob".to_owned(), "phone".to_owned())];
     let id = invitation_core::RequestId::new("undrained").unwrap();
-    b.sb.handle_command(b.now, conn, id, Command::decline(call, false))
+    b.sb.handle_command(b.now, conn, id, Command::decline(first.clone(), false))
         .unwrap();
-    b.sb.handle_timeout(b.now);
-    assert_eq!(b.sb.poll_record(), None);
+    b.until(5);
+    let second = b.invite("alice", "phone", &["bob"], None);
+    b.ok("alice", "phone", Command::cancel(second.clone()));
+    let ids: Vec<CallId> = b.take().into_iter().map(|r| r.call_id).collect();
+    assert_eq!(ids, [first, second]);
+
+    let mut sb = Switchboard::new(SwitchboardConfig::default(), SequentialCallIds::default());
+    let (a, bob) = (ConnId::new(1), ConnId::new(2));
+    sb.connect(b.t0, a, User::named("alice", "A"), did("phone"), None, None);
+    sb.connect(b.t0, bob, User::named("bob", "B"), did("phone"), None, None);
+    let req = InviteRequest::new(vec![uid("bob")], CallType::Voice);
+    let rid = |s: &str| invitation_core::RequestId::new(s).unwrap();
+    let call = match sb.handle_command(b.t0, a, rid("1"), Command::Invite(req)) {
+        Ok(ReplyResult::Invited { call_id, .. }) => call_id,
+        other => panic!("{other:?}"),
+    };
+    sb.handle_command(b.t0, bob, rid("2"), Command::accept(call.clone()))
+        .unwrap();
+    sb.handle_command(b.t0, a, rid("3"), Command::hang_up(call.clone()))
+        .unwrap();
+    assert_eq!(sb.call(&call).and_then(|c| c.ended()), Some(Reason::HungUp));
+    assert_eq!(sb.poll_record(), None);
 }

@@ -117,7 +117,9 @@ fn ids(records: &[StoredRecord]) -> Vec<String> {
 /// A record made by a real switchboard (an answered, hung-up call), with
 /// its instants mapped to unix nanoseconds as the server does.
 fn real_record(t0_unix: i64) -> StoredRecord {
-    let mut sb = Switchboard::new(SwitchboardConfig::default(), SequentialCallIds::default());
+    let mut config = SwitchboardConfig::default();
+    config.call_records = true;
+    let mut sb = Switchboard::new(config, SequentialCallIds::default());
     let t0 = Instant::now();
     let (a, b) = (ConnId::new(1), ConnId::new(2));
     sb.connect(

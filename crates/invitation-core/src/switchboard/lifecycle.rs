@@ -274,7 +274,6 @@ impl Switchboard {
     /// history. Returns the effective now.
     pub(super) fn advance(&mut self, now: Instant) -> Instant {
         self.notices.clear();
-        self.records.clear();
         self.advance_keeping_notices(now)
     }
 

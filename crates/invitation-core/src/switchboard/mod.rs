@@ -21,10 +21,10 @@
 //! The output queue holds what one input produced (bounded by callees ×
 //! devices of the calls it touched); it must be drained after every input.
 //!
-//! Every call that ends leaves one [`CallRecord`] in a second queue,
-//! [`Switchboard::poll_record`]: an owner that keeps records drains it
-//! after every input, like the outputs (it is cleared at the start of the
-//! next input, as the notices are, so it holds only what one input ended).
+//! With [`SwitchboardConfig::call_records`] on, every call that ends leaves
+//! one [`CallRecord`] in a second queue, [`Switchboard::poll_record`],
+//! which only the owner empties (after every input or every batch: it
+//! holds the records of the calls ended since it was last drained).
 
 mod acts;
 mod call;
@@ -166,11 +166,11 @@ pub struct Switchboard {
     /// `call_ended` events it causes (taken when the call ends, cleared
     /// after every command).
     ending_data: Option<CustomData>,
-    /// The records of the calls the current input ended
-    /// ([`Switchboard::poll_record`]).
+    /// The records of the calls ended since the owner last drained them
+    /// ([`Switchboard::poll_record`]; only with `call_records` on).
     records: VecDeque<CallRecord>,
     /// The first accept of each live call someone accepted (for its
-    /// record; taken when the call ends).
+    /// record, so only with `call_records` on; taken when the call ends).
     answered_at: HashMap<CallId, Instant>,
 }
 
@@ -239,12 +239,10 @@ impl Switchboard {
         last_seq: Option<u64>,
         hello: Option<RequestId>,
     ) {
-        let now = self.advance(now);
         if self.conns.contains_key(&conn) {
-            // In this input, so that what it ends is not cleared with the
-            // queues at the start of the next one.
-            self.drop_conn(now, conn);
+            self.disconnect(now, conn);
         }
+        let now = self.advance(now);
         let user_id = user.id.clone();
         let entry = self
             .users
@@ -344,11 +342,6 @@ impl Switchboard {
     /// Unknown or already-replaced connections are ignored.
     pub fn disconnect(&mut self, now: Instant, conn: ConnId) {
         let now = self.advance(now);
-        self.drop_conn(now, conn);
-    }
-
-    /// [`Switchboard::disconnect`] within an input already under way.
-    fn drop_conn(&mut self, now: Instant, conn: ConnId) {
         let Some(ConnEntry { user, device }) = self.conns.remove(&conn) else {
             return;
         };
@@ -570,10 +563,12 @@ impl Switchboard {
     /// timed out; canceled; hung up; ended with `end`; the caller gone; a
     /// group call left with fewer than two; [`Switchboard::shutdown`]).
     ///
-    /// Drain it after every input to keep every record: the queue is
-    /// cleared at the start of the next input (as the notices are; a
-    /// device receipt, which is no call milestone, keeps it), so it holds
-    /// only the calls one input ended.
+    /// Only with [`SwitchboardConfig::call_records`] on (otherwise always
+    /// `None`). Unlike the notices, records are never cleared by an input:
+    /// they wait for the owner, who drains them after every input or
+    /// batch (a journaled owner, after the journal entries that produced
+    /// them are written, stores them and can store them again after a
+    /// replay: the call id tells the duplicates).
     pub fn poll_record(&mut self) -> Option<CallRecord> {
         self.records.pop_front()
     }

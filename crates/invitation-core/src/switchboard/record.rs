@@ -1,6 +1,7 @@
 //! Call records: what a call was, once it is over, for the owner to keep
 //! (billing, support, history). One per call, built when the call ends,
-//! drained with [`Switchboard::poll_record`].
+//! drained with [`Switchboard::poll_record`], when
+//! [`super::SwitchboardConfig::call_records`] is on.
 //!
 //! The switchboard knows only [`Instant`]s, so its records carry them
 //! (`CallRecord<Instant>`); an owner that stores records maps the times to
@@ -141,6 +142,9 @@ impl Switchboard {
     /// `call_id` just ended at `now` with `reason`: queue its record. The
     /// first-accept time leaves its side table here.
     pub(super) fn record_end(&mut self, now: Instant, call_id: &CallId, reason: Reason) {
+        if !self.config.call_records {
+            return;
+        }
         let call = &self.calls[call_id];
         let info = &call.info;
         let regrown = self.regrown.get(call_id).map_or(&[][..], Vec::as_slice);
@@ -178,7 +182,9 @@ impl Switchboard {
     /// The first accept of `call_id` happened at `now` (later accepts and
     /// joins keep the first).
     pub(super) fn note_answered(&mut self, call_id: &CallId, now: Instant) {
-        self.answered_at.entry(call_id.clone()).or_insert(now);
+        if self.config.call_records {
+            self.answered_at.entry(call_id.clone()).or_insert(now);
+        }
     }
 }
 

@@ -77,8 +77,8 @@ pub struct Net {
     pub lose_commands: usize,
     /// Lose this many of the next server messages to a device.
     pub lose_messages: BTreeMap<Key, usize>,
-    /// Every call record, taken after each switchboard input (by the
-    /// harness's own inputs; a test calling `sb` itself takes its own).
+    /// Every call record (records are on in the harness), taken as
+    /// messages are delivered.
     pub records: Vec<CallRecord>,
     direct_counter: u64,
     next_conn: u64,
@@ -90,7 +90,8 @@ impl Net {
         Self::with_config(SwitchboardConfig::default())
     }
 
-    pub fn with_config(config: SwitchboardConfig) -> Self {
+    pub fn with_config(mut config: SwitchboardConfig) -> Self {
+        config.call_records = true;
         #[allow(clippy::disallowed_methods)] // the origin of test time
         let t0 = Instant::now();
         Self {
@@ -175,7 +176,6 @@ impl Net {
         while let Some(out) = machine.poll_output() {
             if let ConnectionOutput::Switchboard(input) = out {
                 self.sb.handle_input(self.now, conn, input);
-                self.take_records();
             }
         }
     }
@@ -201,7 +201,6 @@ impl Net {
         self.direct_counter += 1;
         let id = RequestId::new(format!("direct{}", self.direct_counter)).unwrap();
         let r = self.sb.handle_command(now, conn, id, command);
-        self.take_records();
         self.pump();
         r
     }
@@ -383,7 +382,6 @@ impl Net {
             self.now = self.now.max(t);
             let now = self.now;
             self.sb.handle_timeout(now);
-            self.take_records();
             for dev in self.devs.values_mut() {
                 dev.session.handle_timeout(now);
             }
@@ -391,18 +389,10 @@ impl Net {
         }
         self.now = end;
         self.sb.handle_timeout(end);
-        self.take_records();
         for dev in self.devs.values_mut() {
             dev.session.handle_timeout(end);
         }
         self.pump();
-    }
-
-    /// Moves the records of the last switchboard input to `records`.
-    fn take_records(&mut self) {
-        while let Some(r) = self.sb.poll_record() {
-            self.records.push(r);
-        }
     }
 
     /// Delivers messages both ways until nothing moves.
@@ -440,8 +430,6 @@ impl Net {
                         }
                         ConnectionOutput::Switchboard(input) => {
                             self.sb.handle_input(now, conn, input);
-                            self.records
-                                .extend(std::iter::from_fn(|| self.sb.poll_record()));
                         }
                         ConnectionOutput::Close(_) => closed = true,
                         _ => {}
@@ -491,6 +479,9 @@ impl Net {
                 while let Some((id, r)) = dev.session.poll_completion() {
                     dev.results.insert(id, r);
                 }
+            }
+            while let Some(r) = self.sb.poll_record() {
+                self.records.push(r);
             }
             if !moved {
                 break;
