@@ -769,7 +769,56 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 
 #[cfg(test)]
 mod tests {
+    use invitation_core::{CallType, DeviceId, Reason};
+
     use super::*;
+
+    /// The call ids held in memory for the idempotence check cover the
+    /// dedup window only, however many records are stored.
+    #[test]
+    fn the_ids_in_memory_cover_the_window_only() {
+        let dir =
+            std::env::temp_dir().join(format!("invitation-records-unit-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let t = 20_789 * NS_PER_DAY;
+        let mut store = RecordStore::open_with(
+            &dir,
+            RecordOptions::new(Duration::from_secs(86_400 * 30)),
+            t,
+        )
+        .unwrap();
+        let minute = 60 * 1_000_000_000;
+        let records: Vec<StoredRecord> = (0..180)
+            .map(|i| {
+                CallRecord::new(
+                    CallId::new(format!("c-{i}")).unwrap(),
+                    UserId::new("alice").unwrap(),
+                    DeviceId::new("phone").unwrap(),
+                    CallType::Voice,
+                    t + i * minute,
+                    t + i * minute,
+                    Reason::Timeout,
+                )
+            })
+            .collect();
+        for batch in records.chunks(10) {
+            store.append(batch).unwrap();
+        }
+        // Minutes 119 to 179: the last hour, both ends included.
+        assert_eq!(store.recent.len(), 61);
+        assert_eq!(store.recent_by_time.len(), 61);
+        assert!(store.recent.contains(&CallId::new("c-119").unwrap()));
+        assert!(!store.recent.contains(&CallId::new("c-118").unwrap()));
+        drop(store);
+        let store = RecordStore::open_with(
+            &dir,
+            RecordOptions::new(Duration::from_secs(86_400 * 30)),
+            t,
+        )
+        .unwrap();
+        assert_eq!(store.recent.len(), 61);
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn day_names_are_utc_dates() {
