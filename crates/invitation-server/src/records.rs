@@ -288,32 +288,26 @@ impl RecordStore {
             {
                 break;
             }
+            let (recent, by_time, newest) =
+                (&mut self.recent, &mut self.recent_by_time, &mut self.newest);
             for_each_line(segment, |_, record| {
                 let record = record?;
-                self.newest = Some(
-                    self.newest
-                        .map_or(record.ended_at, |n| n.max(record.ended_at)),
-                );
-                self.recent_by_time
-                    .insert((record.ended_at, record.call_id.clone()));
-                self.recent.insert(record.call_id);
+                let top = newest.map_or(record.ended_at, |n| n.max(record.ended_at));
+                *newest = Some(top);
+                by_time.insert((record.ended_at, record.call_id.clone()));
+                recent.insert(record.call_id);
+                // As it goes: a day's ids are never all held at once.
+                forget_before(recent, by_time, top.saturating_sub(window));
                 Ok(())
             })?;
         }
-        self.forget_old_ids();
         Ok(())
     }
 
     fn forget_old_ids(&mut self) {
         let Some(newest) = self.newest else { return };
         let cutoff = newest.saturating_sub(duration_ns(self.options.dedup_window));
-        while let Some((at, _)) = self.recent_by_time.first() {
-            if *at >= cutoff {
-                break;
-            }
-            let (_, id) = self.recent_by_time.pop_first().expect("first exists");
-            self.recent.remove(&id);
-        }
+        forget_before(&mut self.recent, &mut self.recent_by_time, cutoff);
     }
 
     /// Appends `records` (times in unix nanoseconds), skipping those whose
@@ -575,6 +569,14 @@ impl RecordStore {
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+/// Forgets the call ids that ended before `cutoff`.
+fn forget_before(recent: &mut HashSet<CallId>, by_time: &mut BTreeSet<(i64, CallId)>, cutoff: i64) {
+    while by_time.first().is_some_and(|(at, _)| *at < cutoff) {
+        let (_, id) = by_time.pop_first().expect("first exists");
+        recent.remove(&id);
     }
 }
 
