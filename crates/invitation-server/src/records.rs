@@ -556,8 +556,8 @@ impl RecordStore {
         })
     }
 
-    /// Reads every line of every segment: `Ok(records)` when all parse,
-    /// else the first corrupted line.
+    /// Reads every line of every segment: how many records there are when
+    /// all parse, else the first corrupted line's error.
     pub fn verify(&self) -> Result<usize, RecordError> {
         let mut n = 0;
         for segment in self.segments.values() {
