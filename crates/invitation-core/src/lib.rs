@@ -95,3 +95,4 @@ pub use switchboard::{
     BusyPolicy, CallNotice, CallView, ConnId, ContactPolicy, EndPolicy, OfflinePolicy, Output,
     Switchboard, SwitchboardConfig, SwitchboardStats,
 };
+pub use switchboard::{CallRecord, CalleeRecord};

@@ -12,7 +12,7 @@ use std::time::Duration;
 use harness::{Key, Net, did, uid};
 use invitation_core::protocol::{Command, InviteRequest, ReplyResult};
 use invitation_core::testing::oracle::{Acknowledged, DeviceRecord, Oracle, Record};
-use invitation_core::{CallId, CallType};
+use invitation_core::{CallId, CallType, Reason};
 use proptest::prelude::*;
 
 const USERS: [&str; 4] = ["u0", "u1", "u2", "u3"];
@@ -224,6 +224,52 @@ impl World {
         }
         let violations = std::mem::take(&mut self.oracle).finish(&net.sb, &record);
         prop_assert!(violations.is_empty(), "{:#?}", violations);
+        self.check_records()
+    }
+
+    /// One call record per ended call, none for a live one, and each says
+    /// what the switchboard still holds of the call (when it still does:
+    /// an ended call is forgotten after the retention period).
+    fn check_records(&self) -> Result<(), TestCaseError> {
+        let net = &self.net;
+        let mut seen = std::collections::BTreeSet::new();
+        for r in &net.records {
+            prop_assert!(
+                seen.insert(r.call_id.clone()),
+                "two records for {}",
+                r.call_id
+            );
+            prop_assert!(r.invited_at <= r.ended_at && r.ended_at <= net.now);
+            match r.answered_at {
+                Some(a) => {
+                    prop_assert!(r.invited_at <= a && a <= r.ended_at);
+                    prop_assert_eq!(r.duration, r.ended_at - a);
+                    prop_assert!(r.callees.iter().any(|c| c.outcome == Reason::Accepted));
+                }
+                None => {
+                    prop_assert_eq!(r.duration, Duration::ZERO);
+                    prop_assert!(r.callees.iter().all(|c| c.outcome != Reason::Accepted));
+                }
+            }
+            let Some(view) = net.sb.call(&r.call_id) else {
+                continue;
+            };
+            prop_assert_eq!(view.ended(), Some(r.reason), "{:?}", r);
+            prop_assert_eq!(&r.caller, &view.caller().id);
+            let callees: Vec<_> = view.callees().iter().map(|u| u.id.clone()).collect();
+            let recorded: Vec<_> = r.callees.iter().map(|c| c.user.clone()).collect();
+            prop_assert_eq!(recorded, callees);
+            for c in &r.callees {
+                prop_assert_eq!(Some(c.outcome), view.outcome(&c.user));
+                prop_assert_eq!(c.device.as_ref(), view.answered_by(&c.user));
+                prop_assert_eq!(c.added, view.added_later(&c.user));
+            }
+        }
+        for (call_id, _) in &self.calls {
+            // Forgotten calls had ended.
+            let ended = net.sb.call(call_id).is_none_or(|v| v.ended().is_some());
+            prop_assert_eq!(ended, seen.contains(call_id), "record of {}", call_id);
+        }
         Ok(())
     }
 }

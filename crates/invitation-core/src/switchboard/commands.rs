@@ -397,6 +397,7 @@ impl Switchboard {
             ));
         }
         self.note_answer(call_id, i, &data);
+        self.note_answered(call_id, self.now.expect("an input set the time"));
         if !others.is_empty() {
             self.announce_joined(call_id, user, device, others);
         }

@@ -98,6 +98,12 @@ pub struct SwitchboardConfig {
     pub max_receipts_per_callee: usize,
     /// Who may end a call for everyone (`end`): by default the caller only.
     pub end_policy: EndPolicy,
+    /// Keep a [`CallRecord`](super::CallRecord) of every call that ends,
+    /// for the owner to drain with
+    /// [`Switchboard::poll_record`](super::Switchboard::poll_record) (off
+    /// by default: an owner that keeps no records pays nothing). When on,
+    /// the owner must drain them: the switchboard never drops one.
+    pub call_records: bool,
 }
 
 impl Default for SwitchboardConfig {
@@ -121,6 +127,7 @@ impl Default for SwitchboardConfig {
             hide_callee_status: false,
             max_receipts_per_callee: 10,
             end_policy: EndPolicy::CallerOnly,
+            call_records: false,
         }
     }
 }

@@ -198,6 +198,8 @@ impl Switchboard {
         let caller_in = call.caller_in();
         let reason = forced.unwrap_or_else(|| call.final_reason());
         call.state = CallState::Ended(reason);
+        self.record_end(now, call_id, reason);
+        let call = self.calls.get_mut(call_id).expect("live call");
         self.notices.push_back(CallNotice::Ended {
             call_id: call_id.clone(),
             reason,

@@ -20,6 +20,11 @@
 //!
 //! The output queue holds what one input produced (bounded by callees ×
 //! devices of the calls it touched); it must be drained after every input.
+//!
+//! With [`SwitchboardConfig::call_records`] on, every call that ends leaves
+//! one [`CallRecord`] in a second queue, [`Switchboard::poll_record`],
+//! which only the owner empties (after every input or every batch: it
+//! holds the records of the calls ended since it was last drained).
 
 mod acts;
 mod call;
@@ -28,6 +33,7 @@ mod config;
 mod group;
 mod lifecycle;
 mod policy;
+mod record;
 mod render;
 mod requests;
 mod timers;
@@ -49,6 +55,7 @@ use crate::protocol::{CloseReason, Command, ReplyResult, ServerBody, ServerMessa
 use call::{Call, CallState, Presence, Slot};
 pub use config::{BusyPolicy, EndPolicy, OfflinePolicy, SwitchboardConfig};
 pub use policy::ContactPolicy;
+pub use record::{CallRecord, CalleeRecord};
 use render::render;
 use requests::Requests;
 use timers::{TimerKind, Timers};
@@ -159,6 +166,12 @@ pub struct Switchboard {
     /// `call_ended` events it causes (taken when the call ends, cleared
     /// after every command).
     ending_data: Option<CustomData>,
+    /// The records of the calls ended since the owner last drained them
+    /// ([`Switchboard::poll_record`]; only with `call_records` on).
+    records: VecDeque<CallRecord>,
+    /// The first accept of each live call someone accepted (for its
+    /// record, so only with `call_records` on; taken when the call ends).
+    answered_at: HashMap<CallId, Instant>,
 }
 
 impl fmt::Debug for Switchboard {
@@ -194,6 +207,8 @@ impl Switchboard {
             stats: SwitchboardStats::default(),
             extras: HashMap::default(),
             ending_data: None,
+            records: VecDeque::new(),
+            answered_at: HashMap::default(),
         }
     }
 
@@ -541,6 +556,21 @@ impl Switchboard {
     /// is cleared at the start of every input.
     pub fn poll_notice(&mut self) -> Option<CallNotice> {
         self.notices.pop_front()
+    }
+
+    /// The record of the next call that ended, until `None`: one per call,
+    /// whichever way it ended (every callee declined, busy, unreachable or
+    /// timed out; canceled; hung up; ended with `end`; the caller gone; a
+    /// group call left with fewer than two; [`Switchboard::shutdown`]).
+    ///
+    /// Only with [`SwitchboardConfig::call_records`] on (otherwise always
+    /// `None`). Unlike the notices, records are never cleared by an input:
+    /// they wait for the owner, who drains them after every input or
+    /// batch (a journaled owner, after the journal entries that produced
+    /// them are written, stores them and can store them again after a
+    /// replay: the call id tells the duplicates).
+    pub fn poll_record(&mut self) -> Option<CallRecord> {
+        self.records.pop_front()
     }
 
     /// When [`Switchboard::handle_timeout`] must be called next. `None`

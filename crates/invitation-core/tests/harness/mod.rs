@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use invitation_core::protocol::{Command, InviteRequest, ReplyResult, ServerMessage};
 use invitation_core::{
-    AppEvent, AuthRefusal, Authenticator, CallId, CallType, ClientSession, CloseCause,
+    AppEvent, AuthRefusal, Authenticator, CallId, CallRecord, CallType, ClientSession, CloseCause,
     CommandError, ConnId, ConnectionConfig, ConnectionOutput, DeviceConnection, DeviceId, Identity,
     Output, RequestId, SequentialCallIds, SessionConfig, Switchboard, SwitchboardConfig, User,
     UserId,
@@ -77,6 +77,9 @@ pub struct Net {
     pub lose_commands: usize,
     /// Lose this many of the next server messages to a device.
     pub lose_messages: BTreeMap<Key, usize>,
+    /// Every call record (records are on in the harness), taken as
+    /// messages are delivered.
+    pub records: Vec<CallRecord>,
     direct_counter: u64,
     next_conn: u64,
     conn_config: Arc<ConnectionConfig>,
@@ -87,7 +90,8 @@ impl Net {
         Self::with_config(SwitchboardConfig::default())
     }
 
-    pub fn with_config(config: SwitchboardConfig) -> Self {
+    pub fn with_config(mut config: SwitchboardConfig) -> Self {
+        config.call_records = true;
         #[allow(clippy::disallowed_methods)] // the origin of test time
         let t0 = Instant::now();
         Self {
@@ -99,6 +103,7 @@ impl Net {
             dup_commands: 0,
             lose_commands: 0,
             lose_messages: BTreeMap::new(),
+            records: Vec::new(),
             direct_counter: 0,
             next_conn: 1,
             // In-process links cannot die silently: no heartbeats.
@@ -474,6 +479,9 @@ impl Net {
                 while let Some((id, r)) = dev.session.poll_completion() {
                     dev.results.insert(id, r);
                 }
+            }
+            while let Some(r) = self.sb.poll_record() {
+                self.records.push(r);
             }
             if !moved {
                 break;
