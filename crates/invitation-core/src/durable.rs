@@ -365,6 +365,9 @@ impl Durable {
             }
             me.replay(i, entry.at, entry.conn, entry.input)?;
             while me.sb.poll_output().is_some() {}
+            // A receipt keeps the previous input's notices queued: none of
+            // the replay's may surface after it.
+            while me.sb.poll_notice().is_some() {}
             let mut tape = me.tape.lock();
             let left = tape.replay.take().map_or(0, |r| r.len());
             if tape.ran_out {
