@@ -70,6 +70,7 @@
 //! ```
 
 pub mod connection;
+pub mod durable;
 pub mod error;
 mod guard;
 pub mod id;

@@ -25,6 +25,22 @@ pub(crate) struct CallExtras {
     delivered: Vec<(usize, DeviceId)>,
 }
 
+impl CallExtras {
+    /// Answer data and receipts, per slot index, in order (for snapshots).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn parts(&self) -> (&[(usize, CustomData)], &[(usize, DeviceId)]) {
+        (&self.answers, &self.delivered)
+    }
+
+    /// Extras as a snapshot kept them.
+    pub(crate) fn from_parts(
+        answers: Vec<(usize, CustomData)>,
+        delivered: Vec<(usize, DeviceId)>,
+    ) -> Self {
+        Self { answers, delivered }
+    }
+}
+
 impl Switchboard {
     /// Checks an action's custom data against the invite's limit; empty data
     /// is no data.

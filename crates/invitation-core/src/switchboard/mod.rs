@@ -32,6 +32,7 @@ mod commands;
 mod config;
 mod group;
 mod lifecycle;
+pub(crate) mod persist;
 mod policy;
 mod record;
 mod render;
@@ -342,6 +343,11 @@ impl Switchboard {
     /// Unknown or already-replaced connections are ignored.
     pub fn disconnect(&mut self, now: Instant, conn: ConnId) {
         let now = self.advance(now);
+        self.forget_connection(now, conn);
+    }
+
+    /// [`Switchboard::disconnect`] after the clock moved to `now`.
+    fn forget_connection(&mut self, now: Instant, conn: ConnId) {
         let Some(ConnEntry { user, device }) = self.conns.remove(&conn) else {
             return;
         };

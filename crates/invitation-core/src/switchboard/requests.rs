@@ -9,7 +9,8 @@
 //! - one allocation per entry, shared (`Arc`) by the hash set and the
 //!   expiry queue, instead of a key stored twice and a boxed answer;
 //! - the request id is kept only inside a 64-bit keyed digest of (user,
-//!   device, request id) (foldhash, random seed per process), not as a
+//!   device, request id) (foldhash, random seed per switchboard, kept by
+//!   its snapshots so restored digests still match), not as a
 //!   string. Two different ids of the *same device*
 //!   colliding within the retention period is a ~2^-64 event per pair, and a
 //!   client cannot aim a collision at anyone but itself: user and device
@@ -45,8 +46,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::call::CallInfo;
-use crate::error::CommandError;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CommandError, ErrorCode};
 use crate::id::{DeviceId, RequestId, UserId};
+use crate::model::Reason;
 use crate::protocol::{CalleeStatus, InitialStatus, ReplyResult};
 
 /// Who asked, and a keyed hash of (user, device, request id).
@@ -240,7 +244,10 @@ const SHARE_BUCKETS: usize = 1 << 16;
 /// The remembered answers, oldest first in `order`, and per user.
 #[derive(Debug)]
 pub(crate) struct Requests {
-    set: HashSet<Entry, foldhash::fast::RandomState>,
+    /// The digest and share-bucket hasher's seed (random per switchboard;
+    /// a snapshot keeps it, so restored digests still match).
+    seed: u64,
+    set: HashSet<Entry, foldhash::fast::FixedState>,
     /// Every entry in insertion (= expiry) order, including entries already
     /// forgotten for their user's share (skipped when they come up).
     order: VecDeque<Arc<Remembered>>,
@@ -252,8 +259,18 @@ pub(crate) struct Requests {
 
 impl Default for Requests {
     fn default() -> Self {
+        // A random seed (the process-wide random hasher hashes a constant).
+        let seed = foldhash::fast::RandomState::default().hash_one(0x5eed_u64);
+        Self::with_seed(seed)
+    }
+}
+
+impl Requests {
+    /// Empty, hashing with this seed.
+    pub(crate) fn with_seed(seed: u64) -> Self {
         Self {
-            set: HashSet::default(),
+            seed,
+            set: HashSet::with_hasher(foldhash::fast::FixedState::with_seed(seed)),
             order: VecDeque::new(),
             counts: vec![0; SHARE_BUCKETS].into_boxed_slice(),
             heavy: HashMap::default(),
@@ -366,7 +383,7 @@ impl Requests {
 }
 
 /// True when the set holds this very entry (not a newer one with its key).
-fn is_live(set: &HashSet<Entry, foldhash::fast::RandomState>, entry: &Arc<Remembered>) -> bool {
+fn is_live(set: &HashSet<Entry, foldhash::fast::FixedState>, entry: &Arc<Remembered>) -> bool {
     set.get(&entry.key)
         .is_some_and(|e| Arc::ptr_eq(&e.0, entry))
 }
@@ -374,7 +391,7 @@ fn is_live(set: &HashSet<Entry, foldhash::fast::RandomState>, entry: &Arc<Rememb
 /// Removes `entry` from the set if the set holds this very entry (not a
 /// newer one with the same key); true if it did.
 fn remove_if_same(
-    set: &mut HashSet<Entry, foldhash::fast::RandomState>,
+    set: &mut HashSet<Entry, foldhash::fast::FixedState>,
     entry: &Arc<Remembered>,
 ) -> bool {
     let live = is_live(set, entry);
@@ -382,4 +399,222 @@ fn remove_if_same(
         set.remove(&entry.key);
     }
     live
+}
+
+// ----- snapshots (crate::durable) ------------------------------------------
+
+/// A stored refusal as a snapshot keeps it. Only refusals worth
+/// remembering are ever stored; `invalid` (which names a static field) is
+/// not representable and never stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "e", rename_all = "snake_case")]
+pub(crate) enum StoredError {
+    NotFound,
+    WrongRole,
+    Ended { reason: Reason },
+    CallerBusy,
+    NotConnected,
+    Misplaced,
+    TimedOut,
+    RateLimited { ms: u64 },
+    Unavailable { ms: u64 },
+    Forbidden { callee: UserId },
+    AlreadyInCall { user: UserId },
+    Rejected { code: ErrorCode, message: String },
+}
+
+impl StoredError {
+    fn of(e: &CommandError) -> Option<Self> {
+        Some(match e {
+            CommandError::NotFound => Self::NotFound,
+            CommandError::WrongRole => Self::WrongRole,
+            CommandError::Ended { reason } => Self::Ended { reason: *reason },
+            CommandError::CallerBusy => Self::CallerBusy,
+            CommandError::NotConnected => Self::NotConnected,
+            CommandError::Misplaced => Self::Misplaced,
+            CommandError::TimedOut => Self::TimedOut,
+            CommandError::RateLimited { retry_after_ms } => Self::RateLimited {
+                ms: *retry_after_ms,
+            },
+            CommandError::Unavailable { retry_after_ms } => Self::Unavailable {
+                ms: *retry_after_ms,
+            },
+            CommandError::Forbidden { callee } => Self::Forbidden {
+                callee: callee.clone(),
+            },
+            CommandError::AlreadyInCall { user } => Self::AlreadyInCall { user: user.clone() },
+            CommandError::Rejected { code, message } => Self::Rejected {
+                code: *code,
+                message: message.clone(),
+            },
+            CommandError::Invalid(_) => return None,
+        })
+    }
+
+    fn error(self) -> CommandError {
+        match self {
+            Self::NotFound => CommandError::NotFound,
+            Self::WrongRole => CommandError::WrongRole,
+            Self::Ended { reason } => CommandError::Ended { reason },
+            Self::CallerBusy => CommandError::CallerBusy,
+            Self::NotConnected => CommandError::NotConnected,
+            Self::Misplaced => CommandError::Misplaced,
+            Self::TimedOut => CommandError::TimedOut,
+            Self::RateLimited { ms } => CommandError::RateLimited { retry_after_ms: ms },
+            Self::Unavailable { ms } => CommandError::Unavailable { retry_after_ms: ms },
+            Self::Forbidden { callee } => CommandError::Forbidden { callee },
+            Self::AlreadyInCall { user } => CommandError::AlreadyInCall { user },
+            Self::Rejected { code, message } => CommandError::Rejected { code, message },
+        }
+    }
+}
+
+/// A remembered answer as a snapshot keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum AnswerImage {
+    /// `invited`, by index into the snapshot's call infos.
+    Invited {
+        info: u32,
+        ring_ms: u32,
+        statuses: u64,
+    },
+    Ok(ReplyResult),
+    Err(StoredError),
+}
+
+/// One entry of the expiry queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct RememberedImage {
+    user: UserId,
+    device: DeviceId,
+    digest: u64,
+    /// Unix ns.
+    expires: i64,
+    answer: AnswerImage,
+    /// Still answers retries (false: forgotten for its user's share, or
+    /// replaced; waits in the queue for its expiry).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    live: bool,
+}
+
+/// The request-id memory as a snapshot keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct RequestsImage {
+    seed: u64,
+    order: Vec<RememberedImage>,
+    /// Users tracked exactly: their entries, as indices into `order`.
+    heavy: Vec<(UserId, Vec<u32>)>,
+}
+
+impl Requests {
+    /// The whole memory; `info` maps a call's info to its index in the
+    /// snapshot, `ns` converts an instant.
+    pub(crate) fn image(
+        &self,
+        info: &mut dyn FnMut(&Arc<CallInfo>) -> u32,
+        ns: &dyn Fn(Instant) -> i64,
+    ) -> RequestsImage {
+        let mut index: HashMap<*const Remembered, u32> = HashMap::default();
+        let mut order = Vec::with_capacity(self.order.len());
+        for e in &self.order {
+            let answer = match &e.answer {
+                Answer::Invited {
+                    call,
+                    ring_remaining_ms,
+                    statuses,
+                } => AnswerImage::Invited {
+                    info: info(call),
+                    ring_ms: *ring_remaining_ms,
+                    statuses: *statuses,
+                },
+                Answer::Other(r) => match &**r {
+                    Ok(r) => AnswerImage::Ok(r.clone()),
+                    Err(err) => match StoredError::of(err) {
+                        Some(err) => AnswerImage::Err(err),
+                        None => continue, // never stored (see StoredError)
+                    },
+                },
+            };
+            index.insert(Arc::as_ptr(e), order.len() as u32);
+            order.push(RememberedImage {
+                user: e.key.user.clone(),
+                device: e.key.device.clone(),
+                digest: e.key.digest,
+                expires: ns(e.expires),
+                answer,
+                live: is_live(&self.set, e),
+            });
+        }
+        let mut heavy: Vec<(UserId, Vec<u32>)> = self
+            .heavy
+            .iter()
+            .map(|(user, mine)| {
+                let ix = mine
+                    .iter()
+                    .filter_map(|e| index.get(&Arc::as_ptr(e)).copied())
+                    .collect();
+                (user.clone(), ix)
+            })
+            .collect();
+        heavy.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        RequestsImage {
+            seed: self.seed,
+            order,
+            heavy,
+        }
+    }
+
+    /// Rebuilds the memory from `image`; `info` resolves a call info index,
+    /// `at` converts unix ns. `None` names the first thing that does not fit.
+    pub(crate) fn restore(
+        image: RequestsImage,
+        info: &dyn Fn(u32) -> Option<Arc<CallInfo>>,
+        at: &dyn Fn(i64) -> Instant,
+    ) -> Result<Self, String> {
+        let mut me = Self::with_seed(image.seed);
+        let mut all = Vec::with_capacity(image.order.len());
+        for e in image.order {
+            let answer = match e.answer {
+                AnswerImage::Invited {
+                    info: i,
+                    ring_ms,
+                    statuses,
+                } => Answer::Invited {
+                    call: info(i).ok_or_else(|| format!("request memory: no call info {i}"))?,
+                    ring_remaining_ms: ring_ms,
+                    statuses,
+                },
+                AnswerImage::Ok(r) => Answer::Other(Box::new(Ok(r))),
+                AnswerImage::Err(err) => Answer::Other(Box::new(Err(err.error()))),
+            };
+            let entry = Arc::new(Remembered {
+                key: RequestKey {
+                    user: e.user,
+                    device: e.device,
+                    digest: e.digest,
+                },
+                expires: at(e.expires),
+                answer,
+            });
+            if e.live {
+                let b = me.bucket(&entry.key.user);
+                me.counts[b] = me.counts[b].saturating_add(1);
+                me.set.replace(Entry(entry.clone()));
+            }
+            me.order.push_back(entry.clone());
+            all.push(entry);
+        }
+        for (user, ix) in image.heavy {
+            let mut mine = VecDeque::with_capacity(ix.len());
+            for i in ix {
+                let e = all
+                    .get(i as usize)
+                    .ok_or_else(|| format!("request memory: no entry {i}"))?;
+                mine.push_back(e.clone());
+            }
+            me.heavy.insert(user, mine);
+        }
+        Ok(me)
+    }
 }

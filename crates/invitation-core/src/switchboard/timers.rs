@@ -47,6 +47,11 @@ impl Timers {
         }
     }
 
+    /// Every timer, earliest first (for snapshots).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &(Instant, TimerKind, CallId)> {
+        self.index.iter()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.index.len()
     }

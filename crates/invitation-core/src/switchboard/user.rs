@@ -198,6 +198,17 @@ impl UserEntry {
     pub(crate) fn is_idle(&self) -> bool {
         self.devices.is_empty() && self.calls.is_empty()
     }
+
+    /// The recently ended list as it is (for snapshots): `None` until
+    /// first used.
+    pub(crate) fn recent_ended_list(&self) -> Option<&VecDeque<RecentEnded>> {
+        self.recent_ended.as_deref()
+    }
+
+    /// Puts back a recently ended list (restoring a snapshot).
+    pub(crate) fn set_recent_ended(&mut self, list: Option<VecDeque<RecentEnded>>) {
+        self.recent_ended = list.map(Box::new);
+    }
 }
 
 /// Users with no device and no live call, in the order they became so.
@@ -219,6 +230,16 @@ impl IdleUsers {
             entry.idle_since = Some(now);
             self.queue.push_back((now, user.clone()));
         }
+    }
+
+    /// The notes, oldest first (for snapshots).
+    pub(crate) fn notes(&self) -> impl Iterator<Item = &(Instant, UserId)> {
+        self.queue.iter()
+    }
+
+    /// Notes as a snapshot kept them, oldest first.
+    pub(crate) fn from_notes(queue: VecDeque<(Instant, UserId)>) -> Self {
+        Self { queue }
     }
 
     /// Forgets the users idle for at least `window` at `now`.
