@@ -605,6 +605,13 @@ impl Durable {
         self.sb.poll_notice()
     }
 
+    /// [`Switchboard::poll_record`]. After [`Durable::recover`] it returns
+    /// the records of the calls that ended in the replayed entries too:
+    /// the owner stores them again, and its store keeps one per call.
+    pub fn poll_record(&mut self) -> Option<crate::CallRecord> {
+        self.sb.poll_record()
+    }
+
     /// [`Switchboard::poll_timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.sb.poll_timeout()

@@ -11,8 +11,9 @@ use std::time::Duration;
 use invitation_core::protocol::{
     CloseReason, Command, ErrorBody, Event, ReplyResult, ServerBody, ServerMessage,
 };
+use invitation_core::durable::{Durable, JournalEntry, SwitchboardSnapshot, TimeFrame};
 use invitation_core::{
-    CallId, CallIdGenerator, CallNotice, CommandError, ConnId, Output, RequestId, Switchboard,
+    CallId, CallIdGenerator, CallNotice, CommandError, ConnId, Output, RequestId,
     SwitchboardConfig, SwitchboardInput, UserId,
 };
 use tokio::sync::mpsc;
@@ -21,6 +22,9 @@ use tokio::time::Instant;
 use crate::limits::HubLimits;
 use crate::metrics::{Metrics, Refusal};
 use crate::outbox::{Outbox, PushError};
+use crate::server::ServerError;
+use crate::records::{Cursor, Page, RecordError, RecordOptions, RecordStore, StoredRecord};
+use crate::store::{Store, StoreOptions};
 
 /// What the write of a message is timed against, for the metrics.
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +76,13 @@ pub enum HubMsg {
         /// Answered once the news is queued.
         done: tokio::sync::oneshot::Sender<()>,
     },
+    /// A page of ended-call records (durable servers only).
+    Records {
+        /// Whose, when, where to go on from.
+        query: RecordQuery,
+        /// The answer.
+        reply: tokio::sync::oneshot::Sender<Result<Page, RecordError>>,
+    },
     /// Any other input (a command, a `sync`, the device leaving), with the
     /// time it was read.
     Input {
@@ -82,6 +93,21 @@ pub enum HubMsg {
         /// When it was read off the socket.
         at: Instant,
     },
+}
+
+/// Which call records to read: see [`RecordStore::list`].
+#[derive(Debug, Clone)]
+pub struct RecordQuery {
+    /// The records this user took part in, as caller or callee.
+    pub user: UserId,
+    /// Ended at or after (unix nanoseconds).
+    pub from: i64,
+    /// Ended before (unix nanoseconds).
+    pub to: i64,
+    /// Where the previous page ended.
+    pub cursor: Option<Cursor>,
+    /// Most records in the page (capped).
+    pub limit: usize,
 }
 
 /// Unguessable call ids (`c-` + 32 hex digits from the OS CSPRNG), drawn
@@ -130,10 +156,64 @@ struct Link {
     user: UserId,
 }
 
+/// Something for a connection, held until the turn that produced it is
+/// journaled (a client is never told what a crash could take back).
+struct Held {
+    conn: ConnId,
+    tx: Arc<Outbox>,
+    what: Outbound,
+}
+
+/// How far the switchboard's clock runs ahead of the process's monotonic
+/// clock: ten years. A recovered state holds instants from before this
+/// process started (from before the machine booted, even), which a
+/// monotonic clock that starts at boot could not represent.
+const CLOCK_SHIFT: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// The switchboard's `now`.
+fn now() -> std::time::Instant {
+    Instant::now().into_std() + CLOCK_SHIFT
+}
+
+/// A switchboard instant on the process's clock (for timers and metrics);
+/// one from before this process could measure is "now".
+fn on_process_clock(at: std::time::Instant) -> Instant {
+    at.checked_sub(CLOCK_SHIFT)
+        .map_or_else(Instant::now, Instant::from_std)
+}
+
+/// Unix time in nanoseconds, from the wall clock.
+fn unix_ns_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// The switchboard's clock against the wall clock, now: how its instants
+/// are written to the data directory and read back.
+fn time_frame() -> TimeFrame {
+    TimeFrame::new(now(), unix_ns_now())
+}
+
 /// The hub task's state.
 pub(crate) struct Hub {
-    sb: Switchboard,
+    sb: Durable,
     links: HashMap<ConnId, Link>,
+    /// The data directory, when the server is durable.
+    store: Option<Store>,
+    /// Ended-call records, when the server is durable.
+    records: Option<RecordStore>,
+    /// Scratch for the records of a turn.
+    ended: Vec<StoredRecord>,
+    /// Outputs of the turn, released once its inputs are journaled.
+    held: Vec<Held>,
+    /// Scratch for the journal entries of a turn.
+    entries: Vec<JournalEntry>,
+    /// A durable server stopped: its state is on disk, and nothing more is
+    /// fed to the switchboard (the connections closing now are not
+    /// journaled: the next run sees them drop when it starts, and callers
+    /// get their full grace to come back).
+    stopping: bool,
     limits: HubLimits,
     shed_after: Option<Duration>,
     metrics: Arc<Metrics>,
@@ -147,10 +227,6 @@ const HUB_BATCH: usize = 64;
 /// How long a client is told to wait after a shed invitation.
 const SHED_RETRY_AFTER_MS: u64 = 1000;
 
-fn now() -> std::time::Instant {
-    Instant::now().into_std()
-}
-
 impl Hub {
     /// A hub with these switchboard settings, per-user and per-connection
     /// limits and load shedding threshold (new invites are refused while the
@@ -161,14 +237,91 @@ impl Hub {
         shed_after: Option<Duration>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let mut sb = Durable::new(config, RandomCallIds::new(), time_frame());
+        // In memory: nothing to journal, nothing paid for it.
+        sb.set_journaling(false);
+        Self::with(sb, limits, shed_after, metrics)
+    }
+
+    fn with(
+        sb: Durable,
+        limits: HubLimits,
+        shed_after: Option<Duration>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
-            sb: Switchboard::new(config, RandomCallIds::new()),
+            sb,
             links: HashMap::new(),
+            store: None,
+            records: None,
+            ended: Vec::new(),
+            held: Vec::new(),
+            entries: Vec::new(),
+            stopping: false,
             limits,
             shed_after,
             metrics,
             deferred: Vec::new(),
         }
+    }
+
+    /// A durable hub: opens the data directory and rebuilds the state the
+    /// last run left (its newest snapshot and the journal after it); every
+    /// connection of that run counts as dropped now.
+    pub(crate) fn recover(
+        mut config: SwitchboardConfig,
+        limits: HubLimits,
+        shed_after: Option<Duration>,
+        metrics: Arc<Metrics>,
+        options: StoreOptions,
+        record_retention: Duration,
+    ) -> Result<Self, ServerError> {
+        let started = std::time::Instant::now();
+        let dir = options.dir.clone();
+        let (store, loaded) = Store::open(options)?;
+        // Opened before the replay: the records of calls that ended in the
+        // replayed tail are written again, and the store keeps one of each.
+        let records = RecordStore::open_with(
+            dir.join("records"),
+            RecordOptions::new(record_retention),
+            unix_ns_now(),
+        )?;
+        config.call_records = true;
+        for (file, bytes) in &loaded.torn {
+            tracing::warn!(
+                file = %file.display(), bytes,
+                "the journal ended in a torn write (the last run stopped mid-write): \
+                 dropped those bytes, kept every whole entry before them"
+            );
+        }
+        let snapshot: Option<SwitchboardSnapshot> = loaded.decode_snapshot()?;
+        let entries: Vec<JournalEntry> = loaded.decode_entries()?;
+        let replayed = entries.len();
+        drop(loaded);
+        let (sb, recovered) = Durable::recover(
+            config,
+            RandomCallIds::new(),
+            time_frame(),
+            snapshot,
+            entries,
+            now(),
+        )
+        .map_err(|e| ServerError::Recover {
+            dir: dir.clone(),
+            detail: e.to_string(),
+        })?;
+        let mut hub = Self::with(sb, limits, shed_after, metrics);
+        hub.store = Some(store);
+        hub.records = Some(records);
+        hub.commit_and_release();
+        tracing::info!(
+            data_dir = %dir.display(),
+            replayed,
+            ?recovered,
+            elapsed_ms = started.elapsed().as_millis(),
+            "state recovered"
+        );
+        Ok(hub)
     }
 
     /// The `unavailable` answer to a new invitation the server will not
@@ -202,14 +355,29 @@ impl Hub {
         let timer = tokio::time::sleep_until(Instant::now());
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
+        // When written journal data must reach the disk (durability `write`).
+        let sync_timer = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(sync_timer);
+        let mut sync_armed: Option<Instant> = None;
         let mut batch = Vec::with_capacity(HUB_BATCH);
         loop {
-            let deadline = self.sb.poll_timeout().map(Instant::from_std);
+            let deadline = self.sb.poll_timeout().map(on_process_clock);
             if deadline != armed {
                 if let Some(d) = deadline {
                     timer.as_mut().reset(d);
                 }
                 armed = deadline;
+            }
+            let sync_due = self
+                .store
+                .as_ref()
+                .and_then(Store::sync_due)
+                .map(Instant::from_std);
+            if sync_due != sync_armed {
+                if let Some(d) = sync_due {
+                    sync_timer.as_mut().reset(d);
+                }
+                sync_armed = sync_due;
             }
             tokio::select! {
                 n = rx.recv_many(&mut batch, HUB_BATCH) => {
@@ -230,7 +398,12 @@ impl Hub {
                     self.fire_due_timers(now());
                     armed = None; // re-armed from the next deadline
                 }
+                () = &mut sync_timer, if sync_armed.is_some() => {
+                    self.sync_store();
+                    sync_armed = None;
+                }
             }
+            self.commit_and_release();
             let stats = self.sb.stats();
             self.metrics
                 .set_switchboard(stats.invitations, &stats.outcomes);
@@ -239,15 +412,177 @@ impl Hub {
     }
 
     fn fire_due_timers(&mut self, now: std::time::Instant) {
+        if self.stopping {
+            return;
+        }
         if let Some(deadline) = self.sb.poll_timeout() {
             if deadline <= now {
                 self.sb.handle_timeout(now);
-                self.drain(Cause::Timer(Instant::from_std(deadline)), None);
+                self.drain(Cause::Timer(on_process_clock(deadline)), None);
             }
         }
     }
 
+    /// Ends a turn: journals its inputs (one write), then releases what it
+    /// produced to the connections. Releasing can drop a connection that
+    /// does not read, which is one more input: repeated until quiet. Then
+    /// starts a snapshot if one is due.
+    fn commit_and_release(&mut self) {
+        loop {
+            self.journal();
+            if self.held.is_empty() {
+                break;
+            }
+            for held in std::mem::take(&mut self.held) {
+                self.release(held);
+            }
+        }
+        let Some(store) = &mut self.store else {
+            return;
+        };
+        if store.wants_snapshot() {
+            // After a failed write the snapshot is what puts the disk back
+            // in step: written before anything else is appended.
+            let wait = store.failed();
+            let state = self.sb.snapshot();
+            self.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
+            match store.snapshot(state, wait) {
+                Ok(()) if wait => {
+                    tracing::info!(data_dir = %store.dir().display(), "the data directory is writable again: new invitations are accepted")
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    self.metrics.store_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "cannot write a snapshot");
+                }
+            }
+        }
+    }
+
+    /// Writes the journal entries of the turn (or drops them in memory).
+    fn journal(&mut self) {
+        self.sb.drain_journal(&mut self.entries);
+        let Some(store) = &mut self.store else {
+            self.entries.clear();
+            return;
+        };
+        if self.entries.is_empty() {
+            self.write_records();
+            return;
+        }
+        for entry in self.entries.drain(..) {
+            store.add(&entry);
+        }
+        let entries = store.pending() as u64;
+        let before = store.bytes_written();
+        match store.commit() {
+            Ok(()) => {
+                self.metrics
+                    .journal_bytes
+                    .fetch_add(store.bytes_written() - before, Ordering::Relaxed);
+                self.metrics
+                    .journal_entries
+                    .fetch_add(entries, Ordering::Relaxed);
+                self.write_records();
+            }
+            Err(e) => {
+                // Calls in progress go on (their outcomes are kept in
+                // memory and reach the disk with the next snapshot); new
+                // invitations are refused until then.
+                self.metrics.store_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "cannot write the journal: refusing new invitations until the data directory is writable again");
+            }
+        }
+    }
+
+    /// Appends the records of the calls that ended this turn (after the
+    /// journal: a record is never on disk before the inputs that made it).
+    /// While the journal cannot be written they wait in the switchboard.
+    fn write_records(&mut self) {
+        let Some(records) = &mut self.records else {
+            return;
+        };
+        let frame = self.sb.frame();
+        while let Some(record) = self.sb.poll_record() {
+            self.ended.push(record.map_times(|at| frame.to_unix_ns(at)));
+        }
+        if self.ended.is_empty() {
+            return;
+        }
+        if let Err(e) = records.append(&self.ended) {
+            self.metrics.store_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, lost = self.ended.len(), "cannot write call records");
+        }
+        self.ended.clear();
+    }
+
+    fn sync_store(&mut self) {
+        if let Some(records) = &mut self.records {
+            if let Err(e) = records.sync() {
+                self.metrics.store_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "cannot sync the call records");
+            }
+        }
+        if let Some(store) = &mut self.store {
+            if let Err(e) = store.sync() {
+                self.metrics.store_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "cannot sync the journal");
+            }
+        }
+    }
+
+    /// Hands one held output to its connection.
+    fn release(&mut self, held: Held) {
+        let Held { conn, tx, what } = held;
+        if let Outbound::Close(reason) = what {
+            tx.close(Some(Outbound::Close(reason)));
+            return;
+        }
+        if let Err(e) = tx.push(what) {
+            let Some(link) = self.links.remove(&conn) else {
+                return;
+            };
+            if e == PushError::Full {
+                // The client does not read. Drop it; its task sees the queue
+                // close and shuts the socket.
+                tracing::warn!(%conn, user = %link.user, "outbound queue full: dropping the connection");
+                self.metrics.too_slow.fetch_add(1, Ordering::Relaxed);
+            }
+            link.tx.close(None);
+            if !self.stopping {
+                self.sb.disconnect(now(), conn);
+                self.drain(Cause::Other, None);
+            }
+        }
+    }
+
+    /// A new invitation the server cannot keep: the data directory cannot
+    /// be written.
+    fn store_failed(&self) -> bool {
+        self.store.as_ref().is_some_and(Store::failed)
+    }
+
     fn handle(&mut self, msg: HubMsg, now: std::time::Instant) {
+        if let HubMsg::Records { query, reply } = msg {
+            let page = match &self.records {
+                Some(records) => records.list(
+                    &query.user,
+                    query.from,
+                    query.to,
+                    query.cursor.as_ref(),
+                    query.limit,
+                ),
+                None => Ok(Page::default()),
+            };
+            let _ = reply.send(page);
+            return;
+        }
+        if self.stopping {
+            if let HubMsg::Shutdown { done } = msg {
+                let _ = done.send(());
+            }
+            return;
+        }
         match msg {
             HubMsg::Open { conn, tx, input } => {
                 let SwitchboardInput::Connect { user, device, .. } = &input else {
@@ -282,6 +617,17 @@ impl Hub {
                 if self.shed(&command, at) {
                     let reply = Self::shed_reply(&self.metrics, id);
                     self.push(conn, reply, Stamp::None);
+                    return;
+                }
+                if matches!(command, Command::Invite(_)) && self.store_failed() {
+                    self.metrics
+                        .invites_refused_store
+                        .fetch_add(1, Ordering::Relaxed);
+                    let error = CommandError::Unavailable {
+                        retry_after_ms: SHED_RETRY_AFTER_MS,
+                    };
+                    let body = ServerBody::Error(ErrorBody::from_command(Some(id), &error));
+                    self.push(conn, ServerMessage::new(body), Stamp::None);
                     return;
                 }
                 // Every command is paid for, per connection and per user
@@ -319,6 +665,17 @@ impl Hub {
                     self.drain(Cause::Other, None);
                 }
             }
+            HubMsg::Records { .. } => {} // answered above, stopping or not
+            HubMsg::Shutdown { done } if self.store.is_some() => {
+                // Nothing ends: every call, log and timer is on disk, and
+                // the next run picks them up. Clients reconnect to it.
+                self.commit_and_release();
+                self.sync_store();
+                self.stopping = true;
+                let live = self.sb.calls().filter(|c| c.ended().is_none()).count();
+                tracing::info!(calls = live, "state saved: live calls resume when the server is back");
+                let _ = done.send(());
+            }
             HubMsg::Shutdown { done } => {
                 let live = self.sb.calls().filter(|c| c.ended().is_none()).count();
                 tracing::info!(calls = live, "ending live calls: the server is stopping");
@@ -351,6 +708,13 @@ impl Hub {
         }
     }
 
+    /// One message as its own turn: handled, journaled, released.
+    #[cfg(test)]
+    fn step(&mut self, msg: HubMsg, now: std::time::Instant) {
+        self.handle(msg, now);
+        self.commit_and_release();
+    }
+
     /// Answers a request the user's budget cannot pay for.
     fn rate_limited(&mut self, conn: ConnId, id: RequestId, wait: Duration) {
         self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -361,25 +725,16 @@ impl Hub {
         self.push(conn, ServerMessage::new(body), Stamp::None);
     }
 
+    /// Queues a message for a connection, released with its turn.
     fn push(&mut self, conn: ConnId, message: ServerMessage, stamp: Stamp) {
         let Some(link) = self.links.get(&conn) else {
             return;
         };
-        let pushed = link
-            .tx
-            .push(Outbound::Message(Box::new(Queued { message, stamp })));
-        if let Err(e) = pushed {
-            if e == PushError::Full {
-                // The client does not read. Drop it; its task sees the queue
-                // close and shuts the socket.
-                tracing::warn!(%conn, user = %link.user, "outbound queue full: dropping the connection");
-                self.metrics.too_slow.fetch_add(1, Ordering::Relaxed);
-            }
-            if let Some(link) = self.links.remove(&conn) {
-                link.tx.close(None);
-                self.sb.disconnect(now(), conn);
-            }
-        }
+        self.held.push(Held {
+            conn,
+            tx: link.tx.clone(),
+            what: Outbound::Message(Box::new(Queued { message, stamp })),
+        });
     }
 
     /// Hands the switchboard's outputs to the connections. The requester's
@@ -402,7 +757,11 @@ impl Hub {
                         }
                     }
                     if let Some(link) = self.links.remove(&conn) {
-                        link.tx.close(Some(Outbound::Close(reason)));
+                        self.held.push(Held {
+                            conn,
+                            tx: link.tx,
+                            what: Outbound::Close(reason),
+                        });
                     }
                 }
             }
@@ -603,13 +962,13 @@ mod tests {
             metrics.clone(),
         );
         let queue = Outbox::new(64);
-        hub.handle(open(1, "alice", queue.clone()), now());
+        hub.step(open(1, "alice", queue.clone()), now());
         (hub, queue, metrics)
     }
 
     /// Alice's command `message`, read off her socket at `at`.
     fn alice_sends(hub: &mut Hub, input: SwitchboardInput, at: Instant) {
-        hub.handle(
+        hub.step(
             HubMsg::Input {
                 conn: ConnId::new(1),
                 input,
@@ -685,7 +1044,7 @@ mod tests {
     async fn the_callee_is_woken_before_the_requester() {
         let (mut hub, alice, _) = hub_with_alice(None);
         let bob = Outbox::new(64);
-        hub.handle(open(2, "bob", bob.clone()), now());
+        hub.step(open(2, "bob", bob.clone()), now());
         while alice.try_pop().is_some() {}
         while bob.try_pop().is_some() {}
         let order = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -742,10 +1101,11 @@ mod tests {
         let (mut hub, rx, _) = hub_with_alice(None);
         alice_sends(&mut hub, invite("i1", "bob"), Instant::now());
         while rx.try_pop().is_some() {}
-        let deadline = Instant::from_std(hub.sb.poll_timeout().expect("ring timer"));
+        let deadline = on_process_clock(hub.sb.poll_timeout().expect("ring timer"));
         tokio::time::advance(Duration::from_secs(61)).await;
         // Any message finds the due timers fired first, stamped.
         hub.fire_due_timers(now());
+        hub.commit_and_release();
         let mut stamped = 0;
         while let Some(Outbound::Message(queued)) = rx.try_pop() {
             match queued.stamp {
@@ -757,5 +1117,126 @@ mod tests {
             }
         }
         assert!(stamped >= 1, "the caller hears of the timeout");
+    }
+
+    /// A full disk: the journal write fails; new invitations are refused
+    /// with `unavailable` while the call in progress is answered and ends;
+    /// once the disk takes writes again a snapshot catches it up and
+    /// invitations are accepted again. Nothing is lost across a reopen.
+    #[tokio::test]
+    async fn a_full_disk_refuses_new_invitations_while_calls_finish() {
+        let tmp = crate::store::tests::TempDir::new("hub-full");
+        let options = StoreOptions {
+            dir: tmp.0.clone(),
+            durability: crate::store::Durability::Write,
+            fsync_interval: Duration::from_secs(1),
+            snapshot_after_bytes: 64 << 20,
+        };
+        let metrics = Arc::new(Metrics::default());
+        let mut hub = Hub::recover(
+            SwitchboardConfig::default(),
+            HubLimits::unlimited(),
+            None,
+            metrics.clone(),
+            options.clone(),
+            Duration::from_secs(86_400),
+        )
+        .expect("opens");
+        let alice = Outbox::new(64);
+        hub.step(open(1, "alice", alice.clone()), now());
+        let bob = Outbox::new(64);
+        hub.step(open(2, "bob", bob.clone()), now());
+        alice_sends(&mut hub, invite("i1", "bob"), Instant::now());
+        let call_id = match next_body(&alice).success() {
+            Some((_, ReplyResult::Invited { call_id, .. })) => call_id,
+            other => panic!("expected invited, got {other:?}"),
+        };
+        while alice.try_pop().is_some() {}
+        while bob.try_pop().is_some() {}
+
+        let fault = hub.store.as_ref().unwrap().fail_writes();
+        fault.store(true, Ordering::Relaxed);
+        // Bob accepts: the write fails, the call goes on anyway.
+        hub.step(
+            HubMsg::Input {
+                conn: ConnId::new(2),
+                input: SwitchboardInput::Command {
+                    id: RequestId::new("a1").unwrap(),
+                    command: Command::accept(call_id.clone()),
+                },
+                at: Instant::now(),
+            },
+            now(),
+        );
+        assert!(matches!(
+            next_body(&bob),
+            ServerBody::Event { event: Event::IncomingEnded { .. }, .. }
+        ));
+        assert!(matches!(
+            next_body(&alice),
+            ServerBody::Event { event: Event::CalleeOutcome { .. }, .. }
+        ));
+        assert!(hub.store_failed());
+        assert!(metrics.store_failures.load(Ordering::Relaxed) >= 1);
+        // A new invitation is refused, and creates nothing.
+        let before = hub.sb.stats().invitations;
+        alice_sends(&mut hub, invite("i2", "carol"), Instant::now());
+        match next_body(&alice) {
+            ServerBody::Error(e) => {
+                assert_eq!(e.code, ErrorCode::Unavailable);
+                assert_eq!(e.re, Some(RequestId::new("i2").unwrap()));
+            }
+            other => panic!("expected unavailable, got {other:?}"),
+        }
+        assert_eq!(hub.sb.stats().invitations, before);
+        assert_eq!(metrics.invites_refused_store.load(Ordering::Relaxed), 1);
+        // The call in progress ends normally.
+        alice_sends(
+            &mut hub,
+            SwitchboardInput::Command {
+                id: RequestId::new("h1").unwrap(),
+                command: Command::hang_up(call_id.clone()),
+            },
+            Instant::now(),
+        );
+        assert!(matches!(
+            next_body(&alice),
+            ServerBody::Event { event: Event::CallEnded { .. }, .. }
+        ));
+
+        // Room again: the next snapshot catches the disk up.
+        fault.store(false, Ordering::Relaxed);
+        hub.store.as_mut().unwrap().retry_now();
+        hub.commit_and_release();
+        assert!(!hub.store_failed());
+        alice_sends(&mut hub, invite("i3", "carol"), Instant::now());
+        assert!(matches!(
+            next_body(&alice).success(),
+            Some((_, ReplyResult::Invited { .. }))
+        ));
+        drop(hub);
+
+        // What happened while the disk was full is on disk now.
+        let reopened = Hub::recover(
+            SwitchboardConfig::default(),
+            HubLimits::unlimited(),
+            None,
+            Arc::new(Metrics::default()),
+            options,
+            Duration::from_secs(86_400),
+        )
+        .expect("reopens");
+        let ended: Vec<_> = reopened
+            .sb
+            .calls()
+            .filter(|c| c.ended().is_some())
+            .map(|c| c.call_id().clone())
+            .collect();
+        assert_eq!(ended, [call_id], "the call that ended during the failure");
+        assert_eq!(
+            reopened.sb.calls().filter(|c| c.ended().is_none()).count(),
+            1,
+            "carol's invitation rings"
+        );
     }
 }

@@ -25,7 +25,7 @@ fn hub(limits: HubLimits) -> (Hub, Arc<Metrics>) {
 
 fn open(hub: &mut Hub, key: u64, user: &str, device: &str) -> Arc<Outbox> {
     let queue = Outbox::new(256);
-    hub.handle(
+    hub.step(
         HubMsg::Open {
             conn: ConnId::new(key),
             tx: queue.clone(),
@@ -48,7 +48,7 @@ fn send(hub: &mut Hub, key: u64, id: &str, command: Option<Command>) {
         Some(command) => SwitchboardInput::Command { id, command },
         None => SwitchboardInput::Sync { id },
     };
-    hub.handle(
+    hub.step(
         HubMsg::Input {
             conn: ConnId::new(key),
             input,

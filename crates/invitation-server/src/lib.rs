@@ -15,6 +15,11 @@
 //!   per-connection and per-user command rate limits (invites once more), a
 //!   bounded outbound queue per connection, heartbeats. docs/operations.md
 //!   lists every limit.
+//! * Durable when given a data directory ([`Config::data_dir`]; the binary
+//!   defaults to one): a journal of the switchboard's inputs plus snapshots
+//!   ([`store`]), so a restart or a crash loses no ringing call, outcome,
+//!   resume position or request memory; ended calls are kept as
+//!   [`records`] ([`RunningServer::call_records`]).
 //! * Operable: `/healthz`, `/metrics` (Prometheus), structured logs,
 //!   graceful shutdown.
 //!
@@ -47,4 +52,5 @@ pub use auth::{Authority, Claims};
 pub use config::{Config, LogFormat};
 pub use metrics::{Buckets, Metrics};
 pub use records::{Cursor, Page, RecordError, RecordOptions, RecordStore, StoredRecord};
+pub use hub::RecordQuery;
 pub use server::{RunningServer, Server, ServerError, Shared};

@@ -107,6 +107,17 @@ pub struct Metrics {
     /// the events it caused. Timers fired together are stamped with the
     /// earliest deadline of the batch, so this errs on the late side.
     pub timer_lateness: Buckets,
+    /// Journal bytes written (framing included).
+    pub journal_bytes: AtomicU64,
+    /// Journal entries written (one per switchboard input).
+    pub journal_entries: AtomicU64,
+    /// Snapshots started (each begins a new journal).
+    pub snapshots: AtomicU64,
+    /// Writes to the data directory that failed (a full disk ...).
+    pub store_failures: AtomicU64,
+    /// New invitations refused with `unavailable` because the data
+    /// directory cannot be written.
+    pub invites_refused_store: AtomicU64,
 }
 
 impl Metrics {
@@ -223,6 +234,31 @@ impl Metrics {
                 "invitation_invitations_total",
                 "Invitations created.",
                 &self.invitations,
+            ),
+            (
+                "invitation_journal_bytes_total",
+                "Bytes written to the journal.",
+                &self.journal_bytes,
+            ),
+            (
+                "invitation_journal_entries_total",
+                "Switchboard inputs written to the journal.",
+                &self.journal_entries,
+            ),
+            (
+                "invitation_snapshots_total",
+                "Snapshots started.",
+                &self.snapshots,
+            ),
+            (
+                "invitation_store_failures_total",
+                "Writes to the data directory that failed.",
+                &self.store_failures,
+            ),
+            (
+                "invitation_invites_refused_store_total",
+                "New invitations refused with unavailable because the data directory cannot be written.",
+                &self.invites_refused_store,
             ),
         ] {
             let _ = writeln!(s, "# HELP {name} {help}");

@@ -188,7 +188,7 @@ impl FromStr for Cursor {
 }
 
 /// One page of [`RecordStore::list`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Page {
     /// The records, by end time (then call id).

@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 use crate::auth::{Authority, random_secret};
 use crate::config::{Config, ConfigError};
 use crate::http::{self, Route};
-use crate::hub::{Hub, HubMsg};
+use crate::hub::{Hub, HubMsg, RecordQuery};
+use crate::records::{Page, RecordError};
 use crate::limits::HubLimits;
 use crate::metrics::{Metrics, Refusal};
 use crate::rate::KeyedLimiter;
@@ -58,6 +59,21 @@ pub enum ServerError {
         addr: SocketAddr,
         /// Why.
         source: std::io::Error,
+    },
+    /// The data directory cannot be used (locked by another server,
+    /// damaged, unreadable).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The call records cannot be opened.
+    #[error(transparent)]
+    Records(#[from] crate::records::RecordError),
+    /// The data directory's content does not rebuild a state.
+    #[error("cannot recover the state kept in {dir}: {detail}")]
+    Recover {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// What went wrong.
+        detail: String,
     },
     /// The hub task (the switchboard's owner) ended while serving: a bug.
     /// The server stopped rather than keep answering health checks with
@@ -104,12 +120,21 @@ impl Server {
                 })?;
         let metrics = Arc::new(Metrics::default());
         let (hub_tx, hub_rx) = mpsc::channel(4096);
-        let hub = Hub::new(
-            sb,
-            HubLimits::from_config(&config),
-            config.shed_after(),
-            metrics.clone(),
-        );
+        let limits = HubLimits::from_config(&config);
+        let hub = match config.store_options() {
+            Some(options) => {
+                let retention = Duration::from_secs(config.record_retention_days * 86_400);
+                Hub::recover(
+                    sb,
+                    limits,
+                    config.shed_after(),
+                    metrics.clone(),
+                    options,
+                    retention,
+                )?
+            }
+            None => Hub::new(sb, limits, config.shed_after(), metrics.clone()),
+        };
         let hub = tokio::spawn(hub.run(hub_rx));
         let (shutdown_tx, shutdown) = watch::channel(false);
         Ok(Self {
@@ -288,6 +313,7 @@ impl Server {
         let addr = self.local_addr();
         let authority = self.shared.authority.clone();
         let metrics = self.shared.metrics.clone();
+        let hub = self.shared.hub.clone();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(self.run(async move {
             let _ = stop_rx.await;
@@ -296,6 +322,7 @@ impl Server {
             addr,
             authority,
             metrics,
+            hub,
             stop: Some(stop_tx),
             task,
         }
@@ -347,6 +374,7 @@ pub struct RunningServer {
     pub authority: Authority,
     /// Its metrics.
     pub metrics: Arc<Metrics>,
+    hub: mpsc::Sender<HubMsg>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -364,6 +392,22 @@ impl RunningServer {
             name,
             Duration::from_secs(3600),
         )
+    }
+
+    /// A page of ended-call records (empty for an in-memory server): the
+    /// calls `query.user` took part in that ended in `query.from..query.to`
+    /// (unix nanoseconds), by end time, after `query.cursor`.
+    pub async fn call_records(&self, query: RecordQuery) -> Result<Page, RecordError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let stopped = || RecordError::Io {
+            path: std::path::PathBuf::new(),
+            source: std::io::Error::other("the server stopped"),
+        };
+        self.hub
+            .send(HubMsg::Records { query, reply })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     /// Graceful shutdown; waits until it finished.

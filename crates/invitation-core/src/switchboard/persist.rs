@@ -68,6 +68,12 @@ pub struct SwitchboardSnapshot {
     #[serde(default)]
     extras: Vec<(CallId, ExtrasImage)>,
     stats: StatsImage,
+    /// The first accept of each live answered call (for its record).
+    #[serde(default)]
+    answered_at: Vec<(CallId, i64)>,
+    /// Records of ended calls the owner has not drained yet.
+    #[serde(default)]
+    records: Vec<super::CallRecord<i64>>,
 }
 
 impl SwitchboardSnapshot {
@@ -481,7 +487,20 @@ impl Switchboard {
             })
             .collect();
         extras.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut answered_at: Vec<(CallId, i64)> = self
+            .answered_at
+            .iter()
+            .map(|(c, t)| (c.clone(), ns(*t)))
+            .collect();
+        answered_at.sort_unstable();
+        let records = self
+            .records
+            .iter()
+            .map(|r| r.clone().map_times(ns))
+            .collect();
         SwitchboardSnapshot {
+            answered_at,
+            records,
             version: SNAPSHOT_VERSION,
             clock: self.now.map(ns),
             calls,
@@ -668,6 +687,16 @@ impl Switchboard {
             *slot = n;
         }
         sb.stats = stats;
+        sb.answered_at = image
+            .answered_at
+            .into_iter()
+            .map(|(c, t)| (c, at(t)))
+            .collect();
+        sb.records = image
+            .records
+            .into_iter()
+            .map(|r| r.map_times(&at))
+            .collect();
         Ok(sb)
     }
 }

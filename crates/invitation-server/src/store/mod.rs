@@ -622,6 +622,12 @@ impl Store {
         Ok(())
     }
 
+    /// Lets the next snapshot be tried at once (tests).
+    #[cfg(test)]
+    pub(crate) fn retry_now(&mut self) {
+        self.retry_at = None;
+    }
+
     /// Makes every later write fail as on a full disk (`on`), or work again.
     #[doc(hidden)]
     pub fn fail_writes(&self) -> Arc<AtomicBool> {
@@ -680,4 +686,4 @@ fn remove_older(dir: &Path, generation: u64) -> Result<(), StoreError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
