@@ -160,6 +160,87 @@ pub enum JournalInput {
     /// A recovery dropped every connection the recovered state had open,
     /// without firing timers ([`Durable::recover`]).
     Restart,
+    /// The settings in force from here on: written first by every run, so a
+    /// replay decides under the settings the run had, even when the
+    /// operator changed them before the restart.
+    Settings(Box<Settings>),
+}
+
+/// The switchboard settings a journal records: every
+/// [`SwitchboardConfig`] field but the contact policy, which is code (the
+/// one in force is used).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Settings {
+    max_callees: usize,
+    default_ring_timeout_s: u32,
+    min_ring_timeout_s: u32,
+    max_ring_timeout_s: u32,
+    max_custom_data: usize,
+    busy_policy: crate::BusyPolicy,
+    offline_policy: crate::OfflinePolicy,
+    caller_gone_grace_ms: u64,
+    resume_buffer: usize,
+    retention_ms: u64,
+    max_tombstones: usize,
+    max_remembered_requests: usize,
+    max_remembered_requests_per_user: usize,
+    recent_ended_per_user: usize,
+    hide_callee_status: bool,
+    max_receipts_per_callee: usize,
+    end_policy: crate::EndPolicy,
+    call_records: bool,
+}
+
+impl Settings {
+    /// The recordable part of `config`.
+    pub fn of(config: &SwitchboardConfig) -> Self {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Self {
+            max_callees: config.max_callees,
+            default_ring_timeout_s: config.default_ring_timeout_s,
+            min_ring_timeout_s: config.min_ring_timeout_s,
+            max_ring_timeout_s: config.max_ring_timeout_s,
+            max_custom_data: config.max_custom_data,
+            busy_policy: config.busy_policy,
+            offline_policy: config.offline_policy,
+            caller_gone_grace_ms: ms(config.caller_gone_grace),
+            resume_buffer: config.resume_buffer,
+            retention_ms: ms(config.retention),
+            max_tombstones: config.max_tombstones,
+            max_remembered_requests: config.max_remembered_requests,
+            max_remembered_requests_per_user: config.max_remembered_requests_per_user,
+            recent_ended_per_user: config.recent_ended_per_user,
+            hide_callee_status: config.hide_callee_status,
+            max_receipts_per_callee: config.max_receipts_per_callee,
+            end_policy: config.end_policy,
+            call_records: config.call_records,
+        }
+    }
+
+    /// `base` (for its contact policy) with these settings.
+    pub fn applied_to(&self, base: &SwitchboardConfig) -> SwitchboardConfig {
+        let mut c = base.clone();
+        c.max_callees = self.max_callees;
+        c.default_ring_timeout_s = self.default_ring_timeout_s;
+        c.min_ring_timeout_s = self.min_ring_timeout_s;
+        c.max_ring_timeout_s = self.max_ring_timeout_s;
+        c.max_custom_data = self.max_custom_data;
+        c.busy_policy = self.busy_policy;
+        c.offline_policy = self.offline_policy;
+        c.caller_gone_grace = Duration::from_millis(self.caller_gone_grace_ms);
+        c.resume_buffer = self.resume_buffer;
+        c.retention = Duration::from_millis(self.retention_ms);
+        c.max_tombstones = self.max_tombstones;
+        c.max_remembered_requests = self.max_remembered_requests;
+        c.max_remembered_requests_per_user = self.max_remembered_requests_per_user;
+        c.recent_ended_per_user = self.recent_ended_per_user;
+        c.hide_callee_status = self.hide_callee_status;
+        c.max_receipts_per_callee = self.max_receipts_per_callee;
+        c.end_policy = self.end_policy;
+        c.call_records = self.call_records;
+        c
+    }
 }
 
 /// Why [`Durable::recover`] could not rebuild the state. Nothing is
@@ -297,11 +378,18 @@ impl Durable {
         frame: TimeFrame,
     ) -> Self {
         let tape = Self::tape(ids);
+        // The journal starts with the settings it is written under.
+        let first = JournalEntry {
+            at: frame.unix_ns,
+            conn: None,
+            input: JournalInput::Settings(Box::new(Settings::of(&config))),
+            ids: Vec::new(),
+        };
         Self {
             sb: Switchboard::new(config, tape.clone()),
             frame,
             tape,
-            journal: Vec::new(),
+            journal: vec![first],
             journaling: true,
         }
     }
@@ -337,6 +425,7 @@ impl Durable {
         now: Instant,
     ) -> Result<(Self, Recovered), RecoverError> {
         let tape = Self::tape(ids);
+        let current = config.clone();
         let sb = match snapshot {
             Some(s) if s.version() != SNAPSHOT_VERSION => {
                 return Err(RecoverError::UnknownVersion {
@@ -381,6 +470,14 @@ impl Durable {
         me.tape.lock().record = true;
         me.journaling = true;
         let at = me.effective(now);
+        // From here on the settings of this run.
+        me.journal.push(JournalEntry {
+            at: me.frame.to_unix_ns(at),
+            conn: None,
+            input: JournalInput::Settings(Box::new(Settings::of(&current))),
+            ids: Vec::new(),
+        });
+        me.sb.set_config(current);
         let dropped = me.sb.drop_connections(at);
         if dropped > 0 {
             me.journal.push(JournalEntry {
@@ -430,6 +527,10 @@ impl Durable {
             JournalInput::Shutdown => sb.shutdown(now),
             JournalInput::Restart => {
                 sb.drop_connections(now);
+            }
+            JournalInput::Settings(settings) => {
+                let config = settings.applied_to(sb.config());
+                sb.set_config(config);
             }
         }
         Ok(())

@@ -487,11 +487,17 @@ fn recovered_switchboards_behave_exactly_as_the_original() {
             replayed += r1.entries + r2.entries;
             dropped += r1.dropped;
             ringing += r1.ringing;
-            // The recovered journals start with the drop.
+            // The recovered journals start with the run's settings, then
+            // the drop.
             let mut j = Vec::new();
             b1.drain_journal(&mut j);
-            assert_eq!(j.len(), usize::from(r1.dropped > 0));
-            if let Some(e) = j.first() {
+            assert_eq!(j.len(), 1 + usize::from(r1.dropped > 0));
+            assert!(
+                matches!(j[0].input, JournalInput::Settings(_)),
+                "{:?}",
+                j[0]
+            );
+            if let Some(e) = j.get(1) {
                 assert_eq!(e.input, JournalInput::Restart);
                 assert_eq!(e.at, frame.to_unix_ns(crash));
             }
@@ -722,12 +728,18 @@ fn a_deadline_that_passed_while_down_fires_once_on_the_first_timeout() {
     assert_eq!(b.poll_timeout(), None);
     b.handle_timeout(now + Duration::from_secs(1));
     assert!(drain(&mut b).notices.is_empty());
-    // The journal: the drop, then the timeout, at the restart's time.
+    // The journal: the run's settings, the drop, then the timeout, at the
+    // restart's time.
     let mut j = Vec::new();
     b.drain_journal(&mut j);
-    let inputs: Vec<&JournalInput> = j.iter().map(|e| &e.input).collect();
+    assert!(
+        matches!(j[0].input, JournalInput::Settings(_)),
+        "{:?}",
+        j[0]
+    );
+    let inputs: Vec<&JournalInput> = j[1..].iter().map(|e| &e.input).collect();
     assert_eq!(inputs, [&JournalInput::Restart, &JournalInput::Timeout]);
-    assert_eq!(j[1].at, s.frame.to_unix_ns(now));
+    assert_eq!(j[2].at, s.frame.to_unix_ns(now));
     // The caller resumes and learns the outcome exactly once.
     b.connect(
         now,
@@ -990,4 +1002,90 @@ fn a_device_resumes_after_recovery_with_exactly_the_missed_events() {
     b.connect(now, ConnId::new(6), user("bob"), did("b"), Some(2), None);
     let p = drain(&mut b);
     assert_eq!(count_events(&p, 6, |_| true), 0);
+}
+
+/// The operator changed the settings before the restart: the journal is
+/// replayed under the settings it was written with (each run records its
+/// own first), and the new ones apply from the restart on. Without that,
+/// an invite the old limit allowed would be refused on replay and the
+/// journal would no longer fit.
+#[test]
+fn a_journal_replays_under_the_settings_it_was_written_with() {
+    let t = origin();
+    let frame = TimeFrame::new(t, UNIX_T0);
+    let mut before = SwitchboardConfig::default();
+    before.max_callees = 4;
+    before.default_ring_timeout_s = 60;
+    // The caller's grace outlasts the ring: the next timer is the ring's.
+    before.caller_gone_grace = Duration::from_secs(600);
+    let mut d = Durable::new(before, SequentialCallIds::default(), frame);
+    d.connect(t, ConnId::new(1), user("alice"), did("a"), None, None);
+    let three = || {
+        Command::Invite(InviteRequest::new(
+            vec![uid("bob"), uid("carol"), uid("dave")],
+            CallType::Voice,
+        ))
+    };
+    let r = d.handle_command(t, ConnId::new(1), rid("inv"), three());
+    assert!(matches!(r, Ok(ReplyResult::Invited { .. })), "{r:?}");
+    drain(&mut d);
+    let mut journal = Vec::new();
+    d.drain_journal(&mut journal);
+    assert!(
+        matches!(journal[0].input, JournalInput::Settings(_)),
+        "the journal starts with its settings: {:?}",
+        journal[0]
+    );
+
+    // Restarted with at most two callees and a 30 s ring.
+    let mut after = SwitchboardConfig::default();
+    after.max_callees = 2;
+    after.default_ring_timeout_s = 30;
+    after.caller_gone_grace = Duration::from_secs(600);
+    let later = t + Duration::from_secs(1);
+    let (mut r2, recovered) = Durable::recover(
+        after.clone(),
+        SequentialCallIds::default(),
+        frame,
+        None,
+        through_json_entries(&journal),
+        later,
+    )
+    .expect("replays under the old settings");
+    assert_eq!(recovered.ringing, 1, "the three-callee call rings");
+    let deadline = r2.poll_timeout().expect("its ring timer");
+    assert_eq!(deadline, t + Duration::from_secs(60), "its deadline kept");
+    // The new settings from the restart on; a snapshot carries them.
+    assert_eq!(r2.config().max_callees, 2);
+    let mut discard = Vec::new();
+    r2.drain_journal(&mut discard);
+    let snapshot = r2.snapshot();
+    r2.connect(later, ConnId::new(7), user("erin"), did("e"), None, None);
+    let refused = r2.handle_command(later, ConnId::new(7), rid("inv2"), three());
+    assert!(
+        refused.is_err(),
+        "three callees are too many now: {refused:?}"
+    );
+    drain(&mut r2);
+    let mut tail = Vec::new();
+    r2.drain_journal(&mut tail);
+
+    // Recovered from the snapshot under the defaults (nine callees), the
+    // tail replays under the two-callee limit it was written under: the
+    // invite is refused again (under nine it would draw a call id the
+    // entry does not have, and the recovery would fail).
+    let (r3, recovered) = Durable::recover(
+        SwitchboardConfig::default(),
+        SequentialCallIds::default(),
+        frame,
+        Some(through_json(&snapshot)),
+        through_json_entries(&tail),
+        later,
+    )
+    .expect("the tail fits its settings");
+    assert_eq!(recovered.ringing, 1);
+    assert_eq!(
+        r3.config().max_callees,
+        SwitchboardConfig::default().max_callees
+    );
 }

@@ -469,7 +469,12 @@ impl Config {
         within("worker_threads", self.worker_threads, 0, 1024)?;
         within("fsync_interval_ms", self.fsync_interval_ms, 1, 60_000)?;
         within("snapshot_after_mb", self.snapshot_after_mb, 1, 1 << 20)?;
-        within("record_retention_days", self.record_retention_days, 1, 36_500)?;
+        within(
+            "record_retention_days",
+            self.record_retention_days,
+            1,
+            36_500,
+        )?;
         if let Some(secret) = &self.secret {
             check_secret(secret)?;
         }

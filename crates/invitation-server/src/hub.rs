@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use invitation_core::durable::{Durable, JournalEntry, SwitchboardSnapshot, TimeFrame};
 use invitation_core::protocol::{
     CloseReason, Command, ErrorBody, Event, ReplyResult, ServerBody, ServerMessage,
 };
-use invitation_core::durable::{Durable, JournalEntry, SwitchboardSnapshot, TimeFrame};
 use invitation_core::{
     CallId, CallIdGenerator, CallNotice, CommandError, ConnId, Output, RequestId,
     SwitchboardConfig, SwitchboardInput, UserId,
@@ -22,8 +22,8 @@ use tokio::time::Instant;
 use crate::limits::HubLimits;
 use crate::metrics::{Metrics, Refusal};
 use crate::outbox::{Outbox, PushError};
-use crate::server::ServerError;
 use crate::records::{Cursor, Page, RecordError, RecordOptions, RecordStore, StoredRecord};
+use crate::server::ServerError;
 use crate::store::{Store, StoreOptions};
 
 /// What the write of a message is timed against, for the metrics.
@@ -673,7 +673,10 @@ impl Hub {
                 self.sync_store();
                 self.stopping = true;
                 let live = self.sb.calls().filter(|c| c.ended().is_none()).count();
-                tracing::info!(calls = live, "state saved: live calls resume when the server is back");
+                tracing::info!(
+                    calls = live,
+                    "state saved: live calls resume when the server is back"
+                );
                 let _ = done.send(());
             }
             HubMsg::Shutdown { done } => {
@@ -1170,11 +1173,17 @@ mod tests {
         );
         assert!(matches!(
             next_body(&bob),
-            ServerBody::Event { event: Event::IncomingEnded { .. }, .. }
+            ServerBody::Event {
+                event: Event::IncomingEnded { .. },
+                ..
+            }
         ));
         assert!(matches!(
             next_body(&alice),
-            ServerBody::Event { event: Event::CalleeOutcome { .. }, .. }
+            ServerBody::Event {
+                event: Event::CalleeOutcome { .. },
+                ..
+            }
         ));
         assert!(hub.store_failed());
         assert!(metrics.store_failures.load(Ordering::Relaxed) >= 1);
@@ -1201,7 +1210,10 @@ mod tests {
         );
         assert!(matches!(
             next_body(&alice),
-            ServerBody::Event { event: Event::CallEnded { .. }, .. }
+            ServerBody::Event {
+                event: Event::CallEnded { .. },
+                ..
+            }
         ));
 
         // Room again: the next snapshot catches the disk up.

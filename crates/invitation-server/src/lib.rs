@@ -50,7 +50,7 @@ pub mod store;
 
 pub use auth::{Authority, Claims};
 pub use config::{Config, LogFormat};
+pub use hub::RecordQuery;
 pub use metrics::{Buckets, Metrics};
 pub use records::{Cursor, Page, RecordError, RecordOptions, RecordStore, StoredRecord};
-pub use hub::RecordQuery;
 pub use server::{RunningServer, Server, ServerError, Shared};

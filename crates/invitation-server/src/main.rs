@@ -269,18 +269,24 @@ async fn serve(cli: Cli, config: Config, unknown_env: Vec<String>) -> Result<()>
             if config.secret.is_none() {
                 // A durable server keeps its generated secret too: the
                 // tokens clients hold stay valid across restarts.
-                std::fs::create_dir_all(&store.dir)
-                    .with_context(|| format!("cannot make the data directory {}", store.dir.display()))?;
+                std::fs::create_dir_all(&store.dir).with_context(|| {
+                    format!("cannot make the data directory {}", store.dir.display())
+                })?;
                 let path = store.dir.join("secret");
-                let (secret, made) = secret_file::load_or_create(&path, invitation_server::auth::random_secret)
-                    .with_context(|| format!("cannot keep the generated secret in {}", path.display()))?;
+                let (secret, made) =
+                    secret_file::load_or_create(&path, invitation_server::auth::random_secret)
+                        .with_context(|| {
+                            format!("cannot keep the generated secret in {}", path.display())
+                        })?;
                 check_secret(&secret)
                     .with_context(|| format!("the secret kept in {}", path.display()))?;
                 config.secret = Some(secret);
                 announce_kept_secret(&path, made, log_format);
             }
         }
-        None => tracing::warn!("in memory: a restart loses live calls, event logs and call records"),
+        None => {
+            tracing::warn!("in memory: a restart loses live calls, event logs and call records")
+        }
     }
     let configured_file = config.secret_file.clone();
     let server = Server::bind(config).await?;

@@ -36,7 +36,10 @@ pub fn write(
 /// `path` when it exists, otherwise `generate`d and written there owner-only
 /// (0600). Tokens minted with it stay valid across restarts, like the calls
 /// they resume. Returns the secret and whether it was made now.
-pub fn load_or_create(path: &Path, generate: impl FnOnce() -> String) -> io::Result<(String, bool)> {
+pub fn load_or_create(
+    path: &Path,
+    generate: impl FnOnce() -> String,
+) -> io::Result<(String, bool)> {
     match fs::read_to_string(path) {
         Ok(text) => {
             let secret = text.trim_end_matches(['\n', '\r']).to_owned();

@@ -23,10 +23,10 @@ use crate::auth::{Authority, random_secret};
 use crate::config::{Config, ConfigError};
 use crate::http::{self, Route};
 use crate::hub::{Hub, HubMsg, RecordQuery};
-use crate::records::{Page, RecordError};
 use crate::limits::HubLimits;
 use crate::metrics::{Metrics, Refusal};
 use crate::rate::KeyedLimiter;
+use crate::records::{Page, RecordError};
 use crate::slots::{Admission, Slots};
 
 /// State shared by all connection tasks.

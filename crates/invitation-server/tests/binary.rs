@@ -70,7 +70,13 @@ fn start_without_secret(
     format: &str,
 ) -> (Child, mpsc::Receiver<String>, PathBuf, Vec<String>) {
     let mut child = command(&[("XDG_RUNTIME_DIR", runtime_dir.to_str().unwrap())])
-        .args(["--listen", "127.0.0.1:0", "--log-format", format, "--in-memory"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            format,
+            "--in-memory",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -204,11 +204,19 @@ struct Client {
 impl Client {
     /// Connects as `user` on `device`, resuming after `last_seq`; returns
     /// the client and its `welcome`.
-    async fn hello(addr: SocketAddr, user: &str, device: &str, last_seq: Option<u64>) -> (Self, Value) {
-        let (ws, _) = tokio::time::timeout(SOON, tokio_tungstenite::connect_async(format!("ws://{addr}/")))
-            .await
-            .expect("connects in time")
-            .expect("connects");
+    async fn hello(
+        addr: SocketAddr,
+        user: &str,
+        device: &str,
+        last_seq: Option<u64>,
+    ) -> (Self, Value) {
+        let (ws, _) = tokio::time::timeout(
+            SOON,
+            tokio_tungstenite::connect_async(format!("ws://{addr}/")),
+        )
+        .await
+        .expect("connects in time")
+        .expect("connects");
         let token = Authority::new(SECRET.as_bytes(), "invitation", None).mint(
             &UserId::new(user).unwrap(),
             user,
@@ -219,7 +227,8 @@ impl Client {
             events: Vec::new(),
             others: Vec::new(),
         };
-        let mut hello = json!({"v": 1, "id": "hello", "type": "hello", "device": device, "token": token});
+        let mut hello =
+            json!({"v": 1, "id": "hello", "type": "hello", "device": device, "token": token});
         if let Some(s) = last_seq {
             hello["last_seq"] = s.into();
         }
@@ -238,7 +247,9 @@ impl Client {
         tokio::time::timeout(SOON, async {
             loop {
                 match self.ws.next().await {
-                    Some(Ok(Message::Text(t))) => return serde_json::from_str::<Value>(&t).unwrap(),
+                    Some(Ok(Message::Text(t))) => {
+                        return serde_json::from_str::<Value>(&t).unwrap();
+                    }
                     Some(Ok(Message::Close(f))) => panic!("closed: {f:?}"),
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => panic!("connection failed: {e}"),
@@ -262,7 +273,8 @@ impl Client {
 
     /// Everything that arrives before the answer to a ping.
     async fn settle(&mut self) {
-        self.send(json!({"v": 1, "id": "settle", "type": "ping"})).await;
+        self.send(json!({"v": 1, "id": "settle", "type": "ping"}))
+            .await;
         loop {
             let m = self.next().await;
             if m["type"] == "pong" {
@@ -357,18 +369,19 @@ async fn kill_9_mid_ring_then_the_accept_reaches_the_caller() {
     assert_eq!(calls[0]["call_id"], call_id.as_str(), "{sync}");
 
     // Both resume where they were: nothing missed, nothing repeated.
-    let (mut alice2, welcome) = Client::hello(second.addr, "alice", "phone", Some(alice.last_seq())).await;
+    let (mut alice2, welcome) =
+        Client::hello(second.addr, "alice", "phone", Some(alice.last_seq())).await;
     assert_eq!(welcome["resumed"], true, "{welcome}");
     assert_eq!(welcome["seq"], alice.last_seq(), "{welcome}");
-    let (mut bob2, welcome) = Client::hello(second.addr, "bob", "phone", Some(bob.last_seq())).await;
+    let (mut bob2, welcome) =
+        Client::hello(second.addr, "bob", "phone", Some(bob.last_seq())).await;
     assert_eq!(welcome["resumed"], true, "{welcome}");
     alice2.settle().await;
     bob2.settle().await;
     assert!(alice2.events.is_empty(), "{:#?}", alice2.events);
     assert!(bob2.events.is_empty(), "{:#?}", bob2.events);
 
-    bob2
-        .send(json!({"v": 1, "id": "acc-1", "type": "accept", "call_id": call_id}))
+    bob2.send(json!({"v": 1, "id": "acc-1", "type": "accept", "call_id": call_id}))
         .await;
     let ended = bob2.until_event("incoming_ended").await;
     assert_eq!(ended["re"], "acc-1", "{ended}");
@@ -413,11 +426,19 @@ async fn a_retried_command_after_a_crash_is_answered_once() {
         }
         bob2.note(m);
     };
-    assert_eq!(answer["type"], "reply", "a plain reply the second time: {answer}");
-    let (mut alice2, _) = Client::hello(second.addr, "alice", "phone", Some(alice.last_seq())).await;
+    assert_eq!(
+        answer["type"], "reply",
+        "a plain reply the second time: {answer}"
+    );
+    let (mut alice2, _) =
+        Client::hello(second.addr, "alice", "phone", Some(alice.last_seq())).await;
     alice2.settle().await;
     bob2.settle().await;
-    assert!(alice2.events.is_empty(), "no second outcome: {:#?}", alice2.events);
+    assert!(
+        alice2.events.is_empty(),
+        "no second outcome: {:#?}",
+        alice2.events
+    );
     assert!(bob2.events.is_empty(), "{:#?}", bob2.events);
     second.kill9();
 }
@@ -439,11 +460,15 @@ async fn the_timeout_fires_at_the_original_deadline() {
     // Down for a second.
     std::thread::sleep(Duration::from_secs(1));
     let second = start(&tmp.0, port, &env);
-    let (mut alice2, _) = Client::hello(second.addr, "alice", "phone", Some(alice.last_seq())).await;
+    let (mut alice2, _) =
+        Client::hello(second.addr, "alice", "phone", Some(alice.last_seq())).await;
     let outcome = alice2.until_event("callee_outcome").await;
     let at = sent.elapsed();
     assert_eq!(outcome["event"]["reason"], "timeout", "{outcome}");
-    assert!(at >= Duration::from_secs(4), "not before the deadline: {at:?}");
+    assert!(
+        at >= Duration::from_secs(4),
+        "not before the deadline: {at:?}"
+    );
     assert!(
         at < Duration::from_millis(5_500),
         "at the original deadline (4 s after the invite), not 4 s after the restart: {at:?}"
@@ -471,18 +496,25 @@ async fn a_deadline_missed_while_down_fires_once_at_start() {
     // Down past the deadline.
     std::thread::sleep(Duration::from_millis(1500));
     let second = start(&tmp.0, port, &env);
-    let (mut alice2, _) = Client::hello(second.addr, "alice", "phone", Some(alice.last_seq())).await;
+    let (mut alice2, _) =
+        Client::hello(second.addr, "alice", "phone", Some(alice.last_seq())).await;
     let (mut bob2, _) = Client::hello(second.addr, "bob", "phone", Some(bob.last_seq())).await;
     alice2.settle().await;
     bob2.settle().await;
-    assert_eq!(alice2.types(), ["callee_outcome", "call_ended"], "{:#?}", alice2.events);
+    assert_eq!(
+        alice2.types(),
+        ["callee_outcome", "call_ended"],
+        "{:#?}",
+        alice2.events
+    );
     assert_eq!(alice2.events[0].1["event"]["reason"], "timeout");
     assert_eq!(bob2.types(), ["incoming_ended"], "{:#?}", bob2.events);
     assert_eq!(bob2.events[0].1["event"]["reason"], "timeout");
     second.kill9();
 
     let third = start(&tmp.0, port, &env);
-    let (mut alice3, welcome) = Client::hello(third.addr, "alice", "phone", Some(alice2.last_seq())).await;
+    let (mut alice3, welcome) =
+        Client::hello(third.addr, "alice", "phone", Some(alice2.last_seq())).await;
     assert_eq!(welcome["resumed"], true);
     alice3.settle().await;
     assert!(alice3.events.is_empty(), "fired once: {:#?}", alice3.events);
@@ -509,8 +541,15 @@ async fn a_clean_stop_keeps_ringing_calls() {
     drop((alice.ws, bob.ws));
 
     let second = start(&tmp.0, port, &[]);
-    let (mut bob2, _) = Client::hello(second.addr, "bob", "phone", Some(bob.events.last().unwrap().0)).await;
-    bob2.send(json!({"v": 1, "id": "acc-1", "type": "accept", "call_id": call_id})).await;
+    let (mut bob2, _) = Client::hello(
+        second.addr,
+        "bob",
+        "phone",
+        Some(bob.events.last().unwrap().0),
+    )
+    .await;
+    bob2.send(json!({"v": 1, "id": "acc-1", "type": "accept", "call_id": call_id}))
+        .await;
     let ended = bob2.until_event("incoming_ended").await;
     assert_eq!(ended["event"]["reason"], "accepted", "{ended}");
     let alice_last = alice.events.last().unwrap().0;
@@ -544,13 +583,18 @@ async fn a_torn_tail_is_dropped_with_a_warning() {
     let (mut alice, _) = Client::hello(first.addr, "alice", "phone", None).await;
     let call_id = invite(&mut alice, "bob").await;
     // A last entry whose loss changes nothing anyone was told.
-    alice.send(json!({"v": 1, "id": "s-1", "type": "sync"})).await;
+    alice
+        .send(json!({"v": 1, "id": "s-1", "type": "sync"}))
+        .await;
     alice.settle().await;
     let port = first.addr.port();
     first.kill9();
     let journal = newest_journal(&tmp.0);
     let len = std::fs::metadata(&journal).unwrap().len();
-    let file = std::fs::OpenOptions::new().write(true).open(&journal).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&journal)
+        .unwrap();
     file.set_len(len - 5).unwrap();
     drop(file);
 

@@ -7,7 +7,8 @@ use super::ContactPolicy;
 use crate::model::{DEFAULT_MAX_CUSTOM_DATA, RING_TIMEOUT_BOUNDS_S};
 
 /// What happens to an invitation for a callee who is busy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum BusyPolicy {
     /// Reject at once with outcome `busy` (the origin's behaviour). Busy
@@ -20,7 +21,8 @@ pub enum BusyPolicy {
 }
 
 /// Who may end a call for everyone with `end`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum EndPolicy {
     /// Only the caller, while in the call (the default).
@@ -31,7 +33,8 @@ pub enum EndPolicy {
 }
 
 /// What happens to an invitation for a callee with no device online.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum OfflinePolicy {
     /// Hold it until the ring timeout; a device that connects in time gets it.

@@ -218,6 +218,12 @@ impl Switchboard {
         &self.config
     }
 
+    /// Replaces the settings (a durable owner replays each run's journal
+    /// under the settings that run had). Limits apply from the next input.
+    pub(crate) fn set_config(&mut self, config: SwitchboardConfig) {
+        self.config = config;
+    }
+
     // ----- inputs -------------------------------------------------------
 
     /// A device of `user` connected (already authenticated by the owner).

@@ -74,6 +74,10 @@ pub struct SwitchboardSnapshot {
     /// Records of ended calls the owner has not drained yet.
     #[serde(default)]
     records: Vec<super::CallRecord<i64>>,
+    /// The settings in force (the journal after the snapshot replays
+    /// under them until it records others).
+    #[serde(default)]
+    settings: Option<crate::durable::Settings>,
 }
 
 impl SwitchboardSnapshot {
@@ -499,6 +503,7 @@ impl Switchboard {
             .map(|r| r.clone().map_times(ns))
             .collect();
         SwitchboardSnapshot {
+            settings: Some(crate::durable::Settings::of(&self.config)),
             answered_at,
             records,
             version: SNAPSHOT_VERSION,
@@ -551,6 +556,10 @@ impl Switchboard {
         image: SwitchboardSnapshot,
         at: &dyn Fn(i64) -> Instant,
     ) -> Result<Self, String> {
+        let config = match &image.settings {
+            Some(settings) => settings.applied_to(&config),
+            None => config,
+        };
         let mut sb = Switchboard::new(config, ids);
         sb.now = image.clock.map(at);
         let infos: Vec<Arc<CallInfo>> = image
