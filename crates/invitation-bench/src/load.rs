@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::scrape::{self, Buckets};
-use crate::{SECRET, ServerProc, cpu_us, memory_kb, start_echo, start_server};
+use crate::{Durability, SECRET, ServerProc, Store, cpu_us, memory_kb, start_echo, start_server};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -159,6 +159,12 @@ pub(crate) struct CallsResult {
     pub(crate) accepted: Histogram<u64>,
     pub(crate) server_cpu_us_per_call: f64,
     pub(crate) generator_cpu_us_per_call: f64,
+    /// Where the server kept its state.
+    pub(crate) store: Store,
+    /// Journal bytes written during the run (durable servers).
+    pub(crate) journal_bytes: u64,
+    /// Journal entries written during the run (durable servers).
+    pub(crate) journal_entries: u64,
 }
 
 struct Group {
@@ -209,7 +215,12 @@ pub(crate) async fn calls(
     } else {
         ProgressBar::hidden()
     };
-    let ring0 = Buckets::parse(&scrape::metrics(server.addr).await?, RING);
+    let text0 = scrape::metrics(server.addr).await?;
+    let ring0 = Buckets::parse(&text0, RING);
+    let journal0 = (
+        scrape::counter(&text0, JOURNAL_BYTES).unwrap_or(0),
+        scrape::counter(&text0, JOURNAL_ENTRIES).unwrap_or(0),
+    );
     let (cpu0, me0) = (cpu_us(server.pid), cpu_us(std::process::id()));
     let start = tokio::time::Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate);
@@ -255,7 +266,10 @@ pub(crate) async fn calls(
     while tasks.join_next().await.is_some() {}
     pb.finish_and_clear();
     let (server_cpu, my_cpu) = (cpu_us(server.pid) - cpu0, cpu_us(std::process::id()) - me0);
-    let server_ring = Buckets::parse(&scrape::metrics(server.addr).await?, RING).since(&ring0);
+    let text1 = scrape::metrics(server.addr).await?;
+    let server_ring = Buckets::parse(&text1, RING).since(&ring0);
+    let journal_bytes = scrape::counter(&text1, JOURNAL_BYTES).unwrap_or(0) - journal0.0;
+    let journal_entries = scrape::counter(&text1, JOURNAL_ENTRIES).unwrap_or(0) - journal0.1;
     let ring = ring.lock().await.clone();
     let accepted = accepted.lock().await.clone();
     let completed = ring.len();
@@ -271,10 +285,15 @@ pub(crate) async fn calls(
         ring,
         server_ring,
         accepted,
+        store: server.store,
+        journal_bytes,
+        journal_entries,
     })
 }
 
 const RING: &str = "invitation_invite_to_ring_seconds";
+const JOURNAL_BYTES: &str = "invitation_journal_bytes_total";
+const JOURNAL_ENTRIES: &str = "invitation_journal_entries_total";
 
 fn is_ring(b: &ServerBody) -> bool {
     matches!(
@@ -652,7 +671,7 @@ pub(crate) async fn idle_both(
     clients: usize,
     procs: usize,
 ) -> Result<IdleResult> {
-    let server = start_server(server_bin, cpu).await?;
+    let server = start_server(server_bin, cpu, Store::Memory).await?;
     let ours = idle_bytes(server, clients, procs, IdleKind::Ours).await?;
     let echo = idle_bytes(start_echo(cpu).await?, clients, procs, IdleKind::Echo).await?;
     Ok(IdleResult {
@@ -724,7 +743,7 @@ pub(crate) async fn relay_both(
     secs: f64,
 ) -> Result<RelayResult> {
     let auth = authority();
-    let server = start_server(server_bin, cpu).await?;
+    let server = start_server(server_bin, cpu, Store::Memory).await?;
     let mut conns = Vec::new();
     for i in 0..RELAY_CONNS {
         conns.push(connect(server.addr, &auth, &format!("relay{i}")).await?);
@@ -743,4 +762,204 @@ pub(crate) async fn relay_both(
         ours_cpu_us_per_msg: ours_cpu,
         echo_cpu_us_per_msg: echo_cpu,
     })
+}
+
+/// What `recovery` measured.
+pub(crate) struct RecoveryResult {
+    pub(crate) pending: usize,
+    pub(crate) durability: Durability,
+    /// Seconds to make the invitations (connect, hello, invite, close).
+    pub(crate) fill_secs: f64,
+    /// Journal bytes written while filling, and entries.
+    pub(crate) journal_bytes: u64,
+    pub(crate) journal_entries: u64,
+    /// Bytes in the data directory at the kill.
+    pub(crate) dir_bytes: u64,
+    /// From spawning the restarted process to its port accepting.
+    pub(crate) restart: Duration,
+    /// The server's own account: (elapsed ms, entries replayed, ringing).
+    pub(crate) recovered: Option<(u64, u64, u64)>,
+    /// The restarted server's resident memory, kB.
+    pub(crate) rss_kb: u64,
+}
+
+/// Fills a durable server with `pending` held invitations (each caller
+/// connects, invites an offline callee with a 600 s ring, and goes: its
+/// grace is a day), kills it with SIGKILL, restarts it on the same data
+/// directory and times the start.
+pub(crate) async fn recovery(
+    server_bin: &Option<PathBuf>,
+    cpu: &str,
+    durability: Durability,
+    pending: usize,
+) -> Result<RecoveryResult> {
+    use tokio::io::AsyncBufReadExt;
+
+    let bin = crate::server_binary(server_bin)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let config = crate::bench_config(port, "caller_gone_grace_s = 86400\n")?;
+    let dir = crate::fresh_data_dir(port);
+    let store = Store::Durable(durability);
+    let start = |log: bool| {
+        let mut cmd = if cpu == "none" {
+            tokio::process::Command::new(&bin)
+        } else {
+            let mut c = tokio::process::Command::new("taskset");
+            c.arg("-c").arg(cpu).arg(&bin);
+            c
+        };
+        cmd.args(["--listen", &addr.to_string()])
+            .args(crate::store_args(store, &dir))
+            .envs(crate::durability_env(store))
+            .env("INVITATION_SECRET", SECRET)
+            .env("INVITATION_CONFIG", &config)
+            .env("INVITATION_LOG_FORMAT", "json")
+            .env("RUST_LOG", if log { "info" } else { "error" })
+            .stdout(if log {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        cmd.spawn()
+    };
+    let mut first = start(false)?;
+    wait_up(addr).await?;
+    let auth = authority();
+    let pb = progress(pending as u64, "holding invitations");
+    let filled = Instant::now();
+    let taken = Arc::new(AtomicU64::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (taken, auth, pb) = (taken.clone(), auth.clone(), pb.clone());
+        workers.spawn(async move {
+            loop {
+                let i = taken.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= pending {
+                    return anyhow::Ok(());
+                }
+                let mut ws =
+                    connect_from(addr, &auth, &format!("rc{i}"), source_of(i % 50_000)).await?;
+                let invite = ClientMessage::new(
+                    rid(format!("r{i}")),
+                    Command::Invite(
+                        InviteRequest::new(vec![UserId::new(format!("ro{i}"))?], CallType::Voice)
+                            .with_timeout_s(Some(600)),
+                    ),
+                );
+                ws.send(Message::text(invite.encode())).await?;
+                loop {
+                    let m = next(&mut ws).await?;
+                    if m.body.success().is_some() {
+                        break;
+                    }
+                    if let ServerBody::Error(e) = m.body {
+                        bail!("invite refused: {:?} {}", e.code, e.message);
+                    }
+                }
+                let _ = ws.close(None).await;
+                pb.inc(1);
+            }
+        });
+    }
+    while let Some(done) = workers.join_next().await {
+        done??;
+    }
+    pb.finish_and_clear();
+    let fill_secs = filled.elapsed().as_secs_f64();
+    // Every close reached the hub (the journal stops growing).
+    let mut last = 0;
+    let text = loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let text = scrape::metrics(addr).await?;
+        let now = scrape::counter(&text, JOURNAL_ENTRIES).unwrap_or(0);
+        if now == last {
+            break text;
+        }
+        last = now;
+    };
+    let journal_bytes = scrape::counter(&text, JOURNAL_BYTES).unwrap_or(0);
+    let journal_entries = scrape::counter(&text, JOURNAL_ENTRIES).unwrap_or(0);
+    let dir_bytes = crate::dir_bytes(&dir);
+    first.kill().await?; // SIGKILL
+    first.wait().await?;
+
+    let spawned = Instant::now();
+    let mut second = start(true)?;
+    let second_pid = second.id().context("server pid")?;
+    let stdout = second.stdout.take().context("stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let f = &v["fields"];
+            if f["message"] == "state recovered" {
+                let text = f["recovered"].as_str().unwrap_or_default().to_owned();
+                let num = |key: &str| {
+                    text.split(&format!("{key}: "))
+                        .nth(1)
+                        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                return Some((
+                    f["elapsed_ms"].as_u64().unwrap_or(0),
+                    num("entries"),
+                    num("ringing"),
+                ));
+            }
+        }
+        None
+    });
+    wait_up(addr).await?;
+    let restart = spawned.elapsed();
+    let recovered = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    let (rss_kb, _) = memory_kb(second_pid);
+    second.kill().await?;
+    second.wait().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(RecoveryResult {
+        pending,
+        durability,
+        fill_secs,
+        journal_bytes,
+        journal_entries,
+        dir_bytes,
+        restart,
+        recovered,
+        rss_kb,
+    })
+}
+
+/// Waits until the server at `addr` answers `/healthz` (it binds its port
+/// before it recovers, so a TCP connection alone proves nothing; the
+/// request waits in the backlog until it serves). 5 ms steps while nothing
+/// listens, at most a minute in all.
+async fn wait_up(addr: SocketAddr) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(mut s) = TcpStream::connect(addr).await {
+            let asked = s
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+                .await;
+            let mut answer = String::new();
+            let read = tokio::time::timeout_at(deadline, s.read_to_string(&mut answer)).await;
+            if asked.is_ok() && matches!(read, Ok(Ok(_))) && answer.starts_with("HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    bail!("nothing serving on {addr}")
 }

@@ -9,6 +9,8 @@
 //! invitation-bench timeouts --pending 5000      # timeout storm: lateness
 //! invitation-bench idle --clients 5000          # memory per idle connection, ours and the echo's
 //! invitation-bench relay --secs 5               # messages/s, ours and the echo's
+//! invitation-bench --durable calls --rate 2000   # the same with the state on disk
+//! invitation-bench recovery --pending 100000     # restart time with that many invitations held
 //! ```
 //! The server is started as a child process (the binary next to this one),
 //! pinned to CPU 0 with `taskset`; run the generator itself on CPU 1
@@ -40,6 +42,13 @@ struct Cli {
     /// Pin the servers (ours, the echo) to this CPU; `none` to not pin.
     #[arg(long, global = true, default_value = "0")]
     server_cpu: String,
+    /// Run the server durable, on a fresh data directory (default: in
+    /// memory).
+    #[arg(long, global = true)]
+    durable: bool,
+    /// With `--durable`: when journal writes reach the disk.
+    #[arg(long, global = true, value_enum, default_value = "write")]
+    durability: Durability,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -113,6 +122,15 @@ enum Cmd {
         #[arg(long, default_value_t = 5.0)]
         secs: f64,
     },
+    /// A durable server holding `pending` invitations is killed (SIGKILL)
+    /// and restarted: how long until it serves again, and how many bytes
+    /// it keeps.
+    Recovery {
+        /// Invitations held (callees offline, callers gone but within
+        /// their grace).
+        #[arg(long, default_value_t = 100_000)]
+        pending: usize,
+    },
     /// Run the bare tokio-tungstenite echo server (used by the others).
     EchoServer {
         /// Where to listen.
@@ -121,17 +139,78 @@ enum Cmd {
     },
 }
 
+/// When a durable server's journal writes reach the disk (the server's
+/// `durability` setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Durability {
+    /// `write(2)` per turn, `fdatasync` every second.
+    Write,
+    /// `fdatasync` per turn.
+    Fsync,
+}
+
+/// Where the server keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Store {
+    /// `--in-memory`.
+    Memory,
+    /// A fresh data directory, removed when the server stops.
+    Durable(Durability),
+}
+
+impl Store {
+    fn from_cli(cli: &Cli) -> Self {
+        if cli.durable {
+            Store::Durable(cli.durability)
+        } else {
+            Store::Memory
+        }
+    }
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Store::Memory => "in memory",
+            Store::Durable(Durability::Write) => "durable (write)",
+            Store::Durable(Durability::Fsync) => "durable (fsync)",
+        }
+    }
+}
+
 /// A server child process.
 pub(crate) struct ServerProc {
     pub(crate) child: Child,
     pub(crate) addr: SocketAddr,
     pub(crate) pid: u32,
+    /// Its data directory (durable), removed by [`ServerProc::stop`].
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Where it keeps its state.
+    pub(crate) store: Store,
 }
 
 impl ServerProc {
     pub(crate) async fn stop(mut self) {
         let _ = self.child.kill().await;
+        let _ = self.child.wait().await;
+        if let Some(dir) = self.data_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
+}
+
+/// Bytes in the files under `dir`.
+pub(crate) fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 fn free_port() -> Result<u16> {
@@ -174,9 +253,8 @@ async fn wait_listening(addr: SocketAddr) -> Result<()> {
     bail!("nothing listening on {addr}")
 }
 
-/// Starts `invitation-server` with the per-IP and per-user limits lifted
-/// (all load comes from 127.0.0.1).
-pub(crate) async fn start_server(server_bin: &Option<PathBuf>, cpu: &str) -> Result<ServerProc> {
+/// The server binary to run.
+pub(crate) fn server_binary(server_bin: &Option<PathBuf>) -> Result<PathBuf> {
     let bin = match server_bin {
         Some(b) => b.clone(),
         None => std::env::current_exe()?.with_file_name("invitation-server"),
@@ -187,32 +265,81 @@ pub(crate) async fn start_server(server_bin: &Option<PathBuf>, cpu: &str) -> Res
             bin.display()
         );
     }
-    let port = free_port()?;
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    Ok(bin)
+}
+
+/// The settings file of a bench server: the per-IP and per-user limits
+/// lifted (all load comes from 127.0.0.1), plus `extra` lines.
+pub(crate) fn bench_config(port: u16, extra: &str) -> Result<PathBuf> {
     let config = std::env::temp_dir().join(format!("invitation-bench-{port}.toml"));
     std::fs::write(
         &config,
-        "conn_rate_per_ip = 1000000.0\nconn_burst_per_ip = 1000000.0\n\
-         invite_rate_per_user = 1000000.0\ninvite_burst_per_user = 1000000.0\n\
-         command_rate_per_user = 1000000.0\ncommand_burst_per_user = 1000000.0\n\
-         command_rate_per_conn = 1000000.0\ncommand_burst_per_conn = 1000000.0\n\
-         max_connections_per_ip = 1000000\n\
-         outbound_queue = 4096\n",
+        format!(
+            "conn_rate_per_ip = 1000000.0\nconn_burst_per_ip = 1000000.0\n\
+             invite_rate_per_user = 1000000.0\ninvite_burst_per_user = 1000000.0\n\
+             command_rate_per_user = 1000000.0\ncommand_burst_per_user = 1000000.0\n\
+             command_rate_per_conn = 1000000.0\ncommand_burst_per_conn = 1000000.0\n\
+             max_connections_per_ip = 1000000\n\
+             outbound_queue = 4096\n{extra}"
+        ),
     )?;
-    let child = spawn(
-        cpu,
-        &bin,
-        &["--listen".into(), addr.to_string()],
-        &[
-            ("INVITATION_SECRET", SECRET.to_owned()),
-            ("INVITATION_CONFIG", config.display().to_string()),
-            ("RUST_LOG", "error".to_owned()),
-        ],
-    )
-    .await?;
+    Ok(config)
+}
+
+/// A fresh data directory for a durable bench server.
+pub(crate) fn fresh_data_dir(port: u16) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("invitation-bench-data-{port}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// The store arguments of the server command line.
+pub(crate) fn store_args(store: Store, dir: &std::path::Path) -> Vec<String> {
+    match store {
+        Store::Memory => vec!["--in-memory".into()],
+        Store::Durable(_) => vec!["--data-dir".into(), dir.display().to_string()],
+    }
+}
+
+/// The `durability` environment setting of a durable server.
+pub(crate) fn durability_env(store: Store) -> Vec<(&'static str, String)> {
+    match store {
+        Store::Durable(Durability::Fsync) => vec![("INVITATION_DURABILITY", "fsync".into())],
+        Store::Durable(Durability::Write) => vec![("INVITATION_DURABILITY", "write".into())],
+        Store::Memory => Vec::new(),
+    }
+}
+
+/// Starts `invitation-server` with the per-IP and per-user limits lifted
+/// (all load comes from 127.0.0.1), keeping its state as `store` says.
+pub(crate) async fn start_server(
+    server_bin: &Option<PathBuf>,
+    cpu: &str,
+    store: Store,
+) -> Result<ServerProc> {
+    let bin = server_binary(server_bin)?;
+    let port = free_port()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let config = bench_config(port, "")?;
+    let dir = fresh_data_dir(port);
+    let mut args = vec!["--listen".into(), addr.to_string()];
+    args.extend(store_args(store, &dir));
+    let mut env = vec![
+        ("INVITATION_SECRET", SECRET.to_owned()),
+        ("INVITATION_CONFIG", config.display().to_string()),
+        ("RUST_LOG", "error".to_owned()),
+    ];
+    env.extend(durability_env(store));
+    let child = spawn(cpu, &bin, &args, &env).await?;
     let pid = child.id().context("server pid")?;
     wait_listening(addr).await?;
-    Ok(ServerProc { child, addr, pid })
+    Ok(ServerProc {
+        child,
+        addr,
+        pid,
+        data_dir: (store != Store::Memory).then_some(dir),
+        store,
+    })
 }
 
 /// Starts the bare echo server (this binary, `echo-server`).
@@ -229,7 +356,13 @@ pub(crate) async fn start_echo(cpu: &str) -> Result<ServerProc> {
     .await?;
     let pid = child.id().context("echo pid")?;
     wait_listening(addr).await?;
-    Ok(ServerProc { child, addr, pid })
+    Ok(ServerProc {
+        child,
+        addr,
+        pid,
+        data_dir: None,
+        store: Store::Memory,
+    })
 }
 
 /// (RSS kB, PSS kB) of a process.
@@ -258,6 +391,7 @@ pub(crate) fn cpu_us(pid: u32) -> u64 {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    let store = Store::from_cli(&cli);
     // Single-threaded, like the server on one vCPU: the generator (and the
     // bare echo, which runs through here too) pays no cross-thread wake-ups.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -279,13 +413,14 @@ fn main() -> Result<()> {
                     *secs,
                     *callees,
                     *receipts,
+                    store,
                 )
                 .await?;
                 println!("{}", report::calls_line(&r));
                 Ok(())
             }
             Cmd::Timeouts { pending, spread_ms } => {
-                let server = start_server(&cli.server_bin, &cli.server_cpu).await?;
+                let server = start_server(&cli.server_bin, &cli.server_cpu, store).await?;
                 let spread = std::time::Duration::from_millis(*spread_ms);
                 let r = load::timeout_storm(&server, *pending, spread).await?;
                 server.stop().await;
@@ -306,6 +441,16 @@ fn main() -> Result<()> {
             Cmd::Relay { secs } => {
                 let r = load::relay_both(&cli.server_bin, &cli.server_cpu, *secs).await?;
                 println!("{}", report::relay_line(&r));
+                Ok(())
+            }
+            Cmd::Recovery { pending } => {
+                let durability = match store {
+                    Store::Durable(d) => d,
+                    Store::Memory => cli.durability,
+                };
+                let r =
+                    load::recovery(&cli.server_bin, &cli.server_cpu, durability, *pending).await?;
+                println!("{}", report::recovery_line(&r));
                 Ok(())
             }
             Cmd::Suite {

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::load::RecoveryResult;
 use crate::load::{self, CallsResult, IdleResult, RelayResult, TimeoutsResult};
 use crate::scrape::bound;
-use crate::start_server;
+use crate::{Store, start_server};
 
 /// One call run against a fresh server.
 pub(crate) async fn run_calls(
@@ -19,11 +20,110 @@ pub(crate) async fn run_calls(
     secs: f64,
     callees: usize,
     receipts: bool,
+    store: Store,
 ) -> Result<CallsResult> {
-    let server = start_server(server_bin, cpu).await?;
+    let server = start_server(server_bin, cpu, store).await?;
     let r = load::calls(&server, rate, secs, callees, receipts, true).await;
     server.stop().await;
     r
+}
+
+/// The highest offered rate with no failure, nothing shed and p99 <= 10 ms
+/// for both ring and accept; every run's line goes to `table`.
+async fn knee_search(
+    server_bin: &Option<PathBuf>,
+    cpu: &str,
+    secs: f64,
+    store: Store,
+    table: &mut String,
+    points: &mut Vec<(f64, u64, u64)>,
+) -> Result<(f64, Vec<serde_json::Value>)> {
+    let mut knee = 0.0;
+    let mut runs = Vec::new();
+    for rate in [
+        1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0, 8000.0, 12000.0, 16000.0,
+    ] {
+        let r = run_calls(server_bin, cpu, rate, secs.min(5.0), 1, false, store).await?;
+        let ok = r.failed == 0
+            && r.shed == 0
+            && r.ring.value_at_quantile(0.99) <= 10_000
+            && r.accepted.value_at_quantile(0.99) <= 10_000;
+        let _ = writeln!(table, "  {}", calls_line(&r));
+        if store == Store::Memory {
+            points.push((
+                rate,
+                r.ring.value_at_quantile(0.5),
+                r.ring.value_at_quantile(0.99),
+            ));
+        }
+        runs.push(calls_json(&r));
+        if !ok {
+            break;
+        }
+        knee = rate;
+    }
+    let _ = writeln!(
+        table,
+        "  knee ({}): {knee} calls/s (the generator's own CPU per call is printed: a saturated generator shows there)",
+        store.label()
+    );
+    Ok((knee, runs))
+}
+
+/// The cost of keeping the state on disk: CPU and journal bytes per call
+/// at fixed rates in each mode, the knee when durable against the
+/// in-memory one, and the restart time with many invitations held.
+async fn persistence(
+    server_bin: &Option<PathBuf>,
+    cpu: &str,
+    secs: f64,
+    quick: bool,
+    memory_knee: f64,
+    table: &mut String,
+) -> Result<serde_json::Value> {
+    use crate::Durability;
+    let _ = writeln!(table, "\npersistence: 1:1 calls, in memory vs durable");
+    let mut fixed = Vec::new();
+    for rate in [1000.0, 2000.0] {
+        for store in [
+            Store::Memory,
+            Store::Durable(Durability::Write),
+            Store::Durable(Durability::Fsync),
+        ] {
+            let r = run_calls(server_bin, cpu, rate, secs.min(5.0), 1, false, store).await?;
+            let _ = writeln!(table, "  [{}] {}", store.label(), calls_line(&r));
+            let mut entry = calls_json(&r);
+            entry["store"] = store.label().into();
+            fixed.push(entry);
+        }
+    }
+    let _ = writeln!(table, "knee search, durable (write)");
+    let (knee, runs) = knee_search(
+        server_bin,
+        cpu,
+        secs,
+        Store::Durable(Durability::Write),
+        table,
+        &mut Vec::new(),
+    )
+    .await?;
+    let ratio = if memory_knee > 0.0 {
+        knee / memory_knee
+    } else {
+        0.0
+    };
+    let _ = writeln!(
+        table,
+        "  durable knee {knee} calls/s = {ratio:.2}x the in-memory knee ({memory_knee}; target >= 0.8x)"
+    );
+    let pending = if quick { 10_000 } else { 100_000 };
+    let rec = load::recovery(server_bin, cpu, Durability::Write, pending).await?;
+    let _ = writeln!(table, "{}", recovery_line(&rec));
+    Ok(serde_json::json!({
+        "fixed_rates": fixed,
+        "knee": {"calls_per_s": knee, "ratio_to_memory": ratio, "runs": runs},
+        "recovery": recovery_json(&rec),
+    }))
 }
 
 /// A call run's figures, for bench.json.
@@ -36,11 +136,23 @@ fn calls_json(r: &CallsResult) -> serde_json::Value {
         "server_ring_p50_us_at_most": r.server_ring.quantile_us(0.5), "server_ring_p99_us_at_most": r.server_ring.quantile_us(0.99),
         "accepted_p50_us": q(&r.accepted, 0.5), "accepted_p99_us": q(&r.accepted, 0.99), "accepted_p999_us": q(&r.accepted, 0.999),
         "server_cpu_us_per_call": r.server_cpu_us_per_call, "generator_cpu_us_per_call": r.generator_cpu_us_per_call,
+        "journal_bytes_per_call": r.journal_bytes as f64 / r.completed.max(1) as f64,
+        "journal_entries_per_call": r.journal_entries as f64 / r.completed.max(1) as f64,
     })
 }
 
 pub(crate) fn calls_line(r: &CallsResult) -> String {
-    format!(
+    let journal = if r.store == Store::Memory {
+        String::new()
+    } else {
+        format!(
+            "; {}: journal {:.0} bytes/call ({:.1} entries/call)",
+            r.store.label(),
+            r.journal_bytes as f64 / r.completed.max(1) as f64,
+            r.journal_entries as f64 / r.completed.max(1) as f64
+        )
+    };
+    let line = format!(
         "calls: {}/s x{} callees: {} offered, {} completed, {} failed, {} shed; invite->ring p50 {} us p99 {} us p99.9 {} us (server's share p50 {} p99 {}); invite->accepted p50 {} us p99 {} us p99.9 {} us; server {:.0} us CPU/call, generator {:.0} us CPU/call",
         r.rate,
         r.callees,
@@ -58,7 +170,39 @@ pub(crate) fn calls_line(r: &CallsResult) -> String {
         r.accepted.value_at_quantile(0.999),
         r.server_cpu_us_per_call,
         r.generator_cpu_us_per_call
+    );
+    line + &journal
+}
+
+pub(crate) fn recovery_line(r: &RecoveryResult) -> String {
+    let server = r.recovered.map_or_else(
+        || "no `state recovered` line seen".to_owned(),
+        |(ms, entries, ringing)| {
+            format!("the server's own count: {ms} ms, {entries} journal entries replayed, {ringing} calls ringing")
+        },
+    );
+    format!(
+        "recovery: {} invitations held ({:?}), made in {:.1} s; journal {} bytes ({:.0} B/invitation, {} entries), data directory {} bytes; SIGKILL, restart: serving after {} ms ({server}); RSS after {} kB",
+        r.pending,
+        r.durability,
+        r.fill_secs,
+        r.journal_bytes,
+        r.journal_bytes as f64 / r.pending.max(1) as f64,
+        r.journal_entries,
+        r.dir_bytes,
+        r.restart.as_millis(),
+        r.rss_kb,
     )
+}
+
+fn recovery_json(r: &RecoveryResult) -> serde_json::Value {
+    serde_json::json!({
+        "pending": r.pending, "durability": format!("{:?}", r.durability), "fill_secs": r.fill_secs,
+        "journal_bytes": r.journal_bytes, "journal_entries": r.journal_entries, "dir_bytes": r.dir_bytes,
+        "restart_ms": r.restart.as_millis() as u64,
+        "server_recovery_ms": r.recovered.map(|x| x.0), "replayed": r.recovered.map(|x| x.1), "ringing": r.recovered.map(|x| x.2),
+        "rss_kb": r.rss_kb,
+    })
 }
 
 pub(crate) fn timeouts_line(r: &TimeoutsResult) -> String {
@@ -258,7 +402,7 @@ pub(crate) async fn suite(
     );
     let mut compare = Vec::new();
     for rate in [500.0, 1000.0, 2000.0] {
-        let r = run_calls(server_bin, cpu, rate, secs, 1, false).await?;
+        let r = run_calls(server_bin, cpu, rate, secs, 1, false, Store::Memory).await?;
         let kam = if with_kamailio {
             kamailio(rate as u64, (rate * secs) as u64).ok()
         } else {
@@ -304,36 +448,30 @@ pub(crate) async fn suite(
 
     // 2. The knee: highest offered rate with no failure and p99 <= 10 ms.
     let _ = writeln!(table, "\nknee search ({secs} s per rate)");
-    let mut knee = 0.0;
-    let mut knee_runs = Vec::new();
-    for rate in [3000.0, 4000.0, 5000.0, 6000.0, 8000.0, 12000.0, 16000.0] {
-        let r = run_calls(server_bin, cpu, rate, secs.min(5.0), 1, false).await?;
-        let ok = r.failed == 0
-            && r.shed == 0
-            && r.ring.value_at_quantile(0.99) <= 10_000
-            && r.accepted.value_at_quantile(0.99) <= 10_000;
-        let _ = writeln!(table, "  {}", calls_line(&r));
-        points.push((
-            rate,
-            r.ring.value_at_quantile(0.5),
-            r.ring.value_at_quantile(0.99),
-        ));
-        knee_runs.push(calls_json(&r));
-        if !ok {
-            break;
-        }
-        knee = rate;
-    }
-    let _ = writeln!(
-        table,
-        "  knee: {knee} calls/s (the generator's own CPU per call is printed: a saturated generator shows there)"
-    );
+    let (knee, knee_runs) = knee_search(
+        server_bin,
+        cpu,
+        secs,
+        Store::Memory,
+        &mut table,
+        &mut points,
+    )
+    .await?;
     // Latency at 10 %, 50 % and 80 % of the knee (the points docs/benchmarks.md reports).
     let mut at_knee = Vec::new();
     if knee > 0.0 {
         for share in [0.1, 0.5, 0.8] {
             let rate = (knee * share).round();
-            let r = run_calls(server_bin, cpu, rate, secs.min(5.0), 1, false).await?;
+            let r = run_calls(
+                server_bin,
+                cpu,
+                rate,
+                secs.min(5.0),
+                1,
+                false,
+                Store::Memory,
+            )
+            .await?;
             let _ = writeln!(
                 table,
                 "  at {:.0} % of the knee: {}",
@@ -348,7 +486,16 @@ pub(crate) async fn suite(
     // Overload: twice the knee; goodput should stay near the knee.
     let mut overload = serde_json::Value::Null;
     if knee > 0.0 {
-        let r = run_calls(server_bin, cpu, 2.0 * knee, secs.min(5.0), 1, false).await?;
+        let r = run_calls(
+            server_bin,
+            cpu,
+            2.0 * knee,
+            secs.min(5.0),
+            1,
+            false,
+            Store::Memory,
+        )
+        .await?;
         let goodput = r.completed as f64 / secs.min(5.0);
         let _ = writeln!(
             table,
@@ -377,7 +524,16 @@ pub(crate) async fn suite(
     );
     let mut fan = Vec::new();
     for callees in [1, 5, 9] {
-        let r = run_calls(server_bin, cpu, 200.0, secs.min(5.0), callees, false).await?;
+        let r = run_calls(
+            server_bin,
+            cpu,
+            200.0,
+            secs.min(5.0),
+            callees,
+            false,
+            Store::Memory,
+        )
+        .await?;
         let _ = writeln!(table, "  {}", calls_line(&r));
         fan.push(calls_json(&r));
     }
@@ -388,7 +544,7 @@ pub(crate) async fn suite(
     let _ = writeln!(table);
     let mut timers = Vec::new();
     for (pending, spread_ms) in [(2000, 0), (if quick { 4000 } else { 15_000 }, 5000)] {
-        let server = start_server(server_bin, cpu).await?;
+        let server = start_server(server_bin, cpu, Store::Memory).await?;
         let t = load::timeout_storm(&server, pending, Duration::from_millis(spread_ms)).await?;
         server.stop().await;
         let _ = writeln!(table, "{}", timeouts_line(&t));
@@ -400,7 +556,13 @@ pub(crate) async fn suite(
     }
     json.insert("timeouts".into(), timers.into());
 
-    // 5. Memory per idle connection and relay throughput vs the bare echo.
+    // 5. Persistence: the same calls with the state on disk.
+    json.insert(
+        "persistence".into(),
+        persistence(server_bin, cpu, secs, quick, knee, &mut table).await?,
+    );
+
+    // 6. Memory per idle connection and relay throughput vs the bare echo.
     let idle = load::idle_both(server_bin, cpu, if quick { 1000 } else { 5000 }, 1).await?;
     let _ = writeln!(table, "{}", idle_line(&idle));
     json.insert("idle".into(), serde_json::json!({"clients": idle.clients, "ours_bytes": idle.ours_bytes, "echo_bytes": idle.echo_bytes}));

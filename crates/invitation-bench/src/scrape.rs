@@ -24,6 +24,15 @@ pub(crate) async fn metrics(addr: SocketAddr) -> Result<String> {
     Ok(body.to_owned())
 }
 
+/// The value of the counter or gauge `name` (no labels) in a Prometheus
+/// text exposition.
+pub(crate) fn counter(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
 impl Buckets {
     /// The histogram `name` in a Prometheus text exposition.
     pub(crate) fn parse(text: &str, name: &str) -> Self {

@@ -318,7 +318,7 @@ impl Hub {
             data_dir = %dir.display(),
             replayed,
             ?recovered,
-            elapsed_ms = started.elapsed().as_millis(),
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "state recovered"
         );
         Ok(hub)
