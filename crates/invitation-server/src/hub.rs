@@ -672,6 +672,15 @@ impl Hub {
                 self.commit_and_release();
                 self.sync_store();
                 self.stopping = true;
+                // Let go of the directory (and its lock) now: a server
+                // started on it next, in this process or another, must not
+                // wait for this hub's last connection to go.
+                if let Some(mut store) = self.store.take() {
+                    if let Err(e) = store.finish() {
+                        tracing::error!(error = %e, "the last snapshot failed; the journal has everything");
+                    }
+                }
+                self.records = None;
                 let live = self.sb.calls().filter(|c| c.ended().is_none()).count();
                 tracing::info!(
                     calls = live,

@@ -411,11 +411,14 @@ impl RunningServer {
     }
 
     /// Graceful shutdown; waits until it finished.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
+    pub async fn stop(self) {
+        let RunningServer { stop, task, hub, .. } = self;
+        // The hub runs until its last sender goes: this one too.
+        drop(hub);
+        if let Some(stop) = stop {
             let _ = stop.send(());
         }
-        let _ = (&mut self.task).await;
+        let _ = task.await;
     }
 }
 

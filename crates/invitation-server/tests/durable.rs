@@ -651,3 +651,83 @@ async fn a_second_server_on_the_same_directory_is_refused() {
     invite(&mut alice, "bob").await;
     first.kill9();
 }
+
+/// Ended calls are kept as records, readable through the server's API
+/// (`RunningServer::call_records`), and still there after a restart on
+/// the same directory (here in-process: the library's `Config::data_dir`).
+#[tokio::test]
+async fn ended_calls_are_kept_as_records_across_a_restart() {
+    use invitation_server::{Config, RecordQuery, Server};
+    let tmp = TempDir::new("records");
+    let config = || Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        secret: Some(SECRET.to_owned()),
+        data_dir: Some(tmp.0.clone()),
+        shed_invites_after_ms: 0,
+        ..Config::default()
+    };
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i64
+    };
+    let before = unix_now();
+    let server = Server::bind(config()).await.unwrap().spawn();
+    let (mut alice, _) = Client::hello(server.addr, "alice", "phone", None).await;
+    let (mut bob, _) = Client::hello(server.addr, "bob", "tablet", None).await;
+    alice
+        .send(json!({"v": 1, "id": "inv-1", "type": "invite", "callees": ["bob", "carol"],
+                     "call_type": "video", "custom_data": "room-7"}))
+        .await;
+    bob.until_event("incoming_call").await;
+    let call_id = alice.until_event("outgoing_call").await["event"]["call_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    bob.send(json!({"v": 1, "id": "a", "type": "accept", "call_id": call_id}))
+        .await;
+    alice.until_event("callee_outcome").await;
+    bob.send(json!({"v": 1, "id": "h", "type": "hang_up", "call_id": call_id}))
+        .await;
+    alice.until_event("call_ended").await;
+    let query = |user: &str| RecordQuery {
+        user: UserId::new(user).unwrap(),
+        from: before,
+        to: unix_now() + 1_000_000_000,
+        cursor: None,
+        limit: 10,
+    };
+    let check = |page: invitation_server::Page| {
+        assert_eq!(page.records.len(), 1, "{page:?}");
+        assert!(page.next_cursor.is_none());
+        let r = &page.records[0];
+        assert_eq!(r.call_id.as_str(), call_id);
+        assert_eq!(r.caller.as_str(), "alice");
+        assert_eq!(r.caller_device.as_str(), "phone");
+        assert_eq!(r.custom_data.as_ref().map(|d| d.as_str()), Some("room-7"));
+        let v = serde_json::to_value(r).unwrap();
+        assert_eq!(v["call_type"], "video");
+        assert_eq!(v["reason"], "hung_up");
+        let callees = v["callees"].as_array().unwrap();
+        assert_eq!(callees.len(), 2);
+        assert_eq!(callees[0]["user"], "bob");
+        assert_eq!(callees[0]["outcome"], "accepted", "{v}");
+        assert_eq!(callees[0]["device"], "tablet", "{v}");
+        assert_eq!(callees[1]["user"], "carol");
+        assert_eq!(callees[1]["outcome"], "canceled", "{v}");
+        assert!(r.invited_at >= before);
+        let answered = r.answered_at.expect("answered");
+        assert!(r.invited_at <= answered && answered <= r.ended_at);
+        assert_eq!(r.duration.as_nanos() as i64, r.ended_at - answered);
+    };
+    // Caller and callee both find it; someone else does not.
+    check(server.call_records(query("alice")).await.unwrap());
+    check(server.call_records(query("bob")).await.unwrap());
+    assert!(server.call_records(query("erin")).await.unwrap().records.is_empty());
+    server.stop().await;
+
+    let again = Server::bind(config()).await.unwrap().spawn();
+    check(again.call_records(query("alice")).await.unwrap());
+    again.stop().await;
+}
