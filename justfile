@@ -42,10 +42,17 @@ model SEED="20261126":
     INVITATION_MODEL_SEED="${seed#SEED=}" cargo test -p invitation-core --test model
 
 # The benchmark suite (a few minutes): ours vs Kamailio, the knee, fan-out,
-# timers, memory and relay vs a bare echo. Server on CPU 0, generator on CPU 1.
+# timers, persistence (in memory vs durable, recovery of 100,000 held
+# invitations), memory and relay vs a bare echo. Server on CPU 0, generator
+# on CPU 1.
 bench:
     cargo build --release -p invitation-server -p invitation-bench
     taskset -c 1 target/release/invitation-bench suite
+
+# Restart time of a durable server holding N invitations (SIGKILL, restart).
+bench-recovery N="100000":
+    cargo build --release -p invitation-server -p invitation-bench
+    taskset -c 1 target/release/invitation-bench recovery --pending {{N}}
 
 # A short smoke run of the suite.
 bench-quick:
