@@ -770,6 +770,8 @@ pub(crate) struct RecoveryResult {
     pub(crate) durability: Durability,
     /// Seconds to make the invitations (connect, hello, invite, close).
     pub(crate) fill_secs: f64,
+    /// Invites shed (`unavailable`) and sent again while filling.
+    pub(crate) shed: u64,
     /// Journal bytes written while filling, and entries.
     pub(crate) journal_bytes: u64,
     pub(crate) journal_entries: u64,
@@ -781,6 +783,8 @@ pub(crate) struct RecoveryResult {
     pub(crate) recovered: Option<(u64, u64, u64)>,
     /// The restarted server's resident memory, kB.
     pub(crate) rss_kb: u64,
+    /// The files the restart read: (snapshots, snapshot bytes, journals).
+    pub(crate) files: (usize, u64, usize),
 }
 
 /// Fills a durable server with `pending` held invitations (each caller
@@ -792,6 +796,7 @@ pub(crate) async fn recovery(
     cpu: &str,
     durability: Durability,
     pending: usize,
+    snapshot_after_mb: Option<u64>,
 ) -> Result<RecoveryResult> {
     use tokio::io::AsyncBufReadExt;
 
@@ -800,7 +805,11 @@ pub(crate) async fn recovery(
         .local_addr()?
         .port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let config = crate::bench_config(port, "caller_gone_grace_s = 86400\n")?;
+    let extra = match snapshot_after_mb {
+        Some(mb) => format!("caller_gone_grace_s = 86400\nsnapshot_after_mb = {mb}\n"),
+        None => "caller_gone_grace_s = 86400\n".to_owned(),
+    };
+    let config = crate::bench_config(port, &extra)?;
     let dir = crate::fresh_data_dir(port);
     let store = Store::Durable(durability);
     let start = |log: bool| {
@@ -833,9 +842,10 @@ pub(crate) async fn recovery(
     let pb = progress(pending as u64, "holding invitations");
     let filled = Instant::now();
     let taken = Arc::new(AtomicU64::new(0));
+    let shed = Arc::new(AtomicU64::new(0));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..64 {
-        let (taken, auth, pb) = (taken.clone(), auth.clone(), pb.clone());
+        let (taken, auth, pb, shed) = (taken.clone(), auth.clone(), pb.clone(), shed.clone());
         workers.spawn(async move {
             loop {
                 let i = taken.fetch_add(1, Ordering::Relaxed) as usize;
@@ -857,8 +867,16 @@ pub(crate) async fn recovery(
                     if m.body.success().is_some() {
                         break;
                     }
-                    if let ServerBody::Error(e) = m.body {
-                        bail!("invite refused: {:?} {}", e.code, e.message);
+                    match m.body {
+                        // Shed while the server was busy: wait as told, resend.
+                        ServerBody::Error(e) if e.code == ErrorCode::Unavailable => {
+                            shed.fetch_add(1, Ordering::Relaxed);
+                            let wait = e.retry_after_ms.unwrap_or(1000);
+                            tokio::time::sleep(Duration::from_millis(wait)).await;
+                            ws.send(Message::text(invite.encode())).await?;
+                        }
+                        ServerBody::Error(e) => bail!("invite refused: {:?} {}", e.code, e.message),
+                        _ => {}
                     }
                 }
                 let _ = ws.close(None).await;
@@ -885,6 +903,16 @@ pub(crate) async fn recovery(
     let journal_bytes = scrape::counter(&text, JOURNAL_BYTES).unwrap_or(0);
     let journal_entries = scrape::counter(&text, JOURNAL_ENTRIES).unwrap_or(0);
     let dir_bytes = crate::dir_bytes(&dir);
+    let mut files = (0, 0, 0);
+    for entry in std::fs::read_dir(&dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("snapshot-") {
+            files.0 += 1;
+            files.1 += entry.metadata().map_or(0, |m| m.len());
+        } else if name.starts_with("journal-") {
+            files.2 += 1;
+        }
+    }
     first.kill().await?; // SIGKILL
     first.wait().await?;
 
@@ -932,12 +960,14 @@ pub(crate) async fn recovery(
         pending,
         durability,
         fill_secs,
+        shed: shed.load(Ordering::Relaxed),
         journal_bytes,
         journal_entries,
         dir_bytes,
         restart,
         recovered,
         rss_kb,
+        files,
     })
 }
 

@@ -130,6 +130,10 @@ enum Cmd {
         /// their grace).
         #[arg(long, default_value_t = 100_000)]
         pending: usize,
+        /// The server's `snapshot_after_mb` (default: the server's, 64): a
+        /// small one makes the restart read a snapshot and a short journal.
+        #[arg(long)]
+        snapshot_after_mb: Option<u64>,
     },
     /// Run the bare tokio-tungstenite echo server (used by the others).
     EchoServer {
@@ -443,13 +447,22 @@ fn main() -> Result<()> {
                 println!("{}", report::relay_line(&r));
                 Ok(())
             }
-            Cmd::Recovery { pending } => {
+            Cmd::Recovery {
+                pending,
+                snapshot_after_mb,
+            } => {
                 let durability = match store {
                     Store::Durable(d) => d,
                     Store::Memory => cli.durability,
                 };
-                let r =
-                    load::recovery(&cli.server_bin, &cli.server_cpu, durability, *pending).await?;
+                let r = load::recovery(
+                    &cli.server_bin,
+                    &cli.server_cpu,
+                    durability,
+                    *pending,
+                    *snapshot_after_mb,
+                )
+                .await?;
                 println!("{}", report::recovery_line(&r));
                 Ok(())
             }

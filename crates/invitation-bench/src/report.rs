@@ -117,12 +117,24 @@ async fn persistence(
         "  durable knee {knee} calls/s = {ratio:.2}x the in-memory knee ({memory_knee}; target >= 0.8x)"
     );
     let pending = if quick { 10_000 } else { 100_000 };
-    let rec = load::recovery(server_bin, cpu, Durability::Write, pending).await?;
-    let _ = writeln!(table, "{}", recovery_line(&rec));
+    // Once from the journal alone, once from a snapshot and its tail.
+    let mut recoveries = Vec::new();
+    for snapshot_after_mb in [None, Some(8)] {
+        let rec = load::recovery(
+            server_bin,
+            cpu,
+            Durability::Write,
+            pending,
+            snapshot_after_mb,
+        )
+        .await?;
+        let _ = writeln!(table, "{}", recovery_line(&rec));
+        recoveries.push(recovery_json(&rec));
+    }
     Ok(serde_json::json!({
         "fixed_rates": fixed,
         "knee": {"calls_per_s": knee, "ratio_to_memory": ratio, "runs": runs},
-        "recovery": recovery_json(&rec),
+        "recovery": recoveries,
     }))
 }
 
@@ -182,14 +194,18 @@ pub(crate) fn recovery_line(r: &RecoveryResult) -> String {
         },
     );
     format!(
-        "recovery: {} invitations held ({:?}), made in {:.1} s; journal {} bytes ({:.0} B/invitation, {} entries), data directory {} bytes; SIGKILL, restart: serving after {} ms ({server}); RSS after {} kB",
+        "recovery: {} invitations held ({:?}), made in {:.1} s ({} shed and resent); journal {} bytes ({:.0} B/invitation, {} entries), data directory {} bytes ({} snapshot of {} bytes, {} journal files); SIGKILL, restart: serving after {} ms ({server}); RSS after {} kB",
         r.pending,
         r.durability,
         r.fill_secs,
+        r.shed,
         r.journal_bytes,
         r.journal_bytes as f64 / r.pending.max(1) as f64,
         r.journal_entries,
         r.dir_bytes,
+        r.files.0,
+        r.files.1,
+        r.files.2,
         r.restart.as_millis(),
         r.rss_kb,
     )
@@ -197,11 +213,11 @@ pub(crate) fn recovery_line(r: &RecoveryResult) -> String {
 
 fn recovery_json(r: &RecoveryResult) -> serde_json::Value {
     serde_json::json!({
-        "pending": r.pending, "durability": format!("{:?}", r.durability), "fill_secs": r.fill_secs,
+        "pending": r.pending, "durability": format!("{:?}", r.durability), "fill_secs": r.fill_secs, "shed": r.shed,
         "journal_bytes": r.journal_bytes, "journal_entries": r.journal_entries, "dir_bytes": r.dir_bytes,
         "restart_ms": r.restart.as_millis() as u64,
         "server_recovery_ms": r.recovered.map(|x| x.0), "replayed": r.recovered.map(|x| x.1), "ringing": r.recovered.map(|x| x.2),
-        "rss_kb": r.rss_kb,
+        "rss_kb": r.rss_kb, "snapshots": r.files.0, "snapshot_bytes": r.files.1, "journal_files": r.files.2,
     })
 }
 

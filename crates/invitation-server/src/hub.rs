@@ -444,7 +444,14 @@ impl Hub {
             // After a failed write the snapshot is what puts the disk back
             // in step: written before anything else is appended.
             let wait = store.failed();
+            let copying = std::time::Instant::now();
             let state = self.sb.snapshot();
+            tracing::info!(
+                generation = store.generation() + 1,
+                copy_ms = u64::try_from(copying.elapsed().as_millis()).unwrap_or(u64::MAX),
+                calls = self.sb.calls().count(),
+                "snapshot: state copied, writing it in the background"
+            );
             self.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
             match store.snapshot(state, wait) {
                 Ok(()) if wait => {

@@ -412,7 +412,9 @@ impl RunningServer {
 
     /// Graceful shutdown; waits until it finished.
     pub async fn stop(self) {
-        let RunningServer { stop, task, hub, .. } = self;
+        let RunningServer {
+            stop, task, hub, ..
+        } = self;
         // The hub runs until its last sender goes: this one too.
         drop(hub);
         if let Some(stop) = stop {

@@ -677,8 +677,10 @@ async fn ended_calls_are_kept_as_records_across_a_restart() {
     let (mut alice, _) = Client::hello(server.addr, "alice", "phone", None).await;
     let (mut bob, _) = Client::hello(server.addr, "bob", "tablet", None).await;
     alice
-        .send(json!({"v": 1, "id": "inv-1", "type": "invite", "callees": ["bob", "carol"],
-                     "call_type": "video", "custom_data": "room-7"}))
+        .send(
+            json!({"v": 1, "id": "inv-1", "type": "invite", "callees": ["bob", "carol"],
+                     "call_type": "video", "custom_data": "room-7"}),
+        )
         .await;
     bob.until_event("incoming_call").await;
     let call_id = alice.until_event("outgoing_call").await["event"]["call_id"]
@@ -724,7 +726,14 @@ async fn ended_calls_are_kept_as_records_across_a_restart() {
     // Caller and callee both find it; someone else does not.
     check(server.call_records(query("alice")).await.unwrap());
     check(server.call_records(query("bob")).await.unwrap());
-    assert!(server.call_records(query("erin")).await.unwrap().records.is_empty());
+    assert!(
+        server
+            .call_records(query("erin"))
+            .await
+            .unwrap()
+            .records
+            .is_empty()
+    );
     server.stop().await;
 
     let again = Server::bind(config()).await.unwrap().spawn();

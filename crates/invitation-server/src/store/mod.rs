@@ -183,7 +183,10 @@ pub struct Store {
     /// Written but not yet synced, since then.
     unsynced_since: Option<Instant>,
     /// The snapshot being written in the background.
-    snapshot_job: Option<JoinHandle<Result<(), StoreError>>>,
+    snapshot_job: Option<JoinHandle<Result<u64, StoreError>>>,
+    /// Bytes of the newest snapshot on disk: the journal must outgrow it
+    /// too before the next one (see [`Store::wants_snapshot`]).
+    last_snapshot_bytes: u64,
     /// Bytes appended to journals since start (for the metrics).
     written: u64,
     /// A write failed (the disk is full?): nothing is appended until a
@@ -297,6 +300,7 @@ impl Store {
         journals.sort_unstable();
 
         let mut loaded = Loaded::default();
+        let mut last_snapshot_bytes = 0;
         if !snapshots.is_empty() {
             let path = dir.join(name(Kind::Snapshot, base));
             let bytes = fs::read(&path).map_err(StoreError::io(&path))?;
@@ -310,6 +314,7 @@ impl Store {
                 });
             }
             let payload = scan.payloads[0].to_vec();
+            last_snapshot_bytes = bytes.len() as u64;
             loaded.snapshot = Some((path, payload));
         }
         let last = journals.last().copied();
@@ -398,6 +403,7 @@ impl Store {
                 batch_entries: 0,
                 unsynced_since: None,
                 snapshot_job: None,
+                last_snapshot_bytes,
                 written: 0,
                 failed: false,
                 retry_at: None,
@@ -521,6 +527,9 @@ impl Store {
                     detail: "the snapshot writer panicked".to_owned(),
                 })
             });
+            if let Ok(bytes) = outcome {
+                self.last_snapshot_bytes = bytes;
+            }
             if let Err(e) = outcome {
                 // Nothing is lost: the older snapshot and every journal
                 // since are still there. Only the disk use grows.
@@ -531,7 +540,16 @@ impl Store {
         if self.retry_at.is_some_and(|t| Instant::now() < t) {
             return false;
         }
-        self.failed || self.journal_len >= self.options.snapshot_after_bytes
+        // Copying the state stalls the hub for a time that grows with the
+        // state (not with the traffic): wait until the journal is at least
+        // as big as the last snapshot too, so that copies stay a bounded
+        // share of the work however much is held, and a start reads at
+        // most about twice the snapshot.
+        let budget = self
+            .options
+            .snapshot_after_bytes
+            .max(self.last_snapshot_bytes);
+        self.failed || self.journal_len >= budget
     }
 
     /// Starts generation `n + 1`, whose snapshot is `state`: with `wait`
@@ -554,22 +572,26 @@ impl Store {
         let next = self.generation + 1;
         let dir = self.options.dir.clone();
         let fault = self.fault.clone();
-        let write = move || -> Result<(), StoreError> {
+        let write = move || -> Result<u64, StoreError> {
             if fault.load(Ordering::Relaxed) {
                 return Err(StoreError::Io {
                     path: dir.join(name(Kind::Snapshot, next)),
                     source: io::Error::from_raw_os_error(ENOSPC),
                 });
             }
-            write_snapshot(&dir, next, &state)?;
-            remove_older(&dir, next)
+            let bytes = write_snapshot(&dir, next, &state)?;
+            remove_older(&dir, next)?;
+            Ok(bytes)
         };
         let mut write = Some(write);
         if wait {
             let write = write.take().expect("set");
-            if let Err(e) = write() {
-                self.retry_at = Some(Instant::now() + SNAPSHOT_RETRY);
-                return Err(e);
+            match write() {
+                Ok(bytes) => self.last_snapshot_bytes = bytes,
+                Err(e) => {
+                    self.retry_at = Some(Instant::now() + SNAPSHOT_RETRY);
+                    return Err(e);
+                }
             }
         }
         let journal_path = self.options.dir.join(name(Kind::Journal, next));
@@ -612,12 +634,13 @@ impl Store {
     /// Waits for a snapshot being written, if any.
     pub fn finish(&mut self) -> Result<(), StoreError> {
         if let Some(job) = self.snapshot_job.take() {
-            return job.join().unwrap_or_else(|_| {
+            let bytes = job.join().unwrap_or_else(|_| {
                 Err(StoreError::Damaged {
                     path: self.options.dir.clone(),
                     detail: "the snapshot writer panicked".to_owned(),
                 })
-            });
+            })?;
+            self.last_snapshot_bytes = bytes;
         }
         Ok(())
     }
@@ -653,7 +676,8 @@ fn create_journal(path: &Path) -> Result<File, StoreError> {
     Ok(file)
 }
 
-fn write_snapshot(dir: &Path, generation: u64, state: &impl Serialize) -> Result<(), StoreError> {
+/// Writes generation `generation`'s snapshot; returns its size in bytes.
+fn write_snapshot(dir: &Path, generation: u64, state: &impl Serialize) -> Result<u64, StoreError> {
     let path = dir.join(name(Kind::Snapshot, generation));
     let tmp = dir.join(format!("{}.tmp", name(Kind::Snapshot, generation)));
     let payload = serde_json::to_vec(state).map_err(|e| StoreError::Io {
@@ -668,7 +692,8 @@ fn write_snapshot(dir: &Path, generation: u64, state: &impl Serialize) -> Result
         .and_then(|()| file.sync_all())
         .map_err(StoreError::io(&tmp))?;
     fs::rename(&tmp, &path).map_err(StoreError::io(&path))?;
-    sync_dir(dir)
+    sync_dir(dir)?;
+    Ok(bytes.len() as u64)
 }
 
 /// Removes the snapshots and journals of generations before `generation`.

@@ -272,3 +272,38 @@ fn fsync_mode_writes_and_syncs_each_commit() {
     let (_, loaded) = Store::open(opts).unwrap();
     assert_eq!(entries(&loaded), ["a"]);
 }
+
+/// The journal must outgrow the last snapshot too before the next one:
+/// copying a big state is paid for by as much traffic, however much is held.
+#[test]
+fn the_next_snapshot_waits_for_the_journal_to_outgrow_the_last() {
+    let tmp = TempDir::new("budget");
+    let mut opts = options(&tmp.0);
+    opts.snapshot_after_bytes = 64;
+    let (mut store, _) = Store::open(opts.clone()).unwrap();
+    let big = "x".repeat(1000);
+    store.snapshot(big.clone(), true).unwrap();
+    // Past the configured budget, not past the 1 KB snapshot.
+    for _ in 0..10 {
+        store.add(&"0123456789");
+    }
+    store.commit().unwrap();
+    assert!(store.journal_len > 64);
+    assert!(!store.wants_snapshot());
+    for _ in 0..100 {
+        store.add(&"0123456789");
+    }
+    store.commit().unwrap();
+    assert!(store.wants_snapshot());
+    drop(store);
+    // Known again after a restart, from the file.
+    let (mut store, _) = Store::open(opts).unwrap();
+    assert!(
+        store.wants_snapshot(),
+        "the journal there is bigger than the snapshot"
+    );
+    store.snapshot(big, true).unwrap();
+    store.add(&"0123456789");
+    store.commit().unwrap();
+    assert!(!store.wants_snapshot());
+}
