@@ -12,6 +12,44 @@
 //! a network drop. Storing entries and snapshots (files, fsync, torn
 //! tails) is the owner's business; times are unix nanoseconds, converted
 //! with a [`TimeFrame`]. See docs/durability.md.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use invitation_core::durable::{Durable, JournalEntry, TimeFrame};
+//! use invitation_core::protocol::{Command, InviteRequest};
+//! use invitation_core::{
+//!     CallType, ConnId, DeviceId, RequestId, SequentialCallIds, SwitchboardConfig, User, UserId,
+//! };
+//!
+//! let t0 = Instant::now();
+//! let frame = TimeFrame::new(t0, 1_767_225_600_000_000_000); // the same moment, in unix ns
+//! let mut d = Durable::new(SwitchboardConfig::default(), SequentialCallIds::default(), frame);
+//! let phone = DeviceId::new("phone").unwrap();
+//! d.connect(t0, ConnId::new(1), User::named("alice", "Alice"), phone, None, None);
+//! let invite = InviteRequest::new(vec![UserId::new("bob").unwrap()], CallType::Voice);
+//! d.handle_command(t0, ConnId::new(1), RequestId::new("r1").unwrap(), Command::Invite(invite))
+//!     .unwrap();
+//! while d.poll_output().is_some() {} // (sent after the entries below are stored)
+//!
+//! let mut journal: Vec<JournalEntry> = Vec::new();
+//! d.drain_journal(&mut journal); // connect, invite (with the call id it drew)
+//! assert_eq!(journal.len(), 2);
+//! let snapshot = d.snapshot(); // now and then; the journal before it can go
+//!
+//! // The process dies. On start-up: the newest snapshot, the entries after it.
+//! let later = t0 + Duration::from_secs(5);
+//! let (d, recovered) = Durable::recover(
+//!     SwitchboardConfig::default(),
+//!     SequentialCallIds::new("after").unwrap(),
+//!     frame,
+//!     Some(snapshot),
+//!     Vec::new(),
+//!     later,
+//! )
+//! .unwrap();
+//! assert_eq!((recovered.ringing, recovered.dropped), (1, 1)); // alice's link died
+//! assert_eq!(d.calls().count(), 1);
+//! ```
 
 use std::collections::VecDeque;
 use std::ops::Deref;

@@ -14,6 +14,9 @@
 //!   server events by sequence number, turns them into [`AppEvent`]s (the ten
 //!   callbacks and the extras) and keeps a fallback ring timer.
 //! * [`protocol`]: wire protocol v1 (JSON), with guarded decoding.
+//! * [`durable`]: the switchboard with every input journaled, snapshots of
+//!   its whole state, and recovery (snapshot + journal replay) after a
+//!   restart or a crash.
 //!
 //! ## Run-loop contract
 //!

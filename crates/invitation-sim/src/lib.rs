@@ -14,7 +14,7 @@
 
 mod world;
 
-pub use world::{Outcome, Profile, run_world};
+pub use world::{Outcome, Profile, Restarts, run_world};
 
 use std::time::Duration;
 
@@ -41,6 +41,8 @@ pub struct Report {
     /// Links the hub closed, per cause (token expiry, too slow, refused
     /// token, no `hello`).
     pub closes: Vec<(CloseCause, u64)>,
+    /// Server crashes and restarts (restart profile).
+    pub restarts: Restarts,
 }
 
 /// Runs one seed with one profile for `steps` workload steps.
@@ -60,6 +62,7 @@ pub fn run(seed: u64, profile: Profile, steps: usize) -> Report {
         trace: outcome.trace,
         faults: outcome.faults,
         closes: outcome.closes,
+        restarts: outcome.restarts,
     }
 }
 

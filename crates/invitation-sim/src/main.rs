@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! invitation-sim --seed 42 --profile lossy      # one run, full trace
-//! invitation-sim --seeds 1000                   # seeds 0..1000 x lossy, slow, flapping, connection
+//! invitation-sim --seeds 1000                   # seeds 0..1000 x lossy, slow, flapping, connection, restart
 //! invitation-sim --seeds 100000 --start 5000    # deeper
 //! ```
 //! Exits non-zero on the first failing seed, after printing it and the
@@ -12,7 +12,7 @@ use anyhow::{Result, bail};
 use clap::Parser;
 use invitation::testing::fault::FaultStats;
 use invitation_core::CloseCause;
-use invitation_sim::{DEFAULT_STEPS, Profile, run, shrink};
+use invitation_sim::{DEFAULT_STEPS, Profile, Restarts, run, shrink};
 
 /// The deterministic fault-injection simulation: six client devices of four
 /// users against the in-process switchboard, a seeded workload, injected
@@ -30,8 +30,8 @@ struct Args {
     /// First seed of the sweep.
     #[arg(long, default_value_t = 0)]
     start: u64,
-    /// Fault profile: clean, lossy, slow, flapping, connection, or all
-    /// (lossy, slow, flapping and connection).
+    /// Fault profile: clean, lossy, slow, flapping, connection, restart,
+    /// or all (lossy, slow, flapping, connection and restart).
     #[arg(long, default_value = "all", value_parser = profiles)]
     profile: Profiles,
     /// Workload steps per run.
@@ -47,7 +47,9 @@ fn profiles(s: &str) -> Result<Profiles, String> {
     match s {
         "all" => Ok(Profiles(Profile::ALL.to_vec())),
         p => Profile::parse(p).map(|p| Profiles(vec![p])).ok_or_else(|| {
-            format!("unknown profile {p:?} (clean, lossy, slow, flapping, connection, all)")
+            format!(
+                "unknown profile {p:?} (clean, lossy, slow, flapping, connection, restart, all)"
+            )
         }),
     }
 }
@@ -82,10 +84,12 @@ fn main() -> Result<()> {
     for p in &profiles {
         let mut faults = FaultStats::default();
         let mut closes: Vec<(CloseCause, u64)> = Vec::new();
+        let mut restarts = Restarts::default();
         for seed in start..start + seeds {
             let r = run(seed, *p, steps);
             calls += r.calls;
             faults.add(&r.faults);
+            restarts.add(&r.restarts);
             for (cause, n) in &r.closes {
                 match closes.iter_mut().find(|(c, _)| c == cause) {
                     Some((_, total)) => *total += n,
@@ -118,6 +122,17 @@ fn main() -> Result<()> {
             .collect();
         if !closes.is_empty() {
             println!("  hub closed links for: {}", closes.join(", "));
+        }
+        if restarts.crashes > 0 {
+            println!(
+                "  server: {} crashes ({} calls ringing at them, {} links dropped, {} journal entries replayed), {} snapshots, {} retried commands answered from memory",
+                restarts.crashes,
+                restarts.ringing,
+                restarts.dropped,
+                restarts.replayed,
+                restarts.snapshots,
+                restarts.retries_answered
+            );
         }
     }
     println!(

@@ -36,6 +36,12 @@ pub enum Profile {
     /// clients that stop reading (long enough, with enough written
     /// meanwhile, to be dropped as too slow).
     Connection,
+    /// The server crashes and restarts: at random moments the hub keeps a
+    /// snapshot, and at others it is replaced by one recovered from the
+    /// last snapshot and the journal since; every link drops and clients
+    /// reconnect and resume. Server messages are delayed a little (some
+    /// are in flight at the crash) and 3 % of messages are lost.
+    Restart,
 }
 
 /// How long a token lives in the `connection` profile.
@@ -43,14 +49,15 @@ const TOKEN_LIFE: Duration = Duration::from_secs(30);
 
 impl Profile {
     /// The profiles CI runs.
-    pub const ALL: [Profile; 4] = [
+    pub const ALL: [Profile; 5] = [
         Profile::Lossy,
         Profile::Slow,
         Profile::Flapping,
         Profile::Connection,
+        Profile::Restart,
     ];
 
-    /// Parses `clean`, `lossy`, `slow`, `flapping`, `connection`.
+    /// Parses `clean`, `lossy`, `slow`, `flapping`, `connection`, `restart`.
     pub fn parse(s: &str) -> Option<Profile> {
         Some(match s {
             "clean" => Profile::Clean,
@@ -58,6 +65,7 @@ impl Profile {
             "slow" => Profile::Slow,
             "flapping" => Profile::Flapping,
             "connection" => Profile::Connection,
+            "restart" => Profile::Restart,
             _ => return None,
         })
     }
@@ -65,6 +73,11 @@ impl Profile {
     /// Whether the hub checks tokens that expire (and clients renew them).
     fn tokens(self) -> bool {
         self == Profile::Connection
+    }
+
+    /// Whether the server crashes and restarts.
+    fn restarts(self) -> bool {
+        self == Profile::Restart
     }
 
     /// The longest a server message can be held on its way: injected delay
@@ -99,6 +112,13 @@ impl Profile {
                 f.sync_burst = 0.02;
                 f.sync_burst_size = (1, 64);
             }
+            Profile::Restart => {
+                // Some messages lost too: answers the client retries, some
+                // of them across a crash (then answered from the request-id
+                // memory the recovery restored).
+                f.delay = (Duration::ZERO, Duration::from_millis(300));
+                f.drop = 0.03;
+            }
         }
         f
     }
@@ -112,6 +132,7 @@ impl std::fmt::Display for Profile {
             Profile::Slow => "slow",
             Profile::Flapping => "flapping",
             Profile::Connection => "connection",
+            Profile::Restart => "restart",
         })
     }
 }
@@ -129,6 +150,38 @@ pub struct Outcome {
     pub faults: FaultStats,
     /// Links the hub closed, per cause (connection faults that happened).
     pub closes: Vec<(CloseCause, u64)>,
+    /// Server crashes and restarts (restart profile).
+    pub restarts: Restarts,
+}
+
+/// What the restart profile did in one run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Restarts {
+    /// Snapshots kept.
+    pub snapshots: u64,
+    /// Crashes, each followed by a recovery.
+    pub crashes: u64,
+    /// Journal entries replayed by the recoveries.
+    pub replayed: u64,
+    /// Calls still ringing at a crash (recovered ringing).
+    pub ringing: u64,
+    /// Connections the recoveries dropped.
+    pub dropped: u64,
+    /// Commands answered from the request-id memory at the end of the run
+    /// (retries, many of them resent after a crash).
+    pub retries_answered: u64,
+}
+
+impl Restarts {
+    /// Adds another run's counts.
+    pub fn add(&mut self, other: &Restarts) {
+        self.snapshots += other.snapshots;
+        self.crashes += other.crashes;
+        self.replayed += other.replayed;
+        self.ringing += other.ringing;
+        self.dropped += other.dropped;
+        self.retries_answered += other.retries_answered;
+    }
 }
 
 /// The close causes a run reports.
@@ -216,6 +269,10 @@ struct Device {
 
 struct World {
     rng: SimRng,
+    hub: MemoryHub,
+    /// Server crashes (restart profile): when to snapshot, when to crash.
+    crashes: Option<SimRng>,
+    restarts: Restarts,
     t0: Instant,
     seed: u64,
     devices: Vec<Device>,
@@ -451,6 +508,39 @@ impl World {
         });
     }
 
+    /// The restart profile: sometimes the server keeps a snapshot,
+    /// sometimes it crashes and recovers from the last one plus the
+    /// journal since.
+    async fn maybe_crash(&mut self) {
+        let Some(rng) = &mut self.crashes else {
+            return;
+        };
+        let (snapshot, crash) = (rng.chance(0.15), rng.chance(0.06));
+        if snapshot {
+            // (Its size is not traced: the request-id memory's hasher seed
+            // is random, so the JSON's length varies from run to run.)
+            if self.hub.snapshot().await.is_some() {
+                self.restarts.snapshots += 1;
+            }
+            self.log("server snapshot".into());
+        }
+        if crash {
+            match self.hub.restart().await {
+                Ok(r) => {
+                    self.restarts.crashes += 1;
+                    self.restarts.replayed += r.entries as u64;
+                    self.restarts.ringing += r.ringing as u64;
+                    self.restarts.dropped += r.dropped as u64;
+                    self.log(format!("server crashed and recovered: {r:?}"));
+                }
+                Err(e) => {
+                    let msg = format!("VIOLATION: the server could not recover: {e}");
+                    self.trace.lock().expect("trace").push(msg);
+                }
+            }
+        }
+    }
+
     async fn step(&mut self) {
         let roll = self.rng.below(100);
         let acked: Vec<(CallId, usize, Vec<UserId>, bool)> =
@@ -587,7 +677,21 @@ impl World {
             _ => {}
         }
         let d = self.rng.between(Duration::ZERO, Duration::from_secs(3));
-        tokio::time::sleep(d).await;
+        if let Some(rng) = &mut self.crashes {
+            // The crash comes at any moment, often while the commands just
+            // sent (or their answers) are on their way.
+            let first = if rng.chance(0.5) {
+                rng.between(Duration::ZERO, Duration::from_millis(200))
+            } else {
+                rng.between(Duration::ZERO, d)
+            };
+            let first = first.min(d);
+            tokio::time::sleep(first).await;
+            self.maybe_crash().await;
+            tokio::time::sleep(d - first).await;
+        } else {
+            tokio::time::sleep(d).await;
+        }
     }
 }
 
@@ -611,7 +715,9 @@ pub async fn run_world(seed: u64, profile: Profile, steps: usize) -> Outcome {
     config.retention = Duration::from_secs(3600);
     let t0 = Instant::now();
     let ids = invitation_core::SequentialCallIds::default();
-    let hub = if profile.tokens() {
+    let hub = if profile.restarts() {
+        MemoryHub::with_restarts(config, ids, None)
+    } else if profile.tokens() {
         MemoryHub::with_authenticator(config, ids, Arc::new(Tokens { t0 }))
     } else {
         MemoryHub::with_config(config, ids)
@@ -632,6 +738,11 @@ pub async fn run_world(seed: u64, profile: Profile, steps: usize) -> Outcome {
     }
     let mut world = World {
         rng: SimRng::new(seed),
+        hub: hub.clone(),
+        crashes: profile
+            .restarts()
+            .then(|| SimRng::new(seed ^ 0xc4a5_4e57_a47e)),
+        restarts: Restarts::default(),
         t0,
         seed,
         devices,
@@ -676,10 +787,13 @@ pub async fn run_world(seed: u64, profile: Profile, steps: usize) -> Outcome {
         .iter()
         .map(|(call_id, inviter, _, joined)| Acknowledged::new(call_id.clone(), *inviter, *joined))
         .collect();
-    let mut violations = hub
-        .inspect(move |sb: &Switchboard| oracle.finish(sb, &record))
+    let (mut violations, retries) = hub
+        .inspect(move |sb: &Switchboard| {
+            (oracle.finish(sb, &record), sb.stats().duplicate_requests)
+        })
         .await
         .expect("hub alive");
+    world.restarts.retries_answered = retries;
     world.tasks.abort_all();
     for d in &mut world.devices {
         if let Some(live) = d.live.take() {
@@ -708,5 +822,6 @@ pub async fn run_world(seed: u64, profile: Profile, steps: usize) -> Outcome {
         calls: acked.len(),
         faults,
         closes,
+        restarts: world.restarts,
     }
 }

@@ -1,5 +1,5 @@
 //! Seeds that once failed, kept as regression tests, and a small sweep.
-//! (CI also runs `invitation-sim --seeds 1000` in release: 4,000 runs.)
+//! (CI also runs `invitation-sim --seeds 1000` in release: 5,000 runs.)
 
 use invitation_core::CloseCause;
 use invitation_sim::{DEFAULT_STEPS, Profile, run};
@@ -59,6 +59,7 @@ fn a_small_sweep_of_every_profile() {
         Profile::Slow,
         Profile::Flapping,
         Profile::Connection,
+        Profile::Restart,
     ] {
         for seed in 100..120 {
             assert_passes(seed, profile);
@@ -68,9 +69,16 @@ fn a_small_sweep_of_every_profile() {
 
 #[test]
 fn runs_are_deterministic() {
-    for profile in [Profile::Flapping, Profile::Connection] {
+    for profile in [Profile::Flapping, Profile::Connection, Profile::Restart] {
         let a = run(7, profile, DEFAULT_STEPS);
         let b = run(7, profile, DEFAULT_STEPS);
+        if a.trace != b.trace {
+            for (x, y) in a.trace.iter().zip(&b.trace) {
+                if x != y {
+                    panic!("{profile}: first difference:\n{x}\n{y}");
+                }
+            }
+        }
         assert_eq!(a.trace, b.trace, "the same seed replays the same run");
         assert!(a.calls > 0);
     }
@@ -114,4 +122,32 @@ fn the_connection_profile_exercises_every_connection_fault() {
             "no link closed for {cause}: {closes:?}"
         );
     }
+}
+
+/// The restart profile really crashes the server with calls ringing,
+/// recovers from snapshots plus journal tails, drops every link, and
+/// answers commands retried across a crash from the restored request-id
+/// memory; the oracle holds through all of it.
+#[test]
+fn the_restart_profile_crashes_and_recovers_mid_ring() {
+    let mut total = invitation_sim::Restarts::default();
+    for seed in 0..40 {
+        let r = run(seed, Profile::Restart, DEFAULT_STEPS);
+        assert!(
+            r.violations.is_empty(),
+            "seed {seed}: {:#?}\ntrace:\n{}",
+            r.violations,
+            r.trace.join("\n")
+        );
+        total.add(&r.restarts);
+    }
+    println!("{total:?}");
+    assert!(total.crashes > 40, "{total:?}");
+    assert!(total.snapshots > total.crashes, "{total:?}");
+    assert!(
+        total.ringing > 0,
+        "calls were ringing at a crash: {total:?}"
+    );
+    assert!(total.replayed > 0 && total.dropped > 0, "{total:?}");
+    assert!(total.retries_answered > 0, "{total:?}");
 }

@@ -16,15 +16,24 @@
 //! `valid_for` makes the link expire unless renewed in band, and a link
 //! without a valid `hello` within the hello timeout is closed. Simulations
 //! use it to race renewals against expiry.
+//!
+//! [`MemoryHub::with_restarts`] makes it keep what a durable server keeps
+//! (a snapshot of the switchboard and the journal of its inputs since, as
+//! JSON) and lets a test crash it: [`MemoryHub::restart`] replaces the
+//! switchboard with one recovered from them and drops every link, as a
+//! server that restarts does; clients reconnect and resume.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use invitation_core::durable::{
+    Durable, JournalEntry, RecoverError, Recovered, SwitchboardSnapshot, TimeFrame,
+};
 use invitation_core::protocol::{ClientMessage, ServerMessage};
 use invitation_core::{
-    AuthRefusal, Authenticator, CallIdGenerator, CloseCause, ConnId, ConnectionConfig,
+    AuthRefusal, Authenticator, CallId, CallIdGenerator, CloseCause, ConnId, ConnectionConfig,
     ConnectionOutput, DeviceConnection, DeviceId, Identity, Output, SequentialCallIds, Switchboard,
     SwitchboardConfig, User, UserId,
 };
@@ -43,6 +52,7 @@ enum HubMsg {
         link: ConnId,
         user: User,
         tx: mpsc::Sender<ServerMessage>,
+        crashed: Arc<AtomicBool>,
     },
     Message {
         link: ConnId,
@@ -56,7 +66,51 @@ enum HubMsg {
         device: DeviceId,
     },
     Inspect(Inspect),
+    Snapshot(oneshot::Sender<usize>),
+    Restart(oneshot::Sender<Result<Recovered, RestartError>>),
 }
+
+/// Why [`MemoryHub::restart`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestartError {
+    /// The hub was not made with [`MemoryHub::with_restarts`].
+    #[error("this hub keeps no journal")]
+    NotDurable,
+    /// The kept snapshot or journal did not read back.
+    #[error("the kept state does not read back: {0}")]
+    Unreadable(String),
+    /// Recovery refused the kept state.
+    #[error(transparent)]
+    Recover(#[from] RecoverError),
+}
+
+/// One call-id generator shared by every switchboard a hub runs, so ids
+/// never repeat across restarts (as random ids would not).
+#[derive(Clone)]
+struct SharedIds(Arc<Mutex<Box<dyn CallIdGenerator>>>);
+
+impl CallIdGenerator for SharedIds {
+    fn next_call_id(&mut self) -> CallId {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next_call_id()
+    }
+}
+
+/// What a durable server would have on disk: the newest snapshot and the
+/// journal after it, as JSON.
+struct Store {
+    config: SwitchboardConfig,
+    ids: SharedIds,
+    snapshot: Option<String>,
+    journal: Vec<String>,
+    scratch: Vec<JournalEntry>,
+}
+
+/// The unix time the hub's clock starts at (any fixed moment will do).
+const UNIX_START_NS: i64 = 1_767_225_600_000_000_000;
 
 /// Verifies tokens for a hub made with [`MemoryHub::with_authenticator`].
 pub type SharedAuthenticator = Arc<dyn Authenticator + Send + Sync>;
@@ -79,7 +133,7 @@ impl MemoryHub {
 
     /// A hub with these settings and call-id generator.
     pub fn with_config(config: SwitchboardConfig, ids: impl CallIdGenerator + 'static) -> Self {
-        Self::spawn(config, ids, None)
+        Self::spawn(config, ids, None, false)
     }
 
     /// A hub that checks tokens as the server does: every `hello` and
@@ -92,13 +146,26 @@ impl MemoryHub {
         ids: impl CallIdGenerator + 'static,
         auth: SharedAuthenticator,
     ) -> Self {
-        Self::spawn(config, ids, Some(auth))
+        Self::spawn(config, ids, Some(auth), false)
+    }
+
+    /// A hub that keeps what a durable server keeps, so that
+    /// [`MemoryHub::restart`] can crash and recover it (snapshots with
+    /// [`MemoryHub::snapshot`]); tokens are checked as with
+    /// [`MemoryHub::with_authenticator`] when `auth` is given.
+    pub fn with_restarts(
+        config: SwitchboardConfig,
+        ids: impl CallIdGenerator + 'static,
+        auth: Option<SharedAuthenticator>,
+    ) -> Self {
+        Self::spawn(config, ids, auth, true)
     }
 
     fn spawn(
         config: SwitchboardConfig,
         ids: impl CallIdGenerator + 'static,
         auth: Option<SharedAuthenticator>,
+        durable: bool,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut link_config = ConnectionConfig::default();
@@ -106,8 +173,20 @@ impl MemoryHub {
         // The outbound queue bounds what a client can make the hub hold.
         link_config.max_in_flight = OUTBOUND_QUEUE;
         let closes = Arc::new(Mutex::new(HashMap::new()));
+        let ids = SharedIds(Arc::new(Mutex::new(Box::new(ids))));
+        let frame = TimeFrame::new(now(), UNIX_START_NS);
+        let mut sb = Durable::new(config.clone(), ids.clone(), frame);
+        sb.set_journaling(durable);
+        let store = durable.then(|| Store {
+            config,
+            ids,
+            snapshot: None,
+            journal: Vec::new(),
+            scratch: Vec::new(),
+        });
         let hub = HubTask {
-            sb: Switchboard::new(config, ids),
+            sb,
+            store,
             links: HashMap::new(),
             link_config: Arc::new(link_config),
             auth,
@@ -150,6 +229,30 @@ impl MemoryHub {
         });
     }
 
+    /// Keeps a snapshot of the switchboard now (the journal before it is
+    /// dropped, as a server does). Returns the snapshot's size in bytes;
+    /// `None` if the hub stopped or keeps no journal.
+    pub async fn snapshot(&self) -> Option<usize> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(HubMsg::Snapshot(tx)).ok()?;
+        rx.await.ok()
+    }
+
+    /// Crashes the hub and starts it again: the switchboard is replaced by
+    /// one recovered from the last snapshot and the journal since (read
+    /// back from JSON), and every link is dropped at once (its client sees
+    /// the connection close, reconnects and resumes). Messages in flight
+    /// to the old links are lost, as with a real crash. Only for a hub made
+    /// with [`MemoryHub::with_restarts`].
+    pub async fn restart(&self) -> Result<Recovered, RestartError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(HubMsg::Restart(tx))
+            .map_err(|_| RestartError::Unreadable("the hub stopped".into()))?;
+        rx.await
+            .map_err(|_| RestartError::Unreadable("the hub stopped".into()))?
+    }
+
     /// Runs `f` on the switchboard inside the hub task and returns its result
     /// (for tests and diagnostics). `None` if the hub stopped.
     pub async fn inspect<R: Send + 'static>(
@@ -183,12 +286,14 @@ impl Transport for MemoryTransport {
     async fn connect(&self) -> Result<BoxConnection, TransportError> {
         let link = ConnId::new(self.hub.next_link.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let crashed = Arc::new(AtomicBool::new(false));
         self.hub
             .tx
             .send(HubMsg::Open {
                 link,
                 user: self.user.clone(),
                 tx,
+                crashed: crashed.clone(),
             })
             .map_err(|_| TransportError::closed("the hub stopped"))?;
         Ok(Box::new(MemoryConnection {
@@ -196,6 +301,7 @@ impl Transport for MemoryTransport {
             link,
             rx,
             closed: false,
+            crashed,
         }))
     }
 }
@@ -207,6 +313,9 @@ pub struct MemoryConnection {
     link: ConnId,
     rx: mpsc::Receiver<ServerMessage>,
     closed: bool,
+    /// The hub crashed ([`MemoryHub::restart`]): what it had queued for
+    /// this link is lost with it.
+    crashed: Arc<AtomicBool>,
 }
 
 #[async_trait]
@@ -226,6 +335,9 @@ impl Connection for MemoryConnection {
     async fn recv(&mut self) -> Result<ServerMessage, TransportError> {
         // mpsc::Receiver::recv is cancel-safe.
         match self.rx.recv().await {
+            Some(_) | None if self.crashed.load(Ordering::Relaxed) => {
+                Err(TransportError::closed("the hub crashed"))
+            }
             Some(m) => Ok(m),
             None => Err(TransportError::closed("connection closed by the hub")),
         }
@@ -261,10 +373,13 @@ struct Link {
     user: User,
     tx: mpsc::Sender<ServerMessage>,
     machine: DeviceConnection,
+    crashed: Arc<AtomicBool>,
 }
 
 struct HubTask {
-    sb: Switchboard,
+    sb: Durable,
+    /// With restarts: what a durable server keeps.
+    store: Option<Store>,
     links: HashMap<ConnId, Link>,
     link_config: Arc<ConnectionConfig>,
     /// Tokens are checked (and links have timers) only with one.
@@ -297,6 +412,7 @@ impl HubTask {
                 }
             }
             self.drain();
+            self.keep_journal();
         }
         tracing::debug!("memory hub stopped");
     }
@@ -342,9 +458,20 @@ impl HubTask {
 
     fn handle(&mut self, msg: HubMsg) {
         match msg {
-            HubMsg::Open { link, user, tx } => {
+            HubMsg::Open {
+                link,
+                user,
+                tx,
+                crashed,
+            } => {
                 let machine = DeviceConnection::new(now(), self.link_config.clone());
-                self.links.insert(link, Link { user, tx, machine });
+                let l = Link {
+                    user,
+                    tx,
+                    machine,
+                    crashed,
+                };
+                self.links.insert(link, l);
             }
             HubMsg::Message { link, message } => {
                 if let Some(l) = self.links.get_mut(&link) {
@@ -374,8 +501,69 @@ impl HubTask {
                     self.run_link(link);
                 }
             }
-            HubMsg::Inspect(f) => f(&self.sb),
+            HubMsg::Inspect(f) => f(self.sb.switchboard()),
+            HubMsg::Snapshot(tx) => {
+                self.keep_journal();
+                if let Some(store) = &mut self.store {
+                    let json = serde_json::to_string(&self.sb.snapshot())
+                        .expect("snapshots always serialize");
+                    let _ = tx.send(json.len());
+                    store.snapshot = Some(json);
+                    store.journal.clear();
+                }
+            }
+            HubMsg::Restart(tx) => {
+                let _ = tx.send(self.restart());
+            }
         }
+    }
+
+    /// Appends what the switchboard journaled to the kept journal.
+    fn keep_journal(&mut self) {
+        let Some(store) = &mut self.store else {
+            return;
+        };
+        self.sb.drain_journal(&mut store.scratch);
+        for entry in store.scratch.drain(..) {
+            let line = serde_json::to_string(&entry).expect("entries always serialize");
+            store.journal.push(line);
+        }
+    }
+
+    fn restart(&mut self) -> Result<Recovered, RestartError> {
+        self.keep_journal();
+        let Some(store) = &mut self.store else {
+            return Err(RestartError::NotDurable);
+        };
+        let unreadable = |e: serde_json::Error| RestartError::Unreadable(e.to_string());
+        let snapshot: Option<SwitchboardSnapshot> = match &store.snapshot {
+            Some(json) => Some(serde_json::from_str(json).map_err(unreadable)?),
+            None => None,
+        };
+        let entries = store
+            .journal
+            .iter()
+            .map(|line| serde_json::from_str::<JournalEntry>(line))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unreadable)?;
+        let (sb, recovered) = Durable::recover(
+            store.config.clone(),
+            store.ids.clone(),
+            self.sb.frame(),
+            snapshot,
+            entries,
+            now(),
+        )?;
+        self.sb = sb;
+        // Every link dies with the process, with what was queued for it:
+        // dropping its sender closes the client's receiving end.
+        for l in self.links.values() {
+            l.crashed.store(true, Ordering::Relaxed);
+        }
+        self.links.clear();
+        self.keep_journal();
+        tracing::debug!(?recovered, "memory hub restarted");
+        Ok(recovered)
     }
 
     /// Carries out what a link's connection machine asks for.

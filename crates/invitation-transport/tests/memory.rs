@@ -385,3 +385,128 @@ async fn open_as(
     let first = conn.recv().await.unwrap();
     (conn, first)
 }
+
+/// A hub made with restarts crashes and recovers: the link drops, the state
+/// survives (the invitation still rings, from the snapshot plus the journal
+/// after it), the device resumes with exactly the events it missed, and a
+/// command retried with its request id is answered, not run again. A hub
+/// without restarts refuses to restart.
+#[tokio::test(start_paused = true)]
+async fn a_restarted_hub_keeps_its_calls_and_the_devices_resume() {
+    use invitation_core::protocol::{
+        ClientMessage, Command, Control, InviteRequest, ReplyResult, ServerBody,
+    };
+    use invitation_core::{
+        CallType, DeviceId, RequestId, SequentialCallIds, SwitchboardConfig, UserId,
+    };
+    use invitation_transport::Transport;
+    use invitation_transport::memory::RestartError;
+    use std::time::Duration;
+
+    let plain = MemoryHub::new();
+    assert!(matches!(
+        plain.restart().await,
+        Err(RestartError::NotDurable)
+    ));
+
+    let hub = MemoryHub::with_restarts(
+        SwitchboardConfig::default(),
+        SequentialCallIds::default(),
+        None,
+    );
+    let hello = |last_seq| Control::Hello {
+        device: DeviceId::new("d").unwrap(),
+        token: None,
+        last_seq,
+    };
+    let rid = |s: &str| RequestId::new(s).unwrap();
+    let mut a = hub
+        .transport(User::named("a", "A"))
+        .connect()
+        .await
+        .unwrap();
+    a.send(ClientMessage::new(rid("h"), hello(None)))
+        .await
+        .unwrap();
+    a.recv().await.unwrap(); // welcome
+    a.recv().await.unwrap(); // sync
+    assert_eq!(hub.snapshot().await.map(|n| n > 0), Some(true));
+    // After the snapshot: an invitation to an offline callee (held).
+    let invite = Command::Invite(
+        InviteRequest::new(vec![UserId::new("b").unwrap()], CallType::Voice)
+            .with_timeout_s(Some(60)),
+    );
+    a.send(ClientMessage::new(rid("inv"), invite.clone()))
+        .await
+        .unwrap();
+    let first = a.recv().await.unwrap();
+    let ServerBody::Event {
+        seq: 1,
+        result: Some(ReplyResult::Invited { call_id, .. }),
+        ..
+    } = first.body
+    else {
+        panic!("{first:?}")
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let recovered = hub.restart().await.unwrap();
+    assert_eq!(
+        (
+            recovered.entries,
+            recovered.calls,
+            recovered.ringing,
+            recovered.dropped
+        ),
+        (1, 1, 1, 1)
+    );
+    let err = a.recv().await.unwrap_err();
+    assert_eq!(err.kind(), TransportErrorKind::Closed);
+
+    // Resume from seq 0: exactly the one event (the outgoing call).
+    let mut a = hub
+        .transport(User::named("a", "A"))
+        .connect()
+        .await
+        .unwrap();
+    a.send(ClientMessage::new(rid("h2"), hello(Some(0))))
+        .await
+        .unwrap();
+    let welcome = a.recv().await.unwrap();
+    assert!(
+        matches!(
+            welcome.body,
+            ServerBody::Welcome {
+                seq: 1,
+                resumed: true,
+                ..
+            }
+        ),
+        "{welcome:?}"
+    );
+    let replay = a.recv().await.unwrap();
+    assert!(
+        matches!(replay.body, ServerBody::Event { seq: 1, .. }),
+        "{replay:?}"
+    );
+    // The invite, retried: the same call.
+    a.send(ClientMessage::new(rid("inv"), invite))
+        .await
+        .unwrap();
+    let again = a.recv().await.unwrap();
+    match again.body {
+        ServerBody::Reply {
+            result: ReplyResult::Invited { call_id: again, .. },
+            ..
+        } => assert_eq!(again, call_id),
+        other => panic!("{other:?}"),
+    }
+    let (calls, ringing) = hub
+        .inspect(move |sb| {
+            let ringing = sb.call(&call_id).is_some_and(|c| c.is_ringing());
+            (sb.calls().count(), ringing)
+        })
+        .await
+        .unwrap();
+    assert_eq!((calls, ringing), (1, true));
+}
