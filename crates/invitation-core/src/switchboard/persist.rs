@@ -822,5 +822,38 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("extras for slot 0 of 0"), "{err}");
+
+        // An invite answer for more callees than its packed statuses hold.
+        let mut sb = Switchboard::new(SwitchboardConfig::default(), SequentialCallIds::default());
+        let alice = User::new(UserId::new("alice").unwrap(), "A").unwrap();
+        sb.connect(
+            t,
+            ConnId::new(1),
+            alice,
+            DeviceId::new("a").unwrap(),
+            None,
+            None,
+        );
+        let invite = InviteRequest::new(vec![UserId::new("bob").unwrap()], crate::CallType::Voice);
+        let id = crate::RequestId::new("r").unwrap();
+        sb.handle_command(t, ConnId::new(1), id, Command::Invite(invite))
+            .unwrap();
+        let mut image = sb.image(&ns);
+        for i in 0..22 {
+            let u = User::new(UserId::new(format!("x{i}")).unwrap(), "x").unwrap();
+            image.infos[0].callees.push(u);
+            image.calls[0].slots.push(SlotImage::Ended {
+                reason: Reason::Busy,
+                device: None,
+            });
+        }
+        let err = Switchboard::from_image(
+            SwitchboardConfig::default(),
+            SequentialCallIds::default(),
+            image,
+            &at,
+        )
+        .unwrap_err();
+        assert!(err.contains("an invite answer for 23 callees"), "{err}");
     }
 }

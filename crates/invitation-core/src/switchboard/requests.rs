@@ -580,11 +580,22 @@ impl Requests {
                     info: i,
                     ring_ms,
                     statuses,
-                } => Answer::Invited {
-                    call: info(i).ok_or_else(|| format!("request memory: no call info {i}"))?,
-                    ring_remaining_ms: ring_ms,
-                    statuses,
-                },
+                } => {
+                    let call =
+                        info(i).ok_or_else(|| format!("request memory: no call info {i}"))?;
+                    if call.callees.len() > MAX_PACKED {
+                        // Never stored so (statuses hold 3 bits per callee).
+                        return Err(format!(
+                            "request memory: an invite answer for {} callees",
+                            call.callees.len()
+                        ));
+                    }
+                    Answer::Invited {
+                        call,
+                        ring_remaining_ms: ring_ms,
+                        statuses,
+                    }
+                }
                 AnswerImage::Ok(r) => Answer::Other(Box::new(Ok(r))),
                 AnswerImage::Err(err) => Answer::Other(Box::new(Err(err.error()))),
             };
