@@ -952,6 +952,12 @@ pub(crate) async fn recovery(
         .ok()
         .and_then(Result::ok)
         .flatten();
+    match recovered {
+        Some((_, _, ringing)) if ringing == pending as u64 => {}
+        other => bail!(
+            "expected all {pending} invitations ringing after the restart, the server said {other:?}"
+        ),
+    }
     let (rss_kb, _) = memory_kb(second_pid);
     second.kill().await?;
     second.wait().await?;
