@@ -32,8 +32,8 @@
 //! while d.poll_output().is_some() {} // (sent after the entries below are stored)
 //!
 //! let mut journal: Vec<JournalEntry> = Vec::new();
-//! d.drain_journal(&mut journal); // connect, invite (with the call id it drew)
-//! assert_eq!(journal.len(), 2);
+//! d.drain_journal(&mut journal); // the settings, connect, invite (with the call id it drew)
+//! assert_eq!(journal.len(), 3);
 //! let snapshot = d.snapshot(); // now and then; the journal before it can go
 //!
 //! // The process dies. On start-up: the newest snapshot, the entries after it.
