@@ -335,6 +335,15 @@ async fn invite(alice: &mut Client, callee: &str) -> String {
     answer["result"]["call_id"].as_str().unwrap().to_owned()
 }
 
+/// Alice's phone calls bob's, which rings: both clients and the call id.
+async fn ringing(addr: SocketAddr) -> (Client, Client, String) {
+    let (mut alice, _) = Client::hello(addr, "alice", "phone", None).await;
+    let (mut bob, _) = Client::hello(addr, "bob", "phone", None).await;
+    let call_id = invite(&mut alice, "bob").await;
+    bob.until_event("incoming_call").await;
+    (alice, bob, call_id)
+}
+
 /// SIGKILL while bob's phone rings; restart on the same directory and
 /// port. The call still rings (a new device of bob's is told so), bob's
 /// accept reaches alice, and neither side gets an event twice or misses
@@ -343,10 +352,7 @@ async fn invite(alice: &mut Client, callee: &str) -> String {
 async fn kill_9_mid_ring_then_the_accept_reaches_the_caller() {
     let tmp = TempDir::new("ring");
     let first = start(&tmp.0, 0, &[]);
-    let (mut alice, _) = Client::hello(first.addr, "alice", "phone", None).await;
-    let (mut bob, _) = Client::hello(first.addr, "bob", "phone", None).await;
-    let call_id = invite(&mut alice, "bob").await;
-    bob.until_event("incoming_call").await;
+    let (mut alice, mut bob, call_id) = ringing(first.addr).await;
     alice.settle().await;
     bob.settle().await;
     assert_eq!(alice.types(), ["outgoing_call", "callee_ringing"]);
@@ -405,10 +411,7 @@ async fn kill_9_mid_ring_then_the_accept_reaches_the_caller() {
 async fn a_retried_command_after_a_crash_is_answered_once() {
     let tmp = TempDir::new("retry");
     let first = start(&tmp.0, 0, &[]);
-    let (mut alice, _) = Client::hello(first.addr, "alice", "phone", None).await;
-    let (mut bob, _) = Client::hello(first.addr, "bob", "phone", None).await;
-    let call_id = invite(&mut alice, "bob").await;
-    bob.until_event("incoming_call").await;
+    let (mut alice, mut bob, call_id) = ringing(first.addr).await;
     let accept = json!({"v": 1, "id": "acc-1", "type": "accept", "call_id": call_id});
     bob.send(accept.clone()).await;
     bob.until_event("incoming_ended").await;
@@ -486,10 +489,7 @@ async fn a_deadline_missed_while_down_fires_once_at_start() {
     let tmp = TempDir::new("missed");
     let env = [("INVITATION_RING_TIMEOUT_S", "1")];
     let first = start(&tmp.0, 0, &env);
-    let (mut alice, _) = Client::hello(first.addr, "alice", "phone", None).await;
-    let (mut bob, _) = Client::hello(first.addr, "bob", "phone", None).await;
-    invite(&mut alice, "bob").await;
-    bob.until_event("incoming_call").await;
+    let (mut alice, bob, _) = ringing(first.addr).await;
     alice.settle().await;
     let port = first.addr.port();
     first.kill9();
@@ -529,10 +529,7 @@ async fn a_deadline_missed_while_down_fires_once_at_start() {
 async fn a_clean_stop_keeps_ringing_calls() {
     let tmp = TempDir::new("clean");
     let first = start(&tmp.0, 0, &[]);
-    let (mut alice, _) = Client::hello(first.addr, "alice", "phone", None).await;
-    let (mut bob, _) = Client::hello(first.addr, "bob", "phone", None).await;
-    let call_id = invite(&mut alice, "bob").await;
-    bob.until_event("incoming_call").await;
+    let (mut alice, bob, call_id) = ringing(first.addr).await;
     alice.settle().await;
     let port = first.addr.port();
     let lines = first.terminate();

@@ -738,12 +738,9 @@ mod tests {
         Instant::now()
     }
 
-    /// A pending invitation shares one `CallInfo` between the call, the
-    /// callee's and the caller's log entries and the invite's remembered
-    /// answer; a restored one shares it too (not four copies).
-    #[test]
-    fn restoring_keeps_call_infos_shared() {
-        let t = origin();
+    /// A switchboard where alice (device `a`, connection 1) invited bob
+    /// (offline): one pending invitation.
+    fn alice_invites_bob(t: Instant) -> Switchboard {
         let mut sb = Switchboard::new(SwitchboardConfig::default(), SequentialCallIds::default());
         let alice = User::new(UserId::new("alice").unwrap(), "A").unwrap();
         sb.connect(
@@ -758,6 +755,16 @@ mod tests {
         let id = crate::RequestId::new("r").unwrap();
         sb.handle_command(t, ConnId::new(1), id, Command::Invite(invite))
             .unwrap();
+        sb
+    }
+
+    /// A pending invitation shares one `CallInfo` between the call, the
+    /// callee's and the caller's log entries and the invite's remembered
+    /// answer; a restored one shares it too (not four copies).
+    #[test]
+    fn restoring_keeps_call_infos_shared() {
+        let t = origin();
+        let mut sb = alice_invites_bob(t);
         while sb.poll_output().is_some() {}
         let ns = |at: Instant| at.saturating_duration_since(t).as_nanos() as i64;
         let image = sb.image(&ns);
@@ -824,20 +831,7 @@ mod tests {
         assert!(err.contains("extras for slot 0 of 0"), "{err}");
 
         // An invite answer for more callees than its packed statuses hold.
-        let mut sb = Switchboard::new(SwitchboardConfig::default(), SequentialCallIds::default());
-        let alice = User::new(UserId::new("alice").unwrap(), "A").unwrap();
-        sb.connect(
-            t,
-            ConnId::new(1),
-            alice,
-            DeviceId::new("a").unwrap(),
-            None,
-            None,
-        );
-        let invite = InviteRequest::new(vec![UserId::new("bob").unwrap()], crate::CallType::Voice);
-        let id = crate::RequestId::new("r").unwrap();
-        sb.handle_command(t, ConnId::new(1), id, Command::Invite(invite))
-            .unwrap();
+        let sb = alice_invites_bob(t);
         let mut image = sb.image(&ns);
         for i in 0..22 {
             let u = User::new(UserId::new(format!("x{i}")).unwrap(), "x").unwrap();
