@@ -284,8 +284,10 @@ impl Server {
         drop(listener);
         lag_meter.abort();
         tracing::info!(connections = slots.open(), "shutting down");
-        // Calls first: the hub ends every live call and queues the news to
-        // each connection, which writes it before its `closing` message.
+        // Calls first. In memory, the hub ends every live call and queues
+        // the news to each connection, which writes it before its `closing`
+        // message; durable, it syncs the journal, lets go of the data
+        // directory and ends nothing (the next start picks the calls up).
         let (done, ended) = tokio::sync::oneshot::channel();
         if shared.hub.send(HubMsg::Shutdown { done }).await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(1), ended).await;
