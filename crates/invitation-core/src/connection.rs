@@ -397,6 +397,17 @@ impl DeviceConnection {
             }
         }
         match (&mut self.phase, body) {
+            (Phase::AwaitingHello { .. }, ClientBody::Control(Control::Hello { device, .. }))
+                if device.as_str() == crate::BACKEND_DEVICE =>
+            {
+                // The backend's commands use this device id; a client that
+                // took it could make the backend's callers look gone.
+                let reserved = crate::error::ValidationError::Reserved {
+                    field: "device",
+                    value: crate::BACKEND_DEVICE,
+                };
+                self.answer_error(id, &CommandError::Invalid(reserved));
+            }
             (
                 Phase::AwaitingHello { .. },
                 ClientBody::Control(Control::Hello {
@@ -802,6 +813,40 @@ mod tests {
         c.handle_text(now, &hello("good"), &Fixed);
         assert!(drain(&mut c).is_empty(), "closed: inputs ignored");
         assert_eq!(c.poll_timeout(), None);
+    }
+
+    /// The backend's device id is the server's: a hello that claims it is
+    /// answered `invalid` and reaches nothing; a proper hello may follow.
+    #[test]
+    fn a_hello_with_the_backends_device_id_is_refused() {
+        let now = t0();
+        let mut c = DeviceConnection::new(now, Arc::new(ConnectionConfig::default()));
+        let claimed = format!(
+            r#"{{"v":1,"id":"h0","type":"hello","device":"{}","token":"good"}}"#,
+            crate::BACKEND_DEVICE
+        );
+        c.handle_text(now, &claimed, &Fixed);
+        match drain(&mut c).as_slice() {
+            [ConnectionOutput::Send(m)] => {
+                let ServerBody::Error(e) = &m.body else {
+                    panic!("{m:?}")
+                };
+                assert_eq!(e.code, ErrorCode::Invalid);
+                assert_eq!(e.re, Some(rid("h0")));
+                assert_eq!(
+                    e.message,
+                    "invalid: device \"backend\" is reserved for the server"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        c.handle_text(now, &hello("good"), &Fixed);
+        assert!(matches!(
+            drain(&mut c).as_slice(),
+            [ConnectionOutput::Switchboard(
+                SwitchboardInput::Connect { .. }
+            )]
+        ));
     }
 
     #[test]

@@ -179,6 +179,15 @@ pub enum JournalInput {
         /// The command.
         command: Command,
     },
+    /// [`Switchboard::handle_backend_command`].
+    Backend {
+        /// The user the backend acts for.
+        user: User,
+        /// The request id.
+        id: RequestId,
+        /// The command.
+        command: Command,
+    },
     /// [`Switchboard::handle_sync`].
     Sync {
         /// The request id.
@@ -558,6 +567,9 @@ impl Durable {
             JournalInput::Command { id, command } => {
                 let _ = sb.handle_command(now, conn()?, id, command);
             }
+            JournalInput::Backend { user, id, command } => {
+                let _ = sb.handle_backend_command(now, user, id, command);
+            }
             JournalInput::Sync { id } => sb.handle_sync(now, conn()?, id),
             JournalInput::Receipt { call_id } => sb.handle_receipt(now, conn()?, &call_id),
             JournalInput::Disconnect => sb.disconnect(now, conn()?),
@@ -681,6 +693,24 @@ impl Durable {
         });
         self.run(now, Some(conn), input, |sb| {
             sb.handle_command(now, conn, id, command)
+        })
+    }
+
+    /// [`Switchboard::handle_backend_command`], journaled.
+    pub fn handle_backend_command(
+        &mut self,
+        now: Instant,
+        caller: User,
+        request: RequestId,
+        command: Command,
+    ) -> Result<ReplyResult, CommandError> {
+        let input = self.journaling.then(|| JournalInput::Backend {
+            user: caller.clone(),
+            id: request.clone(),
+            command: command.clone(),
+        });
+        self.run(now, None, input, |sb| {
+            sb.handle_backend_command(now, caller, request, command)
         })
     }
 

@@ -26,6 +26,15 @@ pub enum ValidationError {
         /// What was given.
         len: usize,
     },
+    /// The value is reserved for the server (a device id clients may not
+    /// use, such as [`crate::BACKEND_DEVICE`]).
+    #[error("{field} {value:?} is reserved for the server")]
+    Reserved {
+        /// Which field.
+        field: &'static str,
+        /// The reserved value.
+        value: &'static str,
+    },
     /// The field contains a character outside its grammar.
     #[error("{field} contains a forbidden character (byte {byte:#04x})")]
     BadCharacter {

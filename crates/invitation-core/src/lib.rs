@@ -95,8 +95,8 @@ pub use id::{CallId, CallIdGenerator, DeviceId, MAX_ID_LEN, RequestId, Sequentia
 pub use model::{CallType, CustomData, RING_TIMEOUT_BOUNDS_S, Reason, User};
 pub use session::{AppEvent, ClientSession, ConnectionState, SessionConfig, StopReason};
 
+pub use switchboard::{BACKEND_DEVICE, CallRecord, CalleeRecord};
 pub use switchboard::{
     BusyPolicy, CallNotice, CallView, ConnId, ContactPolicy, EndPolicy, OfflinePolicy, Output,
     Switchboard, SwitchboardConfig, SwitchboardStats,
 };
-pub use switchboard::{CallRecord, CalleeRecord};

@@ -1294,3 +1294,46 @@ fn damage(v: &mut serde_json::Value, rng: &mut Rng) {
         _ => {}
     }
 }
+
+/// A call the backend started is journaled and replayed like any other,
+/// and its answer memory survives: the same request after recovery is
+/// answered, not run again.
+#[test]
+fn backend_commands_are_journaled_and_replayed() {
+    let t = origin();
+    let frame = TimeFrame::new(t, UNIX_T0);
+    let mut d = Durable::new(
+        SwitchboardConfig::default(),
+        SequentialCallIds::default(),
+        frame,
+    );
+    let invite = || Command::Invite(InviteRequest::new(vec![uid("bob")], CallType::Voice));
+    let first = d
+        .handle_backend_command(t, user("alice"), rid("api-1"), invite())
+        .unwrap();
+    drain(&mut d);
+    let mut journal = Vec::new();
+    d.drain_journal(&mut journal);
+    assert!(
+        journal.iter().any(
+            |e| matches!(&e.input, JournalInput::Backend { id, .. } if id.as_str() == "api-1")
+        ),
+        "{journal:?}"
+    );
+    let later = t + Duration::from_secs(1);
+    let (mut r, recovered) = Durable::recover(
+        SwitchboardConfig::default(),
+        SequentialCallIds::new("after").unwrap(),
+        frame,
+        None,
+        through_json_entries(&journal),
+        later,
+    )
+    .unwrap();
+    assert_eq!(recovered.ringing, 1);
+    let again = r
+        .handle_backend_command(later, user("alice"), rid("api-1"), invite())
+        .unwrap();
+    assert_eq!(again, first, "answered from memory");
+    assert_eq!(r.calls().count(), 1, "not run again");
+}

@@ -73,6 +73,13 @@ pub(crate) struct Regrown {
     pub(crate) added: bool,
 }
 
+/// The device id of commands an app's backend sends on a user's behalf
+/// ([`Switchboard::handle_backend_command`]): the inviting device of the
+/// calls it starts. No client may connect with it (the connection machine
+/// refuses such a `hello`), so no disconnect ever makes those callers
+/// "gone".
+pub const BACKEND_DEVICE: &str = "backend";
+
 /// A connection (one device's session) as the switchboard knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(u64);
@@ -442,10 +449,72 @@ impl Switchboard {
             return e;
         };
         let (user, device) = (entry.user.clone(), entry.device.clone());
+        self.run_command(now, Some(conn), user, device, request, command)
+    }
+
+    /// A command an app's backend sends on behalf of `caller` (the server's
+    /// HTTP API): `invite` (the call's inviting device is
+    /// [`BACKEND_DEVICE`]: every device of the caller hears of it through
+    /// the caller's events, and none of them leaving makes the caller
+    /// "gone"), and `cancel`, `hang_up`, `end`, `add` on the user's calls.
+    /// What only a device can do (accept, decline, join, receipts) is
+    /// `wrong_role`; an invite to someone who is ringing the caller right
+    /// now is `caller_busy` (a device of the caller's answers that, not the
+    /// backend). Request ids are remembered per (user, backend) like a
+    /// device's; the answer is the return value (no connection gets one).
+    /// `caller` names the user if the switchboard has no record of them.
+    pub fn handle_backend_command(
+        &mut self,
+        now: Instant,
+        caller: User,
+        request: RequestId,
+        command: Command,
+    ) -> Result<ReplyResult, CommandError> {
+        let now = self.advance(now);
+        match &command {
+            Command::Invite(req) => {
+                if let [callee] = req.callees.as_slice() {
+                    if self.glare_call(&caller.id, callee).is_some() {
+                        return Err(CommandError::CallerBusy);
+                    }
+                }
+            }
+            Command::Cancel { .. }
+            | Command::HangUp { .. }
+            | Command::End { .. }
+            | Command::Add { .. } => {}
+            _ => return Err(CommandError::WrongRole),
+        }
+        let user = caller.id.clone();
+        self.users
+            .entry(user.clone())
+            .or_insert_with(|| Box::new(UserEntry::new(caller)));
+        let device = DeviceId::new(BACKEND_DEVICE).expect("a valid device id");
+        let result = self.run_command(now, None, user.clone(), device, request, command);
+        // A user made here for a command that created nothing is idle now.
+        if let Some(entry) = self.users.get_mut(&user) {
+            self.idle_users.note(&user, entry, now);
+        }
+        result
+    }
+
+    /// Runs a command of `user` on `device`; `conn` gets the answer (none
+    /// for the backend's commands).
+    fn run_command(
+        &mut self,
+        now: Instant,
+        conn: Option<ConnId>,
+        user: UserId,
+        device: DeviceId,
+        request: RequestId,
+        command: Command,
+    ) -> Result<ReplyResult, CommandError> {
         let key = self.requests.key(&user, &device, &request);
         if let Some(stored) = self.requests.get(&key) {
             self.stats.duplicate_requests += 1;
-            self.reply(conn, &request, &stored);
+            if let Some(conn) = conn {
+                self.reply(conn, &request, &stored);
+            }
             return stored;
         }
         // A hang-up's notice goes before the ones it causes (the end).
@@ -516,14 +585,20 @@ impl Switchboard {
                     }
                     _ => named,
                 };
-                self.answer = Some(Answer {
-                    conn,
-                    request,
-                    result: result.clone(),
-                    call,
-                });
+                if let Some(conn) = conn {
+                    self.answer = Some(Answer {
+                        conn,
+                        request,
+                        result: result.clone(),
+                        call,
+                    });
+                }
             }
-            Err(_) => self.reply(conn, &request, &result),
+            Err(_) => {
+                if let Some(conn) = conn {
+                    self.reply(conn, &request, &result);
+                }
+            }
         }
         self.flush(now);
         if let Some(a) = self.answer.take() {
