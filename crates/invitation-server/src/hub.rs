@@ -14,7 +14,7 @@ use invitation_core::protocol::{
 };
 use invitation_core::{
     CallId, CallIdGenerator, CallNotice, CommandError, ConnId, Output, RequestId,
-    SwitchboardConfig, SwitchboardInput, UserId,
+    SwitchboardConfig, SwitchboardInput, User, UserId,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -75,6 +75,19 @@ pub enum HubMsg {
     Shutdown {
         /// Answered once the news is queued.
         done: tokio::sync::oneshot::Sender<()>,
+    },
+    /// A command an app's backend sends on a user's behalf (the HTTP API):
+    /// answered once the turn that ran it is journaled.
+    Backend {
+        /// The user the backend acts for (named, if the switchboard does
+        /// not know them yet).
+        user: User,
+        /// The request id (idempotency key).
+        request: RequestId,
+        /// The command: invite, cancel, hang_up, end or add.
+        command: Command,
+        /// The answer.
+        reply: tokio::sync::oneshot::Sender<Result<ReplyResult, CommandError>>,
     },
     /// A page of ended-call records (durable servers only).
     Records {
@@ -164,6 +177,12 @@ struct Held {
     what: Outbound,
 }
 
+/// The answer to a backend command, waiting for its turn to be journaled.
+type BackendAnswer = (
+    tokio::sync::oneshot::Sender<Result<ReplyResult, CommandError>>,
+    Result<ReplyResult, CommandError>,
+);
+
 /// How far the switchboard's clock runs ahead of the process's monotonic
 /// clock: ten years. A recovered state holds instants from before this
 /// process started (from before the machine booted, even), which a
@@ -207,6 +226,8 @@ pub(crate) struct Hub {
     ended: Vec<StoredRecord>,
     /// Outputs of the turn, released once its inputs are journaled.
     held: Vec<Held>,
+    /// Answers to the backend's commands of the turn, likewise.
+    held_answers: Vec<BackendAnswer>,
     /// Scratch for the journal entries of a turn.
     entries: Vec<JournalEntry>,
     /// A durable server stopped: its state is on disk, and nothing more is
@@ -256,6 +277,7 @@ impl Hub {
             records: None,
             ended: Vec::new(),
             held: Vec::new(),
+            held_answers: Vec::new(),
             entries: Vec::new(),
             stopping: false,
             limits,
@@ -430,6 +452,9 @@ impl Hub {
     fn commit_and_release(&mut self) {
         loop {
             self.journal();
+            for (reply, answer) in self.held_answers.drain(..) {
+                let _ = reply.send(answer);
+            }
             if self.held.is_empty() {
                 break;
             }
@@ -585,8 +610,16 @@ impl Hub {
             return;
         }
         if self.stopping {
-            if let HubMsg::Shutdown { done } = msg {
-                let _ = done.send(());
+            match msg {
+                HubMsg::Shutdown { done } => {
+                    let _ = done.send(());
+                }
+                HubMsg::Backend { reply, .. } => {
+                    let _ = reply.send(Err(CommandError::Unavailable {
+                        retry_after_ms: SHED_RETRY_AFTER_MS,
+                    }));
+                }
+                _ => {}
             }
             return;
         }
@@ -673,6 +706,31 @@ impl Hub {
                 }
             }
             HubMsg::Records { .. } => {} // answered above, stopping or not
+            HubMsg::Backend {
+                user,
+                request,
+                command,
+                reply,
+            } => {
+                let new_call = matches!(command, Command::Invite(_));
+                // The same refusals as a device's invite: the server is
+                // behind, or the data directory cannot take it.
+                if new_call
+                    && (self.store_failed()
+                        || self
+                            .shed_after
+                            .is_some_and(|limit| self.metrics.scheduler_lag() > limit))
+                {
+                    self.metrics.invites_shed.fetch_add(1, Ordering::Relaxed);
+                    let _ = reply.send(Err(CommandError::Unavailable {
+                        retry_after_ms: SHED_RETRY_AFTER_MS,
+                    }));
+                    return;
+                }
+                let result = self.sb.handle_backend_command(now, user, request, command);
+                self.drain(Cause::Other, None);
+                self.held_answers.push((reply, result));
+            }
             HubMsg::Shutdown { done } if self.store.is_some() => {
                 // Nothing ends: every call, log and timer is on disk, and
                 // the next run picks them up. Clients reconnect to it.

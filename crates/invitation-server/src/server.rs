@@ -412,6 +412,33 @@ impl RunningServer {
         answer.await.map_err(|_| stopped())?
     }
 
+    /// A command an app's backend sends on behalf of `user`: `invite` (the
+    /// call's inviting device is `backend`; every device of the user hears
+    /// of it), `cancel`, `hang_up`, `end`, `add`. `request` is its
+    /// idempotency key: the same request again is answered, not run again.
+    /// Answered once the command is journaled (durable servers).
+    pub async fn backend_command(
+        &self,
+        user: invitation_core::User,
+        request: invitation_core::RequestId,
+        command: invitation_core::protocol::Command,
+    ) -> Result<invitation_core::protocol::ReplyResult, invitation_core::CommandError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let gone = || invitation_core::CommandError::Unavailable {
+            retry_after_ms: 1000,
+        };
+        self.hub
+            .send(HubMsg::Backend {
+                user,
+                request,
+                command,
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
     /// Graceful shutdown; waits until it finished.
     pub async fn stop(self) {
         let RunningServer {

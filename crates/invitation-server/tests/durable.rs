@@ -737,3 +737,62 @@ async fn ended_calls_are_kept_as_records_across_a_restart() {
     check(again.call_records(query("alice")).await.unwrap());
     again.stop().await;
 }
+
+/// A call the app's backend starts for alice (through the server's API)
+/// rings bob, reaches alice's phone as an outgoing call, survives a restart
+/// of a durable server, and the backend cancels it afterwards.
+#[tokio::test]
+async fn a_backend_call_survives_a_restart_and_is_canceled_by_the_backend() {
+    use invitation_core::protocol::{Command, InviteRequest, ReplyResult};
+    use invitation_core::{CallId, CallType, RequestId, User};
+    use invitation_server::{Config, Server};
+    let tmp = TempDir::new("backend");
+    let config = || Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        secret: Some(SECRET.to_owned()),
+        data_dir: Some(tmp.0.clone()),
+        shed_invites_after_ms: 0,
+        ..Config::default()
+    };
+    let server = Server::bind(config()).await.unwrap().spawn();
+    let (mut alice, _) = Client::hello(server.addr, "alice", "phone", None).await;
+    let (mut bob, _) = Client::hello(server.addr, "bob", "phone", None).await;
+    let invite = Command::Invite(InviteRequest::new(
+        vec![UserId::new("bob").unwrap()],
+        CallType::Voice,
+    ));
+    let answer = server
+        .backend_command(
+            User::named("alice", "Alice"),
+            RequestId::new("api-1").unwrap(),
+            invite,
+        )
+        .await
+        .expect("invited");
+    let ReplyResult::Invited { call_id, .. } = answer else {
+        panic!("{answer:?}")
+    };
+    let ring = bob.until_event("incoming_call").await;
+    assert_eq!(ring["event"]["call_id"], call_id.as_str());
+    let outgoing = alice.until_event("outgoing_call").await;
+    assert_eq!(outgoing["event"]["device"], "backend");
+    assert!(
+        outgoing["re"].is_null(),
+        "alice's phone did not ask: {outgoing}"
+    );
+    server.stop().await;
+
+    let again = Server::bind(config()).await.unwrap().spawn();
+    let canceled = again
+        .backend_command(
+            User::named("alice", "Alice"),
+            RequestId::new("api-2").unwrap(),
+            Command::cancel(CallId::new(call_id.as_str()).unwrap()),
+        )
+        .await;
+    assert_eq!(canceled, Ok(ReplyResult::Done));
+    let (mut bob2, _) = Client::hello(again.addr, "bob", "phone", Some(bob.last_seq())).await;
+    let ended = bob2.until_event("incoming_ended").await;
+    assert_eq!(ended["event"]["reason"], "canceled");
+    again.stop().await;
+}
