@@ -588,6 +588,146 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
 mod tests {
     use super::*;
 
+    const KEY: &str = "unit-test-api-key-0123456789abcdef0123";
+
+    /// The router on 127.0.0.1:0 in front of a hub inbox the test holds.
+    async fn serve_on_inbox(
+        rate: f64,
+        burst: f64,
+    ) -> (String, mpsc::Receiver<HubMsg>, oneshot::Sender<()>) {
+        let (hub, inbox) = mpsc::channel(16);
+        let router = router(
+            ApiSettings {
+                keys: vec![KEY.to_owned()],
+                rate,
+                burst,
+                max_body: 1024,
+            },
+            Authority::new(b"0123456789abcdef0123", "invitation", None),
+            hub,
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(serve(listener, router, async move {
+            let _ = stopped.await;
+        }));
+        (base, inbox, stop)
+    }
+
+    async fn status_and_code(req: reqwest::RequestBuilder) -> (u16, String) {
+        let resp = tokio::time::timeout(Duration::from_secs(10), req.send())
+            .await
+            .expect("answered in time")
+            .expect("an answer");
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        (
+            status,
+            body["error"]["code"].as_str().unwrap_or("").to_owned(),
+        )
+    }
+
+    /// Refused requests (no key, a wrong key, bad JSON, an unknown field, an
+    /// oversized body, a bad id, an unknown route, past the rate) put
+    /// nothing in the hub's inbox; an accepted one puts exactly its query
+    /// there; with the hub gone the answer is 503 `unavailable`.
+    #[tokio::test]
+    async fn rejected_requests_never_reach_the_hub() {
+        let (base, mut inbox, stop) = serve_on_inbox(0.001, 12.0).await;
+        let client = reqwest::Client::new();
+        let presence = format!("{base}/v1/users/alice/presence");
+        let tokens = format!("{base}/v1/tokens");
+        let json_post = |body: &str| {
+            client
+                .post(&tokens)
+                .bearer_auth(KEY)
+                .header("content-type", "application/json")
+                .body(body.to_owned())
+        };
+        let refused = [
+            (client.get(&presence), 401, "unauthorized"),
+            (
+                client.get(&presence).bearer_auth("nope"),
+                401,
+                "unauthorized",
+            ),
+            (json_post("{"), 400, "bad_request"),
+            (json_post(r#"{"user":"a","x":1}"#), 400, "bad_request"),
+            (json_post(&"x".repeat(2048)), 413, "payload_too_large"),
+            (
+                client
+                    .get(format!("{base}/v1/users/a%20b/presence"))
+                    .bearer_auth(KEY),
+                400,
+                "bad_request",
+            ),
+            (
+                client
+                    .get(format!("{base}/v1/calls/a%20b"))
+                    .bearer_auth(KEY),
+                400,
+                "bad_request",
+            ),
+            (
+                client
+                    .get(format!("{base}/v1/users/alice/records?limit=0"))
+                    .bearer_auth(KEY),
+                400,
+                "bad_request",
+            ),
+            (
+                client.get(format!("{base}/v1/x")).bearer_auth(KEY),
+                404,
+                "not_found",
+            ),
+        ];
+        for (i, (req, status, code)) in refused.into_iter().enumerate() {
+            assert_eq!(
+                status_and_code(req).await,
+                (status, code.to_owned()),
+                "case {i}"
+            );
+            assert!(inbox.try_recv().is_err(), "case {i} reached the hub");
+        }
+        // Accepted: exactly one query reaches the hub; the test answers it.
+        let answer = tokio::spawn({
+            let req = client.get(&presence).bearer_auth(KEY);
+            async move { status_and_code(req).await }
+        });
+        let msg = tokio::time::timeout(Duration::from_secs(10), inbox.recv())
+            .await
+            .expect("the query arrives")
+            .expect("a message");
+        let HubMsg::Presence { user, reply } = msg else {
+            panic!("expected a presence query, got {msg:?}")
+        };
+        assert_eq!(user.as_str(), "alice");
+        let empty = Presence {
+            user: "alice".into(),
+            devices: Vec::new(),
+            online: false,
+            in_call: false,
+            ringing: false,
+            calling: false,
+            calls: Vec::new(),
+        };
+        reply.send(empty).unwrap();
+        assert_eq!(answer.await.unwrap(), (200, String::new()));
+        assert!(inbox.try_recv().is_err());
+        // The bucket held 12: the 6 refusals with a valid key took one each,
+        // the accepted request the 7th. With the hub gone, 5 more get 503,
+        // then the bucket is empty: 429.
+        drop(inbox);
+        for _ in 0..5 {
+            let got = status_and_code(client.get(&presence).bearer_auth(KEY)).await;
+            assert_eq!(got, (503, "unavailable".to_owned()), "the hub is gone");
+        }
+        let got = status_and_code(client.get(&presence).bearer_auth(KEY)).await;
+        assert_eq!(got, (429, "rate_limited".to_owned()));
+        let _ = stop.send(());
+    }
+
     /// The document in docs/openapi.json describes exactly the routes the
     /// router serves, and every error code.
     #[test]
