@@ -196,6 +196,11 @@ pub(crate) async fn serve(
     router: Router,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    let listener = crate::api_conn::Bounded::new(
+        listener,
+        crate::api_conn::MAX_API_CONNECTIONS,
+        crate::api_conn::API_IDLE,
+    );
     if let Err(e) = axum::serve(listener, router)
         .with_graceful_shutdown(stop)
         .await

@@ -36,6 +36,7 @@
 //! ```
 
 mod api;
+mod api_conn;
 pub mod auth;
 pub mod config;
 mod conn;
