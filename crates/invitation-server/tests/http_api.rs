@@ -155,6 +155,25 @@ async fn the_api_is_off_without_keys() {
     srv.stop().await;
 }
 
+/// A graceful stop closes the API listener too: nothing answers on its
+/// address afterwards.
+#[tokio::test]
+async fn the_api_stops_with_the_server() {
+    let srv = api_server(|_| {}).await;
+    let addr = srv.api_addr.unwrap();
+    assert_eq!(
+        get(&srv, "/v1/users/alice/presence", KEY_A).await.0,
+        StatusCode::OK
+    );
+    tokio::time::timeout(SOON, srv.stop())
+        .await
+        .expect("stops in time");
+    let after = tokio::time::timeout(SOON, tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect answers in time");
+    assert!(after.is_err(), "the API still accepts after the stop");
+}
+
 /// Bad bodies: not JSON, an unknown field, a wrong type, no content type,
 /// over the size limit (with and without a declared length), bad ids and
 /// out-of-range values; an unknown route and a wrong method. Each with its
