@@ -159,6 +159,12 @@ impl Authority {
 
     /// A token for `user` valid for `ttl`.
     pub fn mint(&self, user: &UserId, name: &str, ttl: Duration) -> String {
+        self.mint_expiring(user, name, ttl).0
+    }
+
+    /// A token for `user` valid for `ttl`, with its expiry (unix seconds,
+    /// the token's `exp`).
+    pub fn mint_expiring(&self, user: &UserId, name: &str, ttl: Duration) -> (String, u64) {
         let now = unix_now();
         let claims = Claims {
             sub: user.to_string(),
@@ -169,7 +175,7 @@ impl Authority {
             iss: self.issuer.clone(),
             nbf: None,
         };
-        self.sign(&claims)
+        (self.sign(&claims), claims.exp)
     }
 
     /// Signs arbitrary claims (for tests of refusals).

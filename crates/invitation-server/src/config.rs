@@ -68,6 +68,11 @@ pub const KEYS: &[&str] = &[
     "fsync_interval_ms",
     "snapshot_after_mb",
     "record_retention_days",
+    "api_listen",
+    "api_keys",
+    "api_rate_per_key",
+    "api_burst_per_key",
+    "api_max_body_bytes",
 ];
 
 /// Keys whose environment values are always text.
@@ -209,6 +214,20 @@ pub struct Config {
     pub snapshot_after_mb: u64,
     /// How long ended-call records are kept, days (30).
     pub record_retention_days: u64,
+    /// Where the HTTP API listens (default 127.0.0.1:7601), a port of its
+    /// own so the WebSocket path stays as lean as it is
+    /// (docs/http-api.md). Only used when `api_keys` is set.
+    pub api_listen: SocketAddr,
+    /// Keys a backend presents to the HTTP API (`Authorization: Bearer
+    /// <key>`), each at least [`MIN_API_KEY_BYTES`] bytes. Several at once
+    /// for rotation. Empty (the default): the API is off.
+    pub api_keys: Vec<String>,
+    /// API requests per second allowed per key (50).
+    pub api_rate_per_key: f64,
+    /// Burst of API requests per key (100).
+    pub api_burst_per_key: f64,
+    /// Largest API request body, bytes (64 KiB).
+    pub api_max_body_bytes: usize,
 }
 
 impl Default for Config {
@@ -260,12 +279,23 @@ impl Default for Config {
             fsync_interval_ms: 1000,
             snapshot_after_mb: 64,
             record_retention_days: 30,
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 7601)),
+            api_keys: Vec::new(),
+            api_rate_per_key: 50.0,
+            api_burst_per_key: 100.0,
+            api_max_body_bytes: 64 * 1024,
         }
     }
 }
 
 /// The shortest secret accepted, bytes.
 pub const MIN_SECRET_BYTES: usize = 16;
+
+/// The shortest HTTP API key accepted, bytes.
+pub const MIN_API_KEY_BYTES: usize = 32;
+
+/// Most HTTP API keys configured at once.
+pub const MAX_API_KEYS: usize = 16;
 
 /// Refuses a secret the server would refuse to start with (shorter than
 /// [`MIN_SECRET_BYTES`]); used by the server and by `token`.
@@ -353,7 +383,7 @@ impl Config {
             if key == "config" || !KEYS.contains(&key.as_str()) {
                 continue;
             }
-            let value = if key == "allowed_origins" {
+            let value = if key == "allowed_origins" || key == "api_keys" {
                 toml::Value::Array(
                     value
                         .split(',')
@@ -477,6 +507,25 @@ impl Config {
         )?;
         if let Some(secret) = &self.secret {
             check_secret(secret)?;
+        }
+        rate("api_rate_per_key", self.api_rate_per_key, 0.001)?;
+        rate("api_burst_per_key", self.api_burst_per_key, 1.0)?;
+        within("api_max_body_bytes", self.api_max_body_bytes, 1024, 1 << 20)?;
+        within("api_keys", self.api_keys.len(), 0, MAX_API_KEYS)?;
+        if let Some((i, key)) = self
+            .api_keys
+            .iter()
+            .enumerate()
+            .find(|(_, k)| k.len() < MIN_API_KEY_BYTES)
+        {
+            return Err(ConfigError::Invalid {
+                key: "api_keys",
+                detail: format!(
+                    "key {} is {} bytes: use at least {MIN_API_KEY_BYTES} (e.g. `openssl rand -hex 32`)",
+                    i + 1,
+                    key.len()
+                ),
+            });
         }
         let mut sb = SwitchboardConfig::default();
         sb.max_callees = self.max_callees;
@@ -720,6 +769,24 @@ mod tests {
                 "record_retention_days",
                 Box::new(|c| c.record_retention_days = 0),
             ),
+            (
+                "api_keys",
+                Box::new(|c| c.api_keys = vec!["k".repeat(32), "short".into()]),
+            ),
+            (
+                "api_keys",
+                Box::new(|c| c.api_keys = vec!["k".repeat(32); MAX_API_KEYS + 1]),
+            ),
+            ("api_rate_per_key", Box::new(|c| c.api_rate_per_key = 0.0)),
+            (
+                "api_burst_per_key",
+                Box::new(|c| c.api_burst_per_key = f64::NAN),
+            ),
+            ("api_max_body_bytes", Box::new(|c| c.api_max_body_bytes = 0)),
+            (
+                "api_max_body_bytes",
+                Box::new(|c| c.api_max_body_bytes = usize::MAX),
+            ),
         ];
         for (key, tweak) in cases {
             let mut c = Config::default();
@@ -769,10 +836,24 @@ mod tests {
             ),
             ("INVITATION_CONFIG", "/ignored"),
             ("UNRELATED", "x"),
+            (
+                "INVITATION_API_KEYS",
+                "0123456789abcdef0123456789abcdef,fedcba9876543210fedcba9876543210",
+            ),
+            ("INVITATION_API_LISTEN", "127.0.0.1:9601"),
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()));
         let c = Config::load(None, env.into_iter()).unwrap();
         assert_eq!(c.outbound_queue, 512);
+        assert_eq!(
+            c.api_keys,
+            [
+                "0123456789abcdef0123456789abcdef",
+                "fedcba9876543210fedcba9876543210"
+            ]
+        );
+        assert_eq!(c.api_listen.port(), 9601);
+        assert!(c.validate().is_ok());
         // Text settings stay text even when they look like numbers.
         let numeric = [
             ("INVITATION_SECRET", "12345678901234567890"),
@@ -791,8 +872,8 @@ mod tests {
         // Every key listed is a real field (a typo would be refused).
         for key in KEYS {
             let value = match *key {
-                "listen" => "\"127.0.0.1:1\"",
-                "allowed_origins" => "[]",
+                "listen" | "api_listen" => "\"127.0.0.1:1\"",
+                "allowed_origins" | "api_keys" => "[]",
                 "busy_policy" => "\"reject_busy\"",
                 "offline_policy" => "\"hold\"",
                 "end_policy" => "\"any_participant\"",
@@ -805,7 +886,9 @@ mod tests {
                 | "command_rate_per_user"
                 | "command_burst_per_user"
                 | "command_rate_per_conn"
-                | "command_burst_per_conn" => "1.0",
+                | "command_burst_per_conn"
+                | "api_rate_per_key"
+                | "api_burst_per_key" => "1.0",
                 "secret_file" => "\"/run/x\"",
                 "hide_callee_status" | "in_memory" => "true",
                 "data_dir" => "\"/var/lib/x\"",

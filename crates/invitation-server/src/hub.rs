@@ -96,6 +96,20 @@ pub enum HubMsg {
         /// The answer.
         reply: tokio::sync::oneshot::Sender<Result<Page, RecordError>>,
     },
+    /// A user's presence, for the HTTP API (a read: nothing changes).
+    Presence {
+        /// Whose.
+        user: UserId,
+        /// The answer.
+        reply: tokio::sync::oneshot::Sender<crate::api::Presence>,
+    },
+    /// A live call's state, for the HTTP API (a read: nothing changes).
+    Call {
+        /// Which call.
+        call_id: CallId,
+        /// The answer (`None`: not held).
+        reply: tokio::sync::oneshot::Sender<Option<crate::api::CallState>>,
+    },
     /// Any other input (a command, a `sync`, the device leaving), with the
     /// time it was read.
     Input {
@@ -609,6 +623,22 @@ impl Hub {
             let _ = reply.send(page);
             return;
         }
+        let msg = match msg {
+            HubMsg::Presence { user, reply } => {
+                let _ = reply.send(crate::api::Presence::of(&self.sb, &user));
+                return;
+            }
+            HubMsg::Call { call_id, reply } => {
+                let frame = self.sb.frame();
+                let state = self
+                    .sb
+                    .call(&call_id)
+                    .map(|view| crate::api::CallState::of(&view, |at| frame.to_unix_ns(at)));
+                let _ = reply.send(state);
+                return;
+            }
+            other => other,
+        };
         if self.stopping {
             match msg {
                 HubMsg::Shutdown { done } => {
@@ -705,7 +735,8 @@ impl Hub {
                     self.drain(Cause::Other, None);
                 }
             }
-            HubMsg::Records { .. } => {} // answered above, stopping or not
+            // Answered above, stopping or not.
+            HubMsg::Records { .. } | HubMsg::Presence { .. } | HubMsg::Call { .. } => {}
             HubMsg::Backend {
                 user,
                 request,

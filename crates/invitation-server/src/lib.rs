@@ -22,6 +22,9 @@
 //!   [`records`] ([`RunningServer::call_records`]).
 //! * Operable: `/healthz`, `/metrics` (Prometheus), structured logs,
 //!   graceful shutdown.
+//! * An HTTP API for the app's backend (docs/http-api.md) on a port of its
+//!   own ([`Config::api_listen`]), on when [`Config::api_keys`] is set:
+//!   tokens, presence, a call's live state, call records.
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() {
@@ -32,6 +35,8 @@
 //! # }
 //! ```
 
+mod api;
+mod api_conn;
 pub mod auth;
 pub mod config;
 mod conn;

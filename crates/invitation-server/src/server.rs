@@ -88,6 +88,8 @@ pub enum ServerError {
 /// A bound, not yet running server.
 pub struct Server {
     listener: TcpListener,
+    /// The HTTP API's listener, when API keys are configured.
+    api: Option<TcpListener>,
     shared: Arc<Shared>,
     shutdown_tx: watch::Sender<bool>,
     hub: JoinHandle<()>,
@@ -118,6 +120,21 @@ impl Server {
                     addr: config.listen,
                     source,
                 })?;
+        let api = if config.api_keys.is_empty() {
+            tracing::info!("HTTP API off: no api_keys configured");
+            None
+        } else {
+            let api = TcpListener::bind(config.api_listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.api_listen,
+                    source,
+                })?;
+            if let Ok(addr) = api.local_addr() {
+                crate::api::describe(addr, config.api_keys.len());
+            }
+            Some(api)
+        };
         let metrics = Arc::new(Metrics::default());
         let (hub_tx, hub_rx) = mpsc::channel(4096);
         let limits = HubLimits::from_config(&config);
@@ -139,6 +156,7 @@ impl Server {
         let (shutdown_tx, shutdown) = watch::channel(false);
         Ok(Self {
             listener,
+            api,
             shared: Arc::new(Shared {
                 conn_config: Arc::new(config.connection_config()),
                 config,
@@ -156,6 +174,11 @@ impl Server {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("bound listener")
+    }
+
+    /// The HTTP API's address, when it is on (`api_keys` configured).
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Mints and verifies tokens for this server.
@@ -182,11 +205,30 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let Server {
             listener,
+            api,
             shared,
             shutdown_tx,
             mut hub,
             ..
         } = self;
+        // The HTTP API: its own listener and task, stopped first on the way
+        // out (a request under way finishes while the hub still answers).
+        let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
+        let api_task = api.map(|listener| {
+            let router = crate::api::router(
+                crate::api::ApiSettings {
+                    keys: shared.config.api_keys.clone(),
+                    rate: shared.config.api_rate_per_key,
+                    burst: shared.config.api_burst_per_key,
+                    max_body: shared.config.api_max_body_bytes,
+                },
+                shared.authority.clone(),
+                shared.hub.clone(),
+            );
+            tokio::spawn(crate::api::serve(listener, router, async move {
+                let _ = api_stopped.await;
+            }))
+        });
         let slots = Slots::new(
             shared.config.max_connections,
             shared.config.max_connections_per_ip,
@@ -282,6 +324,13 @@ impl Server {
             }
         }
         drop(listener);
+        let _ = api_stop.send(());
+        if let Some(mut task) = api_task {
+            let grace = Duration::from_secs(shared.config.shutdown_grace_s.min(2));
+            if tokio::time::timeout(grace, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
         lag_meter.abort();
         tracing::info!(connections = slots.open(), "shutting down");
         // Calls first. In memory, the hub ends every live call and queues
@@ -313,6 +362,7 @@ impl Server {
     /// Runs in a background task; for tests and examples.
     pub fn spawn(self) -> RunningServer {
         let addr = self.local_addr();
+        let api_addr = self.api_addr();
         let authority = self.shared.authority.clone();
         let metrics = self.shared.metrics.clone();
         let hub = self.shared.hub.clone();
@@ -322,6 +372,7 @@ impl Server {
         }));
         RunningServer {
             addr,
+            api_addr,
             authority,
             metrics,
             hub,
@@ -372,6 +423,8 @@ async fn answer_probe(mut stream: TcpStream, shared: &Shared) {
 pub struct RunningServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its HTTP API listens, when it is on.
+    pub api_addr: Option<SocketAddr>,
     /// Its token authority.
     pub authority: Authority,
     /// Its metrics.

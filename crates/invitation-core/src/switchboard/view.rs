@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::call::Call;
 use super::{ConnId, Switchboard};
 use crate::id::{CallId, DeviceId, UserId};
-use crate::model::{Reason, User};
+use crate::model::{CallType, Reason, User};
 
 /// A call's milestones, for the owner's logs and metrics (not for clients:
 /// they get events). Drained with [`Switchboard::poll_notice`]; only what
@@ -133,6 +133,23 @@ impl CallView<'_> {
     pub fn caller(&self) -> &User {
         &self.call.info.caller
     }
+    /// The device the caller invited from.
+    pub fn caller_device(&self) -> &DeviceId {
+        &self.call.info.caller_device
+    }
+    /// Voice or video.
+    pub fn call_type(&self) -> CallType {
+        self.call.info.call_type
+    }
+    /// When the invitation was made (the ring deadline less the ring
+    /// timeout).
+    pub fn invited_at(&self) -> Instant {
+        self.call
+            .info
+            .deadline
+            .checked_sub(self.call.info.ring_for)
+            .unwrap_or(self.call.info.deadline)
+    }
     /// The callees, in invite order.
     pub fn callees(&self) -> &[User] {
         &self.call.info.callees
@@ -248,6 +265,13 @@ impl Switchboard {
             .get(user)
             .map(|e| e.devices.iter().map(|(d, _)| d.clone()).collect())
             .unwrap_or_default()
+    }
+
+    /// The live calls a user takes part in (ringing for them, calling, or
+    /// in the call), oldest first; empty for a user the switchboard does
+    /// not hold.
+    pub fn live_calls(&self, user: &UserId) -> &[CallId] {
+        self.users.get(user).map_or(&[][..], |e| e.calls.as_slice())
     }
 
     /// The newest event sequence number of a user (0 if none).

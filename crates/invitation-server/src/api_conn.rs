@@ -1,0 +1,201 @@
+//! What one client can make the HTTP API hold: a listener for axum that
+//! admits at most a fixed number of connections at once (the next waits in
+//! the kernel's backlog until one closes) and closes a connection that
+//! sends nothing for the idle time (a request head sent a byte a minute, or
+//! a kept-alive connection nobody uses). Hyper bounds the bytes buffered
+//! per connection; together the API's memory is bounded.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+
+/// Connections served at once by the API.
+pub(crate) const MAX_API_CONNECTIONS: usize = 256;
+/// Silence after which an API connection is closed.
+pub(crate) const API_IDLE: Duration = Duration::from_secs(30);
+
+/// A TCP listener with a connection cap and an idle deadline.
+pub(crate) struct Bounded {
+    listener: TcpListener,
+    slots: Arc<Semaphore>,
+    idle: Duration,
+}
+
+impl Bounded {
+    pub(crate) fn new(listener: TcpListener, max: usize, idle: Duration) -> Self {
+        Self {
+            listener,
+            slots: Arc::new(Semaphore::new(max)),
+            idle,
+        }
+    }
+}
+
+impl axum::serve::Listener for Bounded {
+    type Io = Conn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Conn, SocketAddr) {
+        // A slot first: at the cap, nothing more is accepted.
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, peer)) => {
+                    return (
+                        Conn {
+                            stream,
+                            _permit: permit,
+                            idle: self.idle,
+                            deadline: Box::pin(tokio::time::sleep(self.idle)),
+                        },
+                        peer,
+                    );
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "HTTP API accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// An admitted connection: gives its slot back when dropped; reading fails
+/// with `TimedOut` after `idle` without a byte.
+pub(crate) struct Conn {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                let next = Instant::now() + this.idle;
+                this.deadline.as_mut().reset(next);
+                Poll::Ready(result)
+            }
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the HTTP API client sent nothing for too long",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::serve::Listener;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const SOON: Duration = Duration::from_secs(10);
+
+    /// At the cap the next connection is not accepted until one admitted
+    /// closes; an admitted connection that sends nothing gets `TimedOut`
+    /// after the idle time, and one that keeps sending does not.
+    #[tokio::test]
+    async fn connections_are_capped_and_idle_ones_time_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut bounded = Bounded::new(listener, 2, Duration::from_millis(300));
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let (mut first, _) = tokio::time::timeout(SOON, bounded.accept()).await.unwrap();
+        let (second, _) = tokio::time::timeout(SOON, bounded.accept()).await.unwrap();
+        // The third waits for a slot (the kernel already completed its
+        // handshake: it is in the backlog).
+        let mut third = Box::pin(bounded.accept());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), third.as_mut())
+                .await
+                .is_err(),
+            "a third connection was admitted past the cap of 2"
+        );
+        drop(second);
+        let (_third, _) = tokio::time::timeout(SOON, third)
+            .await
+            .expect("a slot freed");
+
+        // The first client keeps talking for longer than the idle time,
+        // a byte at a time: never timed out.
+        let mut buf = [0u8; 1];
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(700) {
+            clients[0].write_all(b"x").await.unwrap();
+            let n = tokio::time::timeout(SOON, first.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(n, 1);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Then silence: timed out within the idle time (and a bound).
+        let err = tokio::time::timeout(SOON, first.read(&mut buf))
+            .await
+            .expect("the idle deadline fires")
+            .expect_err("timed out");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+}
