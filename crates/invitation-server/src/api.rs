@@ -63,8 +63,13 @@ pub(crate) enum Code {
     RateLimited,
     /// 500: the server could not read what it keeps.
     Internal,
-    /// 503: the hub is gone (the server is stopping or broken).
+    /// 503: the hub is gone (the server is stopping or broken), or it
+    /// sheds new calls (`Retry-After` says when to try again).
     Unavailable,
+    /// A call command the switchboard refused, with the protocol's code
+    /// (`invalid` 400, `forbidden` / `wrong_role` 403, `not_found` 404,
+    /// `caller_busy` / `ended` and the rest 409, `unavailable` 503).
+    Call(invitation_core::ErrorCode),
 }
 
 impl Code {
@@ -79,6 +84,13 @@ impl Code {
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Call(code) => match code.as_str() {
+                "invalid" => StatusCode::BAD_REQUEST,
+                "forbidden" | "wrong_role" => StatusCode::FORBIDDEN,
+                "not_found" => StatusCode::NOT_FOUND,
+                "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::CONFLICT,
+            },
         }
     }
 
@@ -93,6 +105,7 @@ impl Code {
             Code::RateLimited => "rate_limited",
             Code::Internal => "internal",
             Code::Unavailable => "unavailable",
+            Code::Call(code) => code.as_str(),
         }
     }
 }
@@ -174,7 +187,8 @@ pub(crate) fn router(
         .route(TOKENS, post(mint_token))
         .route(PRESENCE, get(presence))
         .route(RECORDS, get(records))
-        .route(CALL, get(call))
+        .route(CALL, get(call).delete(end_call))
+        .route(CALLS, post(start_call))
         .route_layer(from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route(OPENAPI_PATH, get(openapi))
@@ -519,6 +533,146 @@ async fn call(
         .ok_or_else(|| ApiError::new(Code::NotFound, "no such live call"))
 }
 
+/// `POST /v1/calls`: a call the backend starts on behalf of `caller`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartCall {
+    caller: String,
+    /// The caller's display name, used if the server has never seen them.
+    #[serde(default)]
+    caller_name: Option<String>,
+    callees: Vec<String>,
+    call_type: invitation_core::CallType,
+    #[serde(default)]
+    timeout_s: Option<u32>,
+    #[serde(default)]
+    custom_data: Option<String>,
+}
+
+/// The answer to `POST /v1/calls`: the switchboard's `invited` result.
+#[derive(Debug, Serialize)]
+struct CallStarted {
+    call_id: String,
+    ring_remaining_ms: u64,
+    callees: Vec<invitation_core::protocol::CalleeStatus>,
+}
+
+/// The idempotency key of a command: the `Idempotency-Key` header (a
+/// request id), or a fresh random one.
+fn idempotency_key(headers: &HeaderMap) -> Result<invitation_core::RequestId, ApiError> {
+    match headers.get("idempotency-key") {
+        Some(v) => {
+            let text = v.to_str().map_err(|_| {
+                ApiError::new(Code::BadRequest, "Idempotency-Key: not visible ASCII")
+            })?;
+            invitation_core::RequestId::new(format!("api-{text}"))
+                .map_err(|e| ApiError::new(Code::BadRequest, format!("Idempotency-Key: {e}")))
+        }
+        None => {
+            let mut bytes = [0u8; 16];
+            getrandom::fill(&mut bytes)
+                .map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            Ok(invitation_core::RequestId::new(format!("api-{hex}")).expect("a valid id"))
+        }
+    }
+}
+
+/// Runs a command for `user` through the hub; the switchboard's refusal
+/// becomes a [`Code::Call`] error.
+async fn backend_command(
+    state: &ApiState,
+    user: invitation_core::User,
+    request: invitation_core::RequestId,
+    command: invitation_core::protocol::Command,
+) -> Result<invitation_core::protocol::ReplyResult, ApiError> {
+    let answer = ask(state, |reply| HubMsg::Backend {
+        user,
+        request,
+        command,
+        reply,
+    })
+    .await?;
+    answer.map_err(|e| {
+        let mut err = ApiError::new(Code::Call(e.code()), e.to_string());
+        if let invitation_core::CommandError::Unavailable { retry_after_ms } = e {
+            err.retry_after_s = Some(retry_after_ms.div_ceil(1000).max(1));
+        }
+        err
+    })
+}
+
+async fn start_call(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, axum::Json<CallStarted>), ApiError> {
+    let request: StartCall = json_body(&headers, body, state.max_body).await?;
+    let key = idempotency_key(&headers)?;
+    let caller = user_id(&request.caller)?;
+    let caller = invitation_core::User::new(caller, request.caller_name.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::new(Code::BadRequest, format!("caller_name: {e}")))?;
+    let callees = request
+        .callees
+        .iter()
+        .map(|c| user_id(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let custom_data = request
+        .custom_data
+        .map(invitation_core::CustomData::new)
+        .transpose()
+        .map_err(|e| ApiError::new(Code::BadRequest, format!("custom_data: {e}")))?;
+    let mut invite = invitation_core::protocol::InviteRequest::new(callees, request.call_type)
+        .with_timeout_s(request.timeout_s);
+    invite.custom_data = custom_data;
+    let command = invitation_core::protocol::Command::Invite(invite);
+    match backend_command(&state, caller, key, command).await? {
+        invitation_core::protocol::ReplyResult::Invited {
+            call_id,
+            ring_remaining_ms,
+            callees,
+        } => Ok((
+            StatusCode::CREATED,
+            axum::Json(CallStarted {
+                call_id: call_id.to_string(),
+                ring_remaining_ms,
+                callees,
+            }),
+        )),
+        other => Err(ApiError::new(
+            Code::Internal,
+            format!("unexpected answer to an invite: {other:?}"),
+        )),
+    }
+}
+
+/// `DELETE /v1/calls/{call_id}`: cancels the call while it rings, ends it
+/// for everyone once answered — as its caller.
+async fn end_call(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    call_id: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path(call_id) = call_id.map_err(|e| ApiError::new(Code::BadRequest, e.body_text()))?;
+    let call_id = CallId::new(&call_id)
+        .map_err(|e| ApiError::new(Code::BadRequest, format!("call id: {e}")))?;
+    let key = idempotency_key(&headers)?;
+    let id = call_id.clone();
+    let live = ask(&state, |reply| HubMsg::Call { call_id: id, reply })
+        .await?
+        .filter(|c| c.state != "ended")
+        .ok_or_else(|| ApiError::new(Code::NotFound, "no such live call"))?;
+    let caller = invitation_core::User::new(user_id(&live.caller)?, "")
+        .map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
+    let command = if live.state == "ringing" {
+        invitation_core::protocol::Command::cancel(call_id)
+    } else {
+        invitation_core::protocol::Command::End { call_id }
+    };
+    backend_command(&state, caller, key, command).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `GET /v1/users/{user}/records` query.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -577,6 +731,7 @@ const TOKENS: &str = "/v1/tokens";
 const PRESENCE: &str = "/v1/users/{user}/presence";
 const RECORDS: &str = "/v1/users/{user}/records";
 const CALL: &str = "/v1/calls/{call_id}";
+const CALLS: &str = "/v1/calls";
 
 /// The routes the router serves, as `(method, path)`, for the check that
 /// the OpenAPI document lists exactly these.
@@ -587,6 +742,8 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("get", PRESENCE),
     ("get", RECORDS),
     ("get", CALL),
+    ("delete", CALL),
+    ("post", CALLS),
 ];
 
 #[cfg(test)]
@@ -769,6 +926,9 @@ mod tests {
             Code::RateLimited,
             Code::Internal,
             Code::Unavailable,
+            Code::Call(invitation_core::ErrorCode::Invalid),
+            Code::Call(invitation_core::ErrorCode::CallerBusy),
+            Code::Call(invitation_core::ErrorCode::Forbidden),
         ] {
             assert!(
                 text.contains(&format!("\"{}\"", code.as_str())),

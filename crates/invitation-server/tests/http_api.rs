@@ -725,6 +725,7 @@ async fn the_openapi_document_matches_the_routes() {
             let req = match method.as_str() {
                 "get" => client.get(&url),
                 "post" => client.post(&url).json(&json!({"user": "alice"})),
+                "delete" => client.delete(&url),
                 other => panic!("undocumented method {other}"),
             };
             let (s, _, body) = send(req.bearer_auth(KEY_A)).await;
@@ -736,6 +737,138 @@ async fn the_openapi_document_matches_the_routes() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 5);
+    assert_eq!(checked, 7);
+    srv.stop().await;
+}
+
+async fn post_call(srv: &RunningServer, body: Value, key: Option<&str>) -> (StatusCode, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}/v1/calls", base(srv)))
+        .bearer_auth(KEY_A)
+        .json(&body);
+    if let Some(k) = key {
+        req = req.header("idempotency-key", k);
+    }
+    let (s, _, v) = send(req).await;
+    (s, v)
+}
+
+async fn delete_call(srv: &RunningServer, call_id: &str) -> (StatusCode, Value) {
+    let req = reqwest::Client::new()
+        .delete(format!("{}/v1/calls/{call_id}", base(srv)))
+        .bearer_auth(KEY_A);
+    let (s, _, v) = send(req).await;
+    (s, v)
+}
+
+/// The backend starts a call for alice: bob rings, alice's phone sees the
+/// outgoing call (made by the device `backend`), a retry with the same
+/// Idempotency-Key is the same call, DELETE cancels it for everyone;
+/// refusals carry the protocol's codes.
+#[tokio::test]
+async fn the_backend_starts_and_cancels_calls() {
+    let srv = api_server(|_| {}).await;
+    let (mut alice, _) = Raw::hello(&srv, "alice", "alice-phone", None).await;
+    let (mut bob, _) = Raw::hello(&srv, "bob", "bob-phone", None).await;
+    let body = json!({"caller": "alice", "caller_name": "Alice", "callees": ["bob"],
+                      "call_type": "video", "timeout_s": 45, "custom_data": "room-9"});
+    let (status, started) = post_call(&srv, body.clone(), Some("order-77")).await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    let call_id = started["call_id"].as_str().unwrap().to_owned();
+    assert_eq!(started["ring_remaining_ms"], 45_000);
+    assert_eq!(
+        started["callees"],
+        json!([{"user": "bob", "status": "ringing"}])
+    );
+    let ring = bob
+        .until(|b| {
+            matches!(
+                b,
+                ServerBody::Event {
+                    event: Event::IncomingCall { .. },
+                    ..
+                }
+            )
+        })
+        .await;
+    let ring = serde_json::to_value(&ring.body).unwrap();
+    assert_eq!(ring["event"]["call_id"], call_id.as_str());
+    assert_eq!(ring["event"]["custom_data"], "room-9");
+    let outgoing = alice
+        .until(|b| {
+            matches!(
+                b,
+                ServerBody::Event {
+                    event: Event::OutgoingCall { .. },
+                    ..
+                }
+            )
+        })
+        .await;
+    let outgoing = serde_json::to_value(&outgoing.body).unwrap();
+    assert_eq!(outgoing["event"]["device"], "backend");
+
+    // The same key again: the same call, not a second one.
+    let (status, again) = post_call(&srv, body.clone(), Some("order-77")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(again["call_id"], call_id.as_str());
+    let (_, state) = get(&srv, &format!("/v1/calls/{call_id}"), KEY_A).await;
+    assert_eq!(state["caller_device"], "backend");
+    assert_eq!(state["state"], "ringing");
+
+    // A second call for alice while she is calling: caller_busy (409).
+    refused(
+        post_call(
+            &srv,
+            json!({"caller": "alice", "callees": ["carol"], "call_type": "voice"}),
+            None,
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "caller_busy",
+    );
+    // The call rules' refusals: invalid (400).
+    refused(
+        post_call(
+            &srv,
+            json!({"caller": "dave", "callees": [], "call_type": "voice"}),
+            None,
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+    );
+    refused(
+        post_call(
+            &srv,
+            json!({"caller": "dave", "callees": ["bob"], "call_type": "fax"}),
+            None,
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+
+    // DELETE cancels it: bob stops ringing, alice learns it.
+    let (status, _) = delete_call(&srv, &call_id).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let ended = bob
+        .until(|b| {
+            matches!(
+                b,
+                ServerBody::Event {
+                    event: Event::IncomingEnded { .. },
+                    ..
+                }
+            )
+        })
+        .await;
+    let ended = serde_json::to_value(&ended.body).unwrap();
+    assert_eq!(ended["event"]["reason"], "canceled");
+    refused(
+        delete_call(&srv, &call_id).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
     srv.stop().await;
 }
