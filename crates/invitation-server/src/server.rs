@@ -28,6 +28,7 @@ use crate::metrics::{Metrics, Refusal};
 use crate::rate::KeyedLimiter;
 use crate::records::{Page, RecordError};
 use crate::slots::{Admission, Slots};
+use crate::webhook::{Delivery, Webhooks};
 
 /// State shared by all connection tasks.
 pub struct Shared {
@@ -151,6 +152,19 @@ impl Server {
                 )?
             }
             None => Hub::new(sb, limits, config.shed_after(), metrics.clone()),
+        };
+        let hub = if config.webhook_urls.is_empty() {
+            hub
+        } else {
+            tracing::info!(
+                endpoints = config.webhook_urls.len(),
+                "webhooks on: every call event is sent to each endpoint"
+            );
+            hub.with_webhooks(Webhooks::start(
+                &config.webhook_urls,
+                Delivery::from_config(&config),
+                metrics.clone(),
+            ))
         };
         let hub = tokio::spawn(hub.run(hub_rx));
         let (shutdown_tx, shutdown) = watch::channel(false);
