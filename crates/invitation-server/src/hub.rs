@@ -578,6 +578,12 @@ impl Hub {
     }
 
     fn sync_store(&mut self) {
+        if let Some(webhooks) = &mut self.webhooks {
+            if let Err(e) = webhooks.sync() {
+                self.metrics.store_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "cannot sync the webhook outbox");
+            }
+        }
         if let Some(records) = &mut self.records {
             if let Err(e) = records.sync() {
                 self.metrics.store_failures.fetch_add(1, Ordering::Relaxed);

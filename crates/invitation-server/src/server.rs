@@ -160,11 +160,22 @@ impl Server {
                 endpoints = config.webhook_urls.len(),
                 "webhooks on: every call event is sent to each endpoint"
             );
-            hub.with_webhooks(Webhooks::start(
-                &config.webhook_urls,
-                Delivery::from_config(&config),
-                metrics.clone(),
-            ))
+            let delivery = Delivery::from_config(&config);
+            let webhooks = match config.store_options() {
+                Some(options) => {
+                    let dir = options.dir.join("webhooks");
+                    Webhooks::start_durable(
+                        &config.webhook_urls,
+                        delivery,
+                        metrics.clone(),
+                        &dir,
+                        options.durability == crate::store::Durability::Fsync,
+                    )
+                    .map_err(|source| crate::store::StoreError::Io { path: dir, source })?
+                }
+                None => Webhooks::start(&config.webhook_urls, delivery, metrics.clone()),
+            };
+            hub.with_webhooks(webhooks)
         };
         let hub = tokio::spawn(hub.run(hub_rx));
         let (shutdown_tx, shutdown) = watch::channel(false);

@@ -8,10 +8,12 @@
 //! Delivery is one task per endpoint, first in first out (the events of a
 //! call arrive in the order they happened), each event retried with
 //! exponential backoff until it is delivered or older than
-//! `webhook_max_age_s`. Events wait in a bounded in-memory queue per
-//! endpoint.
+//! `webhook_max_age_s`. In a durable server events wait in the data
+//! directory (`webhooks/`: an append-only outbox and a cursor per
+//! endpoint, docs/operations.md "The data directory"); in memory, in a bounded queue per endpoint.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,6 +25,8 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
+
+mod outbox;
 
 /// The request header that carries the signature:
 /// `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`, one
@@ -171,19 +175,38 @@ fn unix_ms_now() -> u64 {
 /// One event, serialized once for every endpoint and attempt.
 #[derive(Debug)]
 pub(crate) struct HookEvent {
-    /// `<call id>.<index>`: the same milestone of the same call always gets
+    /// See [`event_id`]: the same milestone of the same call always gets
     /// the same id, so receivers can drop repeats.
     pub(crate) id: String,
     pub(crate) created_ms: u64,
     pub(crate) body: String,
 }
 
-/// Turns call notices into events, numbering each call's events.
+/// An event's id: `evt_` and 32 hex digits of SHA-256 over the call id,
+/// the milestone (type and subject) and how many times that milestone
+/// came before in the call, so the same milestone always gets the same id.
+fn event_id(call_id: &CallId, milestone: &str, repeat: u32) -> String {
+    use sha2::Digest;
+    let mut hash = Sha256::new();
+    hash.update(call_id.as_str().as_bytes());
+    hash.update([0]);
+    hash.update(milestone.as_bytes());
+    hash.update([0]);
+    hash.update(repeat.to_be_bytes());
+    let mut id = String::from("evt_");
+    for b in &hash.finalize()[..16] {
+        id.push_str(&format!("{b:02x}"));
+    }
+    id
+}
+
+/// Turns call notices into events, giving each its id.
 #[derive(Debug, Default)]
 pub(crate) struct Events {
-    /// The next index per live call (bounded by the switchboard's calls:
-    /// an entry goes with the call's `ended`).
-    next: HashMap<CallId, u32>,
+    /// Per live call, the milestones seen (type and subject) and how many
+    /// times each repeated (bounded by the switchboard's calls and their
+    /// participants; an entry goes with the call's `ended`).
+    seen: HashMap<CallId, Vec<(String, u32)>>,
 }
 
 impl Events {
@@ -260,14 +283,28 @@ impl Events {
             ),
             _ => return None,
         };
-        let index = if matches!(notice, CallNotice::Ended { .. }) {
-            self.next.remove(call_id).unwrap_or(0)
-        } else {
-            let next = self.next.entry(call_id.clone()).or_insert(0);
-            *next += 1;
-            *next - 1
+        // The milestone's subject: the callee or user it is about.
+        let subject = data
+            .get("callee")
+            .or_else(|| data.get("user"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let key = format!("{kind}\0{subject}");
+        let seen = self.seen.entry(call_id.clone()).or_default();
+        let repeat = match seen.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                seen.push((key.clone(), 0));
+                0
+            }
         };
-        let id = format!("{call_id}.{index}");
+        let id = event_id(call_id, &key, repeat);
+        if matches!(notice, CallNotice::Ended { .. }) {
+            self.seen.remove(call_id);
+        }
         let body = json!({
             "id": id,
             "type": kind,
@@ -316,13 +353,25 @@ impl Delivery {
     }
 }
 
+/// Where the hub puts events for the delivery tasks.
+#[derive(Debug)]
+enum Sink {
+    /// A bounded queue per endpoint.
+    Memory(Vec<mpsc::Sender<Arc<HookEvent>>>),
+    /// The outbox in the data directory, read by every endpoint's task.
+    Disk {
+        outbox: outbox::Outbox,
+        endpoints: u64,
+    },
+}
+
 /// The hub's side: notices in, events out to one task per endpoint.
 #[derive(Debug)]
 pub(crate) struct Webhooks {
     events: Events,
     /// Events of the turn, sent once the turn is journaled.
     pending: Vec<HookEvent>,
-    queues: Vec<mpsc::Sender<Arc<HookEvent>>>,
+    sink: Sink,
     metrics: Arc<Metrics>,
 }
 
@@ -341,8 +390,61 @@ impl Webhooks {
         Self {
             events: Events::default(),
             pending: Vec::new(),
-            queues,
+            sink: Sink::Memory(queues),
             metrics,
+        }
+    }
+
+    /// Starts one delivery task per URL, reading the outbox in `dir`
+    /// (synced after every append when `sync_each`, else by
+    /// [`Webhooks::sync`]). Events a previous run wrote and did not
+    /// deliver go first. Each task stops once this is dropped (a later
+    /// run delivers the rest).
+    pub(crate) fn start_durable(
+        urls: &[String],
+        delivery: Delivery,
+        metrics: Arc<Metrics>,
+        dir: &Path,
+        sync_each: bool,
+    ) -> std::io::Result<Self> {
+        let outbox = outbox::Outbox::open(dir, urls, sync_each)?;
+        for url in urls {
+            // Where this endpoint starts, fixed before anything is
+            // appended: its cursor, or (a new endpoint) the end now.
+            let cursor = outbox::cursor_path(outbox.dir(), url);
+            let at = match outbox::read_cursor(&cursor) {
+                Some(at) => at,
+                None => {
+                    let at = *outbox.subscribe().borrow();
+                    outbox::write_cursor(&cursor, at)?;
+                    at
+                }
+            };
+            tokio::spawn(deliver_from_disk(
+                url.clone(),
+                outbox.dir().to_owned(),
+                at,
+                outbox.subscribe(),
+                delivery.clone(),
+                metrics.clone(),
+            ));
+        }
+        Ok(Self {
+            events: Events::default(),
+            pending: Vec::new(),
+            sink: Sink::Disk {
+                outbox,
+                endpoints: urls.len() as u64,
+            },
+            metrics,
+        })
+    }
+
+    /// Syncs the outbox (with the journal's sync).
+    pub(crate) fn sync(&mut self) -> std::io::Result<()> {
+        match &mut self.sink {
+            Sink::Disk { outbox, .. } => outbox.sync(),
+            Sink::Memory(_) => Ok(()),
         }
     }
 
@@ -356,9 +458,24 @@ impl Webhooks {
     /// Hands the turn's events to every endpoint's queue (a full queue
     /// drops the event, with a warning and a count).
     pub(crate) fn flush(&mut self) {
+        let queues = match &mut self.sink {
+            Sink::Memory(queues) => queues,
+            Sink::Disk { outbox, endpoints } => {
+                if let Err(e) = outbox.append(&self.pending) {
+                    let lost = self.pending.len() as u64;
+                    self.metrics
+                        .webhooks_dropped
+                        .fetch_add(lost * *endpoints, Ordering::Relaxed);
+                    self.metrics.store_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, lost, "cannot write the webhook outbox: events dropped");
+                }
+                self.pending.clear();
+                return;
+            }
+        };
         for event in self.pending.drain(..) {
             let event = Arc::new(event);
-            for (endpoint, queue) in self.queues.iter().enumerate() {
+            for (endpoint, queue) in queues.iter().enumerate() {
                 if queue.try_send(event.clone()).is_err() {
                     self.metrics
                         .webhooks_dropped
@@ -370,6 +487,20 @@ impl Webhooks {
     }
 }
 
+fn client(url: &str, delivery: &Delivery) -> Option<reqwest::Client> {
+    match reqwest::Client::builder()
+        .timeout(delivery.timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(client) => Some(client),
+        Err(e) => {
+            tracing::error!(%url, error = %e, "cannot build the webhook client: no deliveries");
+            None
+        }
+    }
+}
+
 /// One endpoint's task: its events in order, each until delivered or too old.
 async fn deliver(
     url: String,
@@ -377,32 +508,100 @@ async fn deliver(
     delivery: Delivery,
     metrics: Arc<Metrics>,
 ) {
-    let client = match reqwest::Client::builder()
-        .timeout(delivery.timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-    {
-        Ok(client) => client,
-        Err(e) => {
-            tracing::error!(%url, error = %e, "cannot build the webhook client: no deliveries");
-            return;
-        }
+    let Some(client) = client(&url, &delivery) else {
+        return;
     };
     while let Some(event) = queue.recv().await {
-        deliver_one(&client, &url, &event, &delivery, &metrics).await;
+        deliver_one(&client, &url, &event, &delivery, &metrics, &|| false).await;
     }
 }
 
+/// The `id` and `created_at` of an outbox line.
+#[derive(serde::Deserialize)]
+struct Stamp {
+    id: String,
+    created_at: u64,
+}
+
+/// One endpoint's task in a durable server: reads the outbox from its
+/// cursor in batches, delivers each event in order and moves the cursor
+/// past it (delivered or dropped), starting `at` its cursor.
+async fn deliver_from_disk(
+    url: String,
+    dir: PathBuf,
+    mut at: outbox::Position,
+    mut end: tokio::sync::watch::Receiver<outbox::Position>,
+    delivery: Delivery,
+    metrics: Arc<Metrics>,
+) {
+    let Some(client) = client(&url, &delivery) else {
+        return;
+    };
+    let cursor = outbox::cursor_path(&dir, &url);
+    loop {
+        let known = *end.borrow_and_update();
+        if at >= known {
+            if end.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let limit = (at.0 == known.0).then_some(known.1);
+        let lines = match outbox::read_lines(&dir, at.0, at.1, limit) {
+            Ok(lines) => lines,
+            Err(e) => {
+                tracing::error!(%url, error = %e, segment = at.0, "cannot read the webhook outbox: skipping to the next segment");
+                at = (at.0 + 1, 0);
+                continue;
+            }
+        };
+        if lines.is_empty() {
+            // This segment is done (or gone): the next one.
+            at = (at.0 + 1, 0);
+            continue;
+        }
+        for (line, next) in lines {
+            match serde_json::from_str::<Stamp>(&line) {
+                Ok(stamp) => {
+                    let event = HookEvent {
+                        id: stamp.id,
+                        created_ms: stamp.created_at,
+                        body: line,
+                    };
+                    let stopped = || end.has_changed().is_err();
+                    if !deliver_one(&client, &url, &event, &delivery, &metrics, &stopped).await {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(%url, error = %e, "an unreadable webhook outbox line: skipped")
+                }
+            }
+            at = (at.0, next);
+            if let Err(e) = outbox::write_cursor(&cursor, at) {
+                tracing::error!(%url, error = %e, "cannot write a webhook cursor");
+            }
+        }
+    }
+}
+
+/// Delivers one event, retrying until it is delivered or too old (true),
+/// or until `stopped` says the server stopped (false: the event stays for
+/// the next run).
 async fn deliver_one(
     client: &reqwest::Client,
     url: &str,
     event: &HookEvent,
     delivery: &Delivery,
     metrics: &Metrics,
-) {
+    stopped: &(dyn Fn() -> bool + Sync),
+) -> bool {
     let mut wait = delivery.first_retry;
     let mut attempt = 1u32;
     loop {
+        if stopped() {
+            return false;
+        }
         let now_ms = unix_ms_now();
         let signature = sign(&delivery.secrets, now_ms / 1000, event.body.as_bytes());
         let sent = client
@@ -415,7 +614,7 @@ async fn deliver_one(
         let failure = match sent {
             Ok(response) if response.status().is_success() => {
                 metrics.webhooks_delivered.fetch_add(1, Ordering::Relaxed);
-                return;
+                return true;
             }
             Ok(response) => format!("answered {}", response.status().as_u16()),
             Err(e) if e.is_timeout() => "timed out".to_owned(),
@@ -428,7 +627,7 @@ async fn deliver_one(
         if age + wait > delivery.max_age {
             metrics.webhooks_dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%url, event = %event.id, attempt, %failure, "webhook not delivered within webhook_max_age_s: dropped");
-            return;
+            return true;
         }
         tracing::debug!(%url, event = %event.id, attempt, %failure, retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "webhook attempt failed");
         tokio::time::sleep(wait).await;

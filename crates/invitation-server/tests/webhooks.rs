@@ -100,23 +100,29 @@ async fn start_call(srv: &RunningServer, caller: &str, callee: &str) -> String {
     body["call_id"].as_str().unwrap().to_owned()
 }
 
-/// (type, id, data) of each event, for exact comparison.
-fn brief(event: &Value) -> (String, String, Value) {
+/// (type, data) of each event, for exact comparison; its id goes to `ids`.
+fn brief(event: &Value, ids: &mut Vec<String>) -> (String, Value) {
+    let id = event["id"].as_str().unwrap();
+    assert!(
+        id.len() == 36 && id.starts_with("evt_"),
+        "an id of evt_ and 32 hex digits: {id}"
+    );
+    ids.push(id.to_owned());
     (
         event["type"].as_str().unwrap().to_owned(),
-        event["id"].as_str().unwrap().to_owned(),
         event["data"].clone(),
     )
 }
 
 /// A call answered then hung up, and a call canceled by the backend: each
-/// milestone arrives once, signed, in order, with ids `<call>.<index>`
+/// milestone arrives once, signed, in order, each with an id of its own
 /// and the data of who did what.
 #[tokio::test]
 async fn every_call_milestone_arrives_signed_and_in_order() {
     let (url, mut rx) = receiver().await;
     let srv = hooked_server(&url).await;
     let (mut bob, _) = Raw::hello(&srv, "bob", "bob-phone", None).await;
+    let mut ids = Vec::new();
 
     let call = start_call(&srv, "alice", "bob").await;
     bob.until(|b| {
@@ -151,35 +157,29 @@ async fn every_call_milestone_arrives_signed_and_in_order() {
         let event = next_event(&mut rx).await;
         assert_eq!(event["call_id"], call.as_str(), "{event}");
         assert!(event["created_at"].as_u64().unwrap() > 1_700_000_000_000);
-        got.push(brief(&event));
+        got.push(brief(&event, &mut ids));
     }
-    let id = |i: u32| format!("{call}.{i}");
     assert_eq!(
         got,
         [
             (
                 "call.invited".into(),
-                id(0),
                 json!({"caller": "alice", "device": "backend", "callees": ["bob"]})
             ),
             (
                 "call.ringing".into(),
-                id(1),
                 json!({"caller": "alice", "callee": "bob"})
             ),
             (
                 "call.accepted".into(),
-                id(2),
                 json!({"caller": "alice", "callee": "bob", "reason": "accepted", "device": "bob-phone"})
             ),
             (
                 "call.hung_up".into(),
-                id(3),
                 json!({"caller": "alice", "user": "bob", "device": "bob-phone"})
             ),
             (
                 "call.ended".into(),
-                id(4),
                 json!({"caller": "alice", "callees": ["bob"], "reason": "hung_up"})
             ),
         ]
@@ -201,29 +201,29 @@ async fn every_call_milestone_arrives_signed_and_in_order() {
     assert!(resp.status().is_success(), "{}", resp.status());
     let mut got = Vec::new();
     for _ in 0..3 {
-        got.push(brief(&next_event(&mut rx).await));
+        got.push(brief(&next_event(&mut rx).await, &mut ids));
     }
-    let id = |i: u32| format!("{second}.{i}");
     assert_eq!(
         got,
         [
             (
                 "call.invited".into(),
-                id(0),
                 json!({"caller": "alice", "device": "backend", "callees": ["carol"]})
             ),
             (
                 "call.canceled".into(),
-                id(1),
                 json!({"caller": "alice", "callee": "carol", "reason": "canceled", "device": null})
             ),
             (
                 "call.ended".into(),
-                id(2),
                 json!({"caller": "alice", "callees": ["carol"], "reason": "canceled"})
             ),
         ]
     );
+    let mut distinct = ids.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 8, "{ids:?}");
     // Counted once the receiver's answer is read (just after it saw the
     // request).
     let delivered = || {
@@ -247,4 +247,142 @@ async fn every_call_milestone_arrives_signed_and_in_order() {
         "no event beyond the eight"
     );
     srv.stop().await;
+}
+
+/// A fresh directory under the system temporary directory, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).unwrap();
+        let name: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let dir = std::env::temp_dir().join(format!("invitation-webhooks-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A receiver that answers 503 while `open` is false, 204 after.
+async fn gated_receiver(
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (String, mpsc::UnboundedReceiver<(Option<String>, String)>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |headers: HeaderMap, body: String| {
+            let tx = tx.clone();
+            let open = open.clone();
+            async move {
+                let signature = headers
+                    .get(SIGNATURE_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let _ = tx.send((signature, body));
+                if open.load(std::sync::atomic::Ordering::SeqCst) {
+                    StatusCode::NO_CONTENT
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, rx)
+}
+
+/// At least once across a restart: a durable server writes a call's
+/// events to its outbox while the receiver answers 503, and stops; the
+/// next run on the same data directory delivers all of them, in order,
+/// the first with the id the receiver already saw.
+#[tokio::test]
+async fn events_not_delivered_before_a_stop_are_delivered_after_the_restart() {
+    let tmp = TempDir::new();
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (url, mut rx) = gated_receiver(open.clone()).await;
+    let durable = |c: &mut invitation_server::Config| {
+        c.api_listen = "127.0.0.1:0".parse().unwrap();
+        c.api_keys = vec![KEY.to_owned()];
+        c.api_rate_per_key = 1000.0;
+        c.api_burst_per_key = 1000.0;
+        c.webhook_urls = vec![url.clone()];
+        c.webhook_secrets = vec![SECRET_NEW.to_owned(), SECRET_OLD.to_owned()];
+        c.data_dir = Some(tmp.0.clone());
+    };
+    let first = server(durable).await;
+    let call = start_call(&first, "alice", "carol").await;
+    let resp = tokio::time::timeout(
+        SOON,
+        reqwest::Client::new()
+            .delete(api(&first, &format!("/v1/calls/{call}")))
+            .bearer_auth(KEY)
+            .send(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    // The first event was tried (and refused with 503).
+    let refused = next_event(&mut rx).await;
+    assert_eq!(refused["type"], "call.invited");
+    assert_eq!(refused["call_id"], call.as_str());
+    first.stop().await;
+    let outbox = std::fs::read_to_string(tmp.0.join("webhooks/outbox-000000000001.jsonl")).unwrap();
+    assert_eq!(outbox.lines().count(), 3, "{outbox}");
+
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
+    let second = server(durable).await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let event = next_event(&mut rx).await;
+        assert_eq!(event["call_id"], call.as_str(), "{event}");
+        got.push((
+            event["type"].as_str().unwrap().to_owned(),
+            event["id"].clone(),
+        ));
+    }
+    let types: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(types, ["call.invited", "call.canceled", "call.ended"]);
+    assert_eq!(got[0].1, refused["id"], "the same event, the same id");
+    // Each written line was delivered as it was written.
+    let lines: Vec<Value> = outbox
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let written: Vec<&Value> = lines.iter().map(|l| &l["id"]).collect();
+    let sent: Vec<&Value> = got.iter().map(|(_, id)| id).collect();
+    assert_eq!(written, sent);
+    // The cursor moved to the end: a third run sends nothing again.
+    let delivered = || {
+        second
+            .metrics
+            .webhooks_delivered
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let deadline = tokio::time::Instant::now() + SOON;
+    while delivered() != 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} delivered",
+            delivered()
+        );
+        tokio::task::yield_now().await;
+    }
+    second.stop().await;
+    let cursors: Vec<String> = std::fs::read_dir(tmp.0.join("webhooks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("cursor-"))
+        .collect();
+    assert_eq!(cursors.len(), 1, "{cursors:?}");
+    let cursor = std::fs::read_to_string(tmp.0.join("webhooks").join(&cursors[0])).unwrap();
+    assert_eq!(cursor.trim(), format!("1 {}", outbox.len()));
 }

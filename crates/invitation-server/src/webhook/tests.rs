@@ -336,3 +336,80 @@ async fn the_queue_per_endpoint_is_bounded() {
     assert_eq!(metrics.webhooks_dropped.load(Ordering::Relaxed), 6);
     assert!(hooks.pending.is_empty());
 }
+
+/// Ids depend only on the call, the milestone and its repeats: a second
+/// run making the same notices makes the same ids; a repeated milestone
+/// (the same user joining twice) gets a new one; the call's memory goes
+/// with its `ended`.
+#[test]
+fn event_ids_are_deterministic_per_call_and_milestone() {
+    let call = CallId::new("c-1").unwrap();
+    let user = |u: &str| invitation_core::UserId::new(u).unwrap();
+    let notices = [
+        CallNotice::Joined {
+            call_id: call.clone(),
+            user: user("dan"),
+        },
+        CallNotice::Left {
+            call_id: call.clone(),
+            user: user("dan"),
+        },
+        CallNotice::Joined {
+            call_id: call.clone(),
+            user: user("dan"),
+        },
+        CallNotice::Joined {
+            call_id: call.clone(),
+            user: user("eve"),
+        },
+    ];
+    let run = |events: &mut Events| -> Vec<(String, String)> {
+        notices
+            .iter()
+            .map(|n| {
+                let e = events.make(n, 1_000).unwrap();
+                let body: Value = serde_json::from_str(&e.body).unwrap();
+                assert_eq!(body["id"], e.id.as_str());
+                assert_eq!(body["created_at"], 1_000);
+                assert_eq!(body["call_id"], "c-1");
+                (body["type"].as_str().unwrap().to_owned(), e.id)
+            })
+            .collect()
+    };
+    let mut first = Events::default();
+    let a = run(&mut first);
+    let b = run(&mut Events::default());
+    assert_eq!(a, b);
+    let types: Vec<&str> = a.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "call.participant_joined",
+            "call.participant_left",
+            "call.participant_joined",
+            "call.participant_joined"
+        ]
+    );
+    let mut ids: Vec<&str> = a.iter().map(|(_, id)| id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "{a:?}");
+    assert_eq!(first.seen.len(), 1);
+    let ended = first
+        .make(
+            &CallNotice::Ended {
+                call_id: call.clone(),
+                reason: invitation_core::Reason::HungUp,
+                caller: user("alice"),
+                callees: Vec::new().into(),
+            },
+            2_000,
+        )
+        .unwrap();
+    assert!(
+        ended.body.contains(r#""type":"call.ended""#),
+        "{}",
+        ended.body
+    );
+    assert!(first.seen.is_empty(), "the call's memory went with it");
+}
