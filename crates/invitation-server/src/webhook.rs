@@ -550,8 +550,12 @@ async fn deliver_from_disk(
         let lines = match outbox::read_lines(&dir, at.0, at.1, limit) {
             Ok(lines) => lines,
             Err(e) => {
-                tracing::error!(%url, error = %e, segment = at.0, "cannot read the webhook outbox: skipping to the next segment");
-                at = (at.0 + 1, 0);
+                // Tried again later (never skipped: that would lose events).
+                tracing::error!(%url, error = %e, segment = at.0, "cannot read the webhook outbox: trying again");
+                tokio::time::sleep(delivery.max_retry).await;
+                if end.has_changed().is_err() {
+                    return;
+                }
                 continue;
             }
         };
