@@ -73,6 +73,10 @@ pub const KEYS: &[&str] = &[
     "api_rate_per_key",
     "api_burst_per_key",
     "api_max_body_bytes",
+    "webhook_urls",
+    "webhook_secrets",
+    "webhook_max_age_s",
+    "webhook_timeout_ms",
 ];
 
 /// Keys whose environment values are always text.
@@ -228,6 +232,20 @@ pub struct Config {
     pub api_burst_per_key: f64,
     /// Largest API request body, bytes (64 KiB).
     pub api_max_body_bytes: usize,
+    /// Endpoints that receive every call event as a signed JSON `POST`
+    /// (docs/http-api.md, "Webhooks"), `http://` URLs (https is not
+    /// supported yet). Empty (the default): no webhooks.
+    pub webhook_urls: Vec<String>,
+    /// Secrets webhook bodies are signed with, each at least
+    /// [`MIN_WEBHOOK_SECRET_BYTES`] bytes; required with `webhook_urls`.
+    /// Every request carries one signature per secret, the first secret's
+    /// first, so a receiver can move from one secret to the next.
+    pub webhook_secrets: Vec<String>,
+    /// An event not delivered after this many seconds is dropped with a
+    /// warning (86,400: a day of retries).
+    pub webhook_max_age_s: u64,
+    /// Time allowed for one delivery attempt, ms (5,000).
+    pub webhook_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -284,6 +302,10 @@ impl Default for Config {
             api_rate_per_key: 50.0,
             api_burst_per_key: 100.0,
             api_max_body_bytes: 64 * 1024,
+            webhook_urls: Vec::new(),
+            webhook_secrets: Vec::new(),
+            webhook_max_age_s: 86_400,
+            webhook_timeout_ms: 5_000,
         }
     }
 }
@@ -296,6 +318,12 @@ pub const MIN_API_KEY_BYTES: usize = 32;
 
 /// Most HTTP API keys configured at once.
 pub const MAX_API_KEYS: usize = 16;
+
+/// The shortest webhook secret accepted, bytes.
+pub const MIN_WEBHOOK_SECRET_BYTES: usize = 32;
+
+/// Most webhook endpoints, and most webhook secrets, configured at once.
+pub const MAX_WEBHOOKS: usize = 16;
 
 /// Refuses a secret the server would refuse to start with (shorter than
 /// [`MIN_SECRET_BYTES`]); used by the server and by `token`.
@@ -383,7 +411,10 @@ impl Config {
             if key == "config" || !KEYS.contains(&key.as_str()) {
                 continue;
             }
-            let value = if key == "allowed_origins" || key == "api_keys" {
+            let value = if matches!(
+                key.as_str(),
+                "allowed_origins" | "api_keys" | "webhook_urls" | "webhook_secrets"
+            ) {
                 toml::Value::Array(
                     value
                         .split(',')
@@ -527,6 +558,7 @@ impl Config {
                 ),
             });
         }
+        self.check_webhooks()?;
         let mut sb = SwitchboardConfig::default();
         sb.max_callees = self.max_callees;
         sb.default_ring_timeout_s = self.ring_timeout_s;
@@ -624,6 +656,92 @@ impl Config {
     /// Silence after which a connection is dead.
     pub fn dead_after(&self) -> Duration {
         Duration::from_secs(self.dead_after_s)
+    }
+
+    /// The webhook settings: every URL is `http(s)://` with a host, every
+    /// secret long enough, secrets present when URLs are, ranges kept.
+    fn check_webhooks(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, detail: String| Err(ConfigError::Invalid { key, detail });
+        if self.webhook_urls.len() > MAX_WEBHOOKS {
+            return invalid(
+                "webhook_urls",
+                format!(
+                    "{} endpoints: at most {MAX_WEBHOOKS}",
+                    self.webhook_urls.len()
+                ),
+            );
+        }
+        if self.webhook_secrets.len() > MAX_WEBHOOKS {
+            return invalid(
+                "webhook_secrets",
+                format!(
+                    "{} secrets: at most {MAX_WEBHOOKS}",
+                    self.webhook_secrets.len()
+                ),
+            );
+        }
+        for (i, url) in self.webhook_urls.iter().enumerate() {
+            if url.starts_with("https://") {
+                return invalid(
+                    "webhook_urls",
+                    format!(
+                        "endpoint {} ({url:?}): https is not supported yet; use http:// to a TLS proxy on the same host",
+                        i + 1
+                    ),
+                );
+            }
+            let rest = url.strip_prefix("http://");
+            let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
+            if host.is_none_or(|h| h.is_empty() || h.contains(char::is_whitespace)) {
+                return invalid(
+                    "webhook_urls",
+                    format!(
+                        "endpoint {} ({url:?}) is not an http:// URL with a host",
+                        i + 1
+                    ),
+                );
+            }
+        }
+        if let Some((i, s)) = self
+            .webhook_secrets
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.len() < MIN_WEBHOOK_SECRET_BYTES)
+        {
+            return invalid(
+                "webhook_secrets",
+                format!(
+                    "secret {} is {} bytes: use at least {MIN_WEBHOOK_SECRET_BYTES} (e.g. `openssl rand -hex 32`)",
+                    i + 1,
+                    s.len()
+                ),
+            );
+        }
+        if !self.webhook_urls.is_empty() && self.webhook_secrets.is_empty() {
+            return invalid(
+                "webhook_secrets",
+                "webhook_urls is set: give at least one secret to sign with".into(),
+            );
+        }
+        if !(60..=30 * 86_400).contains(&self.webhook_max_age_s) {
+            return invalid(
+                "webhook_max_age_s",
+                format!(
+                    "{} is out of range: must be 60 to 2592000",
+                    self.webhook_max_age_s
+                ),
+            );
+        }
+        if !(1..=600_000).contains(&self.webhook_timeout_ms) {
+            return invalid(
+                "webhook_timeout_ms",
+                format!(
+                    "{} is out of range: must be 1 to 600000",
+                    self.webhook_timeout_ms
+                ),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -787,6 +905,48 @@ mod tests {
                 "api_max_body_bytes",
                 Box::new(|c| c.api_max_body_bytes = usize::MAX),
             ),
+            (
+                "webhook_urls",
+                Box::new(|c| {
+                    c.webhook_secrets = vec!["s".repeat(32)];
+                    c.webhook_urls = vec!["ftp://hooks.example/in".into()];
+                }),
+            ),
+            (
+                "webhook_urls",
+                Box::new(|c| {
+                    c.webhook_secrets = vec!["s".repeat(32)];
+                    c.webhook_urls = vec!["http:///no-host".into()];
+                }),
+            ),
+            (
+                "webhook_urls",
+                Box::new(|c| {
+                    c.webhook_secrets = vec!["s".repeat(32)];
+                    c.webhook_urls = vec!["https://hooks.example/in".into()];
+                }),
+            ),
+            (
+                "webhook_urls",
+                Box::new(|c| {
+                    c.webhook_secrets = vec!["s".repeat(32)];
+                    c.webhook_urls = vec!["http://h.example/".into(); MAX_WEBHOOKS + 1];
+                }),
+            ),
+            (
+                "webhook_secrets",
+                Box::new(|c| c.webhook_urls = vec!["http://h.example/".into()]),
+            ),
+            (
+                "webhook_secrets",
+                Box::new(|c| c.webhook_secrets = vec!["s".repeat(32), "s".repeat(31)]),
+            ),
+            ("webhook_max_age_s", Box::new(|c| c.webhook_max_age_s = 0)),
+            (
+                "webhook_max_age_s",
+                Box::new(|c| c.webhook_max_age_s = u64::MAX),
+            ),
+            ("webhook_timeout_ms", Box::new(|c| c.webhook_timeout_ms = 0)),
         ];
         for (key, tweak) in cases {
             let mut c = Config::default();
@@ -841,6 +1001,16 @@ mod tests {
                 "0123456789abcdef0123456789abcdef,fedcba9876543210fedcba9876543210",
             ),
             ("INVITATION_API_LISTEN", "127.0.0.1:9601"),
+            (
+                "INVITATION_WEBHOOK_URLS",
+                "http://127.0.0.1:9/hooks, http://hooks.example/in",
+            ),
+            (
+                "INVITATION_WEBHOOK_SECRETS",
+                "whsec-0123456789abcdef0123456789ab,whsec-fedcba9876543210fedcba9876543",
+            ),
+            ("INVITATION_WEBHOOK_MAX_AGE_S", "3600"),
+            ("INVITATION_WEBHOOK_TIMEOUT_MS", "250"),
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()));
         let c = Config::load(None, env.into_iter()).unwrap();
@@ -853,6 +1023,18 @@ mod tests {
             ]
         );
         assert_eq!(c.api_listen.port(), 9601);
+        assert_eq!(
+            c.webhook_urls,
+            ["http://127.0.0.1:9/hooks", "http://hooks.example/in"]
+        );
+        assert_eq!(
+            c.webhook_secrets,
+            [
+                "whsec-0123456789abcdef0123456789ab",
+                "whsec-fedcba9876543210fedcba9876543"
+            ]
+        );
+        assert_eq!((c.webhook_max_age_s, c.webhook_timeout_ms), (3600, 250));
         assert!(c.validate().is_ok());
         // Text settings stay text even when they look like numbers.
         let numeric = [
@@ -873,7 +1055,7 @@ mod tests {
         for key in KEYS {
             let value = match *key {
                 "listen" | "api_listen" => "\"127.0.0.1:1\"",
-                "allowed_origins" | "api_keys" => "[]",
+                "allowed_origins" | "api_keys" | "webhook_urls" | "webhook_secrets" => "[]",
                 "busy_policy" => "\"reject_busy\"",
                 "offline_policy" => "\"hold\"",
                 "end_policy" => "\"any_participant\"",

@@ -25,6 +25,7 @@ use crate::outbox::{Outbox, PushError};
 use crate::records::{Cursor, Page, RecordError, RecordOptions, RecordStore, StoredRecord};
 use crate::server::ServerError;
 use crate::store::{Store, StoreOptions};
+use crate::webhook::Webhooks;
 
 /// What the write of a message is timed against, for the metrics.
 #[derive(Debug, Clone, Copy)]
@@ -254,6 +255,8 @@ pub(crate) struct Hub {
     metrics: Arc<Metrics>,
     /// Scratch for [`Hub::drain`] (kept to reuse its allocation).
     deferred: Vec<ServerMessage>,
+    /// Webhook events, when endpoints are configured.
+    webhooks: Option<Webhooks>,
 }
 
 /// Inbox messages handled per hub turn (one `select!` for all of them).
@@ -298,7 +301,14 @@ impl Hub {
             shed_after,
             metrics,
             deferred: Vec::new(),
+            webhooks: None,
         }
+    }
+
+    /// Sends every call milestone to these webhooks from now on.
+    pub(crate) fn with_webhooks(mut self, webhooks: Webhooks) -> Self {
+        self.webhooks = Some(webhooks);
+        self
     }
 
     /// A durable hub: opens the data directory and rebuilds the state the
@@ -476,6 +486,11 @@ impl Hub {
                 self.release(held);
             }
         }
+        // After the journal: an event never leaves before the inputs that
+        // caused it are written.
+        if let Some(webhooks) = &mut self.webhooks {
+            webhooks.flush();
+        }
         let Some(store) = &mut self.store else {
             return;
         };
@@ -563,6 +578,12 @@ impl Hub {
     }
 
     fn sync_store(&mut self) {
+        if let Some(webhooks) = &mut self.webhooks {
+            if let Err(e) = webhooks.sync() {
+                self.metrics.store_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "cannot sync the webhook outbox");
+            }
+        }
         if let Some(records) = &mut self.records {
             if let Err(e) = records.sync() {
                 self.metrics.store_failures.fetch_add(1, Ordering::Relaxed);
@@ -889,6 +910,9 @@ impl Hub {
     fn log_notices(&mut self) {
         while let Some(notice) = self.sb.poll_notice() {
             log_notice(&notice);
+            if let Some(webhooks) = &mut self.webhooks {
+                webhooks.note(&notice);
+            }
         }
     }
 

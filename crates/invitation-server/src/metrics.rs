@@ -118,6 +118,13 @@ pub struct Metrics {
     /// New invitations refused with `unavailable` because the data
     /// directory cannot be written.
     pub invites_refused_store: AtomicU64,
+    /// Webhook events delivered (a 2xx answer), all endpoints together.
+    pub webhooks_delivered: AtomicU64,
+    /// Webhook attempts that failed (non-2xx, timeout, connection error).
+    pub webhook_failed_attempts: AtomicU64,
+    /// Webhook events given up on: older than `webhook_max_age_s`, or
+    /// refused by a full queue.
+    pub webhooks_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -259,6 +266,21 @@ impl Metrics {
                 "invitation_invites_refused_store_total",
                 "New invitations refused with unavailable because the data directory cannot be written.",
                 &self.invites_refused_store,
+            ),
+            (
+                "invitation_webhooks_delivered_total",
+                "Webhook events delivered (2xx), all endpoints together.",
+                &self.webhooks_delivered,
+            ),
+            (
+                "invitation_webhook_failed_attempts_total",
+                "Webhook delivery attempts that failed (non-2xx, timeout, connection error).",
+                &self.webhook_failed_attempts,
+            ),
+            (
+                "invitation_webhooks_dropped_total",
+                "Webhook events given up on (older than webhook_max_age_s, or a full queue).",
+                &self.webhooks_dropped,
             ),
         ] {
             let _ = writeln!(s, "# HELP {name} {help}");

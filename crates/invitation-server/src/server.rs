@@ -28,6 +28,7 @@ use crate::metrics::{Metrics, Refusal};
 use crate::rate::KeyedLimiter;
 use crate::records::{Page, RecordError};
 use crate::slots::{Admission, Slots};
+use crate::webhook::{Delivery, Webhooks};
 
 /// State shared by all connection tasks.
 pub struct Shared {
@@ -151,6 +152,30 @@ impl Server {
                 )?
             }
             None => Hub::new(sb, limits, config.shed_after(), metrics.clone()),
+        };
+        let hub = if config.webhook_urls.is_empty() {
+            hub
+        } else {
+            tracing::info!(
+                endpoints = config.webhook_urls.len(),
+                "webhooks on: every call event is sent to each endpoint"
+            );
+            let delivery = Delivery::from_config(&config);
+            let webhooks = match config.store_options() {
+                Some(options) => {
+                    let dir = options.dir.join("webhooks");
+                    Webhooks::start_durable(
+                        &config.webhook_urls,
+                        delivery,
+                        metrics.clone(),
+                        &dir,
+                        options.durability == crate::store::Durability::Fsync,
+                    )
+                    .map_err(|source| crate::store::StoreError::Io { path: dir, source })?
+                }
+                None => Webhooks::start(&config.webhook_urls, delivery, metrics.clone()),
+            };
+            hub.with_webhooks(webhooks)
         };
         let hub = tokio::spawn(hub.run(hub_rx));
         let (shutdown_tx, shutdown) = watch::channel(false);
