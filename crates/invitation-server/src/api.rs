@@ -646,8 +646,9 @@ async fn start_call(
     }
 }
 
-/// `DELETE /v1/calls/{call_id}`: cancels the call while it rings, ends it
-/// for everyone once answered — as its caller.
+/// `DELETE /v1/calls/{call_id}`: ends the call as its caller (the caller
+/// never changes, so reading it first is safe): cancels it while it rings,
+/// ends it for everyone once answered.
 async fn end_call(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -664,11 +665,10 @@ async fn end_call(
         .ok_or_else(|| ApiError::new(Code::NotFound, "no such live call"))?;
     let caller = invitation_core::User::new(user_id(&live.caller)?, "")
         .map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
-    let command = if live.state == "ringing" {
-        invitation_core::protocol::Command::cancel(call_id)
-    } else {
-        invitation_core::protocol::Command::End { call_id }
-    };
+    // `end` by the caller cancels a call that still rings (callees get
+    // `canceled`) and ends an answered one, decided in the same turn as
+    // it runs: the call's state read above cannot be stale for it.
+    let command = invitation_core::protocol::Command::End { call_id };
     backend_command(&state, caller, key, command).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -241,6 +241,8 @@ pub(crate) struct Hub {
     ended: Vec<StoredRecord>,
     /// Outputs of the turn, released once its inputs are journaled.
     held: Vec<Held>,
+    /// The outputs being released (kept to reuse its allocation).
+    releasing: Vec<Held>,
     /// Answers to the backend's commands of the turn, likewise.
     held_answers: Vec<BackendAnswer>,
     /// Scratch for the journal entries of a turn.
@@ -294,6 +296,7 @@ impl Hub {
             records: None,
             ended: Vec::new(),
             held: Vec::new(),
+            releasing: Vec::new(),
             held_answers: Vec::new(),
             entries: Vec::new(),
             stopping: false,
@@ -482,9 +485,13 @@ impl Hub {
             if self.held.is_empty() {
                 break;
             }
-            for held in std::mem::take(&mut self.held) {
+            // Swapped with a kept buffer: no allocation per turn.
+            let mut batch = std::mem::take(&mut self.releasing);
+            std::mem::swap(&mut self.held, &mut batch);
+            for held in batch.drain(..) {
                 self.release(held);
             }
+            self.releasing = batch;
         }
         // After the journal: an event never leaves before the inputs that
         // caused it are written.

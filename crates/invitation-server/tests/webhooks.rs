@@ -83,6 +83,21 @@ fn api(srv: &RunningServer, path: &str) -> String {
     format!("http://{}{path}", srv.api_addr.expect("the API is on"))
 }
 
+/// The backend cancels `call` through the API (`DELETE /v1/calls/{id}`).
+async fn cancel_call(srv: &RunningServer, call: &str) {
+    let resp = tokio::time::timeout(
+        SOON,
+        reqwest::Client::new()
+            .delete(api(srv, &format!("/v1/calls/{call}")))
+            .bearer_auth(KEY)
+            .send(),
+    )
+    .await
+    .expect("answered in time")
+    .expect("an HTTP answer");
+    assert!(resp.status().is_success(), "{}", resp.status());
+}
+
 async fn start_call(srv: &RunningServer, caller: &str, callee: &str) -> String {
     let resp = tokio::time::timeout(
         SOON,
@@ -188,17 +203,7 @@ async fn every_call_milestone_arrives_signed_and_in_order() {
     // Carol is offline: her invitation is held (no ringing) until the
     // backend cancels it.
     let second = start_call(&srv, "alice", "carol").await;
-    let resp = tokio::time::timeout(
-        SOON,
-        reqwest::Client::new()
-            .delete(api(&srv, &format!("/v1/calls/{second}")))
-            .bearer_auth(KEY)
-            .send(),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(resp.status().is_success(), "{}", resp.status());
+    cancel_call(&srv, &second).await;
     let mut got = Vec::new();
     for _ in 0..3 {
         got.push(brief(&next_event(&mut rx).await, &mut ids));
@@ -249,26 +254,6 @@ async fn every_call_milestone_arrives_signed_and_in_order() {
     srv.stop().await;
 }
 
-/// A fresh directory under the system temporary directory, removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let mut bytes = [0u8; 8];
-        getrandom::fill(&mut bytes).unwrap();
-        let name: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let dir = std::env::temp_dir().join(format!("invitation-webhooks-{name}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A receiver that answers 503 while `open` is false, 204 after.
 async fn gated_receiver(
     open: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -305,7 +290,7 @@ async fn gated_receiver(
 /// the first with the id the receiver already saw.
 #[tokio::test]
 async fn events_not_delivered_before_a_stop_are_delivered_after_the_restart() {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new("webhooks");
     let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (url, mut rx) = gated_receiver(open.clone()).await;
     let durable = |c: &mut invitation_server::Config| {
@@ -319,17 +304,7 @@ async fn events_not_delivered_before_a_stop_are_delivered_after_the_restart() {
     };
     let first = server(durable).await;
     let call = start_call(&first, "alice", "carol").await;
-    let resp = tokio::time::timeout(
-        SOON,
-        reqwest::Client::new()
-            .delete(api(&first, &format!("/v1/calls/{call}")))
-            .bearer_auth(KEY)
-            .send(),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(resp.status().is_success(), "{}", resp.status());
+    cancel_call(&first, &call).await;
     // The first event was tried (and refused with 503).
     let refused = next_event(&mut rx).await;
     assert_eq!(refused["type"], "call.invited");

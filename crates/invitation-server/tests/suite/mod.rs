@@ -146,7 +146,7 @@ impl Fixture for Memory {
 
 /// An `invitation-server` on 127.0.0.1:0 with short timers; real clock;
 /// in memory, or durable on a data directory of its own.
-pub struct Server(pub RunningServer, Option<std::path::PathBuf>);
+pub struct Server(pub RunningServer, Option<crate::common::TempDir>);
 
 impl Server {
     pub async fn start() -> Self {
@@ -159,13 +159,10 @@ impl Server {
     /// The same server, keeping its state in a fresh data directory
     /// (removed by [`Server::stop`]).
     pub async fn start_durable() -> Self {
-        let mut bytes = [0u8; 8];
-        getrandom::fill(&mut bytes).unwrap();
-        let name: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let dir = std::env::temp_dir().join(format!("invitation-flows-{name}"));
+        let dir = crate::common::TempDir::new("flows");
         let server = crate::common::server(|c| {
             c.caller_gone_grace_s = 1;
-            c.data_dir = Some(dir.clone());
+            c.data_dir = Some(dir.0.clone());
         })
         .await;
         Self(server, Some(dir))
@@ -173,9 +170,7 @@ impl Server {
 
     pub async fn stop(self) {
         self.0.stop().await;
-        if let Some(dir) = self.1 {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        drop(self.1); // the data directory, after the server let go of it
     }
 }
 
