@@ -1100,7 +1100,7 @@ fn a_journal_replays_under_the_settings_it_was_written_with() {
 /// with `cargo test --release -p invitation-core --test durable -- --ignored
 /// --nocapture`.
 #[test]
-#[ignore = "a measurement of 100,000 invitations (seconds in release, minutes in debug), not a check: the CI-gated figure is the recovery bench in docs/benchmarks.md"]
+#[ignore = "a measurement of 100,000 invitations (seconds in release, minutes in debug), not a check; the whole-server figure is `invitation-bench recovery` (docs/benchmarks.md)"]
 fn recovery_of_100k_pending_invitations() {
     const N: usize = 100_000;
     let t = origin();
