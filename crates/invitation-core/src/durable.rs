@@ -60,9 +60,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::connection::SwitchboardInput;
 use crate::error::CommandError;
-use crate::id::{CallId, CallIdGenerator, DeviceId, RequestId};
+use crate::id::{CallId, CallIdGenerator, DeviceId, RequestId, UserId};
 use crate::model::User;
-use crate::protocol::{Command, ReplyResult};
+use crate::protocol::{Command, PushRegistration, ReplyResult};
 use crate::switchboard::{CallNotice, ConnId, Output, Switchboard, SwitchboardConfig};
 
 pub use crate::switchboard::persist::{SNAPSHOT_VERSION, SwitchboardSnapshot};
@@ -188,6 +188,16 @@ pub enum JournalInput {
         /// The command.
         command: Command,
     },
+    /// [`Switchboard::handle_backend_push`].
+    Push {
+        /// The user.
+        user: UserId,
+        /// Their device.
+        device: DeviceId,
+        /// The credentials; none to forget them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        registration: Option<PushRegistration>,
+    },
     /// [`Switchboard::handle_sync`].
     Sync {
         /// The request id.
@@ -237,6 +247,15 @@ pub struct Settings {
     max_receipts_per_callee: usize,
     end_policy: crate::EndPolicy,
     call_records: bool,
+    /// Absent from journals written before push existed: off.
+    #[serde(default)]
+    push: bool,
+    #[serde(default = "default_max_push_devices")]
+    max_push_devices: usize,
+}
+
+fn default_max_push_devices() -> usize {
+    SwitchboardConfig::default().max_push_devices
 }
 
 impl Settings {
@@ -262,6 +281,8 @@ impl Settings {
             max_receipts_per_callee: config.max_receipts_per_callee,
             end_policy: config.end_policy,
             call_records: config.call_records,
+            push: config.push,
+            max_push_devices: config.max_push_devices,
         }
     }
 
@@ -286,6 +307,8 @@ impl Settings {
         c.max_receipts_per_callee = self.max_receipts_per_callee;
         c.end_policy = self.end_policy;
         c.call_records = self.call_records;
+        c.push = self.push;
+        c.max_push_devices = self.max_push_devices;
         c
     }
 }
@@ -504,6 +527,9 @@ impl Durable {
             // A receipt keeps the previous input's notices queued: none of
             // the replay's may surface after it.
             while me.sb.poll_notice().is_some() {}
+            // Pushes are sent live only: a replayed ring was pushed (or not)
+            // by the run that journaled it.
+            while me.sb.poll_push().is_some() {}
             let mut tape = me.tape.lock();
             let left = tape.replay.take().map_or(0, |r| r.len());
             if tape.ran_out {
@@ -569,6 +595,13 @@ impl Durable {
             }
             JournalInput::Backend { user, id, command } => {
                 let _ = sb.handle_backend_command(now, user, id, command);
+            }
+            JournalInput::Push {
+                user,
+                device,
+                registration,
+            } => {
+                let _ = sb.handle_backend_push(now, &user, &device, registration);
             }
             JournalInput::Sync { id } => sb.handle_sync(now, conn()?, id),
             JournalInput::Receipt { call_id } => sb.handle_receipt(now, conn()?, &call_id),
@@ -714,6 +747,24 @@ impl Durable {
         })
     }
 
+    /// [`Switchboard::handle_backend_push`], journaled.
+    pub fn handle_backend_push(
+        &mut self,
+        now: Instant,
+        user: &UserId,
+        device: &DeviceId,
+        registration: Option<PushRegistration>,
+    ) -> Result<(), CommandError> {
+        let input = self.journaling.then(|| JournalInput::Push {
+            user: user.clone(),
+            device: device.clone(),
+            registration: registration.clone(),
+        });
+        self.run(now, None, input, |sb| {
+            sb.handle_backend_push(now, user, device, registration)
+        })
+    }
+
     /// [`Switchboard::handle_sync`], journaled.
     pub fn handle_sync(&mut self, now: Instant, conn: ConnId, id: RequestId) {
         let input = self
@@ -767,6 +818,11 @@ impl Durable {
     /// [`Switchboard::poll_output`].
     pub fn poll_output(&mut self) -> Option<Output> {
         self.sb.poll_output()
+    }
+
+    /// [`Switchboard::poll_push`].
+    pub fn poll_push(&mut self) -> Option<crate::switchboard::PushNotice> {
+        self.sb.poll_push()
     }
 
     /// [`Switchboard::poll_notice`].

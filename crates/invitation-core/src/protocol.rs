@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{CommandError, ErrorCode, ProtocolError};
+use crate::error::{CommandError, ErrorCode, ProtocolError, ValidationError};
 use crate::guard::{self, DecodeLimits};
 use crate::id::{CallId, DeviceId, RequestId, UserId};
 use crate::model::{CallType, CustomData, Reason, User};
@@ -34,8 +34,22 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 const CONTROL_TYPES: &[&str] = &["hello", "renew", "ping", "sync"];
 const CLIENT_TYPES: &[&str] = &[
-    "hello", "renew", "ping", "sync", "invite", "cancel", "accept", "decline", "hang_up",
-    "received", "add", "join", "end",
+    "hello",
+    "renew",
+    "ping",
+    "sync",
+    "invite",
+    "cancel",
+    "accept",
+    "decline",
+    "hang_up",
+    "received",
+    "add",
+    "join",
+    "end",
+    "register_push",
+    "unregister_push",
+    "app_state",
 ];
 const SERVER_TYPES: &[&str] = &[
     "welcome", "reply", "error", "event", "sync", "pong", "closing",
@@ -265,6 +279,95 @@ pub enum Command {
         /// The call.
         call_id: CallId,
     },
+    /// This device's push credentials: while none of the user's devices is
+    /// connected in the foreground, an invitation to the user is pushed to
+    /// every registered device (and a "stop ringing" push follows when the
+    /// ring ends). Replaces this device's earlier registration; the server
+    /// keeps a bounded number per user (the oldest goes). Answered `done`.
+    RegisterPush(PushRegistration),
+    /// Forget this device's push credentials. Answered `done`.
+    UnregisterPush,
+    /// The app went to the background (`true`) or came back (`false`). A
+    /// backgrounded device still gets its events, and is also woken by push
+    /// (its socket may be frozen by the OS). Every connection starts in the
+    /// foreground. Answered `done`.
+    AppState {
+        /// In the background.
+        background: bool,
+    },
+}
+
+/// Where a device's push notifications are delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PushPlatform {
+    /// Apple Push Notification service (the token is the device token).
+    Apns,
+    /// Firebase Cloud Messaging (the token is the registration token).
+    Fcm,
+    /// Web Push (the token is the subscription, as the browser gives it).
+    WebPush,
+}
+
+impl PushPlatform {
+    /// The wire name (`"apns"`, `"fcm"`, `"web_push"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushPlatform::Apns => "apns",
+            PushPlatform::Fcm => "fcm",
+            PushPlatform::WebPush => "web_push",
+        }
+    }
+}
+
+/// A device's push credentials, opaque to the server: handed to the push
+/// gateway as given.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PushRegistration {
+    /// The push service.
+    pub platform: PushPlatform,
+    /// The token (or web push subscription) for that service: 1 to
+    /// [`PushRegistration::MAX_TOKEN`] bytes, printable, no control characters.
+    pub token: String,
+}
+
+impl PushRegistration {
+    /// The longest token accepted (a web push subscription with its keys is
+    /// well under 1 KiB; APNs and FCM tokens are shorter still).
+    pub const MAX_TOKEN: usize = 4096;
+
+    /// Credentials for `platform`, not yet validated.
+    pub fn new(platform: PushPlatform, token: impl Into<String>) -> Self {
+        Self {
+            platform,
+            token: token.into(),
+        }
+    }
+
+    /// Checks the token's length and characters.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.token.is_empty() {
+            return Err(ValidationError::Empty {
+                field: "push token",
+            });
+        }
+        if self.token.len() > Self::MAX_TOKEN {
+            return Err(ValidationError::TooLong {
+                field: "push token",
+                max: Self::MAX_TOKEN,
+                len: self.token.len(),
+            });
+        }
+        if let Some(c) = self.token.chars().find(|c| c.is_control()) {
+            return Err(ValidationError::BadCharacter {
+                field: "push token",
+                byte: u8::try_from(u32::from(c)).unwrap_or(0xff),
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Command {
@@ -313,7 +416,10 @@ impl Command {
             | Command::Received { .. }
             | Command::Add { .. }
             | Command::Join { .. }
-            | Command::End { .. } => {}
+            | Command::End { .. }
+            | Command::RegisterPush(_)
+            | Command::UnregisterPush
+            | Command::AppState { .. } => {}
         }
         self
     }
@@ -330,13 +436,19 @@ impl Command {
             Command::Add { .. } => "add",
             Command::Join { .. } => "join",
             Command::End { .. } => "end",
+            Command::RegisterPush(_) => "register_push",
+            Command::UnregisterPush => "unregister_push",
+            Command::AppState { .. } => "app_state",
         }
     }
 
     /// The call this command names (an invite names none yet).
     pub fn call_id(&self) -> Option<&CallId> {
         match self {
-            Command::Invite(_) => None,
+            Command::Invite(_)
+            | Command::RegisterPush(_)
+            | Command::UnregisterPush
+            | Command::AppState { .. } => None,
             Command::Cancel { call_id, .. }
             | Command::Accept { call_id, .. }
             | Command::Decline { call_id, .. }
@@ -359,7 +471,10 @@ impl Command {
             Command::Received { .. }
             | Command::Add { .. }
             | Command::Join { .. }
-            | Command::End { .. } => None,
+            | Command::End { .. }
+            | Command::RegisterPush(_)
+            | Command::UnregisterPush
+            | Command::AppState { .. } => None,
         }
     }
 }

@@ -8,7 +8,10 @@ use invitation_core::durable::{
     Durable, JournalEntry, JournalInput, RecoverError, SNAPSHOT_VERSION, SwitchboardSnapshot,
     TimeFrame,
 };
-use invitation_core::protocol::{Command, Event, InviteRequest, ReplyResult, ServerBody};
+use invitation_core::protocol::{
+    Command, Event, InviteRequest, PushPlatform, PushRegistration, ReplyResult, ServerBody,
+};
+use invitation_core::switchboard::PushNotice;
 use invitation_core::{
     BusyPolicy, CallId, CallNotice, CallType, CommandError, ConnId, CustomData, DeviceId,
     EndPolicy, Output, Reason, RequestId, SequentialCallIds, SwitchboardConfig, User, UserId,
@@ -181,7 +184,7 @@ fn workload(seed: u64, n: usize) -> Vec<Step> {
         } else {
             let (dev, conn) = open[rng.below(open.len() as u64) as usize];
             let me = dev / DEVICES.len();
-            let command = match rng.below(20) {
+            let command = match rng.below(23) {
                 0..=5 => {
                     let mut callees = Vec::new();
                     for _ in 0..1 + rng.below(3) {
@@ -227,6 +230,15 @@ fn workload(seed: u64, n: usize) -> Vec<Step> {
                 18 => Command::End {
                     call_id: call(&mut rng),
                 },
+                19 => {
+                    let platform = [PushPlatform::Apns, PushPlatform::Fcm][rng.below(2) as usize];
+                    let token = format!("tok-{}", rng.below(1000));
+                    Command::RegisterPush(PushRegistration::new(platform, token))
+                }
+                20 => Command::AppState {
+                    background: rng.chance(0.5),
+                },
+                21 => Command::UnregisterPush,
                 _ => Command::Received {
                     call_id: call(&mut rng),
                 },
@@ -266,6 +278,7 @@ fn drawn(entries: &[JournalEntry]) -> u64 {
 struct Produced {
     outputs: Vec<Output>,
     notices: Vec<CallNotice>,
+    pushes: Vec<PushNotice>,
 }
 
 fn apply(d: &mut Durable, t0: Instant, step: &Step) -> Produced {
@@ -303,7 +316,11 @@ fn drain(d: &mut Durable) -> Produced {
     let mut p = Produced {
         outputs: Vec::new(),
         notices: Vec::new(),
+        pushes: Vec::new(),
     };
+    while let Some(push) = d.poll_push() {
+        p.pushes.push(push);
+    }
     while let Some(o) = d.poll_output() {
         p.outputs.push(o);
     }
@@ -359,6 +376,8 @@ fn small_config(variant: u64) -> SwitchboardConfig {
     c.resume_buffer = 10;
     c.recent_ended_per_user = 3;
     c.caller_gone_grace = Duration::from_secs(4);
+    c.push = true;
+    c.max_push_devices = 1 + variant as usize % 2;
     if variant % 2 == 1 {
         c.busy_policy = BusyPolicy::RingAnyway;
         c.end_policy = EndPolicy::AnyParticipant;
@@ -411,6 +430,7 @@ fn original(
 #[test]
 fn recovered_switchboards_behave_exactly_as_the_original() {
     let mut compared_outputs = 0usize;
+    let mut compared_pushes = 0usize;
     let mut compared_states = 0usize;
     let mut replayed = 0usize;
     let mut dropped = 0usize;
@@ -537,6 +557,7 @@ fn recovered_switchboards_behave_exactly_as_the_original() {
                     "seed {seed} cut {cut} (journal only) step {k}: {step:?}"
                 );
                 compared_outputs += pa.outputs.len();
+                compared_pushes += pa.pushes.len();
                 // Once an input was journaled (a timeout with nothing due is
                 // not, and the original may have forgotten expired history
                 // at it), the whole states are equal again.
@@ -573,9 +594,10 @@ fn recovered_switchboards_behave_exactly_as_the_original() {
     }
     println!(
         "12 seeds x 4 cuts: {replayed} entries replayed, {dropped} connections dropped, \
-         {ringing} calls ringing at the cuts, {compared_outputs} outputs and \
-         {compared_states} whole states compared"
+         {ringing} calls ringing at the cuts, {compared_outputs} outputs, \
+         {compared_pushes} pushes and {compared_states} whole states compared"
     );
+    assert!(compared_pushes > 50, "{compared_pushes}");
     assert!(compared_outputs > 10_000, "{compared_outputs}");
     assert!(ringing > 0 && dropped > 0, "{ringing} {dropped}");
 }

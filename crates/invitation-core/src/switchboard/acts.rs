@@ -143,5 +143,6 @@ impl Switchboard {
     /// The call is forgotten: so are its extras.
     pub(super) fn forget_extras(&mut self, call_id: &CallId) {
         self.extras.remove(call_id);
+        self.pushed.remove(call_id);
     }
 }

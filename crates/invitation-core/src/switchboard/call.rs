@@ -283,6 +283,14 @@ impl Call {
         self.info.callees.iter().position(|u| &u.id == user)
     }
 
+    /// When `user`'s ring ends, while it rings.
+    pub(crate) fn ring_deadline(&self, user: &UserId) -> Option<Instant> {
+        match self.slots.get(self.slot_of(user)?)? {
+            Slot::Ringing { deadline, .. } => Some(*deadline),
+            _ => None,
+        }
+    }
+
     /// The caller's reason when the call ends: `hung_up` if anyone ever
     /// accepted; otherwise the shared outcome, or for mixed group outcomes
     /// the first of declined, busy, timeout, canceled, caller_gone,

@@ -149,6 +149,7 @@ impl Switchboard {
         let mut statuses = Vec::with_capacity(callees.len());
         for callee in &callees {
             let busy = self.config.busy_policy == BusyPolicy::RejectBusy && self.is_busy(callee);
+            let pushable = self.wants_push(callee);
             let entry = self
                 .users
                 .entry(callee.clone())
@@ -163,7 +164,7 @@ impl Switchboard {
                     deadline,
                 };
                 (slot, InitialStatus::Ringing)
-            } else if self.config.offline_policy == OfflinePolicy::Reject {
+            } else if self.config.offline_policy == OfflinePolicy::Reject && !pushable {
                 let slot = Slot::decided(Reason::Unreachable);
                 (slot, InitialStatus::Unreachable)
             } else {

@@ -107,6 +107,17 @@ pub struct SwitchboardConfig {
     /// by default: an owner that keeps no records pays nothing). When on,
     /// the owner must drain them: the switchboard never drops one.
     pub call_records: bool,
+    /// Produce a [`PushNotice`](super::PushNotice) for the owner to send
+    /// whenever a user with registered push credentials is rung while none
+    /// of their devices is connected in the foreground, and a "stop
+    /// ringing" one when that ring ends (off by default: an owner with no
+    /// push gateway pays nothing). When on, the owner drains them with
+    /// [`Switchboard::poll_push`](super::Switchboard::poll_push) after
+    /// every input.
+    pub push: bool,
+    /// Devices with push credentials kept per user (10): registering one
+    /// more forgets the user's oldest registration.
+    pub max_push_devices: usize,
 }
 
 impl Default for SwitchboardConfig {
@@ -131,6 +142,8 @@ impl Default for SwitchboardConfig {
             max_receipts_per_callee: 10,
             end_policy: EndPolicy::CallerOnly,
             call_records: false,
+            push: false,
+            max_push_devices: 10,
         }
     }
 }

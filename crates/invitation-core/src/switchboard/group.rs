@@ -324,6 +324,7 @@ impl Switchboard {
             let busy = joined.is_none()
                 && self.config.busy_policy == BusyPolicy::RejectBusy
                 && self.is_busy(c);
+            let pushable = self.wants_push(c);
             let entry = self
                 .users
                 .entry(c.clone())
@@ -344,7 +345,7 @@ impl Switchboard {
                     deadline,
                 };
                 (slot, InitialStatus::Ringing)
-            } else if self.config.offline_policy == OfflinePolicy::Reject {
+            } else if self.config.offline_policy == OfflinePolicy::Reject && !pushable {
                 (
                     Slot::decided(Reason::Unreachable),
                     InitialStatus::Unreachable,

@@ -274,6 +274,7 @@ impl Switchboard {
     /// history. Returns the effective now.
     pub(super) fn advance(&mut self, now: Instant) -> Instant {
         self.notices.clear();
+        self.pushes.clear();
         self.advance_keeping_notices(now)
     }
 

@@ -34,6 +34,7 @@ mod group;
 mod lifecycle;
 pub(crate) mod persist;
 mod policy;
+mod push;
 mod record;
 mod render;
 mod requests;
@@ -56,6 +57,7 @@ use crate::protocol::{CloseReason, Command, ReplyResult, ServerBody, ServerMessa
 use call::{Call, CallState, Presence, Slot};
 pub use config::{BusyPolicy, EndPolicy, OfflinePolicy, SwitchboardConfig};
 pub use policy::ContactPolicy;
+pub use push::{PushNotice, PushWhat};
 pub use record::{CallRecord, CalleeRecord};
 use render::render;
 use requests::Requests;
@@ -138,6 +140,9 @@ struct Answer {
 struct ConnEntry {
     user: UserId,
     device: DeviceId,
+    /// The app said it is in the background (`app_state`): its user is
+    /// also woken by push.
+    background: bool,
 }
 
 /// The authoritative call-invitation state machine. See the
@@ -180,6 +185,13 @@ pub struct Switchboard {
     /// The first accept of each live call someone accepted (for its
     /// record, so only with `call_records` on; taken when the call ends).
     answered_at: HashMap<CallId, Instant>,
+    /// Push credentials per user, oldest first (bounded by
+    /// `max_push_devices`).
+    push_devices: HashMap<UserId, Vec<(DeviceId, crate::protocol::PushRegistration)>>,
+    /// Per live call, the devices it pushed a ring to (the stop goes there).
+    pushed: HashMap<CallId, Vec<push::Pushed>>,
+    /// Pushes of the current input, for the owner.
+    pushes: VecDeque<PushNotice>,
 }
 
 impl fmt::Debug for Switchboard {
@@ -217,6 +229,9 @@ impl Switchboard {
             ending_data: None,
             records: VecDeque::new(),
             answered_at: HashMap::default(),
+            push_devices: HashMap::default(),
+            pushed: HashMap::default(),
+            pushes: VecDeque::new(),
         }
     }
 
@@ -280,6 +295,7 @@ impl Switchboard {
             ConnEntry {
                 user: user_id.clone(),
                 device: device.clone(),
+                background: false,
             },
         );
 
@@ -361,7 +377,7 @@ impl Switchboard {
 
     /// [`Switchboard::disconnect`] after the clock moved to `now`.
     fn forget_connection(&mut self, now: Instant, conn: ConnId) {
-        let Some(ConnEntry { user, device }) = self.conns.remove(&conn) else {
+        let Some(ConnEntry { user, device, .. }) = self.conns.remove(&conn) else {
             return;
         };
         let Some(entry) = self.users.get_mut(&user) else {
@@ -557,6 +573,11 @@ impl Switchboard {
             Command::Add { call_id, callees } => self.add(now, &user, &call_id, callees),
             Command::Join { call_id } => self.join(&user, &device, &call_id),
             Command::End { call_id } => self.end(&user, &call_id),
+            Command::RegisterPush(registration) => {
+                self.set_push(&user, &device, Some(registration))
+            }
+            Command::UnregisterPush => self.set_push(&user, &device, None),
+            Command::AppState { background } => self.set_background(conn, background),
             // Handled above; never remembered or answered from here.
             Command::Received { .. } => Err(CommandError::Misplaced),
         };

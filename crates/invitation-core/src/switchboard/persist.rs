@@ -26,7 +26,7 @@ use super::user::{IdleUsers, LogEvent, RecentEnded, UserEntry};
 use super::{ConnEntry, ConnId, Regrown, Switchboard, SwitchboardConfig, SwitchboardStats};
 use crate::id::{CallId, CallIdGenerator, DeviceId, UserId};
 use crate::model::{CallType, CustomData, Reason, User};
-use crate::protocol::LeaveReason;
+use crate::protocol::{LeaveReason, PushRegistration};
 
 /// The snapshot format this version writes and reads.
 pub const SNAPSHOT_VERSION: u32 = 1;
@@ -78,6 +78,24 @@ pub struct SwitchboardSnapshot {
     /// under them until it records others).
     #[serde(default)]
     settings: Option<crate::durable::Settings>,
+    /// Connections whose app said it is in the background.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    background: Vec<u64>,
+    /// Push credentials per user, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    push_devices: Vec<(UserId, Vec<(DeviceId, PushRegistration)>)>,
+    /// Per live call, the devices its rings were pushed to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pushed: Vec<(CallId, Vec<PushedImage>)>,
+}
+
+/// One device a live call pushed its ring to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PushedImage {
+    user: UserId,
+    device: DeviceId,
+    registration: PushRegistration,
+    deadline: i64,
 }
 
 impl SwitchboardSnapshot {
@@ -502,7 +520,40 @@ impl Switchboard {
             .iter()
             .map(|r| r.clone().map_times(ns))
             .collect();
+        let mut background: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, e)| e.background)
+            .map(|(c, _)| c.get())
+            .collect();
+        background.sort_unstable();
+        let mut push_devices: Vec<_> = self
+            .push_devices
+            .iter()
+            .map(|(u, list)| (u.clone(), list.clone()))
+            .collect();
+        push_devices.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut pushed: Vec<(CallId, Vec<PushedImage>)> = self
+            .pushed
+            .iter()
+            .map(|(c, list)| {
+                let list = list
+                    .iter()
+                    .map(|p| PushedImage {
+                        user: p.user.clone(),
+                        device: p.device.clone(),
+                        registration: p.registration.clone(),
+                        deadline: ns(p.deadline),
+                    })
+                    .collect();
+                (c.clone(), list)
+            })
+            .collect();
+        pushed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         SwitchboardSnapshot {
+            background,
+            push_devices,
+            pushed,
             settings: Some(crate::durable::Settings::of(&self.config)),
             answered_at,
             records,
@@ -642,7 +693,28 @@ impl Switchboard {
             sb.users.insert(entry.user.id.clone(), Box::new(entry));
         }
         for (c, user, device) in image.conns {
-            sb.conns.insert(ConnId::new(c), ConnEntry { user, device });
+            let background = image.background.contains(&c);
+            sb.conns.insert(
+                ConnId::new(c),
+                ConnEntry {
+                    user,
+                    device,
+                    background,
+                },
+            );
+        }
+        sb.push_devices = image.push_devices.into_iter().collect();
+        for (c, list) in image.pushed {
+            let list = list
+                .into_iter()
+                .map(|p| super::push::Pushed {
+                    user: p.user,
+                    device: p.device,
+                    registration: p.registration,
+                    deadline: at(p.deadline),
+                })
+                .collect();
+            sb.pushed.insert(c, list);
         }
         let mut timers = Timers::default();
         for (t, kind, c) in image.timers {

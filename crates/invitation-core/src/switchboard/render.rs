@@ -46,6 +46,9 @@ impl Switchboard {
         let mut pending = std::mem::take(&mut self.pending);
         let cap = self.config.resume_buffer;
         for (user, event) in pending.drain(..) {
+            if self.config.push {
+                self.note_push(&user, &event, now);
+            }
             let Some(entry) = self.users.get_mut(&user) else {
                 continue;
             };

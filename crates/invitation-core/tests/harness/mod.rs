@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use invitation_core::protocol::{Command, InviteRequest, ReplyResult, ServerMessage};
+use invitation_core::switchboard::PushNotice;
 use invitation_core::{
     AppEvent, AuthRefusal, Authenticator, CallId, CallRecord, CallType, ClientSession, CloseCause,
     CommandError, ConnId, ConnectionConfig, ConnectionOutput, DeviceConnection, DeviceId, Identity,
@@ -80,6 +81,9 @@ pub struct Net {
     /// Every call record (records are on in the harness), taken as
     /// messages are delivered.
     pub records: Vec<CallRecord>,
+    /// Every push the switchboard asked for, with the time it did (taken
+    /// after every input: they are cleared at the next).
+    pub pushes: Vec<(Instant, PushNotice)>,
     direct_counter: u64,
     next_conn: u64,
     conn_config: Arc<ConnectionConfig>,
@@ -104,6 +108,7 @@ impl Net {
             lose_commands: 0,
             lose_messages: BTreeMap::new(),
             records: Vec::new(),
+            pushes: Vec::new(),
             direct_counter: 0,
             next_conn: 1,
             // In-process links cannot die silently: no heartbeats.
@@ -176,6 +181,7 @@ impl Net {
         while let Some(out) = machine.poll_output() {
             if let ConnectionOutput::Switchboard(input) = out {
                 self.sb.handle_input(self.now, conn, input);
+                self.take_pushes();
             }
         }
     }
@@ -201,6 +207,7 @@ impl Net {
         self.direct_counter += 1;
         let id = RequestId::new(format!("direct{}", self.direct_counter)).unwrap();
         let r = self.sb.handle_command(now, conn, id, command);
+        self.take_pushes();
         self.pump();
         r
     }
@@ -382,6 +389,7 @@ impl Net {
             self.now = self.now.max(t);
             let now = self.now;
             self.sb.handle_timeout(now);
+            self.take_pushes();
             for dev in self.devs.values_mut() {
                 dev.session.handle_timeout(now);
             }
@@ -389,10 +397,18 @@ impl Net {
         }
         self.now = end;
         self.sb.handle_timeout(end);
+        self.take_pushes();
         for dev in self.devs.values_mut() {
             dev.session.handle_timeout(end);
         }
         self.pump();
+    }
+
+    /// Keeps the pushes of the input just handled.
+    pub fn take_pushes(&mut self) {
+        while let Some(p) = self.sb.poll_push() {
+            self.pushes.push((self.now, p));
+        }
     }
 
     /// Delivers messages both ways until nothing moves.
@@ -430,6 +446,7 @@ impl Net {
                         }
                         ConnectionOutput::Switchboard(input) => {
                             self.sb.handle_input(now, conn, input);
+                            self.take_pushes();
                         }
                         ConnectionOutput::Close(_) => closed = true,
                         _ => {}
