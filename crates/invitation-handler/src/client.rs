@@ -4,7 +4,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use invitation_core::protocol::{CalleeStatus, Command, InviteRequest, ReplyResult};
+use invitation_core::protocol::{
+    CalleeStatus, Command, InviteRequest, PushPlatform, PushRegistration, ReplyResult,
+};
 use invitation_core::{
     AppEvent, CallId, CallType, ClientSession, CommandError, CustomData, DeviceId, SessionConfig,
     User, UserId, ValidationError,
@@ -705,6 +707,36 @@ impl Client {
             call_id: call_id.clone(),
         })
         .await
+    }
+
+    /// Stores this device's push credentials on the server, so that the
+    /// device is woken through the operator's push gateway when it is
+    /// called while not connected (docs/push.md). Replaces what this
+    /// device registered before; they outlive the connection. A token that
+    /// is empty, over 4,096 bytes or has control characters is refused
+    /// here ([`ClientError::Invalid`]) before anything is sent.
+    pub async fn register_push(
+        &self,
+        platform: PushPlatform,
+        token: impl Into<String>,
+    ) -> Result<(), ClientError> {
+        let registration = PushRegistration::new(platform, token.into());
+        registration.validate()?;
+        self.done(Command::RegisterPush(registration)).await
+    }
+
+    /// Forgets this device's push credentials on the server.
+    pub async fn unregister_push(&self) -> Result<(), ClientError> {
+        self.done(Command::UnregisterPush).await
+    }
+
+    /// Tells the server the app went to the background (`true`) or came
+    /// back (`false`): while every connected device of the user is in the
+    /// background, invitations are also pushed. It holds for the live
+    /// connection: a new connection starts in the foreground, so an app
+    /// that reconnects while in the background says it again.
+    pub async fn set_background(&self, background: bool) -> Result<(), ClientError> {
+        self.done(Command::AppState { background }).await
     }
 
     /// Replaces the bearer token before it expires: sent in band (`renew`)

@@ -20,9 +20,10 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use invitation_core::durable::Durable;
-use invitation_core::{CallId, CallView, Reason, UserId};
+use invitation_core::protocol::{PushPlatform, PushRegistration};
+use invitation_core::{CallId, CallView, DeviceId, Reason, UserId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -189,6 +190,8 @@ pub(crate) fn router(
         .route(RECORDS, get(records))
         .route(CALL, get(call).delete(end_call))
         .route(CALLS, post(start_call))
+        .route(PUSH_DEVICE, put(register_push).delete(unregister_push))
+        .route(PUSH_DEVICES, get(push_devices))
         .route_layer(from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route(OPENAPI_PATH, get(openapi))
@@ -673,6 +676,101 @@ async fn end_call(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `PUT /v1/users/{user}/devices/{device}/push`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushBody {
+    platform: PushPlatform,
+    token: String,
+}
+
+/// One registered device, as `GET /v1/users/{user}/push` lists it.
+#[derive(Debug, Serialize)]
+struct PushDevice {
+    device: String,
+    platform: PushPlatform,
+    token: String,
+}
+
+#[derive(Debug, Serialize)]
+struct PushDevices {
+    devices: Vec<PushDevice>,
+}
+
+fn user_and_device(
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(UserId, DeviceId), ApiError> {
+    let Path((user, device)) = path.map_err(|e| ApiError::new(Code::BadRequest, e.body_text()))?;
+    let device = DeviceId::new(&device)
+        .map_err(|e| ApiError::new(Code::BadRequest, format!("device id: {e}")))?;
+    Ok((user_id(&user)?, device))
+}
+
+/// Registers (`Some`) or forgets a device's push credentials; answered
+/// once the change is journaled.
+async fn set_push(
+    state: &ApiState,
+    user: UserId,
+    device: DeviceId,
+    registration: Option<PushRegistration>,
+) -> Result<StatusCode, ApiError> {
+    let answer = ask(state, |reply| HubMsg::Push {
+        user,
+        device,
+        registration,
+        reply,
+    })
+    .await?;
+    answer.map_err(|e| ApiError::new(Code::Call(e.code()), e.to_string()))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn register_push(
+    State(state): State<Arc<ApiState>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let (user, device) = user_and_device(path)?;
+    let body: PushBody = json_body(&headers, body, state.max_body).await?;
+    let registration = PushRegistration::new(body.platform, body.token);
+    // Refused here with the switchboard's own words, before the hub.
+    registration.validate().map_err(|e| {
+        ApiError::new(
+            Code::Call(invitation_core::ErrorCode::Invalid),
+            format!("invalid: {e}"),
+        )
+    })?;
+    set_push(&state, user, device, Some(registration)).await
+}
+
+async fn unregister_push(
+    State(state): State<Arc<ApiState>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let (user, device) = user_and_device(path)?;
+    set_push(&state, user, device, None).await
+}
+
+async fn push_devices(
+    State(state): State<Arc<ApiState>>,
+    user: Result<Path<String>, PathRejection>,
+) -> Result<axum::Json<PushDevices>, ApiError> {
+    let Path(user) = user.map_err(|e| ApiError::new(Code::BadRequest, e.body_text()))?;
+    let user = user_id(&user)?;
+    let devices = ask(&state, |reply| HubMsg::PushDevices { user, reply }).await?;
+    Ok(axum::Json(PushDevices {
+        devices: devices
+            .into_iter()
+            .map(|(device, r)| PushDevice {
+                device: device.to_string(),
+                platform: r.platform,
+                token: r.token,
+            })
+            .collect(),
+    }))
+}
+
 /// `GET /v1/users/{user}/records` query.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -732,6 +830,8 @@ const PRESENCE: &str = "/v1/users/{user}/presence";
 const RECORDS: &str = "/v1/users/{user}/records";
 const CALL: &str = "/v1/calls/{call_id}";
 const CALLS: &str = "/v1/calls";
+const PUSH_DEVICE: &str = "/v1/users/{user}/devices/{device}/push";
+const PUSH_DEVICES: &str = "/v1/users/{user}/push";
 
 /// The routes the router serves, as `(method, path)`, for the check that
 /// the OpenAPI document lists exactly these.
@@ -744,6 +844,9 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("get", CALL),
     ("delete", CALL),
     ("post", CALLS),
+    ("put", PUSH_DEVICE),
+    ("delete", PUSH_DEVICE),
+    ("get", PUSH_DEVICES),
 ];
 
 #[cfg(test)]

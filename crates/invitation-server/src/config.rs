@@ -77,6 +77,10 @@ pub const KEYS: &[&str] = &[
     "webhook_secrets",
     "webhook_max_age_s",
     "webhook_timeout_ms",
+    "push_gateway_url",
+    "push_secrets",
+    "push_timeout_ms",
+    "max_push_devices",
 ];
 
 /// Keys whose environment values are always text.
@@ -90,6 +94,7 @@ const TEXT_KEYS: &[&str] = &[
     "offline_policy",
     "end_policy",
     "durability",
+    "push_gateway_url",
 ];
 
 /// Every server setting. Field names are the TOML keys.
@@ -246,6 +251,19 @@ pub struct Config {
     pub webhook_max_age_s: u64,
     /// Time allowed for one delivery attempt, ms (5,000).
     pub webhook_timeout_ms: u64,
+    /// The push gateway (docs/push.md): an `http://` URL that receives a
+    /// signed JSON `POST` per device to wake (a `ring`) or to quieten (a
+    /// `stop`). Unset (the default): no push; registrations are still kept.
+    pub push_gateway_url: Option<String>,
+    /// Secrets push requests are signed with (as webhooks are), each at
+    /// least [`MIN_WEBHOOK_SECRET_BYTES`] bytes; required with
+    /// `push_gateway_url`.
+    pub push_secrets: Vec<String>,
+    /// Time allowed for one push request, ms (5,000).
+    pub push_timeout_ms: u64,
+    /// Devices with push credentials kept per user (10): one more forgets
+    /// the user's oldest registration.
+    pub max_push_devices: usize,
 }
 
 impl Default for Config {
@@ -306,6 +324,10 @@ impl Default for Config {
             webhook_secrets: Vec::new(),
             webhook_max_age_s: 86_400,
             webhook_timeout_ms: 5_000,
+            push_gateway_url: None,
+            push_secrets: Vec::new(),
+            push_timeout_ms: 5_000,
+            max_push_devices: 10,
         }
     }
 }
@@ -413,7 +435,11 @@ impl Config {
             }
             let value = if matches!(
                 key.as_str(),
-                "allowed_origins" | "api_keys" | "webhook_urls" | "webhook_secrets"
+                "allowed_origins"
+                    | "api_keys"
+                    | "webhook_urls"
+                    | "webhook_secrets"
+                    | "push_secrets"
             ) {
                 toml::Value::Array(
                     value
@@ -559,7 +585,10 @@ impl Config {
             });
         }
         self.check_webhooks()?;
+        self.check_push()?;
         let mut sb = SwitchboardConfig::default();
+        sb.push = self.push_gateway_url.is_some();
+        sb.max_push_devices = self.max_push_devices;
         sb.max_callees = self.max_callees;
         sb.default_ring_timeout_s = self.ring_timeout_s;
         sb.max_custom_data = self.max_custom_data;
@@ -738,6 +767,72 @@ impl Config {
                 format!(
                     "{} is out of range: must be 1 to 600000",
                     self.webhook_timeout_ms
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// The push settings: an `http://` gateway with a host, secrets long
+    /// enough and present when the gateway is, ranges kept.
+    fn check_push(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, detail: String| Err(ConfigError::Invalid { key, detail });
+        if let Some(url) = &self.push_gateway_url {
+            let host = url
+                .strip_prefix("http://")
+                .map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
+            if host.is_none_or(|h| h.is_empty() || h.contains(char::is_whitespace)) {
+                return invalid(
+                    "push_gateway_url",
+                    format!("{url:?} is not an http:// URL with a host"),
+                );
+            }
+            if self.push_secrets.is_empty() {
+                return invalid(
+                    "push_secrets",
+                    "push_gateway_url is set: give at least one secret to sign with".into(),
+                );
+            }
+        }
+        if self.push_secrets.len() > MAX_WEBHOOKS {
+            return invalid(
+                "push_secrets",
+                format!(
+                    "{} secrets: at most {MAX_WEBHOOKS}",
+                    self.push_secrets.len()
+                ),
+            );
+        }
+        if let Some((i, s)) = self
+            .push_secrets
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.len() < MIN_WEBHOOK_SECRET_BYTES)
+        {
+            return invalid(
+                "push_secrets",
+                format!(
+                    "secret {} is {} bytes: use at least {MIN_WEBHOOK_SECRET_BYTES} (e.g. `openssl rand -hex 32`)",
+                    i + 1,
+                    s.len()
+                ),
+            );
+        }
+        if !(1..=60_000).contains(&self.push_timeout_ms) {
+            return invalid(
+                "push_timeout_ms",
+                format!(
+                    "{} is out of range: must be 1 to 60000",
+                    self.push_timeout_ms
+                ),
+            );
+        }
+        if !(1..=100).contains(&self.max_push_devices) {
+            return invalid(
+                "max_push_devices",
+                format!(
+                    "{} is out of range: must be 1 to 100",
+                    self.max_push_devices
                 ),
             );
         }
@@ -1055,7 +1150,8 @@ mod tests {
         for key in KEYS {
             let value = match *key {
                 "listen" | "api_listen" => "\"127.0.0.1:1\"",
-                "allowed_origins" | "api_keys" | "webhook_urls" | "webhook_secrets" => "[]",
+                "allowed_origins" | "api_keys" | "webhook_urls" | "webhook_secrets"
+                | "push_secrets" => "[]",
                 "busy_policy" => "\"reject_busy\"",
                 "offline_policy" => "\"hold\"",
                 "end_policy" => "\"any_participant\"",

@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use invitation_core::durable::{Durable, JournalEntry, SwitchboardSnapshot, TimeFrame};
 use invitation_core::protocol::{
-    CloseReason, Command, ErrorBody, Event, ReplyResult, ServerBody, ServerMessage,
+    CloseReason, Command, ErrorBody, Event, PushRegistration, ReplyResult, ServerBody,
+    ServerMessage,
 };
 use invitation_core::{
-    CallId, CallIdGenerator, CallNotice, CommandError, ConnId, Output, RequestId,
+    CallId, CallIdGenerator, CallNotice, CommandError, ConnId, DeviceId, Output, RequestId,
     SwitchboardConfig, SwitchboardInput, User, UserId,
 };
 use tokio::sync::mpsc;
@@ -22,10 +23,12 @@ use tokio::time::Instant;
 use crate::limits::HubLimits;
 use crate::metrics::{Metrics, Refusal};
 use crate::outbox::{Outbox, PushError};
+use crate::push::Pushes;
 use crate::records::{Cursor, Page, RecordError, RecordOptions, RecordStore, StoredRecord};
 use crate::server::ServerError;
 use crate::store::{Store, StoreOptions};
 use crate::webhook::Webhooks;
+use invitation_core::switchboard::PushWhat;
 
 /// What the write of a message is timed against, for the metrics.
 #[derive(Debug, Clone, Copy)]
@@ -89,6 +92,25 @@ pub enum HubMsg {
         command: Command,
         /// The answer.
         reply: tokio::sync::oneshot::Sender<Result<ReplyResult, CommandError>>,
+    },
+    /// Registers (`Some`) or forgets (`None`) a device's push credentials
+    /// for an app's backend (journaled like any input).
+    Push {
+        /// Whose device.
+        user: UserId,
+        /// Which device.
+        device: DeviceId,
+        /// The credentials.
+        registration: Option<PushRegistration>,
+        /// The answer, once journaled.
+        reply: tokio::sync::oneshot::Sender<Result<ReplyResult, CommandError>>,
+    },
+    /// A user's push registrations (a read: nothing changes).
+    PushDevices {
+        /// Whose.
+        user: UserId,
+        /// The answer: device and credentials, oldest first.
+        reply: tokio::sync::oneshot::Sender<Vec<(DeviceId, PushRegistration)>>,
     },
     /// A page of ended-call records (durable servers only).
     Records {
@@ -259,6 +281,8 @@ pub(crate) struct Hub {
     deferred: Vec<ServerMessage>,
     /// Webhook events, when endpoints are configured.
     webhooks: Option<Webhooks>,
+    /// Push requests, when a gateway is configured.
+    pushes: Option<Pushes>,
 }
 
 /// Inbox messages handled per hub turn (one `select!` for all of them).
@@ -305,7 +329,14 @@ impl Hub {
             metrics,
             deferred: Vec::new(),
             webhooks: None,
+            pushes: None,
         }
+    }
+
+    /// Sends the switchboard's push requests to this gateway from now on.
+    pub(crate) fn with_pushes(mut self, pushes: Pushes) -> Self {
+        self.pushes = Some(pushes);
+        self
     }
 
     /// Sends every call milestone to these webhooks from now on.
@@ -498,6 +529,9 @@ impl Hub {
         if let Some(webhooks) = &mut self.webhooks {
             webhooks.flush();
         }
+        if let Some(pushes) = &mut self.pushes {
+            pushes.flush();
+        }
         let Some(store) = &mut self.store else {
             return;
         };
@@ -656,6 +690,10 @@ impl Hub {
                 let _ = reply.send(crate::api::Presence::of(&self.sb, &user));
                 return;
             }
+            HubMsg::PushDevices { user, reply } => {
+                let _ = reply.send(self.sb.push_devices(&user).to_vec());
+                return;
+            }
             HubMsg::Call { call_id, reply } => {
                 let frame = self.sb.frame();
                 let state = self
@@ -672,7 +710,7 @@ impl Hub {
                 HubMsg::Shutdown { done } => {
                     let _ = done.send(());
                 }
-                HubMsg::Backend { reply, .. } => {
+                HubMsg::Backend { reply, .. } | HubMsg::Push { reply, .. } => {
                     let _ = reply.send(Err(CommandError::Unavailable {
                         retry_after_ms: SHED_RETRY_AFTER_MS,
                     }));
@@ -764,7 +802,10 @@ impl Hub {
                 }
             }
             // Answered above, stopping or not.
-            HubMsg::Records { .. } | HubMsg::Presence { .. } | HubMsg::Call { .. } => {}
+            HubMsg::Records { .. }
+            | HubMsg::Presence { .. }
+            | HubMsg::PushDevices { .. }
+            | HubMsg::Call { .. } => {}
             HubMsg::Backend {
                 user,
                 request,
@@ -787,6 +828,19 @@ impl Hub {
                     return;
                 }
                 let result = self.sb.handle_backend_command(now, user, request, command);
+                self.drain(Cause::Other, None);
+                self.held_answers.push((reply, result));
+            }
+            HubMsg::Push {
+                user,
+                device,
+                registration,
+                reply,
+            } => {
+                let result = self
+                    .sb
+                    .handle_backend_push(now, &user, &device, registration)
+                    .map(|()| ReplyResult::Done);
                 self.drain(Cause::Other, None);
                 self.held_answers.push((reply, result));
             }
@@ -919,6 +973,12 @@ impl Hub {
             log_notice(&notice);
             if let Some(webhooks) = &mut self.webhooks {
                 webhooks.note(&notice);
+            }
+        }
+        while let Some(push) = self.sb.poll_push() {
+            tracing::info!(call_id = %push.call_id, user = %push.user, device = %push.device, kind = if matches!(push.what, PushWhat::Ring { .. }) { "ring" } else { "stop" }, ttl_ms = u64::try_from(push.ttl.as_millis()).unwrap_or(u64::MAX), "push");
+            if let Some(pushes) = &mut self.pushes {
+                pushes.note(&push);
             }
         }
     }

@@ -46,6 +46,7 @@ mod limits;
 mod metered;
 mod metrics;
 mod outbox;
+mod push;
 mod rate;
 pub mod records;
 pub mod secret_file;

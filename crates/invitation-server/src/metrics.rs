@@ -125,6 +125,13 @@ pub struct Metrics {
     /// Webhook events given up on: older than `webhook_max_age_s`, or
     /// refused by a full queue.
     pub webhooks_dropped: AtomicU64,
+    /// Push requests the gateway accepted (a 2xx answer).
+    pub pushes_sent: AtomicU64,
+    /// Push attempts that failed (non-2xx, timeout, connection error).
+    pub push_failed_attempts: AtomicU64,
+    /// Push requests given up on: past their time to live, refused for
+    /// good by the gateway (a 4xx), or refused by a full queue.
+    pub pushes_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -281,6 +288,21 @@ impl Metrics {
                 "invitation_webhooks_dropped_total",
                 "Webhook events given up on (older than webhook_max_age_s, or a full queue).",
                 &self.webhooks_dropped,
+            ),
+            (
+                "invitation_pushes_sent_total",
+                "Push requests the gateway accepted (2xx).",
+                &self.pushes_sent,
+            ),
+            (
+                "invitation_push_failed_attempts_total",
+                "Push attempts that failed (non-2xx, timeout, connection error).",
+                &self.push_failed_attempts,
+            ),
+            (
+                "invitation_pushes_dropped_total",
+                "Push requests given up on (past their time to live, refused by the gateway with a 4xx, or a full queue).",
+                &self.pushes_dropped,
             ),
         ] {
             let _ = writeln!(s, "# HELP {name} {help}");

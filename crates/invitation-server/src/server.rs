@@ -25,6 +25,7 @@ use crate::http::{self, Route};
 use crate::hub::{Hub, HubMsg, RecordQuery};
 use crate::limits::HubLimits;
 use crate::metrics::{Metrics, Refusal};
+use crate::push::{PushSettings, Pushes};
 use crate::rate::KeyedLimiter;
 use crate::records::{Page, RecordError};
 use crate::slots::{Admission, Slots};
@@ -176,6 +177,13 @@ impl Server {
                 None => Webhooks::start(&config.webhook_urls, delivery, metrics.clone()),
             };
             hub.with_webhooks(webhooks)
+        };
+        let hub = match PushSettings::from_config(&config) {
+            Some(settings) => {
+                tracing::info!(gateway = %settings.url, "push on: devices that are not connected are woken through the gateway");
+                hub.with_pushes(Pushes::start(settings, metrics.clone()))
+            }
+            None => hub,
         };
         let hub = tokio::spawn(hub.run(hub_rx));
         let (shutdown_tx, shutdown) = watch::channel(false);

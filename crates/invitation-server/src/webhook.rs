@@ -641,4 +641,4 @@ async fn deliver_one(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -5,66 +5,27 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
+use invitation_server::webhook::SIGNATURE_HEADER;
+use tokio::sync::mpsc;
+
 use common::*;
 use invitation_core::RequestId;
 use invitation_core::protocol::{ClientMessage, Command, Event, ServerBody};
 use invitation_server::RunningServer;
-use invitation_server::webhook::{SIGNATURE_HEADER, verify};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 const KEY: &str = "api-key-hooks-0123456789abcdef012345";
 const SECRET_NEW: &str = "whsec-new-0123456789abcdef0123456789";
 const SECRET_OLD: &str = "whsec-old-0123456789abcdef0123456789";
 
-/// A receiver on 127.0.0.1:0 that answers 200 and passes on each
-/// request's signature header and body.
-async fn receiver() -> (String, mpsc::UnboundedReceiver<(Option<String>, String)>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let app = axum::Router::new().route(
-        "/hook",
-        post(move |headers: HeaderMap, body: String| {
-            let tx = tx.clone();
-            async move {
-                let signature = headers
-                    .get(SIGNATURE_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                let _ = tx.send((signature, body));
-                StatusCode::NO_CONTENT
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, rx)
-}
-
 /// The next event, its signature verified (the receiver knows only the
 /// second secret: a receiver mid-rotation).
-async fn next_event(rx: &mut mpsc::UnboundedReceiver<(Option<String>, String)>) -> Value {
-    let (signature, body) = tokio::time::timeout(SOON, rx.recv())
-        .await
-        .expect("a webhook within the deadline")
-        .expect("the receiver runs");
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    verify(
-        &[SECRET_OLD],
-        signature.as_deref(),
-        body.as_bytes(),
-        now,
-        Duration::from_secs(300),
-    )
-    .unwrap_or_else(|e| panic!("{e}: {signature:?} {body}"));
-    serde_json::from_str(&body).unwrap()
+async fn next_event(rx: &mut Signed) -> Value {
+    next_signed(rx, SECRET_OLD).await
 }
 
 async fn hooked_server(url: &str) -> RunningServer {

@@ -7,9 +7,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use std::sync::Mutex;
 
-const SECRET_NEW: &str = "whsec-new-0123456789abcdef0123456789";
-const SECRET_OLD: &str = "whsec-old-0123456789abcdef0123456789";
-const DEADLINE: Duration = Duration::from_secs(10);
+pub(crate) const SECRET_NEW: &str = "whsec-new-0123456789abcdef0123456789";
+pub(crate) const SECRET_OLD: &str = "whsec-old-0123456789abcdef0123456789";
+pub(crate) const DEADLINE: Duration = Duration::from_secs(10);
 
 #[test]
 fn a_signature_verifies_with_either_secret_and_nothing_else() {
@@ -114,7 +114,7 @@ fn malformed_headers_are_named() {
 
 /// What the receiver does with each request, in turn; then `200`.
 #[derive(Clone, Copy, Debug)]
-enum Answer {
+pub(crate) enum Answer {
     Status(u16),
     /// Answers nothing for a minute (longer than any attempt's timeout).
     Hang,
@@ -122,17 +122,18 @@ enum Answer {
 
 /// One request the receiver saw.
 #[derive(Debug)]
-struct Seen {
-    signature: Option<String>,
-    body: String,
+pub(crate) struct Seen {
+    pub(crate) signature: Option<String>,
+    pub(crate) body: String,
 }
 
-struct Receiver {
-    url: String,
+/// A real HTTP receiver on 127.0.0.1 port 0 (also the push tests' gateway).
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     seen: mpsc::UnboundedReceiver<Seen>,
 }
 
-async fn receiver(script: Vec<Answer>) -> Receiver {
+pub(crate) async fn receiver(script: Vec<Answer>) -> Receiver {
     receiver_failing(script, None).await
 }
 
@@ -175,7 +176,7 @@ async fn receiver_failing(script: Vec<Answer>, always_fail: Option<&'static str>
 }
 
 impl Receiver {
-    async fn next(&mut self) -> Seen {
+    pub(crate) async fn next(&mut self) -> Seen {
         tokio::time::timeout(DEADLINE, self.seen.recv())
             .await
             .expect("a webhook request within the deadline")
@@ -218,7 +219,7 @@ fn checked(seen: &Seen) -> String {
 
 /// Waits until `metric` reads `want` (the task counts just after the
 /// receiver answered), failing with what it read.
-async fn settles(metric: &std::sync::atomic::AtomicU64, want: u64) {
+pub(crate) async fn settles(metric: &std::sync::atomic::AtomicU64, want: u64) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let got = metric.load(Ordering::Relaxed);

@@ -182,3 +182,55 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// What [`receiver`] passes on: each request's signature header and body.
+pub type Signed = tokio::sync::mpsc::UnboundedReceiver<(Option<String>, String)>;
+
+/// A real HTTP receiver (a webhook endpoint, a push gateway) on
+/// 127.0.0.1:0: answers 204 and passes on each request's signature header
+/// and body. Returns its URL.
+pub async fn receiver() -> (String, Signed) {
+    use axum::http::{HeaderMap, StatusCode};
+    use invitation_server::webhook::SIGNATURE_HEADER;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let tx = tx.clone();
+            async move {
+                let signature = headers
+                    .get(SIGNATURE_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let _ = tx.send((signature, body));
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, rx)
+}
+
+/// The next request [`receiver`] got, its signature verified with
+/// `secret`, as JSON.
+pub async fn next_signed(rx: &mut Signed, secret: &str) -> serde_json::Value {
+    let (signature, body) = tokio::time::timeout(SOON, rx.recv())
+        .await
+        .expect("a request within the deadline")
+        .expect("the receiver runs");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    invitation_server::webhook::verify(
+        &[secret],
+        signature.as_deref(),
+        body.as_bytes(),
+        now,
+        Duration::from_secs(300),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {signature:?} {body}"));
+    serde_json::from_str(&body).unwrap()
+}
