@@ -419,7 +419,16 @@ pub struct Durable {
     tape: Taped,
     journal: Vec<JournalEntry>,
     journaling: bool,
+    /// The call notices of the last [`REPLAYED_NOTICE_ENTRIES`] entries a
+    /// recovery replayed, for [`Durable::take_replayed_notices`].
+    replayed: Vec<CallNotice>,
 }
+
+/// How many of the last journal entries a recovery keeps the notices of
+/// ([`Durable::take_replayed_notices`]). An owner journals a turn before
+/// it sends the turn's notices on, so a crash can cut off at most the
+/// notices of the last turn: a few dozen entries at most.
+pub const REPLAYED_NOTICE_ENTRIES: usize = 1024;
 
 impl std::fmt::Debug for Durable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -461,6 +470,7 @@ impl Durable {
             tape,
             journal: vec![first],
             journaling: true,
+            replayed: Vec::new(),
         }
     }
 
@@ -513,8 +523,11 @@ impl Durable {
             tape,
             journal: Vec::new(),
             journaling: false,
+            replayed: Vec::new(),
         };
         let mut replayed = 0;
+        // Notices of the newest entries, with the entry they came from.
+        let mut tail: VecDeque<(usize, CallNotice)> = VecDeque::new();
         for (i, entry) in entries.into_iter().enumerate() {
             {
                 let mut tape = me.tape.lock();
@@ -526,7 +539,15 @@ impl Durable {
             while me.sb.poll_output().is_some() {}
             // A receipt keeps the previous input's notices queued: none of
             // the replay's may surface after it.
-            while me.sb.poll_notice().is_some() {}
+            while let Some(notice) = me.sb.poll_notice() {
+                tail.push_back((i, notice));
+            }
+            while tail
+                .front()
+                .is_some_and(|(at, _)| at + REPLAYED_NOTICE_ENTRIES <= i)
+            {
+                tail.pop_front();
+            }
             // Pushes are sent live only: a replayed ring was pushed (or not)
             // by the run that journaled it.
             while me.sb.poll_push().is_some() {}
@@ -540,6 +561,7 @@ impl Durable {
             }
             replayed += 1;
         }
+        me.replayed = tail.into_iter().map(|(_, n)| n).collect();
         me.tape.lock().record = true;
         me.journaling = true;
         let at = me.effective(now);
@@ -818,6 +840,17 @@ impl Durable {
     /// [`Switchboard::poll_output`].
     pub fn poll_output(&mut self) -> Option<Output> {
         self.sb.poll_output()
+    }
+
+    /// The call notices the last [`REPLAYED_NOTICE_ENTRIES`] journal
+    /// entries of a recovery produced, oldest first (empty but after
+    /// [`Durable::recover`], and after the first call). An owner that sends
+    /// notices on (webhooks) after journaling them sends again those a crash
+    /// may have cut off; they are the same notices the original run made, so
+    /// an owner that names its events deterministically can tell which it
+    /// already sent.
+    pub fn take_replayed_notices(&mut self) -> Vec<CallNotice> {
+        std::mem::take(&mut self.replayed)
     }
 
     /// [`Switchboard::poll_push`].

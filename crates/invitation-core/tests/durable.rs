@@ -394,6 +394,8 @@ struct Original {
     snapshot: SwitchboardSnapshot,
     before: Vec<JournalEntry>,
     after: Vec<JournalEntry>,
+    /// The notices of the inputs after the snapshot.
+    notices_after: Vec<CallNotice>,
 }
 
 fn original(
@@ -407,12 +409,16 @@ fn original(
     let mut before = Vec::new();
     let mut after = Vec::new();
     let mut snapshot = None;
+    let mut notices_after = Vec::new();
     for (i, step) in steps.iter().enumerate() {
         if i == snap_at {
             d.drain_journal(&mut before);
             snapshot = Some(d.snapshot());
         }
-        apply(&mut d, t0, step);
+        let produced = apply(&mut d, t0, step);
+        if i >= snap_at {
+            notices_after.extend(produced.notices);
+        }
     }
     if snapshot.is_none() {
         d.drain_journal(&mut before);
@@ -424,6 +430,7 @@ fn original(
         snapshot: snapshot.unwrap(),
         before,
         after,
+        notices_after,
     }
 }
 
@@ -431,6 +438,7 @@ fn original(
 fn recovered_switchboards_behave_exactly_as_the_original() {
     let mut compared_outputs = 0usize;
     let mut compared_pushes = 0usize;
+    let mut replayed_notices = 0usize;
     let mut compared_states = 0usize;
     let mut replayed = 0usize;
     let mut dropped = 0usize;
@@ -500,6 +508,14 @@ fn recovered_switchboards_behave_exactly_as_the_original() {
             )
             .unwrap();
             assert_eq!(r1.entries, a.after.len());
+            // The replay made the notices the original made after the
+            // snapshot (what an owner sends on again after a crash).
+            assert_eq!(
+                b1.take_replayed_notices(),
+                a.notices_after,
+                "seed {seed} cut {cut} snap {snap_at}"
+            );
+            replayed_notices += a.notices_after.len();
             assert_eq!(r2.entries, all.len());
             assert_eq!(
                 (r1.calls, r1.ringing, r1.users),
@@ -598,6 +614,10 @@ fn recovered_switchboards_behave_exactly_as_the_original() {
          {compared_pushes} pushes and {compared_states} whole states compared"
     );
     assert!(compared_pushes > 50, "{compared_pushes}");
+    assert!(
+        replayed_notices > 100,
+        "{replayed_notices} notices replayed"
+    );
     assert!(compared_outputs > 10_000, "{compared_outputs}");
     assert!(ringing > 0 && dropped > 0, "{ringing} {dropped}");
 }

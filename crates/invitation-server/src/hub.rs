@@ -283,6 +283,10 @@ pub(crate) struct Hub {
     webhooks: Option<Webhooks>,
     /// Push requests, when a gateway is configured.
     pushes: Option<Pushes>,
+    /// The notices of the journal tail a recovery replayed, for the
+    /// webhooks to send again what a crash cut off (taken by
+    /// [`Hub::with_webhooks`], dropped when the hub runs).
+    replayed_notices: Vec<CallNotice>,
 }
 
 /// Inbox messages handled per hub turn (one `select!` for all of them).
@@ -330,6 +334,7 @@ impl Hub {
             deferred: Vec::new(),
             webhooks: None,
             pushes: None,
+            replayed_notices: Vec::new(),
         }
     }
 
@@ -340,7 +345,8 @@ impl Hub {
     }
 
     /// Sends every call milestone to these webhooks from now on.
-    pub(crate) fn with_webhooks(mut self, webhooks: Webhooks) -> Self {
+    pub(crate) fn with_webhooks(mut self, mut webhooks: Webhooks) -> Self {
+        webhooks.resend_missing(&std::mem::take(&mut self.replayed_notices));
         self.webhooks = Some(webhooks);
         self
     }
@@ -390,7 +396,10 @@ impl Hub {
             dir: dir.clone(),
             detail: e.to_string(),
         })?;
+        let mut sb = sb;
+        let replayed_notices = sb.take_replayed_notices();
         let mut hub = Self::with(sb, limits, shed_after, metrics);
+        hub.replayed_notices = replayed_notices;
         hub.store = Some(store);
         hub.records = Some(records);
         hub.commit_and_release();
@@ -430,6 +439,7 @@ impl Hub {
 
     /// Runs until every sender is gone.
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<HubMsg>) {
+        self.replayed_notices = Vec::new();
         // One timer, registered once and moved only when the switchboard's
         // next deadline changes (not re-created for every message).
         let timer = tokio::time::sleep_until(Instant::now());

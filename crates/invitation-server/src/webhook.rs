@@ -448,6 +448,42 @@ impl Webhooks {
         }
     }
 
+    /// After a recovery: appends the events of `notices` (the journal tail
+    /// replayed, [`invitation_core::durable::Durable::take_replayed_notices`])
+    /// that the outbox does not have, that is the events of a last turn that
+    /// was journaled but whose events a crash kept from the outbox. Event
+    /// ids are made from the call and milestone, so the replay's events
+    /// have the ids the original run gave them. In memory: nothing to do.
+    pub(crate) fn resend_missing(&mut self, notices: &[CallNotice]) {
+        let Sink::Disk { outbox, .. } = &self.sink else {
+            return;
+        };
+        let have = match outbox.recent_ids() {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the webhook outbox: the events of the last turn before the restart may be missing");
+                return;
+            }
+        };
+        let now_ms = unix_ms_now();
+        let mut missing = 0usize;
+        for notice in notices {
+            if let Some(event) = self.events.make(notice, now_ms) {
+                if !have.contains(&event.id) {
+                    self.pending.push(event);
+                    missing += 1;
+                }
+            }
+        }
+        if missing > 0 {
+            tracing::warn!(
+                events = missing,
+                "webhook events of the last turn before the restart were not in the outbox: appended now"
+            );
+            self.flush();
+        }
+    }
+
     /// Notes one milestone; its event goes out with [`Webhooks::flush`].
     pub(crate) fn note(&mut self, notice: &CallNotice) {
         if let Some(event) = self.events.make(notice, unix_ms_now()) {

@@ -780,3 +780,79 @@ async fn a_backend_call_survives_a_restart_and_is_canceled_by_the_backend() {
     assert_eq!(ended["event"]["reason"], "canceled");
     again.stop().await;
 }
+
+/// The events of a turn are appended to the webhook outbox after the
+/// turn's journal write: a crash between the two would lose them. The
+/// next run replays the journal and appends what the outbox lacks, with
+/// the ids the first run gave them. Here the first run's endpoint is
+/// down (events wait in the outbox), the server is killed, and the
+/// outbox loses its last event (as if the crash came before it was
+/// written); the second run delivers all three, in order, once.
+#[tokio::test]
+async fn webhook_events_a_crash_kept_from_the_outbox_are_sent_after_it() {
+    const HOOK_SECRET: &str = "whsec-durable-0123456789abcdef0123456";
+    let tmp = TempDir::new("hooks-crash");
+    // A port nobody listens on during the first run; the receiver takes it
+    // for the second.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let env = [
+        ("INVITATION_WEBHOOK_URLS", url.as_str()),
+        ("INVITATION_WEBHOOK_SECRETS", HOOK_SECRET),
+    ];
+    let first = start(&tmp.0, 0, &env);
+    let (mut alice, mut bob, call_id) = ringing(first.addr).await;
+    bob.send(json!({"v": 1, "id": "acc-1", "type": "accept", "call_id": call_id}))
+        .await;
+    alice.until_event("callee_outcome").await;
+    // The three events reach the outbox (after the journal: wait for it).
+    let outbox = tmp.0.join("webhooks/outbox-000000000001.jsonl");
+    let deadline = Instant::now() + SOON;
+    let lines = loop {
+        let text = std::fs::read_to_string(&outbox).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= 3 {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "the outbox has {lines:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let types: Vec<&str> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["call.invited", "call.ringing", "call.accepted"]);
+    first.kill9();
+    // The crash "came before" the last turn's events were written.
+    let kept: String = std::fs::read_to_string(&outbox)
+        .unwrap()
+        .lines()
+        .take(2)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&outbox, kept).unwrap();
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (_, mut rx) = common::receiver_on(listener);
+    let second = start(&tmp.0, 0, &env);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let event = common::next_signed(&mut rx, HOOK_SECRET).await;
+        got.push((event["type"].clone(), event["id"].clone()));
+    }
+    let want: Vec<(Value, Value)> = lines
+        .iter()
+        .map(|l| (l["type"].clone(), l["id"].clone()))
+        .collect();
+    assert_eq!(got, want, "the same events, the same ids, in order");
+    let resent = second.logged("webhook events of the last turn");
+    assert_eq!(resent.len(), 1, "{:#?}", second.lines.lock().unwrap());
+    assert_eq!(resent[0]["fields"]["events"], 1);
+    second.kill9();
+}

@@ -154,6 +154,29 @@ impl Outbox {
         Ok(())
     }
 
+    /// The ids of the events in the newest two segments (where the events
+    /// of the last turns before a crash are, if they were written).
+    pub(crate) fn recent_ids(&self) -> io::Result<std::collections::HashSet<String>> {
+        #[derive(serde::Deserialize)]
+        struct Id {
+            id: String,
+        }
+        let mut ids = std::collections::HashSet::new();
+        for segment in [self.segment.saturating_sub(1), self.segment] {
+            let text = match std::fs::read(segment_path(&self.dir, segment)) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for line in text.split(|&b| b == b'\n') {
+                if let Ok(Id { id }) = serde_json::from_slice(line) {
+                    ids.insert(id);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
     /// Syncs what was appended since the last sync.
     pub(crate) fn sync(&mut self) -> io::Result<()> {
         if self.unsynced {

@@ -190,6 +190,12 @@ pub type Signed = tokio::sync::mpsc::UnboundedReceiver<(Option<String>, String)>
 /// 127.0.0.1:0: answers 204 and passes on each request's signature header
 /// and body. Returns its URL.
 pub async fn receiver() -> (String, Signed) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    receiver_on(listener)
+}
+
+/// [`receiver`] on a listener of the caller's.
+pub fn receiver_on(listener: tokio::net::TcpListener) -> (String, Signed) {
     use axum::http::{HeaderMap, StatusCode};
     use invitation_server::webhook::SIGNATURE_HEADER;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -207,7 +213,6 @@ pub async fn receiver() -> (String, Signed) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     (url, rx)
