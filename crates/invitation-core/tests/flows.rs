@@ -1111,9 +1111,12 @@ fn call_milestones_are_noticed_once_each() {
         matches!(&started[..], [
             CallNotice::Started { call_id, caller, callees, device },
             CallNotice::Ringing { call_id: c2, caller: r2, callee },
+            // The ringing phone's receipt (the session sends it at once).
+            CallNotice::Delivered { call_id: c3, caller: r3, callee: e3, device: d3 },
         ] if *call_id == call && *caller == uid("alice") && *device == did("phone")
             && callees.iter().map(|u| &u.id).eq([&uid("bob")])
-            && *c2 == call && *r2 == uid("alice") && *callee == uid("bob")),
+            && *c2 == call && *r2 == uid("alice") && *callee == uid("bob")
+            && *c3 == call && *r3 == uid("alice") && *e3 == uid("bob") && *d3 == did("phone")),
         "{started:?}"
     );
     net.accept("bob", "phone", &call).unwrap();
@@ -1163,14 +1166,33 @@ fn ringing_on_connect_and_devices_in_outcomes_are_noticed() {
     let rung: Vec<CallNotice> = std::iter::from_fn(|| net.sb.poll_notice()).collect();
     assert_eq!(
         rung,
-        [CallNotice::Ringing {
+        [
+            CallNotice::Ringing {
+                call_id: call.clone(),
+                caller: uid("alice"),
+                callee: uid("bob"),
+            },
+            CallNotice::Delivered {
+                call_id: call.clone(),
+                caller: uid("alice"),
+                callee: uid("bob"),
+                device: did("tablet"),
+            }
+        ]
+    );
+    net.connect("bob", "phone");
+    // Ringing once per callee; a receipt once per device.
+    let phone: Vec<CallNotice> = std::iter::from_fn(|| net.sb.poll_notice()).collect();
+    assert_eq!(
+        phone,
+        [CallNotice::Delivered {
             call_id: call.clone(),
             caller: uid("alice"),
             callee: uid("bob"),
-        }]
+            device: did("phone"),
+        }],
+        "once per callee"
     );
-    net.connect("bob", "phone");
-    assert_eq!(net.sb.poll_notice(), None, "once per callee");
     net.decline("bob", "tablet", &call, false).unwrap();
     let declined: Vec<CallNotice> = std::iter::from_fn(|| net.sb.poll_notice()).collect();
     assert_eq!(

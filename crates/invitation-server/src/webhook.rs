@@ -235,6 +235,16 @@ impl Events {
                 "call.ringing".into(),
                 json!({"caller": caller.as_str(), "callee": callee.as_str()}),
             ),
+            CallNotice::Delivered {
+                call_id,
+                caller,
+                callee,
+                device,
+            } => (
+                call_id,
+                "call.delivered".into(),
+                json!({"caller": caller.as_str(), "callee": callee.as_str(), "device": device.as_str()}),
+            ),
             CallNotice::Outcome {
                 call_id,
                 callee,
@@ -289,7 +299,11 @@ impl Events {
             .or_else(|| data.get("user"))
             .and_then(Value::as_str)
             .unwrap_or("");
-        let key = format!("{kind}\0{subject}");
+        // A receipt is per device of the callee.
+        let key = match notice {
+            CallNotice::Delivered { device, .. } => format!("{kind}\0{subject}\0{device}"),
+            _ => format!("{kind}\0{subject}"),
+        };
         let seen = self.seen.entry(call_id.clone()).or_default();
         let repeat = match seen.iter_mut().find(|(k, _)| *k == key) {
             Some((_, n)) => {

@@ -111,6 +111,14 @@ async fn every_call_milestone_arrives_signed_and_in_order() {
         )
     })
     .await;
+    // The phone confirms it has the invitation (a receipt, never answered).
+    bob.send(&ClientMessage::new(
+        RequestId::new("r1").unwrap(),
+        Command::Received {
+            call_id: invitation_core::CallId::new(call.as_str()).unwrap(),
+        },
+    ))
+    .await;
     bob.send(&ClientMessage::new(
         RequestId::new("a1").unwrap(),
         Command::Accept {
@@ -129,7 +137,7 @@ async fn every_call_milestone_arrives_signed_and_in_order() {
     ))
     .await;
     let mut got = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..6 {
         let event = next_event(&mut rx).await;
         assert_eq!(event["call_id"], call.as_str(), "{event}");
         assert!(event["created_at"].as_u64().unwrap() > 1_700_000_000_000);
@@ -145,6 +153,10 @@ async fn every_call_milestone_arrives_signed_and_in_order() {
             (
                 "call.ringing".into(),
                 json!({"caller": "alice", "callee": "bob"})
+            ),
+            (
+                "call.delivered".into(),
+                json!({"caller": "alice", "callee": "bob", "device": "bob-phone"})
             ),
             (
                 "call.accepted".into(),
@@ -189,7 +201,7 @@ async fn every_call_milestone_arrives_signed_and_in_order() {
     let mut distinct = ids.clone();
     distinct.sort();
     distinct.dedup();
-    assert_eq!(distinct.len(), 8, "{ids:?}");
+    assert_eq!(distinct.len(), 9, "{ids:?}");
     // Counted once the receiver's answer is read (just after it saw the
     // request).
     let delivered = || {
@@ -198,7 +210,7 @@ async fn every_call_milestone_arrives_signed_and_in_order() {
             .load(std::sync::atomic::Ordering::Relaxed)
     };
     let deadline = tokio::time::Instant::now() + SOON;
-    while delivered() != 8 {
+    while delivered() != 9 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{} delivered",

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use super::call::Slot;
 use super::user::LogEvent;
-use super::{ConnId, Switchboard};
+use super::{CallNotice, ConnId, Switchboard};
 use crate::error::{CommandError, ValidationError};
 use crate::id::{CallId, DeviceId};
 use crate::model::CustomData;
@@ -131,6 +131,12 @@ impl Switchboard {
             return false;
         }
         extras.delivered.push((i, device.clone()));
+        self.notices.push_back(CallNotice::Delivered {
+            call_id: call_id.clone(),
+            caller: caller.clone(),
+            callee: user.clone(),
+            device: device.clone(),
+        });
         if !self.config.hide_callee_status {
             self.pending.push((
                 caller,

@@ -79,6 +79,18 @@ pub enum CallNotice {
         /// The callee.
         callee: UserId,
     },
+    /// A device of a ringing callee confirmed it has the invitation (its
+    /// `received` receipt): once per device.
+    Delivered {
+        /// The call.
+        call_id: CallId,
+        /// The caller.
+        caller: UserId,
+        /// The callee.
+        callee: UserId,
+        /// The callee's device.
+        device: DeviceId,
+    },
     /// A participant hung up (before the [`CallNotice::Ended`] it may cause).
     HungUp {
         /// The call.
