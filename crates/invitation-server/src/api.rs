@@ -216,6 +216,7 @@ pub(crate) async fn serve(
     let listener = crate::api_conn::Bounded::new(
         listener,
         crate::api_conn::MAX_API_CONNECTIONS,
+        crate::api_conn::MAX_API_CONNECTIONS_PER_IP,
         crate::api_conn::API_IDLE,
     );
     if let Err(e) = axum::serve(listener, router)

@@ -1,15 +1,18 @@
 //! What one client can make the HTTP API hold: a listener for axum that
 //! admits at most a fixed number of connections at once (the next waits in
-//! the kernel's backlog until one closes) and closes a connection that
-//! sends nothing for the idle time (a request head sent a byte a minute, or
-//! a kept-alive connection nobody uses). Hyper bounds the bytes buffered
-//! per connection; together the API's memory is bounded.
+//! the kernel's backlog until one closes), at most a smaller number from
+//! one address (more are closed at once, so that one source cannot take
+//! every slot), and closes a connection that sends nothing for the idle
+//! time (a request head sent a byte a minute, or a kept-alive connection
+//! nobody uses). Hyper bounds the bytes buffered per connection; together
+//! the API's memory is bounded.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,6 +23,9 @@ use tokio::time::{Instant, Sleep};
 
 /// Connections served at once by the API.
 pub(crate) const MAX_API_CONNECTIONS: usize = 256;
+/// Connections served at once from one address (a backend's connection
+/// pool needs a handful).
+pub(crate) const MAX_API_CONNECTIONS_PER_IP: usize = 32;
 /// Silence after which an API connection is closed.
 pub(crate) const API_IDLE: Duration = Duration::from_secs(30);
 
@@ -28,14 +34,51 @@ pub(crate) struct Bounded {
     listener: TcpListener,
     slots: Arc<Semaphore>,
     idle: Duration,
+    per_ip: usize,
+    /// Connections open per address (an address goes with its last one).
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
 impl Bounded {
-    pub(crate) fn new(listener: TcpListener, max: usize, idle: Duration) -> Self {
+    pub(crate) fn new(listener: TcpListener, max: usize, per_ip: usize, idle: Duration) -> Self {
         Self {
             listener,
             slots: Arc::new(Semaphore::new(max)),
             idle,
+            per_ip,
+            open: Arc::default(),
+        }
+    }
+
+    /// Counts a connection from `ip`, unless that address is at its cap.
+    fn admit(&self, ip: IpAddr) -> Option<PerIp> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(PerIp {
+            ip,
+            open: self.open.clone(),
+        })
+    }
+}
+
+/// One connection counted against its address until dropped.
+struct PerIp {
+    ip: IpAddr,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for PerIp {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
         }
     }
 }
@@ -55,10 +98,16 @@ impl axum::serve::Listener for Bounded {
         loop {
             match self.listener.accept().await {
                 Ok((stream, peer)) => {
+                    let Some(counted) = self.admit(peer.ip()) else {
+                        // Closed at once; the slot stays for the next.
+                        tracing::debug!(%peer, "too many HTTP API connections from this address: closed");
+                        continue;
+                    };
                     return (
                         Conn {
                             stream,
                             _permit: permit,
+                            _counted: counted,
                             idle: self.idle,
                             deadline: Box::pin(tokio::time::sleep(self.idle)),
                         },
@@ -84,6 +133,7 @@ impl axum::serve::Listener for Bounded {
 pub(crate) struct Conn {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
+    _counted: PerIp,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
 }
@@ -157,7 +207,7 @@ mod tests {
     async fn connections_are_capped_and_idle_ones_time_out() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut bounded = Bounded::new(listener, 2, Duration::from_millis(300));
+        let mut bounded = Bounded::new(listener, 2, 2, Duration::from_millis(300));
         let mut clients = Vec::new();
         for _ in 0..3 {
             clients.push(TcpStream::connect(addr).await.unwrap());
@@ -197,5 +247,44 @@ mod tests {
             .expect("the idle deadline fires")
             .expect_err("timed out");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    /// Past the per-address cap a connection is closed at once (its slot
+    /// stays free); once one of that address's connections ends, the next
+    /// is admitted.
+    #[tokio::test]
+    async fn one_address_cannot_take_every_slot() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut bounded = Bounded::new(listener, 10, 2, Duration::from_secs(30));
+        let open = bounded.open.clone();
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let (a, _) = tokio::time::timeout(SOON, bounded.accept()).await.unwrap();
+        let (b, _) = tokio::time::timeout(SOON, bounded.accept()).await.unwrap();
+        // The third is accepted by the kernel, then closed by the cap: its
+        // client reads the end of the stream.
+        let mut next = Box::pin(bounded.accept());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), next.as_mut())
+                .await
+                .is_err(),
+            "a third connection from one address was admitted past its cap of 2"
+        );
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(SOON, clients[2].read(&mut buf))
+            .await
+            .expect("closed in time")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "the connection over the cap was closed");
+        assert_eq!(open.lock().unwrap()[&addr.ip()], 2);
+        drop(a);
+        let _fourth = TcpStream::connect(addr).await.unwrap();
+        let (_d, _) = tokio::time::timeout(SOON, next)
+            .await
+            .expect("admitted once one ended");
+        assert_eq!(bounded.open.lock().unwrap()[&addr.ip()], 2);
     }
 }
