@@ -282,9 +282,15 @@ mod tests {
         assert_eq!(open.lock().unwrap()[&addr.ip()], 2);
         drop(a);
         let _fourth = TcpStream::connect(addr).await.unwrap();
-        let (_d, _) = tokio::time::timeout(SOON, next)
+        let (d, _) = tokio::time::timeout(SOON, next)
             .await
             .expect("admitted once one ended");
-        assert_eq!(bounded.open.lock().unwrap()[&addr.ip()], 2);
+        assert_eq!(open.lock().unwrap()[&addr.ip()], 2);
+        drop(d);
+        drop(b);
+        assert!(
+            open.lock().unwrap().is_empty(),
+            "an address goes with its last connection"
+        );
     }
 }
