@@ -479,6 +479,8 @@ pub struct CallState {
     invited_at: i64,
     /// Unix ns.
     ring_deadline: i64,
+    /// When someone first accepted (unix ns), while the call goes on.
+    answered_at: Option<i64>,
     callees: Vec<CalleeState>,
 }
 
@@ -519,6 +521,7 @@ impl CallState {
             ended_reason: view.ended(),
             invited_at: unix_ns(view.invited_at()),
             ring_deadline: unix_ns(view.deadline()),
+            answered_at: view.answered_at().map(&unix_ns),
             callees,
         }
     }

@@ -493,6 +493,7 @@ async fn presence_and_a_calls_live_state_follow_real_clients() {
         (now_ns - 30_000_000_000..=now_ns).contains(&invited),
         "invited_at {invited} vs now {now_ns}"
     );
+    assert_eq!(c["answered_at"], Value::Null, "nobody answered yet");
 
     // Bob accepts on the tablet (the answering device); carol, offline,
     // still rings.
@@ -519,6 +520,13 @@ async fn presence_and_a_calls_live_state_follow_real_clients() {
         .await;
     let (_, c) = get(&srv, &path, KEY_A).await;
     assert_eq!(c["state"], "in_progress", "{c}");
+    let answered = c["answered_at"]
+        .as_i64()
+        .expect("answered_at once bob accepted");
+    assert!(
+        (invited..invited + 30_000_000_000).contains(&answered),
+        "answered_at {answered} vs invited_at {invited}"
+    );
     assert_eq!(
         c["callees"],
         json!([
@@ -698,6 +706,7 @@ async fn the_openapi_document_matches_the_routes() {
     for (path, ops) in doc["paths"].as_object().unwrap() {
         let concrete = path
             .replace("{user}", "alice")
+            .replace("{device}", "phone")
             .replace("{call_id}", "c-unknown");
         for method in ops.as_object().unwrap().keys() {
             let url = format!("{}{concrete}", base(&srv));
@@ -705,6 +714,9 @@ async fn the_openapi_document_matches_the_routes() {
                 "get" => client.get(&url),
                 "post" => client.post(&url).json(&json!({"user": "alice"})),
                 "delete" => client.delete(&url),
+                "put" => client
+                    .put(&url)
+                    .json(&json!({"platform": "fcm", "token": "t"})),
                 other => panic!("undocumented method {other}"),
             };
             let (s, _, body) = send(req.bearer_auth(KEY_A)).await;
@@ -716,7 +728,7 @@ async fn the_openapi_document_matches_the_routes() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 7);
+    assert_eq!(checked, 10);
     srv.stop().await;
 }
 

@@ -182,8 +182,8 @@ pub struct Switchboard {
     /// The records of the calls ended since the owner last drained them
     /// ([`Switchboard::poll_record`]; only with `call_records` on).
     records: VecDeque<CallRecord>,
-    /// The first accept of each live call someone accepted (for its
-    /// record, so only with `call_records` on; taken when the call ends).
+    /// The first accept of each live call someone accepted (for its view
+    /// and its record; taken when the call ends).
     answered_at: HashMap<CallId, Instant>,
     /// Push credentials per user, oldest first (bounded by
     /// `max_push_devices`).

@@ -142,6 +142,7 @@ impl Switchboard {
     /// `call_id` just ended at `now` with `reason`: queue its record. The
     /// first-accept time leaves its side table here.
     pub(super) fn record_end(&mut self, now: Instant, call_id: &CallId, reason: Reason) {
+        let answered_at = self.answered_at.remove(call_id);
         if !self.config.call_records {
             return;
         }
@@ -163,7 +164,6 @@ impl Switchboard {
         debug_assert!(!call.slots.iter().any(Slot::is_ringing));
         // The deadline was made as invite time + ring time: exact.
         let invited_at = info.deadline.checked_sub(info.ring_for).unwrap_or(now);
-        let answered_at = self.answered_at.remove(call_id);
         self.records.push_back(CallRecord {
             call_id: call_id.clone(),
             caller: info.caller.id.clone(),
@@ -180,11 +180,9 @@ impl Switchboard {
     }
 
     /// The first accept of `call_id` happened at `now` (later accepts and
-    /// joins keep the first).
+    /// joins keep the first): for the live call's view, then its record.
     pub(super) fn note_answered(&mut self, call_id: &CallId, now: Instant) {
-        if self.config.call_records {
-            self.answered_at.entry(call_id.clone()).or_insert(now);
-        }
+        self.answered_at.entry(call_id.clone()).or_insert(now);
     }
 }
 

@@ -134,9 +134,16 @@ impl SwitchboardStats {
 pub struct CallView<'a> {
     call: &'a Call,
     regrown: &'a [super::Regrown],
+    answered_at: Option<Instant>,
 }
 
 impl CallView<'_> {
+    /// When someone first accepted, while the call goes on (the ended
+    /// call's record keeps it after).
+    pub fn answered_at(&self) -> Option<Instant> {
+        self.answered_at
+    }
+
     /// The call id.
     pub fn call_id(&self) -> &CallId {
         &self.call.info.call_id
@@ -258,7 +265,12 @@ impl Switchboard {
             .regrown
             .get(&call.info.call_id)
             .map_or(&[][..], Vec::as_slice);
-        CallView { call, regrown }
+        let answered_at = self.answered_at.get(&call.info.call_id).copied();
+        CallView {
+            call,
+            regrown,
+            answered_at,
+        }
     }
 
     /// Connections currently open.
