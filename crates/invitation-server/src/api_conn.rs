@@ -17,6 +17,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::Accept;
+
+use crate::tls::{ServerTls, Stream};
 
 /// Connections served at once by the API.
 pub(crate) const MAX_API_CONNECTIONS: usize = 256;
@@ -28,6 +31,8 @@ pub(crate) struct Bounded {
     listener: TcpListener,
     slots: Arc<Semaphore>,
     idle: Duration,
+    /// The server's TLS, and the time its handshake may take.
+    tls: Option<(ServerTls, Duration)>,
 }
 
 impl Bounded {
@@ -36,7 +41,15 @@ impl Bounded {
             listener,
             slots: Arc::new(Semaphore::new(max)),
             idle,
+            tls: None,
         }
+    }
+
+    /// Serves TLS only: each admitted connection first completes the
+    /// handshake, within `handshake`.
+    pub(crate) fn with_tls(mut self, tls: ServerTls, handshake: Duration) -> Self {
+        self.tls = Some((tls, handshake));
+        self
     }
 }
 
@@ -55,12 +68,18 @@ impl axum::serve::Listener for Bounded {
         loop {
             match self.listener.accept().await {
                 Ok((stream, peer)) => {
+                    let (io, first) = match &self.tls {
+                        None => (Io::Ready(Stream::Plain(stream)), self.idle),
+                        Some((tls, handshake)) => {
+                            (Io::Handshake(Box::pin(tls.start(stream))), *handshake)
+                        }
+                    };
                     return (
                         Conn {
-                            stream,
+                            io,
                             _permit: permit,
                             idle: self.idle,
-                            deadline: Box::pin(tokio::time::sleep(self.idle)),
+                            deadline: Box::pin(tokio::time::sleep(first)),
                         },
                         peer,
                     );
@@ -79,13 +98,64 @@ impl axum::serve::Listener for Bounded {
     }
 }
 
+/// Where an admitted connection is.
+enum Io {
+    /// The TLS handshake is under way.
+    Handshake(Pin<Box<Accept<TcpStream>>>),
+    /// Ready for HTTP.
+    Ready(Stream),
+    /// The handshake failed or took too long.
+    Failed,
+}
+
 /// An admitted connection: gives its slot back when dropped; reading fails
-/// with `TimedOut` after `idle` without a byte.
+/// with `TimedOut` after `idle` without a byte (and reading or writing,
+/// when the TLS handshake does not finish within its time).
 pub(crate) struct Conn {
-    stream: TcpStream,
+    io: Io,
     _permit: OwnedSemaphorePermit,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
+}
+
+impl Conn {
+    /// Drives the TLS handshake, if one is under way, to its end; then the
+    /// stream.
+    fn poll_stream(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<&mut Stream>> {
+        if let Io::Handshake(accept) = &mut self.io {
+            match accept.as_mut().poll(cx) {
+                Poll::Ready(Ok(tls)) => {
+                    self.io = Io::Ready(Stream::Tls(Box::new(tls)));
+                    let next = Instant::now() + self.idle;
+                    self.deadline.as_mut().reset(next);
+                }
+                Poll::Ready(Err(e)) => {
+                    self.io = Io::Failed;
+                    tracing::debug!(error = %e, "HTTP API TLS handshake failed");
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => {
+                    return match self.deadline.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
+                            self.io = Io::Failed;
+                            Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "the HTTP API client did not finish the TLS handshake in time",
+                            )))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
+        }
+        match &mut self.io {
+            Io::Ready(stream) => Poll::Ready(Ok(stream)),
+            _ => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the TLS handshake failed",
+            ))),
+        }
+    }
 }
 
 impl AsyncRead for Conn {
@@ -95,7 +165,12 @@ impl AsyncRead for Conn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+        let stream = match this.poll_stream(cx) {
+            Poll::Ready(Ok(stream)) => stream,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        };
+        match Pin::new(stream).poll_read(cx, buf) {
             Poll::Ready(result) => {
                 let next = Instant::now() + this.idle;
                 this.deadline.as_mut().reset(next);
@@ -118,15 +193,27 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        match self.poll_stream(cx) {
+            Poll::Ready(Ok(stream)) => Pin::new(stream).poll_write(cx, buf),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        match self.poll_stream(cx) {
+            Poll::Ready(Ok(stream)) => Pin::new(stream).poll_flush(cx),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        match &mut self.io {
+            Io::Ready(stream) => Pin::new(stream).poll_shutdown(cx),
+            // Nothing was said over TLS: dropping the socket is the close.
+            _ => Poll::Ready(Ok(())),
+        }
     }
 
     fn poll_write_vectored(
@@ -134,11 +221,19 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        match self.poll_stream(cx) {
+            Poll::Ready(Ok(stream)) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        // Asked once, before the TLS handshake ends: plain sockets only.
+        match &self.io {
+            Io::Ready(stream) => stream.is_write_vectored(),
+            _ => false,
+        }
     }
 }
 

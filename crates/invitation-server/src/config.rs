@@ -77,6 +77,9 @@ pub const KEYS: &[&str] = &[
     "webhook_secrets",
     "webhook_max_age_s",
     "webhook_timeout_ms",
+    "tls_cert",
+    "tls_key",
+    "outbound_ca_file",
 ];
 
 /// Keys whose environment values are always text.
@@ -90,6 +93,9 @@ const TEXT_KEYS: &[&str] = &[
     "offline_policy",
     "end_policy",
     "durability",
+    "tls_cert",
+    "tls_key",
+    "outbound_ca_file",
 ];
 
 /// Every server setting. Field names are the TOML keys.
@@ -233,8 +239,9 @@ pub struct Config {
     /// Largest API request body, bytes (64 KiB).
     pub api_max_body_bytes: usize,
     /// Endpoints that receive every call event as a signed JSON `POST`
-    /// (docs/http-api.md, "Webhooks"), `http://` URLs (https is not
-    /// supported yet). Empty (the default): no webhooks.
+    /// (docs/http-api.md, "Webhooks"), `http://` or `https://` URLs (the
+    /// system's roots, or `outbound_ca_file`). Empty (the default): no
+    /// webhooks.
     pub webhook_urls: Vec<String>,
     /// Secrets webhook bodies are signed with, each at least
     /// [`MIN_WEBHOOK_SECRET_BYTES`] bytes; required with `webhook_urls`.
@@ -246,6 +253,16 @@ pub struct Config {
     pub webhook_max_age_s: u64,
     /// Time allowed for one delivery attempt, ms (5,000).
     pub webhook_timeout_ms: u64,
+    /// The server's TLS certificate chain (PEM, its own certificate first).
+    /// With `tls_key`, both ports serve TLS only (`wss://`, `https://`);
+    /// unset (the default), plain TCP, for a TLS proxy in front.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of `tls_cert` (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<std::path::PathBuf>,
+    /// CA certificates (PEM) trusted for the server's own outbound `https://`
+    /// requests (webhooks) instead of the system's roots: for receivers
+    /// with a private CA.
+    pub outbound_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -306,6 +323,9 @@ impl Default for Config {
             webhook_secrets: Vec::new(),
             webhook_max_age_s: 86_400,
             webhook_timeout_ms: 5_000,
+            tls_cert: None,
+            tls_key: None,
+            outbound_ca_file: None,
         }
     }
 }
@@ -681,22 +701,15 @@ impl Config {
             );
         }
         for (i, url) in self.webhook_urls.iter().enumerate() {
-            if url.starts_with("https://") {
-                return invalid(
-                    "webhook_urls",
-                    format!(
-                        "endpoint {} ({url:?}): https is not supported yet; use http:// to a TLS proxy on the same host",
-                        i + 1
-                    ),
-                );
-            }
-            let rest = url.strip_prefix("http://");
+            let rest = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"));
             let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
             if host.is_none_or(|h| h.is_empty() || h.contains(char::is_whitespace)) {
                 return invalid(
                     "webhook_urls",
                     format!(
-                        "endpoint {} ({url:?}) is not an http:// URL with a host",
+                        "endpoint {} ({url:?}) is not an http:// or https:// URL with a host",
                         i + 1
                     ),
                 );
@@ -923,7 +936,9 @@ mod tests {
                 "webhook_urls",
                 Box::new(|c| {
                     c.webhook_secrets = vec!["s".repeat(32)];
-                    c.webhook_urls = vec!["https://hooks.example/in".into()];
+                    // https is taken (since the server has a TLS client),
+                    // but not without a host.
+                    c.webhook_urls = vec!["https:///no-host".into()];
                 }),
             ),
             (
@@ -965,6 +980,12 @@ mod tests {
         }
         assert!(check_secret("0123456789abcdef").is_ok());
         assert!(check_secret("0123456789abcde").is_err());
+        let https = Config {
+            webhook_urls: vec!["https://hooks.example/in".into()],
+            webhook_secrets: vec!["s".repeat(32)],
+            ..Config::default()
+        };
+        assert!(https.validate().is_ok(), "an https:// webhook is taken");
     }
 
     #[test]
