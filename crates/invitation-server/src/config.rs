@@ -1061,11 +1061,13 @@ mod tests {
         let numeric = [
             ("INVITATION_SECRET", "12345678901234567890"),
             ("INVITATION_DATA_DIR", "2026"),
+            ("INVITATION_TLS_CERT", "443"),
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()));
         let n = Config::load(None, numeric.into_iter()).unwrap();
         assert_eq!(n.secret.as_deref(), Some("12345678901234567890"));
         assert_eq!(n.data_dir.as_deref(), Some(std::path::Path::new("2026")));
+        assert_eq!(n.tls_cert.as_deref(), Some(std::path::Path::new("443")));
         assert_eq!(c.conn_rate_per_ip, 7.5);
         assert_eq!(c.busy_policy, "ring_anyway");
         assert_eq!(
@@ -1092,7 +1094,7 @@ mod tests {
                 | "command_burst_per_conn"
                 | "api_rate_per_key"
                 | "api_burst_per_key" => "1.0",
-                "secret_file" => "\"/run/x\"",
+                "secret_file" | "tls_cert" | "tls_key" | "outbound_ca_file" => "\"/run/x\"",
                 "hide_callee_status" | "in_memory" => "true",
                 "data_dir" => "\"/var/lib/x\"",
                 "durability" => "\"fsync\"",
