@@ -225,7 +225,6 @@ fn describe(e: &rustls::Error, at: &str, host: &str) -> TransportError {
             // A trusted CA of the issuer's name exists, but its key does
             // not verify the certificate (another CA of the same name).
             CertificateError::BadSignature
-            | CertificateError::UnsupportedSignatureAlgorithm
             | CertificateError::UnsupportedSignatureAlgorithmContext { .. }
             | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
                 certificate(format!(
