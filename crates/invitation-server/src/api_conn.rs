@@ -293,4 +293,72 @@ mod tests {
             .expect_err("timed out");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
+
+    /// With TLS, an admitted client that never finishes the handshake holds
+    /// its slot for the handshake time only: reading it fails with
+    /// `TimedOut` then, and once it is dropped the next client is admitted.
+    /// A client that completes the handshake is read as plain bytes.
+    #[tokio::test]
+    async fn a_tls_handshake_holds_its_slot_for_the_handshake_time_only() {
+        let dir = std::env::temp_dir().join(format!("invitation-api-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        let tls = ServerTls::load(&cert, &key).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut bounded = Bounded::new(listener, 1, SOON).with_tls(tls, Duration::from_millis(300));
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        let (mut first, _) = tokio::time::timeout(SOON, bounded.accept()).await.unwrap();
+        // The next client waits: the silent one holds the only slot.
+        let client = tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(made.cert.der().clone()).unwrap();
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut tls = connector.connect(name, tcp).await.unwrap();
+            tls.write_all(b"hello").await.unwrap();
+            tls.flush().await.unwrap();
+            tls
+        });
+        let mut second = Box::pin(bounded.accept());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), second.as_mut())
+                .await
+                .is_err(),
+            "a second connection was admitted while the first held the slot"
+        );
+        let mut buf = [0u8; 8];
+        let err = tokio::time::timeout(SOON, first.read(&mut buf))
+            .await
+            .expect("the handshake deadline fires")
+            .expect_err("timed out");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let held = started.elapsed();
+        assert!(held >= Duration::from_millis(290), "held {held:?}");
+        drop(first);
+        let (mut second, _) = tokio::time::timeout(SOON, second)
+            .await
+            .expect("the slot came back");
+        let mut got = [0u8; 5];
+        tokio::time::timeout(SOON, second.read_exact(&mut got))
+            .await
+            .expect("in time")
+            .expect("read through TLS");
+        assert_eq!(&got, b"hello");
+        drop(client);
+    }
 }

@@ -688,3 +688,40 @@ async fn a_ca_certificate_served_as_the_server_certificate_is_named() {
     );
     srv.stop().await;
 }
+
+/// `tls::tls_failure` finds the certificate failure inside an HTTP
+/// client's error too (reqwest, as an https transport sees it), so every
+/// transport can say it the same way.
+#[tokio::test]
+async fn an_https_clients_certificate_failure_is_named_the_same_way() {
+    let pki = TestPki::loopback();
+    let srv = tls_server(&pki, |_| {}).await;
+    let stranger = TestPki::loopback();
+    let https = reqwest::Client::builder()
+        .tls_backend_preconfigured((*stranger.client_tls().config()).clone())
+        .timeout(SOON)
+        .build()
+        .unwrap();
+    let at = format!("127.0.0.1:{}", srv.addr.port());
+    let e = https
+        .get(format!("https://{at}/healthz"))
+        .send()
+        .await
+        .expect_err("an untrusted certificate");
+    let named =
+        invitation::transport::tls::tls_failure(&e, &at, "127.0.0.1").unwrap_or_else(|| {
+            let mut chain = Vec::new();
+            let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(c) = cur {
+                chain.push(format!("{c:?}"));
+                cur = c.source();
+            }
+            panic!("no TLS failure in the chain: {chain:#?}")
+        });
+    assert_eq!(named.kind(), TransportErrorKind::Certificate);
+    assert_eq!(
+        named.to_string(),
+        format!("the certificate of {at} is not trusted: it is not signed by a trusted CA")
+    );
+    srv.stop().await;
+}

@@ -168,8 +168,9 @@ impl ClientTls {
         })
     }
 
-    /// The rustls client configuration (for `wss://`, or for an HTTP client
-    /// such as reqwest's `tls_backend_preconfigured`).
+    /// The rustls client configuration (for `wss://`, or for an HTTP client:
+    /// reqwest built with `rustls-no-provider` takes
+    /// `.tls_backend_preconfigured((*tls.config()).clone())`).
     pub fn config(&self) -> Arc<ClientConfig> {
         self.config.clone()
     }
@@ -199,16 +200,15 @@ pub fn tls_failure(
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(describe(tls, at, host));
         }
-        // An io::Error keeps its payload behind `get_ref`, which is also
-        // its `source`; both are walked here.
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
-                    return Some(describe(tls, at, host));
-                }
-            }
-        }
-        cur = e.source();
+        // An io::Error's `source` is its payload's source, skipping the
+        // payload itself (which may be another io::Error wrapping the
+        // rustls error, as hyper's are): step into the payload instead.
+        cur = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     None
 }
@@ -332,5 +332,12 @@ mod tests {
         assert!(e.to_string().contains("does it serve TLS?"), "{e}");
         let other = std::io::Error::other("refused");
         assert!(tls_failure(&other, "h:443", "h").is_none());
+        // Nested I/O errors, as an HTTP client's connector makes them.
+        let nested = std::io::Error::other(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(CertificateError::Expired),
+        ));
+        let e = tls_failure(&nested, "h:443", "h").unwrap();
+        assert_eq!(e.to_string(), "the certificate of h:443 has expired");
     }
 }
