@@ -4,7 +4,12 @@
 //! ```text
 //! cargo run --features websocket --example ws_client -- --token "$BOB" --answer accept
 //! cargo run --features websocket --example ws_client -- --token "$ALICE" --call bob --cancel-after 10
+//! cargo run --features websocket --example ws_client -- --url wss://calls.example.org/ --token "$BOB"
+//! cargo run --features websocket --example ws_client -- --url wss://127.0.0.1:7600/ --ca ca.pem --token "$BOB"
 //! ```
+//!
+//! The URL's scheme picks the transport (`ws://`, `wss://`); `wss://` trusts
+//! the system's root certificates, or only those of `--ca`.
 //!
 //! The user comes from the token (its claims are read, not verified: only
 //! the server verifies). Every line is something that happened, in order,
@@ -17,7 +22,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use invitation::core::protocol::InitialStatus;
 use invitation::prelude::*;
-use invitation::transport::ws::WsTransport;
+use invitation::transport::endpoint::Endpoint;
+use invitation::transport::tls::ClientTls;
 use invitation::{ConnectionState, StopReason, UnverifiedClaims};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
@@ -34,9 +40,13 @@ struct Args {
     /// The bearer token (a JWT minted for your user).
     #[arg(long, env = "INVITATION_TOKEN", hide_env_values = true)]
     token: String,
-    /// The server.
+    /// The server: `ws://host:port/` or `wss://host:port/`.
     #[arg(long, default_value = "ws://127.0.0.1:7600/")]
     url: String,
+    /// For `wss://`: trust only the CA certificates in this PEM file (a
+    /// private deployment) instead of the system's roots.
+    #[arg(long, value_name = "PEM")]
+    ca: Option<std::path::PathBuf>,
     /// Your user id; optional, taken from the token. Given, it must match.
     #[arg(long)]
     user: Option<String>,
@@ -306,11 +316,15 @@ async fn run(args: Args) -> Result<()> {
         .device
         .clone()
         .unwrap_or_else(|| format!("cli-{}", std::process::id()));
+    let mut endpoint = Endpoint::new(args.url.clone());
+    if let Some(ca) = &args.ca {
+        endpoint = endpoint.tls(ClientTls::with_ca_file(ca)?);
+    }
     let mut builder = Client::builder()
         .user(user.clone())
         .device(device.clone())
         .token(args.token.clone())
-        .transport(WsTransport::new(args.url.clone()))
+        .server(endpoint)
         .handler(Answerer(args.answer));
     if let Some(s) = args.ring_timeout {
         builder = builder.ring_timeout(Duration::from_secs(s));

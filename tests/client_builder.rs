@@ -55,3 +55,37 @@ async fn handler_called_twice_adds_a_second_handler_run_in_order() {
     .expect("the call arrived");
     assert_eq!(*seen.lock().unwrap(), ["first", "second"]);
 }
+
+/// A server URL whose scheme picks no transport fails `build` with a typed
+/// error naming the scheme; the memory hub has no URL (it is given with
+/// `.transport(...)`), so `memory://` is refused the same way.
+#[test]
+fn a_server_url_with_an_unsupported_scheme_fails_build() {
+    use invitation::BuildError;
+    use invitation::transport::endpoint::EndpointError;
+    for (url, scheme) in [("ftp://example.org/", "ftp"), ("memory://hub", "memory")] {
+        let built = Client::builder()
+            .user(User::named("alice", "Alice"))
+            .server(url)
+            .build();
+        match built {
+            Err(BuildError::Endpoint(e @ EndpointError::UnsupportedScheme { .. })) => {
+                assert_eq!(
+                    e.to_string(),
+                    format!("unsupported scheme {scheme:?} in {url:?}: expected ws:// or wss://")
+                );
+            }
+            other => panic!("{url}: expected UnsupportedScheme, got {other:?}"),
+        }
+    }
+    match Client::builder()
+        .user(User::named("alice", "Alice"))
+        .server("127.0.0.1:7600")
+        .build()
+    {
+        Err(BuildError::Endpoint(EndpointError::InvalidUrl { reason, .. })) => {
+            assert_eq!(reason, "no scheme (expected scheme://host/)")
+        }
+        other => panic!("expected InvalidUrl, got {other:?}"),
+    }
+}

@@ -11,6 +11,7 @@ use invitation_core::{
     AppEvent, CallId, CallType, ClientSession, CommandError, CustomData, DeviceId, SessionConfig,
     User, UserId, ValidationError,
 };
+use invitation_transport::endpoint::{Endpoint, EndpointError};
 use invitation_transport::{BoxTransport, Transport, TransportError};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -76,6 +77,10 @@ pub enum BuildError {
     /// The default ring timeout is outside 1-600 s.
     #[error("ring timeout must be 1..=600 s, got {0:?}")]
     RingTimeout(Duration),
+    /// The server URL picks no transport: a wrong scheme, no host, or a
+    /// backend that is not built in.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
 }
 
 /// A successful invitation.
@@ -125,8 +130,14 @@ impl Default for Options {
 #[derive(Debug)]
 pub struct NoTransport;
 
-/// Builder state: a transport is set.
-pub struct WithTransport(BoxTransport);
+/// Builder state: a transport, or a server URL to pick one from, is set.
+pub struct WithTransport(Reach);
+
+/// How the client reaches the switchboard, until `build`.
+enum Reach {
+    Transport(BoxTransport),
+    Server(Endpoint),
+}
 
 impl std::fmt::Debug for WithTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -183,8 +194,23 @@ impl ClientBuilder<NoTransport> {
 
     /// How to reach the switchboard (memory hub, mock, WebSocket ...).
     pub fn transport(self, transport: impl Transport) -> ClientBuilder<WithTransport> {
+        self.reach(Reach::Transport(Arc::new(transport)))
+    }
+
+    /// The server, by URL: its scheme picks the transport (`ws://`,
+    /// `wss://`). Give an [`Endpoint`] to force a transport, set the
+    /// trusted TLS roots or the connect timeout:
+    /// `.server(Endpoint::new(url).tls(ClientTls::with_ca_file("ca.pem")?))`.
+    /// A URL that picks no transport fails [`build`](ClientBuilder::build)
+    /// with [`BuildError::Endpoint`]. The in-process memory hub has no URL:
+    /// give it with [`transport`](ClientBuilder::transport).
+    pub fn server(self, endpoint: impl Into<Endpoint>) -> ClientBuilder<WithTransport> {
+        self.reach(Reach::Server(endpoint.into()))
+    }
+
+    fn reach(self, reach: Reach) -> ClientBuilder<WithTransport> {
         ClientBuilder {
-            transport: WithTransport(Arc::new(transport)),
+            transport: WithTransport(reach),
             user: self.user,
             device: self.device,
             token: self.token,
@@ -316,6 +342,10 @@ impl ClientBuilder<WithTransport> {
                 return Err(BuildError::RingTimeout(t));
             }
         }
+        let transport = match self.transport.0 {
+            Reach::Transport(t) => t,
+            Reach::Server(endpoint) => endpoint.transport()?,
+        };
         // The session owns every command's life, its deadline included.
         let mut session_config = self.options.session.clone();
         session_config.command_deadline = self.options.command_timeout;
@@ -334,7 +364,7 @@ impl ClientBuilder<WithTransport> {
         };
         let last_seq = Arc::new(AtomicU64::new(u64::MAX));
         let parts = Parts {
-            transport: self.transport.0,
+            transport,
             handler,
             session,
             cmd_rx,

@@ -208,17 +208,22 @@ pub(crate) fn router(
 
 /// Serves `router` on `listener` until `stop` completes (requests under
 /// way finish first).
+/// With `tls` (certificate and key, and the handshake timeout), HTTPS only.
 pub(crate) async fn serve(
     listener: TcpListener,
+    tls: Option<(crate::tls::ServerTls, Duration)>,
     router: Router,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let listener = crate::api_conn::Bounded::new(
+    let mut listener = crate::api_conn::Bounded::new(
         listener,
         crate::api_conn::MAX_API_CONNECTIONS,
         crate::api_conn::MAX_API_CONNECTIONS_PER_IP,
         crate::api_conn::API_IDLE,
     );
+    if let Some((tls, handshake)) = tls {
+        listener = listener.with_tls(tls, handshake);
+    }
     if let Err(e) = axum::serve(listener, router)
         .with_graceful_shutdown(stop)
         .await
@@ -878,7 +883,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(serve(listener, router, async move {
+        tokio::spawn(serve(listener, None, router, async move {
             let _ = stopped.await;
         }));
         (base, inbox, stop)
@@ -904,6 +909,8 @@ mod tests {
     #[tokio::test]
     async fn rejected_requests_never_reach_the_hub() {
         let (base, mut inbox, stop) = serve_on_inbox(0.001, 12.0).await;
+        // reqwest is built without a crypto provider of its own.
+        crate::tls::install_crypto_provider();
         let client = reqwest::Client::new();
         let presence = format!("{base}/v1/users/alice/presence");
         let tokens = format!("{base}/v1/tokens");

@@ -20,6 +20,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::Accept;
+
+use crate::tls::{ServerTls, Stream};
 
 /// Connections served at once by the API.
 pub(crate) const MAX_API_CONNECTIONS: usize = 256;
@@ -37,6 +40,8 @@ pub(crate) struct Bounded {
     per_ip: usize,
     /// Connections open per address (an address goes with its last one).
     open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// The server's TLS, and the time its handshake may take.
+    tls: Option<(ServerTls, Duration)>,
 }
 
 impl Bounded {
@@ -47,7 +52,15 @@ impl Bounded {
             idle,
             per_ip,
             open: Arc::default(),
+            tls: None,
         }
+    }
+
+    /// Serves TLS only: each admitted connection first completes the
+    /// handshake, within `handshake`.
+    pub(crate) fn with_tls(mut self, tls: ServerTls, handshake: Duration) -> Self {
+        self.tls = Some((tls, handshake));
+        self
     }
 
     /// Counts a connection from `ip`, unless that address is at its cap.
@@ -103,13 +116,19 @@ impl axum::serve::Listener for Bounded {
                         tracing::debug!(%peer, "too many HTTP API connections from this address: closed");
                         continue;
                     };
+                    let (io, first) = match &self.tls {
+                        None => (Io::Ready(Stream::Plain(stream)), self.idle),
+                        Some((tls, handshake)) => {
+                            (Io::Handshake(Box::pin(tls.start(stream))), *handshake)
+                        }
+                    };
                     return (
                         Conn {
-                            stream,
+                            io,
                             _permit: permit,
                             _counted: counted,
                             idle: self.idle,
-                            deadline: Box::pin(tokio::time::sleep(self.idle)),
+                            deadline: Box::pin(tokio::time::sleep(first)),
                         },
                         peer,
                     );
@@ -128,14 +147,65 @@ impl axum::serve::Listener for Bounded {
     }
 }
 
+/// Where an admitted connection is.
+enum Io {
+    /// The TLS handshake is under way.
+    Handshake(Pin<Box<Accept<TcpStream>>>),
+    /// Ready for HTTP.
+    Ready(Stream),
+    /// The handshake failed or took too long.
+    Failed,
+}
+
 /// An admitted connection: gives its slot back when dropped; reading fails
-/// with `TimedOut` after `idle` without a byte.
+/// with `TimedOut` after `idle` without a byte (and reading or writing,
+/// when the TLS handshake does not finish within its time).
 pub(crate) struct Conn {
-    stream: TcpStream,
+    io: Io,
     _permit: OwnedSemaphorePermit,
     _counted: PerIp,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
+}
+
+impl Conn {
+    /// Drives the TLS handshake, if one is under way, to its end; then the
+    /// stream.
+    fn poll_stream(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<&mut Stream>> {
+        if let Io::Handshake(accept) = &mut self.io {
+            match accept.as_mut().poll(cx) {
+                Poll::Ready(Ok(tls)) => {
+                    self.io = Io::Ready(Stream::Tls(Box::new(tls)));
+                    let next = Instant::now() + self.idle;
+                    self.deadline.as_mut().reset(next);
+                }
+                Poll::Ready(Err(e)) => {
+                    self.io = Io::Failed;
+                    tracing::debug!(error = %e, "HTTP API TLS handshake failed");
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => {
+                    return match self.deadline.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
+                            self.io = Io::Failed;
+                            Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "the HTTP API client did not finish the TLS handshake in time",
+                            )))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
+        }
+        match &mut self.io {
+            Io::Ready(stream) => Poll::Ready(Ok(stream)),
+            _ => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the TLS handshake failed",
+            ))),
+        }
+    }
 }
 
 impl AsyncRead for Conn {
@@ -145,7 +215,12 @@ impl AsyncRead for Conn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+        let stream = match this.poll_stream(cx) {
+            Poll::Ready(Ok(stream)) => stream,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        };
+        match Pin::new(stream).poll_read(cx, buf) {
             Poll::Ready(result) => {
                 let next = Instant::now() + this.idle;
                 this.deadline.as_mut().reset(next);
@@ -168,15 +243,27 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        match self.poll_stream(cx) {
+            Poll::Ready(Ok(stream)) => Pin::new(stream).poll_write(cx, buf),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        match self.poll_stream(cx) {
+            Poll::Ready(Ok(stream)) => Pin::new(stream).poll_flush(cx),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        match &mut self.io {
+            Io::Ready(stream) => Pin::new(stream).poll_shutdown(cx),
+            // Nothing was said over TLS: dropping the socket is the close.
+            _ => Poll::Ready(Ok(())),
+        }
     }
 
     fn poll_write_vectored(
@@ -184,11 +271,19 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        match self.poll_stream(cx) {
+            Poll::Ready(Ok(stream)) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        // Asked once, before the TLS handshake ends: plain sockets only.
+        match &self.io {
+            Io::Ready(stream) => stream.is_write_vectored(),
+            _ => false,
+        }
     }
 }
 
@@ -292,5 +387,74 @@ mod tests {
             open.lock().unwrap().is_empty(),
             "an address goes with its last connection"
         );
+    }
+
+    /// With TLS, an admitted client that never finishes the handshake holds
+    /// its slot for the handshake time only: reading it fails with
+    /// `TimedOut` then, and once it is dropped the next client is admitted.
+    /// A client that completes the handshake is read as plain bytes.
+    #[tokio::test]
+    async fn a_tls_handshake_holds_its_slot_for_the_handshake_time_only() {
+        let dir = std::env::temp_dir().join(format!("invitation-api-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        let tls = ServerTls::load(&cert, &key).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut bounded =
+            Bounded::new(listener, 1, 1, SOON).with_tls(tls, Duration::from_millis(300));
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        let (mut first, _) = tokio::time::timeout(SOON, bounded.accept()).await.unwrap();
+        // The next client waits: the silent one holds the only slot.
+        let client = tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(made.cert.der().clone()).unwrap();
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut tls = connector.connect(name, tcp).await.unwrap();
+            tls.write_all(b"hello").await.unwrap();
+            tls.flush().await.unwrap();
+            tls
+        });
+        let mut second = Box::pin(bounded.accept());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), second.as_mut())
+                .await
+                .is_err(),
+            "a second connection was admitted while the first held the slot"
+        );
+        let mut buf = [0u8; 8];
+        let err = tokio::time::timeout(SOON, first.read(&mut buf))
+            .await
+            .expect("the handshake deadline fires")
+            .expect_err("timed out");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let held = started.elapsed();
+        assert!(held >= Duration::from_millis(290), "held {held:?}");
+        drop(first);
+        let (mut second, _) = tokio::time::timeout(SOON, second)
+            .await
+            .expect("the slot came back");
+        let mut got = [0u8; 5];
+        tokio::time::timeout(SOON, second.read_exact(&mut got))
+            .await
+            .expect("in time")
+            .expect("read through TLS");
+        assert_eq!(&got, b"hello");
+        drop(client);
     }
 }

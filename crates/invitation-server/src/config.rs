@@ -81,6 +81,9 @@ pub const KEYS: &[&str] = &[
     "push_secrets",
     "push_timeout_ms",
     "max_push_devices",
+    "tls_cert",
+    "tls_key",
+    "outbound_ca_file",
 ];
 
 /// Keys whose environment values are always text.
@@ -95,6 +98,9 @@ const TEXT_KEYS: &[&str] = &[
     "end_policy",
     "durability",
     "push_gateway_url",
+    "tls_cert",
+    "tls_key",
+    "outbound_ca_file",
 ];
 
 /// Every server setting. Field names are the TOML keys.
@@ -238,8 +244,9 @@ pub struct Config {
     /// Largest API request body, bytes (64 KiB).
     pub api_max_body_bytes: usize,
     /// Endpoints that receive every call event as a signed JSON `POST`
-    /// (docs/http-api.md, "Webhooks"), `http://` URLs (https is not
-    /// supported yet). Empty (the default): no webhooks.
+    /// (docs/http-api.md, "Webhooks"), `http://` or `https://` URLs (the
+    /// system's roots, or `outbound_ca_file`). Empty (the default): no
+    /// webhooks.
     pub webhook_urls: Vec<String>,
     /// Secrets webhook bodies are signed with, each at least
     /// [`MIN_WEBHOOK_SECRET_BYTES`] bytes; required with `webhook_urls`.
@@ -251,7 +258,8 @@ pub struct Config {
     pub webhook_max_age_s: u64,
     /// Time allowed for one delivery attempt, ms (5,000).
     pub webhook_timeout_ms: u64,
-    /// The push gateway (docs/push.md): an `http://` URL that receives a
+    /// The push gateway (docs/push.md): an `http://` or `https://` URL (the
+    /// roots of `outbound_ca_file`, else the system's) that receives a
     /// signed JSON `POST` per device to wake (a `ring`) or to quieten (a
     /// `stop`). Unset (the default): no push; registrations are still kept.
     pub push_gateway_url: Option<String>,
@@ -264,6 +272,16 @@ pub struct Config {
     /// Devices with push credentials kept per user (10): one more forgets
     /// the user's oldest registration.
     pub max_push_devices: usize,
+    /// The server's TLS certificate chain (PEM, its own certificate first).
+    /// With `tls_key`, both ports serve TLS only (`wss://`, `https://`);
+    /// unset (the default), plain TCP, for a TLS proxy in front.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of `tls_cert` (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<std::path::PathBuf>,
+    /// CA certificates (PEM) trusted for the server's own outbound `https://`
+    /// requests (webhooks) instead of the system's roots: for receivers
+    /// with a private CA.
+    pub outbound_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -328,6 +346,9 @@ impl Default for Config {
             push_secrets: Vec::new(),
             push_timeout_ms: 5_000,
             max_push_devices: 10,
+            tls_cert: None,
+            tls_key: None,
+            outbound_ca_file: None,
         }
     }
 }
@@ -710,22 +731,15 @@ impl Config {
             );
         }
         for (i, url) in self.webhook_urls.iter().enumerate() {
-            if url.starts_with("https://") {
-                return invalid(
-                    "webhook_urls",
-                    format!(
-                        "endpoint {} ({url:?}): https is not supported yet; use http:// to a TLS proxy on the same host",
-                        i + 1
-                    ),
-                );
-            }
-            let rest = url.strip_prefix("http://");
+            let rest = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"));
             let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
             if host.is_none_or(|h| h.is_empty() || h.contains(char::is_whitespace)) {
                 return invalid(
                     "webhook_urls",
                     format!(
-                        "endpoint {} ({url:?}) is not an http:// URL with a host",
+                        "endpoint {} ({url:?}) is not an http:// or https:// URL with a host",
                         i + 1
                     ),
                 );
@@ -773,18 +787,19 @@ impl Config {
         Ok(())
     }
 
-    /// The push settings: an `http://` gateway with a host, secrets long
+    /// The push settings: an `http(s)://` gateway with a host, secrets long
     /// enough and present when the gateway is, ranges kept.
     fn check_push(&self) -> Result<(), ConfigError> {
         let invalid = |key: &'static str, detail: String| Err(ConfigError::Invalid { key, detail });
         if let Some(url) = &self.push_gateway_url {
             let host = url
                 .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"))
                 .map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
             if host.is_none_or(|h| h.is_empty() || h.contains(char::is_whitespace)) {
                 return invalid(
                     "push_gateway_url",
-                    format!("{url:?} is not an http:// URL with a host"),
+                    format!("{url:?} is not an http:// or https:// URL with a host"),
                 );
             }
             if self.push_secrets.is_empty() {
@@ -1018,7 +1033,9 @@ mod tests {
                 "webhook_urls",
                 Box::new(|c| {
                     c.webhook_secrets = vec!["s".repeat(32)];
-                    c.webhook_urls = vec!["https://hooks.example/in".into()];
+                    // https is taken (since the server has a TLS client),
+                    // but not without a host.
+                    c.webhook_urls = vec!["https:///no-host".into()];
                 }),
             ),
             (
@@ -1060,6 +1077,12 @@ mod tests {
         }
         assert!(check_secret("0123456789abcdef").is_ok());
         assert!(check_secret("0123456789abcde").is_err());
+        let https = Config {
+            webhook_urls: vec!["https://hooks.example/in".into()],
+            webhook_secrets: vec!["s".repeat(32)],
+            ..Config::default()
+        };
+        assert!(https.validate().is_ok(), "an https:// webhook is taken");
     }
 
     #[test]
@@ -1135,11 +1158,13 @@ mod tests {
         let numeric = [
             ("INVITATION_SECRET", "12345678901234567890"),
             ("INVITATION_DATA_DIR", "2026"),
+            ("INVITATION_TLS_CERT", "443"),
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()));
         let n = Config::load(None, numeric.into_iter()).unwrap();
         assert_eq!(n.secret.as_deref(), Some("12345678901234567890"));
         assert_eq!(n.data_dir.as_deref(), Some(std::path::Path::new("2026")));
+        assert_eq!(n.tls_cert.as_deref(), Some(std::path::Path::new("443")));
         assert_eq!(c.conn_rate_per_ip, 7.5);
         assert_eq!(c.busy_policy, "ring_anyway");
         assert_eq!(
@@ -1167,10 +1192,11 @@ mod tests {
                 | "command_burst_per_conn"
                 | "api_rate_per_key"
                 | "api_burst_per_key" => "1.0",
-                "secret_file" => "\"/run/x\"",
+                "secret_file" | "tls_cert" | "tls_key" | "outbound_ca_file" => "\"/run/x\"",
                 "hide_callee_status" | "in_memory" => "true",
                 "data_dir" => "\"/var/lib/x\"",
                 "durability" => "\"fsync\"",
+                "push_gateway_url" => "\"http://gw.example/push\"",
                 _ => "1",
             };
             toml::from_str::<Config>(&format!("{key} = {value}"))

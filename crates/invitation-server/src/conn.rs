@@ -34,11 +34,12 @@ use crate::metered::{Metered, client_frame_len};
 use crate::metrics::Refusal;
 use crate::outbox::Outbox;
 use crate::server::Shared;
+use crate::tls::Stream;
 
 /// Bytes of queued frames written to the socket in one go.
 const WRITE_BATCH: usize = 64 * 1024;
 
-type Ws = WebSocketStream<Metered<Prefixed<TcpStream>>>;
+type Ws = WebSocketStream<Metered<Prefixed<Stream>>>;
 
 /// Serves one accepted TCP connection to the end. Never panics on input.
 pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, key: ConnId) {
@@ -53,11 +54,17 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     session.run().await;
 }
 
-/// HTTP routing and the WebSocket upgrade; `None` when the connection was
-/// answered (health, metrics, 404, refusal) or failed.
-async fn upgrade(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<Ws> {
-    // One deadline for the whole handshake: request head and upgrade.
+/// TLS (when the server has it), HTTP routing and the WebSocket upgrade;
+/// `None` when the connection was answered (health, metrics, 404, refusal)
+/// or failed.
+async fn upgrade(tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<Ws> {
+    // One deadline for the whole handshake: TLS, request head and upgrade.
     let deadline = Instant::now() + shared.config.handshake_timeout();
+    let Some(mut stream) = crate::tls::handshake(tcp, shared.tls.as_ref(), deadline, peer).await
+    else {
+        shared.metrics.refused(Refusal::Handshake);
+        return None;
+    };
     let (route, bytes) = match timeout_at(deadline, http::read_head(&mut stream)).await {
         Ok(Ok(v)) => v,
         failed => {
@@ -109,10 +116,11 @@ async fn upgrade(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> Op
         .await;
         return None;
     }
-    let _ = stream.set_nodelay(true);
+    let _ = stream.tcp().set_nodelay(true);
     // What the kernel may hold for a client that stops reading. Linux
     // doubles the value for its bookkeeping.
-    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(shared.config.send_buffer_bytes);
+    let _ =
+        socket2::SockRef::from(stream.tcp()).set_send_buffer_size(shared.config.send_buffer_bytes);
     let config = WebSocketConfig::default()
         .read_buffer_size(shared.config.read_buffer_bytes)
         // Writes are batched by the session loop (feed, then one flush).
@@ -579,6 +587,7 @@ mod tests {
             metrics: Default::default(),
             hub,
             shutdown,
+            tls: None,
         });
         let task = super::serve(stream, peer, shared, invitation_core::ConnId::new(1));
         let size = std::mem::size_of_val(&task);

@@ -53,6 +53,7 @@ pub mod secret_file;
 mod server;
 mod slots;
 pub mod store;
+pub mod tls;
 pub mod webhook;
 
 pub use auth::{Authority, Claims};

@@ -63,6 +63,13 @@ struct Cli {
     /// Keep nothing on disk: a restart loses live calls and event logs.
     #[arg(long, env = "INVITATION_IN_MEMORY")]
     in_memory: bool,
+    /// TLS certificate chain (PEM). With --tls-key, the server serves
+    /// `wss://` and `https://` itself; without, plain TCP for a proxy.
+    #[arg(long, env = "INVITATION_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "INVITATION_TLS_KEY")]
+    tls_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Sub>,
 }
@@ -109,6 +116,12 @@ fn load(cli: &Cli) -> Result<Config> {
     }
     if let Some(v) = &cli.data_dir {
         config.data_dir = Some(v.clone());
+    }
+    if let Some(v) = &cli.tls_cert {
+        config.tls_cert = Some(v.clone());
+    }
+    if let Some(v) = &cli.tls_key {
+        config.tls_key = Some(v.clone());
     }
     if cli.in_memory {
         config.in_memory = true;
@@ -291,7 +304,11 @@ async fn serve(cli: Cli, config: Config, unknown_env: Vec<String>) -> Result<()>
     let configured_file = config.secret_file.clone();
     let server = Server::bind(config).await?;
     let addr = server.local_addr();
-    tracing::info!(%addr, "listening (ws://{addr}/, /healthz, /metrics)");
+    if server.serves_tls() {
+        tracing::info!(%addr, "listening with TLS (wss://{addr}/, https /healthz, /metrics)");
+    } else {
+        tracing::info!(%addr, "listening (ws://{addr}/, /healthz, /metrics)");
+    }
     // A generated secret goes to an owner-only file, never to the terminal
     // or the log: only its path is shown.
     let written = match server.generated_secret() {

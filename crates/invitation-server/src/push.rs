@@ -46,15 +46,29 @@ pub(crate) struct PushSettings {
     pub(crate) queue: usize,
     /// Requests in flight at once.
     pub(crate) in_flight: usize,
+    /// The roots trusted for an `https://` gateway (the system's, or
+    /// `outbound_ca_file`).
+    pub(crate) tls: Arc<rustls::ClientConfig>,
 }
 
 impl PushSettings {
     /// The settings of `config`, or none without a gateway: retries 250 ms
     /// doubling up to 5 s apart, stops retried for a minute, 10,000
-    /// requests waiting and 256 in flight at most.
-    pub(crate) fn from_config(config: &crate::config::Config) -> Option<Self> {
-        Some(Self {
-            url: config.push_gateway_url.clone()?,
+    /// requests waiting and 256 in flight at most. Fails when the roots for
+    /// an `https://` gateway cannot be loaded.
+    pub(crate) fn from_config(
+        config: &crate::config::Config,
+    ) -> Result<Option<Self>, crate::tls::TlsSetupError> {
+        let Some(url) = config.push_gateway_url.clone() else {
+            return Ok(None);
+        };
+        let tls = crate::tls::outbound_tls(
+            config.outbound_ca_file.as_deref(),
+            url.starts_with("https://"),
+        )?;
+        Ok(Some(Self {
+            tls,
+            url,
             secrets: config.push_secrets.clone().into(),
             timeout: Duration::from_millis(config.push_timeout_ms),
             first_retry: Duration::from_millis(250),
@@ -62,7 +76,7 @@ impl PushSettings {
             stop_max_age: Duration::from_secs(60),
             queue: 10_000,
             in_flight: 256,
-        })
+        }))
     }
 }
 
@@ -206,7 +220,7 @@ fn body(notice: &PushNotice, now_ms: u64) -> (bool, serde_json::Value) {
 /// device's `stop` waits until its `ring` is done, cutting a ring that is
 /// still being retried short.
 async fn send_all(mut queue: mpsc::Receiver<Job>, settings: PushSettings, metrics: Arc<Metrics>) {
-    let client = match reqwest::Client::builder()
+    let client = match crate::tls::http_client(&settings.tls)
         .timeout(settings.timeout)
         .redirect(reqwest::redirect::Policy::none())
         .build()

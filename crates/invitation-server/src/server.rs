@@ -45,6 +45,9 @@ pub struct Shared {
     pub hub: mpsc::Sender<HubMsg>,
     /// Flips to `true` on shutdown.
     pub shutdown: watch::Receiver<bool>,
+    /// The server's own TLS (`tls_cert` / `tls_key`), when set: both ports
+    /// then take TLS connections only.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 /// Why the server could not start.
@@ -62,6 +65,10 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
+    /// The TLS certificate or key cannot be used, or the roots for
+    /// outbound `https://` cannot be loaded. The message names the file.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsSetupError),
     /// The data directory cannot be used (locked by another server,
     /// damaged, unreadable).
     #[error(transparent)]
@@ -102,6 +109,18 @@ impl Server {
     /// Validates the settings, binds the address and starts the hub.
     pub async fn bind(mut config: Config) -> Result<Self, ServerError> {
         let sb = config.validate()?;
+        crate::tls::install_crypto_provider();
+        // Before anything binds or starts: a bad certificate, key or CA
+        // file stops the start with the file's name.
+        let tls = crate::tls::ServerTls::from_settings(
+            config.tls_cert.as_deref(),
+            config.tls_key.as_deref(),
+        )?;
+        let delivery = if config.webhook_urls.is_empty() {
+            None
+        } else {
+            Some(Delivery::from_config(&config)?)
+        };
         let generated_secret = if config.secret.is_none() {
             let s = random_secret();
             config.secret = Some(s.clone());
@@ -154,14 +173,11 @@ impl Server {
             }
             None => Hub::new(sb, limits, config.shed_after(), metrics.clone()),
         };
-        let hub = if config.webhook_urls.is_empty() {
-            hub
-        } else {
+        let hub = if let Some(delivery) = delivery {
             tracing::info!(
                 endpoints = config.webhook_urls.len(),
                 "webhooks on: every call event is sent to each endpoint"
             );
-            let delivery = Delivery::from_config(&config);
             let webhooks = match config.store_options() {
                 Some(options) => {
                     let dir = options.dir.join("webhooks");
@@ -177,8 +193,10 @@ impl Server {
                 None => Webhooks::start(&config.webhook_urls, delivery, metrics.clone()),
             };
             hub.with_webhooks(webhooks)
+        } else {
+            hub
         };
-        let hub = match PushSettings::from_config(&config) {
+        let hub = match PushSettings::from_config(&config)? {
             Some(settings) => {
                 tracing::info!(gateway = %settings.url, "push on: devices that are not connected are woken through the gateway");
                 hub.with_pushes(Pushes::start(settings, metrics.clone()))
@@ -197,6 +215,7 @@ impl Server {
                 metrics,
                 hub: hub_tx,
                 shutdown,
+                tls,
             }),
             shutdown_tx,
             hub,
@@ -207,6 +226,11 @@ impl Server {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("bound listener")
+    }
+
+    /// Whether both ports serve TLS (`tls_cert` and `tls_key` are set).
+    pub fn serves_tls(&self) -> bool {
+        self.shared.tls.is_some()
     }
 
     /// The HTTP API's address, when it is on (`api_keys` configured).
@@ -258,9 +282,17 @@ impl Server {
                 shared.authority.clone(),
                 shared.hub.clone(),
             );
-            tokio::spawn(crate::api::serve(listener, router, async move {
-                let _ = api_stopped.await;
-            }))
+            tokio::spawn(crate::api::serve(
+                listener,
+                shared
+                    .tls
+                    .clone()
+                    .map(|tls| (tls, shared.config.handshake_timeout())),
+                router,
+                async move {
+                    let _ = api_stopped.await;
+                },
+            ))
         });
         let slots = Slots::new(
             shared.config.max_connections,
@@ -340,7 +372,7 @@ impl Server {
                             let shared = shared.clone();
                             tasks.spawn(async move {
                                 let _slot = slot;
-                                answer_probe(stream, &shared).await;
+                                answer_probe(stream, peer, &shared).await;
                             });
                         }
                         Admission::PerIp => {
@@ -395,6 +427,7 @@ impl Server {
     /// Runs in a background task; for tests and examples.
     pub fn spawn(self) -> RunningServer {
         let addr = self.local_addr();
+        let tls = self.shared.tls.is_some();
         let api_addr = self.api_addr();
         let authority = self.shared.authority.clone();
         let metrics = self.shared.metrics.clone();
@@ -405,6 +438,7 @@ impl Server {
         }));
         RunningServer {
             addr,
+            tls,
             api_addr,
             authority,
             metrics,
@@ -419,12 +453,19 @@ impl Server {
 /// taken): `/healthz` (200 while the hub runs, 503 once it stopped) and
 /// `/metrics`; anything else, a WebSocket upgrade included, gets 503. The
 /// request head must arrive within the handshake timeout, at most 2 s.
-async fn answer_probe(mut stream: TcpStream, shared: &Shared) {
+async fn answer_probe(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
     let limit = shared
         .config
         .handshake_timeout()
         .min(Duration::from_secs(2));
-    let Ok(Ok((route, _))) = tokio::time::timeout(limit, http::read_head(&mut stream)).await else {
+    // TLS (when on) and the request head share the one deadline.
+    let deadline = tokio::time::Instant::now() + limit;
+    let Some(mut stream) = crate::tls::handshake(stream, shared.tls.as_ref(), deadline, peer).await
+    else {
+        return;
+    };
+    let Ok(Ok((route, _))) = tokio::time::timeout_at(deadline, http::read_head(&mut stream)).await
+    else {
         return;
     };
     let (status, content_type, body) = match route {
@@ -456,6 +497,8 @@ async fn answer_probe(mut stream: TcpStream, shared: &Shared) {
 pub struct RunningServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Whether it serves TLS (its URLs are `wss://` and `https://`).
+    pub tls: bool,
     /// Where its HTTP API listens, when it is on.
     pub api_addr: Option<SocketAddr>,
     /// Its token authority.
@@ -468,9 +511,10 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// `ws://addr/`.
+    /// `ws://addr/`, or `wss://addr/` when it serves TLS.
     pub fn url(&self) -> String {
-        format!("ws://{}/", self.addr)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}/", self.addr)
     }
 
     /// A token for `user`, valid for an hour.

@@ -350,20 +350,32 @@ pub(crate) struct Delivery {
     pub(crate) max_retry: Duration,
     /// Events waiting per endpoint; more are dropped (and counted).
     pub(crate) queue: usize,
+    /// The roots trusted for `https://` endpoints (the system's, or
+    /// `outbound_ca_file`).
+    pub(crate) tls: Arc<rustls::ClientConfig>,
 }
 
 impl Delivery {
     /// The settings of `config` (retries from 1 s up to 5 minutes apart,
-    /// 10,000 events waiting per endpoint).
-    pub(crate) fn from_config(config: &crate::config::Config) -> Self {
-        Self {
+    /// 10,000 events waiting per endpoint). Fails when the roots for an
+    /// `https://` endpoint cannot be loaded.
+    pub(crate) fn from_config(
+        config: &crate::config::Config,
+    ) -> Result<Self, crate::tls::TlsSetupError> {
+        let https = config
+            .webhook_urls
+            .iter()
+            .any(|u| u.starts_with("https://"));
+        let tls = crate::tls::outbound_tls(config.outbound_ca_file.as_deref(), https)?;
+        Ok(Self {
+            tls,
             secrets: config.webhook_secrets.clone().into(),
             timeout: Duration::from_millis(config.webhook_timeout_ms),
             max_age: Duration::from_secs(config.webhook_max_age_s),
             first_retry: Duration::from_secs(1),
             max_retry: Duration::from_secs(300),
             queue: 10_000,
-        }
+        })
     }
 }
 
@@ -538,7 +550,7 @@ impl Webhooks {
 }
 
 fn client(url: &str, delivery: &Delivery) -> Option<reqwest::Client> {
-    match reqwest::Client::builder()
+    match crate::tls::http_client(&delivery.tls)
         .timeout(delivery.timeout)
         .redirect(reqwest::redirect::Policy::none())
         .build()

@@ -2,7 +2,8 @@
 //! in-process memory hub with the clock paused (`memory::*`) and this server
 //! over WebSocket on 127.0.0.1:0 (`websocket::*`), the same server keeping
 //! its state in a data directory (`durable::*`: every turn journaled before
-//! its messages leave). Then what only makes
+//! its messages leave), and the server terminating TLS itself, its clients
+//! dialing `wss://` (`wss::*`). Then what only makes
 //! sense on the server: in-band token renewal. (A connection replaced by a
 //! second one of the same device stays down: tests/client_auth.rs.)
 
@@ -28,6 +29,16 @@ macro_rules! flows {
                 #[tokio::test]
                 async fn $flow() {
                     let fixture = crate::suite::Server::start().await;
+                    crate::suite::$flow(&fixture).await;
+                    fixture.stop().await;
+                }
+            )*
+        }
+        mod wss {
+            $(
+                #[tokio::test]
+                async fn $flow() {
+                    let fixture = crate::suite::Server::start_tls().await;
                     crate::suite::$flow(&fixture).await;
                     fixture.stop().await;
                 }

@@ -60,12 +60,16 @@ fn call_of(r: &ReplyResult) -> CallId {
     }
 }
 
-struct Ws(RunningServer);
+struct Ws(RunningServer, Option<common::tls::TestPki>);
 
 #[async_trait]
 impl Fixture for Ws {
     async fn transport(&self, _user: &User) -> BoxTransport {
-        std::sync::Arc::new(WsTransport::new(self.0.url()))
+        let ws = WsTransport::new(self.0.url());
+        match &self.1 {
+            Some(pki) => std::sync::Arc::new(ws.tls(pki.client_tls())),
+            None => std::sync::Arc::new(ws),
+        }
     }
     fn token(&self, user: &User) -> Option<String> {
         Some(self.0.token(user.id.as_str(), &user.name))
@@ -74,7 +78,16 @@ impl Fixture for Ws {
 
 #[tokio::test]
 async fn ws_backend_passes_conformance() {
-    conformance::run_all(&Ws(server(|_| {}).await)).await;
+    conformance::run_all(&Ws(server(|_| {}).await, None)).await;
+}
+
+/// The same suite over `wss://`: the server terminates TLS itself.
+#[tokio::test]
+async fn wss_backend_passes_conformance() {
+    let pki = common::tls::TestPki::loopback();
+    let srv = server(|c| pki.serve(c)).await;
+    assert!(srv.url().starts_with("wss://"), "{}", srv.url());
+    conformance::run_all(&Ws(srv, Some(pki))).await;
 }
 
 // ----- reconnects -------------------------------------------------------

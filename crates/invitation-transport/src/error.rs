@@ -17,6 +17,10 @@ pub enum TransportErrorKind {
     Protocol,
     /// An I/O error below the protocol.
     Io,
+    /// The server's TLS certificate was not accepted: not signed by a
+    /// trusted CA, made for another name, expired. Retrying will not help
+    /// until the server's certificate or the client's trusted roots change.
+    Certificate,
 }
 
 /// A transport failure, with a [`kind`](TransportError::kind) to act on.
@@ -93,6 +97,7 @@ mod tests {
         assert!(TransportError::new(TransportErrorKind::Timeout, "x").is_retryable());
         assert!(!TransportError::new(TransportErrorKind::Rejected, "x").is_retryable());
         assert!(!TransportError::new(TransportErrorKind::Protocol, "x").is_retryable());
+        assert!(!TransportError::new(TransportErrorKind::Certificate, "x").is_retryable());
         let e = TransportError::with_source(
             TransportErrorKind::Io,
             "read",

@@ -10,7 +10,11 @@
 //! Backends:
 //! * [`memory`]: an in-process hub running the core `Switchboard`, many
 //!   clients on one hub (tests, examples, single-process apps);
-//! * `ws` (feature `ws`, off by default): WebSocket to `invitation-server`.
+//! * `ws` (feature `ws`, off by default): WebSocket to `invitation-server`,
+//!   `ws://` and `wss://`.
+//!
+//! [`endpoint`] picks the backend from a server URL's scheme; `tls`
+//! (feature `tls`, on with `ws`) holds the trusted roots for TLS.
 //!
 //! Test helpers (feature `testing`, off by default; turn it on in
 //! `[dev-dependencies]`):
@@ -37,12 +41,15 @@
 
 #[cfg(feature = "testing")]
 pub mod conformance;
+pub mod endpoint;
 mod error;
 #[cfg(feature = "testing")]
 pub mod fault;
 pub mod memory;
 #[cfg(feature = "testing")]
 pub mod mock;
+#[cfg(feature = "tls")]
+pub mod tls;
 #[cfg(feature = "ws")]
 pub mod ws;
 

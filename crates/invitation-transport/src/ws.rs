@@ -1,7 +1,9 @@
 //! The WebSocket backend: talks to `invitation-server` (protocol v1 as JSON
-//! text frames). Reconnecting, resuming and retrying are done above, by the
-//! client driver, for every backend alike.
+//! text frames), over `ws://` or `wss://` (TLS through rustls, the roots of
+//! a [`ClientTls`]: the system's unless given). Reconnecting, resuming and
+//! retrying are done above, by the client driver, for every backend alike.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,33 +13,67 @@ use invitation_core::protocol::{ClientMessage, ServerMessage};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
+use crate::tls::ClientTls;
 use crate::{BoxConnection, Connection, Transport, TransportError, TransportErrorKind};
 
-/// Connects to `ws://host:port/`. The token travels in `hello` (set it on
-/// the client builder); the URL carries none.
+/// Connects to `ws://host:port/` or `wss://host:port/`. The token travels
+/// in `hello` (set it on the client builder); the URL carries none.
 #[derive(Debug, Clone)]
 pub struct WsTransport {
     url: String,
     connect_timeout: Duration,
     limits: DecodeLimits,
+    tls: Option<ClientTls>,
 }
 
 impl WsTransport {
-    /// A transport for `url` (e.g. `ws://127.0.0.1:7600/`).
+    /// A transport for `url` (e.g. `ws://127.0.0.1:7600/`,
+    /// `wss://signal.example.org/`).
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
             connect_timeout: Duration::from_secs(10),
             limits: DecodeLimits::default(),
+            tls: None,
         }
     }
 
-    /// How long a connection attempt may take (10 s).
+    /// How long a connection attempt may take, TLS handshake included
+    /// (10 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
+    }
+
+    /// The certificates trusted for `wss://` (default: the system's roots,
+    /// loaded at the first `wss://` connection). Unused for `ws://`.
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The TLS configuration for a `wss://` connection.
+    fn client_tls(&self) -> Result<ClientTls, TransportError> {
+        if let Some(tls) = &self.tls {
+            return Ok(tls.clone());
+        }
+        // Loaded once per process: reading the system store on every
+        // reconnection would cost file I/O for nothing.
+        static SYSTEM: OnceLock<Result<ClientTls, String>> = OnceLock::new();
+        SYSTEM
+            .get_or_init(|| ClientTls::system().map_err(|e| e.to_string()))
+            .clone()
+            .map_err(|e| {
+                TransportError::new(
+                    TransportErrorKind::Certificate,
+                    format!(
+                        "cannot check the certificate of {}: {e}",
+                        endpoint(&self.url)
+                    ),
+                )
+            })
     }
 }
 
@@ -53,6 +89,15 @@ fn endpoint(url: &str) -> String {
         },
         Err(_) => url.to_owned(),
     }
+}
+
+/// The host of a URL (what a certificate must name).
+fn host(url: &str) -> String {
+    use tokio_tungstenite::tungstenite::http::Uri;
+    url.parse::<Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// Refuses what is not a `ws://` or `wss://` URL with a host, before any I/O.
@@ -75,7 +120,18 @@ fn check_url(url: &str) -> Result<(), TransportError> {
 /// A failed connection attempt, said in words: what happened, and where.
 fn connect_error(url: &str, e: WsError) -> TransportError {
     use std::io::ErrorKind as Io;
+    use tokio_tungstenite::tungstenite::error::TlsError;
     let at = endpoint(url);
+    // A refused certificate or a failed TLS handshake first: it arrives
+    // as an I/O error, and would otherwise read as a broken connection.
+    let tls = match &e {
+        WsError::Tls(TlsError::Rustls(r)) => Some(crate::tls::tls_failure(&**r, &at, &host(url))),
+        WsError::Io(io) => Some(crate::tls::tls_failure(io, &at, &host(url))),
+        _ => None,
+    };
+    if let Some(Some(tls)) = tls {
+        return tls;
+    }
     let (kind, message) = match &e {
         WsError::Io(io) => (
             TransportErrorKind::Io,
@@ -99,13 +155,22 @@ fn connect_error(url: &str, e: WsError) -> TransportError {
                 resp.status()
             ),
         ),
+        WsError::Tls(TlsError::InvalidDnsName) => (
+            TransportErrorKind::Protocol,
+            format!("invalid server URL {url:?}: the host is not a valid TLS server name"),
+        ),
         WsError::Url(u) => (
             TransportErrorKind::Protocol,
             format!("invalid server URL {url:?}: {u}"),
         ),
         WsError::HttpFormat(_) | WsError::Protocol(_) => (
             TransportErrorKind::Protocol,
-            format!("{at} does not speak WebSocket: {e}"),
+            if url.starts_with("ws:") {
+                // What a TLS server answers to plain text does not parse.
+                format!("{at} does not speak WebSocket (if it serves TLS, use wss://): {e}")
+            } else {
+                format!("{at} does not speak WebSocket: {e}")
+            },
         ),
         _ => (
             TransportErrorKind::Io,
@@ -147,8 +212,17 @@ impl Transport for WsTransport {
             .write_buffer_size(0)
             .max_message_size(Some(self.limits.max_bytes))
             .max_frame_size(Some(self.limits.max_bytes));
-        let connect =
-            tokio_tungstenite::connect_async_with_config(self.url.as_str(), Some(config), true);
+        let connector = if self.url.starts_with("wss:") {
+            Connector::Rustls(self.client_tls()?.config())
+        } else {
+            Connector::Plain
+        };
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            self.url.as_str(),
+            Some(config),
+            true,
+            Some(connector),
+        );
         let (ws, _) = tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| {

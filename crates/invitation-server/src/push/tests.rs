@@ -73,6 +73,7 @@ fn settings(url: &str, timeout: Duration) -> PushSettings {
         stop_max_age: Duration::from_millis(500),
         queue: 16,
         in_flight: 8,
+        tls: crate::tls::outbound_tls(None, false).unwrap(),
     }
 }
 

@@ -192,6 +192,7 @@ fn fast(max_age: Duration) -> Delivery {
         first_retry: Duration::from_millis(10),
         max_retry: Duration::from_millis(40),
         queue: 16,
+        tls: crate::tls::outbound_tls(None, false).expect("a TLS client configuration"),
     }
 }
 

@@ -4,6 +4,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod tls;
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};

@@ -145,15 +145,33 @@ impl Fixture for Memory {
 }
 
 /// An `invitation-server` on 127.0.0.1:0 with short timers; real clock;
-/// in memory, or durable on a data directory of its own.
-pub struct Server(pub RunningServer, Option<crate::common::TempDir>);
+/// in memory, or durable on a data directory of its own; plain or with its
+/// own TLS (a certificate made for the test, which the clients trust).
+pub struct Server(
+    pub RunningServer,
+    Option<crate::common::TempDir>,
+    Option<crate::common::tls::TestPki>,
+);
 
 impl Server {
     pub async fn start() -> Self {
         Self(
             crate::common::server(|c| c.caller_gone_grace_s = 1).await,
             None,
+            None,
         )
+    }
+
+    /// The same server serving `wss://` itself; clients dial it with TLS.
+    pub async fn start_tls() -> Self {
+        let pki = crate::common::tls::TestPki::loopback();
+        let server = crate::common::server(|c| {
+            c.caller_gone_grace_s = 1;
+            pki.serve(c);
+        })
+        .await;
+        assert!(server.url().starts_with("wss://"), "{}", server.url());
+        Self(server, None, Some(pki))
     }
 
     /// The same server, keeping its state in a fresh data directory
@@ -165,12 +183,13 @@ impl Server {
             c.data_dir = Some(dir.0.clone());
         })
         .await;
-        Self(server, Some(dir))
+        Self(server, Some(dir), None)
     }
 
     pub async fn stop(self) {
         self.0.stop().await;
         drop(self.1); // the data directory, after the server let go of it
+        drop(self.2);
     }
 }
 
@@ -184,7 +203,11 @@ impl Fixture for Server {
     ) -> Dev {
         let name = user.to_uppercase();
         let rec = Recorder::with_deadline(self.deadline());
-        let (transport, link) = Breakable::new(Arc::new(WsTransport::new(self.0.url())));
+        let mut ws = WsTransport::new(self.0.url());
+        if let Some(pki) = &self.2 {
+            ws = ws.tls(pki.client_tls());
+        }
+        let (transport, link) = Breakable::new(Arc::new(ws));
         let client = handlers(Client::builder(), &rec, extra)
             .user(User::named(user, &name))
             .device(device)
