@@ -14,8 +14,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
 use common::tls::TestPki;
 use common::*;
 use invitation::prelude::*;
@@ -24,7 +22,7 @@ use invitation::transport::ws::WsTransport;
 use invitation::transport::{Transport, TransportError, TransportErrorKind};
 use invitation::{BuildError, Invitation};
 use invitation_server::RunningServer;
-use invitation_server::webhook::{SIGNATURE_HEADER, verify};
+use invitation_server::webhook::verify;
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
@@ -499,21 +497,7 @@ async fn https_receiver(
         }
     }
 
-    let (tx, rx) = mpsc::unbounded_channel();
-    let app = axum::Router::new().route(
-        "/hook",
-        post(move |headers: HeaderMap, body: String| {
-            let tx = tx.clone();
-            async move {
-                let signature = headers
-                    .get(SIGNATURE_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                let _ = tx.send((signature, body));
-                StatusCode::NO_CONTENT
-            }
-        }),
-    );
+    let (app, rx) = signed_router(|| true);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!(
         "https://localhost:{}/hook",

@@ -7,11 +7,6 @@ mod common;
 
 use std::time::Duration;
 
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
-use invitation_server::webhook::SIGNATURE_HEADER;
-use tokio::sync::mpsc;
-
 use common::*;
 use invitation_core::RequestId;
 use invitation_core::protocol::{ClientMessage, Command, Event, ServerBody};
@@ -228,29 +223,8 @@ async fn every_call_milestone_arrives_signed_and_in_order() {
 }
 
 /// A receiver that answers 503 while `open` is false, 204 after.
-async fn gated_receiver(
-    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> (String, mpsc::UnboundedReceiver<(Option<String>, String)>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let app = axum::Router::new().route(
-        "/hook",
-        post(move |headers: HeaderMap, body: String| {
-            let tx = tx.clone();
-            let open = open.clone();
-            async move {
-                let signature = headers
-                    .get(SIGNATURE_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                let _ = tx.send((signature, body));
-                if open.load(std::sync::atomic::Ordering::SeqCst) {
-                    StatusCode::NO_CONTENT
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
-            }
-        }),
-    );
+async fn gated_receiver(open: std::sync::Arc<std::sync::atomic::AtomicBool>) -> (String, Signed) {
+    let (app, rx) = signed_router(move || open.load(std::sync::atomic::Ordering::SeqCst));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });

@@ -198,6 +198,18 @@ pub async fn receiver() -> (String, Signed) {
 
 /// [`receiver`] on a listener of the caller's.
 pub fn receiver_on(listener: tokio::net::TcpListener) -> (String, Signed) {
+    let (app, rx) = signed_router(|| true);
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, rx)
+}
+
+/// The receiving end of [`receiver`], for any listener: `POST /hook` passes
+/// on each request's signature header and body, then answers 204 when
+/// `open()` says so, else 503 (an endpoint that is down).
+pub fn signed_router(
+    open: impl Fn() -> bool + Clone + Send + Sync + 'static,
+) -> (axum::Router, Signed) {
     use axum::http::{HeaderMap, StatusCode};
     use invitation_server::webhook::SIGNATURE_HEADER;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -205,19 +217,22 @@ pub fn receiver_on(listener: tokio::net::TcpListener) -> (String, Signed) {
         "/hook",
         axum::routing::post(move |headers: HeaderMap, body: String| {
             let tx = tx.clone();
+            let open = open.clone();
             async move {
                 let signature = headers
                     .get(SIGNATURE_HEADER)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
                 let _ = tx.send((signature, body));
-                StatusCode::NO_CONTENT
+                if open() {
+                    StatusCode::NO_CONTENT
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
             }
         }),
     );
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, rx)
+    (app, rx)
 }
 
 /// The next request [`receiver`] got, its signature verified with
