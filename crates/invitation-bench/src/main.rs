@@ -16,6 +16,7 @@
 //! pinned to CPU 0 with `taskset`; run the generator itself on CPU 1
 //! (`taskset -c 1 invitation-bench ...`, as `just bench` does).
 
+mod disturb;
 mod echo;
 mod load;
 mod report;
@@ -66,6 +67,10 @@ enum Cmd {
         /// Skip the Kamailio comparison.
         #[arg(long)]
         no_kamailio: bool,
+        /// Alternating runs of ours and the peer per compared figure (the
+        /// median and range are printed).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     /// Open-loop calls: invite -> ring -> accept (first callee) -> hang up.
     Calls {
@@ -470,7 +475,18 @@ fn main() -> Result<()> {
                 out,
                 quick,
                 no_kamailio,
-            } => report::suite(&cli.server_bin, &cli.server_cpu, out, *quick, !*no_kamailio).await,
+                runs,
+            } => {
+                report::suite(
+                    &cli.server_bin,
+                    &cli.server_cpu,
+                    out,
+                    *quick,
+                    !*no_kamailio,
+                    *runs,
+                )
+                .await
+            }
         }
     })
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::disturb::{Probe, Spread};
 use crate::load::RecoveryResult;
 use crate::load::{self, CallsResult, IdleResult, RelayResult, TimeoutsResult};
 use crate::scrape::bound;
@@ -390,75 +391,117 @@ pub(crate) async fn suite(
     out: &Path,
     quick: bool,
     with_kamailio: bool,
+    runs: usize,
 ) -> Result<()> {
     let secs = if quick { 3.0 } else { 8.0 };
+    let runs = runs.max(1);
     let mut json = serde_json::Map::new();
     let mut table = String::new();
     let mut points = Vec::new();
 
-    // 1. CPU per 1:1 call, ours and Kamailio's, at the same rates.
+    // 1. CPU per 1:1 call, ours and Kamailio's, at the same rates: `runs`
+    //    alternating runs of each (ours, peer, ours, ...), median and range,
+    //    and whether anything else ran on the CPUs meanwhile.
     let _ = writeln!(
         table,
-        "\n1:1 calls (invite -> ring -> accept -> hang up), server on one vCPU, generator on the other"
+        "\n1:1 calls (invite -> ring -> accept -> hang up), server on one vCPU, generator on the other; {runs} alternating runs each, median (min-max)"
     );
     let _ = writeln!(
         table,
-        "{:>8} {:>9} {:>7} {:>6} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10} {:>8}",
+        "{:>6} {:>7} {:>6} {:>10} {:>10} {:>18} {:>8} {:>18} {:>16}  machine",
         "rate/s",
-        "done",
         "failed",
         "shed",
         "ring p50",
         "ring p99",
-        "ring p99.9",
         "ours us/call",
-        "gen us/call",
+        "gen us",
         "kam us/call",
         "ratio"
     );
     let mut compare = Vec::new();
     for rate in [500.0, 1000.0, 2000.0] {
-        let r = run_calls(server_bin, cpu, rate, secs, 1, false, Store::Memory).await?;
-        let kam = if with_kamailio {
-            kamailio(rate as u64, (rate * secs) as u64).ok()
-        } else {
-            None
+        let mut ours = Vec::new();
+        let mut peer = Vec::new();
+        let mut notes = Vec::new();
+        for _ in 0..runs {
+            let probe = Probe::start(&[]);
+            let r = run_calls(server_bin, cpu, rate, secs, 1, false, Store::Memory).await?;
+            let quiet = probe.finish(&[]);
+            if quiet.disturbed() {
+                notes.push(format!("ours: {}", quiet.describe()));
+            }
+            ours.push((r, quiet));
+            if with_kamailio {
+                let probe = Probe::start(&[]);
+                let k = kamailio(rate as u64, (rate * secs) as u64).ok();
+                let quiet = probe.finish(&["kamailio", "sipp"]);
+                if quiet.disturbed() {
+                    notes.push(format!("peer: {}", quiet.describe()));
+                }
+                if let Some(k) = k {
+                    peer.push((k, quiet));
+                }
+            }
+        }
+        let spread = |f: &dyn Fn(&CallsResult) -> f64| {
+            Spread::of(&ours.iter().map(|(r, _)| f(r)).collect::<Vec<_>>())
         };
-        let ratio = kam.map(|k| r.server_cpu_us_per_call / k.2);
+        let cpu_ours = spread(&|r| r.server_cpu_us_per_call);
+        let cpu_gen = spread(&|r| r.generator_cpu_us_per_call);
+        let p50 = spread(&|r| r.ring.value_at_quantile(0.5) as f64);
+        let p99 = spread(&|r| r.ring.value_at_quantile(0.99) as f64);
+        let failed: u64 = ours.iter().map(|(r, _)| r.failed).sum();
+        let shed: u64 = ours.iter().map(|(r, _)| r.shed).sum();
+        let cpu_peer = Spread::of(&peer.iter().map(|(k, _)| k.2).collect::<Vec<_>>());
+        let peer_failed: u64 = peer.iter().map(|(k, _)| k.1).sum();
+        // Each run of ours against the peer run right after it.
+        let ratios = Spread::of(
+            &ours
+                .iter()
+                .zip(&peer)
+                .map(|((r, _), (k, _))| r.server_cpu_us_per_call / k.2)
+                .collect::<Vec<_>>(),
+        );
         let _ = writeln!(
             table,
-            "{:>8} {:>9} {:>7} {:>6} {:>10} {:>10} {:>10} {:>12.0} {:>12.0} {:>10} {:>8}",
+            "{:>6} {:>7} {:>6} {:>10.0} {:>10.0} {:>18} {:>8.0} {:>18} {:>16}  {}",
             rate,
-            r.completed,
-            r.failed,
-            r.shed,
-            r.ring.value_at_quantile(0.5),
-            r.ring.value_at_quantile(0.99),
-            r.ring.value_at_quantile(0.999),
-            r.server_cpu_us_per_call,
-            r.generator_cpu_us_per_call,
-            kam.map_or("-".into(), |k| format!(
-                "{:.0}{}",
-                k.2,
-                if k.1 > 0 {
-                    format!(" ({} failed)", k.1)
-                } else {
-                    String::new()
-                }
-            )),
-            ratio.map_or("-".into(), |x| format!("{x:.2}x"))
+            failed,
+            shed,
+            p50.median,
+            p99.median,
+            cpu_ours.show(0),
+            cpu_gen.median,
+            if peer_failed > 0 {
+                format!("{} ({peer_failed} failed)", cpu_peer.show(0))
+            } else {
+                cpu_peer.show(0)
+            },
+            ratios.show(2),
+            if notes.is_empty() {
+                "quiet".to_owned()
+            } else {
+                notes.join("; ")
+            }
         );
-        points.push((
-            rate,
-            r.ring.value_at_quantile(0.5),
-            r.ring.value_at_quantile(0.99),
-        ));
-        let mut entry = calls_json(&r);
-        entry["kamailio"] =
-            serde_json::json!(kam.map(
-                |k| serde_json::json!({"completed": k.0, "failed": k.1, "cpu_us_per_call": k.2})
-            ));
-        compare.push(entry);
+        points.push((rate, p50.median as u64, p99.median as u64));
+        compare.push(serde_json::json!({
+            "rate": rate,
+            "runs": ours.iter().map(|(r, q)| {
+                let mut e = calls_json(r);
+                e["machine"] = q.json();
+                e
+            }).collect::<Vec<_>>(),
+            "kamailio_runs": peer.iter().map(|(k, q)| serde_json::json!({
+                "completed": k.0, "failed": k.1, "cpu_us_per_call": k.2, "machine": q.json()
+            })).collect::<Vec<_>>(),
+            "ours_cpu_us_per_call": cpu_ours.json(),
+            "kamailio_cpu_us_per_call": cpu_peer.json(),
+            "ratio": ratios.json(),
+            "ring_p50_us": p50.json(),
+            "ring_p99_us": p99.json(),
+        }));
     }
     json.insert("calls_1to1".into(), compare.into());
 
