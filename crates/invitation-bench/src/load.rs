@@ -44,6 +44,11 @@ fn rid(s: String) -> RequestId {
 /// addresses: one address runs out of ephemeral ports near 28k
 /// connections) and upgrades it.
 async fn dial(addr: SocketAddr, source: u8) -> Result<Ws> {
+    dial_path(addr, source, "/").await
+}
+
+/// [`dial`] to `path`.
+async fn dial_path(addr: SocketAddr, source: u8, path: &str) -> Result<Ws> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind(SocketAddr::from(([127, 0, 0, source.max(1)], 0)))?;
     let stream = socket.connect(addr).await?;
@@ -53,7 +58,7 @@ async fn dial(addr: SocketAddr, source: u8) -> Result<Ws> {
     // Same 4 KiB as the server.
     let config = WebSocketConfig::default().read_buffer_size(4 * 1024);
     let (ws, _) = tokio_tungstenite::client_async_with_config(
-        format!("ws://{addr}/"),
+        format!("ws://{addr}{path}"),
         MaybeTlsStream::Plain(stream),
         Some(config),
     )
@@ -762,6 +767,72 @@ pub(crate) async fn relay_both(
         ours_cpu_us_per_msg: ours_cpu,
         echo_cpu_us_per_msg: echo_cpu,
     })
+}
+
+/// The latency floor: open-loop messages at `rate` for `secs`, each from
+/// one client through the bare relay to its partner (the relay pinned like
+/// our server); the forward latency of each, µs, and how many were lost.
+pub(crate) async fn relay_floor(
+    relay: &ServerProc,
+    rate: f64,
+    secs: f64,
+) -> Result<(Histogram<u64>, u64)> {
+    let offered = (rate * secs).round().max(1.0) as u64;
+    let pairs = ((rate * 0.25) as usize).clamp(20, 3000);
+    let mut free = Vec::with_capacity(pairs);
+    for i in 0..pairs {
+        let path = format!("/relay/p{i}");
+        let a = dial_path(relay.addr, 1, &path).await?;
+        let b = dial_path(relay.addr, 1, &path).await?;
+        free.push((a, b));
+    }
+    let free = Arc::new(Mutex::new(free));
+    let latency = Arc::new(Mutex::new(hist()));
+    let lost = Arc::new(AtomicU64::new(0));
+    // About the size of an invite: the relay's cost grows with the bytes.
+    let filler = "x".repeat(200);
+    let start = tokio::time::Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..offered {
+        tokio::time::sleep_until(start + interval.mul_f64(n as f64)).await;
+        let Some((mut a, mut b)) = free.lock().await.pop() else {
+            lost.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let (free, latency, lost) = (free.clone(), latency.clone(), lost.clone());
+        let text = format!(r#"{{"n":{n},"pad":"{filler}"}}"#);
+        tasks.spawn(async move {
+            let sent = tokio::time::Instant::now();
+            let forwarded = async {
+                a.send(Message::text(text)).await?;
+                loop {
+                    match b.next().await {
+                        Some(Ok(Message::Text(_))) => return anyhow::Ok(()),
+                        Some(Ok(_)) => continue,
+                        _ => anyhow::bail!("the relay closed"),
+                    }
+                }
+            };
+            match tokio::time::timeout(Duration::from_secs(10), forwarded).await {
+                Ok(Ok(())) => {
+                    latency
+                        .lock()
+                        .await
+                        .record(sent.elapsed().as_micros() as u64)
+                        .ok();
+                    free.lock().await.push((a, b));
+                }
+                _ => {
+                    lost.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    let latency = latency.lock().await.clone();
+    Ok((latency, lost.load(Ordering::Relaxed)))
 }
 
 /// What `recovery` measured.

@@ -127,6 +127,16 @@ enum Cmd {
         #[arg(long, default_value_t = 5.0)]
         secs: f64,
     },
+    /// The latency floor: open-loop messages from one client through a
+    /// bare WebSocket relay to another, at `rate` for `secs`.
+    Floor {
+        /// Messages per second offered.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+    },
     /// A durable server holding `pending` invitations is killed (SIGKILL)
     /// and restarted: how long until it serves again, and how many bytes
     /// it keeps.
@@ -445,6 +455,20 @@ fn main() -> Result<()> {
             Cmd::Idle { clients, procs } => {
                 let r = load::idle_both(&cli.server_bin, &cli.server_cpu, *clients, *procs).await?;
                 println!("{}", report::idle_line(&r));
+                Ok(())
+            }
+            Cmd::Floor { rate, secs } => {
+                let relay = start_echo(&cli.server_cpu).await?;
+                let floor = load::relay_floor(&relay, *rate, *secs).await;
+                relay.stop().await;
+                let (h, lost) = floor?;
+                println!(
+                    "relay floor at {rate}/s: {} forwarded, {lost} lost, p50 {} us, p99 {} us, p99.9 {} us",
+                    h.len(),
+                    h.value_at_quantile(0.5),
+                    h.value_at_quantile(0.99),
+                    h.value_at_quantile(0.999)
+                );
                 Ok(())
             }
             Cmd::Relay { secs } => {

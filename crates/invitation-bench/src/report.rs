@@ -420,9 +420,11 @@ pub(crate) async fn suite(
         "ratio"
     );
     let mut compare = Vec::new();
+    let mut floor_rows = Vec::new();
     for rate in [500.0, 1000.0, 2000.0] {
         let mut ours = Vec::new();
         let mut peer = Vec::new();
+        let mut floor = Vec::new();
         let mut notes = Vec::new();
         for _ in 0..runs {
             let probe = Probe::start(&[]);
@@ -443,6 +445,16 @@ pub(crate) async fn suite(
                     peer.push((k, quiet));
                 }
             }
+            // The floor: the same rate through a bare relay on the same CPU.
+            let probe = Probe::start(&[]);
+            let relay = crate::start_echo(cpu).await?;
+            let f = load::relay_floor(&relay, rate, secs).await;
+            relay.stop().await;
+            let quiet = probe.finish(&[]);
+            if quiet.disturbed() {
+                notes.push(format!("relay: {}", quiet.describe()));
+            }
+            floor.push(f?);
         }
         let spread = |f: &dyn Fn(&CallsResult) -> f64| {
             Spread::of(&ours.iter().map(|(r, _)| f(r)).collect::<Vec<_>>())
@@ -486,6 +498,42 @@ pub(crate) async fn suite(
             }
         );
         points.push((rate, p50.median as u64, p99.median as u64));
+        let relay_p50 = Spread::of(
+            &floor
+                .iter()
+                .map(|(h, _)| h.value_at_quantile(0.5) as f64)
+                .collect::<Vec<_>>(),
+        );
+        let relay_p99 = Spread::of(
+            &floor
+                .iter()
+                .map(|(h, _)| h.value_at_quantile(0.99) as f64)
+                .collect::<Vec<_>>(),
+        );
+        let relay_lost: u64 = floor.iter().map(|(_, l)| l).sum();
+        let server_p50 = Spread::of(
+            &ours
+                .iter()
+                .filter_map(|(r, _)| r.server_ring.quantile_us(0.5))
+                .collect::<Vec<_>>(),
+        );
+        let server_p99 = Spread::of(
+            &ours
+                .iter()
+                .filter_map(|(r, _)| r.server_ring.quantile_us(0.99))
+                .collect::<Vec<_>>(),
+        );
+        floor_rows.push(format!(
+            "{:>6} {:>16} {:>16} {:>8.2} {:>8.2} {:>16} {:>16} {:>6}",
+            rate,
+            relay_p50.show(0),
+            relay_p99.show(0),
+            p50.median / relay_p50.median,
+            p99.median / relay_p99.median,
+            server_p50.show(0),
+            server_p99.show(0),
+            relay_lost
+        ));
         compare.push(serde_json::json!({
             "rate": rate,
             "runs": ours.iter().map(|(r, q)| {
@@ -501,7 +549,35 @@ pub(crate) async fn suite(
             "ratio": ratios.json(),
             "ring_p50_us": p50.json(),
             "ring_p99_us": p99.json(),
+            "relay_floor": {
+                "p50_us": relay_p50.json(),
+                "p99_us": relay_p99.json(),
+                "lost": relay_lost,
+                "ring_p50_to_relay_p50": p50.median / relay_p50.median,
+                "ring_p99_to_relay_p99": p99.median / relay_p99.median,
+                "server_share_p50_us_at_most": server_p50.json(),
+                "server_share_p99_us_at_most": server_p99.json(),
+            },
         }));
+    }
+    let _ = writeln!(
+        table,
+        "\nlatency floor: the same rates through a bare WebSocket relay (client -> relay -> client, same library and settings, same CPU), median (min-max) of the runs; invite -> ring as a multiple of it; the server's own share (invite read -> incoming_call written, bucket bound)"
+    );
+    let _ = writeln!(
+        table,
+        "{:>6} {:>16} {:>16} {:>8} {:>8} {:>16} {:>16} {:>6}",
+        "rate/s",
+        "relay p50 us",
+        "relay p99 us",
+        "x p50",
+        "x p99",
+        "server p50 us",
+        "server p99 us",
+        "lost"
+    );
+    for row in floor_rows {
+        let _ = writeln!(table, "{row}");
     }
     json.insert("calls_1to1".into(), compare.into());
 
