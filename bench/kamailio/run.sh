@@ -2,7 +2,13 @@
 # Measures Kamailio's CPU per call: INVITE -> 180 -> 200 -> ACK -> BYE
 # through a transaction-stateful proxy, driven by sipp, at one offered rate.
 #
-#   bench/kamailio/run.sh RATE CALLS
+#   bench/kamailio/run.sh RATE CALLS [WARMUP_CALLS] [TAIL_S]
+#
+# A warm-up of WARMUP_CALLS (default 5 s worth, at most 10,000) runs first
+# and is not counted: the first calls after start pay for memory the pool
+# hands out once. The count then covers the CALLS and TAIL_S (7) seconds
+# after them, so that tm's wait timer (5 s), which frees each finished
+# transaction, is included: work the calls caused.
 #
 # Installs kamailio and sip-tester from Debian if missing. Kamailio is pinned
 # to CPU 0, sipp to CPU 1 (as our server and load generator are). Prints
@@ -12,6 +18,12 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 rate="${1:-500}"
 calls="${2:-5000}"
+warmup="${3:-$(( rate * 5 > 10000 ? 10000 : rate * 5 ))}"
+tail_s="${4:-7}"
+# tm keeps every finished transaction ~5 s: about 15 KB of shared memory
+# each in Debian's build.
+shm=1024
+[ "$rate" -gt 2500 ] && shm=2048
 
 if ! command -v kamailio >/dev/null || ! command -v sipp >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
@@ -32,7 +44,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-taskset -c 0 kamailio -f "$here/kamailio.cfg" -P "$work/kamailio.pid" -m 1024 -M 16 -w "$work" >/dev/null 2>&1
+taskset -c 0 kamailio -f "$here/kamailio.cfg" -P "$work/kamailio.pid" -m "$shm" -M 16 -w "$work" >/dev/null 2>&1
 for _ in $(seq 50); do [ -s "$work/kamailio.pid" ] && break; sleep 0.1; done
 main="$(cat "$work/kamailio.pid")"
 # All kamailio processes of this instance: the main one and its children.
@@ -53,11 +65,17 @@ cpu() { # utime+stime in clock ticks, summed over the kamailio processes
     done
     echo "$t"
 }
-before="$(cpu)"
 set +e
-taskset -c 1 sipp -sn uac 127.0.0.1:5060 -i 127.0.0.1 -p 5080 -r "$rate" -m "$calls" -d 0 \
+if [ "$warmup" -gt 0 ]; then
+    taskset -c 1 sipp -sn uac 127.0.0.1:5060 -i 127.0.0.1 -p 5080 -r "$rate" -m "$warmup" -d 0 \
+        -nostdin >/dev/null 2>&1
+    sleep "$tail_s" # the warm-up's transactions are freed before the count starts
+fi
+before="$(cpu)"
+taskset -c 1 sipp -sn uac 127.0.0.1:5060 -i 127.0.0.1 -p 5081 -r "$rate" -m "$calls" -d 0 \
     -nostdin -trace_stat -stf "$work/stat.csv" -fd 1 >/dev/null 2>&1
 set -e
+sleep "$tail_s"
 after="$(cpu)"
 hz="$(getconf CLK_TCK)"
 # The last line of the stat file holds the totals.
