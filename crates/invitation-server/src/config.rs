@@ -77,6 +77,7 @@ pub const KEYS: &[&str] = &[
     "webhook_secrets",
     "webhook_max_age_s",
     "webhook_timeout_ms",
+    "dev_demo",
 ];
 
 /// Keys whose environment values are always text.
@@ -246,6 +247,12 @@ pub struct Config {
     pub webhook_max_age_s: u64,
     /// Time allowed for one delivery attempt, ms (5,000).
     pub webhook_timeout_ms: u64,
+    /// DEVELOPMENT ONLY (false): serve the demo page at `/demo/`, with a
+    /// token endpoint that signs a token for any user name it is asked for
+    /// and a list of the demo's users; also lets the page's own origin
+    /// connect. Anyone who can reach the port can then act as anyone: never
+    /// on in production (docs/operations.md, "The development demo").
+    pub dev_demo: bool,
 }
 
 impl Default for Config {
@@ -306,6 +313,7 @@ impl Default for Config {
             webhook_secrets: Vec::new(),
             webhook_max_age_s: 86_400,
             webhook_timeout_ms: 5_000,
+            dev_demo: false,
         }
     }
 }
@@ -1072,7 +1080,7 @@ mod tests {
                 | "api_rate_per_key"
                 | "api_burst_per_key" => "1.0",
                 "secret_file" => "\"/run/x\"",
-                "hide_callee_status" | "in_memory" => "true",
+                "hide_callee_status" | "in_memory" | "dev_demo" => "true",
                 "data_dir" => "\"/var/lib/x\"",
                 "durability" => "\"fsync\"",
                 _ => "1",

@@ -63,6 +63,10 @@ struct Cli {
     /// Keep nothing on disk: a restart loses live calls and event logs.
     #[arg(long, env = "INVITATION_IN_MEMORY")]
     in_memory: bool,
+    /// DEVELOPMENT ONLY: serve the demo page at /demo/ and a token endpoint
+    /// that signs tokens for any user name (never in production).
+    #[arg(long, env = "INVITATION_DEV_DEMO")]
+    dev_demo: bool,
     #[command(subcommand)]
     command: Option<Sub>,
 }
@@ -112,6 +116,9 @@ fn load(cli: &Cli) -> Result<Config> {
     }
     if cli.in_memory {
         config.in_memory = true;
+    }
+    if cli.dev_demo {
+        config.dev_demo = true;
     }
     if !config.in_memory && config.data_dir.is_none() {
         config.data_dir = Some(default_data_dir());
@@ -289,9 +296,13 @@ async fn serve(cli: Cli, config: Config, unknown_env: Vec<String>) -> Result<()>
         }
     }
     let configured_file = config.secret_file.clone();
+    let dev_demo = config.dev_demo;
     let server = Server::bind(config).await?;
     let addr = server.local_addr();
     tracing::info!(%addr, "listening (ws://{addr}/, /healthz, /metrics)");
+    if dev_demo {
+        tracing::warn!("development demo: open http://{addr}/demo/ in two browser windows");
+    }
     // A generated secret goes to an owner-only file, never to the terminal
     // or the log: only its path is shown.
     let written = match server.generated_secret() {

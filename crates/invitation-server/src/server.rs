@@ -44,6 +44,8 @@ pub struct Shared {
     pub hub: mpsc::Sender<HubMsg>,
     /// Flips to `true` on shutdown.
     pub shutdown: watch::Receiver<bool>,
+    /// The development demo's users (empty unless `dev_demo` is on).
+    pub(crate) demo: crate::demo::DemoUsers,
 }
 
 /// Why the server could not start.
@@ -136,6 +138,7 @@ impl Server {
             }
             Some(api)
         };
+        crate::demo::announce(&config);
         let metrics = Arc::new(Metrics::default());
         let (hub_tx, hub_rx) = mpsc::channel(4096);
         let limits = HubLimits::from_config(&config);
@@ -189,6 +192,7 @@ impl Server {
                 metrics,
                 hub: hub_tx,
                 shutdown,
+                demo: Default::default(),
             }),
             shutdown_tx,
             hub,
@@ -431,7 +435,7 @@ async fn answer_probe(mut stream: TcpStream, shared: &Shared) {
             "text/plain; version=0.0.4",
             shared.metrics.render(),
         ),
-        Route::Upgrade { .. } | Route::NotFound => (
+        Route::Upgrade { .. } | Route::NotFound | Route::Demo(_) => (
             "503 Service Unavailable",
             "text/plain",
             "server full\n".to_owned(),
