@@ -23,7 +23,11 @@ before(async () => {
   });
 });
 
+/** Every client a test made: closed after the tests, whatever failed (no timer keeps node alive). */
+const made = [];
+
 after(async () => {
+  for (const c of made) c.close();
   await server?.stop();
 });
 
@@ -33,15 +37,17 @@ after(async () => {
  * (the server processed the command, the client never hears the answer).
  */
 function flakyWebSocket() {
-  const control = { cutWhen: null, cuts: 0, sockets: 0 };
+  const control = { cutWhen: null, cuts: 0, sockets: 0, blackhole: 0, sent: [] };
   class Flaky {
     constructor(url) {
       control.sockets += 1;
+      this.n = control.sockets;
       this.inner = new WebSocket(url);
       this.readyState = 0;
       this.inner.on('open', () => { this.readyState = 1; this.onopen?.(); });
       this.inner.on('message', (data) => {
         const text = data.toString('utf8');
+        if (control.blackhole === this.n) return; // this link went silent
         if (control.cutWhen && control.cutWhen(JSON.parse(text))) {
           control.cutWhen = null;
           control.cuts += 1;
@@ -54,7 +60,10 @@ function flakyWebSocket() {
       this.inner.on('error', () => {});
     }
 
-    send(text) { this.inner.send(text); }
+    send(text) {
+      control.sent.push(JSON.parse(text).type);
+      this.inner.send(text);
+    }
 
     close(code) { this.inner.close(code); }
   }
@@ -84,6 +93,7 @@ function client(user, device, extra = {}) {
     onEvent(e) { streamed.push(e); for (const w of [...waiters]) w(); },
     ...extra,
   });
+  made.push(c);
   c.calls = calls;
   c.streamed = streamed;
   /** Waits until `n` callbacks were recorded; returns them. */
@@ -282,6 +292,7 @@ test('a refused token: one fresh token from the provider, then a ConnectionError
     },
     backoffInitialMs: 10,
   });
+  made.push(c);
   await assert.rejects(within(SOON, c.connect(), 'connect'), (e) => e instanceof ConnectionError && e.code === 'unauthorized');
   assert.equal(asked, 2, 'the first token and one fresh one');
   assert.equal(c.state, 'stopped');
@@ -305,10 +316,58 @@ test('the same device connecting twice: the first client stops with replaced and
 
 test('pending commands are bounded: past the limit an action rejects with queue_full', async () => {
   const c = new InvitationClient({ url: 'ws://127.0.0.1:9/', WebSocket, token: 't', session: { maxPending: 3 } });
+  made.push(c);
   // Not connected: commands wait for the link.
   const pending = [c.accept('c-1'), c.accept('c-2'), c.accept('c-3')];
   pending.forEach((p) => p.catch(() => {}));
   await assert.rejects(c.accept('c-4'), (e) => e.code === 'queue_full');
   c.close();
   for (const p of pending) await assert.rejects(p, (e) => e.code === 'closed');
+});
+
+test('a token provider renews the token in band at 80 % of its life: the connection outlives the first token', async () => {
+  const tokens = [];
+  let renewed;
+  const secondToken = new Promise((resolve) => { renewed = resolve; });
+  const states = [];
+  const c = new InvitationClient({
+    url: server.url,
+    WebSocket,
+    device: 'renewer',
+    tokenProvider: async () => {
+      const token = mintToken({ secret: SECRET, user: 'rita', ttlS: tokens.length === 0 ? 3 : 3600 });
+      tokens.push(token);
+      if (tokens.length === 2) renewed();
+      return token;
+    },
+    onConnectionStateChanged: (s) => states.push(s),
+  });
+  made.push(c);
+  await within(SOON, c.connect(), 'connect');
+  const exp = JSON.parse(Buffer.from(tokens[0].split('.')[1], 'base64url').toString()).exp;
+  await within(SOON, secondToken, 'the renewal');
+  assert.ok(Date.now() < exp * 1000, 'renewed before the first token expired');
+  // The first token's expiry must pass (a server timer: the only wait here).
+  await new Promise((resolve) => { setTimeout(resolve, exp * 1000 - Date.now() + 1000); });
+  await assert.rejects(within(SOON, c.accept('c-none'), 'a command after the expiry'), (e) => e instanceof CommandError && e.code === 'not_found');
+  assert.deepEqual(states, ['connecting', 'connected'], 'never dropped, never reconnected');
+  assert.equal(tokens.length, 2);
+  c.close();
+});
+
+test('heartbeat: a silent link gets a ping, then is dropped and replaced, and the session resumes', async () => {
+  const { Flaky, control } = flakyWebSocket();
+  const states = [];
+  const bob = client('bob6', 'phone', { WebSocket: Flaky, heartbeatMs: 300, deadAfterMs: 900, backoffInitialMs: 50, onConnectionStateChanged: (s) => states.push(s) });
+  await within(SOON, bob.connect(), 'connect');
+  // A healthy link: pings are answered by pongs and nothing else happens.
+  await bob.event((e) => e.type === 'Connection' && e.state === 'connected');
+  control.blackhole = 1; // from now on the first link delivers nothing (a dead peer)
+  await bob.event((e) => e.type === 'Connection' && e.state === 'reconnecting');
+  await bob.event((e) => e.type === 'Connection' && e.state === 'connected' && e.resumed === true);
+  const firstLink = control.sent.slice(0, control.sent.indexOf('hello', 1));
+  assert.ok(firstLink.includes('ping'), `the silent link got a ping first: ${JSON.stringify(control.sent)}`);
+  assert.equal(control.sockets, 2);
+  assert.deepEqual(states, ['connecting', 'connected', 'reconnecting', 'connected']);
+  bob.close();
 });
