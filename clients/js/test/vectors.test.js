@@ -20,6 +20,10 @@ const DIR = join(ROOT, 'tests', 'vectors');
 const SECRET = 'conformance-secret-0123456789';
 const DEFAULT_WITHIN_MS = 5000;
 const SHOWN = 6;
+/** The ten callbacks' events: each fires at most once per call (and callee). */
+const ONCE = ['IncomingCallReceived', 'IncomingCallCanceled', 'IncomingCallTimeout', 'IncomingCallAcceptButtonPressed',
+  'IncomingCallDeclineButtonPressed', 'OutgoingCallCancelButtonPressed', 'OutgoingCallAccepted',
+  'OutgoingCallRejectedCauseBusy', 'OutgoingCallDeclined', 'OutgoingCallTimeout'];
 
 function find(dir) {
   const out = [];
@@ -76,6 +80,35 @@ class Conn {
     this.queue = [];
     this.waiter = null;
     this.seen = [];
+  }
+
+  /**
+   * A JS client session shadowing this connection: every message the
+   * connection receives is fed to it, so each vector also proves the
+   * session takes everything the server says and fires each callback at
+   * most once per call (per callee for the caller's outcome callbacks).
+   */
+  shadowStart(lastSeq) {
+    this.session = new Session({ user: this.spec.user, device: this.spec.device, prefix: 'shadow' });
+    this.session.lastSeq = lastSeq ?? null;
+    this.session.handleConnected(performance.now(), undefined);
+    this.session.pollTransmit(); // its hello: the player sends the vector's own
+    this.fired = this.fired ?? new Set();
+  }
+
+  shadow(decoded) {
+    if (!this.session) return;
+    const now = performance.now();
+    this.session.handleMessage(now, decoded);
+    let e;
+    while ((e = this.session.pollEvent())) {
+      if (!ONCE.includes(e.type)) continue;
+      const key = `${e.type} ${e.callId} ${e.callee ?? ''}`;
+      if (this.fired.has(key)) throw new Error(`${this.name}: the JS session fired ${key} twice`);
+      this.fired.add(key);
+    }
+    while (this.session.pollTransmit());
+    while (this.session.pollCompletion());
   }
 
   open(url) {
@@ -179,6 +212,7 @@ async function expectMsg(p, name, pattern, ms) {
   if (decoded.type === 'unknown' || (decoded.type === 'event' && decoded.event === null)) {
     throw new Error(`${name}: not a v1 message type the client knows: ${got.text}`);
   }
+  c.shadow(decoded);
   try {
     check(pattern, JSON.parse(got.text), p.bindings);
   } catch (e) {
@@ -199,6 +233,7 @@ async function step(p, s, at) {
     case 'connect': {
       const c = conn(p, s.connect);
       await c.open(p.server.url);
+      c.shadowStart(typeof s.last_seq === 'number' ? s.last_seq : (s.last_seq === undefined ? null : fill(s.last_seq, p.bindings)));
       const hello = { type: 'hello', device: c.spec.device, token: { $token: s.connect } };
       if (s.last_seq !== undefined) hello.last_seq = s.last_seq;
       c.ws.send(encodeClientMessage('hello', fillMsg(p, hello)));
@@ -206,9 +241,12 @@ async function step(p, s, at) {
       if (s.last_seq === undefined) await expectMsg(p, s.connect, { type: 'sync', re: '$absent', ...(s.sync ?? {}) }, DEFAULT_WITHIN_MS);
       return;
     }
-    case 'open':
-      await conn(p, s.open).open(p.server.url);
+    case 'open': {
+      const c = conn(p, s.open);
+      await c.open(p.server.url);
+      c.session = null; // a raw connection: what it gets is not a session's
       return;
+    }
     case 'send': {
       const c = conn(p, s.send);
       if (!c.ws) throw new Error(`${s.send} is not connected`);
