@@ -175,10 +175,12 @@ function setCallee(callId, callee, state) {
 }
 
 function connected(callId, peers, type) {
-  call = { ...(call ?? {}), id: callId, peers, type, since: performance.now(), deadline: undefined };
+  call = { ...(call ?? {}), id: callId, peers, type, since: performance.now(), deadline: undefined, last: undefined };
   $('call-with').textContent = peers.join(', ');
   $('call-type').textContent = type === 'video' ? 'Video call' : 'Voice call';
   $('call-video').hidden = type !== 'video';
+  $('call-avatar').hidden = type === 'video';
+  $('call-avatar').textContent = peers[0]?.[0] ?? '?';
   notice('');
   show('in-call');
   startTicker();
@@ -258,14 +260,16 @@ function start(userId) {
     },
     onOutgoingCallAccepted(callID, calleeID) {
       log(`onOutgoingCallAccepted ${callID} ${calleeID}`);
-      if (call?.id === callID && call.role === 'caller') {
-        setCallee(callID, calleeID, 'accepted');
-        connected(callID, [calleeID], call.type);
-      } else if (call?.id === callID) {
+      if (call?.id === callID && call.since !== undefined) {
+        // Already connected (a group call): one more person in it.
         call.peers = [...new Set([...(call.peers ?? []), calleeID])];
         $('call-with').textContent = call.peers.join(', ');
-      } else if (!call) {
-        connected(callID, [calleeID], 'voice'); // glare: our invite accepted their call
+      } else if (call?.id === callID && call.role === 'caller') {
+        setCallee(callID, calleeID, 'accepted');
+        connected(callID, [calleeID], call.type);
+      } else if (!call || call.id === callID) {
+        // Glare: we called them while their call to us rang; our invite accepted theirs.
+        connected(callID, [calleeID], call?.type ?? 'voice');
       }
     },
     onOutgoingCallRejectedCauseBusy(callID, calleeID) {

@@ -254,5 +254,11 @@ test('a group call: two callees, one accepts, one declines', async () => {
   const lines = await callbacks(caller);
   const id = callIdOf(await callbacks(oscar), 'onIncomingCallReceived');
   assert.deepEqual(lines, [`onOutgoingCallDeclined ${id} pia`, `onOutgoingCallAccepted ${id} oscar`]);
+  await caller.screenshot({ path: join(ARTIFACTS, 'connected-group-caller.png') });
+  // The end of the call is news, not Pia's earlier decline.
+  await oscar.locator('#hangup').click();
+  await visible(caller, '#idle');
+  await text(caller, '#notice', 'Call ended');
+  await text(oscar, '#notice', 'Call ended');
   await closeAll(caller, oscar, pia);
 });
