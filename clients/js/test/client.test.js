@@ -371,3 +371,37 @@ test('heartbeat: a silent link gets a ping, then is dropped and replaced, and th
   assert.deepEqual(states, ['connecting', 'connected', 'reconnecting', 'connected']);
   bob.close();
 });
+
+test('in-call actions: add rings a third user into the call, a late join enters it, end ends it for everyone', async () => {
+  const alice = client('alice7', 'web');
+  const bob = client('bob7', 'phone');
+  const carol = client('carol7', 'tablet');
+  await within(SOON, Promise.all([alice.connect(), bob.connect(), carol.connect()]), 'connect');
+  const r = await alice.invite('bob7');
+  await bob.callbacks(1);
+  await bob.accept(r.callId);
+  await alice.callbacks(1);
+  const added = await within(SOON, bob.add(r.callId, ['carol7']), 'add');
+  assert.equal(added.type, 'invited');
+  assert.deepEqual(added.callees, [{ user: 'carol7', status: 'ringing' }]);
+  const [ring] = await carol.callbacks(1);
+  assert.equal(ring[0], 'onIncomingCallReceived');
+  assert.equal(ring[1], r.callId);
+  assert.deepEqual(ring[2], { id: 'alice7', name: 'ALICE7' }, 'the caller is the call\'s caller');
+  assert.deepEqual(ring[4].map((u) => u.id).sort(), ['bob7', 'carol7']);
+  await carol.decline(r.callId);
+  // Carol changes her mind: a late join while the call goes on.
+  assert.deepEqual(await within(SOON, carol.join(r.callId), 'join'), { type: 'done' });
+  const joined = await alice.event((e) => e.type === 'ParticipantJoined' && e.user === 'carol7');
+  assert.deepEqual(joined, { type: 'ParticipantJoined', callId: r.callId, user: 'carol7', device: 'tablet' });
+  await carol.event((e) => e.type === 'ParticipantJoined' && e.user === 'carol7');
+  // Bob may not end it (the default end policy: the caller only); Alice may.
+  await assert.rejects(bob.end(r.callId), (e) => e instanceof CommandError && e.code === 'wrong_role');
+  await within(SOON, alice.end(r.callId), 'end');
+  for (const c of [alice, bob, carol]) {
+    const ended = await c.event((e) => e.type === 'CallEnded');
+    assert.equal(ended.callId, r.callId);
+    assert.equal(ended.reason, 'hung_up');
+  }
+  assert.deepEqual(carol.calls.map((c) => c[0]), ['onIncomingCallReceived', 'onIncomingCallDeclineButtonPressed']);
+});

@@ -223,3 +223,18 @@ test('the caller side: outcomes map to the caller callbacks once each, timeout c
     { type: 'OutgoingCallAccepted', callId: 'c-9', callee: 'bob', customData: 'hi', reason: 'accepted' },
   ]);
 });
+
+test('a pong ahead of the position reveals a lost tail: after 1 s the session asks for a sync', () => {
+  const s = fresh();
+  feed(s, 0, incoming(1, 'c-1'));
+  events(s);
+  sent(s);
+  feed(s, 100, { type: 'pong', re: 'p', seq: 1 });
+  s.handleTimeout(5000);
+  assert.deepEqual(sent(s), [], 'a pong at the position is no news');
+  feed(s, 5000, { type: 'pong', re: 'p', seq: 3 });
+  s.handleTimeout(5999);
+  assert.deepEqual(sent(s), []);
+  s.handleTimeout(6000);
+  assert.deepEqual(sent(s).map((m) => m.type), ['sync']);
+});
