@@ -262,3 +262,26 @@ test('a group call: two callees, one accepts, one declines', async () => {
   await text(oscar, '#notice', 'Call ended');
   await closeAll(caller, oscar, pia);
 });
+
+test('an offline callee: the invitation is held and rings when they come online', async () => {
+  const first = await open('quinn');
+  await first.context().close(); // quinn goes offline (but the demo knows the name)
+  const caller = await open('rosa');
+  await caller.locator('#users li[data-user="quinn"] .badge').filter({ hasText: 'offline' }).waitFor({ timeout: DEADLINE });
+  await call(caller, ['quinn']);
+  await text(caller, '#out-callees li[data-callee="quinn"] .state', 'offline');
+  const quinn = await open('quinn');
+  await visible(quinn, '#incoming');
+  await text(quinn, '#in-caller', 'rosa');
+  await text(caller, '#out-callees li[data-callee="quinn"] .state', /^ringing/);
+  await quinn.locator('#busy').click();
+  await visible(quinn, '#idle');
+  await text(quinn, '#notice', 'You said you are busy');
+  await visible(caller, '#idle');
+  await text(caller, '#notice', 'quinn is busy');
+  const q = await callbacks(quinn);
+  const id = callIdOf(q, 'onIncomingCallReceived');
+  assert.deepEqual(q, [`onIncomingCallReceived ${id} from rosa voice`, `onIncomingCallDeclineButtonPressed ${id} busy`]);
+  assert.deepEqual(await callbacks(caller), [`onOutgoingCallRejectedCauseBusy ${id} quinn`, `CallEnded ${id} busy`]);
+  await closeAll(caller, quinn);
+});
