@@ -84,6 +84,7 @@ pub const KEYS: &[&str] = &[
     "tls_cert",
     "tls_key",
     "outbound_ca_file",
+    "dev_demo",
 ];
 
 /// Keys whose environment values are always text.
@@ -282,6 +283,12 @@ pub struct Config {
     /// requests (webhooks) instead of the system's roots: for receivers
     /// with a private CA.
     pub outbound_ca_file: Option<std::path::PathBuf>,
+    /// DEVELOPMENT ONLY (false): serve the demo page at `/demo/`, with a
+    /// token endpoint that signs a token for any user name it is asked for
+    /// and a list of the demo's users; also lets the page's own origin
+    /// connect. Anyone who can reach the port can then act as anyone: never
+    /// on in production (docs/operations.md, "The development demo").
+    pub dev_demo: bool,
 }
 
 impl Default for Config {
@@ -349,6 +356,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             outbound_ca_file: None,
+            dev_demo: false,
         }
     }
 }
@@ -1193,7 +1201,7 @@ mod tests {
                 | "api_rate_per_key"
                 | "api_burst_per_key" => "1.0",
                 "secret_file" | "tls_cert" | "tls_key" | "outbound_ca_file" => "\"/run/x\"",
-                "hide_callee_status" | "in_memory" => "true",
+                "hide_callee_status" | "in_memory" | "dev_demo" => "true",
                 "data_dir" => "\"/var/lib/x\"",
                 "durability" => "\"fsync\"",
                 "push_gateway_url" => "\"http://gw.example/push\"",

@@ -102,9 +102,15 @@ async fn upgrade(tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<Ws
             let _ = http::respond(&mut stream, "404 Not Found", "text/plain", "not found\n").await;
             return None;
         }
+        Route::Demo(target) => {
+            crate::demo::answer(&mut stream, &target, shared).await;
+            return None;
+        }
         Route::Upgrade { origin } => origin,
     };
-    if !http::origin_allowed(origin.as_deref(), &shared.config.allowed_origins) {
+    if !http::origin_allowed(origin.as_deref(), &shared.config.allowed_origins)
+        && !crate::demo::own_origin(&shared.config, origin.as_deref(), &bytes)
+    {
         tracing::info!(%peer, ?origin, "origin not allowed");
         shared.metrics.refused(Refusal::Origin);
         let _ = http::respond(
@@ -588,6 +594,7 @@ mod tests {
             hub,
             shutdown,
             tls: None,
+            demo: Default::default(),
         });
         let task = super::serve(stream, peer, shared, invitation_core::ConnId::new(1));
         let size = std::mem::size_of_val(&task);

@@ -24,6 +24,9 @@ pub(crate) enum Route {
     Health,
     /// `GET /metrics`.
     Metrics,
+    /// `GET /demo` and below (path and query): the development demo,
+    /// a 404 unless `dev_demo` is on.
+    Demo(String),
     /// Anything else.
     NotFound,
 }
@@ -92,6 +95,11 @@ fn route(req: &httparse::Request<'_, '_>) -> Route {
     match (req.method, req.path) {
         (Some("GET"), Some("/healthz")) => Route::Health,
         (Some("GET"), Some("/metrics")) => Route::Metrics,
+        (Some("GET"), Some(p))
+            if p == "/demo" || p.starts_with("/demo/") || p.starts_with("/demo?") =>
+        {
+            Route::Demo(p.to_owned())
+        }
         _ => Route::NotFound,
     }
 }
@@ -189,6 +197,11 @@ mod tests {
             ("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", Route::Health),
             ("GET /metrics HTTP/1.1\r\n\r\n", Route::Metrics),
             ("GET /nope HTTP/1.1\r\n\r\n", Route::NotFound),
+            (
+                "GET /demo/token?user=a HTTP/1.1\r\n\r\n",
+                Route::Demo("/demo/token?user=a".into()),
+            ),
+            ("GET /demonstration HTTP/1.1\r\n\r\n", Route::NotFound),
             (
                 "GET / HTTP/1.1\r\nUpgrade: websocket\r\nOrigin: https://a.example\r\n\r\n",
                 Route::Upgrade {

@@ -881,6 +881,10 @@ impl Hub {
                 tracing::info!(calls = live, "ending live calls: the server is stopping");
                 self.sb.shutdown(now);
                 self.drain(Cause::Other, None);
+                // Released before `done`: the server tells the connections
+                // to close as soon as it hears it, and each must already
+                // hold the news of its calls' end to write before `closing`.
+                self.commit_and_release();
                 let _ = done.send(());
             }
             HubMsg::Input {
@@ -1118,7 +1122,7 @@ mod limit_tests;
 mod tests {
     use super::*;
     use invitation_core::protocol::{InviteRequest, ReplyResult};
-    use invitation_core::{CallType, DeviceId, ErrorCode, User};
+    use invitation_core::{CallType, DeviceId, ErrorCode, Reason, User};
 
     fn invite(id: &str, callee: &str) -> SwitchboardInput {
         SwitchboardInput::Command {
@@ -1184,6 +1188,57 @@ mod tests {
                 at,
             },
             now(),
+        );
+    }
+
+    /// An in-memory stop ends every live call and hands the news to the
+    /// connections before it says it is done (the server then closes them:
+    /// each writes what it holds before its `closing`), within the same
+    /// turn, not at the end of the hub's batch.
+    #[tokio::test(start_paused = true)]
+    async fn an_in_memory_stop_releases_the_endings_before_saying_done() {
+        let (mut hub, alice, _) = hub_with_alice(None);
+        let bob = Outbox::new(64);
+        hub.step(open(2, "bob", bob.clone()), now());
+        alice_sends(&mut hub, invite("i1", "bob"), Instant::now());
+        while alice.try_pop().is_some() {}
+        while bob.try_pop().is_some() {}
+        let (done, mut said) = tokio::sync::oneshot::channel();
+        // `handle`, as the run loop does, not `step`: no release after it.
+        hub.handle(HubMsg::Shutdown { done }, now());
+        assert!(said.try_recv().is_ok(), "the hub said it is done");
+        let reasons = |q: &Outbox| -> Vec<(String, Reason)> {
+            std::iter::from_fn(|| q.try_pop())
+                .filter_map(|o| match o {
+                    Outbound::Message(m) => match m.message.body {
+                        ServerBody::Event { event, .. } => match event {
+                            Event::CalleeOutcome { reason, .. } => {
+                                Some(("callee_outcome".to_owned(), reason))
+                            }
+                            Event::CallEnded { reason, .. } => {
+                                Some(("call_ended".to_owned(), reason))
+                            }
+                            Event::IncomingEnded { reason, .. } => {
+                                Some(("incoming_ended".to_owned(), reason))
+                            }
+                            _ => None,
+                        },
+                        _ => None,
+                    },
+                    Outbound::Close(_) => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            reasons(&alice),
+            [
+                ("callee_outcome".to_owned(), Reason::ServerShutdown),
+                ("call_ended".to_owned(), Reason::ServerShutdown)
+            ]
+        );
+        assert_eq!(
+            reasons(&bob),
+            [("incoming_ended".to_owned(), Reason::ServerShutdown)]
         );
     }
 

@@ -40,6 +40,7 @@ mod api_conn;
 pub mod auth;
 pub mod config;
 mod conn;
+mod demo;
 mod http;
 mod hub;
 mod limits;

@@ -70,6 +70,10 @@ struct Cli {
     /// The private key of --tls-cert (PEM).
     #[arg(long, env = "INVITATION_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// DEVELOPMENT ONLY: serve the demo page at /demo/ and a token endpoint
+    /// that signs tokens for any user name (never in production).
+    #[arg(long, env = "INVITATION_DEV_DEMO")]
+    dev_demo: bool,
     #[command(subcommand)]
     command: Option<Sub>,
 }
@@ -125,6 +129,9 @@ fn load(cli: &Cli) -> Result<Config> {
     }
     if cli.in_memory {
         config.in_memory = true;
+    }
+    if cli.dev_demo {
+        config.dev_demo = true;
     }
     if !config.in_memory && config.data_dir.is_none() {
         config.data_dir = Some(default_data_dir());
@@ -302,12 +309,18 @@ async fn serve(cli: Cli, config: Config, unknown_env: Vec<String>) -> Result<()>
         }
     }
     let configured_file = config.secret_file.clone();
+    let dev_demo = config.dev_demo;
     let server = Server::bind(config).await?;
     let addr = server.local_addr();
-    if server.serves_tls() {
+    let tls = server.serves_tls();
+    if tls {
         tracing::info!(%addr, "listening with TLS (wss://{addr}/, https /healthz, /metrics)");
     } else {
         tracing::info!(%addr, "listening (ws://{addr}/, /healthz, /metrics)");
+    }
+    if dev_demo {
+        let scheme = if tls { "https" } else { "http" };
+        tracing::warn!("development demo: open {scheme}://{addr}/demo/ in two browser windows");
     }
     // A generated secret goes to an owner-only file, never to the terminal
     // or the log: only its path is shown.

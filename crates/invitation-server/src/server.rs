@@ -48,6 +48,8 @@ pub struct Shared {
     /// The server's own TLS (`tls_cert` / `tls_key`), when set: both ports
     /// then take TLS connections only.
     pub tls: Option<crate::tls::ServerTls>,
+    /// The development demo's users (empty unless `dev_demo` is on).
+    pub(crate) demo: crate::demo::DemoUsers,
 }
 
 /// Why the server could not start.
@@ -156,6 +158,7 @@ impl Server {
             }
             Some(api)
         };
+        crate::demo::announce(&config);
         let metrics = Arc::new(Metrics::default());
         let (hub_tx, hub_rx) = mpsc::channel(4096);
         let limits = HubLimits::from_config(&config);
@@ -216,6 +219,7 @@ impl Server {
                 hub: hub_tx,
                 shutdown,
                 tls,
+                demo: Default::default(),
             }),
             shutdown_tx,
             hub,
@@ -480,7 +484,7 @@ async fn answer_probe(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
             "text/plain; version=0.0.4",
             shared.metrics.render(),
         ),
-        Route::Upgrade { .. } | Route::NotFound => (
+        Route::Upgrade { .. } | Route::NotFound | Route::Demo(_) => (
             "503 Service Unavailable",
             "text/plain",
             "server full\n".to_owned(),
