@@ -41,6 +41,7 @@ pub mod auth;
 pub mod config;
 mod conn;
 mod http;
+mod http_transport;
 mod hub;
 mod limits;
 mod metered;

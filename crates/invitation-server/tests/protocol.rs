@@ -1,7 +1,7 @@
 //! Raw protocol against a real `invitation-server` on 127.0.0.1:0:
 //! reconnect scenarios (A1-A3, A9, A10, C1, C3), bad input (E1-E12),
 //! authorisation (D1-D12), floods (F2, F5), operations, and the transport
-//! conformance suite over WebSocket.
+//! conformance suite over WebSocket and over HTTP.
 
 mod common;
 
@@ -75,6 +75,28 @@ impl Fixture for Ws {
 #[tokio::test]
 async fn ws_backend_passes_conformance() {
     conformance::run_all(&Ws(server(|_| {}).await)).await;
+}
+
+struct Http(RunningServer);
+
+#[async_trait]
+impl Fixture for Http {
+    async fn transport(&self, _user: &User) -> BoxTransport {
+        std::sync::Arc::new(invitation::transport::http::HttpTransport::new(format!(
+            "http://{}/",
+            self.0.addr
+        )))
+    }
+    fn token(&self, user: &User) -> Option<String> {
+        Some(self.0.token(user.id.as_str(), &user.name))
+    }
+}
+
+/// The same suite over the HTTP transport (requests and long polls on the
+/// main port, each session driving the same connection machine).
+#[tokio::test]
+async fn http_backend_passes_conformance() {
+    conformance::run_all(&Http(server(|_| {}).await)).await;
 }
 
 // ----- reconnects -------------------------------------------------------

@@ -10,7 +10,9 @@
 //! Backends:
 //! * [`memory`]: an in-process hub running the core `Switchboard`, many
 //!   clients on one hub (tests, examples, single-process apps);
-//! * `ws` (feature `ws`, off by default): WebSocket to `invitation-server`.
+//! * `ws` (feature `ws`, off by default): WebSocket to `invitation-server`;
+//! * `http` (feature `http`, off by default): plain HTTP requests and long
+//!   polling to `invitation-server`, where a WebSocket cannot get through.
 //!
 //! Test helpers (feature `testing`, off by default; turn it on in
 //! `[dev-dependencies]`):
@@ -40,6 +42,8 @@ pub mod conformance;
 mod error;
 #[cfg(feature = "testing")]
 pub mod fault;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod memory;
 #[cfg(feature = "testing")]
 pub mod mock;
