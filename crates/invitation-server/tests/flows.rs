@@ -1,6 +1,7 @@
 //! The end-to-end flows (tests/suite), each run against both fixtures: the
 //! in-process memory hub with the clock paused (`memory::*`) and this server
-//! over WebSocket on 127.0.0.1:0 (`websocket::*`), the same server keeping
+//! over WebSocket on 127.0.0.1:0 (`websocket::*`) and over the HTTP
+//! transport (`http::*`: requests and long polls), the same server keeping
 //! its state in a data directory (`durable::*`: every turn journaled before
 //! its messages leave). Then what only makes
 //! sense on the server: in-band token renewal. (A connection replaced by a
@@ -28,6 +29,16 @@ macro_rules! flows {
                 #[tokio::test]
                 async fn $flow() {
                     let fixture = crate::suite::Server::start().await;
+                    crate::suite::$flow(&fixture).await;
+                    fixture.stop().await;
+                }
+            )*
+        }
+        mod http {
+            $(
+                #[tokio::test]
+                async fn $flow() {
+                    let fixture = crate::suite::Server::start_http().await;
                     crate::suite::$flow(&fixture).await;
                     fixture.stop().await;
                 }

@@ -18,7 +18,8 @@ use async_trait::async_trait;
 use invitation::prelude::*;
 use invitation::testing::Recorder;
 use invitation::transport::{
-    BoxConnection, BoxTransport, Connection, Transport, TransportError, ws::WsTransport,
+    BoxConnection, BoxTransport, Connection, Transport, TransportError, http::HttpTransport,
+    ws::WsTransport,
 };
 use invitation::{ConnectionState, Invitation};
 use invitation_core::protocol::{ClientMessage, InitialStatus, InviteRequest, ServerMessage};
@@ -146,13 +147,30 @@ impl Fixture for Memory {
 
 /// An `invitation-server` on 127.0.0.1:0 with short timers; real clock;
 /// in memory, or durable on a data directory of its own.
-pub struct Server(pub RunningServer, Option<crate::common::TempDir>);
+pub struct Server(pub RunningServer, Option<crate::common::TempDir>, Via);
+
+/// Which transport the fixture's clients use.
+#[derive(Clone, Copy)]
+pub enum Via {
+    WebSocket,
+    Http,
+}
 
 impl Server {
     pub async fn start() -> Self {
         Self(
             crate::common::server(|c| c.caller_gone_grace_s = 1).await,
             None,
+            Via::WebSocket,
+        )
+    }
+
+    /// The same server; its clients use the HTTP transport.
+    pub async fn start_http() -> Self {
+        Self(
+            crate::common::server(|c| c.caller_gone_grace_s = 1).await,
+            None,
+            Via::Http,
         )
     }
 
@@ -165,7 +183,7 @@ impl Server {
             c.data_dir = Some(dir.0.clone());
         })
         .await;
-        Self(server, Some(dir))
+        Self(server, Some(dir), Via::WebSocket)
     }
 
     pub async fn stop(self) {
@@ -184,7 +202,11 @@ impl Fixture for Server {
     ) -> Dev {
         let name = user.to_uppercase();
         let rec = Recorder::with_deadline(self.deadline());
-        let (transport, link) = Breakable::new(Arc::new(WsTransport::new(self.0.url())));
+        let inner: BoxTransport = match self.2 {
+            Via::WebSocket => Arc::new(WsTransport::new(self.0.url())),
+            Via::Http => Arc::new(HttpTransport::new(format!("http://{}/", self.0.addr))),
+        };
+        let (transport, link) = Breakable::new(inner);
         let client = handlers(Client::builder(), &rec, extra)
             .user(User::named(user, &name))
             .device(device)
