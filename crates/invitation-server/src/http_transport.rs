@@ -139,6 +139,7 @@ impl Sessions {
         let link = HttpLink {
             channel,
             rx,
+            shutdown: shared.shutdown.clone(),
             cap: self.frame_cap,
         };
         let key = self.next_key();
@@ -227,6 +228,8 @@ struct State {
     probes: u64,
     /// Polls so far: a newer poll ends an older one.
     polls: u64,
+    /// Polls being answered right now.
+    held: usize,
     /// Why the session closed, once it has.
     closed: Option<CloseCause>,
     /// A poll took the last frames after the close.
@@ -258,6 +261,8 @@ impl Channel {
 pub(crate) struct HttpLink {
     channel: Arc<Channel>,
     rx: mpsc::Receiver<Inbound<String>>,
+    /// Flips to `true` on shutdown.
+    shutdown: watch::Receiver<bool>,
     /// Bytes of unacknowledged frames kept at most.
     cap: usize,
 }
@@ -306,19 +311,33 @@ impl Link for HttpLink {
     }
 
     async fn close(&mut self, cause: CloseCause) {
-        let waits = self.channel.update(|s| {
+        let (waits, polled) = self.channel.update(|s| {
             s.visible = s.end();
             s.closed = Some(cause);
-            !s.frames.is_empty()
+            (!s.frames.is_empty(), s.held > 0)
         });
         // The last frames (a `closing` message) wait for a poll, as a
         // WebSocket close waits for the socket (the session bounds this with
-        // its write deadline); a client that left or went silent gets none.
-        if !waits || matches!(cause, CloseCause::PeerGone | CloseCause::DeadPeer) {
+        // its write deadline); a client that left or went silent gets none,
+        // and while the server stops only a poll under way gets them.
+        let stopping = *self.shutdown.borrow();
+        if !waits
+            || matches!(cause, CloseCause::PeerGone | CloseCause::DeadPeer)
+            || (stopping && !polled)
+        {
             return;
         }
         let mut changed = self.channel.changed.subscribe();
-        let _ = changed.wait_for(|_| self.channel.state().delivered).await;
+        let delivered = changed.wait_for(|_| self.channel.state().delivered);
+        if stopping {
+            let _ = delivered.await;
+        } else {
+            let mut shutdown = self.shutdown.clone();
+            tokio::select! {
+                _ = delivered => {}
+                _ = shutdown.wait_for(|s| *s) => {}
+            }
+        }
     }
 
     fn abandon(&mut self) {
@@ -563,6 +582,15 @@ async fn poll(query: Option<&str>, channel: &Channel) -> Response<Body> {
         Ok(v) => v,
         Err((status, body)) => return text(status, body),
     };
+    // Counts this poll as under way until it returns (or is dropped).
+    struct Held<'a>(&'a Channel);
+    impl Drop for Held<'_> {
+        fn drop(&mut self) {
+            self.0.state().held -= 1;
+        }
+    }
+    channel.state().held += 1;
+    let _held = Held(channel);
     loop {
         changed.borrow_and_update();
         {
@@ -620,6 +648,7 @@ mod tests {
             HttpLink {
                 channel: channel.clone(),
                 rx,
+                shutdown: watch::channel(false).1,
                 cap,
             },
             channel,

@@ -186,6 +186,22 @@ impl Server {
         Self(server, Some(dir), Via::WebSocket)
     }
 
+    /// A connected device whose client uses `transport` (a path with a
+    /// fault in it, say).
+    pub async fn device_through(&self, user: &str, device: &str, transport: BoxTransport) -> Dev {
+        let name = user.to_uppercase();
+        let rec = Recorder::with_deadline(self.deadline());
+        let client = handlers(Client::builder(), &rec, None)
+            .user(User::named(user, &name))
+            .device(device)
+            .token(self.0.token(user, &name))
+            .transport(transport)
+            .backoff(Duration::from_millis(20), Duration::from_millis(200))
+            .build()
+            .unwrap();
+        connected(client, rec, None).await
+    }
+
     pub async fn stop(self) {
         self.0.stop().await;
         drop(self.1); // the data directory, after the server let go of it
