@@ -2,9 +2,13 @@
 //! (and answer them), or call someone. `--help` lists the options.
 //!
 //! ```text
-//! cargo run --features websocket --example ws_client -- --token "$BOB" --answer accept
-//! cargo run --features websocket --example ws_client -- --token "$ALICE" --call bob --cancel-after 10
+//! cargo run --features websocket,http --example ws_client -- --token "$BOB" --answer accept
+//! cargo run --features websocket,http --example ws_client -- --token "$ALICE" --call bob --cancel-after 10
+//! cargo run --features websocket,http --example ws_client -- --url http://127.0.0.1:7600/ --token "$BOB"
 //! ```
+//!
+//! The URL's scheme picks the transport: `ws://` a WebSocket, `http://`
+//! plain HTTP requests and long polls (where a WebSocket cannot get through).
 //!
 //! The user comes from the token (its claims are read, not verified: only
 //! the server verifies). Every line is something that happened, in order,
@@ -17,6 +21,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use invitation::core::protocol::InitialStatus;
 use invitation::prelude::*;
+use invitation::transport::BoxTransport;
+use invitation::transport::http::HttpTransport;
 use invitation::transport::ws::WsTransport;
 use invitation::{ConnectionState, StopReason, UnverifiedClaims};
 use tokio::sync::broadcast::error::RecvError;
@@ -34,7 +40,7 @@ struct Args {
     /// The bearer token (a JWT minted for your user).
     #[arg(long, env = "INVITATION_TOKEN", hide_env_values = true)]
     token: String,
-    /// The server.
+    /// The server: `ws://host:port/` or `http://host:port/`.
     #[arg(long, default_value = "ws://127.0.0.1:7600/")]
     url: String,
     /// Your user id; optional, taken from the token. Given, it must match.
@@ -310,7 +316,7 @@ async fn run(args: Args) -> Result<()> {
         .user(user.clone())
         .device(device.clone())
         .token(args.token.clone())
-        .transport(WsTransport::new(args.url.clone()))
+        .transport(transport_for(&args.url))
         .handler(Answerer(args.answer));
     if let Some(s) = args.ring_timeout {
         builder = builder.ring_timeout(Duration::from_secs(s));
@@ -486,5 +492,15 @@ async fn call(
                 return Ok(());
             }
         }
+    }
+}
+
+/// The transport the URL's scheme names (a wrong scheme is reported by the
+/// WebSocket transport's URL check).
+fn transport_for(url: &str) -> BoxTransport {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        std::sync::Arc::new(HttpTransport::new(url))
+    } else {
+        std::sync::Arc::new(WsTransport::new(url))
     }
 }
