@@ -42,6 +42,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use invitation_core::longpoll::{FrameLog, PollError};
 use invitation_core::{CloseCause, ConnId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
@@ -130,7 +131,10 @@ impl Sessions {
         let id = session_id();
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
         let channel = Arc::new(Channel {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                log: FrameLog::new(self.frame_cap),
+                ..State::default()
+            }),
             changed: watch::Sender::new(0),
             inbound: tx,
         });
@@ -140,7 +144,6 @@ impl Sessions {
             channel,
             rx,
             shutdown: shared.shutdown.clone(),
-            cap: self.frame_cap,
         };
         let key = self.next_key();
         tokio::spawn(run_session(
@@ -217,13 +220,8 @@ struct Channel {
 
 #[derive(Default)]
 struct State {
-    /// Frames `base..base + frames.len()`, not yet acknowledged.
-    frames: VecDeque<String>,
-    base: u64,
-    /// Their size.
-    bytes: usize,
-    /// Frames before this index may be handed to a poll (flushed).
-    visible: u64,
+    /// The messages written for the client and not yet acknowledged.
+    log: FrameLog,
     /// Probes so far: a held poll answers at the next one.
     probes: u64,
     /// Polls so far: a newer poll ends an older one.
@@ -236,12 +234,6 @@ struct State {
     delivered: bool,
     /// The session task ended (its slot is free).
     ended: bool,
-}
-
-impl State {
-    fn end(&self) -> u64 {
-        self.base + self.frames.len() as u64
-    }
 }
 
 impl Channel {
@@ -263,8 +255,6 @@ pub(crate) struct HttpLink {
     rx: mpsc::Receiver<Inbound<String>>,
     /// Flips to `true` on shutdown.
     shutdown: watch::Receiver<bool>,
-    /// Bytes of unacknowledged frames kept at most.
-    cap: usize,
 }
 
 impl Link for HttpLink {
@@ -272,21 +262,21 @@ impl Link for HttpLink {
 
     async fn feed(&mut self, text: String) -> Result<(), WriteFailed> {
         let mut changed = self.channel.changed.subscribe();
+        let mut text = text;
         loop {
             changed.borrow_and_update();
             {
                 let mut s = self.channel.state();
-                // One frame always fits; past the cap, wait for a poll to
-                // acknowledge some (under the session's write deadline).
-                if s.frames.is_empty() || s.bytes + text.len() <= self.cap {
-                    s.bytes += text.len();
-                    s.frames.push_back(text);
-                    return Ok(());
+                // Past the cap, wait for a poll to acknowledge some (under
+                // the session's write deadline).
+                match s.log.push(text) {
+                    Ok(()) => return Ok(()),
+                    Err(back) => text = back,
                 }
-                if s.visible != s.end() {
+                if s.log.has_unflushed() {
                     // What waits must be visible, or no poll can take it.
                     drop(s);
-                    self.channel.update(|s| s.visible = s.end());
+                    self.channel.update(|s| s.log.flush());
                     continue;
                 }
             }
@@ -302,7 +292,7 @@ impl Link for HttpLink {
     }
 
     async fn flush(&mut self) -> Result<(), WriteFailed> {
-        self.channel.update(|s| s.visible = s.end());
+        self.channel.update(|s| s.log.flush());
         Ok(())
     }
 
@@ -312,9 +302,9 @@ impl Link for HttpLink {
 
     async fn close(&mut self, cause: CloseCause) {
         let (waits, polled) = self.channel.update(|s| {
-            s.visible = s.end();
+            s.log.flush();
             s.closed = Some(cause);
-            (!s.frames.is_empty(), s.held > 0)
+            (s.log.bytes() > 0, s.held > 0)
         });
         // The last frames (a `closing` message) wait for a poll, as a
         // WebSocket close waits for the socket (the session bounds this with
@@ -343,9 +333,7 @@ impl Link for HttpLink {
     fn abandon(&mut self) {
         self.channel.update(|s| {
             s.closed = Some(CloseCause::TooSlow);
-            s.frames.clear();
-            s.bytes = 0;
-            s.visible = s.base;
+            s.log.clear();
         });
     }
 }
@@ -560,27 +548,19 @@ async fn poll(query: Option<&str>, channel: &Channel) -> Response<Body> {
     let deadline = Instant::now() + wait;
     let mut changed = channel.changed.subscribe();
     let started = channel.update(|s| {
-        if from < s.base {
-            return Err((
-                StatusCode::CONFLICT,
-                "frames before `from` were acknowledged\n",
-            ));
-        }
-        if from > s.visible {
-            return Err((StatusCode::BAD_REQUEST, "`from` is past the last frame\n"));
-        }
-        while s.base < from {
-            if let Some(f) = s.frames.pop_front() {
-                s.bytes -= f.len();
-            }
-            s.base += 1;
-        }
+        s.log.ack(from)?;
         s.polls += 1;
         Ok((s.polls, s.probes))
     });
     let (me, probes) = match started {
         Ok(v) => v,
-        Err((status, body)) => return text(status, body),
+        Err(PollError::Acknowledged { .. }) => {
+            return text(
+                StatusCode::CONFLICT,
+                "frames before `from` were acknowledged\n",
+            );
+        }
+        Err(_) => return text(StatusCode::BAD_REQUEST, "`from` is past the last frame\n"),
     };
     // Counts this poll as under way until it returns (or is dropped).
     struct Held<'a>(&'a Channel);
@@ -595,15 +575,10 @@ async fn poll(query: Option<&str>, channel: &Channel) -> Response<Body> {
         changed.borrow_and_update();
         {
             let mut s = channel.state();
-            let ready = s.visible > from;
-            let closing = s.closed.is_some() && s.visible == s.end();
+            let ready = s.log.flushed() > from;
+            let closing = s.closed.is_some() && !s.log.has_unflushed();
             if ready || closing || s.probes != probes || s.polls != me {
-                let frames: Vec<&str> = s
-                    .frames
-                    .iter()
-                    .take((s.visible - from) as usize)
-                    .map(String::as_str)
-                    .collect();
+                let frames: Vec<&str> = s.log.visible_from(from).collect();
                 let body = frames.join("\n");
                 let mut r = Response::new(Full::new(Bytes::from(body)));
                 r.headers_mut().insert(
@@ -640,7 +615,10 @@ mod tests {
     fn link(cap: usize) -> (HttpLink, Arc<Channel>) {
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
         let channel = Arc::new(Channel {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                log: FrameLog::new(cap),
+                ..State::default()
+            }),
             changed: watch::Sender::new(0),
             inbound: tx,
         });
@@ -649,7 +627,6 @@ mod tests {
                 channel: channel.clone(),
                 rx,
                 shutdown: watch::channel(false).1,
-                cap,
             },
             channel,
         )
@@ -699,18 +676,18 @@ mod tests {
             assert!(link.feed(format!("{i}").repeat(25)).await.is_ok());
         }
         link.flush().await.ok();
-        assert_eq!(channel.state().bytes, 100);
+        assert_eq!(channel.state().log.bytes(), 100);
         // A fifth frame does not fit: it waits.
         let blocked = timeout(Duration::from_secs(30), link.feed("4".repeat(25))).await;
         assert!(blocked.is_err(), "a feed past the cap waits");
-        assert_eq!(channel.state().frames.len(), 4);
+        assert_eq!(channel.state().log.end(), 4);
         // A poll from 2 acknowledges frames 0 and 1 and answers 2 and 3.
         let r = poll(Some("from=2&wait_ms=0"), &channel).await;
         assert_eq!(
             body_of(r),
             format!("{}\n{}", "2".repeat(25), "3".repeat(25))
         );
-        assert_eq!(channel.state().bytes, 50);
+        assert_eq!(channel.state().log.bytes(), 50);
         let fed = timeout(Duration::from_secs(1), link.feed("4".repeat(25))).await;
         assert!(matches!(fed, Ok(Ok(()))), "room again");
         // Acknowledged frames are gone: asking for them again is a conflict.
