@@ -22,8 +22,33 @@ pub(crate) async fn run_calls(
     receipts: bool,
     store: Store,
 ) -> Result<CallsResult> {
+    run_calls_via(
+        server_bin,
+        cpu,
+        rate,
+        secs,
+        callees,
+        receipts,
+        store,
+        load::Via::WebSocket,
+    )
+    .await
+}
+
+/// [`run_calls`], with the clients on `via`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run_calls_via(
+    server_bin: &Option<PathBuf>,
+    cpu: &str,
+    rate: f64,
+    secs: f64,
+    callees: usize,
+    receipts: bool,
+    store: Store,
+    via: load::Via,
+) -> Result<CallsResult> {
     let server = start_server(server_bin, cpu, store).await?;
-    let r = load::calls(&server, rate, secs, callees, receipts, true).await;
+    let r = load::calls(&server, rate, secs, callees, receipts, true, via).await;
     server.stop().await;
     r
 }

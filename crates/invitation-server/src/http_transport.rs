@@ -31,7 +31,7 @@
 //!   dead-peer interval, which frees its slot;
 //! * session ids are 128 random bits from the operating system.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
