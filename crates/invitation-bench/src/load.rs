@@ -19,8 +19,8 @@ use invitation_core::{CallType, DecodeLimits, DeviceId, ErrorCode, Reason, Reque
 use invitation_server::Authority;
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::scrape::{self, Buckets};

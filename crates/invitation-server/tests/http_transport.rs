@@ -385,3 +385,72 @@ async fn the_client_notices_a_silent_server() {
     );
     fake.abort();
 }
+
+/// A graceful stop reaches HTTP clients too: the held poll is answered
+/// with `closing shutting_down` and the close header, and the server
+/// stops within its grace period (no session is left behind).
+#[tokio::test]
+async fn a_graceful_stop_tells_a_polling_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = server(|_| {}).await;
+    let http = http();
+    let mut s = create(&http, &srv).await.unwrap();
+    s.hello(&srv, "dora", "d").await;
+    s.messages(2).await;
+    // The poll's bytes are in the server's socket before the stop begins.
+    let mut raw = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    let request = format!(
+        "GET /sessions/{}/messages?from=2&wait_ms=30000 HTTP/1.1\r\nhost: x\r\n\r\n",
+        s.id
+    );
+    raw.write_all(request.as_bytes()).await.unwrap();
+    let stopping = tokio::spawn(srv.stop());
+    let mut answer = Vec::new();
+    timeout(SOON, raw.read_to_end(&mut answer))
+        .await
+        .expect("the held poll is answered and the connection closed")
+        .unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(
+        answer.contains("invitation-closed: shutting down"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains(r#""type":"closing","reason":"shutting_down""#),
+        "{answer}"
+    );
+    timeout(SOON, stopping)
+        .await
+        .expect("stopped within the grace period")
+        .unwrap();
+}
+
+/// The Origin allow-list applies to every HTTP transport request, as to
+/// the WebSocket upgrade.
+#[tokio::test]
+async fn origins_are_checked_on_http_requests() {
+    let srv = server(|c| c.allowed_origins = vec!["https://app.example".into()]).await;
+    let http = http();
+    let url = format!("http://{}/sessions", srv.addr);
+    let refused = http
+        .post(&url)
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let allowed = http
+        .post(&url)
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), StatusCode::CREATED);
+    let native = http.post(&url).send().await.unwrap();
+    assert_eq!(
+        native.status(),
+        StatusCode::CREATED,
+        "no Origin: a native app"
+    );
+}
