@@ -454,3 +454,28 @@ async fn origins_are_checked_on_http_requests() {
         "no Origin: a native app"
     );
 }
+
+/// A kept-alive TCP connection of the HTTP transport that sends no next
+/// request is closed after the handshake timeout (it holds a slot).
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = server(|c| c.handshake_timeout_s = 1).await;
+    let mut raw = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    raw.write_all(b"POST /sessions HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    timeout(SOON, raw.read_to_end(&mut answer))
+        .await
+        .expect("the idle connection was closed")
+        .unwrap();
+    let took = started.elapsed();
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201 Created"), "{answer}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+}
