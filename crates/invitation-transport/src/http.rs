@@ -13,17 +13,19 @@
 //!
 //! Long polling rather than server-sent events: a poll is an ordinary
 //! request/response that every proxy passes and buffers correctly, each
-//! poll acknowledges the frames the previous one returned (so a response
-//! lost on the way costs nothing: the next poll asks for the same frames
-//! again), and the poll's own deadline is the heartbeat: a poll that the
-//! server holds returns empty after `poll_wait` at the latest, so a poll
-//! with no answer within `poll_wait + poll_grace` means the server (or the
-//! path to it) is dead, the way a missing pong does on a WebSocket.
+//! poll acknowledges the frames the previous one returned (the server keeps
+//! them until then, so an answer can be asked for again), and the poll's
+//! own deadline is the heartbeat: a poll that the server holds returns
+//! empty after `poll_wait` at the latest, so a poll with no answer within
+//! `poll_wait + poll_grace` means the server (or the path to it) is dead,
+//! the way a missing pong does on a WebSocket.
 //!
 //! Dead-peer detection: a poll or a send that fails or overruns its
-//! deadline ends the connection with a retryable error; the driver then
-//! reconnects with its usual backoff and jitter and resumes from the last
-//! sequence number it saw.
+//! deadline ends the connection with a retryable error, as a broken
+//! WebSocket does; the driver then reconnects with its usual backoff and
+//! jitter, opens a new session and resumes from the last sequence number
+//! it saw (the old session, if it still lives, is replaced by the new
+//! `hello` of the same device).
 
 use std::time::Duration;
 
