@@ -146,11 +146,10 @@ fn request_error(at: &str, what: &str, e: reqwest::Error) -> TransportError {
             e,
         );
     }
-    let refused = e
-        .source()
-        .and_then(|s| s.source())
-        .and_then(|s| s.downcast_ref::<std::io::Error>())
-        .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
+    // The refusal is an I/O error somewhere down the chain of causes.
+    let refused = std::iter::successors(e.source(), |s| (*s).source())
+        .filter_map(|s| s.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
     let message = if refused {
         format!("connection refused at {at}")
     } else if e.is_connect() {
