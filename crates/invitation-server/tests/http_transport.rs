@@ -479,3 +479,54 @@ async fn an_idle_keep_alive_connection_is_closed() {
         "closed after {took:?}"
     );
 }
+
+/// Why the client cannot open a session, said apart: a full server is
+/// worth retrying (I/O kind, the status named); a server that does not
+/// serve the HTTP transport is not (protocol kind).
+#[tokio::test]
+async fn the_client_says_why_it_cannot_open_a_session() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Full: the request's own connection takes the only slot.
+    let srv = server(|c| c.max_connections = 1).await;
+    let e = match HttpTransport::new(format!("http://{}/", srv.addr))
+        .connect()
+        .await
+    {
+        Ok(_) => panic!("the server has no slot for a session"),
+        Err(e) => e,
+    };
+    assert_eq!(e.kind(), TransportErrorKind::Io, "{e}");
+    assert!(e.is_retryable());
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{} answered opening a session with HTTP 503 Service Unavailable",
+            srv.addr
+        )
+    );
+    // Some other HTTP server.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let other = tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let _ = sock.read(&mut buf).await.unwrap();
+        sock.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+    });
+    let e = match HttpTransport::new(format!("http://{addr}/"))
+        .connect()
+        .await
+    {
+        Ok(_) => panic!("not an invitation server"),
+        Err(e) => e,
+    };
+    assert_eq!(e.kind(), TransportErrorKind::Protocol, "{e}");
+    assert!(!e.is_retryable());
+    assert_eq!(
+        e.to_string(),
+        format!("{addr} does not serve the HTTP transport (HTTP 404 Not Found)")
+    );
+    other.await.unwrap();
+}
