@@ -487,6 +487,27 @@ pub(crate) async fn suite(
     }
     json.insert("calls_1to1".into(), compare.into());
 
+    // 1b. The same calls with the clients on the HTTP transport (requests
+    // and long polls), next to the WebSocket rows above.
+    let _ = writeln!(table, "\n1:1 calls over the HTTP transport");
+    let mut over_http = Vec::new();
+    for rate in [500.0] {
+        let r = run_calls_via(
+            server_bin,
+            cpu,
+            rate,
+            secs,
+            1,
+            false,
+            Store::Memory,
+            load::Via::Http,
+        )
+        .await?;
+        let _ = writeln!(table, "  {}", calls_line(&r));
+        over_http.push(calls_json(&r));
+    }
+    json.insert("calls_1to1_http".into(), over_http.into());
+
     // 2. The knee: highest offered rate with no failure and p99 <= 10 ms.
     let _ = writeln!(table, "\nknee search ({secs} s per rate)");
     let (knee, knee_runs) = knee_search(
