@@ -705,6 +705,9 @@ mod tests {
         });
         let sessions = crate::http_transport::Sessions::new(
             crate::slots::Slots::new(1, 1),
+            Arc::new(std::sync::Mutex::new(crate::rate::KeyedLimiter::new(
+                1.0, 1.0,
+            ))),
             &crate::Config::default(),
         );
         let task = super::serve(

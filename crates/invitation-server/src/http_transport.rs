@@ -20,7 +20,8 @@
 //!
 //! Bounds, as for a WebSocket connection:
 //! * each session holds a connection slot ([`crate::slots`]: the overall
-//!   and per-address caps) from creation to its end;
+//!   and per-address caps) from creation to its end, and opening one counts
+//!   against the per-address rate of new connections;
 //! * the frames not yet acknowledged by a poll are capped in bytes
 //!   (twice the configured kernel send buffer, what a WebSocket client that
 //!   stops reading can make the kernel hold); a session whose client does
@@ -33,7 +34,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -50,6 +51,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::conn::{Inbound, Link, Session, WriteFailed};
 use crate::metrics::Refusal;
+use crate::rate::KeyedLimiter;
 use crate::server::Shared;
 use crate::slots::{Admission, SlotGuard, Slots};
 
@@ -64,6 +66,9 @@ const INBOUND_QUEUE: usize = 4;
 /// The HTTP sessions of one server, by id.
 pub(crate) struct Sessions {
     slots: Arc<Slots>,
+    /// New connections per address, shared with the accept loop: a new
+    /// session counts as a new connection.
+    per_ip: Arc<Mutex<KeyedLimiter<IpAddr>>>,
     map: Mutex<HashMap<String, Arc<Channel>>>,
     /// Connection ids, shared with the accept loop: never reused.
     next_key: AtomicU64,
@@ -74,10 +79,16 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
-    /// Sessions taking their slots from `slots`.
-    pub(crate) fn new(slots: Arc<Slots>, config: &crate::Config) -> Arc<Self> {
+    /// Sessions taking their slots from `slots` and their creation rate
+    /// from `per_ip`.
+    pub(crate) fn new(
+        slots: Arc<Slots>,
+        per_ip: Arc<Mutex<KeyedLimiter<IpAddr>>>,
+        config: &crate::Config,
+    ) -> Arc<Self> {
         Arc::new(Self {
             slots,
+            per_ip,
             map: Mutex::new(HashMap::new()),
             next_key: AtomicU64::new(1),
             live: watch::Sender::new(0),
@@ -116,6 +127,17 @@ impl Sessions {
     ) -> Result<String, (StatusCode, &'static str)> {
         if *shared.shutdown.borrow() {
             return Err((StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"));
+        }
+        let now = Instant::now().into_std();
+        let allowed = self
+            .per_ip
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(&peer.ip(), now)
+            .is_ok();
+        if !allowed {
+            shared.metrics.refused(Refusal::RateLimited);
+            return Err((StatusCode::TOO_MANY_REQUESTS, "too many new sessions\n"));
         }
         let slot = match self.slots.admit(peer.ip()) {
             Admission::Serve(slot) => slot,

@@ -261,11 +261,13 @@ impl Server {
         // HTTP transport sessions hold slots like connections do. Connection
         // ids (drawn from `sessions`) are never reused: a late message about
         // a closed connection cannot reach a new one.
-        let sessions = crate::http_transport::Sessions::new(slots.clone(), &shared.config);
-        let per_ip = Mutex::new(KeyedLimiter::<IpAddr>::new(
+        // New connections and new HTTP sessions share one per-address rate.
+        let per_ip = Arc::new(Mutex::new(KeyedLimiter::<IpAddr>::new(
             shared.config.conn_rate_per_ip,
             shared.config.conn_burst_per_ip,
-        ));
+        )));
+        let sessions =
+            crate::http_transport::Sessions::new(slots.clone(), per_ip.clone(), &shared.config);
         let mut tasks = tokio::task::JoinSet::new();
         let lag_meter = tokio::spawn({
             let metrics = shared.metrics.clone();

@@ -530,3 +530,22 @@ async fn the_client_says_why_it_cannot_open_a_session() {
     );
     other.await.unwrap();
 }
+
+/// Opening a session counts against the per-address rate of new
+/// connections, as opening a WebSocket does (429 past it).
+#[tokio::test]
+async fn new_sessions_count_against_the_per_address_rate() {
+    let srv = server(|c| {
+        c.conn_rate_per_ip = 0.001;
+        c.conn_burst_per_ip = 3.0;
+    })
+    .await;
+    let http = http();
+    // The one TCP connection takes a token, each session one more.
+    let _a = create(&http, &srv).await.expect("first session");
+    let _b = create(&http, &srv).await.expect("second session");
+    assert_eq!(
+        create(&http, &srv).await.err(),
+        Some(StatusCode::TOO_MANY_REQUESTS)
+    );
+}
