@@ -2,14 +2,17 @@
 //! (and answer them), or call someone. `--help` lists the options.
 //!
 //! ```text
-//! cargo run --features websocket --example ws_client -- --token "$BOB" --answer accept
-//! cargo run --features websocket --example ws_client -- --token "$ALICE" --call bob --cancel-after 10
-//! cargo run --features websocket --example ws_client -- --url wss://calls.example.org/ --token "$BOB"
-//! cargo run --features websocket --example ws_client -- --url wss://127.0.0.1:7600/ --ca ca.pem --token "$BOB"
+//! cargo run --features websocket,http --example ws_client -- --token "$BOB" --answer accept
+//! cargo run --features websocket,http --example ws_client -- --token "$ALICE" --call bob --cancel-after 10
+//! cargo run --features websocket,http --example ws_client -- --url wss://calls.example.org/ --token "$BOB"
+//! cargo run --features websocket,http --example ws_client -- --url wss://127.0.0.1:7600/ --ca ca.pem --token "$BOB"
+//! cargo run --features websocket,http --example ws_client -- --url http://127.0.0.1:7600/ --token "$BOB"
 //! ```
 //!
-//! The URL's scheme picks the transport (`ws://`, `wss://`); `wss://` trusts
-//! the system's root certificates, or only those of `--ca`.
+//! The URL's scheme picks the transport: `ws://` / `wss://` a WebSocket,
+//! `http://` / `https://` plain HTTP requests and long polls (where a
+//! WebSocket cannot get through). TLS trusts the system's root
+//! certificates, or only those of `--ca`.
 //!
 //! The user comes from the token (its claims are read, not verified: only
 //! the server verifies). Every line is something that happened, in order,
@@ -40,10 +43,10 @@ struct Args {
     /// The bearer token (a JWT minted for your user).
     #[arg(long, env = "INVITATION_TOKEN", hide_env_values = true)]
     token: String,
-    /// The server: `ws://host:port/` or `wss://host:port/`.
+    /// The server: `ws://`, `wss://`, `http://` or `https://` host:port/.
     #[arg(long, default_value = "ws://127.0.0.1:7600/")]
     url: String,
-    /// For `wss://`: trust only the CA certificates in this PEM file (a
+    /// For `wss://` and `https://`: trust only the CA certificates in this PEM file (a
     /// private deployment) instead of the system's roots.
     #[arg(long, value_name = "PEM")]
     ca: Option<std::path::PathBuf>,

@@ -8,7 +8,8 @@
 //! * [`core`]: the sans-IO state machines and wire protocol v1;
 //! * [`transport`]: the `Transport` trait and the in-process [`MemoryHub`];
 //!   with the `websocket` feature, `transport::ws` to reach an
-//!   `invitation-server`;
+//!   `invitation-server`, with the `http` feature `transport::http` to reach
+//!   it over plain HTTP requests and long polls;
 //! * the client: [`Client`], [`InvitationEvents`], [`CallContext`], and
 //!   [`Callback`] (the ten callbacks by name);
 //! * `testing` (feature `testing`, for `[dev-dependencies]`): the
@@ -21,11 +22,12 @@
 //! | feature | adds |
 //! |---|---|
 //! | `websocket` | `transport::ws::WsTransport` (tokio-tungstenite) |
+//! | `http` | `transport::http::HttpTransport` (reqwest, plain HTTP) |
 //! | `testing` | `invitation::testing` |
 //!
 //! Runnable examples: `cargo run --example quickstart`, `group_call`,
-//! `test_your_handler`; `cargo run --features websocket --example ws_client`
-//! reaches a running server.
+//! `test_your_handler`; `cargo run --features websocket,http --example
+//! ws_client` reaches a running server (`ws://` or `http://`).
 
 pub use invitation_core as core;
 pub use invitation_handler::{

@@ -19,14 +19,84 @@ use invitation_core::{CallType, DecodeLimits, DeviceId, ErrorCode, Reason, Reque
 use invitation_server::Authority;
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::scrape::{self, Buckets};
 use crate::{Durability, SECRET, ServerProc, Store, cpu_us, memory_kb, start_echo, start_server};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How the call generator's clients reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// One WebSocket per client (the raw generator).
+    WebSocket,
+    /// The HTTP transport: `invitation_transport::http`, requests and long
+    /// polls.
+    Http,
+}
+
+/// A generator client over either transport.
+enum Conn {
+    Ws(Box<Ws>),
+    Http(invitation_transport::BoxConnection),
+}
+
+impl Conn {
+    async fn send(&mut self, m: &ClientMessage) -> Result<()> {
+        match self {
+            Conn::Ws(ws) => ws.send(Message::text(m.encode())).await?,
+            Conn::Http(c) => c.send(m.clone()).await?,
+        }
+        Ok(())
+    }
+
+    /// The next message as text (the HTTP client hands it over decoded:
+    /// encoded again, the filter below is the same for both).
+    async fn next_text(&mut self) -> Result<Utf8Bytes> {
+        match self {
+            Conn::Ws(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) => return Ok(t),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(e.into()),
+                    None => bail!("closed"),
+                }
+            },
+            Conn::Http(c) => Ok(c.recv().await?.encode().into()),
+        }
+    }
+}
+
+/// Connects a generator client over `via` and authenticates; reads the
+/// welcome and the sync.
+async fn connect_via(addr: SocketAddr, auth: &Authority, user: &str, via: Via) -> Result<Conn> {
+    use invitation_transport::Transport as _;
+    let conn = match via {
+        Via::WebSocket => return Ok(Conn::Ws(Box::new(connect(addr, auth, user).await?))),
+        Via::Http => invitation_transport::http::HttpTransport::new(format!("http://{addr}/"))
+            .connect()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    };
+    let mut conn = Conn::Http(conn);
+    let token = auth.mint(&UserId::new(user)?, user, Duration::from_secs(3600));
+    let hello = ClientMessage::new(
+        rid("h".into()),
+        Control::Hello {
+            device: DeviceId::new("d")?,
+            token: Some(token),
+            last_seq: None,
+        },
+    );
+    conn.send(&hello).await?;
+    for _ in 0..2 {
+        conn.next_text().await?;
+    }
+    Ok(conn)
+}
 
 fn authority() -> Authority {
     Authority::new(SECRET.as_bytes(), "invitation", None)
@@ -106,17 +176,12 @@ async fn next(ws: &mut Ws) -> Result<ServerMessage> {
 /// messages are skipped without being decoded: the generator must stay
 /// cheaper than the server it measures.
 async fn until(
-    ws: &mut Ws,
+    conn: &mut Conn,
     types: &[&str],
     f: impl Fn(&ServerBody) -> bool,
 ) -> Result<ServerMessage> {
     loop {
-        let text = match ws.next().await {
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(e.into()),
-            None => bail!("closed"),
-        };
+        let text = conn.next_text().await?;
         let wanted = types.iter().any(|t| {
             text.as_str()
                 .match_indices(t)
@@ -173,13 +238,13 @@ pub(crate) struct CallsResult {
 }
 
 struct Group {
-    caller: Ws,
-    callees: Vec<(UserId, Ws)>,
+    caller: Conn,
+    callees: Vec<(UserId, Conn)>,
 }
 
 /// Open-loop calls at `rate` for `secs`: each call is invite -> ring at
 /// every callee -> the first accepts, the others decline -> the caller
-/// hangs up.
+/// hangs up; the clients use `via`.
 pub(crate) async fn calls(
     server: &ServerProc,
     rate: f64,
@@ -187,6 +252,7 @@ pub(crate) async fn calls(
     callees: usize,
     receipts: bool,
     show: bool,
+    via: Via,
 ) -> Result<CallsResult> {
     let auth = authority();
     let offered = (rate * secs).round().max(1.0) as u64;
@@ -199,11 +265,14 @@ pub(crate) async fn calls(
     let tag = format!("{}x{}", rate as u64, callees);
     let mut free = Vec::with_capacity(groups);
     for g in 0..groups {
-        let caller = connect(server.addr, &auth, &format!("c{tag}-{g}")).await?;
+        let caller = connect_via(server.addr, &auth, &format!("c{tag}-{g}"), via).await?;
         let mut cs = Vec::new();
         for k in 0..callees {
             let id = format!("e{tag}-{g}-{k}");
-            cs.push((UserId::new(&id)?, connect(server.addr, &auth, &id).await?));
+            cs.push((
+                UserId::new(&id)?,
+                connect_via(server.addr, &auth, &id, via).await?,
+            ));
         }
         free.push(Group {
             caller,
@@ -320,7 +389,7 @@ async fn one_call(g: &mut Group, n: u64, receipts: bool) -> Result<Option<(Durat
             CallType::Voice,
         )),
     );
-    g.caller.send(Message::text(invite.encode())).await?;
+    g.caller.send(&invite).await?;
     // The caller's answer races the first ring: an overloaded server
     // answers `unavailable` and nobody rings.
     let mut first_ring = None;
@@ -363,7 +432,7 @@ async fn one_call(g: &mut Group, n: u64, receipts: bool) -> Result<Option<(Durat
                         call_id: call_id.clone(),
                     },
                 );
-                ws.send(Message::text(receipt.encode())).await?;
+                ws.send(&receipt).await?;
             }
             let cmd = if k == 0 {
                 Command::Accept {
@@ -377,10 +446,8 @@ async fn one_call(g: &mut Group, n: u64, receipts: bool) -> Result<Option<(Durat
                     custom_data: None,
                 }
             };
-            ws.send(Message::text(
-                ClientMessage::new(rid(format!("a{n}")), cmd).encode(),
-            ))
-            .await?;
+            ws.send(&ClientMessage::new(rid(format!("a{n}")), cmd))
+                .await?;
             call = Some(call_id);
         }
     }
@@ -409,7 +476,7 @@ async fn one_call(g: &mut Group, n: u64, receipts: bool) -> Result<Option<(Durat
             custom_data: None,
         },
     );
-    g.caller.send(Message::text(hang.encode())).await?;
+    g.caller.send(&hang).await?;
     until(&mut g.caller, &["call_ended\""], any).await?;
     for (k, (_, ws)) in g.callees.iter_mut().enumerate() {
         let end = if k == 0 {

@@ -6,6 +6,7 @@
 //! invitation-bench suite                        # everything, a few minutes; table + JSON + SVG
 //! invitation-bench calls --rate 1000 --secs 10  # open-loop 1:1 calls
 //! invitation-bench calls --rate 200 --callees 9 # group calls
+//! invitation-bench calls --rate 500 --http      # 1:1 calls, clients on the HTTP transport
 //! invitation-bench timeouts --pending 5000      # timeout storm: lateness
 //! invitation-bench idle --clients 5000          # memory per idle connection, ours and the echo's
 //! invitation-bench relay --secs 5               # messages/s, ours and the echo's
@@ -88,6 +89,10 @@ enum Cmd {
         /// `callee_delivered`).
         #[arg(long)]
         receipts: bool,
+        /// The clients use the HTTP transport (requests and long polls)
+        /// instead of WebSockets.
+        #[arg(long)]
+        http: bool,
     },
     /// Many invitations expiring: how late do the timeouts arrive?
     Timeouts {
@@ -424,8 +429,14 @@ fn main() -> Result<()> {
                 secs,
                 callees,
                 receipts,
+                http,
             } => {
-                let r = report::run_calls(
+                let via = if *http {
+                    load::Via::Http
+                } else {
+                    load::Via::WebSocket
+                };
+                let r = report::run_calls_via(
                     &cli.server_bin,
                     &cli.server_cpu,
                     *rate,
@@ -433,6 +444,7 @@ fn main() -> Result<()> {
                     *callees,
                     *receipts,
                     store,
+                    via,
                 )
                 .await?;
                 println!("{}", report::calls_line(&r));

@@ -23,8 +23,33 @@ pub(crate) async fn run_calls(
     receipts: bool,
     store: Store,
 ) -> Result<CallsResult> {
+    run_calls_via(
+        server_bin,
+        cpu,
+        rate,
+        secs,
+        callees,
+        receipts,
+        store,
+        load::Via::WebSocket,
+    )
+    .await
+}
+
+/// [`run_calls`], with the clients on `via`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run_calls_via(
+    server_bin: &Option<PathBuf>,
+    cpu: &str,
+    rate: f64,
+    secs: f64,
+    callees: usize,
+    receipts: bool,
+    store: Store,
+    via: load::Via,
+) -> Result<CallsResult> {
     let server = start_server(server_bin, cpu, store).await?;
-    let r = load::calls(&server, rate, secs, callees, receipts, true).await;
+    let r = load::calls(&server, rate, secs, callees, receipts, true, via).await;
     server.stop().await;
     r
 }
@@ -580,6 +605,27 @@ pub(crate) async fn suite(
         let _ = writeln!(table, "{row}");
     }
     json.insert("calls_1to1".into(), compare.into());
+
+    // 1b. The same calls with the clients on the HTTP transport (requests
+    // and long polls), next to the WebSocket rows above.
+    let _ = writeln!(table, "\n1:1 calls over the HTTP transport");
+    let mut over_http = Vec::new();
+    for rate in [500.0] {
+        let r = run_calls_via(
+            server_bin,
+            cpu,
+            rate,
+            secs,
+            1,
+            false,
+            Store::Memory,
+            load::Via::Http,
+        )
+        .await?;
+        let _ = writeln!(table, "  {}", calls_line(&r));
+        over_http.push(calls_json(&r));
+    }
+    json.insert("calls_1to1_http".into(), over_http.into());
 
     // 2. The knee: highest offered rate with no failure and p99 <= 10 ms.
     let _ = writeln!(table, "\nknee search ({secs} s per rate)");

@@ -77,6 +77,7 @@ pub mod durable;
 pub mod error;
 mod guard;
 pub mod id;
+pub mod longpoll;
 pub mod model;
 pub mod protocol;
 pub mod session;

@@ -3,11 +3,17 @@
 //! (`DeviceConnection`): frames in, the machine's outputs out, the hub's
 //! messages through the machine's accounting to the socket.
 //!
-//! The shell owns only what is about sockets: every write, flush and close
-//! has a deadline (a client that stops reading cannot hold the task), the
-//! kernel's send buffer is bounded, a started message must finish in time
+//! The shell ([`Session`]) is written once, over a [`Link`]: the WebSocket
+//! ([`WsLink`], here) and the HTTP transport's session
+//! ([`crate::http_transport`]) are two links under the same loop, so the
+//! hub hand-over, load shedding, the outbound queue, the deadlines on every
+//! write and the accounting exist once for both.
+//!
+//! The WebSocket link owns only what is about its socket: the kernel's send
+//! buffer is bounded, a started message must finish in time
 //! ([`crate::metered`]), and WebSocket read errors map to close codes.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -29,6 +35,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::auth::Authority;
 use crate::http::{self, Prefixed, Route};
+use crate::http_transport::Sessions;
 use crate::hub::{Hub, HubMsg, Outbound, Queued, Stamp};
 use crate::metered::{Metered, client_frame_len};
 use crate::metrics::Refusal;
@@ -42,22 +49,33 @@ const WRITE_BATCH: usize = 64 * 1024;
 type Ws = WebSocketStream<Metered<Prefixed<Stream>>>;
 
 /// Serves one accepted TCP connection to the end. Never panics on input.
-pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, key: ConnId) {
+pub(crate) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    key: ConnId,
+    sessions: Arc<Sessions>,
+) {
     // The task's state is as large as its largest await. The handshake is
     // boxed (it is over by the time the connection idles) and `run` borrows
     // the session: an async fn taking a large `self` by value keeps it twice
     // in its state. Together ~1 KB less per idle connection.
-    let Some(ws) = Box::pin(upgrade(stream, peer, &shared)).await else {
+    let Some(ws) = Box::pin(upgrade(stream, peer, &shared, sessions)).await else {
         return;
     };
-    let mut session = Session::new(ws, peer, shared, key);
+    let mut session = Session::new(WsLink { ws }, peer, shared, key);
     session.run().await;
 }
 
 /// TLS (when the server has it), HTTP routing and the WebSocket upgrade;
-/// `None` when the connection was answered (health, metrics, 404, refusal)
-/// or failed.
-async fn upgrade(tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<Ws> {
+/// `None` when the connection was answered (health, metrics, 404, refusal,
+/// the demo, the HTTP transport) or failed.
+async fn upgrade(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    sessions: Arc<Sessions>,
+) -> Option<Ws> {
     // One deadline for the whole handshake: TLS, request head and upgrade.
     let deadline = Instant::now() + shared.config.handshake_timeout();
     let Some(mut stream) = crate::tls::handshake(tcp, shared.tls.as_ref(), deadline, peer).await
@@ -104,6 +122,18 @@ async fn upgrade(tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<Ws
         }
         Route::Demo(target) => {
             crate::demo::answer(&mut stream, &target, shared).await;
+            return None;
+        }
+        Route::Sessions => {
+            // The HTTP transport: hyper reads the requests, starting with
+            // the bytes already read.
+            crate::http_transport::serve_connection(
+                Prefixed::new(bytes, stream),
+                peer,
+                shared.clone(),
+                sessions,
+            )
+            .await;
             return None;
         }
         Route::Upgrade { origin } => origin,
@@ -239,10 +269,117 @@ fn read_error(e: &WsError) -> CloseCause {
 }
 
 /// A write or flush that did not finish in time: the peer does not read.
-struct WriteFailed;
+pub(crate) struct WriteFailed;
 
-struct Session {
+/// What a link read from its peer.
+pub(crate) enum Inbound<T> {
+    /// One protocol message (a WebSocket text frame, an HTTP request body).
+    Text(T),
+    /// Anything else that shows the peer is alive (a ping or pong, a poll).
+    Activity,
+    /// The peer closed the link (or it broke).
+    Closed,
+    /// The link ends for this reason (an oversized or broken frame).
+    Failed(CloseCause),
+}
+
+/// The transport under a [`Session`]: how messages reach the peer and come
+/// back. Every method but [`Link::next`] runs under the session's write
+/// deadline; a link whose write cannot finish in time has a peer that does
+/// not read, and the session ends (`too_slow`).
+pub(crate) trait Link: Send {
+    /// A message as read.
+    type Text: AsRef<str> + Send;
+
+    /// Queues one encoded server message (seen by the peer at the next
+    /// [`Link::flush`] at the latest).
+    fn feed(&mut self, text: String) -> impl Future<Output = Result<(), WriteFailed>> + Send;
+
+    /// Asks the peer for a sign of life (the machine's probe).
+    fn probe(&mut self) -> impl Future<Output = Result<(), WriteFailed>> + Send;
+
+    /// Makes what was fed visible to the peer.
+    fn flush(&mut self) -> impl Future<Output = Result<(), WriteFailed>> + Send;
+
+    /// The next thing read. Cancel-safe (the session `select!`s on it).
+    fn next(&mut self) -> impl Future<Output = Inbound<Self::Text>> + Send;
+
+    /// Tells the peer why the session ends (after the last message).
+    fn close(&mut self, cause: CloseCause) -> impl Future<Output = ()> + Send;
+
+    /// The session ends because a write missed its deadline: no more
+    /// writes, just let go.
+    fn abandon(&mut self) {}
+}
+
+/// The WebSocket link: frames over the upgraded socket.
+pub(crate) struct WsLink {
     ws: Ws,
+}
+
+impl Link for WsLink {
+    type Text = tokio_tungstenite::tungstenite::Utf8Bytes;
+
+    async fn feed(&mut self, text: String) -> Result<(), WriteFailed> {
+        self.ws
+            .feed(Message::text(text))
+            .await
+            .map_err(|_| WriteFailed)
+    }
+
+    async fn probe(&mut self) -> Result<(), WriteFailed> {
+        self.ws
+            .feed(Message::Ping(Vec::new().into()))
+            .await
+            .map_err(|_| WriteFailed)
+    }
+
+    async fn flush(&mut self) -> Result<(), WriteFailed> {
+        self.ws.flush().await.map_err(|_| WriteFailed)
+    }
+
+    async fn next(&mut self) -> Inbound<Self::Text> {
+        let frame = match self.ws.next().await {
+            None => return Inbound::Closed,
+            Some(Err(e)) => {
+                return match read_error(&e) {
+                    CloseCause::PeerGone => Inbound::Closed,
+                    cause => Inbound::Failed(cause),
+                };
+            }
+            Some(Ok(f)) => f,
+        };
+        match frame {
+            Message::Text(text) => {
+                self.ws.get_mut().consumed(client_frame_len(text.len()));
+                Inbound::Text(text)
+            }
+            Message::Binary(_) => Inbound::Failed(CloseCause::Unsupported),
+            Message::Close(_) => Inbound::Closed,
+            // Ping or pong (tungstenite answers pings itself): alive.
+            Message::Ping(p) | Message::Pong(p) => {
+                self.ws.get_mut().consumed(client_frame_len(p.len()));
+                Inbound::Activity
+            }
+            Message::Frame(_) => Inbound::Activity,
+        }
+    }
+
+    async fn close(&mut self, cause: CloseCause) {
+        if let Some(code) = close_code(cause) {
+            let frame = CloseFrame {
+                code,
+                reason: cause.as_str().into(),
+            };
+            let _ = self.ws.close(Some(frame)).await;
+        }
+    }
+}
+
+/// One device's session over a [`Link`]: the connection machine, the hub
+/// hand-over and the outbound queue, the same for every transport.
+pub(crate) struct Session<L> {
+    link: L,
     peer: SocketAddr,
     shared: Arc<Shared>,
     conn: ConnId,
@@ -256,11 +393,11 @@ struct Session {
     write_failed: bool,
 }
 
-impl Session {
-    fn new(ws: Ws, peer: SocketAddr, shared: Arc<Shared>, conn: ConnId) -> Self {
+impl<L: Link> Session<L> {
+    pub(crate) fn new(link: L, peer: SocketAddr, shared: Arc<Shared>, conn: ConnId) -> Self {
         let machine = DeviceConnection::new(Instant::now().into_std(), shared.conn_config.clone());
         Self {
-            ws,
+            link,
             peer,
             shared,
             conn,
@@ -271,9 +408,17 @@ impl Session {
         }
     }
 
-    async fn feed(&mut self, message: Message) -> Result<(), WriteFailed> {
+    async fn feed(&mut self, text: String) -> Result<(), WriteFailed> {
         self.unflushed = true;
-        match timeout(self.shared.config.write_timeout(), self.ws.feed(message)).await {
+        match timeout(self.shared.config.write_timeout(), self.link.feed(text)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(WriteFailed),
+        }
+    }
+
+    async fn probe(&mut self) -> Result<(), WriteFailed> {
+        self.unflushed = true;
+        match timeout(self.shared.config.write_timeout(), self.link.probe()).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(WriteFailed),
         }
@@ -283,7 +428,7 @@ impl Session {
         if !std::mem::take(&mut self.unflushed) {
             return Ok(());
         }
-        match timeout(self.shared.config.write_timeout(), self.ws.flush()).await {
+        match timeout(self.shared.config.write_timeout(), self.link.flush()).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(WriteFailed),
         }
@@ -296,7 +441,7 @@ impl Session {
             .metrics
             .messages_out
             .fetch_add(1, Ordering::Relaxed);
-        self.feed(Message::text(message.encode())).await?;
+        self.feed(message.encode()).await?;
         match stamp {
             Stamp::Ring(at) => self.shared.metrics.ring.observe(at.elapsed()),
             Stamp::Timer(at) => self.shared.metrics.timer_lateness.observe(at.elapsed()),
@@ -305,7 +450,8 @@ impl Session {
         Ok(())
     }
 
-    async fn run(&mut self) {
+    /// Runs the session to its end; returns why it ended.
+    pub(crate) async fn run(&mut self) -> CloseCause {
         let outbox = Outbox::new(self.shared.config.outbound_queue);
         let mut leave = Leave {
             outbox: outbox.clone(),
@@ -346,8 +492,8 @@ impl Session {
                         break self.write_failed();
                     }
                 }
-                frame = self.ws.next(), if self.machine.wants_read() => {
-                    self.inbound(frame);
+                read = self.link.next(), if self.machine.wants_read() => {
+                    self.inbound(read);
                 }
                 () = &mut timer, if armed.is_some() => {
                     armed = None;
@@ -370,19 +516,12 @@ impl Session {
             _ => tracing::debug!(peer = %self.peer, conn = %self.conn, %cause, "connection closed"),
         }
         if self.write_failed {
-            return; // dropping the stream shuts the socket
+            self.link.abandon();
+            return cause; // dropping the link shuts the socket
         }
-        if let Some(code) = close_code(cause) {
-            let frame = CloseFrame {
-                code,
-                reason: cause.as_str().into(),
-            };
-            let close = timeout(
-                self.shared.config.write_timeout(),
-                self.ws.close(Some(frame)),
-            );
-            let _ = Box::pin(close).await;
-        }
+        let close = timeout(self.shared.config.write_timeout(), self.link.close(cause));
+        let _ = Box::pin(close).await;
+        cause
     }
 
     /// A write missed its deadline: the connection ends without another write.
@@ -406,7 +545,7 @@ impl Session {
         while let Some(out) = self.machine.poll_output() {
             match out {
                 ConnectionOutput::Send(message) => self.write(&message, Stamp::None).await?,
-                ConnectionOutput::Probe => self.feed(Message::Ping(Vec::new().into())).await?,
+                ConnectionOutput::Probe => self.probe().await?,
                 ConnectionOutput::Switchboard(input) => {
                     self.hand_over(input, outbox, leave).await?;
                 }
@@ -523,22 +662,14 @@ impl Session {
         Ok(())
     }
 
-    /// One frame (or read error) from the peer.
-    fn inbound(&mut self, frame: Option<Result<Message, WsError>>) {
+    /// One message (or sign of life, or end) from the peer.
+    fn inbound(&mut self, read: Inbound<L::Text>) {
         let now = Instant::now().into_std();
-        let frame = match frame {
-            None => return self.machine.handle_transport_closed(),
-            Some(Err(e)) => {
-                return match read_error(&e) {
-                    CloseCause::PeerGone => self.machine.handle_transport_closed(),
-                    cause => self.machine.close(cause),
-                };
-            }
-            Some(Ok(f)) => f,
-        };
-        match frame {
-            Message::Text(text) => {
-                self.ws.get_mut().consumed(client_frame_len(text.len()));
+        match read {
+            Inbound::Closed => self.machine.handle_transport_closed(),
+            Inbound::Failed(cause) => self.machine.close(cause),
+            Inbound::Activity => self.machine.handle_activity(now),
+            Inbound::Text(text) => {
                 self.shared
                     .metrics
                     .messages_in
@@ -548,7 +679,7 @@ impl Session {
                     authority: &self.shared.authority,
                     peer: self.peer,
                 };
-                self.machine.handle_text(now, text.as_str(), &tokens);
+                self.machine.handle_text(now, text.as_ref(), &tokens);
                 if self.machine.protocol_errors() > errors {
                     self.shared
                         .metrics
@@ -556,14 +687,6 @@ impl Session {
                         .fetch_add(1, Ordering::Relaxed);
                 }
             }
-            Message::Binary(_) => self.machine.close(CloseCause::Unsupported),
-            Message::Close(_) => self.machine.handle_transport_closed(),
-            // Ping or pong (tungstenite answers pings itself): alive.
-            Message::Ping(p) | Message::Pong(p) => {
-                self.ws.get_mut().consumed(client_frame_len(p.len()));
-                self.machine.handle_activity(now);
-            }
-            Message::Frame(_) => self.machine.handle_activity(now),
         }
     }
 }
@@ -596,7 +719,20 @@ mod tests {
             tls: None,
             demo: Default::default(),
         });
-        let task = super::serve(stream, peer, shared, invitation_core::ConnId::new(1));
+        let sessions = crate::http_transport::Sessions::new(
+            crate::slots::Slots::new(1, 1),
+            Arc::new(std::sync::Mutex::new(crate::rate::KeyedLimiter::new(
+                1.0, 1.0,
+            ))),
+            &crate::Config::default(),
+        );
+        let task = super::serve(
+            stream,
+            peer,
+            shared,
+            invitation_core::ConnId::new(1),
+            sessions,
+        );
         let size = std::mem::size_of_val(&task);
         eprintln!("connection future: {size} bytes");
         assert!(size <= 2048, "the connection future grew to {size} bytes");

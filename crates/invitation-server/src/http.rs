@@ -1,7 +1,7 @@
 //! The HTTP side of a new connection: read the request head (bounded, under
 //! the handshake timeout), answer `/healthz` and `/metrics` directly, refuse
-//! bad Origins before any upgrade, and hand WebSocket upgrades on with the
-//! bytes already read.
+//! bad Origins before any upgrade, and hand WebSocket upgrades and the HTTP
+//! transport's requests (`/sessions…`) on with the bytes already read.
 
 use std::io;
 use std::pin::Pin;
@@ -27,6 +27,8 @@ pub(crate) enum Route {
     /// `GET /demo` and below (path and query): the development demo,
     /// a 404 unless `dev_demo` is on.
     Demo(String),
+    /// `/sessions…`: the HTTP transport ([`crate::http_transport`]).
+    Sessions,
     /// Anything else.
     NotFound,
 }
@@ -100,6 +102,7 @@ fn route(req: &httparse::Request<'_, '_>) -> Route {
         {
             Route::Demo(p.to_owned())
         }
+        (_, Some(p)) if p == "/sessions" || p.starts_with("/sessions/") => Route::Sessions,
         _ => Route::NotFound,
     }
 }
@@ -197,6 +200,12 @@ mod tests {
             ("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", Route::Health),
             ("GET /metrics HTTP/1.1\r\n\r\n", Route::Metrics),
             ("GET /nope HTTP/1.1\r\n\r\n", Route::NotFound),
+            ("POST /sessions HTTP/1.1\r\n\r\n", Route::Sessions),
+            (
+                "GET /sessions/ab/messages?from=0 HTTP/1.1\r\n\r\n",
+                Route::Sessions,
+            ),
+            ("GET /sessionsx HTTP/1.1\r\n\r\n", Route::NotFound),
             (
                 "GET /demo/token?user=a HTTP/1.1\r\n\r\n",
                 Route::Demo("/demo/token?user=a".into()),

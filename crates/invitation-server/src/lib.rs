@@ -42,6 +42,7 @@ pub mod config;
 mod conn;
 mod demo;
 mod http;
+mod http_transport;
 mod hub;
 mod limits;
 mod metered;

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -302,13 +302,16 @@ impl Server {
             shared.config.max_connections,
             shared.config.max_connections_per_ip,
         );
-        // Connection ids are never reused: a late message about a closed
-        // connection cannot reach a new one.
-        let next_key = AtomicU64::new(1);
-        let per_ip = Mutex::new(KeyedLimiter::<IpAddr>::new(
+        // HTTP transport sessions hold slots like connections do. Connection
+        // ids (drawn from `sessions`) are never reused: a late message about
+        // a closed connection cannot reach a new one.
+        // New connections and new HTTP sessions share one per-address rate.
+        let per_ip = Arc::new(Mutex::new(KeyedLimiter::<IpAddr>::new(
             shared.config.conn_rate_per_ip,
             shared.config.conn_burst_per_ip,
-        ));
+        )));
+        let sessions =
+            crate::http_transport::Sessions::new(slots.clone(), per_ip.clone(), &shared.config);
         let mut tasks = tokio::task::JoinSet::new();
         let lag_meter = tokio::spawn({
             let metrics = shared.metrics.clone();
@@ -362,13 +365,12 @@ impl Server {
                     // when the task ends, panics included.
                     match slots.admit(peer.ip()) {
                         Admission::Serve(slot) => {
-                            let key = invitation_core::ConnId::new(
-                                next_key.fetch_add(1, Ordering::Relaxed),
-                            );
+                            let key = sessions.next_key();
                             let shared = shared.clone();
+                            let sessions = sessions.clone();
                             tasks.spawn(async move {
                                 let _slot = slot;
-                                crate::conn::serve(stream, peer, shared, key).await;
+                                crate::conn::serve(stream, peer, shared, key, sessions).await;
                             });
                         }
                         Admission::ProbeOnly(slot) => {
@@ -412,10 +414,11 @@ impl Server {
         }
         let _ = shutdown_tx.send(true);
         let grace = Duration::from_secs(shared.config.shutdown_grace_s);
-        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
-            .await
-            .is_err()
-        {
+        let ended = async {
+            while tasks.join_next().await.is_some() {}
+            sessions.idle().await;
+        };
+        if tokio::time::timeout(grace, ended).await.is_err() {
             tracing::warn!("grace period over; dropping the remaining connections");
             tasks.abort_all();
         }
@@ -484,7 +487,7 @@ async fn answer_probe(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
             "text/plain; version=0.0.4",
             shared.metrics.render(),
         ),
-        Route::Upgrade { .. } | Route::NotFound | Route::Demo(_) => (
+        Route::Upgrade { .. } | Route::Sessions | Route::NotFound | Route::Demo(_) => (
             "503 Service Unavailable",
             "text/plain",
             "server full\n".to_owned(),

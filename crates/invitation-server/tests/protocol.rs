@@ -1,7 +1,7 @@
 //! Raw protocol against a real `invitation-server` on 127.0.0.1:0:
 //! reconnect scenarios (A1-A3, A9, A10, C1, C3), bad input (E1-E12),
 //! authorisation (D1-D12), floods (F2, F5), operations, and the transport
-//! conformance suite over WebSocket.
+//! conformance suite over WebSocket and over HTTP.
 
 mod common;
 
@@ -88,6 +88,41 @@ async fn wss_backend_passes_conformance() {
     let srv = server(|c| pki.serve(c)).await;
     assert!(srv.url().starts_with("wss://"), "{}", srv.url());
     conformance::run_all(&Ws(srv, Some(pki))).await;
+}
+
+/// The server, reached over the HTTP transport (`https://` with its own
+/// TLS when a test certificate is given).
+struct Http(RunningServer, Option<common::tls::TestPki>);
+
+#[async_trait]
+impl Fixture for Http {
+    async fn transport(&self, _user: &User) -> BoxTransport {
+        use invitation::transport::http::HttpTransport;
+        match &self.1 {
+            None => std::sync::Arc::new(HttpTransport::new(format!("http://{}/", self.0.addr))),
+            Some(pki) => std::sync::Arc::new(
+                HttpTransport::new(format!("https://{}/", self.0.addr)).tls(pki.client_tls()),
+            ),
+        }
+    }
+    fn token(&self, user: &User) -> Option<String> {
+        Some(self.0.token(user.id.as_str(), &user.name))
+    }
+}
+
+/// The same suite over the HTTP transport (requests and long polls on the
+/// main port, each session driving the same connection machine).
+#[tokio::test]
+async fn http_backend_passes_conformance() {
+    conformance::run_all(&Http(server(|_| {}).await, None)).await;
+}
+
+/// ... and over `https://`, the server terminating TLS itself.
+#[tokio::test]
+async fn https_backend_passes_conformance() {
+    let pki = common::tls::TestPki::loopback();
+    let srv = server(|c| pki.serve(c)).await;
+    conformance::run_all(&Http(srv, Some(pki))).await;
 }
 
 // ----- reconnects -------------------------------------------------------

@@ -317,17 +317,17 @@ async fn each_failure_has_its_own_error() {
     srv.stop().await;
 }
 
-/// `http(s)://` is not taken without forcing; forced to WebSocket,
+/// `https://` picks the HTTP transport; forced to WebSocket,
 /// `https://host:port/` dials `wss://host:port/`.
 #[tokio::test]
 async fn a_forced_websocket_dials_an_https_url_as_wss() {
     let pki = TestPki::loopback();
     let srv = tls_server(&pki, |_| {}).await;
     let https = format!("https://127.0.0.1:{}/", srv.addr.port());
-    assert!(matches!(
+    assert_eq!(
         Endpoint::new(https.clone()).backend(),
-        Err(EndpointError::UnsupportedScheme { .. })
-    ));
+        Ok(invitation::transport::endpoint::Backend::Http)
+    );
     let forced = Endpoint::new(https)
         .force(Backend::WebSocket)
         .tls(pki.client_tls());
@@ -743,5 +743,50 @@ async fn pushes_reach_an_https_gateway() {
     assert_eq!(push["collapse_id"], call.call_id.as_str());
     assert_eq!(push["token"], "apns-tok");
     assert_eq!(push["ttl_ms"], 60_000);
+    srv.stop().await;
+}
+
+/// The HTTP transport over `https://`, picked by the URL: a call goes
+/// through with the test CA trusted; with another CA trusted the client
+/// stops with a certificate error, named as such (not retried).
+#[tokio::test]
+async fn an_https_url_picks_the_http_transport_and_checks_the_certificate() {
+    let pki = TestPki::loopback();
+    let srv = tls_server(&pki, |_| {}).await;
+    let https = format!("https://127.0.0.1:{}/", srv.addr.port());
+    let (bob, mut bob_events) =
+        client(&srv, "bob", Endpoint::new(&https).tls(pki.client_tls())).await;
+    let (alice, _) = client(&srv, "alice", Endpoint::new(&https).tls(pki.client_tls())).await;
+    let call = alice
+        .invite(["bob"], CallType::Video, None)
+        .await
+        .expect("invited over https");
+    let got = next(&mut bob_events, |e| match e {
+        AppEvent::IncomingCallReceived {
+            call_id, caller, ..
+        } => Some((call_id.clone(), caller.id.to_string())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got, (call.call_id.clone(), "alice".to_owned()));
+
+    let stranger = TestPki::loopback();
+    let untrusting = Client::builder()
+        .user(User::named("carol", "CAROL"))
+        .token(srv.token("carol", "CAROL"))
+        .server(Endpoint::new(&https).tls(stranger.client_tls()))
+        .build()
+        .unwrap();
+    match tokio::time::timeout(SOON, untrusting.connect())
+        .await
+        .expect("in time")
+    {
+        Err(ClientError::Transport(e)) => {
+            assert_eq!(e.kind(), TransportErrorKind::Certificate, "{e}");
+            assert!(!e.is_retryable(), "{e}");
+        }
+        other => panic!("expected a certificate error, got {other:?}"),
+    }
+    drop(bob);
     srv.stop().await;
 }

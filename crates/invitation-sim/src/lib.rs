@@ -12,6 +12,7 @@
 //! `invitation-sim --seed 42 --profile lossy` replays one run;
 //! `invitation-sim --seeds 1000` sweeps. See docs/testing.md.
 
+mod longpoll;
 mod world;
 
 pub use world::{Outcome, Profile, Restarts, run_world};
@@ -43,6 +44,8 @@ pub struct Report {
     pub closes: Vec<(CloseCause, u64)>,
     /// Server crashes and restarts (restart profile).
     pub restarts: Restarts,
+    /// Long-poll answers lost and asked for again (http profile).
+    pub poll_answers_lost: u64,
 }
 
 /// Runs one seed with one profile for `steps` workload steps.
@@ -63,6 +66,7 @@ pub fn run(seed: u64, profile: Profile, steps: usize) -> Report {
         faults: outcome.faults,
         closes: outcome.closes,
         restarts: outcome.restarts,
+        poll_answers_lost: outcome.poll_answers_lost,
     }
 }
 

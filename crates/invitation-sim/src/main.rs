@@ -31,7 +31,7 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     start: u64,
     /// Fault profile: clean, lossy, slow, flapping, connection, restart,
-    /// or all (lossy, slow, flapping, connection and restart).
+    /// http, or all (lossy, slow, flapping, connection, restart and http).
     #[arg(long, default_value = "all", value_parser = profiles)]
     profile: Profiles,
     /// Workload steps per run.

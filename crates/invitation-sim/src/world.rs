@@ -15,6 +15,7 @@ use invitation::testing::oracle::{
 };
 use invitation_core::protocol::InviteRequest;
 use invitation_core::{AuthRefusal, Authenticator, CloseCause, DeviceId, Identity, Switchboard};
+use invitation_transport::BoxTransport;
 use invitation_transport::memory::MemoryTransport;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
@@ -42,6 +43,12 @@ pub enum Profile {
     /// reconnect and resume. Server messages are delayed a little (some
     /// are in flight at the crash) and 3 % of messages are lost.
     Restart,
+    /// The HTTP transport's session logic: server messages reach clients
+    /// only by long polls over the server's numbered, acknowledged message
+    /// log; 20 % of poll answers are lost, at most 4 in a row (the client
+    /// asks again from the same number after 50 ms), and 1 % of messages
+    /// break the link (a new session, resumed).
+    Http,
 }
 
 /// How long a token lives in the `connection` profile.
@@ -49,15 +56,17 @@ const TOKEN_LIFE: Duration = Duration::from_secs(30);
 
 impl Profile {
     /// The profiles CI runs.
-    pub const ALL: [Profile; 5] = [
+    pub const ALL: [Profile; 6] = [
         Profile::Lossy,
         Profile::Slow,
         Profile::Flapping,
         Profile::Connection,
         Profile::Restart,
+        Profile::Http,
     ];
 
-    /// Parses `clean`, `lossy`, `slow`, `flapping`, `connection`, `restart`.
+    /// Parses `clean`, `lossy`, `slow`, `flapping`, `connection`, `restart`,
+    /// `http`.
     pub fn parse(s: &str) -> Option<Profile> {
         Some(match s {
             "clean" => Profile::Clean,
@@ -66,6 +75,7 @@ impl Profile {
             "flapping" => Profile::Flapping,
             "connection" => Profile::Connection,
             "restart" => Profile::Restart,
+            "http" => Profile::Http,
             _ => return None,
         })
     }
@@ -81,10 +91,15 @@ impl Profile {
     }
 
     /// The longest a server message can be held on its way: injected delay
-    /// plus a read stall (plus a millisecond of rounding).
+    /// plus a read stall plus lost poll answers (plus a millisecond of
+    /// rounding).
     fn slack(self) -> Duration {
         let f = self.faults();
-        f.delay.1 + f.stall_for.1 + Duration::from_millis(1)
+        let polls = match self {
+            Profile::Http => crate::longpoll::MAX_HOLD,
+            _ => Duration::ZERO,
+        };
+        f.delay.1 + f.stall_for.1 + polls + Duration::from_millis(1)
     }
 
     fn faults(self) -> FaultConfig {
@@ -119,6 +134,11 @@ impl Profile {
                 f.delay = (Duration::ZERO, Duration::from_millis(300));
                 f.drop = 0.03;
             }
+            Profile::Http => {
+                // Server messages are lost only as poll answers (asked for
+                // again by the long-poll link); links break now and then.
+                f.disconnect = 0.01;
+            }
         }
         f
     }
@@ -133,6 +153,7 @@ impl std::fmt::Display for Profile {
             Profile::Flapping => "flapping",
             Profile::Connection => "connection",
             Profile::Restart => "restart",
+            Profile::Http => "http",
         })
     }
 }
@@ -152,6 +173,8 @@ pub struct Outcome {
     pub closes: Vec<(CloseCause, u64)>,
     /// Server crashes and restarts (restart profile).
     pub restarts: Restarts,
+    /// Long-poll answers lost and asked for again (http profile).
+    pub poll_answers_lost: u64,
 }
 
 /// What the restart profile did in one run.
@@ -262,7 +285,7 @@ struct Live {
 struct Device {
     user: UserId,
     device: DeviceId,
-    transport: FaultyTransport<MemoryTransport>,
+    transport: FaultyTransport<BoxTransport>,
     live: Option<Live>,
     starts: usize,
 }
@@ -707,6 +730,25 @@ async fn observe(hub: &MemoryHub, oracle: Oracle) -> Oracle {
     .expect("hub alive")
 }
 
+/// A device's link to the hub: direct, or (http profile) a long-polled
+/// session.
+fn link(
+    profile: Profile,
+    hub: MemoryTransport,
+    seed: u64,
+    stats: &Arc<Mutex<crate::longpoll::LongPollStats>>,
+) -> BoxTransport {
+    match profile {
+        Profile::Http => Arc::new(crate::longpoll::LongPollTransport::new(
+            hub,
+            seed ^ 0x4854_5450,
+            0.2,
+            stats.clone(),
+        )),
+        _ => Arc::new(hub),
+    }
+}
+
 /// Runs the world for `steps` workload steps, heals, settles, and hands
 /// the record to the oracle.
 pub async fn run_world(seed: u64, profile: Profile, steps: usize) -> Outcome {
@@ -723,6 +765,7 @@ pub async fn run_world(seed: u64, profile: Profile, steps: usize) -> Outcome {
         MemoryHub::with_config(config, ids)
     };
     let mut devices = Vec::new();
+    let poll_stats = Arc::new(Mutex::new(crate::longpoll::LongPollStats::default()));
     for (u, devs) in USERS {
         for d in devs {
             let user = User::new(UserId::new(u).expect("valid"), u).expect("valid");
@@ -730,7 +773,11 @@ pub async fn run_world(seed: u64, profile: Profile, steps: usize) -> Outcome {
             devices.push(Device {
                 user: user.id.clone(),
                 device: DeviceId::new(*d).expect("valid"),
-                transport: FaultyTransport::new(hub.transport(user), profile.faults(), fault_seed),
+                transport: FaultyTransport::new(
+                    link(profile, hub.transport(user), fault_seed, &poll_stats),
+                    profile.faults(),
+                    fault_seed,
+                ),
                 live: None,
                 starts: 0,
             });
@@ -805,7 +852,11 @@ pub async fn run_world(seed: u64, profile: Profile, steps: usize) -> Outcome {
         faults.add(&d.transport.stats());
     }
     let closes: Vec<(CloseCause, u64)> = CLOSES.iter().map(|c| (*c, hub.closes(*c))).collect();
-    world.log(format!("faults: {faults:?}; hub closes: {closes:?}"));
+    let poll_stats = std::mem::take(&mut *poll_stats.lock().unwrap_or_else(|e| e.into_inner()));
+    world.log(format!(
+        "faults: {faults:?}; hub closes: {closes:?}; poll answers lost: {}",
+        poll_stats.lost
+    ));
     let trace = world.trace.lock().expect("trace").clone();
     // The simulation's own checks: no event stream fell behind; no `sync`
     // was answered twice.
@@ -816,6 +867,8 @@ pub async fn run_world(seed: u64, profile: Profile, steps: usize) -> Outcome {
             faults.syncs_answered_twice
         ));
     }
+    // And the long-poll links': every client got exactly what was written.
+    violations.extend(poll_stats.misdelivered);
     Outcome {
         violations,
         trace,
@@ -823,5 +876,6 @@ pub async fn run_world(seed: u64, profile: Profile, steps: usize) -> Outcome {
         faults,
         closes,
         restarts: world.restarts,
+        poll_answers_lost: poll_stats.lost,
     }
 }

@@ -1,5 +1,5 @@
 //! Seeds that once failed, kept as regression tests, and a small sweep.
-//! (CI also runs `invitation-sim --seeds 1000` in release: 5,000 runs.)
+//! (CI also runs `invitation-sim --seeds 1000` in release: 6,000 runs.)
 
 use invitation_core::CloseCause;
 use invitation_sim::{DEFAULT_STEPS, Profile, run};
@@ -60,6 +60,7 @@ fn a_small_sweep_of_every_profile() {
         Profile::Flapping,
         Profile::Connection,
         Profile::Restart,
+        Profile::Http,
     ] {
         for seed in 100..120 {
             assert_passes(seed, profile);
@@ -150,4 +151,19 @@ fn the_restart_profile_crashes_and_recovers_mid_ring() {
     );
     assert!(total.replayed > 0 && total.dropped > 0, "{total:?}");
     assert!(total.retries_answered > 0, "{total:?}");
+}
+
+/// The http profile runs the server's long-poll message log under the
+/// oracle: answers are lost and asked for again, and no event is lost or
+/// doubled for it.
+#[test]
+fn the_http_profile_loses_poll_answers_and_nothing_else() {
+    let mut lost = 0;
+    for seed in 200..210 {
+        let r = run(seed, Profile::Http, DEFAULT_STEPS);
+        assert!(r.violations.is_empty(), "seed {seed}: {:?}", r.violations);
+        lost += r.poll_answers_lost;
+    }
+    eprintln!("poll answers lost and asked for again over 10 seeds: {lost}");
+    assert!(lost > 100, "the profile lost only {lost} poll answers");
 }

@@ -1,5 +1,6 @@
 //! A server URL, and the transport its scheme picks: `ws://` and `wss://`
-//! take the WebSocket backend (feature `ws`). The in-process
+//! take the WebSocket backend (feature `ws`), `http://` and `https://` the
+//! HTTP backend (feature `http`: requests and long polls). The in-process
 //! [`memory`](crate::memory) hub has no URL: it is always given explicitly.
 //!
 //! ```
@@ -8,6 +9,11 @@
 //! let e = Endpoint::new("ftp://example.org/").backend().unwrap_err();
 //! assert!(matches!(e, EndpointError::UnsupportedScheme { ref scheme, .. } if scheme == "ftp"));
 //! assert_eq!(Endpoint::new("wss://example.org/").backend().unwrap(), Backend::WebSocket);
+//! assert_eq!(Endpoint::new("https://example.org/").backend().unwrap(), Backend::Http);
+//! assert_eq!(
+//!     Endpoint::new("https://example.org/").force(Backend::WebSocket).backend().unwrap(),
+//!     Backend::WebSocket
+//! );
 //! ```
 
 use std::time::Duration;
@@ -20,12 +26,15 @@ use crate::BoxTransport;
 pub enum Backend {
     /// WebSocket (`ws://`, `wss://`), feature `ws`.
     WebSocket,
+    /// HTTP requests and long polls (`http://`, `https://`), feature `http`.
+    Http,
 }
 
 impl std::fmt::Display for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Backend::WebSocket => "WebSocket",
+            Backend::Http => "HTTP",
         })
     }
 }
@@ -96,7 +105,8 @@ impl Endpoint {
 
     /// Uses `backend` whatever the scheme says, when the URL can be said in
     /// its terms: with [`Backend::WebSocket`], `http://` dials `ws://` and
-    /// `https://` dials `wss://` (the same host, port and path).
+    /// `https://` dials `wss://`; with [`Backend::Http`], the other way
+    /// round (the same host, port and path).
     pub fn force(mut self, backend: Backend) -> Self {
         self.force = Some(backend);
         self
@@ -109,8 +119,8 @@ impl Endpoint {
         self
     }
 
-    /// The certificates trusted for TLS (`wss://`); the system's roots
-    /// otherwise.
+    /// The certificates trusted for TLS (`wss://`, `https://`); the
+    /// system's roots otherwise.
     #[cfg(feature = "tls")]
     pub fn tls(mut self, tls: crate::tls::ClientTls) -> Self {
         self.tls = Some(tls);
@@ -158,13 +168,13 @@ impl Endpoint {
             }
             ("http", Some(Backend::WebSocket)) => Ok(with(Backend::WebSocket, "ws")),
             ("https", Some(Backend::WebSocket)) => Ok(with(Backend::WebSocket, "wss")),
+            ("http" | "https", None | Some(Backend::Http)) => Ok(with(Backend::Http, &scheme)),
+            ("ws", Some(Backend::Http)) => Ok(with(Backend::Http, "http")),
+            ("wss", Some(Backend::Http)) => Ok(with(Backend::Http, "https")),
             _ => Err(EndpointError::UnsupportedScheme {
                 url: self.url.clone(),
                 scheme,
-                expected: match self.force {
-                    None => "ws:// or wss://",
-                    Some(Backend::WebSocket) => "ws://, wss://, http:// or https://",
-                },
+                expected: "ws://, wss://, http:// or https://",
             }),
         }
     }
@@ -175,7 +185,28 @@ impl Endpoint {
         let choice = self.choose()?;
         match choice.backend {
             Backend::WebSocket => self.websocket(choice.url),
+            Backend::Http => self.http(choice.url),
         }
+    }
+
+    #[cfg(feature = "http")]
+    fn http(&self, url: String) -> Result<BoxTransport, EndpointError> {
+        let mut http = crate::http::HttpTransport::new(url);
+        if let Some(t) = self.connect_timeout {
+            http = http.connect_timeout(t);
+        }
+        if let Some(tls) = &self.tls {
+            http = http.tls(tls.clone());
+        }
+        Ok(std::sync::Arc::new(http))
+    }
+
+    #[cfg(not(feature = "http"))]
+    fn http(&self, _url: String) -> Result<BoxTransport, EndpointError> {
+        Err(EndpointError::NotBuilt {
+            backend: Backend::Http,
+            feature: "http",
+        })
     }
 
     #[cfg(feature = "ws")]
@@ -230,6 +261,18 @@ mod tests {
         assert_eq!(choose("wss://h/x", None), ws("wss://h/x"));
         assert_eq!(choose("WSS://h/", None), ws("wss://h/"));
         assert_eq!(choose(" ws://h/ ", None), ws("ws://h/"));
+        let http = |u: &str| Ok((Backend::Http, u.to_owned()));
+        assert_eq!(choose("http://h:7600/", None), http("http://h:7600/"));
+        assert_eq!(choose("HTTPS://h/x", None), http("https://h/x"));
+    }
+
+    #[test]
+    fn forcing_http_maps_websocket_schemes() {
+        let h = Some(Backend::Http);
+        let got = |u: &str| Ok((Backend::Http, u.to_owned()));
+        assert_eq!(choose("ws://h:8/p", h), got("http://h:8/p"));
+        assert_eq!(choose("wss://h/p", h), got("https://h/p"));
+        assert_eq!(choose("https://h/", h), got("https://h/"));
     }
 
     #[test]
@@ -252,15 +295,10 @@ mod tests {
         match choose("ftp://h/", None) {
             Err(e @ EndpointError::UnsupportedScheme { .. }) => assert_eq!(
                 e.to_string(),
-                "unsupported scheme \"ftp\" in \"ftp://h/\": expected ws:// or wss://"
+                "unsupported scheme \"ftp\" in \"ftp://h/\": expected ws://, wss://, http:// or https://"
             ),
             other => panic!("{other:?}"),
         }
-        // Until the HTTP backend is in, http:// is not taken unforced.
-        assert!(matches!(
-            choose("https://h/", None),
-            Err(EndpointError::UnsupportedScheme { .. })
-        ));
         assert!(matches!(
             choose("memory://hub", None),
             Err(EndpointError::UnsupportedScheme { .. })

@@ -11,10 +11,13 @@
 //! * [`memory`]: an in-process hub running the core `Switchboard`, many
 //!   clients on one hub (tests, examples, single-process apps);
 //! * `ws` (feature `ws`, off by default): WebSocket to `invitation-server`,
-//!   `ws://` and `wss://`.
+//!   `ws://` and `wss://`;
+//! * `http` (feature `http`, off by default): HTTP requests and long
+//!   polling to `invitation-server`, `http://` and `https://`, where a
+//!   WebSocket cannot get through.
 //!
 //! [`endpoint`] picks the backend from a server URL's scheme; `tls`
-//! (feature `tls`, on with `ws`) holds the trusted roots for TLS.
+//! (feature `tls`, on with `ws` and `http`) holds the trusted roots for TLS.
 //!
 //! Test helpers (feature `testing`, off by default; turn it on in
 //! `[dev-dependencies]`):
@@ -45,6 +48,8 @@ pub mod endpoint;
 mod error;
 #[cfg(feature = "testing")]
 pub mod fault;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod memory;
 #[cfg(feature = "testing")]
 pub mod mock;

@@ -181,6 +181,15 @@ impl ClientTls {
     }
 }
 
+/// The system's roots, loaded once per process (reading the store on
+/// every reconnection would cost file I/O for nothing).
+pub(crate) fn system_roots() -> Result<ClientTls, String> {
+    static SYSTEM: std::sync::OnceLock<Result<ClientTls, String>> = std::sync::OnceLock::new();
+    SYSTEM
+        .get_or_init(|| ClientTls::system().map_err(|e| e.to_string()))
+        .clone()
+}
+
 /// Reads a TLS failure out of an error's source chain (an `io::Error` from
 /// a TLS stream, a reqwest or tungstenite error ...) and says it in words:
 /// `None` when no rustls error is in the chain. `at` is `host:port`, `host`

@@ -3,7 +3,6 @@
 //! a [`ClientTls`]: the system's unless given). Reconnecting, resuming and
 //! retrying are done above, by the client driver, for every backend alike.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -59,21 +58,15 @@ impl WsTransport {
         if let Some(tls) = &self.tls {
             return Ok(tls.clone());
         }
-        // Loaded once per process: reading the system store on every
-        // reconnection would cost file I/O for nothing.
-        static SYSTEM: OnceLock<Result<ClientTls, String>> = OnceLock::new();
-        SYSTEM
-            .get_or_init(|| ClientTls::system().map_err(|e| e.to_string()))
-            .clone()
-            .map_err(|e| {
-                TransportError::new(
-                    TransportErrorKind::Certificate,
-                    format!(
-                        "cannot check the certificate of {}: {e}",
-                        endpoint(&self.url)
-                    ),
-                )
-            })
+        crate::tls::system_roots().map_err(|e| {
+            TransportError::new(
+                TransportErrorKind::Certificate,
+                format!(
+                    "cannot check the certificate of {}: {e}",
+                    endpoint(&self.url)
+                ),
+            )
+        })
     }
 }
 

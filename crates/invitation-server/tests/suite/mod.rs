@@ -18,7 +18,8 @@ use async_trait::async_trait;
 use invitation::prelude::*;
 use invitation::testing::Recorder;
 use invitation::transport::{
-    BoxConnection, BoxTransport, Connection, Transport, TransportError, ws::WsTransport,
+    BoxConnection, BoxTransport, Connection, Transport, TransportError, http::HttpTransport,
+    ws::WsTransport,
 };
 use invitation::{ConnectionState, Invitation};
 use invitation_core::protocol::{ClientMessage, InitialStatus, InviteRequest, ServerMessage};
@@ -146,12 +147,21 @@ impl Fixture for Memory {
 
 /// An `invitation-server` on 127.0.0.1:0 with short timers; real clock;
 /// in memory, or durable on a data directory of its own; plain or with its
-/// own TLS (a certificate made for the test, which the clients trust).
+/// own TLS (a certificate made for the test, which the clients trust); its
+/// clients on WebSocket or on the HTTP transport.
 pub struct Server(
     pub RunningServer,
     Option<crate::common::TempDir>,
     Option<crate::common::tls::TestPki>,
+    Via,
 );
+
+/// Which transport the fixture's clients use.
+#[derive(Clone, Copy)]
+pub enum Via {
+    WebSocket,
+    Http,
+}
 
 impl Server {
     pub async fn start() -> Self {
@@ -159,6 +169,17 @@ impl Server {
             crate::common::server(|c| c.caller_gone_grace_s = 1).await,
             None,
             None,
+            Via::WebSocket,
+        )
+    }
+
+    /// The same server; its clients use the HTTP transport.
+    pub async fn start_http() -> Self {
+        Self(
+            crate::common::server(|c| c.caller_gone_grace_s = 1).await,
+            None,
+            None,
+            Via::Http,
         )
     }
 
@@ -171,7 +192,19 @@ impl Server {
         })
         .await;
         assert!(server.url().starts_with("wss://"), "{}", server.url());
-        Self(server, None, Some(pki))
+        Self(server, None, Some(pki), Via::WebSocket)
+    }
+
+    /// The same server with its own TLS; clients use the HTTP transport
+    /// over `https://`.
+    pub async fn start_https() -> Self {
+        let pki = crate::common::tls::TestPki::loopback();
+        let server = crate::common::server(|c| {
+            c.caller_gone_grace_s = 1;
+            pki.serve(c);
+        })
+        .await;
+        Self(server, None, Some(pki), Via::Http)
     }
 
     /// The same server, keeping its state in a fresh data directory
@@ -183,7 +216,23 @@ impl Server {
             c.data_dir = Some(dir.0.clone());
         })
         .await;
-        Self(server, Some(dir), None)
+        Self(server, Some(dir), None, Via::WebSocket)
+    }
+
+    /// A connected device whose client uses `transport` (a path with a
+    /// fault in it, say).
+    pub async fn device_through(&self, user: &str, device: &str, transport: BoxTransport) -> Dev {
+        let name = user.to_uppercase();
+        let rec = Recorder::with_deadline(self.deadline());
+        let client = handlers(Client::builder(), &rec, None)
+            .user(User::named(user, &name))
+            .device(device)
+            .token(self.0.token(user, &name))
+            .transport(transport)
+            .backoff(Duration::from_millis(20), Duration::from_millis(200))
+            .build()
+            .unwrap();
+        connected(client, rec, None).await
     }
 
     pub async fn stop(self) {
@@ -203,11 +252,17 @@ impl Fixture for Server {
     ) -> Dev {
         let name = user.to_uppercase();
         let rec = Recorder::with_deadline(self.deadline());
-        let mut ws = WsTransport::new(self.0.url());
-        if let Some(pki) = &self.2 {
-            ws = ws.tls(pki.client_tls());
-        }
-        let (transport, link) = Breakable::new(Arc::new(ws));
+        let inner: BoxTransport = match (self.3, &self.2) {
+            (Via::WebSocket, None) => Arc::new(WsTransport::new(self.0.url())),
+            (Via::WebSocket, Some(pki)) => {
+                Arc::new(WsTransport::new(self.0.url()).tls(pki.client_tls()))
+            }
+            (Via::Http, None) => Arc::new(HttpTransport::new(format!("http://{}/", self.0.addr))),
+            (Via::Http, Some(pki)) => Arc::new(
+                HttpTransport::new(format!("https://{}/", self.0.addr)).tls(pki.client_tls()),
+            ),
+        };
+        let (transport, link) = Breakable::new(inner);
         let client = handlers(Client::builder(), &rec, extra)
             .user(User::named(user, &name))
             .device(device)
