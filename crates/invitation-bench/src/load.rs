@@ -36,6 +36,27 @@ pub(crate) enum Via {
     /// The HTTP transport: `invitation_transport::http`, requests and long
     /// polls.
     Http,
+    /// WebSocket over TLS (`wss://`, the transport's client; the server
+    /// terminates TLS itself).
+    Wss,
+    /// The HTTP transport over TLS (`https://`).
+    Https,
+}
+
+impl Via {
+    /// Whether the server must serve TLS.
+    pub(crate) fn tls(self) -> bool {
+        matches!(self, Via::Wss | Via::Https)
+    }
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Via::WebSocket => "ws",
+            Via::Http => "http",
+            Via::Wss => "wss",
+            Via::Https => "https",
+        }
+    }
 }
 
 /// A generator client over either transport.
@@ -77,6 +98,16 @@ async fn connect_via(addr: SocketAddr, auth: &Authority, user: &str, via: Via) -
     let conn = match via {
         Via::WebSocket => return Ok(Conn::Ws(Box::new(connect(addr, auth, user).await?))),
         Via::Http => invitation_transport::http::HttpTransport::new(format!("http://{addr}/"))
+            .connect()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        Via::Wss => invitation_transport::ws::WsTransport::new(format!("wss://{addr}/"))
+            .tls(crate::pki::get()?.client.clone())
+            .connect()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        Via::Https => invitation_transport::http::HttpTransport::new(format!("https://{addr}/"))
+            .tls(crate::pki::get()?.client.clone())
             .connect()
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -289,7 +320,7 @@ pub(crate) async fn calls(
     } else {
         ProgressBar::hidden()
     };
-    let text0 = scrape::metrics(server.addr).await?;
+    let text0 = scrape::metrics_of(server).await?;
     let ring0 = Buckets::parse(&text0, RING);
     let journal0 = (
         scrape::counter(&text0, JOURNAL_BYTES).unwrap_or(0),
@@ -340,7 +371,7 @@ pub(crate) async fn calls(
     while tasks.join_next().await.is_some() {}
     pb.finish_and_clear();
     let (server_cpu, my_cpu) = (cpu_us(server.pid) - cpu0, cpu_us(std::process::id()) - me0);
-    let text1 = scrape::metrics(server.addr).await?;
+    let text1 = scrape::metrics_of(server).await?;
     let server_ring = Buckets::parse(&text1, RING).since(&ring0);
     let journal_bytes = scrape::counter(&text1, JOURNAL_BYTES).unwrap_or(0) - journal0.0;
     let journal_entries = scrape::counter(&text1, JOURNAL_ENTRIES).unwrap_or(0) - journal0.1;
@@ -524,7 +555,7 @@ pub(crate) async fn timeout_storm(
         pb.inc(1);
     }
     pb.finish_and_clear();
-    let before = Buckets::parse(&scrape::metrics(server.addr).await?, LATENESS);
+    let before = Buckets::parse(&scrape::metrics_of(server).await?, LATENESS);
     let (rss0, _) = memory_kb(server.pid);
     let ring = Duration::from_secs(10);
     let start = tokio::time::Instant::now();
@@ -594,7 +625,7 @@ pub(crate) async fn timeout_storm(
             missing += 1;
         }
     }
-    let after = Buckets::parse(&scrape::metrics(server.addr).await?, LATENESS);
+    let after = Buckets::parse(&scrape::metrics_of(server).await?, LATENESS);
     let lateness = lateness.lock().await.clone();
     Ok(TimeoutsResult {
         pending,

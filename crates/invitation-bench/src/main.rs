@@ -20,6 +20,7 @@
 mod disturb;
 mod echo;
 mod load;
+mod pki;
 mod report;
 mod scrape;
 
@@ -93,6 +94,10 @@ enum Cmd {
         /// instead of WebSockets.
         #[arg(long)]
         http: bool,
+        /// Over TLS (`wss://`, or `https://` with `--http`): the server
+        /// terminates TLS itself with a certificate made for the run.
+        #[arg(long)]
+        tls: bool,
     },
     /// Many invitations expiring: how late do the timeouts arrive?
     Timeouts {
@@ -209,6 +214,8 @@ pub(crate) struct ServerProc {
     pub(crate) data_dir: Option<PathBuf>,
     /// Where it keeps its state.
     pub(crate) store: Store,
+    /// It serves TLS only (the benchmark's certificate).
+    pub(crate) tls: bool,
 }
 
 impl ServerProc {
@@ -341,6 +348,17 @@ pub(crate) async fn start_server(
     cpu: &str,
     store: Store,
 ) -> Result<ServerProc> {
+    start_server_tls(server_bin, cpu, store, false).await
+}
+
+/// [`start_server`], serving TLS itself when `tls` (the benchmark's
+/// certificate, [`pki`]).
+pub(crate) async fn start_server_tls(
+    server_bin: &Option<PathBuf>,
+    cpu: &str,
+    store: Store,
+    tls: bool,
+) -> Result<ServerProc> {
     let bin = server_binary(server_bin)?;
     let port = free_port()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
@@ -354,6 +372,11 @@ pub(crate) async fn start_server(
         ("RUST_LOG", "error".to_owned()),
     ];
     env.extend(durability_env(store));
+    if tls {
+        let pki = pki::get()?;
+        env.push(("INVITATION_TLS_CERT", pki.cert.display().to_string()));
+        env.push(("INVITATION_TLS_KEY", pki.key.display().to_string()));
+    }
     let child = spawn(cpu, &bin, &args, &env).await?;
     let pid = child.id().context("server pid")?;
     wait_listening(addr).await?;
@@ -363,6 +386,7 @@ pub(crate) async fn start_server(
         pid,
         data_dir: (store != Store::Memory).then_some(dir),
         store,
+        tls,
     })
 }
 
@@ -386,6 +410,7 @@ pub(crate) async fn start_echo(cpu: &str) -> Result<ServerProc> {
         pid,
         data_dir: None,
         store: Store::Memory,
+        tls: false,
     })
 }
 
@@ -430,11 +455,13 @@ fn main() -> Result<()> {
                 callees,
                 receipts,
                 http,
+                tls,
             } => {
-                let via = if *http {
-                    load::Via::Http
-                } else {
-                    load::Via::WebSocket
+                let via = match (*http, *tls) {
+                    (false, false) => load::Via::WebSocket,
+                    (true, false) => load::Via::Http,
+                    (false, true) => load::Via::Wss,
+                    (true, true) => load::Via::Https,
                 };
                 let r = report::run_calls_via(
                     &cli.server_bin,

@@ -48,7 +48,7 @@ pub(crate) async fn run_calls_via(
     store: Store,
     via: load::Via,
 ) -> Result<CallsResult> {
-    let server = start_server(server_bin, cpu, store).await?;
+    let server = crate::start_server_tls(server_bin, cpu, store, via.tls()).await?;
     let r = load::calls(&server, rate, secs, callees, receipts, true, via).await;
     server.stop().await;
     r
@@ -606,26 +606,78 @@ pub(crate) async fn suite(
     }
     json.insert("calls_1to1".into(), compare.into());
 
-    // 1b. The same calls with the clients on the HTTP transport (requests
-    // and long polls), next to the WebSocket rows above.
-    let _ = writeln!(table, "\n1:1 calls over the HTTP transport");
-    let mut over_http = Vec::new();
-    for rate in [500.0] {
-        let r = run_calls_via(
-            server_bin,
-            cpu,
-            rate,
-            secs,
-            1,
-            false,
-            Store::Memory,
-            load::Via::Http,
-        )
-        .await?;
-        let _ = writeln!(table, "  {}", calls_line(&r));
-        over_http.push(calls_json(&r));
+    // 1b. The same calls on every transport, alternating (ws, wss, http,
+    //     https, ws, ...): what TLS and the HTTP transport cost next to a
+    //     plain WebSocket, in one window.
+    let _ = writeln!(
+        table,
+        "\n1:1 calls at 500/s by transport ({runs} alternating rounds, median (min-max)); the server terminates TLS itself"
+    );
+    let _ = writeln!(
+        table,
+        "{:>6} {:>7} {:>16} {:>16} {:>16} {:>16}  machine",
+        "via", "failed", "ring p50 us", "ring p99 us", "server us/call", "gen us/call"
+    );
+    let transports = [
+        load::Via::WebSocket,
+        load::Via::Wss,
+        load::Via::Http,
+        load::Via::Https,
+    ];
+    let mut by_via: Vec<Vec<(CallsResult, crate::disturb::Disturbance)>> =
+        transports.iter().map(|_| Vec::new()).collect();
+    for _ in 0..runs {
+        for (i, via) in transports.iter().enumerate() {
+            let probe = Probe::start(&[]);
+            let r =
+                run_calls_via(server_bin, cpu, 500.0, secs, 1, false, Store::Memory, *via).await?;
+            by_via[i].push((r, probe.finish(&[])));
+        }
     }
-    json.insert("calls_1to1_http".into(), over_http.into());
+    let mut over_transports = serde_json::Map::new();
+    for (via, runs_of) in transports.iter().zip(&by_via) {
+        let spread = |f: &dyn Fn(&CallsResult) -> f64| {
+            Spread::of(&runs_of.iter().map(|(r, _)| f(r)).collect::<Vec<_>>())
+        };
+        let failed: u64 = runs_of.iter().map(|(r, _)| r.failed + r.shed).sum();
+        let notes: Vec<String> = runs_of
+            .iter()
+            .filter(|(_, q)| q.disturbed())
+            .map(|(_, q)| q.describe())
+            .collect();
+        let _ = writeln!(
+            table,
+            "{:>6} {:>7} {:>16} {:>16} {:>16} {:>16}  {}",
+            via.label(),
+            failed,
+            spread(&|r| r.ring.value_at_quantile(0.5) as f64).show(0),
+            spread(&|r| r.ring.value_at_quantile(0.99) as f64).show(0),
+            spread(&|r| r.server_cpu_us_per_call).show(0),
+            spread(&|r| r.generator_cpu_us_per_call).show(0),
+            if notes.is_empty() {
+                "quiet".to_owned()
+            } else {
+                notes.join("; ")
+            }
+        );
+        over_transports.insert(
+            via.label().into(),
+            serde_json::json!({
+                "runs": runs_of.iter().map(|(r, q)| {
+                    let mut e = calls_json(r);
+                    e["machine"] = q.json();
+                    e
+                }).collect::<Vec<_>>(),
+                "ring_p50_us": spread(&|r| r.ring.value_at_quantile(0.5) as f64).json(),
+                "ring_p99_us": spread(&|r| r.ring.value_at_quantile(0.99) as f64).json(),
+                "server_cpu_us_per_call": spread(&|r| r.server_cpu_us_per_call).json(),
+            }),
+        );
+    }
+    json.insert(
+        "calls_1to1_by_transport".into(),
+        serde_json::Value::Object(over_transports),
+    );
 
     // 2. The knee: highest offered rate with no failure and p99 <= 10 ms.
     let _ = writeln!(table, "\nknee search ({secs} s per rate)");

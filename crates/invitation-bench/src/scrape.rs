@@ -24,6 +24,25 @@ pub(crate) async fn metrics(addr: SocketAddr) -> Result<String> {
     Ok(body.to_owned())
 }
 
+/// Fetches `/metrics` from a server, over https when it serves TLS (with
+/// the benchmark's certificate).
+pub(crate) async fn metrics_of(server: &crate::ServerProc) -> Result<String> {
+    if !server.tls {
+        return metrics(server.addr).await;
+    }
+    let tls = crate::pki::get()?.client.config();
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured((*tls).clone())
+        .build()?;
+    Ok(client
+        .get(format!("https://{}/metrics", server.addr))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
 /// The value of the counter or gauge `name` (no labels) in a Prometheus
 /// text exposition.
 pub(crate) fn counter(text: &str, name: &str) -> Option<u64> {
