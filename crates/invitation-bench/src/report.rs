@@ -288,6 +288,43 @@ pub(crate) fn relay_line(r: &RelayResult) -> String {
 }
 
 /// One Kamailio run: (calls completed, failed, CPU µs per call).
+/// The Kamailio peer's knee: the highest offered rate with no failed call
+/// and Kamailio below 95 % of its vCPU (CPU per call x rate), stepping up
+/// as [`knee_search`] does; each run's line goes to `table`.
+fn kamailio_knee(secs: f64, table: &mut String) -> (f64, Vec<serde_json::Value>) {
+    let _ = writeln!(table, "  Kamailio, the same way:");
+    let mut knee = 0.0;
+    let mut runs = Vec::new();
+    for rate in [
+        1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0, 8000.0, 12000.0,
+    ] {
+        let probe = Probe::start(&[]);
+        let got = kamailio(rate as u64, (rate * secs.min(5.0)) as u64);
+        let quiet = probe.finish(&["kamailio", "sipp"]);
+        let Ok((completed, failed, us_per_call)) = got else {
+            let _ = writeln!(table, "    {rate}/s: no result ({})", got.unwrap_err());
+            break;
+        };
+        let busy = us_per_call * rate / 1e6;
+        let ok = failed == 0 && busy < 0.95;
+        let _ = writeln!(
+            table,
+            "    {rate}/s: {completed} completed, {failed} failed, {us_per_call:.0} us/call, vCPU {:.0} % busy; {}",
+            busy * 100.0,
+            quiet.describe()
+        );
+        runs.push(
+            serde_json::json!({"rate": rate, "completed": completed, "failed": failed,
+            "cpu_us_per_call": us_per_call, "vcpu_busy": busy, "machine": quiet.json()}),
+        );
+        if !ok {
+            break;
+        }
+        knee = rate;
+    }
+    (knee, runs)
+}
+
 fn kamailio(rate: u64, calls: u64) -> Result<(u64, u64, f64)> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/kamailio/run.sh");
     let out = std::process::Command::new("taskset")
@@ -745,9 +782,28 @@ pub(crate) async fn suite(
         overload["goodput"] = goodput.into();
         overload["ratio_to_knee"] = (goodput / knee).into();
     }
+    // The peer's knee, found the same way: the highest rate it completes
+    // with no failed call and its vCPU not saturated. Absolute rates drift
+    // between days on these machines; the ratio of the two knees, taken in
+    // one window, is the figure that holds.
+    let mut peer = serde_json::Value::Null;
+    if with_kamailio {
+        let (peer_knee, peer_runs) = kamailio_knee(secs, &mut table);
+        let ratio = if peer_knee > 0.0 {
+            knee / peer_knee
+        } else {
+            f64::NAN
+        };
+        let _ = writeln!(
+            table,
+            "  knee ratio: ours {knee} / Kamailio's {peer_knee} calls/s = {ratio:.2}x"
+        );
+        peer =
+            serde_json::json!({"calls_per_s": peer_knee, "runs": peer_runs, "ours_to_peer": ratio});
+    }
     json.insert(
         "knee".into(),
-        serde_json::json!({"calls_per_s": knee, "runs": knee_runs, "latency_at_share_of_knee": at_knee, "overload": overload}),
+        serde_json::json!({"calls_per_s": knee, "runs": knee_runs, "latency_at_share_of_knee": at_knee, "overload": overload, "kamailio": peer}),
     );
 
     // 3. Fan-out.
