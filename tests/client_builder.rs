@@ -72,7 +72,9 @@ fn a_server_url_with_an_unsupported_scheme_fails_build() {
             Err(BuildError::Endpoint(e @ EndpointError::UnsupportedScheme { .. })) => {
                 assert_eq!(
                     e.to_string(),
-                    format!("unsupported scheme {scheme:?} in {url:?}: expected ws:// or wss://")
+                    format!(
+                        "unsupported scheme {scheme:?} in {url:?}: expected ws://, wss://, http:// or https://"
+                    )
                 );
             }
             other => panic!("{url}: expected UnsupportedScheme, got {other:?}"),
