@@ -183,6 +183,7 @@ impl ClientTls {
 
 /// The system's roots, loaded once per process (reading the store on
 /// every reconnection would cost file I/O for nothing).
+#[cfg(any(feature = "ws", feature = "http"))]
 pub(crate) fn system_roots() -> Result<ClientTls, String> {
     static SYSTEM: std::sync::OnceLock<Result<ClientTls, String>> = std::sync::OnceLock::new();
     SYSTEM
