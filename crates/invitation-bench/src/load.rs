@@ -1022,7 +1022,7 @@ pub(crate) async fn recovery(
                     return anyhow::Ok(());
                 }
                 let mut ws =
-                    connect_from(addr, &auth, &format!("rc{i}"), source_of(i % 50_000)).await?;
+                    connect_from(addr, &auth, &format!("rc{i}"), 1 + (i % 250) as u8).await?;
                 let invite = ClientMessage::new(
                     rid(format!("r{i}")),
                     Command::Invite(

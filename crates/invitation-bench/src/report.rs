@@ -643,6 +643,10 @@ pub(crate) async fn suite(
     }
     json.insert("calls_1to1".into(), compare.into());
 
+    // Printed as it goes: a later phase that fails loses nothing above.
+    print!("{table}");
+    table.clear();
+
     // 1b. The same calls on every transport, alternating (ws, wss, http,
     //     https, ws, ...): what TLS and the HTTP transport cost next to a
     //     plain WebSocket, in one window.
@@ -715,6 +719,10 @@ pub(crate) async fn suite(
         "calls_1to1_by_transport".into(),
         serde_json::Value::Object(over_transports),
     );
+
+    // Printed as it goes: a later phase that fails loses nothing above.
+    print!("{table}");
+    table.clear();
 
     // 2. The knee: highest offered rate with no failure and p99 <= 10 ms.
     let _ = writeln!(table, "\nknee search ({secs} s per rate)");
@@ -806,6 +814,10 @@ pub(crate) async fn suite(
         serde_json::json!({"calls_per_s": knee, "runs": knee_runs, "latency_at_share_of_knee": at_knee, "overload": overload, "kamailio": peer}),
     );
 
+    // Printed as it goes: a later phase that fails loses nothing above.
+    print!("{table}");
+    table.clear();
+
     // 3. Fan-out.
     let _ = writeln!(
         table,
@@ -828,6 +840,10 @@ pub(crate) async fn suite(
     }
     json.insert("fan_out".into(), fan.into());
 
+    // Printed as it goes: a later phase that fails loses nothing above.
+    print!("{table}");
+    table.clear();
+
     // 4. Timers: a burst (all created, so all expiring, at once) and a
     //    steady state (created over 5 s, expiring at the same pace).
     let _ = writeln!(table);
@@ -845,11 +861,19 @@ pub(crate) async fn suite(
     }
     json.insert("timeouts".into(), timers.into());
 
+    // Printed as it goes: a later phase that fails loses nothing above.
+    print!("{table}");
+    table.clear();
+
     // 5. Persistence: the same calls with the state on disk.
     json.insert(
         "persistence".into(),
         persistence(server_bin, cpu, secs, quick, knee, &mut table).await?,
     );
+
+    // Printed as it goes: a later phase that fails loses nothing above.
+    print!("{table}");
+    table.clear();
 
     // 6. Memory per idle connection and relay throughput vs the bare echo.
     let idle = load::idle_both(server_bin, cpu, if quick { 1000 } else { 5000 }, 1).await?;
