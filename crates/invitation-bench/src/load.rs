@@ -62,14 +62,15 @@ impl Via {
 /// A generator client over either transport.
 enum Conn {
     Ws(Box<Ws>),
-    Http(invitation_transport::BoxConnection),
+    /// Any other transport's client (http, wss, https).
+    Transport(invitation_transport::BoxConnection),
 }
 
 impl Conn {
     async fn send(&mut self, m: &ClientMessage) -> Result<()> {
         match self {
             Conn::Ws(ws) => ws.send(Message::text(m.encode())).await?,
-            Conn::Http(c) => c.send(m.clone()).await?,
+            Conn::Transport(c) => c.send(m.clone()).await?,
         }
         Ok(())
     }
@@ -86,9 +87,22 @@ impl Conn {
                     None => bail!("closed"),
                 }
             },
-            Conn::Http(c) => Ok(c.recv().await?.encode().into()),
+            Conn::Transport(c) => Ok(c.recv().await?.encode().into()),
         }
     }
+}
+
+/// The `hello` of a generator client: a fresh token for `user`, device `d`.
+fn hello(auth: &Authority, user: &str) -> Result<ClientMessage> {
+    let token = auth.mint(&UserId::new(user)?, user, Duration::from_secs(3600));
+    Ok(ClientMessage::new(
+        rid("h".into()),
+        Control::Hello {
+            device: DeviceId::new("d")?,
+            token: Some(token),
+            last_seq: None,
+        },
+    ))
 }
 
 /// Connects a generator client over `via` and authenticates; reads the
@@ -112,16 +126,8 @@ async fn connect_via(addr: SocketAddr, auth: &Authority, user: &str, via: Via) -
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     };
-    let mut conn = Conn::Http(conn);
-    let token = auth.mint(&UserId::new(user)?, user, Duration::from_secs(3600));
-    let hello = ClientMessage::new(
-        rid("h".into()),
-        Control::Hello {
-            device: DeviceId::new("d")?,
-            token: Some(token),
-            last_seq: None,
-        },
-    );
+    let mut conn = Conn::Transport(conn);
+    let hello = hello(auth, user)?;
     conn.send(&hello).await?;
     for _ in 0..2 {
         conn.next_text().await?;
@@ -174,15 +180,7 @@ async fn connect(addr: SocketAddr, auth: &Authority, user: &str) -> Result<Ws> {
 
 async fn connect_from(addr: SocketAddr, auth: &Authority, user: &str, source: u8) -> Result<Ws> {
     let mut ws = dial(addr, source).await?;
-    let token = auth.mint(&UserId::new(user)?, user, Duration::from_secs(3600));
-    let hello = ClientMessage::new(
-        rid("h".into()),
-        Control::Hello {
-            device: DeviceId::new("d")?,
-            token: Some(token),
-            last_seq: None,
-        },
-    );
+    let hello = hello(auth, user)?;
     ws.send(Message::text(hello.encode())).await?;
     for _ in 0..2 {
         next(&mut ws).await?;
