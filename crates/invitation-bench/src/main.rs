@@ -23,6 +23,7 @@ mod load;
 mod pki;
 mod report;
 mod scrape;
+mod sections;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -3,15 +3,15 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::Store;
 use crate::disturb::{Probe, Spread};
 use crate::load::RecoveryResult;
 use crate::load::{self, CallsResult, IdleResult, RelayResult, TimeoutsResult};
 use crate::scrape::bound;
-use crate::{Store, start_server};
+use crate::sections::{self, Ctx};
 
 /// One call run against a fresh server.
 pub(crate) async fn run_calls(
@@ -54,118 +54,8 @@ pub(crate) async fn run_calls_via(
     r
 }
 
-/// The highest offered rate with no failure, nothing shed and p99 <= 10 ms
-/// for both ring and accept; every run's line goes to `table`.
-async fn knee_search(
-    server_bin: &Option<PathBuf>,
-    cpu: &str,
-    secs: f64,
-    store: Store,
-    table: &mut String,
-    points: &mut Vec<(f64, u64, u64)>,
-) -> Result<(f64, Vec<serde_json::Value>)> {
-    let mut knee = 0.0;
-    let mut runs = Vec::new();
-    for rate in [
-        1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0, 8000.0, 12000.0, 16000.0,
-    ] {
-        let r = run_calls(server_bin, cpu, rate, secs.min(5.0), 1, false, store).await?;
-        let ok = r.failed == 0
-            && r.shed == 0
-            && r.ring.value_at_quantile(0.99) <= 10_000
-            && r.accepted.value_at_quantile(0.99) <= 10_000;
-        let _ = writeln!(table, "  {}", calls_line(&r));
-        if store == Store::Memory {
-            points.push((
-                rate,
-                r.ring.value_at_quantile(0.5),
-                r.ring.value_at_quantile(0.99),
-            ));
-        }
-        runs.push(calls_json(&r));
-        if !ok {
-            break;
-        }
-        knee = rate;
-    }
-    let _ = writeln!(
-        table,
-        "  knee ({}): {knee} calls/s (the generator's own CPU per call is printed: a saturated generator shows there)",
-        store.label()
-    );
-    Ok((knee, runs))
-}
-
-/// The cost of keeping the state on disk: CPU and journal bytes per call
-/// at fixed rates in each mode, the knee when durable against the
-/// in-memory one, and the restart time with many invitations held.
-async fn persistence(
-    server_bin: &Option<PathBuf>,
-    cpu: &str,
-    secs: f64,
-    quick: bool,
-    memory_knee: f64,
-    table: &mut String,
-) -> Result<serde_json::Value> {
-    use crate::Durability;
-    let _ = writeln!(table, "\npersistence: 1:1 calls, in memory vs durable");
-    let mut fixed = Vec::new();
-    for rate in [1000.0, 2000.0] {
-        for store in [
-            Store::Memory,
-            Store::Durable(Durability::Write),
-            Store::Durable(Durability::Fsync),
-        ] {
-            let r = run_calls(server_bin, cpu, rate, secs.min(5.0), 1, false, store).await?;
-            let _ = writeln!(table, "  [{}] {}", store.label(), calls_line(&r));
-            let mut entry = calls_json(&r);
-            entry["store"] = store.label().into();
-            fixed.push(entry);
-        }
-    }
-    let _ = writeln!(table, "knee search, durable (write)");
-    let (knee, runs) = knee_search(
-        server_bin,
-        cpu,
-        secs,
-        Store::Durable(Durability::Write),
-        table,
-        &mut Vec::new(),
-    )
-    .await?;
-    let ratio = if memory_knee > 0.0 {
-        knee / memory_knee
-    } else {
-        0.0
-    };
-    let _ = writeln!(
-        table,
-        "  durable knee {knee} calls/s = {ratio:.2}x the in-memory knee ({memory_knee}; target >= 0.8x)"
-    );
-    let pending = if quick { 10_000 } else { 100_000 };
-    // Once from the journal alone, once from a snapshot and its tail.
-    let mut recoveries = Vec::new();
-    for snapshot_after_mb in [None, Some(8)] {
-        let rec = load::recovery(
-            server_bin,
-            cpu,
-            Durability::Write,
-            pending,
-            snapshot_after_mb,
-        )
-        .await?;
-        let _ = writeln!(table, "{}", recovery_line(&rec));
-        recoveries.push(recovery_json(&rec));
-    }
-    Ok(serde_json::json!({
-        "fixed_rates": fixed,
-        "knee": {"calls_per_s": knee, "ratio_to_memory": ratio, "runs": runs},
-        "recovery": recoveries,
-    }))
-}
-
 /// A call run's figures, for bench.json.
-fn calls_json(r: &CallsResult) -> serde_json::Value {
+pub(crate) fn calls_json(r: &CallsResult) -> serde_json::Value {
     let q = |h: &hdrhistogram::Histogram<u64>, p| h.value_at_quantile(p);
     serde_json::json!({
         "rate": r.rate, "callees": r.callees, "offered": r.offered, "completed": r.completed,
@@ -237,7 +127,7 @@ pub(crate) fn recovery_line(r: &RecoveryResult) -> String {
     )
 }
 
-fn recovery_json(r: &RecoveryResult) -> serde_json::Value {
+pub(crate) fn recovery_json(r: &RecoveryResult) -> serde_json::Value {
     serde_json::json!({
         "pending": r.pending, "durability": format!("{:?}", r.durability), "fill_secs": r.fill_secs, "shed": r.shed,
         "journal_bytes": r.journal_bytes, "journal_entries": r.journal_entries, "dir_bytes": r.dir_bytes,
@@ -288,44 +178,7 @@ pub(crate) fn relay_line(r: &RelayResult) -> String {
 }
 
 /// One Kamailio run: (calls completed, failed, CPU µs per call).
-/// The Kamailio peer's knee: the highest offered rate with no failed call
-/// and Kamailio below 95 % of its vCPU (CPU per call x rate), stepping up
-/// as [`knee_search`] does; each run's line goes to `table`.
-fn kamailio_knee(secs: f64, table: &mut String) -> (f64, Vec<serde_json::Value>) {
-    let _ = writeln!(table, "  Kamailio, the same way:");
-    let mut knee = 0.0;
-    let mut runs = Vec::new();
-    for rate in [
-        1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0, 8000.0, 12000.0,
-    ] {
-        let probe = Probe::start(&[]);
-        let got = kamailio(rate as u64, (rate * secs.min(5.0)) as u64);
-        let quiet = probe.finish(&["kamailio", "sipp"]);
-        let Ok((completed, failed, us_per_call)) = got else {
-            let _ = writeln!(table, "    {rate}/s: no result ({})", got.unwrap_err());
-            break;
-        };
-        let busy = us_per_call * rate / 1e6;
-        let ok = failed == 0 && busy < 0.95;
-        let _ = writeln!(
-            table,
-            "    {rate}/s: {completed} completed, {failed} failed, {us_per_call:.0} us/call, vCPU {:.0} % busy; {}",
-            busy * 100.0,
-            quiet.describe()
-        );
-        runs.push(
-            serde_json::json!({"rate": rate, "completed": completed, "failed": failed,
-            "cpu_us_per_call": us_per_call, "vcpu_busy": busy, "machine": quiet.json()}),
-        );
-        if !ok {
-            break;
-        }
-        knee = rate;
-    }
-    (knee, runs)
-}
-
-fn kamailio(rate: u64, calls: u64) -> Result<(u64, u64, f64)> {
+pub(crate) fn kamailio(rate: u64, calls: u64) -> Result<(u64, u64, f64)> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/kamailio/run.sh");
     let out = std::process::Command::new("taskset")
         .args(["-c", "1", "bash"])
@@ -483,7 +336,7 @@ pub(crate) async fn suite(
     );
     let mut compare = Vec::new();
     let mut floor_rows = Vec::new();
-    for rate in [500.0, 1000.0, 2000.0] {
+    for rate in [500.0, 1000.0, 2000.0, 4000.0] {
         let mut ours = Vec::new();
         let mut peer = Vec::new();
         let mut floor = Vec::new();
@@ -724,164 +577,30 @@ pub(crate) async fn suite(
     print!("{table}");
     table.clear();
 
-    // 2. The knee: highest offered rate with no failure and p99 <= 10 ms.
-    let _ = writeln!(table, "\nknee search ({secs} s per rate)");
-    let (knee, knee_runs) = knee_search(
+    // 2-6. The knee (ours and the peer's), fan-out, timers, persistence,
+    //      idle memory and relay: each figure from `runs` alternating runs.
+    let mut ctx = Ctx {
         server_bin,
         cpu,
         secs,
-        Store::Memory,
-        &mut table,
-        &mut points,
-    )
-    .await?;
-    // Latency at 10 %, 50 % and 80 % of the knee (the points docs/benchmarks.md reports).
-    let mut at_knee = Vec::new();
-    if knee > 0.0 {
-        for share in [0.1, 0.5, 0.8] {
-            let rate = (knee * share).round();
-            let r = run_calls(
-                server_bin,
-                cpu,
-                rate,
-                secs.min(5.0),
-                1,
-                false,
-                Store::Memory,
-            )
-            .await?;
-            let _ = writeln!(
-                table,
-                "  at {:.0} % of the knee: {}",
-                share * 100.0,
-                calls_line(&r)
-            );
-            let mut entry = calls_json(&r);
-            entry["share_of_knee"] = share.into();
-            at_knee.push(entry);
-        }
-    }
-    // Overload: twice the knee; goodput should stay near the knee.
-    let mut overload = serde_json::Value::Null;
-    if knee > 0.0 {
-        let r = run_calls(
-            server_bin,
-            cpu,
-            2.0 * knee,
-            secs.min(5.0),
-            1,
-            false,
-            Store::Memory,
-        )
-        .await?;
-        let goodput = r.completed as f64 / secs.min(5.0);
-        let _ = writeln!(
-            table,
-            "  overload at 2x the knee ({} calls/s): goodput {goodput:.0} calls/s = {:.2}x the knee, {} shed with `unavailable`, {} failed; ring p99 {} us (server {:.0} us CPU/call, generator {:.0} us CPU/call)",
-            2.0 * knee,
-            goodput / knee,
-            r.shed,
-            r.failed,
-            r.ring.value_at_quantile(0.99),
-            r.server_cpu_us_per_call,
-            r.generator_cpu_us_per_call
-        );
-        overload = calls_json(&r);
-        overload["goodput"] = goodput.into();
-        overload["ratio_to_knee"] = (goodput / knee).into();
-    }
-    // The peer's knee, found the same way: the highest rate it completes
-    // with no failed call and its vCPU not saturated. Absolute rates drift
-    // between days on these machines; the ratio of the two knees, taken in
-    // one window, is the figure that holds.
-    let mut peer = serde_json::Value::Null;
-    if with_kamailio {
-        let (peer_knee, peer_runs) = kamailio_knee(secs, &mut table);
-        let ratio = if peer_knee > 0.0 {
-            knee / peer_knee
-        } else {
-            f64::NAN
-        };
-        let _ = writeln!(
-            table,
-            "  knee ratio: ours {knee} / Kamailio's {peer_knee} calls/s = {ratio:.2}x"
-        );
-        peer =
-            serde_json::json!({"calls_per_s": peer_knee, "runs": peer_runs, "ours_to_peer": ratio});
-    }
-    json.insert(
-        "knee".into(),
-        serde_json::json!({"calls_per_s": knee, "runs": knee_runs, "latency_at_share_of_knee": at_knee, "overload": overload, "kamailio": peer}),
-    );
-
-    // Printed as it goes: a later phase that fails loses nothing above.
-    print!("{table}");
-    table.clear();
-
-    // 3. Fan-out.
-    let _ = writeln!(
+        quick,
+        runs,
+        with_kamailio,
         table,
-        "\ngroup calls at 200/s (first callee accepts, others decline)"
-    );
-    let mut fan = Vec::new();
-    for callees in [1, 5, 9] {
-        let r = run_calls(
-            server_bin,
-            cpu,
-            200.0,
-            secs.min(5.0),
-            callees,
-            false,
-            Store::Memory,
-        )
-        .await?;
-        let _ = writeln!(table, "  {}", calls_line(&r));
-        fan.push(calls_json(&r));
-    }
-    json.insert("fan_out".into(), fan.into());
-
-    // Printed as it goes: a later phase that fails loses nothing above.
-    print!("{table}");
-    table.clear();
-
-    // 4. Timers: a burst (all created, so all expiring, at once) and a
-    //    steady state (created over 5 s, expiring at the same pace).
-    let _ = writeln!(table);
-    let mut timers = Vec::new();
-    for (pending, spread_ms) in [(2000, 0), (if quick { 4000 } else { 15_000 }, 5000)] {
-        let server = start_server(server_bin, cpu, Store::Memory).await?;
-        let t = load::timeout_storm(&server, pending, Duration::from_millis(spread_ms)).await?;
-        server.stop().await;
-        let _ = writeln!(table, "{}", timeouts_line(&t));
-        let s = &t.server_lateness;
-        timers.push(serde_json::json!({"pending": t.pending, "spread_ms": spread_ms, "missing": t.missing, "shed": t.shed,
-            "server_lateness_p50_us_at_most": s.quantile_us(0.5), "server_lateness_p99_us_at_most": s.quantile_us(0.99), "server_lateness_max_us_at_most": s.quantile_us(1.0),
-            "caller_lateness_p50_us": t.lateness.value_at_quantile(0.5), "caller_lateness_p99_us": t.lateness.value_at_quantile(0.99), "caller_lateness_max_us": t.lateness.max(),
-            "server_rss_per_pending_bytes": t.server_rss_per_pending}));
-    }
-    json.insert("timeouts".into(), timers.into());
-
-    // Printed as it goes: a later phase that fails loses nothing above.
-    print!("{table}");
-    table.clear();
-
-    // 5. Persistence: the same calls with the state on disk.
-    json.insert(
-        "persistence".into(),
-        persistence(server_bin, cpu, secs, quick, knee, &mut table).await?,
-    );
-
-    // Printed as it goes: a later phase that fails loses nothing above.
-    print!("{table}");
-    table.clear();
-
-    // 6. Memory per idle connection and relay throughput vs the bare echo.
-    let idle = load::idle_both(server_bin, cpu, if quick { 1000 } else { 5000 }, 1).await?;
-    let _ = writeln!(table, "{}", idle_line(&idle));
-    json.insert("idle".into(), serde_json::json!({"clients": idle.clients, "ours_bytes": idle.ours_bytes, "echo_bytes": idle.echo_bytes}));
-    let relay = load::relay_both(server_bin, cpu, if quick { 2.0 } else { 5.0 }).await?;
-    let _ = writeln!(table, "{}", relay_line(&relay));
-    json.insert("relay".into(), serde_json::json!({"ours_msg_per_s": relay.ours_per_s, "echo_msg_per_s": relay.echo_per_s, "ours_cpu_us_per_msg": relay.ours_cpu_us_per_msg, "echo_cpu_us_per_msg": relay.echo_cpu_us_per_msg}));
+        json,
+        points,
+    };
+    let knee = sections::knee(&mut ctx).await?;
+    sections::fan_out(&mut ctx).await?;
+    sections::timers(&mut ctx).await?;
+    sections::persistence(&mut ctx, knee).await?;
+    sections::idle_and_relay(&mut ctx).await?;
+    let Ctx {
+        table,
+        json,
+        mut points,
+        ..
+    } = ctx;
 
     println!("{table}");
     std::fs::create_dir_all(out)?;
