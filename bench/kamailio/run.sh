@@ -10,6 +10,8 @@
 # after them, so that tm's wait timer (5 s), which frees each finished
 # transaction, is included: work the calls caused.
 #
+# KAMAILIO_CFG names another configuration (ablation.sh uses it).
+#
 # Installs kamailio and sip-tester from Debian if missing. Kamailio is pinned
 # to CPU 0, sipp to CPU 1 (as our server and load generator are). Prints
 #   kamailio rate=R calls=N failed=F cpu_us_per_call=X
@@ -44,7 +46,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-taskset -c 0 kamailio -f "$here/kamailio.cfg" -P "$work/kamailio.pid" -m "$shm" -M 16 -w "$work" >/dev/null 2>&1
+taskset -c 0 kamailio -f "${KAMAILIO_CFG:-$here/kamailio.cfg}" -P "$work/kamailio.pid" -m "$shm" -M 16 -w "$work" >/dev/null 2>&1
 for _ in $(seq 50); do [ -s "$work/kamailio.pid" ] && break; sleep 0.1; done
 main="$(cat "$work/kamailio.pid")"
 # All kamailio processes of this instance: the main one and its children.
