@@ -65,12 +65,12 @@ async fn watched<T>(
     Ok((got?, quiet.json()))
 }
 
-/// "quiet", or what disturbed the runs.
+/// "quiet", or what disturbed the runs (each note says DISTURBED).
 fn machine(notes: &[String]) -> String {
     if notes.is_empty() {
         "quiet".to_owned()
     } else {
-        format!("DISTURBED: {}", notes.join("; "))
+        notes.join("; ")
     }
 }
 
