@@ -41,7 +41,7 @@ model SEED="20261126":
     seed="{{SEED}}"; \
     INVITATION_MODEL_SEED="${seed#SEED=}" cargo test -p invitation-core --test model
 
-# The benchmark suite (a few minutes): ours vs Kamailio, the knee, fan-out,
+# The benchmark suite (~55 min: every figure from 3 alternating runs): ours vs Kamailio, the knee, fan-out,
 # timers, persistence (in memory vs durable, recovery of 100,000 held
 # invitations), memory and relay vs a bare echo. Server on CPU 0, generator
 # on CPU 1.
