@@ -38,6 +38,7 @@
 mod api;
 mod api_conn;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 mod conn;
 mod demo;

@@ -1,0 +1,138 @@
+//! An append-only log in a JetStream stream that only one writer at a time
+//! can extend: each append names the sequence it expects to follow.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream;
+use futures_util::StreamExt;
+
+use super::{ClusterError, Nats};
+
+/// How long a read may wait for a message the stream says it holds.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A node's handle on the deployment's switchboard log.
+///
+/// `last` is the sequence of the last entry this node has seen (read or
+/// appended). [`FencedLog::append`] succeeds only if it is still the
+/// stream's last: a node that missed another's appends gets
+/// [`ClusterError::Fenced`] and must [`FencedLog::catch_up`] first, so the
+/// log never holds entries decided on different histories.
+#[derive(Debug)]
+pub struct FencedLog {
+    nats: Nats,
+    stream: String,
+    subject: String,
+    last: u64,
+}
+
+impl FencedLog {
+    /// The deployment's log (made on first use), positioned before its
+    /// first entry: [`FencedLog::catch_up`] reads it all.
+    pub async fn open(nats: &Nats, name: &str) -> Result<Self, ClusterError> {
+        let stream = nats.stream_name(name);
+        let subject = nats.subject(&name.to_ascii_lowercase());
+        nats.js
+            .get_or_create_stream(stream::Config {
+                name: stream.clone(),
+                subjects: vec![subject.clone()],
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ClusterError::js("log stream", e))?;
+        Ok(Self {
+            nats: nats.clone(),
+            stream,
+            subject,
+            last: 0,
+        })
+    }
+
+    /// The sequence of the last entry seen (0: none).
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
+    /// Appends `entry` right after the last entry seen; its sequence.
+    pub async fn append(&mut self, entry: Vec<u8>) -> Result<u64, ClusterError> {
+        let ack = self
+            .nats
+            .js
+            .send_publish(
+                self.subject.clone(),
+                PublishMessage::build()
+                    .payload(entry.into())
+                    .expected_last_sequence(self.last),
+            )
+            .await
+            .map_err(|e| ClusterError::js("log publish", e))?
+            .await;
+        match ack {
+            Ok(ack) => {
+                self.last = ack.sequence;
+                Ok(ack.sequence)
+            }
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                Err(ClusterError::Fenced {
+                    stream: self.stream.clone(),
+                    expected: self.last,
+                })
+            }
+            Err(e) => Err(ClusterError::js("log publish", e)),
+        }
+    }
+
+    /// Reads every entry after the last one seen, in order, up to the
+    /// stream's end as of the call; returns them with their sequences.
+    pub async fn catch_up(&mut self) -> Result<Vec<(u64, Vec<u8>)>, ClusterError> {
+        let mut stream = self
+            .nats
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| ClusterError::js("log stream", e))?;
+        let end = stream
+            .info()
+            .await
+            .map_err(|e| ClusterError::js("log info", e))?
+            .state
+            .last_sequence;
+        if end <= self.last {
+            return Ok(Vec::new());
+        }
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: self.last + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ClusterError::js("log consumer", e))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| ClusterError::js("log read", e))?;
+        let mut entries = Vec::new();
+        while self.last < end {
+            let next = tokio::time::timeout(READ_TIMEOUT, messages.next())
+                .await
+                .map_err(|_| ClusterError::js("log read", "timed out"))?;
+            let Some(message) = next else {
+                return Err(ClusterError::js("log read", "the stream ended early"));
+            };
+            let message = message.map_err(|e| ClusterError::js("log read", e))?;
+            let seq = message
+                .info()
+                .map_err(|e| ClusterError::js("log read", e))?
+                .stream_sequence;
+            self.last = seq;
+            entries.push((seq, message.payload.to_vec()));
+        }
+        Ok(entries)
+    }
+}

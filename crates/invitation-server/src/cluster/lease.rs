@@ -1,0 +1,138 @@
+//! Who runs the switchboard: a lease in a JetStream stream that keeps one
+//! message (the holder's name) for at most `ttl`.
+
+use std::time::Duration;
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream;
+
+use super::{ClusterError, Nats};
+
+/// One node's handle on the deployment's lease.
+///
+/// Taking it appends the node's name with "no message on the subject yet"
+/// as the expected state; renewing appends again expecting the sequence of
+/// its own last message. JetStream refuses either when the state differs,
+/// so two nodes can never both believe a renewal succeeded. The message
+/// expires `ttl` after the last renewal; a holder must renew well within it
+/// (a third of it is the usual choice) and stop leading as soon as a
+/// renewal is refused or has not succeeded for `ttl`.
+#[derive(Debug)]
+pub struct Lease {
+    nats: Nats,
+    stream: String,
+    subject: String,
+    node: String,
+    /// The sequence of our own last message, while we hold the lease.
+    held: Option<u64>,
+}
+
+impl Lease {
+    /// The deployment's lease (made on first use), as seen by `node`.
+    pub async fn open(nats: &Nats, node: &str, ttl: Duration) -> Result<Self, ClusterError> {
+        let stream = nats.stream_name("LEASE");
+        let subject = nats.subject("lease");
+        nats.js
+            .get_or_create_stream(stream::Config {
+                name: stream.clone(),
+                subjects: vec![subject.clone()],
+                max_messages_per_subject: 1,
+                max_age: ttl,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ClusterError::js("lease stream", e))?;
+        Ok(Self {
+            nats: nats.clone(),
+            stream,
+            subject,
+            node: node.to_owned(),
+            held: None,
+        })
+    }
+
+    /// Takes the lease if nobody holds it; `false` when another node does.
+    pub async fn try_take(&mut self) -> Result<bool, ClusterError> {
+        match self.append(0).await {
+            Ok(seq) => {
+                self.held = Some(seq);
+                Ok(true)
+            }
+            Err(ClusterError::LeaseLost { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Extends the lease by its time to live; [`ClusterError::LeaseLost`]
+    /// when it expired and another node took it (or it was never held).
+    pub async fn renew(&mut self) -> Result<(), ClusterError> {
+        let Some(last) = self.held else {
+            return Err(ClusterError::LeaseLost {
+                stream: self.stream.clone(),
+            });
+        };
+        match self.append(last).await {
+            Ok(seq) => {
+                self.held = Some(seq);
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, ClusterError::LeaseLost { .. }) {
+                    self.held = None;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether this node believes it holds the lease (its last take or
+    /// renewal succeeded).
+    pub fn held(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// The node that holds the lease now, if any.
+    pub async fn holder(&self) -> Result<Option<String>, ClusterError> {
+        let stream = self
+            .nats
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| ClusterError::js("lease stream", e))?;
+        match stream.get_last_raw_message_by_subject(&self.subject).await {
+            Ok(m) => Ok(Some(String::from_utf8_lossy(&m.payload).into_owned())),
+            Err(e)
+                if e.kind()
+                    == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(ClusterError::js("lease holder", e)),
+        }
+    }
+
+    async fn append(&self, expected: u64) -> Result<u64, ClusterError> {
+        let ack = self
+            .nats
+            .js
+            .send_publish(
+                self.subject.clone(),
+                PublishMessage::build()
+                    .payload(self.node.clone().into())
+                    .expected_last_subject_sequence(expected),
+            )
+            .await
+            .map_err(|e| ClusterError::js("lease publish", e))?
+            .await;
+        match ack {
+            Ok(ack) => Ok(ack.sequence),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                Err(ClusterError::LeaseLost {
+                    stream: self.stream.clone(),
+                })
+            }
+            Err(e) => Err(ClusterError::js("lease publish", e)),
+        }
+    }
+}

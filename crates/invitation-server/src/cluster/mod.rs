@@ -1,0 +1,104 @@
+//! Building blocks for running several server nodes on NATS JetStream
+//! (work in progress: not yet wired into the server).
+//!
+//! The design (docs/architecture.md will describe it once it serves calls):
+//! one node at a time runs the switchboard, holding a [`Lease`]; it appends
+//! the switchboard's inputs to a [`FencedLog`] before acting on them; the
+//! other nodes follow the log and take over when the lease expires. Both
+//! are plain JetStream streams, fenced by JetStream's expected-sequence
+//! checks rather than by clocks: a node that lost its lease without noticing
+//! cannot append, because its idea of the log's last sequence is stale.
+//!
+//! Why plain streams and not JetStream's key-value buckets for the lease:
+//! the NATS server this project deploys with (2.9, Debian's) answers the
+//! bucket creation of current `async-nats` in a form the client cannot
+//! parse; a stream that keeps one message per subject, with a maximum
+//! age, is what a bucket is underneath, and works on 2.9 and later.
+
+mod journal;
+mod lease;
+
+use std::time::Duration;
+
+pub use journal::FencedLog;
+pub use lease::Lease;
+
+/// What can go wrong talking to NATS.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The NATS server could not be reached (or refused the connection).
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    Connect {
+        /// The URL dialled.
+        url: String,
+        /// Why, as the client said it.
+        reason: String,
+    },
+    /// Another node appended first: this node's view of the log is stale
+    /// (it must catch up, and if it believed it led, step down).
+    #[error("log {stream}: another writer appended after sequence {expected}")]
+    Fenced {
+        /// The stream appended to.
+        stream: String,
+        /// The last sequence this node knew.
+        expected: u64,
+    },
+    /// The lease is held by another node (or expired and was taken).
+    #[error("lease {stream}: held by another node")]
+    LeaseLost {
+        /// The lease's stream.
+        stream: String,
+    },
+    /// Any other JetStream failure (timeouts, a server without JetStream).
+    #[error("JetStream ({what}): {reason}")]
+    JetStream {
+        /// The operation.
+        what: &'static str,
+        /// Why, as the client said it.
+        reason: String,
+    },
+}
+
+impl ClusterError {
+    fn js(what: &'static str, e: impl std::fmt::Display) -> Self {
+        Self::JetStream {
+            what,
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// A connection to the NATS deployment, and the name that keeps this
+/// deployment's streams apart from others on the same NATS.
+#[derive(Clone, Debug)]
+pub struct Nats {
+    js: async_nats::jetstream::Context,
+    deployment: String,
+}
+
+impl Nats {
+    /// Connects to `url`; every stream this deployment makes is named
+    /// `INV_<deployment>_...` (`deployment`: letters, digits, `_`, `-`).
+    pub async fn connect(url: &str, deployment: &str) -> Result<Self, ClusterError> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| ClusterError::Connect {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            js: async_nats::jetstream::new(client),
+            deployment: deployment.to_owned(),
+        })
+    }
+
+    fn stream_name(&self, what: &str) -> String {
+        format!("INV_{}_{what}", self.deployment)
+    }
+
+    fn subject(&self, what: &str) -> String {
+        format!("inv.{}.{what}", self.deployment)
+    }
+}
