@@ -74,6 +74,47 @@ fn machine(notes: &[String]) -> String {
     }
 }
 
+/// The runs of one variant: each run's result, what the machine was doing
+/// during it, and a note for each disturbed run.
+struct Rounds<T> {
+    results: Vec<T>,
+    machines: Vec<serde_json::Value>,
+    notes: Vec<String>,
+}
+
+/// Runs every variant in turn, `runs` rounds (v1, v2, ..., v1, v2, ...),
+/// each run under a [`Probe`]; `line` may print a run's result as it comes.
+async fn alternate<V: Copy, T, Fut>(
+    runs: usize,
+    variants: &[V],
+    table: &mut String,
+    line: impl Fn(&T) -> Option<String>,
+    mut run: impl FnMut(V) -> Fut,
+) -> Result<Vec<Rounds<T>>>
+where
+    Fut: Future<Output = Result<T>>,
+{
+    let mut by: Vec<Rounds<T>> = variants
+        .iter()
+        .map(|_| Rounds {
+            results: Vec::new(),
+            machines: Vec::new(),
+            notes: Vec::new(),
+        })
+        .collect();
+    for _ in 0..runs {
+        for (variant, rounds) in variants.iter().zip(&mut by) {
+            let (result, m) = watched("ours", &[], &mut rounds.notes, run(*variant)).await?;
+            if let Some(l) = line(&result) {
+                let _ = writeln!(table, "  {l}");
+            }
+            rounds.results.push(result);
+            rounds.machines.push(m);
+        }
+    }
+    Ok(by)
+}
+
 fn spread_of<T>(items: &[T], f: impl Fn(&T) -> f64) -> Spread {
     Spread::of(&items.iter().map(f).collect::<Vec<_>>())
 }
@@ -256,65 +297,54 @@ pub(crate) async fn knee(ctx: &mut Ctx<'_>) -> Result<f64> {
     let mut at_knee = Vec::new();
     let mut overload = serde_json::Value::Null;
     if knee > 0.0 {
-        for share in [0.1, 0.5, 0.8] {
-            let rate = (knee * share).round();
-            let mut rs = Vec::new();
-            let mut machines = Vec::new();
-            let mut notes = Vec::new();
-            for _ in 0..runs {
-                let (r, m) = watched(
-                    "ours",
-                    &[],
-                    &mut notes,
-                    run_calls(
-                        ctx.server_bin,
-                        ctx.cpu,
-                        rate,
-                        ctx.short(),
-                        1,
-                        false,
-                        Store::Memory,
-                    ),
+        let (server_bin, cpu, short) = (ctx.server_bin, ctx.cpu, ctx.short());
+        let shares = [0.1, 0.5, 0.8];
+        let by = alternate(
+            runs,
+            &shares,
+            &mut ctx.table,
+            |_| None,
+            |share: f64| {
+                run_calls(
+                    server_bin,
+                    cpu,
+                    (knee * share).round(),
+                    short,
+                    1,
+                    false,
+                    Store::Memory,
                 )
-                .await?;
-                rs.push(r);
-                machines.push(m);
-            }
+            },
+        )
+        .await?;
+        for (share, r) in shares.iter().zip(&by) {
+            let rate = (knee * share).round();
             let _ = writeln!(
                 ctx.table,
                 "  at {:.0} % of the knee ({rate}/s), {}; {}",
                 share * 100.0,
-                calls_summary(&rs),
-                machine(&notes)
+                calls_summary(&r.results),
+                machine(&r.notes)
             );
-            let mut entry = calls_runs_json(&rs, &machines);
-            entry["share_of_knee"] = share.into();
+            let mut entry = calls_runs_json(&r.results, &r.machines);
+            entry["share_of_knee"] = (*share).into();
             entry["rate"] = rate.into();
             at_knee.push(entry);
         }
         let rate = 2.0 * knee;
-        let mut rs = Vec::new();
-        let mut machines = Vec::new();
-        let mut notes = Vec::new();
-        for _ in 0..runs {
-            let (r, m) = watched(
-                "ours",
-                &[],
-                &mut notes,
-                run_calls(
-                    ctx.server_bin,
-                    ctx.cpu,
-                    rate,
-                    ctx.short(),
-                    1,
-                    false,
-                    Store::Memory,
-                ),
-            )
-            .await?;
-            rs.push(r);
-            machines.push(m);
-        }
+        let mut by = alternate(
+            runs,
+            &[rate],
+            &mut ctx.table,
+            |_| None,
+            |rate| run_calls(server_bin, cpu, rate, short, 1, false, Store::Memory),
+        )
+        .await?;
+        let Rounds {
+            results: rs,
+            machines,
+            notes,
+        } = by.remove(0);
         let secs = ctx.short();
         let goodput = spread_of(&rs, |r| r.completed as f64 / secs);
         let _ = writeln!(
@@ -356,39 +386,24 @@ pub(crate) async fn fan_out(ctx: &mut Ctx<'_>) -> Result<()> {
         ctx.runs
     );
     let counts = [1usize, 5, 9];
-    let mut by: Vec<(Vec<CallsResult>, Vec<serde_json::Value>, Vec<String>)> =
-        counts.iter().map(|_| Default::default()).collect();
-    for _ in 0..ctx.runs {
-        for (i, callees) in counts.iter().enumerate() {
-            let (rs, ms, notes) = &mut by[i];
-            let (r, m) = watched(
-                "ours",
-                &[],
-                notes,
-                run_calls(
-                    ctx.server_bin,
-                    ctx.cpu,
-                    200.0,
-                    ctx.short(),
-                    *callees,
-                    false,
-                    Store::Memory,
-                ),
-            )
-            .await?;
-            rs.push(r);
-            ms.push(m);
-        }
-    }
+    let (server_bin, cpu, short) = (ctx.server_bin, ctx.cpu, ctx.short());
+    let by = alternate(
+        ctx.runs,
+        &counts,
+        &mut ctx.table,
+        |_| None,
+        |callees| run_calls(server_bin, cpu, 200.0, short, callees, false, Store::Memory),
+    )
+    .await?;
     let mut fan = Vec::new();
-    for (callees, (rs, ms, notes)) in counts.iter().zip(&by) {
+    for (callees, r) in counts.iter().zip(&by) {
         let _ = writeln!(
             ctx.table,
             "  {callees} callee(s): {}; {}",
-            calls_summary(rs),
-            machine(notes)
+            calls_summary(&r.results),
+            machine(&r.notes)
         );
-        let mut e = calls_runs_json(rs, ms);
+        let mut e = calls_runs_json(&r.results, &r.machines);
         e["callees"] = (*callees).into();
         fan.push(e);
     }
@@ -409,26 +424,23 @@ pub(crate) async fn timers(ctx: &mut Ctx<'_>) -> Result<()> {
         "\ntimeouts, {} alternating rounds (burst, steady, burst, ...)",
         ctx.runs
     );
-    let mut by: Vec<(Vec<TimeoutsResult>, Vec<serde_json::Value>, Vec<String>)> =
-        shapes.iter().map(|_| Default::default()).collect();
-    for _ in 0..ctx.runs {
-        for (i, (pending, spread_ms)) in shapes.iter().enumerate() {
-            let (ts, ms, notes) = &mut by[i];
-            let (t, m) = watched("ours", &[], notes, async {
-                let server = start_server(ctx.server_bin, ctx.cpu, Store::Memory).await?;
-                let t =
-                    load::timeout_storm(&server, *pending, Duration::from_millis(*spread_ms)).await;
-                server.stop().await;
-                t
-            })
-            .await?;
-            let _ = writeln!(ctx.table, "  {}", timeouts_line(&t));
-            ts.push(t);
-            ms.push(m);
-        }
-    }
+    let (server_bin, cpu) = (ctx.server_bin, ctx.cpu);
+    let by = alternate(
+        ctx.runs,
+        &shapes,
+        &mut ctx.table,
+        |t| Some(timeouts_line(t)),
+        |(pending, spread_ms)| async move {
+            let server = start_server(server_bin, cpu, Store::Memory).await?;
+            let t = load::timeout_storm(&server, pending, Duration::from_millis(spread_ms)).await;
+            server.stop().await;
+            t
+        },
+    )
+    .await?;
     let mut timers = Vec::new();
-    for ((pending, spread_ms), (ts, ms, notes)) in shapes.iter().zip(&by) {
+    for ((pending, spread_ms), r) in shapes.iter().zip(&by) {
+        let (ts, ms, notes) = (&r.results, &r.machines, &r.notes);
         let server = |q: f64| {
             spread_of(ts, move |t: &TimeoutsResult| {
                 t.server_lateness.quantile_us(q).unwrap_or(f64::NAN)
@@ -486,23 +498,17 @@ pub(crate) async fn persistence(ctx: &mut Ctx<'_>, memory_knee: f64) -> Result<(
     ];
     let mut fixed = Vec::new();
     for rate in [1000.0, 2000.0] {
-        let mut by: Vec<(Vec<CallsResult>, Vec<serde_json::Value>, Vec<String>)> =
-            stores.iter().map(|_| Default::default()).collect();
-        for _ in 0..runs {
-            for (i, store) in stores.iter().enumerate() {
-                let (rs, ms, notes) = &mut by[i];
-                let (r, m) = watched(
-                    "ours",
-                    &[],
-                    notes,
-                    run_calls(ctx.server_bin, ctx.cpu, rate, ctx.short(), 1, false, *store),
-                )
-                .await?;
-                rs.push(r);
-                ms.push(m);
-            }
-        }
-        for (store, (rs, ms, notes)) in stores.iter().zip(&by) {
+        let (server_bin, cpu, short) = (ctx.server_bin, ctx.cpu, ctx.short());
+        let by = alternate(
+            runs,
+            &stores,
+            &mut ctx.table,
+            |_| None,
+            |store| run_calls(server_bin, cpu, rate, short, 1, false, store),
+        )
+        .await?;
+        for (store, r) in stores.iter().zip(&by) {
+            let (rs, ms, notes) = (&r.results, &r.machines, &r.notes);
             let journal = if *store == Store::Memory {
                 String::new()
             } else {
@@ -556,31 +562,26 @@ pub(crate) async fn persistence(ctx: &mut Ctx<'_>, memory_knee: f64) -> Result<(
     let pending = if ctx.quick { 10_000 } else { 100_000 };
     // Once from the journal alone, once from a snapshot and its tail.
     let shapes = [None, Some(8)];
-    let mut by: Vec<(Vec<RecoveryResult>, Vec<serde_json::Value>, Vec<String>)> =
-        shapes.iter().map(|_| Default::default()).collect();
-    for _ in 0..runs {
-        for (i, snapshot_after_mb) in shapes.iter().enumerate() {
-            let (rs, ms, notes) = &mut by[i];
-            let (rec, m) = watched(
-                "ours",
-                &[],
-                notes,
-                load::recovery(
-                    ctx.server_bin,
-                    ctx.cpu,
-                    Durability::Write,
-                    pending,
-                    *snapshot_after_mb,
-                ),
+    let (server_bin, cpu) = (ctx.server_bin, ctx.cpu);
+    let by = alternate(
+        runs,
+        &shapes,
+        &mut ctx.table,
+        |rec: &RecoveryResult| Some(recovery_line(rec)),
+        |snapshot_after_mb| {
+            load::recovery(
+                server_bin,
+                cpu,
+                Durability::Write,
+                pending,
+                snapshot_after_mb,
             )
-            .await?;
-            let _ = writeln!(ctx.table, "  {}", recovery_line(&rec));
-            rs.push(rec);
-            ms.push(m);
-        }
-    }
+        },
+    )
+    .await?;
     let mut recoveries = Vec::new();
-    for (snapshot_after_mb, (rs, ms, notes)) in shapes.iter().zip(&by) {
+    for (snapshot_after_mb, r) in shapes.iter().zip(&by) {
+        let (rs, ms, notes) = (&r.results, &r.machines, &r.notes);
         let restart = spread_of(rs, |r| r.restart.as_millis() as f64);
         let own = spread_of(rs, |r| r.recovered.map_or(f64::NAN, |x| x.0 as f64));
         let _ = writeln!(

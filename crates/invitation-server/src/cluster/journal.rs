@@ -4,12 +4,10 @@
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
-use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream;
 use futures_util::StreamExt;
 
-use super::{ClusterError, Nats};
+use super::{ClusterError, Fence, Nats};
 
 /// How long a read may wait for a message the stream says it holds.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,15 +33,16 @@ impl FencedLog {
     pub async fn open(nats: &Nats, name: &str) -> Result<Self, ClusterError> {
         let stream = nats.stream_name(name);
         let subject = nats.subject(&name.to_ascii_lowercase());
-        nats.js
-            .get_or_create_stream(stream::Config {
+        nats.ensure_stream(
+            stream::Config {
                 name: stream.clone(),
                 subjects: vec![subject.clone()],
                 storage: stream::StorageType::File,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| ClusterError::js("log stream", e))?;
+            },
+            "log stream",
+        )
+        .await?;
         Ok(Self {
             nats: nats.clone(),
             stream,
@@ -59,31 +58,21 @@ impl FencedLog {
 
     /// Appends `entry` right after the last entry seen; its sequence.
     pub async fn append(&mut self, entry: Vec<u8>) -> Result<u64, ClusterError> {
-        let ack = self
+        let appended = self
             .nats
-            .js
-            .send_publish(
-                self.subject.clone(),
-                PublishMessage::build()
-                    .payload(entry.into())
-                    .expected_last_sequence(self.last),
+            .publish_fenced(
+                &self.subject,
+                entry,
+                Fence::LastSequence(self.last),
+                "log publish",
             )
-            .await
-            .map_err(|e| ClusterError::js("log publish", e))?
-            .await;
-        match ack {
-            Ok(ack) => {
-                self.last = ack.sequence;
-                Ok(ack.sequence)
-            }
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                Err(ClusterError::Fenced {
-                    stream: self.stream.clone(),
-                    expected: self.last,
-                })
-            }
-            Err(e) => Err(ClusterError::js("log publish", e)),
-        }
+            .await?;
+        let seq = appended.ok_or_else(|| ClusterError::Fenced {
+            stream: self.stream.clone(),
+            expected: self.last,
+        })?;
+        self.last = seq;
+        Ok(seq)
     }
 
     /// Reads every entry after the last one seen, in order, up to the

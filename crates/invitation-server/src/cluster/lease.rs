@@ -3,11 +3,9 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream;
 
-use super::{ClusterError, Nats};
+use super::{ClusterError, Fence, Nats};
 
 /// One node's handle on the deployment's lease.
 ///
@@ -33,16 +31,17 @@ impl Lease {
     pub async fn open(nats: &Nats, node: &str, ttl: Duration) -> Result<Self, ClusterError> {
         let stream = nats.stream_name("LEASE");
         let subject = nats.subject("lease");
-        nats.js
-            .get_or_create_stream(stream::Config {
+        nats.ensure_stream(
+            stream::Config {
                 name: stream.clone(),
                 subjects: vec![subject.clone()],
                 max_messages_per_subject: 1,
                 max_age: ttl,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| ClusterError::js("lease stream", e))?;
+            },
+            "lease stream",
+        )
+        .await?;
         Ok(Self {
             nats: nats.clone(),
             stream,
@@ -113,26 +112,16 @@ impl Lease {
     }
 
     async fn append(&self, expected: u64) -> Result<u64, ClusterError> {
-        let ack = self
-            .nats
-            .js
-            .send_publish(
-                self.subject.clone(),
-                PublishMessage::build()
-                    .payload(self.node.clone().into())
-                    .expected_last_subject_sequence(expected),
+        self.nats
+            .publish_fenced(
+                &self.subject,
+                self.node.clone().into_bytes(),
+                Fence::LastSubjectSequence(expected),
+                "lease publish",
             )
-            .await
-            .map_err(|e| ClusterError::js("lease publish", e))?
-            .await;
-        match ack {
-            Ok(ack) => Ok(ack.sequence),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                Err(ClusterError::LeaseLost {
-                    stream: self.stream.clone(),
-                })
-            }
-            Err(e) => Err(ClusterError::js("lease publish", e)),
-        }
+            .await?
+            .ok_or_else(|| ClusterError::LeaseLost {
+                stream: self.stream.clone(),
+            })
     }
 }

@@ -101,4 +101,56 @@ impl Nats {
     fn subject(&self, what: &str) -> String {
         format!("inv.{}.{what}", self.deployment)
     }
+
+    /// Makes the stream unless it exists.
+    async fn ensure_stream(
+        &self,
+        config: async_nats::jetstream::stream::Config,
+        what: &'static str,
+    ) -> Result<(), ClusterError> {
+        self.js
+            .get_or_create_stream(config)
+            .await
+            .map(drop)
+            .map_err(|e| ClusterError::js(what, e))
+    }
+
+    /// Publishes `payload` on `subject` if the stream is where `fence`
+    /// says: the new message's sequence, or `None` when the fence refused
+    /// it (another writer got there first).
+    async fn publish_fenced(
+        &self,
+        subject: &str,
+        payload: Vec<u8>,
+        fence: Fence,
+        what: &'static str,
+    ) -> Result<Option<u64>, ClusterError> {
+        use async_nats::jetstream::context::PublishErrorKind;
+        use async_nats::jetstream::message::PublishMessage;
+        let message = PublishMessage::build().payload(payload.into());
+        let message = match fence {
+            Fence::LastSequence(seq) => message.expected_last_sequence(seq),
+            Fence::LastSubjectSequence(seq) => message.expected_last_subject_sequence(seq),
+        };
+        let ack = self
+            .js
+            .send_publish(subject.to_owned(), message)
+            .await
+            .map_err(|e| ClusterError::js(what, e))?
+            .await;
+        match ack {
+            Ok(ack) => Ok(Some(ack.sequence)),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
+            Err(e) => Err(ClusterError::js(what, e)),
+        }
+    }
+}
+
+/// Where a fenced publish expects the stream to be.
+#[derive(Clone, Copy, Debug)]
+enum Fence {
+    /// The stream's last message has this sequence (0: empty).
+    LastSequence(u64),
+    /// The subject's last message has this sequence (0: none).
+    LastSubjectSequence(u64),
 }
