@@ -13,11 +13,11 @@ sim SEED PROFILE="all":
     seed="{{SEED}}"; profile="{{PROFILE}}"; \
     cargo run --release -p invitation-sim -- --seed "${seed#SEED=}" --profile "${profile#PROFILE=}"
 
-# The CI sweep: 1,000 seeds x 5 fault profiles.
+# The CI sweep: 1,000 seeds x 6 fault profiles.
 sim-ci:
     cargo run --release -p invitation-sim -- --seeds 1000
 
-# Deeper: 100,000 seeds x 5 profiles (several minutes).
+# Deeper: 100,000 seeds x 6 profiles (several minutes).
 sim-long START="0":
     cargo run --release -p invitation-sim -- --seeds 100000 --start {{START}}
 
