@@ -124,6 +124,8 @@ fn spread_of<T>(items: &[T], f: impl Fn(&T) -> f64) -> Spread {
 fn calls_summary(rs: &[CallsResult]) -> String {
     let q = |p| move |r: &CallsResult| r.ring.value_at_quantile(p) as f64;
     let a = |p| move |r: &CallsResult| r.accepted.value_at_quantile(p) as f64;
+    // The median of the runs' bucket bounds (NaN when no run had one).
+    let server_p99 = spread_of(rs, |r| r.server_ring.quantile_us(0.99).unwrap_or(f64::NAN)).median;
     format!(
         "{} runs: {} failed, {} shed; invite->ring p50 {} us, p99 {} us (server's share p99 {}); invite->accepted p99 {} us; server {} us CPU/call, generator {} us CPU/call",
         rs.len(),
@@ -131,10 +133,7 @@ fn calls_summary(rs: &[CallsResult]) -> String {
         rs.iter().map(|r| r.shed).sum::<u64>(),
         spread_of(rs, q(0.5)).show(0),
         spread_of(rs, q(0.99)).show(0),
-        bound(
-            Some(spread_of(rs, |r| r.server_ring.quantile_us(0.99).unwrap_or(f64::NAN)).median)
-                .filter(|v| !v.is_nan())
-        ),
+        bound(Some(server_p99).filter(|v| !v.is_nan())),
         spread_of(rs, a(0.99)).show(0),
         spread_of(rs, |r| r.server_cpu_us_per_call).show(0),
         spread_of(rs, |r| r.generator_cpu_us_per_call).show(0),

@@ -89,7 +89,8 @@ async fn one_node_at_a_time_holds_the_lease_and_a_stale_holder_cannot_renew() {
         return;
     };
     let nats = Nats::connect(&server.url, "lease").await.unwrap();
-    let ttl = Duration::from_millis(800);
+    // Long enough that a stalled test machine does not let it lapse early.
+    let ttl = Duration::from_millis(1500);
     let mut a = Lease::open(&nats, "node-a", ttl).await.unwrap();
     let mut b = Lease::open(&nats, "node-b", ttl).await.unwrap();
 
@@ -97,6 +98,7 @@ async fn one_node_at_a_time_holds_the_lease_and_a_stale_holder_cannot_renew() {
     assert!(!b.try_take().await.unwrap(), "a held lease is not");
     assert_eq!(a.holder().await.unwrap().as_deref(), Some("node-a"));
     a.renew().await.unwrap();
+    let renewed = tokio::time::Instant::now();
     assert!(
         matches!(b.renew().await, Err(ClusterError::LeaseLost { .. })),
         "a node that never held it cannot renew it"
@@ -117,6 +119,13 @@ async fn one_node_at_a_time_holds_the_lease_and_a_stale_holder_cannot_renew() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(attempts >= 1, "the lease was free before its ttl passed");
+    // The renewal counted: b got it no earlier than a ttl after it (less the
+    // renewal's own round trip, which ended at `renewed`).
+    assert!(
+        renewed.elapsed() + Duration::from_millis(200) >= ttl,
+        "the lease changed hands {:?} after a's renewal (ttl {ttl:?})",
+        renewed.elapsed()
+    );
     assert_eq!(b.holder().await.unwrap().as_deref(), Some("node-b"));
 
     // a wakes up and tries to go on: refused, and it knows it lost.

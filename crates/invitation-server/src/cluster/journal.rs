@@ -23,6 +23,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct FencedLog {
     nats: Nats,
     stream: String,
+    /// The stream's handle, from [`FencedLog::open`].
+    handle: stream::Stream,
     subject: String,
     last: u64,
 }
@@ -33,19 +35,21 @@ impl FencedLog {
     pub async fn open(nats: &Nats, name: &str) -> Result<Self, ClusterError> {
         let stream = nats.stream_name(name);
         let subject = nats.subject(&name.to_ascii_lowercase());
-        nats.ensure_stream(
-            stream::Config {
-                name: stream.clone(),
-                subjects: vec![subject.clone()],
-                storage: stream::StorageType::File,
-                ..Default::default()
-            },
-            "log stream",
-        )
-        .await?;
+        let handle = nats
+            .ensure_stream(
+                stream::Config {
+                    name: stream.clone(),
+                    subjects: vec![subject.clone()],
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                },
+                "log stream",
+            )
+            .await?;
         Ok(Self {
             nats: nats.clone(),
             stream,
+            handle,
             subject,
             last: 0,
         })
@@ -78,13 +82,8 @@ impl FencedLog {
     /// Reads every entry after the last one seen, in order, up to the
     /// stream's end as of the call; returns them with their sequences.
     pub async fn catch_up(&mut self) -> Result<Vec<(u64, Vec<u8>)>, ClusterError> {
-        let mut stream = self
-            .nats
-            .js
-            .get_stream(&self.stream)
-            .await
-            .map_err(|e| ClusterError::js("log stream", e))?;
-        let end = stream
+        let end = self
+            .handle
             .info()
             .await
             .map_err(|e| ClusterError::js("log info", e))?
@@ -93,7 +92,8 @@ impl FencedLog {
         if end <= self.last {
             return Ok(Vec::new());
         }
-        let consumer = stream
+        let consumer = self
+            .handle
             .create_consumer(OrderedConfig {
                 deliver_policy: DeliverPolicy::ByStartSequence {
                     start_sequence: self.last + 1,

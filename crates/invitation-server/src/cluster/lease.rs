@@ -20,6 +20,8 @@ use super::{ClusterError, Fence, Nats};
 pub struct Lease {
     nats: Nats,
     stream: String,
+    /// The stream's handle, from [`Lease::open`].
+    handle: stream::Stream,
     subject: String,
     node: String,
     /// The sequence of our own last message, while we hold the lease.
@@ -31,20 +33,22 @@ impl Lease {
     pub async fn open(nats: &Nats, node: &str, ttl: Duration) -> Result<Self, ClusterError> {
         let stream = nats.stream_name("LEASE");
         let subject = nats.subject("lease");
-        nats.ensure_stream(
-            stream::Config {
-                name: stream.clone(),
-                subjects: vec![subject.clone()],
-                max_messages_per_subject: 1,
-                max_age: ttl,
-                ..Default::default()
-            },
-            "lease stream",
-        )
-        .await?;
+        let handle = nats
+            .ensure_stream(
+                stream::Config {
+                    name: stream.clone(),
+                    subjects: vec![subject.clone()],
+                    max_messages_per_subject: 1,
+                    max_age: ttl,
+                    ..Default::default()
+                },
+                "lease stream",
+            )
+            .await?;
         Ok(Self {
             nats: nats.clone(),
             stream,
+            handle,
             subject,
             node: node.to_owned(),
             held: None,
@@ -93,20 +97,13 @@ impl Lease {
 
     /// The node that holds the lease now, if any.
     pub async fn holder(&self) -> Result<Option<String>, ClusterError> {
-        let stream = self
-            .nats
-            .js
-            .get_stream(&self.stream)
+        match self
+            .handle
+            .get_last_raw_message_by_subject(&self.subject)
             .await
-            .map_err(|e| ClusterError::js("lease stream", e))?;
-        match stream.get_last_raw_message_by_subject(&self.subject).await {
+        {
             Ok(m) => Ok(Some(String::from_utf8_lossy(&m.payload).into_owned())),
-            Err(e)
-                if e.kind()
-                    == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
-            {
-                Ok(None)
-            }
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(ClusterError::js("lease holder", e)),
         }
     }

@@ -102,16 +102,15 @@ impl Nats {
         format!("inv.{}.{what}", self.deployment)
     }
 
-    /// Makes the stream unless it exists.
+    /// The stream, made unless it exists.
     async fn ensure_stream(
         &self,
         config: async_nats::jetstream::stream::Config,
         what: &'static str,
-    ) -> Result<(), ClusterError> {
+    ) -> Result<async_nats::jetstream::stream::Stream, ClusterError> {
         self.js
             .get_or_create_stream(config)
             .await
-            .map(drop)
             .map_err(|e| ClusterError::js(what, e))
     }
 
