@@ -394,7 +394,7 @@ async fn mint_token(
 }
 
 /// A user's presence, as the hub sees it now.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Presence {
     user: String,
     /// Connected devices.
@@ -412,6 +412,19 @@ pub struct Presence {
 }
 
 impl Presence {
+    /// What a node that cannot reach the switchboard says: nothing known.
+    pub(crate) fn unknown(user: &UserId) -> Self {
+        Self {
+            user: user.to_string(),
+            devices: Vec::new(),
+            online: false,
+            in_call: false,
+            ringing: false,
+            calling: false,
+            calls: Vec::new(),
+        }
+    }
+
     pub(crate) fn of(sb: &Durable, user: &UserId) -> Self {
         let devices: Vec<String> = sb
             .online_devices(user)
@@ -458,7 +471,7 @@ async fn presence(
 }
 
 /// One callee of a live call.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct CalleeState {
     user: String,
     /// `ringing`, `in_call`, or the outcome (`accepted` once left, `declined`,
@@ -469,7 +482,7 @@ pub(crate) struct CalleeState {
 }
 
 /// A live call, as the hub sees it now.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct CallState {
     call_id: String,
     caller: String,
@@ -477,7 +490,7 @@ pub struct CallState {
     #[serde(rename = "type")]
     call_type: invitation_core::CallType,
     /// `ringing`, `in_progress` or `ended`.
-    state: &'static str,
+    state: std::borrow::Cow<'static, str>,
     /// Why the whole call ended, once it has.
     ended_reason: Option<Reason>,
     /// When the invitation was made (unix ns).
@@ -522,7 +535,7 @@ impl CallState {
             caller: view.caller().id.to_string(),
             caller_device: view.caller_device().to_string(),
             call_type: view.call_type(),
-            state,
+            state: state.into(),
             ended_reason: view.ended(),
             invited_at: unix_ns(view.invited_at()),
             ring_deadline: unix_ns(view.deadline()),

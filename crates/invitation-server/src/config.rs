@@ -85,6 +85,10 @@ pub const KEYS: &[&str] = &[
     "tls_key",
     "outbound_ca_file",
     "dev_demo",
+    "nats_url",
+    "cluster_name",
+    "node_name",
+    "cluster_lease_ms",
 ];
 
 /// Keys whose environment values are always text.
@@ -102,6 +106,9 @@ const TEXT_KEYS: &[&str] = &[
     "tls_cert",
     "tls_key",
     "outbound_ca_file",
+    "nats_url",
+    "cluster_name",
+    "node_name",
 ];
 
 /// Every server setting. Field names are the TOML keys.
@@ -230,6 +237,22 @@ pub struct Config {
     pub snapshot_after_mb: u64,
     /// How long ended-call records are kept, days (30).
     pub record_retention_days: u64,
+    /// NATS server (with JetStream) of a cluster, e.g.
+    /// `nats://127.0.0.1:4222`. Set: this node is one of several serving
+    /// one deployment, its state is kept in JetStream (not in `data_dir`),
+    /// and call records are not kept (docs/operations.md, "Several
+    /// nodes"). Unset (the default): a single node.
+    pub nats_url: Option<String>,
+    /// The deployment's name on NATS: nodes with the same name serve the
+    /// same users (letters, digits, `-`, `_`; default `main`).
+    pub cluster_name: String,
+    /// This node's name in logs and on NATS (letters, digits, `-`, `_`);
+    /// a random suffix is added per start. Default: `node`.
+    pub node_name: Option<String>,
+    /// The leader's lease, ms (3000): a dead leader is replaced within
+    /// about this long; shorter makes failover faster and NATS hiccups
+    /// costlier (500-60000).
+    pub cluster_lease_ms: u64,
     /// Where the HTTP API listens (default 127.0.0.1:7601), a port of its
     /// own so the WebSocket path stays as lean as it is
     /// (docs/http-api.md). Only used when `api_keys` is set.
@@ -340,6 +363,10 @@ impl Default for Config {
             fsync_interval_ms: 1000,
             snapshot_after_mb: 64,
             record_retention_days: 30,
+            nats_url: None,
+            cluster_name: "main".to_owned(),
+            node_name: None,
+            cluster_lease_ms: 3000,
             api_listen: SocketAddr::from(([127, 0, 0, 1], 7601)),
             api_keys: Vec::new(),
             api_rate_per_key: 50.0,
@@ -594,6 +621,8 @@ impl Config {
         if let Some(secret) = &self.secret {
             check_secret(secret)?;
         }
+        within("cluster_lease_ms", self.cluster_lease_ms, 500, 60_000)?;
+        self.check_cluster()?;
         rate("api_rate_per_key", self.api_rate_per_key, 0.001)?;
         rate("api_burst_per_key", self.api_burst_per_key, 1.0)?;
         within("api_max_body_bytes", self.api_max_body_bytes, 1024, 1 << 20)?;
@@ -656,6 +685,41 @@ impl Config {
             }
         };
         Ok(sb)
+    }
+
+    /// The cluster settings: a `nats://` URL, subject-safe names, a lease
+    /// in range.
+    fn check_cluster(&self) -> Result<(), ConfigError> {
+        let safe = |key: &'static str, v: &str| {
+            let ok = !v.is_empty()
+                && v.len() <= 64
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid {
+                    key,
+                    detail: format!("{v:?}: 1-64 letters, digits, '-' or '_'"),
+                })
+            }
+        };
+        safe("cluster_name", &self.cluster_name)?;
+        if let Some(node) = &self.node_name {
+            safe("node_name", node)?;
+        }
+        if let Some(url) = &self.nats_url {
+            let scheme_ok = ["nats://", "tls://"].iter().any(|s| url.starts_with(s));
+            if !scheme_ok || url.len() < 8 {
+                return Err(ConfigError::Invalid {
+                    key: "nats_url",
+                    detail: format!(
+                        "{url:?}: a nats:// (or tls://) URL, e.g. nats://127.0.0.1:4222"
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The handshake timeout.

@@ -108,7 +108,8 @@ async fn upgrade(
     };
     let origin = match route {
         Route::Health => {
-            let _ = http::respond(&mut stream, "200 OK", "text/plain", "ok\n").await;
+            let (status, body) = health(shared);
+            let _ = http::respond(&mut stream, status, "text/plain", body).await;
             return None;
         }
         Route::Metrics => {
@@ -688,6 +689,22 @@ impl<L: Link> Session<L> {
                 }
             }
         }
+    }
+}
+
+/// `/healthz`: 503 once the hub stopped, or while a cluster node knows no
+/// leader (a load balancer then sends clients to another node).
+pub(crate) fn health(shared: &Shared) -> (&'static str, &'static str) {
+    if shared.hub.is_closed() {
+        ("503 Service Unavailable", "hub stopped\n")
+    } else if shared
+        .metrics
+        .cluster_no_leader
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        ("503 Service Unavailable", "no cluster leader\n")
+    } else {
+        ("200 OK", "ok\n")
     }
 }
 

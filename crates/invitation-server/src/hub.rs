@@ -227,7 +227,7 @@ type BackendAnswer = (
 const CLOCK_SHIFT: Duration = Duration::from_secs(10 * 365 * 86_400);
 
 /// The switchboard's `now`.
-fn now() -> std::time::Instant {
+pub(crate) fn now() -> std::time::Instant {
     Instant::now().into_std() + CLOCK_SHIFT
 }
 
@@ -247,7 +247,7 @@ fn unix_ns_now() -> i64 {
 
 /// The switchboard's clock against the wall clock, now: how its instants
 /// are written to the data directory and read back.
-fn time_frame() -> TimeFrame {
+pub(crate) fn time_frame() -> TimeFrame {
     TimeFrame::new(now(), unix_ns_now())
 }
 
@@ -257,6 +257,8 @@ pub(crate) struct Hub {
     links: HashMap<ConnId, Link>,
     /// The data directory, when the server is durable.
     store: Option<Store>,
+    /// The JetStream log, when the server is a cluster's leader.
+    log: Option<crate::cluster::state::LogSink>,
     /// Ended-call records, when the server is durable.
     records: Option<RecordStore>,
     /// Scratch for the records of a turn.
@@ -321,6 +323,7 @@ impl Hub {
             sb,
             links: HashMap::new(),
             store: None,
+            log: None,
             records: None,
             ended: Vec::new(),
             held: Vec::new(),
@@ -336,6 +339,20 @@ impl Hub {
             pushes: None,
             replayed_notices: Vec::new(),
         }
+    }
+
+    /// A cluster leader's hub: `sb` was rebuilt from JetStream, and every
+    /// turn is appended to `log` before its messages leave.
+    pub(crate) fn in_cluster(
+        sb: Durable,
+        limits: HubLimits,
+        shed_after: Option<Duration>,
+        metrics: Arc<Metrics>,
+        log: crate::cluster::state::LogSink,
+    ) -> Self {
+        let mut hub = Self::with(sb, limits, shed_after, metrics);
+        hub.log = Some(log);
+        hub
     }
 
     /// Sends the switchboard's push requests to this gateway from now on.
@@ -437,7 +454,8 @@ impl Hub {
             })
     }
 
-    /// Runs until every sender is gone.
+    /// Runs until every sender is gone (or, leading a cluster, until
+    /// another node appended to the log: this one must not act any more).
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<HubMsg>) {
         self.replayed_notices = Vec::new();
         // One timer, registered once and moved only when the switchboard's
@@ -493,7 +511,14 @@ impl Hub {
                     sync_armed = None;
                 }
             }
-            self.commit_and_release();
+            if self.log.is_some() {
+                if let Err(e) = self.commit_to_log().await {
+                    tracing::error!(error = %e, "cannot append to the switchboard log: stopping this hub");
+                    break;
+                }
+            } else {
+                self.commit_and_release();
+            }
             let stats = self.sb.stats();
             self.metrics
                 .set_switchboard(stats.invitations, &stats.outcomes);
@@ -520,28 +545,11 @@ impl Hub {
     fn commit_and_release(&mut self) {
         loop {
             self.journal();
-            for (reply, answer) in self.held_answers.drain(..) {
-                let _ = reply.send(answer);
-            }
-            if self.held.is_empty() {
+            if !self.release_turn() {
                 break;
             }
-            // Swapped with a kept buffer: no allocation per turn.
-            let mut batch = std::mem::take(&mut self.releasing);
-            std::mem::swap(&mut self.held, &mut batch);
-            for held in batch.drain(..) {
-                self.release(held);
-            }
-            self.releasing = batch;
         }
-        // After the journal: an event never leaves before the inputs that
-        // caused it are written.
-        if let Some(webhooks) = &mut self.webhooks {
-            webhooks.flush();
-        }
-        if let Some(pushes) = &mut self.pushes {
-            pushes.flush();
-        }
+        self.flush_side_effects();
         let Some(store) = &mut self.store else {
             return;
         };
@@ -569,6 +577,60 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// Answers the turn's backend commands and hands its messages to the
+    /// connections; `false` when nothing was held. Releasing can drop a
+    /// connection that does not read: one more input, one more turn.
+    fn release_turn(&mut self) -> bool {
+        for (reply, answer) in self.held_answers.drain(..) {
+            let _ = reply.send(answer);
+        }
+        if self.held.is_empty() {
+            return false;
+        }
+        // Swapped with a kept buffer: no allocation per turn.
+        let mut batch = std::mem::take(&mut self.releasing);
+        std::mem::swap(&mut self.held, &mut batch);
+        for held in batch.drain(..) {
+            self.release(held);
+        }
+        self.releasing = batch;
+        true
+    }
+
+    /// Webhooks and push, after the journal: an event never leaves before
+    /// the inputs that caused it are written.
+    fn flush_side_effects(&mut self) {
+        if let Some(webhooks) = &mut self.webhooks {
+            webhooks.flush();
+        }
+        if let Some(pushes) = &mut self.pushes {
+            pushes.flush();
+        }
+    }
+
+    /// [`Hub::commit_and_release`] for a cluster's leader: each turn's
+    /// entries are appended to the JetStream log (and acknowledged) before
+    /// its messages leave. A fenced append means another node leads now:
+    /// nothing of the turn is released, and the hub must stop.
+    pub(crate) async fn commit_to_log(&mut self) -> Result<(), crate::cluster::ClusterError> {
+        loop {
+            self.sb.drain_journal(&mut self.entries);
+            if !self.entries.is_empty() {
+                let log = self.log.as_mut().expect("a cluster hub has a log");
+                log.append(&mut self.entries).await?;
+            }
+            if !self.release_turn() {
+                break;
+            }
+        }
+        self.flush_side_effects();
+        let log = self.log.as_mut().expect("a cluster hub has a log");
+        if log.wants_snapshot() {
+            log.snapshot(self.sb.snapshot());
+        }
+        Ok(())
     }
 
     /// Writes the journal entries of the turn (or drops them in memory).

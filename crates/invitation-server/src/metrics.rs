@@ -2,7 +2,7 @@
 //! format at `/metrics`. Plain atomics: cheap on the hot path.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use invitation_core::Reason;
@@ -78,6 +78,13 @@ pub enum Refusal {
 /// Server-wide metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// A cluster node whose edge knows no leader: it cannot serve calls
+    /// (`/healthz` answers 503). Always false on a single node.
+    pub cluster_no_leader: AtomicBool,
+    /// A cluster node that runs the switchboard now.
+    pub cluster_leading: AtomicBool,
+    /// Times this node took the lead.
+    pub cluster_terms: AtomicU64,
     /// Open WebSocket sessions (authenticated).
     pub sessions: AtomicI64,
     /// TCP connections accepted.
@@ -183,6 +190,22 @@ impl Metrics {
             "invitation_sessions {}",
             self.sessions.load(Ordering::Relaxed)
         );
+        for (name, help, flag) in [
+            (
+                "invitation_cluster_leader_known",
+                "1 unless this cluster node knows no leader (then it serves no calls).",
+                !self.cluster_no_leader.load(Ordering::Relaxed),
+            ),
+            (
+                "invitation_cluster_leading",
+                "1 while this cluster node runs the switchboard.",
+                self.cluster_leading.load(Ordering::Relaxed),
+            ),
+        ] {
+            let _ = writeln!(s, "# HELP {name} {help}");
+            let _ = writeln!(s, "# TYPE {name} gauge");
+            let _ = writeln!(s, "{name} {}", u8::from(flag));
+        }
         let _ = writeln!(
             s,
             "# HELP invitation_connections_accepted_total TCP connections accepted."
@@ -258,6 +281,11 @@ impl Metrics {
                 "invitation_journal_entries_total",
                 "Switchboard inputs written to the journal.",
                 &self.journal_entries,
+            ),
+            (
+                "invitation_cluster_terms_total",
+                "Times this node took the lead of its cluster.",
+                &self.cluster_terms,
             ),
             (
                 "invitation_snapshots_total",

@@ -86,6 +86,9 @@ pub enum ServerError {
         /// What went wrong.
         detail: String,
     },
+    /// NATS (the cluster's) cannot be reached or used.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// The hub task (the switchboard's owner) ended while serving: a bug.
     /// The server stopped rather than keep answering health checks with
     /// every session dead.
@@ -105,6 +108,8 @@ pub struct Server {
     shutdown_tx: watch::Sender<bool>,
     hub: JoinHandle<()>,
     generated_secret: Option<String>,
+    /// Tells a cluster node's seat to stop leading and hand the lease back.
+    seat_stop: Option<watch::Sender<bool>>,
 }
 
 impl Server {
@@ -161,6 +166,22 @@ impl Server {
         crate::demo::announce(&config);
         let metrics = Arc::new(Metrics::default());
         let (hub_tx, hub_rx) = mpsc::channel(4096);
+        if config.nats_url.is_some() {
+            let (hub, seat_stop) =
+                start_cluster(&config, sb, delivery, metrics.clone(), hub_rx).await?;
+            return Ok(Self::assemble(
+                config,
+                listener,
+                api,
+                authority,
+                metrics,
+                hub_tx,
+                hub,
+                tls,
+                generated_secret,
+                Some(seat_stop),
+            ));
+        }
         let limits = HubLimits::from_config(&config);
         let hub = match config.store_options() {
             Some(options) => {
@@ -207,8 +228,35 @@ impl Server {
             None => hub,
         };
         let hub = tokio::spawn(hub.run(hub_rx));
+        Ok(Self::assemble(
+            config,
+            listener,
+            api,
+            authority,
+            metrics,
+            hub_tx,
+            hub,
+            tls,
+            generated_secret,
+            None,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        config: Config,
+        listener: TcpListener,
+        api: Option<TcpListener>,
+        authority: Authority,
+        metrics: Arc<Metrics>,
+        hub_tx: mpsc::Sender<HubMsg>,
+        hub: JoinHandle<()>,
+        tls: Option<crate::tls::ServerTls>,
+        generated_secret: Option<String>,
+        seat_stop: Option<watch::Sender<bool>>,
+    ) -> Self {
         let (shutdown_tx, shutdown) = watch::channel(false);
-        Ok(Self {
+        Self {
             listener,
             api,
             shared: Arc::new(Shared {
@@ -224,7 +272,8 @@ impl Server {
             shutdown_tx,
             hub,
             generated_secret,
-        })
+            seat_stop,
+        }
     }
 
     /// The address actually bound (useful with port 0).
@@ -270,6 +319,7 @@ impl Server {
             shared,
             shutdown_tx,
             mut hub,
+            seat_stop,
             ..
         } = self;
         // The HTTP API: its own listener and task, stopped first on the way
@@ -412,6 +462,11 @@ impl Server {
         if shared.hub.send(HubMsg::Shutdown { done }).await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(1), ended).await;
         }
+        // A cluster node hands the lease back (if it led) so another node
+        // takes over now rather than when the lease expires.
+        if let Some(stop) = &seat_stop {
+            let _ = stop.send(true);
+        }
         let _ = shutdown_tx.send(true);
         let grace = Duration::from_secs(shared.config.shutdown_grace_s);
         let ended = async {
@@ -456,6 +511,79 @@ impl Server {
     }
 }
 
+/// A cluster node: its edge (what the hub is on a single node) and its
+/// seat (campaigning for the lease, leading when it holds it), both in the
+/// task the server watches as its hub. The seat stops when told, after
+/// handing the lease back.
+async fn start_cluster(
+    config: &Config,
+    sb: invitation_core::SwitchboardConfig,
+    delivery: Option<Delivery>,
+    metrics: Arc<Metrics>,
+    hub_rx: mpsc::Receiver<HubMsg>,
+) -> Result<(JoinHandle<()>, watch::Sender<bool>), ServerError> {
+    use crate::cluster::{Nats, edge::Edge, seat::Seat};
+    let url = config.nats_url.as_deref().expect("cluster mode");
+    let nats = Nats::connect(url, &config.cluster_name).await?;
+    let node = format!(
+        "{}-{}",
+        config.node_name.as_deref().unwrap_or("node"),
+        random_suffix()
+    );
+    let lease_ttl = Duration::from_millis(config.cluster_lease_ms);
+    let edge = Edge::start(&nats, &node, lease_ttl, metrics.clone()).await?;
+    if config.store_options().is_some() {
+        tracing::info!("cluster mode: the state is kept in JetStream; data_dir is not used");
+    }
+    let urls = config.webhook_urls.clone();
+    let push = PushSettings::from_config(config)?;
+    let hook_metrics = metrics.clone();
+    let decorate = move |hub: Hub| {
+        let hub = match &delivery {
+            Some(delivery) => hub.with_webhooks(Webhooks::start(
+                &urls,
+                delivery.clone(),
+                hook_metrics.clone(),
+            )),
+            None => hub,
+        };
+        match &push {
+            Some(settings) => {
+                hub.with_pushes(Pushes::start(settings.clone(), hook_metrics.clone()))
+            }
+            None => hub,
+        }
+    };
+    let seat = Seat {
+        nats,
+        node: node.clone(),
+        lease_ttl,
+        config: sb,
+        server: config.clone(),
+        metrics,
+        decorate: Box::new(decorate),
+    };
+    tracing::info!(%node, cluster = %config.cluster_name, lease_ms = config.cluster_lease_ms,
+        "cluster node: serving connections; the switchboard runs on the lease holder");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let seat = tokio::spawn(seat.run(stop_rx));
+    let hub = tokio::spawn(async move {
+        edge.run(hub_rx).await;
+        // The edge stops with the server: give the seat a moment to hand
+        // the lease back.
+        let _ = tokio::time::timeout(Duration::from_secs(2), seat).await;
+    });
+    Ok((hub, stop_tx))
+}
+
+/// Eight random hex digits: a node's name differs per start, so its
+/// connections from before a restart are never taken for its new ones.
+fn random_suffix() -> String {
+    let mut bytes = [0u8; 4];
+    getrandom::fill(&mut bytes).expect("the OS has randomness");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Answers a connection taken from the probe reserve (every regular slot is
 /// taken): `/healthz` (200 while the hub runs, 503 once it stopped) and
 /// `/metrics`; anything else, a WebSocket upgrade included, gets 503. The
@@ -476,12 +604,10 @@ async fn answer_probe(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
         return;
     };
     let (status, content_type, body) = match route {
-        Route::Health if shared.hub.is_closed() => (
-            "503 Service Unavailable",
-            "text/plain",
-            "hub stopped\n".to_owned(),
-        ),
-        Route::Health => ("200 OK", "text/plain", "ok\n".to_owned()),
+        Route::Health => {
+            let (status, body) = crate::conn::health(shared);
+            (status, "text/plain", body.to_owned())
+        }
         Route::Metrics => (
             "200 OK",
             "text/plain; version=0.0.4",

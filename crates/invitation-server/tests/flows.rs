@@ -4,7 +4,9 @@
 //! transport (`http::*`: requests and long polls), the same server keeping
 //! its state in a data directory (`durable::*`: every turn journaled before
 //! its messages leave), and the server terminating TLS itself, its clients
-//! dialing `wss://` (`wss::*`). Then what only makes
+//! dialing `wss://` (`wss::*`), and three nodes of a cluster on a real
+//! NATS, each device on the next node (`cluster::*`; skipped, saying so,
+//! without nats-server). Then what only makes
 //! sense on the server: in-band token renewal. (A connection replaced by a
 //! second one of the same device stays down: tests/client_auth.rs.)
 
@@ -60,6 +62,18 @@ macro_rules! flows {
                 #[tokio::test]
                 async fn $flow() {
                     let fixture = crate::suite::Server::start_https().await;
+                    crate::suite::$flow(&fixture).await;
+                    fixture.stop().await;
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test]
+                async fn $flow() {
+                    let Some(fixture) = crate::suite::Cluster::start(concat!("flows-", stringify!($flow))).await else {
+                        return;
+                    };
                     crate::suite::$flow(&fixture).await;
                     fixture.stop().await;
                 }

@@ -6,82 +6,12 @@
 //! `INVITATION_REQUIRE_NATS=1` (set by `.ci/run`, which installs it): then
 //! its absence fails them.
 
-use std::process::Stdio;
+mod common;
+
 use std::time::Duration;
 
+use common::nats::nats_server;
 use invitation_server::cluster::{ClusterError, FencedLog, Lease, Nats};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-/// A `nats-server -js` on 127.0.0.1, stopped (and its store removed) on drop.
-struct NatsServer {
-    _child: Child,
-    url: String,
-    store: std::path::PathBuf,
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.store);
-    }
-}
-
-/// Starts one, or `None` (after saying why) when `nats-server` is missing
-/// and not required.
-async fn nats_server(test: &str) -> Option<NatsServer> {
-    let store = std::env::temp_dir().join(format!("inv-nats-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&store);
-    std::fs::create_dir_all(&store).unwrap();
-    let spawned = Command::new("nats-server")
-        .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
-        .arg(&store)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn();
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            assert!(
-                std::env::var("INVITATION_REQUIRE_NATS").as_deref() != Ok("1"),
-                "nats-server is not installed, and INVITATION_REQUIRE_NATS=1 requires it"
-            );
-            eprintln!("SKIPPED {test}: nats-server is not installed (apt-get install nats-server)");
-            return None;
-        }
-        Err(e) => panic!("cannot start nats-server: {e}"),
-    };
-    // It prints the port it chose, then that it is ready.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut url = None;
-    let mut seen = Vec::new();
-    let ready = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(addr) = line.split("Listening for client connections on ").nth(1) {
-                url = Some(format!("nats://{}", addr.trim()));
-            }
-            let done = line.contains("Server is ready");
-            seen.push(line);
-            if done {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert!(
-        matches!(ready, Ok(true)),
-        "nats-server did not get ready within 10 s; it printed:\n{}",
-        seen.join("\n")
-    );
-    // Keep draining its log so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Some(NatsServer {
-        _child: child,
-        url: url.expect("nats-server did not say its port"),
-        store,
-    })
-}
 
 #[tokio::test]
 async fn one_node_at_a_time_holds_the_lease_and_a_stale_holder_cannot_renew() {

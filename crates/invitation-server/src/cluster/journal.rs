@@ -60,6 +60,22 @@ impl FencedLog {
         self.last
     }
 
+    /// Positions the log after `seq` (where a snapshot left it): the next
+    /// [`FencedLog::catch_up`] reads from `seq + 1`.
+    pub fn skip_to(&mut self, seq: u64) {
+        self.last = self.last.max(seq);
+    }
+
+    /// Drops every entry before `seq` (a snapshot covers them).
+    pub async fn trim_before(&self, seq: u64) -> Result<(), ClusterError> {
+        self.handle
+            .purge()
+            .sequence(seq)
+            .await
+            .map_err(|e| ClusterError::js("log trim", e))?;
+        Ok(())
+    }
+
     /// Appends `entry` right after the last entry seen; its sequence.
     pub async fn append(&mut self, entry: Vec<u8>) -> Result<u64, ClusterError> {
         let appended = self

@@ -55,9 +55,21 @@ impl Lease {
         })
     }
 
-    /// Takes the lease if nobody holds it; `false` when another node does.
+    /// Takes the lease if nobody holds it (nobody renewed it within its
+    /// time to live, or its holder handed it back); `false` when another
+    /// node does.
     pub async fn try_take(&mut self) -> Result<bool, ClusterError> {
-        match self.append(0).await {
+        let free_since = match self
+            .handle
+            .get_last_raw_message_by_subject(&self.subject)
+            .await
+        {
+            Ok(m) if m.payload.is_empty() => m.sequence,
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => 0,
+            Err(e) => return Err(ClusterError::js("lease holder", e)),
+        };
+        match self.append(free_since).await {
             Ok(seq) => {
                 self.held = Some(seq);
                 Ok(true)
@@ -89,6 +101,24 @@ impl Lease {
         }
     }
 
+    /// Hands the lease back (an empty message in its place, fenced like
+    /// a renewal): another node can take it at once instead of waiting for
+    /// it to expire.
+    pub async fn release(&mut self) -> Result<(), ClusterError> {
+        let Some(last) = self.held.take() else {
+            return Ok(());
+        };
+        self.nats
+            .publish_fenced(
+                &self.subject,
+                Vec::new(),
+                Fence::LastSubjectSequence(last),
+                "lease release",
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Whether this node believes it holds the lease (its last take or
     /// renewal succeeded).
     pub fn held(&self) -> bool {
@@ -102,6 +132,7 @@ impl Lease {
             .get_last_raw_message_by_subject(&self.subject)
             .await
         {
+            Ok(m) if m.payload.is_empty() => Ok(None),
             Ok(m) => Ok(Some(String::from_utf8_lossy(&m.payload).into_owned())),
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(ClusterError::js("lease holder", e)),

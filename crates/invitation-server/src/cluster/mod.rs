@@ -1,13 +1,17 @@
-//! Building blocks for running several server nodes on NATS JetStream
-//! (work in progress: not yet wired into the server).
+//! Several server nodes on NATS JetStream (docs/architecture.md, "Several
+//! nodes").
 //!
-//! The design (docs/architecture.md will describe it once it serves calls):
-//! one node at a time runs the switchboard, holding a [`Lease`]; it appends
-//! the switchboard's inputs to a [`FencedLog`] before acting on them; the
-//! other nodes follow the log and take over when the lease expires. Both
-//! are plain JetStream streams, fenced by JetStream's expected-sequence
-//! checks rather than by clocks: a node that lost its lease without noticing
-//! cannot append, because its idea of the log's last sequence is stale.
+//! Every node is an edge ([`edge`]): it serves connections and the HTTP
+//! API, and hands what they say to the node that runs the switchboard. One
+//! node at a time runs it ([`seat`]), holding a [`Lease`]; it appends the
+//! switchboard's inputs to a [`FencedLog`] before acting on them, and
+//! snapshots the state now and then ([`state`]). When it dies, another node
+//! takes the lease, rebuilds the state from the snapshot and the log (the
+//! switchboard is deterministic given its inputs and their times) and leads.
+//! The lease and the log are plain JetStream streams, fenced by JetStream's
+//! expected-sequence checks rather than by clocks: a node that lost its
+//! lease without noticing cannot append, because its idea of the log's last
+//! sequence is stale, so it never tells a client what the log does not hold.
 //!
 //! Why plain streams and not JetStream's key-value buckets for the lease:
 //! the NATS server this project deploys with (2.9, Debian's) answers the
@@ -15,8 +19,12 @@
 //! parse; a stream that keeps one message per subject, with a maximum
 //! age, is what a bucket is underneath, and works on 2.9 and later.
 
+pub(crate) mod edge;
 mod journal;
 mod lease;
+pub(crate) mod seat;
+pub(crate) mod state;
+pub(crate) mod wire;
 
 use std::time::Duration;
 
@@ -60,7 +68,7 @@ pub enum ClusterError {
 }
 
 impl ClusterError {
-    fn js(what: &'static str, e: impl std::fmt::Display) -> Self {
+    pub(crate) fn js(what: &'static str, e: impl std::fmt::Display) -> Self {
         Self::JetStream {
             what,
             reason: e.to_string(),
@@ -94,11 +102,21 @@ impl Nats {
         })
     }
 
+    /// The plain NATS client (for core publish/subscribe).
+    pub(crate) fn client(&self) -> async_nats::Client {
+        self.js.client()
+    }
+
+    /// The JetStream context.
+    pub(crate) fn jetstream(&self) -> &async_nats::jetstream::Context {
+        &self.js
+    }
+
     fn stream_name(&self, what: &str) -> String {
         format!("INV_{}_{what}", self.deployment)
     }
 
-    fn subject(&self, what: &str) -> String {
+    pub(crate) fn subject(&self, what: &str) -> String {
         format!("inv.{}.{what}", self.deployment)
     }
 
@@ -143,6 +161,44 @@ impl Nats {
             Err(e) => Err(ClusterError::js(what, e)),
         }
     }
+}
+
+/// The switchboard's state as the deployment's JetStream holds it now: the
+/// newest snapshot and every journal entry after it, what a node that takes
+/// the lead starts from (for tools and tests; rebuild it with
+/// `invitation_core::durable::Durable::recover`).
+pub async fn read_state(
+    nats: &Nats,
+) -> Result<
+    (
+        Option<invitation_core::durable::SwitchboardSnapshot>,
+        Vec<invitation_core::durable::JournalEntry>,
+    ),
+    ClusterError,
+> {
+    let loaded = state::load(nats).await?;
+    Ok((loaded.snapshot, loaded.entries))
+}
+
+/// `at` (a process instant) in unix nanoseconds: how instants travel
+/// between nodes (whose monotonic clocks share nothing).
+pub(crate) fn unix_ns_of(at: tokio::time::Instant) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    let ago = i64::try_from(at.elapsed().as_nanos()).unwrap_or(i64::MAX);
+    now.saturating_sub(ago)
+}
+
+/// The process instant of unix time `ns` (now, if that is in the future
+/// or too far back).
+pub(crate) fn instant_of(ns: i64) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    let ago = unix_ns_of(now).saturating_sub(ns);
+    u64::try_from(ago)
+        .ok()
+        .and_then(|ago| now.checked_sub(Duration::from_nanos(ago)))
+        .unwrap_or(now)
 }
 
 /// Where a fenced publish expects the stream to be.

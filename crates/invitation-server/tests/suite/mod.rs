@@ -10,6 +10,10 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod acts;
+pub mod cluster;
+
+#[allow(unused_imports)]
+pub use cluster::Cluster;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,341 @@
+//! The edge: on every node of a cluster, what the hub is on a single
+//! node. Connection tasks hand it their inputs as they would to the hub; it
+//! sends them to whichever node holds the switchboard, and hands that
+//! node's answers back to the connections.
+//!
+//! A connection belongs to one leader term. When the edge hears of a newer
+//! leader, or none for a lease's time to live, it closes every connection
+//! with `closing: shutting_down`: the clients reconnect (to any node) and
+//! resume from their last event, and retry unanswered commands under the
+//! same request ids, which the switchboard answers once. That is the whole
+//! failover protocol: the one a server restart already uses.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use invitation_core::protocol::CloseReason;
+use invitation_core::{CommandError, SwitchboardInput};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::wire::{Answer, ApiRequest, Down, Input, Leader, Up, UpBody};
+use super::{ClusterError, Nats};
+use crate::hub::{HubMsg, Outbound, Queued, Stamp};
+use crate::metrics::Metrics;
+use crate::outbox::{Outbox, PushError};
+use crate::records::RecordError;
+
+/// How often an edge tells the switchboard's node it is alive.
+pub(crate) const ALIVE_EVERY: Duration = Duration::from_millis(500);
+
+/// How long a forwarded HTTP API request may wait for the switchboard.
+const API_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An edge, subscribed and ready to run.
+pub(crate) struct Edge {
+    nats: Nats,
+    node: String,
+    /// The edge's live connections, by their id on this node.
+    conns: HashMap<u64, Arc<Outbox>>,
+    /// The leader the connections belong to, and when it was last heard.
+    leader: Option<(Leader, Instant)>,
+    /// Silence after which the leader is taken for gone.
+    leader_silence: Duration,
+    metrics: Arc<Metrics>,
+    up: String,
+    down: async_nats::Subscriber,
+    leaders: async_nats::Subscriber,
+}
+
+impl Edge {
+    /// Subscribes this node's edge (named `node`) to its deployment.
+    pub(crate) async fn start(
+        nats: &Nats,
+        node: &str,
+        leader_silence: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ClusterError> {
+        let client = nats.client();
+        let down = client
+            .subscribe(nats.subject(&format!("down.{node}")))
+            .await
+            .map_err(|e| ClusterError::js("subscribe down", e))?;
+        let leaders = client
+            .subscribe(nats.subject("leader"))
+            .await
+            .map_err(|e| ClusterError::js("subscribe leader", e))?;
+        metrics.cluster_no_leader.store(true, Ordering::Relaxed);
+        Ok(Self {
+            nats: nats.clone(),
+            node: node.to_owned(),
+            conns: HashMap::new(),
+            leader: None,
+            leader_silence,
+            metrics,
+            up: nats.subject("up"),
+            down,
+            leaders,
+        })
+    }
+
+    /// Runs until every sender of `rx` is gone.
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<HubMsg>) {
+        let mut tick = tokio::time::interval(ALIVE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => self.local(msg).await,
+                    None => break,
+                },
+                Some(message) = self.down.next() => self.on_down(&message.payload),
+                Some(message) = self.leaders.next() => {
+                    if let Ok(leader) = serde_json::from_slice::<Leader>(&message.payload) {
+                        self.heard(leader);
+                    }
+                }
+                _ = tick.tick() => self.tick().await,
+            }
+        }
+        self.close_all();
+        tracing::info!(node = %self.node, "edge stopped");
+    }
+
+    fn term(&self) -> Option<u64> {
+        self.leader.as_ref().map(|(l, _)| l.term)
+    }
+
+    /// A leader's heartbeat: a newer term closes every connection of the
+    /// older one; an older term (a deposed leader still beating) is ignored.
+    fn heard(&mut self, leader: Leader) {
+        match self.term() {
+            Some(term) if leader.term < term => {}
+            Some(term) if leader.term == term => {
+                if let Some((_, at)) = &mut self.leader {
+                    *at = Instant::now();
+                }
+            }
+            previous => {
+                if previous.is_some() {
+                    tracing::info!(node = %self.node, term = leader.term, leader = %leader.node,
+                        "new leader: closing this node's connections (clients resume on any node)");
+                    self.close_all();
+                } else {
+                    tracing::info!(node = %self.node, term = leader.term, leader = %leader.node, "leader found");
+                }
+                self.leader = Some((leader, Instant::now()));
+                self.metrics
+                    .cluster_no_leader
+                    .store(false, Ordering::Relaxed);
+            }
+        }
+    }
+
+    async fn tick(&mut self) {
+        if let Some((leader, at)) = &self.leader {
+            if at.elapsed() > self.leader_silence {
+                tracing::warn!(node = %self.node, term = leader.term, leader = %leader.node,
+                    "leader silent: closing this node's connections until a new one leads");
+                self.leader = None;
+                self.metrics
+                    .cluster_no_leader
+                    .store(true, Ordering::Relaxed);
+                self.close_all();
+                return;
+            }
+            self.publish(UpBody::Alive).await;
+        }
+    }
+
+    /// Closes every connection; clients reconnect and resume.
+    fn close_all(&mut self) {
+        for (_, tx) in self.conns.drain() {
+            tx.close(Some(Outbound::Close(CloseReason::ShuttingDown)));
+        }
+    }
+
+    async fn publish(&self, body: UpBody) {
+        let Some(term) = self.term() else { return };
+        let up = Up {
+            term,
+            node: self.node.clone(),
+            body,
+        };
+        let bytes = serde_json::to_vec(&up).expect("wire messages serialize");
+        if let Err(e) = self
+            .nats
+            .client()
+            .publish(self.up.clone(), bytes.into())
+            .await
+        {
+            tracing::warn!(error = %e, "cannot publish to NATS");
+        }
+    }
+
+    /// What the switchboard's node says to one of this edge's connections.
+    fn on_down(&mut self, payload: &[u8]) {
+        let down: Down = match serde_json::from_slice(payload) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable message from the switchboard's node");
+                return;
+            }
+        };
+        match down {
+            Down::Send { conn, message } => {
+                let Some(tx) = self.conns.get(&conn) else {
+                    return;
+                };
+                let queued = Queued {
+                    message,
+                    stamp: Stamp::None,
+                };
+                if tx.push(Outbound::Message(Box::new(queued))) == Err(PushError::Full) {
+                    // The client does not read: drop it (its task tells the
+                    // switchboard it left).
+                    self.metrics.too_slow.fetch_add(1, Ordering::Relaxed);
+                    tx.close(None);
+                }
+            }
+            Down::Close { conn, reason } => {
+                if let Some(tx) = self.conns.remove(&conn) {
+                    tx.close(reason.map(Outbound::Close));
+                }
+            }
+        }
+    }
+
+    /// A message a connection task (or the HTTP API) gave the hub.
+    async fn local(&mut self, msg: HubMsg) {
+        match msg {
+            HubMsg::Open { conn, tx, input } => {
+                if self.term().is_none() {
+                    // No leader known: the client retries shortly.
+                    tx.close(Some(Outbound::Close(CloseReason::ShuttingDown)));
+                    return;
+                }
+                let Some(input) = Input::of(input) else {
+                    return;
+                };
+                self.conns.insert(conn.get(), tx);
+                self.send_input(conn.get(), input, Instant::now()).await;
+            }
+            HubMsg::Input { conn, input, at } => {
+                let conn = conn.get();
+                if !self.conns.contains_key(&conn) {
+                    return;
+                }
+                if matches!(input, SwitchboardInput::Disconnect) {
+                    self.conns.remove(&conn);
+                }
+                if let Some(input) = Input::of(input) {
+                    self.send_input(conn, input, at).await;
+                }
+            }
+            HubMsg::Shutdown { done } => {
+                // This node stops: its devices leave (the calls live on in
+                // the switchboard; clients reconnect to another node).
+                let conns: Vec<u64> = self.conns.keys().copied().collect();
+                for conn in conns {
+                    self.send_input(conn, Input::Disconnect, Instant::now())
+                        .await;
+                }
+                self.close_all();
+                let _ = done.send(());
+            }
+            HubMsg::Backend {
+                user,
+                request,
+                command,
+                reply,
+            } => {
+                let ask = ApiRequest::Backend {
+                    user,
+                    request,
+                    command,
+                };
+                self.ask(ask, move |answer: Result<Answer, CommandError>| {
+                    let _ = reply.send(answer.and_then(Answer::into_result));
+                });
+            }
+            HubMsg::Push {
+                user,
+                device,
+                registration,
+                reply,
+            } => {
+                let ask = ApiRequest::Push {
+                    user,
+                    device,
+                    registration,
+                };
+                self.ask(ask, move |answer: Result<Answer, CommandError>| {
+                    let _ = reply.send(answer.and_then(Answer::into_result));
+                });
+            }
+            HubMsg::PushDevices { user, reply } => {
+                self.ask(ApiRequest::PushDevices { user }, move |answer| {
+                    let _ = reply.send(answer.unwrap_or_default());
+                });
+            }
+            HubMsg::Presence { user, reply } => {
+                let unknown = crate::api::Presence::unknown(&user);
+                self.ask(ApiRequest::Presence { user }, move |answer| {
+                    let _ = reply.send(answer.unwrap_or(unknown));
+                });
+            }
+            HubMsg::Call { call_id, reply } => {
+                self.ask(ApiRequest::Call { call_id }, move |answer| {
+                    let _ = reply.send(answer.unwrap_or(None));
+                });
+            }
+            HubMsg::Records { reply, .. } => {
+                let _ = reply.send(Err(RecordError::Io {
+                    path: std::path::PathBuf::new(),
+                    source: std::io::Error::other(
+                        "call records are not kept when the server runs as a NATS cluster",
+                    ),
+                }));
+            }
+        }
+    }
+
+    async fn send_input(&self, conn: u64, input: Input, at: Instant) {
+        let read_ns = super::unix_ns_of(at);
+        self.publish(UpBody::Input {
+            conn,
+            read_ns,
+            input,
+        })
+        .await;
+    }
+
+    /// Forwards an HTTP API request to the switchboard's node and hands
+    /// its answer (or `unavailable`) to `answer`, without holding up the
+    /// edge.
+    fn ask<T, F>(&self, request: ApiRequest, answer: F)
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+        F: FnOnce(Result<T, CommandError>) + Send + 'static,
+    {
+        let client = self.nats.client();
+        let subject = self.nats.subject("api");
+        tokio::spawn(async move {
+            let unavailable = CommandError::Unavailable {
+                retry_after_ms: 1000,
+            };
+            let bytes = serde_json::to_vec(&request).expect("wire messages serialize");
+            let asked = tokio::time::timeout(API_TIMEOUT, client.request(subject, bytes.into()));
+            let result = match asked.await {
+                Ok(Ok(message)) => {
+                    serde_json::from_slice::<T>(&message.payload).map_err(|_| unavailable)
+                }
+                _ => Err(unavailable),
+            };
+            answer(result);
+        });
+    }
+}

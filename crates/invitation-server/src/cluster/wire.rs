@@ -1,0 +1,260 @@
+//! What nodes say to each other over NATS (JSON, like the client
+//! protocol): edges to the switchboard's node ("up"), the switchboard's
+//! node to an edge ("down"), the leader's heartbeat, the HTTP API's
+//! requests and the log's records.
+
+use invitation_core::durable::JournalEntry;
+use invitation_core::protocol::{
+    CloseReason, Command, ErrorBody, PushRegistration, ReplyResult, ServerMessage,
+};
+use invitation_core::{CallId, CommandError, DeviceId, RequestId, SwitchboardInput, User, UserId};
+use serde::{Deserialize, Serialize};
+
+/// A connection's switchboard input, as it travels (the core's
+/// [`SwitchboardInput`] is not a wire type).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub(crate) enum Input {
+    /// The device authenticated.
+    Connect {
+        user: User,
+        device: DeviceId,
+        last_seq: Option<u64>,
+        hello: RequestId,
+    },
+    /// A call command.
+    Command { id: RequestId, command: Command },
+    /// A `sync` request.
+    Sync { id: RequestId },
+    /// The device left.
+    Disconnect,
+    /// A device receipt.
+    Receipt { call_id: CallId },
+}
+
+impl Input {
+    /// The wire form of `input`; `None` for an input this version does
+    /// not know how to carry (the core's enum is non-exhaustive).
+    pub(crate) fn of(input: SwitchboardInput) -> Option<Self> {
+        Some(match input {
+            SwitchboardInput::Connect {
+                user,
+                device,
+                last_seq,
+                hello,
+            } => Self::Connect {
+                user,
+                device,
+                last_seq,
+                hello,
+            },
+            SwitchboardInput::Command { id, command } => Self::Command { id, command },
+            SwitchboardInput::Sync { id } => Self::Sync { id },
+            SwitchboardInput::Disconnect => Self::Disconnect,
+            SwitchboardInput::Receipt { call_id } => Self::Receipt { call_id },
+            _ => return None,
+        })
+    }
+
+    /// Back to the core's input.
+    pub(crate) fn into_input(self) -> SwitchboardInput {
+        match self {
+            Self::Connect {
+                user,
+                device,
+                last_seq,
+                hello,
+            } => SwitchboardInput::Connect {
+                user,
+                device,
+                last_seq,
+                hello,
+            },
+            Self::Command { id, command } => SwitchboardInput::Command { id, command },
+            Self::Sync { id } => SwitchboardInput::Sync { id },
+            Self::Disconnect => SwitchboardInput::Disconnect,
+            Self::Receipt { call_id } => SwitchboardInput::Receipt { call_id },
+        }
+    }
+}
+
+/// An edge to the switchboard's node, on `inv.<deployment>.up`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Up {
+    /// The leader term the edge believes in: the switchboard ignores
+    /// messages of another term (their connections are being closed).
+    pub term: u64,
+    /// The edge (its name for this process's lifetime).
+    pub node: String,
+    /// What happened.
+    pub body: UpBody,
+}
+
+/// What an edge reports.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub(crate) enum UpBody {
+    /// A connection of the edge handed its machine's input over.
+    Input {
+        /// The edge's connection id.
+        conn: u64,
+        /// When the edge read it (unix ns; for load shedding).
+        read_ns: i64,
+        /// The input.
+        input: Input,
+    },
+    /// The edge is alive (every [`super::node::ALIVE_EVERY`]).
+    Alive,
+}
+
+/// The switchboard's node to one edge, on `inv.<deployment>.down.<node>`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub(crate) enum Down {
+    /// Write this message to the connection.
+    Send { conn: u64, message: ServerMessage },
+    /// Close the connection (with this reason, if any).
+    Close {
+        conn: u64,
+        reason: Option<CloseReason>,
+    },
+}
+
+/// The leader's heartbeat, on `inv.<deployment>.leader`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Leader {
+    /// The log sequence of the leader's term record: grows with every
+    /// take-over, so an edge never goes back to an older leader.
+    pub term: u64,
+    /// The leader's node name.
+    pub node: String,
+}
+
+/// One record of the switchboard log.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub(crate) enum Record {
+    /// A node took the lead here.
+    Term { node: String },
+    /// One hub turn's journal entries.
+    Turn { entries: Vec<JournalEntry> },
+}
+
+/// An HTTP API request an edge forwards to the switchboard's node, on
+/// `inv.<deployment>.api` (NATS request/reply).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub(crate) enum ApiRequest {
+    Backend {
+        user: User,
+        request: RequestId,
+        command: Command,
+    },
+    Push {
+        user: UserId,
+        device: DeviceId,
+        registration: Option<PushRegistration>,
+    },
+    PushDevices {
+        user: UserId,
+    },
+    Presence {
+        user: UserId,
+    },
+    Call {
+        call_id: CallId,
+    },
+}
+
+/// A command's answer, as it travels.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub(crate) enum Answer {
+    Ok { result: ReplyResult },
+    Err { error: ErrorBody },
+}
+
+impl Answer {
+    pub(crate) fn of(result: Result<ReplyResult, CommandError>) -> Self {
+        match result {
+            Ok(result) => Self::Ok { result },
+            Err(e) => Self::Err {
+                error: ErrorBody::from_command(None, &e),
+            },
+        }
+    }
+
+    pub(crate) fn into_result(self) -> Result<ReplyResult, CommandError> {
+        match self {
+            Self::Ok { result } => Ok(result),
+            Self::Err { error } => {
+                Err(error
+                    .to_command_error()
+                    .unwrap_or(CommandError::Unavailable {
+                        retry_after_ms: 1000,
+                    }))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use invitation_core::protocol::InviteRequest;
+    use invitation_core::{CallType, SwitchboardInput};
+
+    /// Every input the edges carry comes back as it went.
+    #[test]
+    fn inputs_round_trip() {
+        let inputs = [
+            SwitchboardInput::Connect {
+                user: User::named("alice", "Alice"),
+                device: DeviceId::new("phone").unwrap(),
+                last_seq: Some(7),
+                hello: RequestId::new("h1").unwrap(),
+            },
+            SwitchboardInput::Command {
+                id: RequestId::new("r1").unwrap(),
+                command: Command::Invite(InviteRequest::new(
+                    vec![UserId::new("bob").unwrap()],
+                    CallType::Video,
+                )),
+            },
+            SwitchboardInput::Sync {
+                id: RequestId::new("s").unwrap(),
+            },
+            SwitchboardInput::Disconnect,
+            SwitchboardInput::Receipt {
+                call_id: CallId::new("c-1").unwrap(),
+            },
+        ];
+        for input in inputs {
+            let up = Up {
+                term: 3,
+                node: "n1".into(),
+                body: UpBody::Input {
+                    conn: 9,
+                    read_ns: 1,
+                    input: Input::of(input.clone()).expect("carried"),
+                },
+            };
+            let back: Up = serde_json::from_slice(&serde_json::to_vec(&up).unwrap()).unwrap();
+            let UpBody::Input { input: got, .. } = back.body else {
+                panic!("an input");
+            };
+            assert_eq!(got.into_input(), input);
+        }
+    }
+
+    /// A refusal keeps its kind across the wire.
+    #[test]
+    fn answers_keep_the_error() {
+        let err = CommandError::Unavailable {
+            retry_after_ms: 250,
+        };
+        let wire = serde_json::to_vec(&Answer::of(Err(err.clone()))).unwrap();
+        let back: Answer = serde_json::from_slice(&wire).unwrap();
+        assert_eq!(back.into_result(), Err(err));
+    }
+}
