@@ -1070,6 +1070,17 @@ mod tests {
                 Box::new(|c| c.record_retention_days = 0),
             ),
             (
+                "nats_url",
+                Box::new(|c| c.nats_url = Some("http://127.0.0.1:4222".into())),
+            ),
+            ("cluster_name", Box::new(|c| c.cluster_name = "a.b".into())),
+            ("cluster_name", Box::new(|c| c.cluster_name = String::new())),
+            (
+                "node_name",
+                Box::new(|c| c.node_name = Some("node *".into())),
+            ),
+            ("cluster_lease_ms", Box::new(|c| c.cluster_lease_ms = 100)),
+            (
                 "api_keys",
                 Box::new(|c| c.api_keys = vec!["k".repeat(32), "short".into()]),
             ),
@@ -1269,6 +1280,8 @@ mod tests {
                 "data_dir" => "\"/var/lib/x\"",
                 "durability" => "\"fsync\"",
                 "push_gateway_url" => "\"http://gw.example/push\"",
+                "nats_url" => "\"nats://127.0.0.1:4222\"",
+                "cluster_name" | "node_name" => "\"a\"",
                 _ => "1",
             };
             toml::from_str::<Config>(&format!("{key} = {value}"))

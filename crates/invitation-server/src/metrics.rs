@@ -81,8 +81,10 @@ pub struct Metrics {
     /// A cluster node whose edge knows no leader: it cannot serve calls
     /// (`/healthz` answers 503). Always false on a single node.
     pub cluster_no_leader: AtomicBool,
-    /// A cluster node that runs the switchboard now.
-    pub cluster_leading: AtomicBool,
+    /// The term this cluster node leads (0: it does not run the switchboard).
+    pub cluster_leading: AtomicU64,
+    /// The term of the leader this node's edge follows (0: none known).
+    pub cluster_term: AtomicU64,
     /// Times this node took the lead.
     pub cluster_terms: AtomicU64,
     /// Open WebSocket sessions (authenticated).
@@ -199,7 +201,7 @@ impl Metrics {
             (
                 "invitation_cluster_leading",
                 "1 while this cluster node runs the switchboard.",
-                self.cluster_leading.load(Ordering::Relaxed),
+                self.cluster_leading.load(Ordering::Relaxed) > 0,
             ),
         ] {
             let _ = writeln!(s, "# HELP {name} {help}");

@@ -8,10 +8,17 @@
 //! every ring ended once on every device, every inviting device learned
 //! every outcome once, timers fired once.
 //!
+//! Then, with in-process nodes: the HTTP API from any node, the per-user
+//! device cap across nodes, and a leader that stops cleanly handing the
+//! lease over.
+//!
 //! Skipped (saying so) without nats-server; under `.ci/run` its absence
 //! fails (`INVITATION_REQUIRE_NATS=1`).
 
 mod common;
+mod suite;
+
+use suite::Fixture as _;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -448,6 +455,8 @@ async fn killing_nodes_mid_ring_loses_and_doubles_no_outcome() {
         "too few invitations were acknowledged: {} of {ROUNDS}\n{log:#?}",
         record.invitations.len()
     );
+    // The last take-over may come after the calls settled.
+    leader(&ports).await;
     let terms: usize = nodes
         .iter()
         .map(|n| n.said("leading: the switchboard runs on this node"))
@@ -516,4 +525,189 @@ async fn run_call(
         Fate::Timeout => Ok(()),
     };
     format!("round {round}: {call} {fate:?} -> {answer:?}")
+}
+
+/// A backend command sent to one node rings a user on another; the same
+/// request sent again to a third node is answered, not run again.
+#[tokio::test]
+async fn a_backend_command_on_any_node_reaches_users_on_the_others() {
+    let Some(f) = suite::Cluster::start("backend").await else {
+        return;
+    };
+    let bob = f.device("bob", "phone").await;
+    let request = invitation_core::RequestId::new("backend-1").unwrap();
+    let invite =
+        invitation_core::protocol::Command::Invite(invitation_core::protocol::InviteRequest::new(
+            vec![UserId::new("bob").unwrap()],
+            CallType::Voice,
+        ));
+    let alice = User::named("alice", "Alice");
+    let first = f.nodes[1]
+        .backend_command(alice.clone(), request.clone(), invite.clone())
+        .await
+        .expect("invited through node 1");
+    let invitation_core::protocol::ReplyResult::Invited { call_id, .. } = &first else {
+        panic!("expected an invitation, got {first:?}");
+    };
+    let ring = bob.rec.wait_for(Callback::IncomingCallReceived, 1).await;
+    assert_eq!(&ring.call_id, call_id);
+    let again = f.nodes[2]
+        .backend_command(alice, request, invite)
+        .await
+        .expect("answered through node 2");
+    assert_eq!(again, first, "the same request is answered, not run again");
+    f.stop().await;
+}
+
+/// `max_devices_per_user` counts a user's devices on every node.
+#[tokio::test]
+async fn the_device_cap_holds_across_nodes() {
+    let Some(f) = suite::Cluster::start_with("devcap", 3, |c| c.max_devices_per_user = 2).await
+    else {
+        return;
+    };
+    let (mut d1, _) = common::Raw::hello(&f.nodes[0], "alice", "d1", None).await;
+    let (mut d2, _) = common::Raw::hello(&f.nodes[1], "alice", "d2", None).await;
+    let mut d3 = common::Raw::connect(&f.nodes[2]).await;
+    d3.send_hello(&f.nodes[2].token("alice", "alice"), "d3", None)
+        .await;
+    let (_, seen) = d3.until_closed().await;
+    let refused = invitation_core::protocol::ServerBody::Closing {
+        reason: invitation_core::protocol::CloseReason::TooManyDevices,
+    };
+    assert!(seen.iter().any(|m| m.body == refused), "{seen:?}");
+    assert!(
+        !seen.iter().any(|m| matches!(
+            m.body,
+            invitation_core::protocol::ServerBody::Welcome { .. }
+        )),
+        "{seen:?}"
+    );
+    // The first two are still served.
+    d1.ping().await;
+    d2.ping().await;
+    f.stop().await;
+}
+
+/// A leader stopped with SIGTERM (a drain) hands the lease back on its way
+/// out; another node leads and calls go on between the others.
+#[tokio::test]
+async fn a_drained_leader_hands_the_lease_over() {
+    let Some(mut f) = suite::Cluster::start("drain").await else {
+        return;
+    };
+    let nats = Nats::connect(&f.nats.url, "flows").await.unwrap();
+    let observer =
+        invitation_server::cluster::Lease::open(&nats, "observer", Duration::from_secs(1))
+            .await
+            .unwrap();
+    let before = observer.holder().await.unwrap().expect("the lease is held");
+    let leader = f.leader().expect("a node leads");
+    f.nodes.remove(leader).stop().await;
+    let after = observer.holder().await.unwrap();
+    assert_ne!(
+        after.as_deref(),
+        Some(before.as_str()),
+        "the stopped leader still holds the lease"
+    );
+    f.settled().await;
+    let alice = f.device("alice", "phone").await;
+    let bob = f.device("bob", "phone").await;
+    let call = suite::invite(&alice, &["bob"], 60).await.call_id;
+    let ring = bob.rec.wait_for(Callback::IncomingCallReceived, 1).await;
+    assert_eq!(ring.call_id, call);
+    f.stop().await;
+}
+
+/// Once the log has grown past `snapshot_after_mb`, the leader writes a
+/// snapshot to JetStream and trims the log it covers; a node that takes
+/// over starts from that snapshot and still knows a call from before it.
+#[tokio::test]
+async fn a_snapshot_bounds_the_log_and_a_new_leader_starts_from_it() {
+    use invitation_core::protocol::{Command, InviteRequest, ReplyResult};
+    let Some(mut f) = suite::Cluster::start_with("snapshot", 2, |c| c.snapshot_after_mb = 1).await
+    else {
+        return;
+    };
+    let alice = User::named("alice", "Alice");
+    let invite = |callee: &str| {
+        Command::Invite(
+            InviteRequest::new(vec![UserId::new(callee).unwrap()], CallType::Voice)
+                .with_timeout_s(Some(600)),
+        )
+    };
+    let request = |i: usize| invitation_core::RequestId::new(format!("r-{i}")).unwrap();
+    // A call that rings through everything below.
+    let kept = match f.nodes[0]
+        .backend_command(alice.clone(), request(0), invite("bob"))
+        .await
+        .unwrap()
+    {
+        ReplyResult::Invited { call_id, .. } => call_id,
+        other => panic!("{other:?}"),
+    };
+    // Churn: carol's calls, invited and canceled, until snapshots are written.
+    let leader = f.leader().expect("a node leads");
+    let deadline = Instant::now() + SOON * 4;
+    let mut i = 1;
+    // Two, so that the second trims the first's pieces.
+    while f.nodes[leader].metrics.snapshots.load(Ordering::Relaxed) < 2 {
+        assert!(Instant::now() < deadline, "no snapshot after {i} commands");
+        let carol = User::named("carol", "Carol");
+        let call = match f.nodes[0]
+            .backend_command(carol.clone(), request(i), invite("dave"))
+            .await
+            .unwrap()
+        {
+            ReplyResult::Invited { call_id, .. } => call_id,
+            other => panic!("{other:?}"),
+        };
+        f.nodes[0]
+            .backend_command(
+                carol,
+                request(i + 1),
+                Command::Cancel {
+                    call_id: call,
+                    custom_data: None,
+                },
+            )
+            .await
+            .unwrap();
+        i += 2;
+    }
+    // The snapshot lands, then the log before it is trimmed.
+    let nats = Nats::connect(&f.nats.url, "flows").await.unwrap();
+    let deadline = Instant::now() + SOON;
+    loop {
+        let (snapshot, entries) = read_state(&nats).await.unwrap();
+        if snapshot.is_some() && entries.len() < i / 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no trimmed snapshot in JetStream: snapshot {}, {} entries after {i} commands",
+            snapshot.is_some(),
+            entries.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The other node takes over from the snapshot: the first call rings on.
+    f.nodes.remove(leader).stop().await;
+    f.settled().await;
+    let canceled = f.nodes[0]
+        .backend_command(
+            alice,
+            request(i),
+            Command::Cancel {
+                call_id: kept,
+                custom_data: None,
+            },
+        )
+        .await;
+    assert_eq!(
+        canceled,
+        Ok(ReplyResult::Done),
+        "the call from before the snapshot"
+    );
+    f.stop().await;
 }

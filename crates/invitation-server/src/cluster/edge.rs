@@ -126,6 +126,9 @@ impl Edge {
                 } else {
                     tracing::info!(node = %self.node, term = leader.term, leader = %leader.node, "leader found");
                 }
+                self.metrics
+                    .cluster_term
+                    .store(leader.term, Ordering::Relaxed);
                 self.leader = Some((leader, Instant::now()));
                 self.metrics
                     .cluster_no_leader
@@ -140,6 +143,7 @@ impl Edge {
                 tracing::warn!(node = %self.node, term = leader.term, leader = %leader.node,
                     "leader silent: closing this node's connections until a new one leads");
                 self.leader = None;
+                self.metrics.cluster_term.store(0, Ordering::Relaxed);
                 self.metrics
                     .cluster_no_leader
                     .store(true, Ordering::Relaxed);

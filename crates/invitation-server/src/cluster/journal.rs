@@ -67,7 +67,17 @@ impl FencedLog {
     }
 
     /// Drops every entry before `seq` (a snapshot covers them).
-    pub async fn trim_before(&self, seq: u64) -> Result<(), ClusterError> {
+    pub async fn trim_before(&mut self, seq: u64) -> Result<(), ClusterError> {
+        let oldest = self
+            .handle
+            .info()
+            .await
+            .map_err(|e| ClusterError::js("log trim", e))?
+            .state
+            .first_sequence;
+        if oldest >= seq {
+            return Ok(());
+        }
         self.handle
             .purge()
             .sequence(seq)
@@ -135,6 +145,17 @@ impl FencedLog {
                 .info()
                 .map_err(|e| ClusterError::js("log read", e))?
                 .stream_sequence;
+            if seq != self.last + 1 {
+                // Trimmed under us (a snapshot now covers what we missed):
+                // the caller must start again from that snapshot.
+                return Err(ClusterError::js(
+                    "log read",
+                    format!(
+                        "expected entry {} next, the log holds {seq}: trimmed",
+                        self.last + 1
+                    ),
+                ));
+            }
             self.last = seq;
             entries.push((seq, message.payload.to_vec()));
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use invitation_core::durable::Durable;
-use invitation_core::protocol::CloseReason;
+use invitation_core::protocol::{CloseReason, Command};
 use invitation_core::{ConnId, SwitchboardConfig, SwitchboardInput};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -114,7 +114,7 @@ impl Seat {
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut renewed = Instant::now();
         self.metrics.cluster_terms.fetch_add(1, Ordering::Relaxed);
-        self.metrics.cluster_leading.store(true, Ordering::Relaxed);
+        self.metrics.cluster_leading.store(term, Ordering::Relaxed);
         let hub = hub.run(hub_rx);
         tokio::pin!(hub);
         loop {
@@ -138,7 +138,7 @@ impl Seat {
                 _ = stop.changed() => break,
             }
         }
-        self.metrics.cluster_leading.store(false, Ordering::Relaxed);
+        self.metrics.cluster_leading.store(0, Ordering::Relaxed);
         beat.abort();
         // Closes every remote connection's queue: their edges close them,
         // the clients reconnect and find the next leader.
@@ -228,6 +228,9 @@ struct Ingress {
     next_conn: u64,
     outbox_cap: usize,
     silence: Duration,
+    /// New invitations are refused when the hub is behind (`shed_invites_after_ms` > 0).
+    shedding: bool,
+    metrics: Arc<Metrics>,
     up: async_nats::Subscriber,
     api: async_nats::Subscriber,
     gone_tx: mpsc::UnboundedSender<(String, u64, ConnId)>,
@@ -257,6 +260,8 @@ impl Ingress {
             edges: HashMap::new(),
             next_conn: 1,
             outbox_cap: seat.server.outbound_queue,
+            shedding: seat.server.shed_after().is_some(),
+            metrics: seat.metrics.clone(),
             silence: seat.lease_ttl,
             up,
             api,
@@ -367,14 +372,32 @@ impl Ingress {
                 };
                 let id = remote.id;
                 let leaving = matches!(input, SwitchboardInput::Disconnect);
-                let _ = self
-                    .hub
-                    .send(HubMsg::Input {
-                        conn: id,
-                        input,
-                        at,
-                    })
-                    .await;
+                let msg = HubMsg::Input {
+                    conn: id,
+                    input,
+                    at,
+                };
+                // As on one node: with the hub's inbox full, a new
+                // invitation is refused at once (the NATS subscription must
+                // keep flowing, or it drops messages); the rest wait.
+                match self.hub.try_send(msg) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(HubMsg::Input {
+                        input:
+                            SwitchboardInput::Command {
+                                id: request,
+                                command: Command::Invite(_),
+                            },
+                        ..
+                    })) if self.shedding => {
+                        let message = Hub::shed_reply(&self.metrics, request);
+                        publish_down(&self.nats, &up.node, &Down::Send { conn, message }).await;
+                    }
+                    Err(mpsc::error::TrySendError::Full(msg)) => {
+                        let _ = self.hub.send(msg).await;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
                 if leaving {
                     if let Some(remote) = edge.conns.remove(&conn) {
                         remote.outbox.close(None);

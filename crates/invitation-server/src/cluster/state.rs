@@ -35,16 +35,35 @@ fn snap_subjects(nats: &Nats) -> (String, String) {
     (nats.subject("snap.piece"), nats.subject("snap.head"))
 }
 
+/// The stream of snapshot pieces.
 async fn snap_stream(nats: &Nats) -> Result<stream::Stream, ClusterError> {
-    let (piece, head) = snap_subjects(nats);
+    let (piece, _) = snap_subjects(nats);
     nats.ensure_stream(
         stream::Config {
             name: nats.stream_name("SNAP"),
-            subjects: vec![piece, head],
+            subjects: vec![piece],
             storage: stream::StorageType::File,
             ..Default::default()
         },
         "snapshot stream",
+    )
+    .await
+}
+
+/// The stream that keeps the newest snapshot head only (its own stream:
+/// a purge that keeps one message per subject would not be scoped to a
+/// subject on every NATS version).
+async fn head_stream(nats: &Nats) -> Result<stream::Stream, ClusterError> {
+    let (_, head) = snap_subjects(nats);
+    nats.ensure_stream(
+        stream::Config {
+            name: nats.stream_name("SNAPHEAD"),
+            subjects: vec![head],
+            max_messages_per_subject: 1,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        },
+        "snapshot head stream",
     )
     .await
 }
@@ -62,28 +81,33 @@ pub(crate) struct Loaded {
 /// Reads the newest snapshot and the log after it.
 pub(crate) async fn load(nats: &Nats) -> Result<Loaded, ClusterError> {
     let snaps = snap_stream(nats).await?;
+    let heads = head_stream(nats).await?;
     let (_, head_subject) = snap_subjects(nats);
+    // A snapshot written meanwhile (by a leader that does not know yet it
+    // was deposed) may trim the pieces of the head just read, or the log
+    // right after it: then start again from the newest head.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match load_once(nats, &snaps, &heads, &head_subject).await {
+            Ok(loaded) => return Ok(loaded),
+            Err(e) if tries >= 5 => return Err(e),
+            Err(e) => tracing::warn!(error = %e, "the state changed while read; reading it again"),
+        }
+    }
+}
+
+async fn load_once(
+    nats: &Nats,
+    snaps: &stream::Stream,
+    heads: &stream::Stream,
+    head_subject: &str,
+) -> Result<Loaded, ClusterError> {
     let mut log = FencedLog::open(nats, LOG).await?;
-    let head = match snaps.get_last_raw_message_by_subject(&head_subject).await {
-        Ok(m) => Some(
-            serde_json::from_slice::<Head>(&m.payload)
-                .map_err(|e| ClusterError::js("snapshot head", e))?,
-        ),
-        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => None,
-        Err(e) => return Err(ClusterError::js("snapshot head", e)),
-    };
-    let snapshot = match &head {
-        Some(head) => {
-            let mut bytes = Vec::new();
-            for seq in head.first..head.first + head.count {
-                let piece = snaps
-                    .get_raw_message(seq)
-                    .await
-                    .map_err(|e| ClusterError::js("snapshot piece", e))?;
-                bytes.extend_from_slice(&piece.payload);
-            }
-            log.skip_to(head.log_seq);
-            Some(serde_json::from_slice(&bytes).map_err(|e| ClusterError::js("snapshot", e))?)
+    let snapshot = match read_snapshot(snaps, heads, head_subject).await? {
+        Some((snapshot, log_seq)) => {
+            log.skip_to(log_seq);
+            Some(snapshot)
         }
         None => None,
     };
@@ -93,11 +117,37 @@ pub(crate) async fn load(nats: &Nats) -> Result<Loaded, ClusterError> {
         log,
     };
     catch_up(&mut loaded).await?;
-    if std::env::var_os("MUTATE").is_some() {
-        let n = loaded.entries.len();
-        loaded.entries.truncate(n * 9 / 10);
-    }
     Ok(loaded)
+}
+
+/// The newest snapshot and the log sequence it covers, if one was written.
+async fn read_snapshot(
+    snaps: &stream::Stream,
+    heads: &stream::Stream,
+    head_subject: &str,
+) -> Result<Option<(SwitchboardSnapshot, u64)>, ClusterError> {
+    let head = match heads.get_last_raw_message_by_subject(head_subject).await {
+        Ok(m) => serde_json::from_slice::<Head>(&m.payload)
+            .map_err(|e| ClusterError::js("snapshot head", e))?,
+        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(e) => return Err(ClusterError::js("snapshot head", e)),
+    };
+    let mut bytes = Vec::new();
+    for seq in head.first..head.first + head.count {
+        let piece = snaps.get_raw_message(seq).await.map_err(|e| {
+            ClusterError::js(
+                "snapshot piece",
+                format!(
+                    "{e} (piece {seq} of {}..{})",
+                    head.first,
+                    head.first + head.count
+                ),
+            )
+        })?;
+        bytes.extend_from_slice(&piece.payload);
+    }
+    let snapshot = serde_json::from_slice(&bytes).map_err(|e| ClusterError::js("snapshot", e))?;
+    Ok(Some((snapshot, head.log_seq)))
 }
 
 /// Reads what was appended to the log since `loaded` was read.
@@ -223,6 +273,7 @@ async fn write_snapshot(
 ) -> Result<u64, ClusterError> {
     let bytes = serde_json::to_vec(state).map_err(|e| ClusterError::js("snapshot", e))?;
     let snaps = snap_stream(nats).await?;
+    let heads = head_stream(nats).await?;
     let (piece_subject, head_subject) = snap_subjects(nats);
     let js = nats.jetstream();
     let mut first = None;
@@ -238,30 +289,55 @@ async fn write_snapshot(
         count += 1;
     }
     let first = first.unwrap_or(0);
+    // Heads only move forward: a writer that finds a newer head (a leader
+    // deposed while it wrote) gives up, and two writers racing cannot both
+    // replace the same head.
+    let current = match heads.get_last_raw_message_by_subject(&head_subject).await {
+        Ok(m) => Some((
+            m.sequence,
+            serde_json::from_slice::<Head>(&m.payload)
+                .map_err(|e| ClusterError::js("snapshot head", e))?,
+        )),
+        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => None,
+        Err(e) => return Err(ClusterError::js("snapshot head", e)),
+    };
+    if current.as_ref().is_some_and(|(_, h)| h.log_seq >= log_seq) {
+        return Err(ClusterError::js("snapshot head", "a newer snapshot exists"));
+    }
     let head = serde_json::to_vec(&Head {
         first,
         count,
         log_seq,
     })
     .expect("heads serialize");
-    js.publish(head_subject.clone(), head.into())
+    let fence = super::Fence::LastSubjectSequence(current.map_or(0, |(seq, _)| seq));
+    if nats
+        .publish_fenced(&head_subject, head, fence, "snapshot head")
+        .await?
+        .is_none()
+    {
+        return Err(ClusterError::js(
+            "snapshot head",
+            "another writer moved the head",
+        ));
+    }
+    let mut snaps = snaps;
+    let oldest = snaps
+        .info()
         .await
-        .map_err(|e| ClusterError::js("snapshot head", e))?
-        .await
-        .map_err(|e| ClusterError::js("snapshot head", e))?;
-    snaps
-        .purge()
-        .filter(piece_subject)
-        .sequence(first)
-        .await
-        .map_err(|e| ClusterError::js("snapshot trim", e))?;
-    snaps
-        .purge()
-        .filter(head_subject)
-        .keep(1)
-        .await
-        .map_err(|e| ClusterError::js("snapshot trim", e))?;
-    let log = FencedLog::open(nats, LOG).await?;
+        .map_err(|e| ClusterError::js("snapshot trim", e))?
+        .state
+        .first_sequence;
+    // Only when there is something older: a purge up to the stream's first
+    // message would empty it on some NATS versions.
+    if oldest < first {
+        snaps
+            .purge()
+            .sequence(first)
+            .await
+            .map_err(|e| ClusterError::js("snapshot trim", e))?;
+    }
+    let mut log = FencedLog::open(nats, LOG).await?;
     log.trim_before(log_seq + 1).await?;
     Ok(count)
 }

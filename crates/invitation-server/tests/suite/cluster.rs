@@ -1,14 +1,19 @@
 //! The flows across a three-node cluster on a real NATS: each new device
 //! connects to the next node in turn, so a caller and their callee, or two
-//! devices of one user, are on different nodes.
+//! devices of one user, are on different nodes; and each time a device
+//! reconnects it lands on the next node again, so every resume (offline
+//! holds, a reconnect while ringing) crosses nodes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use invitation::prelude::*;
 use invitation::testing::Recorder;
-use invitation::transport::{BoxTransport, ws::WsTransport};
+use invitation::transport::{
+    BoxConnection, BoxTransport, Transport, TransportError, ws::WsTransport,
+};
 use invitation_server::RunningServer;
 
 use super::{Breakable, Dev, Fixture, connected, handlers};
@@ -58,24 +63,28 @@ impl Cluster {
         Some(cluster)
     }
 
-    /// Waits until every node knows a leader (at most [`crate::common::SOON`]).
+    /// Waits until one node leads and every node follows it (at most
+    /// [`crate::common::SOON`]).
     pub async fn settled(&self) {
         let deadline = tokio::time::Instant::now() + crate::common::SOON;
         loop {
-            let waiting: Vec<usize> = (0..self.nodes.len())
-                .filter(|&i| {
-                    self.nodes[i]
-                        .metrics
-                        .cluster_no_leader
-                        .load(Ordering::Relaxed)
-                })
+            let led = self
+                .nodes
+                .iter()
+                .map(|n| n.metrics.cluster_leading.load(Ordering::Relaxed))
+                .max()
+                .unwrap_or(0);
+            let followed: Vec<u64> = self
+                .nodes
+                .iter()
+                .map(|n| n.metrics.cluster_term.load(Ordering::Relaxed))
                 .collect();
-            if waiting.is_empty() {
+            if led > 0 && followed.iter().all(|&t| t == led) {
                 return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "nodes {waiting:?} found no leader within {:?}",
+                "no settled leader within {:?}: led term {led}, nodes follow {followed:?}",
                 crate::common::SOON
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -89,6 +98,7 @@ impl Cluster {
                 .metrics
                 .cluster_leading
                 .load(Ordering::Relaxed)
+                > 0
         })
     }
 
@@ -107,10 +117,18 @@ impl Fixture for Cluster {
         extra: Option<Arc<dyn InvitationEvents>>,
         config: invitation_core::SessionConfig,
     ) -> Dev {
-        let node = &self.nodes[self.next.fetch_add(1, Ordering::Relaxed) % self.nodes.len()];
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let node = &self.nodes[first % self.nodes.len()];
         let name = user.to_uppercase();
         let rec = Recorder::with_deadline(self.deadline());
-        let inner: BoxTransport = Arc::new(WsTransport::new(node.url()));
+        let inner: BoxTransport = Arc::new(Rotating {
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| Arc::new(WsTransport::new(n.url())) as BoxTransport)
+                .collect(),
+            next: AtomicUsize::new(first),
+        });
         let (transport, link) = Breakable::new(inner);
         let client = handlers(Client::builder(), &rec, extra)
             .user(User::named(user, &name))
@@ -146,5 +164,19 @@ impl Fixture for Cluster {
 
     fn break_link(&self, dev: &Dev) {
         dev.link.as_ref().expect("a breakable link").break_link();
+    }
+}
+
+/// Connects to the next node each time.
+struct Rotating {
+    nodes: Vec<BoxTransport>,
+    next: AtomicUsize,
+}
+
+#[async_trait]
+impl Transport for Rotating {
+    async fn connect(&self) -> Result<BoxConnection, TransportError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.nodes.len();
+        self.nodes[i].connect().await
     }
 }
