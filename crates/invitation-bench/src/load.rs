@@ -26,7 +26,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::scrape::{self, Buckets};
 use crate::{Durability, SECRET, ServerProc, Store, cpu_us, memory_kb, start_echo, start_server};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How the call generator's clients reach the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,7 +135,7 @@ async fn connect_via(addr: SocketAddr, auth: &Authority, user: &str, via: Via) -
     Ok(conn)
 }
 
-fn authority() -> Authority {
+pub(crate) fn authority() -> Authority {
     Authority::new(SECRET.as_bytes(), "invitation", None)
 }
 
@@ -143,7 +143,7 @@ fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds")
 }
 
-fn rid(s: String) -> RequestId {
+pub(crate) fn rid(s: String) -> RequestId {
     RequestId::new(s).expect("valid request id")
 }
 
@@ -178,7 +178,12 @@ async fn connect(addr: SocketAddr, auth: &Authority, user: &str) -> Result<Ws> {
     connect_from(addr, auth, user, 1).await
 }
 
-async fn connect_from(addr: SocketAddr, auth: &Authority, user: &str, source: u8) -> Result<Ws> {
+pub(crate) async fn connect_from(
+    addr: SocketAddr,
+    auth: &Authority,
+    user: &str,
+    source: u8,
+) -> Result<Ws> {
     let mut ws = dial(addr, source).await?;
     let hello = hello(auth, user)?;
     ws.send(Message::text(hello.encode())).await?;
@@ -188,7 +193,7 @@ async fn connect_from(addr: SocketAddr, auth: &Authority, user: &str, source: u8
     Ok(ws)
 }
 
-async fn next(ws: &mut Ws) -> Result<ServerMessage> {
+pub(crate) async fn next(ws: &mut Ws) -> Result<ServerMessage> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => {
@@ -283,6 +288,45 @@ pub(crate) async fn calls(
     show: bool,
     via: Via,
 ) -> Result<CallsResult> {
+    let placement = Placement {
+        nodes: &[server],
+        place: &|_| (0, 0),
+        helpers: &[],
+    };
+    calls_placed(&placement, rate, secs, callees, receipts, show, via).await
+}
+
+/// Which server each of a call run's clients talks to, for several nodes
+/// of a cluster.
+pub(crate) struct Placement<'a> {
+    /// The nodes; the first one's `/metrics` gives the server's share of
+    /// invite -> ring and the journal counters.
+    pub(crate) nodes: &'a [&'a ServerProc],
+    /// Group `g`'s (caller's node, callees' node), indices into `nodes`.
+    pub(crate) place: &'a dyn Fn(usize) -> (usize, usize),
+    /// Other processes whose CPU counts as the server's (the NATS server).
+    pub(crate) helpers: &'a [u32],
+}
+
+impl Placement<'_> {
+    /// CPU of the nodes and the helpers, µs.
+    fn cpu_us(&self) -> u64 {
+        let pids = self.nodes.iter().map(|n| n.pid);
+        pids.chain(self.helpers.iter().copied()).map(cpu_us).sum()
+    }
+}
+
+/// [`calls`], the clients placed on the nodes as `placement` says.
+pub(crate) async fn calls_placed(
+    placement: &Placement<'_>,
+    rate: f64,
+    secs: f64,
+    callees: usize,
+    receipts: bool,
+    show: bool,
+    via: Via,
+) -> Result<CallsResult> {
+    let server = placement.nodes[0];
     let auth = authority();
     let offered = (rate * secs).round().max(1.0) as u64;
     // Enough groups for every call in flight, also when an overloaded
@@ -294,14 +338,13 @@ pub(crate) async fn calls(
     let tag = format!("{}x{}", rate as u64, callees);
     let mut free = Vec::with_capacity(groups);
     for g in 0..groups {
-        let caller = connect_via(server.addr, &auth, &format!("c{tag}-{g}"), via).await?;
+        let (at, to) = (placement.place)(g);
+        let (at, to) = (placement.nodes[at].addr, placement.nodes[to].addr);
+        let caller = connect_via(at, &auth, &format!("c{tag}-{g}"), via).await?;
         let mut cs = Vec::new();
         for k in 0..callees {
             let id = format!("e{tag}-{g}-{k}");
-            cs.push((
-                UserId::new(&id)?,
-                connect_via(server.addr, &auth, &id, via).await?,
-            ));
+            cs.push((UserId::new(&id)?, connect_via(to, &auth, &id, via).await?));
         }
         free.push(Group {
             caller,
@@ -324,7 +367,7 @@ pub(crate) async fn calls(
         scrape::counter(&text0, JOURNAL_BYTES).unwrap_or(0),
         scrape::counter(&text0, JOURNAL_ENTRIES).unwrap_or(0),
     );
-    let (cpu0, me0) = (cpu_us(server.pid), cpu_us(std::process::id()));
+    let (cpu0, me0) = (placement.cpu_us(), cpu_us(std::process::id()));
     let start = tokio::time::Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate);
     let mut tasks = tokio::task::JoinSet::new();
@@ -368,7 +411,7 @@ pub(crate) async fn calls(
     }
     while tasks.join_next().await.is_some() {}
     pb.finish_and_clear();
-    let (server_cpu, my_cpu) = (cpu_us(server.pid) - cpu0, cpu_us(std::process::id()) - me0);
+    let (server_cpu, my_cpu) = (placement.cpu_us() - cpu0, cpu_us(std::process::id()) - me0);
     let text1 = scrape::metrics_of(server).await?;
     let server_ring = Buckets::parse(&text1, RING).since(&ring0);
     let journal_bytes = scrape::counter(&text1, JOURNAL_BYTES).unwrap_or(0) - journal0.0;

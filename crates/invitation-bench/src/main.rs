@@ -12,11 +12,13 @@
 //! invitation-bench relay --secs 5               # messages/s, ours and the echo's
 //! invitation-bench --durable calls --rate 2000   # the same with the state on disk
 //! invitation-bench recovery --pending 100000     # restart time with that many invitations held
+//! invitation-bench cluster                        # several nodes on NATS: latency, calls/s, failover
 //! ```
 //! The server is started as a child process (the binary next to this one),
 //! pinned to CPU 0 with `taskset`; run the generator itself on CPU 1
 //! (`taskset -c 1 invitation-bench ...`, as `just bench` does).
 
+mod cluster;
 mod disturb;
 mod echo;
 mod load;
@@ -160,6 +162,18 @@ enum Cmd {
         /// small one makes the restart read a snapshot and a short journal.
         #[arg(long)]
         snapshot_after_mb: Option<u64>,
+    },
+    /// Several nodes on NATS JetStream: invite -> ring across nodes
+    /// against one node, calls/s with 1, 2 and 3 nodes, failover time.
+    /// Needs `nats-server` on the PATH.
+    Cluster {
+        /// Alternating rounds of the latency comparison, and failovers per
+        /// lease.
+        #[arg(long, default_value_t = 2)]
+        runs: usize,
+        /// Seconds per load run.
+        #[arg(long, default_value_t = 4.0)]
+        secs: f64,
     },
     /// Run the bare tokio-tungstenite echo server (used by the others).
     EchoServer {
@@ -360,6 +374,18 @@ pub(crate) async fn start_server_tls(
     store: Store,
     tls: bool,
 ) -> Result<ServerProc> {
+    start_server_with(server_bin, cpu, store, tls, &[]).await
+}
+
+/// [`start_server_tls`] with more `INVITATION_*` settings in `extra_env`
+/// (a cluster node's).
+pub(crate) async fn start_server_with(
+    server_bin: &Option<PathBuf>,
+    cpu: &str,
+    store: Store,
+    tls: bool,
+    extra_env: &[(&'static str, String)],
+) -> Result<ServerProc> {
     let bin = server_binary(server_bin)?;
     let port = free_port()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
@@ -373,6 +399,7 @@ pub(crate) async fn start_server_tls(
         ("RUST_LOG", "error".to_owned()),
     ];
     env.extend(durability_env(store));
+    env.extend(extra_env.iter().cloned());
     if tls {
         let pki = pki::get()?;
         env.push(("INVITATION_TLS_CERT", pki.cert.display().to_string()));
@@ -534,6 +561,9 @@ fn main() -> Result<()> {
                 .await?;
                 println!("{}", report::recovery_line(&r));
                 Ok(())
+            }
+            Cmd::Cluster { runs, secs } => {
+                cluster::run(&cli.server_bin, &cli.server_cpu, *runs, *secs).await
             }
             Cmd::Suite {
                 out,

@@ -577,8 +577,9 @@ pub(crate) async fn suite(
     print!("{table}");
     table.clear();
 
-    // 2-6. The knee (ours and the peer's), fan-out, timers, persistence,
-    //      idle memory and relay: each figure from `runs` alternating runs.
+    // 2-7. The knee (ours and the peer's), fan-out, timers, persistence,
+    //      idle memory and relay, several nodes on NATS: each figure from
+    //      `runs` alternating runs.
     let mut ctx = Ctx {
         server_bin,
         cpu,
@@ -595,6 +596,7 @@ pub(crate) async fn suite(
     sections::timers(&mut ctx).await?;
     sections::persistence(&mut ctx, knee).await?;
     sections::idle_and_relay(&mut ctx).await?;
+    crate::cluster::section(&mut ctx).await?;
     let Ctx {
         table,
         json,

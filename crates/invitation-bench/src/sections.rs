@@ -1,8 +1,8 @@
 //! The suite's sections after the 1:1 comparison (knee, fan-out, timers,
-//! persistence, idle memory, relay), each measured in `runs` runs,
-//! alternating ours with the peer or the variants it compares, and printed
-//! as the median and range of each figure with whether the machine was
-//! quiet meanwhile.
+//! persistence, idle memory, relay; several nodes are in [`crate::cluster`]),
+//! each measured in `runs` runs, alternating ours with the peer or the
+//! variants it compares, and printed as the median and range of each figure
+//! with whether the machine was quiet meanwhile.
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -43,14 +43,14 @@ impl Ctx<'_> {
         self.table.clear();
     }
 
-    fn short(&self) -> f64 {
+    pub(crate) fn short(&self) -> f64 {
         self.secs.min(5.0)
     }
 }
 
 /// Runs `run` under a [`Probe`]; a disturbed run adds a note saying what
 /// else ran, labelled.
-async fn watched<T>(
+pub(crate) async fn watched<T>(
     label: &str,
     expected: &[&str],
     notes: &mut Vec<String>,
@@ -66,7 +66,7 @@ async fn watched<T>(
 }
 
 /// "quiet", or what disturbed the runs (each note says DISTURBED).
-fn machine(notes: &[String]) -> String {
+pub(crate) fn machine(notes: &[String]) -> String {
     if notes.is_empty() {
         "quiet".to_owned()
     } else {
@@ -76,15 +76,15 @@ fn machine(notes: &[String]) -> String {
 
 /// The runs of one variant: each run's result, what the machine was doing
 /// during it, and a note for each disturbed run.
-struct Rounds<T> {
-    results: Vec<T>,
-    machines: Vec<serde_json::Value>,
-    notes: Vec<String>,
+pub(crate) struct Rounds<T> {
+    pub(crate) results: Vec<T>,
+    pub(crate) machines: Vec<serde_json::Value>,
+    pub(crate) notes: Vec<String>,
 }
 
 /// Runs every variant in turn, `runs` rounds (v1, v2, ..., v1, v2, ...),
 /// each run under a [`Probe`]; `line` may print a run's result as it comes.
-async fn alternate<V: Copy, T, Fut>(
+pub(crate) async fn alternate<V: Copy, T, Fut>(
     runs: usize,
     variants: &[V],
     table: &mut String,
@@ -115,13 +115,13 @@ where
     Ok(by)
 }
 
-fn spread_of<T>(items: &[T], f: impl Fn(&T) -> f64) -> Spread {
+pub(crate) fn spread_of<T>(items: &[T], f: impl Fn(&T) -> f64) -> Spread {
     Spread::of(&items.iter().map(f).collect::<Vec<_>>())
 }
 
 /// One line for several runs of the same calls: median (min-max) of each
 /// figure, failures summed.
-fn calls_summary(rs: &[CallsResult]) -> String {
+pub(crate) fn calls_summary(rs: &[CallsResult]) -> String {
     let q = |p| move |r: &CallsResult| r.ring.value_at_quantile(p) as f64;
     let a = |p| move |r: &CallsResult| r.accepted.value_at_quantile(p) as f64;
     // The median of the runs' bucket bounds (NaN when no run had one).
@@ -142,7 +142,10 @@ fn calls_summary(rs: &[CallsResult]) -> String {
 
 /// The summary of several runs for bench.json: each run, and the spread of
 /// the figures the docs quote.
-fn calls_runs_json(rs: &[CallsResult], machines: &[serde_json::Value]) -> serde_json::Value {
+pub(crate) fn calls_runs_json(
+    rs: &[CallsResult],
+    machines: &[serde_json::Value],
+) -> serde_json::Value {
     serde_json::json!({
         "runs": rs.iter().zip(machines).map(|(r, m)| {
             let mut e = calls_json(r);
@@ -165,18 +168,39 @@ async fn knee_search(
     ctx: &mut Ctx<'_>,
     store: Store,
 ) -> Result<(f64, Vec<serde_json::Value>, Vec<(f64, u64, u64)>)> {
+    let (server_bin, cpu, short) = (ctx.server_bin, ctx.cpu, ctx.short());
+    knee_ladder(&mut ctx.table, store.label(), &KNEE_RATES, |rate| {
+        run_calls(server_bin, cpu, rate, short, 1, false, store)
+    })
+    .await
+}
+
+/// The rates a knee search steps through.
+pub(crate) const KNEE_RATES: [f64; 10] = [
+    1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0, 8000.0, 10000.0, 12000.0, 16000.0,
+];
+
+/// [`knee_search`] over `rates`, each run by `run` (`label` names the
+/// server in the table).
+pub(crate) async fn knee_ladder<Fut>(
+    table: &mut String,
+    label: &str,
+    rates: &[f64],
+    mut run: impl FnMut(f64) -> Fut,
+) -> Result<(f64, Vec<serde_json::Value>, Vec<(f64, u64, u64)>)>
+where
+    Fut: Future<Output = Result<CallsResult>>,
+{
     let mut knee = 0.0;
     let mut runs = Vec::new();
     let mut points = Vec::new();
-    for rate in [
-        1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0, 8000.0, 10000.0, 12000.0, 16000.0,
-    ] {
-        let r = run_calls(ctx.server_bin, ctx.cpu, rate, ctx.short(), 1, false, store).await?;
+    for &rate in rates {
+        let r = run(rate).await?;
         let ok = r.failed == 0
             && r.shed == 0
             && r.ring.value_at_quantile(0.99) <= 10_000
             && r.accepted.value_at_quantile(0.99) <= 10_000;
-        let _ = writeln!(ctx.table, "    {}", calls_line(&r));
+        let _ = writeln!(table, "    {}", calls_line(&r));
         points.push((
             rate,
             r.ring.value_at_quantile(0.5),
@@ -188,7 +212,7 @@ async fn knee_search(
         }
         knee = rate;
     }
-    let _ = writeln!(ctx.table, "    knee ({}): {knee} calls/s", store.label());
+    let _ = writeln!(table, "    knee ({label}): {knee} calls/s");
     Ok((knee, runs, points))
 }
 
