@@ -239,9 +239,9 @@ pub struct Config {
     pub record_retention_days: u64,
     /// NATS server (with JetStream) of a cluster, e.g.
     /// `nats://127.0.0.1:4222`. Set: this node is one of several serving
-    /// one deployment, its state is kept in JetStream (not in `data_dir`),
-    /// and call records are not kept (docs/operations.md, "Several
-    /// nodes"). Unset (the default): a single node.
+    /// one deployment, its state and call records are kept in JetStream
+    /// (not in `data_dir`; docs/operations.md, "Several nodes on NATS").
+    /// Unset (the default): a single node.
     pub nats_url: Option<String>,
     /// The deployment's name on NATS: nodes with the same name serve the
     /// same users (letters, digits, `-`, `_`; default `main`).
@@ -774,6 +774,10 @@ impl Config {
             fsync_interval: Duration::from_millis(self.fsync_interval_ms),
             snapshot_after_bytes: self.snapshot_after_mb << 20,
         })
+    }
+    /// How long ended-call records are kept.
+    pub fn record_retention(&self) -> Duration {
+        Duration::from_secs(self.record_retention_days * 86_400)
     }
     /// Silence after which a connection is dead.
     pub fn dead_after(&self) -> Duration {

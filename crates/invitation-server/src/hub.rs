@@ -625,6 +625,15 @@ impl Hub {
                 break;
             }
         }
+        // After the log: a record is never out before the turn that made it.
+        let frame = self.sb.frame();
+        while let Some(record) = self.sb.poll_record() {
+            self.ended.push(record.map_times(|at| frame.to_unix_ns(at)));
+        }
+        if !self.ended.is_empty() {
+            let log = self.log.as_ref().expect("a cluster hub has a log");
+            log.publish_records(std::mem::take(&mut self.ended));
+        }
         self.flush_side_effects();
         let log = self.log.as_mut().expect("a cluster hub has a log");
         if log.wants_snapshot() {

@@ -147,7 +147,8 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    fn after(record: &StoredRecord) -> Self {
+    /// Where a page that ended with `record` goes on.
+    pub(crate) fn after(record: &StoredRecord) -> Self {
         Self {
             text: format!("{}:{}", record.ended_at, record.call_id),
             ended_at: record.ended_at,
@@ -158,6 +159,11 @@ impl Cursor {
     /// The cursor as text (for a query string).
     pub fn as_str(&self) -> &str {
         &self.text
+    }
+
+    /// The last record a page held: its end time and call id.
+    pub(crate) fn position(&self) -> (i64, &CallId) {
+        (self.ended_at, &self.call_id)
     }
 
     fn key(&self) -> (i64, &CallId) {

@@ -185,7 +185,7 @@ impl Server {
         let limits = HubLimits::from_config(&config);
         let hub = match config.store_options() {
             Some(options) => {
-                let retention = Duration::from_secs(config.record_retention_days * 86_400);
+                let retention = config.record_retention();
                 Hub::recover(
                     sb,
                     limits,
@@ -531,7 +531,14 @@ async fn start_cluster(
         random_suffix()
     );
     let lease_ttl = Duration::from_millis(config.cluster_lease_ms);
-    let edge = Edge::start(&nats, &node, lease_ttl, metrics.clone()).await?;
+    let edge = Edge::start(
+        &nats,
+        &node,
+        lease_ttl,
+        config.record_retention(),
+        metrics.clone(),
+    )
+    .await?;
     if config.store_options().is_some() {
         tracing::info!("cluster mode: the state is kept in JetStream; data_dir is not used");
     }

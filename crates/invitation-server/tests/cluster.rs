@@ -711,3 +711,56 @@ async fn a_snapshot_bounds_the_log_and_a_new_leader_starts_from_it() {
     );
     f.stop().await;
 }
+
+/// Ended calls are recorded in JetStream, and any node pages through a
+/// user's records, oldest first, with the same cursors as one node.
+#[tokio::test]
+async fn call_records_are_kept_and_read_from_any_node() {
+    use invitation_server::RecordQuery;
+    let Some(f) = suite::Cluster::start("records").await else {
+        return;
+    };
+    let alice = f.device("alice", "phone").await;
+    let bob = f.device("bob", "phone").await;
+    let mut calls = Vec::new();
+    for n in 1..=3 {
+        let call = suite::invite(&alice, &["bob"], 60).await.call_id;
+        bob.rec.wait_for(Callback::IncomingCallReceived, n).await;
+        bob.client.decline(&call).await.unwrap();
+        calls.push(call);
+    }
+    let query = |cursor| RecordQuery {
+        user: UserId::new("bob").unwrap(),
+        from: 0,
+        to: i64::MAX,
+        cursor,
+        limit: 2,
+    };
+    // Published after the turn that ended each call: wait for the third.
+    let deadline = Instant::now() + SOON;
+    let first = loop {
+        let page = f.nodes[2].call_records(query(None)).await.unwrap();
+        if page.next_cursor.is_some() {
+            break page;
+        }
+        assert!(Instant::now() < deadline, "records not listed: {page:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let second = f.nodes[1]
+        .call_records(query(first.next_cursor.clone()))
+        .await
+        .unwrap();
+    let listed: Vec<_> = first
+        .records
+        .iter()
+        .chain(&second.records)
+        .map(|r| r.call_id.clone())
+        .collect();
+    assert_eq!(listed, calls, "every call once, oldest first");
+    assert!(second.next_cursor.is_none());
+    assert!(
+        first.records.iter().all(|r| r.reason == Reason::Declined),
+        "{first:?}"
+    );
+    f.stop().await;
+}

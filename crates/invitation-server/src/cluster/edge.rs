@@ -26,7 +26,6 @@ use super::{ClusterError, Nats};
 use crate::hub::{HubMsg, Outbound, Queued, Stamp};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, PushError};
-use crate::records::RecordError;
 
 /// How often an edge tells the switchboard's node it is alive.
 pub(crate) const ALIVE_EVERY: Duration = Duration::from_millis(500);
@@ -44,6 +43,8 @@ pub(crate) struct Edge {
     leader: Option<(Leader, Instant)>,
     /// Silence after which the leader is taken for gone.
     leader_silence: Duration,
+    /// How long call records are kept.
+    record_retention: Duration,
     metrics: Arc<Metrics>,
     up: String,
     down: async_nats::Subscriber,
@@ -56,6 +57,7 @@ impl Edge {
         nats: &Nats,
         node: &str,
         leader_silence: Duration,
+        record_retention: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ClusterError> {
         let client = nats.client();
@@ -74,6 +76,7 @@ impl Edge {
             conns: HashMap::new(),
             leader: None,
             leader_silence,
+            record_retention,
             metrics,
             up: nats.subject("up"),
             down,
@@ -296,13 +299,12 @@ impl Edge {
                     let _ = reply.send(answer.unwrap_or(None));
                 });
             }
-            HubMsg::Records { reply, .. } => {
-                let _ = reply.send(Err(RecordError::Io {
-                    path: std::path::PathBuf::new(),
-                    source: std::io::Error::other(
-                        "call records are not kept when the server runs as a NATS cluster",
-                    ),
-                }));
+            HubMsg::Records { query, reply } => {
+                // Read from JetStream here, without the leader.
+                let (nats, retention) = (self.nats.clone(), self.record_retention);
+                tokio::spawn(async move {
+                    let _ = reply.send(super::records::list(&nats, retention, &query).await);
+                });
             }
         }
     }

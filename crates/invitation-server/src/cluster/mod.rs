@@ -22,6 +22,7 @@
 pub(crate) mod edge;
 mod journal;
 mod lease;
+pub(crate) mod records;
 pub(crate) mod seat;
 pub(crate) mod state;
 pub(crate) mod wire;

@@ -163,8 +163,11 @@ impl Seat {
             }
         };
         let replayed = loaded.entries.len();
+        let mut config = self.config.clone();
+        // Kept in JetStream, readable from every node.
+        config.call_records = true;
         let (sb, recovered) = Durable::recover(
-            self.config.clone(),
+            config,
             crate::hub::RandomCallIds::new(),
             crate::hub::time_frame(),
             loaded.snapshot,
@@ -177,6 +180,7 @@ impl Seat {
             self.nats.clone(),
             loaded.log,
             self.server.snapshot_after_mb << 20,
+            self.server.record_retention(),
             self.metrics.clone(),
         );
         let hub = Hub::in_cluster(

@@ -172,6 +172,8 @@ pub(crate) struct LogSink {
     snapshot_after: u64,
     writing: Option<tokio::task::JoinHandle<()>>,
     metrics: Arc<Metrics>,
+    /// How long call records are kept (the records stream's maximum age).
+    record_retention: std::time::Duration,
 }
 
 impl LogSink {
@@ -179,9 +181,11 @@ impl LogSink {
         nats: Nats,
         log: FencedLog,
         snapshot_after: u64,
+        record_retention: std::time::Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            record_retention,
             nats,
             log,
             buf: Vec::new(),
@@ -231,6 +235,23 @@ impl LogSink {
         self.since_snapshot += len;
         self.metrics.journal_bytes.fetch_add(len, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Publishes the records of calls that ended in a journaled turn, in
+    /// the background (a failure is logged and counted, as on one node).
+    pub(crate) fn publish_records(&self, records: Vec<crate::records::StoredRecord>) {
+        let (nats, retention, metrics) = (
+            self.nats.clone(),
+            self.record_retention,
+            self.metrics.clone(),
+        );
+        tokio::spawn(async move {
+            let count = records.len();
+            if let Err(e) = super::records::publish(&nats, retention, records).await {
+                metrics.store_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, lost = count, "cannot publish call records to JetStream");
+            }
+        });
     }
 
     /// Whether a snapshot is due (and none is being written).
