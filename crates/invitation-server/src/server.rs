@@ -531,12 +531,14 @@ async fn start_cluster(
         random_suffix()
     );
     let lease_ttl = Duration::from_millis(config.cluster_lease_ms);
+    let local = Arc::new(crate::cluster::LocalSeat::new(None));
     let edge = Edge::start(
         &nats,
         &node,
         lease_ttl,
         config.record_retention(),
         metrics.clone(),
+        local.subscribe(),
     )
     .await?;
     if config.store_options().is_some() {
@@ -569,6 +571,7 @@ async fn start_cluster(
         server: config.clone(),
         metrics,
         decorate: Box::new(decorate),
+        local,
     };
     tracing::info!(%node, cluster = %config.cluster_name, lease_ms = config.cluster_lease_ms,
         "cluster node: serving connections; the switchboard runs on the lease holder");

@@ -10,7 +10,7 @@
 //! same request ids, which the switchboard answers once. That is the whole
 //! failover protocol: the one a server restart already uses.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use invitation_core::protocol::CloseReason;
 use invitation_core::{CommandError, SwitchboardInput};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::wire::{Answer, ApiRequest, Down, Input, Leader, Up, UpBody};
@@ -39,6 +39,11 @@ pub(crate) struct Edge {
     node: String,
     /// The edge's live connections, by their id on this node.
     conns: HashMap<u64, Arc<Outbox>>,
+    /// Those of them that talk to this node's own hub (it led when they
+    /// opened).
+    direct: HashSet<u64>,
+    /// This node's hub while it leads.
+    local: watch::Receiver<Option<(u64, mpsc::Sender<HubMsg>)>>,
     /// The leader the connections belong to, and when it was last heard.
     leader: Option<(Leader, Instant)>,
     /// Silence after which the leader is taken for gone.
@@ -59,6 +64,7 @@ impl Edge {
         leader_silence: Duration,
         record_retention: Duration,
         metrics: Arc<Metrics>,
+        local: watch::Receiver<Option<(u64, mpsc::Sender<HubMsg>)>>,
     ) -> Result<Self, ClusterError> {
         let client = nats.client();
         let down = client
@@ -74,6 +80,8 @@ impl Edge {
             nats: nats.clone(),
             node: node.to_owned(),
             conns: HashMap::new(),
+            direct: HashSet::new(),
+            local,
             leader: None,
             leader_silence,
             record_retention,
@@ -159,6 +167,7 @@ impl Edge {
 
     /// Closes every connection; clients reconnect and resume.
     fn close_all(&mut self) {
+        self.direct.clear();
         for (_, tx) in self.conns.drain() {
             tx.close(Some(Outbound::Close(CloseReason::ShuttingDown)));
         }
@@ -215,8 +224,64 @@ impl Edge {
         }
     }
 
+    /// This node's hub, when this node leads the term the edge follows.
+    fn own_hub(&self) -> Option<mpsc::Sender<HubMsg>> {
+        let term = self.term()?;
+        match &*self.local.borrow() {
+            Some((led, hub)) if *led == term => Some(hub.clone()),
+            _ => None,
+        }
+    }
+
+    /// Hands `msg` straight to this node's hub while it leads (a client of
+    /// the leader costs no NATS hop); gives it back when it must go over
+    /// NATS. A connection keeps the path it opened on until it closes.
+    async fn try_direct(&mut self, msg: HubMsg) -> Option<HubMsg> {
+        match msg {
+            HubMsg::Open { conn, tx, input } => {
+                let Some(hub) = self.own_hub() else {
+                    return Some(HubMsg::Open { conn, tx, input });
+                };
+                self.conns.insert(conn.get(), tx.clone());
+                self.direct.insert(conn.get());
+                if hub.send(HubMsg::Open { conn, tx, input }).await.is_err() {
+                    // Stepped down meanwhile: the client starts again.
+                    if let Some(tx) = self.conns.remove(&conn.get()) {
+                        tx.close(Some(Outbound::Close(CloseReason::ShuttingDown)));
+                    }
+                    self.direct.remove(&conn.get());
+                }
+                None
+            }
+            HubMsg::Input { conn, .. } if self.direct.contains(&conn.get()) => {
+                if let HubMsg::Input {
+                    input: SwitchboardInput::Disconnect,
+                    ..
+                } = &msg
+                {
+                    self.direct.remove(&conn.get());
+                    self.conns.remove(&conn.get());
+                }
+                // No hub any more: this node stepped down, and the edge
+                // closes the connection once it hears who leads now.
+                if let Some(hub) = self.own_hub() {
+                    let _ = hub.send(msg).await;
+                }
+                None
+            }
+            HubMsg::Input { .. } | HubMsg::Shutdown { .. } | HubMsg::Records { .. } => Some(msg),
+            api => match self.own_hub() {
+                Some(hub) => hub.send(api).await.err().map(|e| e.0),
+                None => Some(api),
+            },
+        }
+    }
+
     /// A message a connection task (or the HTTP API) gave the hub.
     async fn local(&mut self, msg: HubMsg) {
+        let Some(msg) = self.try_direct(msg).await else {
+            return;
+        };
         match msg {
             HubMsg::Open { conn, tx, input } => {
                 if self.term().is_none() {
@@ -246,9 +311,23 @@ impl Edge {
                 // This node stops: its devices leave (the calls live on in
                 // the switchboard; clients reconnect to another node).
                 let conns: Vec<u64> = self.conns.keys().copied().collect();
+                let own = self.own_hub();
                 for conn in conns {
-                    self.send_input(conn, Input::Disconnect, Instant::now())
-                        .await;
+                    match &own {
+                        Some(hub) if self.direct.contains(&conn) => {
+                            let _ = hub
+                                .send(HubMsg::Input {
+                                    conn: invitation_core::ConnId::new(conn),
+                                    input: SwitchboardInput::Disconnect,
+                                    at: Instant::now(),
+                                })
+                                .await;
+                        }
+                        _ => {
+                            self.send_input(conn, Input::Disconnect, Instant::now())
+                                .await;
+                        }
+                    }
                 }
                 self.close_all();
                 let _ = done.send(());

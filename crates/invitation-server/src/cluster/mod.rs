@@ -1,12 +1,12 @@
 //! Several server nodes on NATS JetStream (docs/architecture.md, "Several
 //! nodes").
 //!
-//! Every node is an edge ([`edge`]): it serves connections and the HTTP
-//! API, and hands what they say to the node that runs the switchboard. One
-//! node at a time runs it ([`seat`]), holding a [`Lease`]; it appends the
-//! switchboard's inputs to a [`FencedLog`] before acting on them, and
-//! snapshots the state now and then ([`state`]). When it dies, another node
-//! takes the lease, rebuilds the state from the snapshot and the log (the
+//! Every node is an edge (module `edge`): it serves connections and the
+//! HTTP API, and hands what they say to the node that runs the switchboard
+//! (its own edge hands them to it directly). One node at a time runs it
+//! (module `seat`), holding a [`Lease`]; it appends the switchboard's inputs
+//! to a [`FencedLog`] before acting on them, and snapshots the state now and
+//! then (module `state`). When it dies, another node takes the lease, rebuilds the state from the snapshot and the log (the
 //! switchboard is deterministic given its inputs and their times) and leads.
 //! The lease and the log are plain JetStream streams, fenced by JetStream's
 //! expected-sequence checks rather than by clocks: a node that lost its
@@ -163,6 +163,12 @@ impl Nats {
         }
     }
 }
+
+/// The hub this node runs while it leads, and the term it leads: the
+/// node's own edge hands its connections' inputs straight to it (no NATS
+/// hop for clients of the leader). `None` while another node leads.
+pub(crate) type LocalSeat =
+    tokio::sync::watch::Sender<Option<(u64, tokio::sync::mpsc::Sender<crate::hub::HubMsg>)>>;
 
 /// The switchboard's state as the deployment's JetStream holds it now: the
 /// newest snapshot and every journal entry after it, what a node that takes

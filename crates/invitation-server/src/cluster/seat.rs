@@ -37,7 +37,14 @@ pub(crate) struct Seat {
     pub metrics: Arc<Metrics>,
     /// Adds webhooks and push to a new hub (each term starts a hub).
     pub decorate: Box<dyn Fn(Hub) -> Hub + Send + Sync>,
+    /// Tells this node's edge which hub to use directly while leading.
+    pub local: Arc<super::LocalSeat>,
 }
+
+/// Connection ids the leader gives remote connections start here, far
+/// above the ones its own edge draws (from 1), so the two never meet in
+/// the hub.
+const REMOTE_CONN_BASE: u64 = 1 << 48;
 
 impl Seat {
     /// Campaigns, leads, and campaigns again, until `stop` turns true;
@@ -93,6 +100,7 @@ impl Seat {
             elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "leading: the switchboard runs on this node");
         let (hub_tx, hub_rx) = mpsc::channel(4096);
+        let local_hub = hub_tx.clone();
         let ingress = match Ingress::start(self, term, hub_tx).await {
             Ok(i) => i,
             Err(e) => {
@@ -113,6 +121,7 @@ impl Seat {
         let mut renew = tokio::time::interval(self.lease_ttl / 3);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut renewed = Instant::now();
+        self.local.send_replace(Some((term, local_hub)));
         self.metrics.cluster_terms.fetch_add(1, Ordering::Relaxed);
         self.metrics.cluster_leading.store(term, Ordering::Relaxed);
         let hub = hub.run(hub_rx);
@@ -139,6 +148,7 @@ impl Seat {
             }
         }
         self.metrics.cluster_leading.store(0, Ordering::Relaxed);
+        self.local.send_replace(None);
         beat.abort();
         // Closes every remote connection's queue: their edges close them,
         // the clients reconnect and find the next leader.
@@ -262,7 +272,7 @@ impl Ingress {
             term,
             hub,
             edges: HashMap::new(),
-            next_conn: 1,
+            next_conn: REMOTE_CONN_BASE,
             outbox_cap: seat.server.outbound_queue,
             shedding: seat.server.shed_after().is_some(),
             metrics: seat.metrics.clone(),
