@@ -114,6 +114,13 @@ fn start_node(nats_url: &str, name: &str, port: u16) -> Node {
     Node { child, port, lines }
 }
 
+/// A node outlives no test, failed ones included.
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
 impl Node {
     fn kill9(&mut self) {
         let _ = self.child.kill();
