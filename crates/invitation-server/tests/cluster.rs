@@ -771,3 +771,43 @@ async fn call_records_are_kept_and_read_from_any_node() {
     );
     f.stop().await;
 }
+
+/// NATS down: no node decides alone (each stops serving calls once a
+/// lease's time passed without a leader, `/healthz` 503); NATS back: a
+/// leader is elected again, the state comes back from JetStream, and a call
+/// that rang before the outage is answered after it.
+#[tokio::test]
+async fn a_nats_outage_pauses_calls_and_loses_none() {
+    let Some(mut f) = suite::Cluster::start_with("outage", 2, |_| {}).await else {
+        return;
+    };
+    let alice = f.device("alice", "phone").await;
+    let bob = f.device("bob", "phone").await;
+    let call = suite::invite(&alice, &["bob"], 600).await.call_id;
+    bob.rec.wait_for(Callback::IncomingCallReceived, 1).await;
+
+    f.nats.kill().await;
+    let deadline = Instant::now() + SOON;
+    while !f
+        .nodes
+        .iter()
+        .all(|n| n.metrics.cluster_no_leader.load(Ordering::Relaxed))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "a node still follows a leader {SOON:?} into the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(f.leader().is_none(), "a node still leads without NATS");
+
+    f.nats.restart().await;
+    f.settled().await;
+    bob.client
+        .accept(&call)
+        .await
+        .expect("the call rang through the outage");
+    let accepted = alice.rec.wait_for(Callback::OutgoingCallAccepted, 1).await;
+    assert_eq!(accepted.call_id, call);
+    f.stop().await;
+}

@@ -124,15 +124,15 @@ impl Seat {
         self.local.send_replace(Some((term, local_hub)));
         self.metrics.cluster_terms.fetch_add(1, Ordering::Relaxed);
         self.metrics.cluster_leading.store(term, Ordering::Relaxed);
-        let hub = hub.run(hub_rx);
-        tokio::pin!(hub);
+        // Its own task: the hub goes on while a renewal waits for NATS.
+        let mut hub = tokio::spawn(hub.run(hub_rx));
         loop {
             tokio::select! {
-                () = &mut hub => {
-                    tracing::warn!(node = %self.node, term, "stepping down: another node appended to the log");
+                _ = &mut hub => {
+                    tracing::warn!(node = %self.node, term, "stepping down: the log refused an append");
                     break;
                 }
-                _ = renew.tick() => match lease.renew().await {
+                _ = renew.tick() => match self.renew(lease).await {
                     Ok(()) => renewed = Instant::now(),
                     Err(ClusterError::LeaseLost { .. }) => {
                         tracing::warn!(node = %self.node, term, "stepping down: the lease was taken");
@@ -147,6 +147,8 @@ impl Seat {
                 _ = stop.changed() => break,
             }
         }
+        // Whatever the hub held for clients unwritten dies with it.
+        hub.abort();
         self.metrics.cluster_leading.store(0, Ordering::Relaxed);
         self.local.send_replace(None);
         beat.abort();
@@ -154,6 +156,14 @@ impl Seat {
         // the clients reconnect and find the next leader.
         let _ = stop_ingress.send(());
         let _ = ingress.await;
+    }
+
+    /// One renewal, given up after a third of the lease (a NATS that does
+    /// not answer must not keep a leader that cannot renew in office).
+    async fn renew(&self, lease: &mut Lease) -> Result<(), ClusterError> {
+        tokio::time::timeout(self.lease_ttl / 3, lease.renew())
+            .await
+            .unwrap_or_else(|_| Err(ClusterError::js("lease renewal", "timed out")))
     }
 
     /// Rebuilds the state and writes this node's term into the log.

@@ -14,7 +14,7 @@ use tokio::process::{Child, Command};
 
 /// A `nats-server -js` on 127.0.0.1, stopped (and its store removed) on drop.
 pub struct NatsServer {
-    _child: Child,
+    child: Child,
     pub url: String,
     store: std::path::PathBuf,
 }
@@ -31,13 +31,7 @@ pub async fn nats_server(test: &str) -> Option<NatsServer> {
     let store = std::env::temp_dir().join(format!("inv-nats-{}-{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&store);
     std::fs::create_dir_all(&store).unwrap();
-    let spawned = Command::new("nats-server")
-        .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
-        .arg(&store)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn();
+    let spawned = spawn(&store, "-1");
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -82,8 +76,52 @@ pub async fn nats_server(test: &str) -> Option<NatsServer> {
     // Keep draining its log so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Some(NatsServer {
-        _child: child,
+        child,
         url: url.expect("nats-server did not say its port"),
         store,
     })
+}
+
+fn spawn(store: &std::path::Path, port: &str) -> std::io::Result<Child> {
+    Command::new("nats-server")
+        .args(["-js", "-a", "127.0.0.1", "-p", port, "-sd"])
+        .arg(store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+}
+
+impl NatsServer {
+    /// Kills it (SIGKILL), as an outage would; its store stays.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Starts it again on the same port and store, and waits until it is
+    /// ready (at most 10 s).
+    pub async fn restart(&mut self) {
+        let port = self.url.rsplit(':').next().expect("a port").to_owned();
+        let mut child = spawn(&self.store, &port).expect("nats-server starts again");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut seen = Vec::new();
+        let ready = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let done = line.contains("Server is ready");
+                seen.push(line);
+                if done {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert!(
+            matches!(ready, Ok(true)),
+            "nats-server did not come back within 10 s; it printed:\n{}",
+            seen.join("\n")
+        );
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.child = child;
+    }
 }
