@@ -155,8 +155,11 @@ impl Default for ConnectionConfig {
     }
 }
 
-/// What the switchboard must be told about this connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the switchboard must be told about this connection. Serializes
+/// with serde (a server that runs the switchboard on another node sends it
+/// there).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum SwitchboardInput {
     /// The device authenticated: join it (answer: `welcome`, re = `hello`).

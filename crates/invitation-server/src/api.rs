@@ -412,19 +412,6 @@ pub struct Presence {
 }
 
 impl Presence {
-    /// What a node that cannot reach the switchboard says: nothing known.
-    pub(crate) fn unknown(user: &UserId) -> Self {
-        Self {
-            user: user.to_string(),
-            devices: Vec::new(),
-            online: false,
-            in_call: false,
-            ringing: false,
-            calling: false,
-            calls: Vec::new(),
-        }
-    }
-
     pub(crate) fn of(sb: &Durable, user: &UserId) -> Self {
         let devices: Vec<String> = sb
             .online_devices(user)

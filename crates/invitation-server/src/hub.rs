@@ -239,7 +239,7 @@ fn on_process_clock(at: std::time::Instant) -> Instant {
 }
 
 /// Unix time in nanoseconds, from the wall clock.
-fn unix_ns_now() -> i64 {
+pub(crate) fn unix_ns_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))

@@ -166,97 +166,15 @@ impl Server {
         crate::demo::announce(&config);
         let metrics = Arc::new(Metrics::default());
         let (hub_tx, hub_rx) = mpsc::channel(4096);
-        if config.nats_url.is_some() {
-            let (hub, seat_stop) =
-                start_cluster(&config, sb, delivery, metrics.clone(), hub_rx).await?;
-            return Ok(Self::assemble(
-                config,
-                listener,
-                api,
-                authority,
-                metrics,
-                hub_tx,
-                hub,
-                tls,
-                generated_secret,
-                Some(seat_stop),
-            ));
-        }
-        let limits = HubLimits::from_config(&config);
-        let hub = match config.store_options() {
-            Some(options) => {
-                let retention = config.record_retention();
-                Hub::recover(
-                    sb,
-                    limits,
-                    config.shed_after(),
-                    metrics.clone(),
-                    options,
-                    retention,
-                )?
-            }
-            None => Hub::new(sb, limits, config.shed_after(), metrics.clone()),
-        };
-        let hub = if let Some(delivery) = delivery {
-            tracing::info!(
-                endpoints = config.webhook_urls.len(),
-                "webhooks on: every call event is sent to each endpoint"
-            );
-            let webhooks = match config.store_options() {
-                Some(options) => {
-                    let dir = options.dir.join("webhooks");
-                    Webhooks::start_durable(
-                        &config.webhook_urls,
-                        delivery,
-                        metrics.clone(),
-                        &dir,
-                        options.durability == crate::store::Durability::Fsync,
-                    )
-                    .map_err(|source| crate::store::StoreError::Io { path: dir, source })?
-                }
-                None => Webhooks::start(&config.webhook_urls, delivery, metrics.clone()),
-            };
-            hub.with_webhooks(webhooks)
+        let (hub, seat_stop) = if config.nats_url.is_some() {
+            let (hub, stop) = start_cluster(&config, sb, delivery, metrics.clone(), hub_rx).await?;
+            (hub, Some(stop))
         } else {
-            hub
+            let hub = single_hub(&config, sb, delivery, metrics.clone())?;
+            (tokio::spawn(hub.run(hub_rx)), None)
         };
-        let hub = match PushSettings::from_config(&config)? {
-            Some(settings) => {
-                tracing::info!(gateway = %settings.url, "push on: devices that are not connected are woken through the gateway");
-                hub.with_pushes(Pushes::start(settings, metrics.clone()))
-            }
-            None => hub,
-        };
-        let hub = tokio::spawn(hub.run(hub_rx));
-        Ok(Self::assemble(
-            config,
-            listener,
-            api,
-            authority,
-            metrics,
-            hub_tx,
-            hub,
-            tls,
-            generated_secret,
-            None,
-        ))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn assemble(
-        config: Config,
-        listener: TcpListener,
-        api: Option<TcpListener>,
-        authority: Authority,
-        metrics: Arc<Metrics>,
-        hub_tx: mpsc::Sender<HubMsg>,
-        hub: JoinHandle<()>,
-        tls: Option<crate::tls::ServerTls>,
-        generated_secret: Option<String>,
-        seat_stop: Option<watch::Sender<bool>>,
-    ) -> Self {
         let (shutdown_tx, shutdown) = watch::channel(false);
-        Self {
+        Ok(Self {
             listener,
             api,
             shared: Arc::new(Shared {
@@ -273,7 +191,7 @@ impl Server {
             hub,
             generated_secret,
             seat_stop,
-        }
+        })
     }
 
     /// The address actually bound (useful with port 0).
@@ -509,6 +427,62 @@ impl Server {
             task,
         }
     }
+}
+
+/// A single node's hub: in memory, or recovered from the data directory;
+/// with webhooks and push when configured.
+fn single_hub(
+    config: &Config,
+    sb: invitation_core::SwitchboardConfig,
+    delivery: Option<Delivery>,
+    metrics: Arc<Metrics>,
+) -> Result<Hub, ServerError> {
+    let limits = HubLimits::from_config(config);
+    let hub = match config.store_options() {
+        Some(options) => {
+            let retention = config.record_retention();
+            Hub::recover(
+                sb,
+                limits,
+                config.shed_after(),
+                metrics.clone(),
+                options,
+                retention,
+            )?
+        }
+        None => Hub::new(sb, limits, config.shed_after(), metrics.clone()),
+    };
+    let hub = if let Some(delivery) = delivery {
+        tracing::info!(
+            endpoints = config.webhook_urls.len(),
+            "webhooks on: every call event is sent to each endpoint"
+        );
+        let webhooks = match config.store_options() {
+            Some(options) => {
+                let dir = options.dir.join("webhooks");
+                Webhooks::start_durable(
+                    &config.webhook_urls,
+                    delivery,
+                    metrics.clone(),
+                    &dir,
+                    options.durability == crate::store::Durability::Fsync,
+                )
+                .map_err(|source| crate::store::StoreError::Io { path: dir, source })?
+            }
+            None => Webhooks::start(&config.webhook_urls, delivery, metrics.clone()),
+        };
+        hub.with_webhooks(webhooks)
+    } else {
+        hub
+    };
+    let hub = match PushSettings::from_config(config)? {
+        Some(settings) => {
+            tracing::info!(gateway = %settings.url, "push on: devices that are not connected are woken through the gateway");
+            hub.with_pushes(Pushes::start(settings, metrics.clone()))
+        }
+        None => hub,
+    };
+    Ok(hub)
 }
 
 /// A cluster node: its edge (what the hub is on a single node) and its

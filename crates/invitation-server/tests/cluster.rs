@@ -309,11 +309,21 @@ async fn killing_nodes_mid_ring_loses_and_doubles_no_outcome() {
         .peekable();
     let mut downs: Vec<(usize, Instant)> = Vec::new();
     let mut terms_expected = 1;
+    // Calls acknowledged and not yet answered: a kill waits for one, so
+    // every kill lands mid-ring.
+    let ringing = Arc::new(AtomicUsize::new(0));
     const ROUNDS: usize = 28;
-    for round in 0..ROUNDS {
+    let mut round = 0;
+    while round < ROUNDS || kills.peek().is_some() {
+        assert!(
+            round < 3 * ROUNDS,
+            "{} kills never found a call ringing in {round} rounds",
+            kills.len()
+        );
         // Kills and restarts happen between rounds, on schedule.
         let now_ms = started.elapsed().as_millis() as u64;
-        if kills.peek().is_some_and(|(at, _)| *at <= now_ms) {
+        let due = kills.peek().is_some_and(|(at, _)| *at <= now_ms);
+        if due && ringing.load(Ordering::Relaxed) > 0 {
             let (_, kill_leader) = kills.next().unwrap();
             let lead = leader(&ports).await;
             let victim = if kill_leader {
@@ -352,17 +362,18 @@ async fn killing_nodes_mid_ring_loses_and_doubles_no_outcome() {
             _ => Fate::Timeout,
         };
         let delay = Duration::from_millis(200 + rng.below(1300));
-        let (devices, acked) = (devices.clone(), acked.clone());
+        let (devices, acked, ringing) = (devices.clone(), acked.clone(), ringing.clone());
         let callee_id = plan[callee].0;
         calls.spawn(async move {
             let t0 = Instant::now();
             let log = run_call(
-                round, inviter, answering, callee_id, fate, delay, &devices, &acked,
+                round, inviter, answering, callee_id, fate, delay, &devices, &acked, &ringing,
             )
             .await;
             format!("{log} ({} ms)", t0.elapsed().as_millis())
         });
         tokio::time::sleep(Duration::from_millis(400)).await;
+        round += 1;
     }
     let mut log = Vec::new();
     while let Some(r) = tokio::time::timeout(SOON * 2, calls.join_next())
@@ -498,6 +509,7 @@ async fn run_call(
     delay: Duration,
     devices: &[Device],
     acked: &Mutex<Vec<Acknowledged>>,
+    ringing: &AtomicUsize,
 ) -> String {
     let c = &devices[inviter].client;
     let invitation = match c.invite([callee_id], CallType::Voice, None).await {
@@ -516,7 +528,9 @@ async fn run_call(
         return format!("round {round}: joined, hang up -> {r:?}");
     }
     let call = invitation.call_id;
+    ringing.fetch_add(1, Ordering::Relaxed);
     tokio::time::sleep(delay).await;
+    ringing.fetch_sub(1, Ordering::Relaxed);
     let answer = match fate {
         Fate::Accept => {
             let r = devices[answering].client.accept(&call).await;

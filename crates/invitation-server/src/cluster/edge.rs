@@ -16,12 +16,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use invitation_core::protocol::CloseReason;
+use invitation_core::protocol::{CloseReason, ReplyResult};
 use invitation_core::{CommandError, SwitchboardInput};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::wire::{Answer, ApiRequest, Down, Input, Leader, Up, UpBody};
+use super::wire::{Answer, ApiRequest, Down, Leader, Up, UpBody};
 use super::{ClusterError, Nats};
 use crate::hub::{HubMsg, Outbound, Queued, Stamp};
 use crate::metrics::Metrics;
@@ -48,8 +48,8 @@ pub(crate) struct Edge {
     leader: Option<(Leader, Instant)>,
     /// Silence after which the leader is taken for gone.
     leader_silence: Duration,
-    /// How long call records are kept.
-    record_retention: Duration,
+    /// The call records stream, for reads.
+    records: async_nats::jetstream::stream::Stream,
     metrics: Arc<Metrics>,
     up: String,
     down: async_nats::Subscriber,
@@ -75,6 +75,7 @@ impl Edge {
             .subscribe(nats.subject("leader"))
             .await
             .map_err(|e| ClusterError::js("subscribe leader", e))?;
+        let records = super::records::open(nats, record_retention).await?;
         metrics.cluster_no_leader.store(true, Ordering::Relaxed);
         Ok(Self {
             nats: nats.clone(),
@@ -84,7 +85,7 @@ impl Edge {
             local,
             leader: None,
             leader_silence,
-            record_retention,
+            records,
             metrics,
             up: nats.subject("up"),
             down,
@@ -289,9 +290,6 @@ impl Edge {
                     tx.close(Some(Outbound::Close(CloseReason::ShuttingDown)));
                     return;
                 }
-                let Some(input) = Input::of(input) else {
-                    return;
-                };
                 self.conns.insert(conn.get(), tx);
                 self.send_input(conn.get(), input, Instant::now()).await;
             }
@@ -303,9 +301,7 @@ impl Edge {
                 if matches!(input, SwitchboardInput::Disconnect) {
                     self.conns.remove(&conn);
                 }
-                if let Some(input) = Input::of(input) {
-                    self.send_input(conn, input, at).await;
-                }
+                self.send_input(conn, input, at).await;
             }
             HubMsg::Shutdown { done } => {
                 // This node stops: its devices leave (the calls live on in
@@ -324,7 +320,7 @@ impl Edge {
                                 .await;
                         }
                         _ => {
-                            self.send_input(conn, Input::Disconnect, Instant::now())
+                            self.send_input(conn, SwitchboardInput::Disconnect, Instant::now())
                                 .await;
                         }
                     }
@@ -337,58 +333,43 @@ impl Edge {
                 request,
                 command,
                 reply,
-            } => {
-                let ask = ApiRequest::Backend {
+            } => self.command(
+                ApiRequest::Backend {
                     user,
                     request,
                     command,
-                };
-                self.ask(ask, move |answer: Result<Answer, CommandError>| {
-                    let _ = reply.send(answer.and_then(Answer::into_result));
-                });
-            }
+                },
+                reply,
+            ),
             HubMsg::Push {
                 user,
                 device,
                 registration,
                 reply,
-            } => {
-                let ask = ApiRequest::Push {
+            } => self.command(
+                ApiRequest::Push {
                     user,
                     device,
                     registration,
-                };
-                self.ask(ask, move |answer: Result<Answer, CommandError>| {
-                    let _ = reply.send(answer.and_then(Answer::into_result));
-                });
-            }
+                },
+                reply,
+            ),
             HubMsg::PushDevices { user, reply } => {
-                self.ask(ApiRequest::PushDevices { user }, move |answer| {
-                    let _ = reply.send(answer.unwrap_or_default());
-                });
+                self.ask(ApiRequest::PushDevices { user }, reply)
             }
-            HubMsg::Presence { user, reply } => {
-                let unknown = crate::api::Presence::unknown(&user);
-                self.ask(ApiRequest::Presence { user }, move |answer| {
-                    let _ = reply.send(answer.unwrap_or(unknown));
-                });
-            }
-            HubMsg::Call { call_id, reply } => {
-                self.ask(ApiRequest::Call { call_id }, move |answer| {
-                    let _ = reply.send(answer.unwrap_or(None));
-                });
-            }
+            HubMsg::Presence { user, reply } => self.ask(ApiRequest::Presence { user }, reply),
+            HubMsg::Call { call_id, reply } => self.ask(ApiRequest::Call { call_id }, reply),
             HubMsg::Records { query, reply } => {
                 // Read from JetStream here, without the leader.
-                let (nats, retention) = (self.nats.clone(), self.record_retention);
+                let (nats, records) = (self.nats.clone(), self.records.clone());
                 tokio::spawn(async move {
-                    let _ = reply.send(super::records::list(&nats, retention, &query).await);
+                    let _ = reply.send(super::records::list(&nats, &records, &query).await);
                 });
             }
         }
     }
 
-    async fn send_input(&self, conn: u64, input: Input, at: Instant) {
+    async fn send_input(&self, conn: u64, input: SwitchboardInput, at: Instant) {
         let read_ns = super::unix_ns_of(at);
         self.publish(UpBody::Input {
             conn,
@@ -398,29 +379,49 @@ impl Edge {
         .await;
     }
 
-    /// Forwards an HTTP API request to the switchboard's node and hands
-    /// its answer (or `unavailable`) to `answer`, without holding up the
-    /// edge.
-    fn ask<T, F>(&self, request: ApiRequest, answer: F)
+    /// Forwards an HTTP API read to the switchboard's node. Without an
+    /// answer the reply is dropped: the API says `unavailable` rather than
+    /// guess (an empty presence would read as "offline").
+    fn ask<T>(&self, request: ApiRequest, reply: oneshot::Sender<T>)
     where
         T: serde::de::DeserializeOwned + Send + 'static,
-        F: FnOnce(Result<T, CommandError>) + Send + 'static,
     {
-        let client = self.nats.client();
-        let subject = self.nats.subject("api");
+        let (client, subject) = (self.nats.client(), self.nats.subject("api"));
         tokio::spawn(async move {
-            let unavailable = CommandError::Unavailable {
-                retry_after_ms: 1000,
-            };
-            let bytes = serde_json::to_vec(&request).expect("wire messages serialize");
-            let asked = tokio::time::timeout(API_TIMEOUT, client.request(subject, bytes.into()));
-            let result = match asked.await {
-                Ok(Ok(message)) => {
-                    serde_json::from_slice::<T>(&message.payload).map_err(|_| unavailable)
-                }
-                _ => Err(unavailable),
-            };
-            answer(result);
+            if let Some(answer) = forward(&client, subject, &request).await {
+                let _ = reply.send(answer);
+            }
         });
     }
+
+    /// Forwards a command of the HTTP API; `unavailable` without an answer.
+    fn command(
+        &self,
+        request: ApiRequest,
+        reply: oneshot::Sender<Result<ReplyResult, CommandError>>,
+    ) {
+        let (client, subject) = (self.nats.client(), self.nats.subject("api"));
+        tokio::spawn(async move {
+            let answer = forward::<Answer>(&client, subject, &request).await.map_or(
+                Err(CommandError::Unavailable {
+                    retry_after_ms: 1000,
+                }),
+                Answer::into_result,
+            );
+            let _ = reply.send(answer);
+        });
+    }
+}
+
+/// A request/reply to the switchboard's node, its answer decoded; `None`
+/// when NATS or the node does not answer in time (or answers nonsense).
+async fn forward<T: serde::de::DeserializeOwned>(
+    client: &async_nats::Client,
+    subject: String,
+    request: &ApiRequest,
+) -> Option<T> {
+    let bytes = serde_json::to_vec(request).expect("wire messages serialize");
+    let asked = tokio::time::timeout(API_TIMEOUT, client.request(subject, bytes.into()));
+    let message = asked.await.ok()?.ok()?;
+    serde_json::from_slice(&message.payload).ok()
 }

@@ -190,9 +190,7 @@ pub async fn read_state(
 /// `at` (a process instant) in unix nanoseconds: how instants travel
 /// between nodes (whose monotonic clocks share nothing).
 pub(crate) fn unix_ns_of(at: tokio::time::Instant) -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    let now = crate::hub::unix_ns_now();
     let ago = i64::try_from(at.elapsed().as_nanos()).unwrap_or(i64::MAX);
     now.saturating_sub(ago)
 }

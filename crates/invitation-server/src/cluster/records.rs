@@ -30,7 +30,9 @@ fn subject(nats: &Nats, user: &UserId) -> String {
     nats.subject(&format!("rec.{hex}"))
 }
 
-async fn records_stream(nats: &Nats, retention: Duration) -> Result<stream::Stream, ClusterError> {
+/// The records stream (made on first use): opened once by a node that
+/// leads (before it publishes) and by every edge (for its reads).
+pub(crate) async fn open(nats: &Nats, retention: Duration) -> Result<stream::Stream, ClusterError> {
     nats.ensure_stream(
         stream::Config {
             name: nats.stream_name("RECORDS"),
@@ -47,13 +49,9 @@ async fn records_stream(nats: &Nats, retention: Duration) -> Result<stream::Stre
 /// Publishes `records` (after the journal holds the turns that ended
 /// them), one message per participant; a record published twice (a new
 /// leader replays the journal's tail) is dropped by JetStream within its
-/// duplicate window, and by [`list`] after it.
-pub(crate) async fn publish(
-    nats: &Nats,
-    retention: Duration,
-    records: Vec<StoredRecord>,
-) -> Result<(), ClusterError> {
-    records_stream(nats, retention).await?;
+/// duplicate window, and by [`list`] after it. The stream was made by
+/// [`open`] when this node took the lead.
+pub(crate) async fn publish(nats: &Nats, records: Vec<StoredRecord>) -> Result<(), ClusterError> {
     let js = nats.jetstream();
     let mut acks = Vec::new();
     for record in &records {
@@ -86,7 +84,7 @@ pub(crate) async fn publish(
 /// filtered and sorted as a single node's records are.
 pub(crate) async fn list(
     nats: &Nats,
-    retention: Duration,
+    stream: &stream::Stream,
     query: &RecordQuery,
 ) -> Result<Page, RecordError> {
     let failed = |e: ClusterError| RecordError::Io {
@@ -99,7 +97,6 @@ pub(crate) async fn list(
     if query.to <= start {
         return Ok(Page::default());
     }
-    let stream = records_stream(nats, retention).await.map_err(failed)?;
     let start_time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(start))
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
         - SKEW;

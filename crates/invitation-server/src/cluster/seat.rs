@@ -196,11 +196,12 @@ impl Seat {
         )
         .map_err(|e| ClusterError::js("replay", e))?;
         tracing::info!(replayed, ?recovered, "state rebuilt from JetStream");
+        // Records are published from here on: their stream first.
+        super::records::open(&self.nats, self.server.record_retention()).await?;
         let sink = LogSink::new(
             self.nats.clone(),
             loaded.log,
             self.server.snapshot_after_mb << 20,
-            self.server.record_retention(),
             self.metrics.clone(),
         );
         let hub = Hub::in_cluster(
@@ -347,7 +348,6 @@ impl Ingress {
         else {
             return;
         };
-        let input = input.into_input();
         let at = super::instant_of(read_ns);
         match input {
             SwitchboardInput::Connect { .. } => {

@@ -167,13 +167,10 @@ pub(crate) async fn catch_up(loaded: &mut Loaded) -> Result<(), ClusterError> {
 pub(crate) struct LogSink {
     nats: Nats,
     log: FencedLog,
-    buf: Vec<u8>,
     since_snapshot: u64,
     snapshot_after: u64,
     writing: Option<tokio::task::JoinHandle<()>>,
     metrics: Arc<Metrics>,
-    /// How long call records are kept (the records stream's maximum age).
-    record_retention: std::time::Duration,
 }
 
 impl LogSink {
@@ -181,14 +178,11 @@ impl LogSink {
         nats: Nats,
         log: FencedLog,
         snapshot_after: u64,
-        record_retention: std::time::Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            record_retention,
             nats,
             log,
-            buf: Vec::new(),
             since_snapshot: 0,
             snapshot_after,
             writing: None,
@@ -203,35 +197,32 @@ impl LogSink {
         entries: &mut Vec<JournalEntry>,
     ) -> Result<(), ClusterError> {
         let count = entries.len() as u64;
-        let mut buf = std::mem::take(&mut self.buf);
-        let mut result = Ok(());
-        buf.clear();
+        let mut record = Vec::new();
         for entry in entries.drain(..) {
-            if buf.is_empty() {
-                buf.extend_from_slice(br#"{"t":"turn","entries":["#);
+            if record.is_empty() {
+                record.extend_from_slice(br#"{"t":"turn","entries":["#);
             } else {
-                buf.push(b',');
+                record.push(b',');
             }
-            serde_json::to_writer(&mut buf, &entry).expect("journal entries serialize");
-            if buf.len() >= PIECE {
-                result = result.and(self.flush(&mut buf).await);
+            serde_json::to_writer(&mut record, &entry).expect("journal entries serialize");
+            if record.len() >= PIECE {
+                self.flush(std::mem::take(&mut record)).await?;
             }
         }
-        if !buf.is_empty() && result.is_ok() {
-            result = self.flush(&mut buf).await;
+        if !record.is_empty() {
+            self.flush(record).await?;
         }
-        self.buf = buf;
         self.metrics
             .journal_entries
             .fetch_add(count, Ordering::Relaxed);
-        result
+        Ok(())
     }
 
-    async fn flush(&mut self, buf: &mut Vec<u8>) -> Result<(), ClusterError> {
-        buf.extend_from_slice(b"]}");
-        let len = buf.len() as u64;
-        self.log.append(buf.clone()).await?;
-        buf.clear();
+    /// Closes one record and appends it (the buffer becomes the message).
+    async fn flush(&mut self, mut record: Vec<u8>) -> Result<(), ClusterError> {
+        record.extend_from_slice(b"]}");
+        let len = record.len() as u64;
+        self.log.append(record).await?;
         self.since_snapshot += len;
         self.metrics.journal_bytes.fetch_add(len, Ordering::Relaxed);
         Ok(())
@@ -240,14 +231,10 @@ impl LogSink {
     /// Publishes the records of calls that ended in a journaled turn, in
     /// the background (a failure is logged and counted, as on one node).
     pub(crate) fn publish_records(&self, records: Vec<crate::records::StoredRecord>) {
-        let (nats, retention, metrics) = (
-            self.nats.clone(),
-            self.record_retention,
-            self.metrics.clone(),
-        );
+        let (nats, metrics) = (self.nats.clone(), self.metrics.clone());
         tokio::spawn(async move {
             let count = records.len();
-            if let Err(e) = super::records::publish(&nats, retention, records).await {
+            if let Err(e) = super::records::publish(&nats, records).await {
                 metrics.store_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, lost = count, "cannot publish call records to JetStream");
             }

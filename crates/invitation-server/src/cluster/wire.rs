@@ -10,74 +10,6 @@ use invitation_core::protocol::{
 use invitation_core::{CallId, CommandError, DeviceId, RequestId, SwitchboardInput, User, UserId};
 use serde::{Deserialize, Serialize};
 
-/// A connection's switchboard input, as it travels (the core's
-/// [`SwitchboardInput`] is not a wire type).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "snake_case")]
-pub(crate) enum Input {
-    /// The device authenticated.
-    Connect {
-        user: User,
-        device: DeviceId,
-        last_seq: Option<u64>,
-        hello: RequestId,
-    },
-    /// A call command.
-    Command { id: RequestId, command: Command },
-    /// A `sync` request.
-    Sync { id: RequestId },
-    /// The device left.
-    Disconnect,
-    /// A device receipt.
-    Receipt { call_id: CallId },
-}
-
-impl Input {
-    /// The wire form of `input`; `None` for an input this version does
-    /// not know how to carry (the core's enum is non-exhaustive).
-    pub(crate) fn of(input: SwitchboardInput) -> Option<Self> {
-        Some(match input {
-            SwitchboardInput::Connect {
-                user,
-                device,
-                last_seq,
-                hello,
-            } => Self::Connect {
-                user,
-                device,
-                last_seq,
-                hello,
-            },
-            SwitchboardInput::Command { id, command } => Self::Command { id, command },
-            SwitchboardInput::Sync { id } => Self::Sync { id },
-            SwitchboardInput::Disconnect => Self::Disconnect,
-            SwitchboardInput::Receipt { call_id } => Self::Receipt { call_id },
-            _ => return None,
-        })
-    }
-
-    /// Back to the core's input.
-    pub(crate) fn into_input(self) -> SwitchboardInput {
-        match self {
-            Self::Connect {
-                user,
-                device,
-                last_seq,
-                hello,
-            } => SwitchboardInput::Connect {
-                user,
-                device,
-                last_seq,
-                hello,
-            },
-            Self::Command { id, command } => SwitchboardInput::Command { id, command },
-            Self::Sync { id } => SwitchboardInput::Sync { id },
-            Self::Disconnect => SwitchboardInput::Disconnect,
-            Self::Receipt { call_id } => SwitchboardInput::Receipt { call_id },
-        }
-    }
-}
-
 /// An edge to the switchboard's node, on `inv.<deployment>.up`.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Up {
@@ -101,7 +33,7 @@ pub(crate) enum UpBody {
         /// When the edge read it (unix ns; for load shedding).
         read_ns: i64,
         /// The input.
-        input: Input,
+        input: SwitchboardInput,
     },
     /// The edge is alive (every [`super::node::ALIVE_EVERY`]).
     Alive,
@@ -201,8 +133,8 @@ impl Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use invitation_core::CallType;
     use invitation_core::protocol::InviteRequest;
-    use invitation_core::{CallType, SwitchboardInput};
 
     /// Every input the edges carry comes back as it went.
     #[test]
@@ -236,14 +168,14 @@ mod tests {
                 body: UpBody::Input {
                     conn: 9,
                     read_ns: 1,
-                    input: Input::of(input.clone()).expect("carried"),
+                    input: input.clone(),
                 },
             };
             let back: Up = serde_json::from_slice(&serde_json::to_vec(&up).unwrap()).unwrap();
             let UpBody::Input { input: got, .. } = back.body else {
                 panic!("an input");
             };
-            assert_eq!(got.into_input(), input);
+            assert_eq!(got, input);
         }
     }
 

@@ -50,12 +50,19 @@ pub async fn nats_server(test: &str) -> Option<NatsServer> {
         }
         Err(e) => panic!("cannot start nats-server: {e}"),
     };
-    // It prints the port it chose, then that it is ready.
+    let url = ready(&mut child).await;
+    Some(NatsServer { child, url, store })
+}
+
+/// Waits (at most 10 s) until `child` says it is ready; the URL it
+/// listens on. Its log is drained from then on, so it never blocks on a
+/// full pipe.
+async fn ready(child: &mut Child) -> String {
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut url = None;
     let mut seen = Vec::new();
     let ready = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
+        while let Ok(Some(line)) = lines.next_line().await {
             if let Some(addr) = line.split("Listening for client connections on ").nth(1) {
                 url = Some(format!("nats://{}", addr.trim()));
             }
@@ -73,13 +80,8 @@ pub async fn nats_server(test: &str) -> Option<NatsServer> {
         "nats-server did not get ready within 10 s; it printed:\n{}",
         seen.join("\n")
     );
-    // Keep draining its log so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Some(NatsServer {
-        child,
-        url: url.expect("nats-server did not say its port"),
-        store,
-    })
+    url.expect("nats-server did not say its port")
 }
 
 fn spawn(store: &std::path::Path, port: &str) -> std::io::Result<Child> {
@@ -103,25 +105,7 @@ impl NatsServer {
     pub async fn restart(&mut self) {
         let port = self.url.rsplit(':').next().expect("a port").to_owned();
         let mut child = spawn(&self.store, &port).expect("nats-server starts again");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut seen = Vec::new();
-        let ready = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let done = line.contains("Server is ready");
-                seen.push(line);
-                if done {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        assert!(
-            matches!(ready, Ok(true)),
-            "nats-server did not come back within 10 s; it printed:\n{}",
-            seen.join("\n")
-        );
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        assert_eq!(ready(&mut child).await, self.url, "back on the same port");
         self.child = child;
     }
 }
